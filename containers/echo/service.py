@@ -1,0 +1,57 @@
+"""echo: a small test service. Echoes every input event and, when asked, misbehaves on cue.
+
+Config (all optional):
+  tick_us:     emit a ``tick`` event every tick_us of virtual time, with a seeded random value
+  exit_at_us:  exit with code ``exit_code`` (default 3) when advanced past this time
+  hang_at_us:  stop answering when advanced past this time
+  garbage_at_us: print a non-protocol line on stdout instead of DONE
+  raise_at_us: raise an exception in the callback
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import Any, Mapping
+
+from protocol_adapter import serve
+
+state: dict[str, Any] = {"config": {}, "rng": random.Random(0), "node": "?"}
+
+
+def on_init(message: Mapping[str, Any]) -> None:
+    state["config"] = dict(message.get("config") or {})
+    state["rng"] = random.Random(message.get("seed"))
+    state["node"] = message.get("node_id")
+
+
+def _passes(key: str, current: int, target: int) -> bool:
+    at = state["config"].get(key)
+    return at is not None and current < at <= target
+
+
+def advance(current: int, target: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    config = state["config"]
+    if _passes("exit_at_us", current, target):
+        print(f"echo: exiting with {config.get('exit_code', 3)} as configured", file=sys.stderr, flush=True)
+        os._exit(int(config.get("exit_code", 3)))
+    if _passes("hang_at_us", current, target):
+        print("echo: hanging as configured", file=sys.stderr, flush=True)
+        sys.stdin.read()  # blocks until the coordinator goes away; never answers
+        os._exit(0)
+    if _passes("garbage_at_us", current, target):
+        os.write(1, b"this is not a protocol message\n")
+    if _passes("raise_at_us", current, target):
+        raise RuntimeError("echo: failing as configured")
+    out = [{"type": "echo", "time_us": e["time_us"], "data": {"of": e.get("type"), "from": e.get("source"), "data": e.get("data")}} for e in events]
+    tick = config.get("tick_us")
+    if tick:
+        first = (current // tick + 1) * tick
+        for t in range(first, target + 1, tick):
+            out.append({"type": "tick", "time_us": t, "data": {"value": state["rng"].randrange(1_000_000)}})
+    return out
+
+
+if __name__ == "__main__":
+    serve(advance, on_init=on_init, capabilities=["echo"])

@@ -1,0 +1,245 @@
+"""cosim protocol adapter: run a service in virtual time over JSON lines on stdin/stdout.
+
+One stdlib-only file that any image can copy next to its service. The service supplies a callback
+``callback(current_time, target_time, events) -> events``; the adapter owns the protocol:
+
+    coordinator -> service              service -> coordinator
+    INIT{protocol, time_us: 0, node_id,  READY{protocol, time_us: 0, capabilities}
+         seed, config, endpoints}
+    ADVANCE{time_us, events}             DONE{time_us, events}
+    SHUTDOWN                             (flushes, exits 0; no reply)
+                                         ERROR{error, detail, fatal}   on anything wrong
+
+Input events lie in the window (current_time, target_time] and reach the callback in time order.
+Output events are stamped after current_time (an event without ``time_us`` gets ``target_time``); one
+stamped beyond target_time (a modelled processing delay) is held by the adapter and sent in the DONE
+of the window that contains its time, so every DONE carries only events inside its window.
+stdout carries protocol messages only; logging goes to stderr.
+
+Errors the service survives (fatal: false; state unchanged): a malformed line, a message that is not
+an object or lacks ``type``, an unknown type, ADVANCE before INIT, a second INIT, a target time that
+goes backwards, an input event outside its window. Errors that end it (fatal: true, exit code 1):
+a protocol version it does not speak, an exception raised by the callback or the init hook, and output
+events the callback stamped at or before current_time. See docs/protocol.md for the full specification.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from typing import IO, Any, Callable, Iterable, Mapping
+
+PROTOCOL_VERSION = 1
+
+Event = dict[str, Any]
+Callback = Callable[[int, int, list[Event]], Iterable[Event]]
+InitHook = Callable[[Mapping[str, Any]], None]
+ShutdownHook = Callable[[], None]
+
+log = logging.getLogger("cosim.adapter")
+
+
+class ProtocolError(Exception):
+    """A message the adapter answers with ERROR."""
+
+    def __init__(self, error: str, detail: str, fatal: bool = False) -> None:
+        super().__init__(f"{error}: {detail}")
+        self.error = error
+        self.detail = detail
+        self.fatal = fatal
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def encode(message: Mapping[str, Any]) -> str:
+    """One canonical JSON line (sorted keys, no spaces), newline-terminated."""
+    return json.dumps(message, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+class CoordinatorProtocolAdapter:
+    """Drives ``callback`` in virtual time on behalf of the coordinator."""
+
+    def __init__(
+        self,
+        callback: Callback,
+        *,
+        on_init: InitHook | None = None,
+        on_shutdown: ShutdownHook | None = None,
+        capabilities: Iterable[str] = (),
+    ) -> None:
+        self.callback = callback
+        self.on_init = on_init
+        self.on_shutdown = on_shutdown
+        self.capabilities = sorted(capabilities)
+        self.current_time_us = 0
+        self.initialized = False
+        self.node_id: str | None = None
+        self.seed: int | None = None
+        self.config: dict[str, Any] = {}
+        self.endpoints: dict[str, Any] = {}
+        self.exit_code: int | None = None  # set when the adapter must stop
+        self._held: list[Event] = []  # outputs stamped beyond the window they were produced in
+
+    # -- message handling (pure: one message in, one reply or None out) ---------------------------
+
+    def handle_line(self, line: str) -> dict[str, Any] | None:
+        """Parse one input line and handle it; malformed input becomes an ERROR reply."""
+        try:
+            message = json.loads(line)
+        except ValueError as exc:
+            return self._error(ProtocolError("bad_json", f"line is not JSON ({exc.msg} at column {exc.colno})"))
+        return self.handle(message)
+
+    def handle(self, message: Any) -> dict[str, Any] | None:
+        """Handle one decoded message; return the reply (None for SHUTDOWN)."""
+        try:
+            if not isinstance(message, dict):
+                raise ProtocolError("bad_message", f"expected a JSON object, got {type(message).__name__}")
+            kind = message.get("type")
+            if kind == "INIT":
+                return self._handle_init(message)
+            if kind == "ADVANCE":
+                return self._handle_advance(message)
+            if kind == "SHUTDOWN":
+                self._handle_shutdown()
+                return None
+            if kind is None:
+                raise ProtocolError("bad_message", "message has no 'type' field")
+            raise ProtocolError("unknown_type", f"unknown message type {kind!r}; expected INIT, ADVANCE or SHUTDOWN")
+        except ProtocolError as exc:
+            return self._error(exc)
+
+    # Kept for the stage report's tests and callers.
+    _process_message = handle
+
+    def _handle_init(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self.initialized:
+            raise ProtocolError("already_initialized", "INIT received twice")
+        version = message.get("protocol", PROTOCOL_VERSION)
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                "protocol_version", f"coordinator speaks protocol {version!r}, this adapter speaks {PROTOCOL_VERSION}",
+                fatal=True,
+            )
+        time_us = message.get("time_us", 0)
+        if time_us != 0:
+            raise ProtocolError("bad_message", f"INIT time_us must be 0, got {time_us!r}")
+        config = message.get("config", {})
+        if not isinstance(config, dict):
+            raise ProtocolError("bad_message", f"INIT config must be an object, got {type(config).__name__}")
+        self.node_id = message.get("node_id")
+        self.seed = message.get("seed")
+        self.config = config
+        self.endpoints = message.get("endpoints", {}) or {}
+        if self.on_init is not None:
+            try:
+                self.on_init(message)
+            except Exception as exc:  # the service could not start: report it, then end
+                raise ProtocolError("init_failed", _describe_exception(exc), fatal=True) from exc
+        self.initialized = True
+        return {"type": "READY", "time_us": 0, "protocol": PROTOCOL_VERSION, "capabilities": self.capabilities}
+
+    def _handle_advance(self, message: dict[str, Any]) -> dict[str, Any]:
+        if not self.initialized:
+            raise ProtocolError("not_initialized", "ADVANCE received before INIT")
+        target = message.get("time_us")
+        if not _is_int(target):
+            raise ProtocolError("bad_message", f"ADVANCE time_us must be an integer, got {target!r}")
+        if target < self.current_time_us:
+            raise ProtocolError(
+                "time_backwards", f"ADVANCE to {target} us but the service is already at {self.current_time_us} us"
+            )
+        events = message.get("events", [])
+        if not isinstance(events, list):
+            raise ProtocolError("bad_message", f"ADVANCE events must be a list, got {type(events).__name__}")
+        for index, event in enumerate(events):
+            if not isinstance(event, dict) or not _is_int(event.get("time_us")):
+                raise ProtocolError("bad_event", f"events[{index}] must be an object with an integer time_us")
+            if not self.current_time_us < event["time_us"] <= target:
+                raise ProtocolError(
+                    "event_outside_window",
+                    f"events[{index}] at {event['time_us']} us lies outside the window "
+                    f"({self.current_time_us}, {target}]",
+                )
+        ordered = sorted(events, key=lambda event: event["time_us"])  # stable: keeps same-time order
+        try:
+            produced = list(self.callback(self.current_time_us, target, ordered) or [])
+        except Exception as exc:
+            raise ProtocolError("callback_failed", _describe_exception(exc), fatal=True) from exc
+        stamped = self._held + [self._stamp(index, event, target) for index, event in enumerate(produced)]
+        outputs = [event for event in stamped if event["time_us"] <= target]
+        self._held = [event for event in stamped if event["time_us"] > target]
+        self.current_time_us = target
+        return {"type": "DONE", "time_us": target, "events": outputs}
+
+    def _stamp(self, index: int, event: Any, target: int) -> Event:
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise ProtocolError("bad_output", f"output events[{index}] must be an object with a string 'type'", fatal=True)
+        stamped = dict(event)
+        stamped.setdefault("time_us", target)
+        time_us = stamped["time_us"]
+        if not _is_int(time_us) or time_us <= self.current_time_us:
+            raise ProtocolError(
+                "bad_output",
+                f"output events[{index}] stamped at {time_us!r} us, not after the window start {self.current_time_us} us",
+                fatal=True,
+            )
+        return stamped
+
+    def _handle_shutdown(self) -> None:
+        if self.on_shutdown is not None:
+            self.on_shutdown()
+        self.exit_code = 0
+
+    def _error(self, exc: ProtocolError) -> dict[str, Any]:
+        log.error("%s: %s", exc.error, exc.detail)
+        if exc.fatal:
+            self.exit_code = 1
+        return {"type": "ERROR", "error": exc.error, "detail": exc.detail, "fatal": exc.fatal}
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self, stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> int:
+        """Serve until SHUTDOWN, a fatal error or end of input; return the exit code."""
+        stdin = stdin if stdin is not None else sys.stdin
+        stdout = stdout if stdout is not None else sys.stdout
+        while self.exit_code is None:
+            line = stdin.readline()
+            if not line:
+                log.warning("stdin closed without SHUTDOWN; exiting")
+                self._handle_shutdown()
+                break
+            if not line.strip():
+                continue
+            reply = self.handle_line(line)
+            if reply is not None:
+                stdout.write(encode(reply))
+                stdout.flush()
+        return self.exit_code if self.exit_code is not None else 0
+
+
+def _describe_exception(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def serve(
+    callback: Callback,
+    *,
+    on_init: InitHook | None = None,
+    on_shutdown: ShutdownHook | None = None,
+    capabilities: Iterable[str] = (),
+) -> None:
+    """Entry point for a service's ``__main__``: log to stderr, serve stdin/stdout, exit with the code."""
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+    # Line-buffered text I/O in UTF-8 whatever the container's locale.
+    stdin = open(sys.stdin.fileno(), "r", encoding="utf-8", errors="replace", closefd=False)
+    stdout = open(sys.stdout.fileno(), "w", encoding="utf-8", closefd=False)
+    sys.stdout = sys.stderr  # a stray print() in service code must not corrupt the protocol stream
+    adapter = CoordinatorProtocolAdapter(callback, on_init=on_init, on_shutdown=on_shutdown, capabilities=capabilities)
+    sys.exit(adapter.run(stdin, stdout))

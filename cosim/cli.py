@@ -1,0 +1,99 @@
+"""What the invoke tasks call: one function per command, printing for a person at a terminal.
+
+Every function raises a CosimError for anything the user can fix; tasks.py turns that into a one-line
+message and a non-zero exit (no traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable, TextIO
+
+from cosim import compose, scenario as scenarios
+from cosim.errors import CosimError
+from cosim.run import DEFAULT_WATCHDOG_S, RunSummary, run
+
+DEFAULT_SCENARIO = "scenarios/default.yaml"
+
+
+class NotImplementedYet(CosimError):
+    exit_code = 64
+
+
+def not_implemented(command: str, issue: int) -> None:
+    raise NotImplementedYet(f"`invoke {command}` is not implemented yet (tracked in issue #{issue}).")
+
+
+def validate(path: str, out: TextIO = sys.stdout) -> None:
+    loaded = scenarios.load(path)
+    containers = len(loaded.containers)
+    out.write(f"{path}: valid scenario {loaded.name!r}: {len(loaded.nodes)} nodes ({containers} container), "
+              f"{len(loaded.routes)} routes, {loaded.steps} steps of {loaded.quantum_us} us\n")
+
+
+def render(path: str, out: TextIO = sys.stdout) -> Path:
+    rendered = compose.render(scenarios.load(path))
+    out.write(f"{rendered}\n")
+    return rendered
+
+
+class ProgressLine:
+    """Virtual time against duration; redrawn in place on a terminal, every 10% otherwise (wall clock: display only)."""
+
+    def __init__(self, out: TextIO = sys.stderr, interval_s: float = 0.25) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.interval_s = interval_s
+        self._last_draw = 0.0
+        self._last_decile = -1
+        self._started = time.monotonic()
+
+    def __call__(self, now_us: int, duration_us: int) -> None:
+        fraction = now_us / duration_us
+        if self.tty:
+            clock = time.monotonic()
+            if clock - self._last_draw < self.interval_s and now_us < duration_us:
+                return
+            self._last_draw = clock
+            width = 30
+            bar = "#" * int(fraction * width)
+            self.out.write(f"\r  [{bar:<{width}}] {now_us / 1e6:9.3f} / {duration_us / 1e6:.3f} s virtual "
+                           f"({clock - self._started:6.1f} s wall)")
+            if now_us >= duration_us:
+                self.out.write("\n")
+            self.out.flush()
+        else:
+            decile = int(fraction * 10)
+            if decile > self._last_decile:
+                self._last_decile = decile
+                self.out.write(f"  {now_us / 1e6:.3f} / {duration_us / 1e6:.3f} s virtual ({decile * 10}%)\n")
+                self.out.flush()
+
+
+def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | None = None,
+       watchdog_s: float = DEFAULT_WATCHDOG_S, progress: bool = True, out: TextIO = sys.stdout) -> RunSummary:
+    progress_line: Callable[[int, int], None] | None = ProgressLine() if progress else None
+    summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line)
+    print_summary(summary, out)
+    return summary
+
+
+def print_summary(summary: RunSummary, out: TextIO) -> None:
+    result = summary.result
+    wall = result.timings.wall_s
+    virtual_s = result.end_us / 1e6
+    counts = result.counts
+    out.write(
+        f"cosim: scenario {summary.scenario.name!r} ran on the {summary.runtime} runtime: "
+        f"{virtual_s:g} s virtual in {wall:.2f} s wall ({virtual_s / wall if wall else 0:.1f}x real time), "
+        f"{result.steps} steps\n"
+        f"  events: {counts['sent']} sent, {counts['delivered']} delivered, {counts['dropped']} dropped, "
+        f"{counts['unroutable']} unroutable\n"
+    )
+    for (source, event_type), count in sorted(result.unroutable.items()):
+        out.write(f"  warning: {count} {event_type!r} event(s) from {source!r} matched no route (traced as unroutable)\n")
+    for sink, events in sorted(summary.sinks.items()):
+        out.write(f"  sink {sink!r} received {len(events)} event(s)\n")
+    out.write(f"  trace:   {summary.trace_path}\n  metrics: {summary.metrics_path}\n")

@@ -1,0 +1,99 @@
+"""Scenario -> docker-compose file under compose/, byte-identical for the same scenario.
+
+One compose service per container node (replicas are already distinct nodes), attached stdio without a TTY,
+one internal network, and locked-down defaults: no published ports, all capabilities dropped, no new
+privileges, a non-root user, an init process so containers stop promptly, a read-only root filesystem unless
+the scenario says otherwise, and never the Docker socket. Values that change per run (the run id label, the
+base image) are compose variables, so the file itself never changes between runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cosim.scenario import REPO_ROOT, ContainerNode, Scenario
+
+COMPOSE_DIR = REPO_ROOT / "compose"
+DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
+SERVICE_USER = "10001:10001"
+NETWORK = "sim"
+LABEL_PREFIX = "cosim"
+
+
+def compose_path(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> Path:
+    return compose_dir / f"{scenario.name}.yaml"
+
+
+def labels(scenario: Scenario, node_id: str | None = None) -> dict[str, str]:
+    out = {
+        f"{LABEL_PREFIX}.project": "cosim",
+        f"{LABEL_PREFIX}.scenario": scenario.name,
+        f"{LABEL_PREFIX}.run": "${COSIM_RUN_ID:-manual}",
+    }
+    if node_id is not None:
+        out[f"{LABEL_PREFIX}.node"] = node_id
+    return out
+
+
+def _service(scenario: Scenario, node: ContainerNode, compose_dir: Path) -> dict[str, Any]:
+    context = Path(os.path.relpath(node.build.parent, compose_dir)).as_posix()
+    service: dict[str, Any] = {
+        "image": node.image,
+        "build": {
+            "context": context,
+            "dockerfile": f"{node.build.name}/Dockerfile",
+            "args": {"BASE_IMAGE": "${COSIM_BASE_IMAGE:-" + DEFAULT_BASE_IMAGE + "}"},
+        },
+        "pull_policy": "never",  # images come from `invoke images`; there may be no registry
+        "labels": labels(scenario, node.id),
+        "environment": {"COSIM_NODE_ID": node.id, **dict(sorted(node.environment.items()))},
+        "networks": [NETWORK],
+        "user": SERVICE_USER,
+        "init": True,
+        "read_only": node.read_only,
+        "tmpfs": ["/tmp"],
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "stop_grace_period": "2s",
+    }
+    if node.speaks_protocol:
+        service["stdin_open"] = True  # the coordinator attaches to the main process's stdin/stdout
+        service["tty"] = False  # a TTY would mangle the JSON-lines stream
+        service["restart"] = "no"
+    if node.command is not None:
+        service["command"] = list(node.command)
+    return service
+
+
+def compose_spec(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> dict[str, Any]:
+    return {
+        "name": f"cosim-{scenario.name}",
+        "services": {node.id: _service(scenario, node, compose_dir) for node in scenario.containers},
+        "networks": {NETWORK: {"internal": True, "labels": labels(scenario)}},
+    }
+
+
+def render_text(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> str:
+    header = (
+        f"# Rendered by cosim from scenario {scenario.name!r} (sha256 {scenario.sha256}).\n"
+        "# Do not edit: edit the scenario and run `invoke render`. Inspect with `docker compose -f <this file> config`.\n"
+    )
+    body = yaml.safe_dump(compose_spec(scenario, compose_dir), sort_keys=False, default_flow_style=False, width=120)
+    return header + body
+
+
+def render(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> Path:
+    """Write the compose file (atomically) and return its path."""
+    path = compose_path(scenario, compose_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = render_text(scenario, compose_dir)
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return path
+    temporary = path.with_suffix(f".yaml.tmp{os.getpid()}")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+    return path

@@ -1,0 +1,161 @@
+"""The coordinator: owns virtual time, advances every node a quantum at a time, routes events, writes the trace.
+
+It knows nothing about Docker or processes: it drives ``SimNode`` objects. Each step:
+
+1. hand every node the events whose delivery time lies in the window (t - quantum, t], in the total order
+   (delivery time, source, per-source sequence number, destination);
+2. send ADVANCE to all nodes, then collect every DONE (services compute concurrently);
+3. number each node's outputs (per-source sequence), order them by (time, source, seq), and route them:
+   each destination's link adds latency and seeded jitter and may drop the event.
+
+Links are at least one quantum long (the scenario checks this), so an event emitted in a window is always
+delivered in a later one, at its exact virtual time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from cosim.errors import Interrupted, NodeFailure
+from cosim.network import Drop, Router
+from cosim.nodes import Event, SimNode
+from cosim.scenario import ContainerNode, Scenario
+from cosim.seeds import node_seed
+from cosim.trace import TraceWriter
+
+Progress = Callable[[int, int], None]  # (virtual time now, duration), both in us
+
+
+@dataclass
+class StepTimings:
+    """Wall-clock costs (metrics only; never in the trace)."""
+
+    steps: int = 0
+    wall_s: float = 0.0
+    waiting_s: float = 0.0  # time spent waiting for DONE replies
+    init_s: float = 0.0
+    shutdown_s: float = 0.0
+
+
+@dataclass
+class RunResult:
+    end_us: int
+    steps: int
+    counts: dict[str, int]
+    unroutable: dict[tuple[str, str], int] = field(default_factory=dict)  # (source, type) -> count
+    timings: StepTimings = field(default_factory=StepTimings)
+
+
+class Coordinator:
+    def __init__(
+        self,
+        scenario: Scenario,
+        nodes: Mapping[str, SimNode],
+        trace: TraceWriter,
+        *,
+        endpoints: Mapping[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.nodes = dict(nodes)  # scenario order: the order ADVANCE goes out and DONE is collected
+        self.trace = trace
+        self.endpoints = dict(endpoints or {})
+        self.progress = progress
+        self.router = Router(scenario)
+        self.now_us = 0
+        self.step = 0
+        self._pending: list[tuple[int, str, int, str, Event]] = []  # heap: (time, source, seq, dest, event)
+        self._next_seq: dict[str, int] = {node_id: 0 for node_id in self.nodes}
+        self.unroutable: dict[tuple[str, str], int] = {}
+        self.timings = StepTimings()
+
+    def run(self) -> RunResult:
+        started = time.monotonic()
+        try:
+            self._init_nodes()
+            for self.step in range(1, self.scenario.steps + 1):
+                self._advance(self.step * self.scenario.quantum_us)
+                if self.progress is not None:
+                    self.progress(self.now_us, self.scenario.duration_us)
+            self._shutdown_nodes()
+        except NodeFailure as failure:
+            self.trace.error(self.now_us, failure.node, "node_failure", failure.problem
+                             + (f" (while waiting for the reply to {failure.in_flight})" if failure.in_flight else ""))
+            raise
+        except KeyboardInterrupt:
+            self.trace.error(self.now_us, None, "interrupted", "the run was interrupted (Ctrl-C or SIGTERM)")
+            raise Interrupted(f"interrupted at virtual time {self.now_us} us; the trace so far is kept") from None
+        finally:
+            self.timings.wall_s = time.monotonic() - started
+            self.trace.flush()
+        self.trace.footer(self.now_us, self.scenario.steps)
+        self.trace.flush()
+        return RunResult(self.now_us, self.scenario.steps, dict(self.trace.counts), dict(self.unroutable), self.timings)
+
+    # -- phases -----------------------------------------------------------------------------------
+
+    def _init_nodes(self) -> None:
+        started = time.monotonic()
+        for node_id, node in self.nodes.items():
+            spec = self.scenario.node(node_id)
+            config = spec.config if isinstance(spec, ContainerNode) else {}
+            node.init(node_seed(self.scenario.seed, node_id), config, self.endpoints)
+        self.timings.init_s = time.monotonic() - started
+
+    def _advance(self, target_us: int) -> None:
+        inputs = self._due(target_us)
+        for node_id, node in self.nodes.items():
+            node.begin_advance(target_us, inputs.get(node_id, []))
+        waiting_started = time.monotonic()
+        outputs = [(node_id, node.end_advance()) for node_id, node in self.nodes.items()]
+        self.timings.waiting_s += time.monotonic() - waiting_started
+        self.timings.steps += 1
+        self.now_us = target_us
+        self._route(outputs)
+
+    def _shutdown_nodes(self) -> None:
+        started = time.monotonic()
+        for node in self.nodes.values():
+            node.shutdown()
+        self.timings.shutdown_s = time.monotonic() - started
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def _due(self, target_us: int) -> dict[str, list[Event]]:
+        """Pop every pending delivery with time <= target, record it, and group it by destination."""
+        inputs: dict[str, list[Event]] = {}
+        while self._pending and self._pending[0][0] <= target_us:
+            time_us, source, seq, dest, event = heapq.heappop(self._pending)
+            delivered = {"type": event["type"], "time_us": time_us, "source": source, "seq": seq,
+                         "sent_us": event["time_us"], "data": event.get("data")}
+            self.trace.write({"record": "delivered", "dest": dest, **delivered})
+            inputs.setdefault(dest, []).append(delivered)
+        return inputs
+
+    def _route(self, outputs: list[tuple[str, list[Event]]]) -> None:
+        numbered: list[tuple[int, str, int, Event]] = []
+        for source, events in outputs:
+            # A node's events are numbered in time order; same-time events keep the order the node gave them.
+            for event in sorted(events, key=lambda e: e["time_us"]):
+                seq = self._next_seq[source]
+                self._next_seq[source] = seq + 1
+                numbered.append((event["time_us"], source, seq, event))
+        numbered.sort(key=lambda item: item[:3])
+        for time_us, source, seq, event in numbered:
+            base = {"time_us": time_us, "source": source, "seq": seq, "type": event["type"], "data": event.get("data")}
+            self.trace.write({"record": "sent", **base})
+            dests = self.router.destinations(source, event["type"])
+            if not dests:
+                key = (source, event["type"])
+                self.unroutable[key] = self.unroutable.get(key, 0) + 1
+                self.trace.write({"record": "unroutable", **base})
+                continue
+            for dest in dests:
+                outcome = self.router.transmit(source, dest, time_us)
+                if isinstance(outcome, Drop):
+                    self.trace.write({"record": "dropped", "dest": dest, "reason": outcome.reason, **base})
+                else:
+                    heapq.heappush(self._pending, (outcome.time_us, source, seq, dest, event))

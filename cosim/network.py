@@ -1,0 +1,69 @@
+"""Routing and links: where an emitted event goes, when it arrives, and whether it is lost.
+
+Each (source, destination) link has its own random generator seeded from the scenario seed and the two node
+ids. Every event on a link draws exactly two numbers (jitter, then loss) whatever the link's settings, so
+changing one property does not shift the other's draws.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from cosim.scenario import Route, Scenario
+from cosim.seeds import link_seed
+
+
+@dataclass(frozen=True)
+class Delivery:
+    dest: str
+    time_us: int  # virtual delivery time
+
+
+@dataclass(frozen=True)
+class Drop:
+    dest: str
+    reason: str
+
+
+class Router:
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self._rngs: dict[tuple[str, str], random.Random] = {}
+        self._round_robin: dict[tuple[int, str], int] = {}
+        self._group_of = {node.id: node.group for node in scenario.nodes}
+
+    def _routes_for(self, source: str, event_type: str) -> list[tuple[int, Route]]:
+        group = self._group_of.get(source)
+        return [
+            (index, route)
+            for index, route in enumerate(self.scenario.routes)
+            if route.source in (source, group) and (route.events is None or event_type in route.events)
+        ]
+
+    def destinations(self, source: str, event_type: str) -> list[str]:
+        """Node ids the event goes to, in route order; a replicated group picks its next replica round-robin."""
+        dests: list[str] = []
+        for index, route in self._routes_for(source, event_type):
+            for target in route.targets:
+                replicas = self.scenario.groups.get(target)
+                if replicas:
+                    turn = self._round_robin.get((index, target), 0)
+                    self._round_robin[(index, target)] = turn + 1
+                    target = replicas[turn % len(replicas)]
+                if target not in dests:
+                    dests.append(target)
+        return dests
+
+    def transmit(self, source: str, dest: str, sent_us: int) -> Delivery | Drop:
+        """Send one event over the link source -> dest: its delivery, or its loss."""
+        link = self.scenario.link(source, dest)
+        rng = self._rngs.get((source, dest))
+        if rng is None:
+            rng = self._rngs[(source, dest)] = random.Random(link_seed(self.scenario.seed, source, dest))
+        jitter_draw, loss_draw = rng.random(), rng.random()
+        jitter = min(int(jitter_draw * (link.jitter_us + 1)), link.jitter_us)  # uniform over [0, jitter_us]
+        lost = loss_draw < link.loss
+        if lost:
+            return Drop(dest, "loss")
+        return Delivery(dest, sent_us + link.latency_us + jitter)

@@ -1,0 +1,206 @@
+"""Node proxies: what the coordinator drives. One interface, three kinds behind it.
+
+- ``ServiceNode`` speaks the JSON-lines protocol to a service through a Transport (a local subprocess or a
+  container's attached stdio; it cannot tell which).
+- ``SensorModel`` and ``SinkModel`` are in-process models of the device tier.
+
+A step is split in two (``begin_advance`` sends, ``end_advance`` collects) so the coordinator can send
+ADVANCE to every node before waiting for any DONE: services compute concurrently.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Mapping, Protocol
+
+from cosim import protocol
+from cosim.errors import NodeFailure
+from cosim.scenario import SensorNode
+from cosim.transport import Transport, TransportClosed, TransportTimeout
+from cosim.vibration import SignalParams, sample_features
+
+Event = dict[str, Any]
+
+
+class SimNode(Protocol):
+    id: str
+
+    def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None: ...
+
+    def begin_advance(self, target_us: int, events: list[Event]) -> None: ...
+
+    def end_advance(self) -> list[Event]:
+        """The events produced in the window just advanced, each with ``type``, ``time_us`` and ``data``."""
+        ...
+
+    def shutdown(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ServiceNode:
+    """Proxy for a service that speaks the protocol over ``transport``."""
+
+    def __init__(self, node_id: str, transport: Transport, *, watchdog_s: float, shutdown_grace_s: float = 5.0) -> None:
+        self.id = node_id
+        self.transport = transport
+        self.watchdog_s = watchdog_s
+        self.shutdown_grace_s = shutdown_grace_s
+        self.current_us = 0
+        self._in_flight: str | None = None
+        self._target_us = 0
+        self._sent_at = 0.0
+        self.round_trips_s: list[float] = []  # wall-clock ADVANCE->DONE, for metrics only
+
+    # -- protocol ---------------------------------------------------------------------------------
+
+    def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
+        self._send(protocol.init_message(self.id, seed, config, endpoints), "INIT")
+        reply = self._receive(expect="READY")
+        if reply.get("protocol") != protocol.VERSION:
+            raise self._failure(f"answered READY for protocol {reply.get('protocol')!r}; cosim speaks {protocol.VERSION}")
+
+    def begin_advance(self, target_us: int, events: list[Event]) -> None:
+        self._target_us = target_us
+        self._sent_at = time.monotonic()
+        self._send(protocol.advance_message(target_us, events), f"ADVANCE to {target_us} us")
+
+    def end_advance(self) -> list[Event]:
+        reply = self._receive(expect="DONE")
+        self.round_trips_s.append(time.monotonic() - self._sent_at)
+        if reply.get("time_us") != self._target_us:
+            raise self._failure(f"answered DONE for {reply.get('time_us')!r} us, expected {self._target_us} us")
+        problem = protocol.check_outputs(reply.get("events"), self.current_us, self._target_us)
+        if problem:
+            raise self._failure(problem)
+        self.current_us = self._target_us
+        self._in_flight = None
+        return reply["events"]
+
+    def shutdown(self) -> None:
+        """Ask the service to flush and exit; a service that does not exit 0 in time is a failure."""
+        self._send(protocol.SHUTDOWN, "SHUTDOWN")
+        code = self.transport.wait_exit(time.monotonic() + self.shutdown_grace_s)
+        if code is None:
+            raise self._failure(f"did not exit within {self.shutdown_grace_s:g} s of SHUTDOWN")
+        if code != 0:
+            raise self._failure(f"exited with code {code} after SHUTDOWN", exit_code=code)
+        self._in_flight = None
+
+    def close(self) -> None:
+        self.transport.close(grace_s=0.5)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _send(self, message: Mapping[str, Any], what: str) -> None:
+        self._in_flight = what
+        try:
+            self.transport.send(protocol.encode(message))
+        except TransportClosed:
+            raise self._failure("is gone (its stdin is closed)") from None
+
+    def _receive(self, *, expect: str) -> dict[str, Any]:
+        deadline = time.monotonic() + self.watchdog_s
+        try:
+            raw = self.transport.receive(deadline)
+        except TransportTimeout:
+            raise self._failure(f"did not answer within the {self.watchdog_s:g} s watchdog (hung?)") from None
+        except TransportClosed as exc:
+            raise self._failure(f"ended without answering ({exc})") from None
+        try:
+            reply = protocol.decode(raw)
+        except ValueError:
+            raise self._failure(f"wrote a line on stdout that is not protocol JSON: {_preview(raw)}") from None
+        if not isinstance(reply, dict):
+            raise self._failure(f"wrote a JSON value that is not a message object: {_preview(raw)}")
+        kind = reply.get("type")
+        if kind == "ERROR":
+            fatal = " (fatal)" if reply.get("fatal") else ""
+            raise self._failure(f"reported ERROR{fatal} {reply.get('error')}: {reply.get('detail')}")
+        if kind != expect:
+            raise self._failure(f"answered {kind!r} out of protocol, expected {expect}: {_preview(raw)}")
+        return reply
+
+    def _failure(self, problem: str, *, exit_code: int | None = None) -> NodeFailure:
+        if exit_code is None:
+            # A process that just closed stdout is usually about to exit: give its code a moment to appear.
+            exit_code = self.transport.wait_exit(time.monotonic() + 1.0)
+        return NodeFailure(self.id, problem, in_flight=self._in_flight, exit_code=exit_code,
+                           log_tail=self.transport.log_tail())
+
+
+def _preview(raw: bytes, limit: int = 120) -> str:
+    text = raw.decode("utf-8", errors="replace")
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class SensorModel:
+    """In-process vibration sensor: a feature window every period, seeded noise, anomalies at set times."""
+
+    def __init__(self, node: SensorNode, params: SignalParams | None = None) -> None:
+        self.id = node.id
+        self.node = node
+        self.params = params or SignalParams()
+        self.rng = random.Random(0)
+        self._outputs: list[Event] = []
+        self._window = 0  # index of the next reading
+
+    def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
+        self.rng = random.Random(seed)
+
+    def severity_at(self, time_us: int) -> float:
+        for anomaly in self.node.anomalies:
+            if anomaly.at_us <= time_us < anomaly.at_us + anomaly.duration_us:
+                return anomaly.severity
+        return 0.0
+
+    def begin_advance(self, target_us: int, events: list[Event]) -> None:
+        outputs = []
+        while (at := self.node.offset_us + self._window * self.node.period_us) <= target_us:
+            severity = self.severity_at(at)
+            outputs.append({
+                "type": self.node.event_type,
+                "time_us": at,
+                "data": {
+                    "sensor": self.id,
+                    "window": self._window,
+                    "sampled_us": at,
+                    "features": sample_features(self.rng, self.params, severity),
+                    "truth": "anomaly" if severity > 0 else "normal",
+                },
+            })
+            self._window += 1
+        self._outputs = outputs
+
+    def end_advance(self) -> list[Event]:
+        return self._outputs
+
+    def shutdown(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class SinkModel:
+    """In-process sink: keeps every event that reaches it (the trace records them as delivered too)."""
+
+    def __init__(self, node_id: str) -> None:
+        self.id = node_id
+        self.received: list[Event] = []
+
+    def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
+        pass
+
+    def begin_advance(self, target_us: int, events: list[Event]) -> None:
+        self.received.extend(events)
+
+    def end_advance(self) -> list[Event]:
+        return []
+
+    def shutdown(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

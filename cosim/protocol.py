@@ -1,0 +1,54 @@
+"""The coordinator's side of the JSON-lines protocol (the service side is containers/protocol_adapter.py).
+
+Both sides must agree on VERSION; a test checks they do. The full specification is docs/protocol.md and the
+machine-readable one schemas/protocol.schema.json.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+VERSION = 1
+
+SHUTDOWN: dict[str, Any] = {"type": "SHUTDOWN"}
+
+
+def canonical(value: Any) -> str:
+    """Canonical JSON: sorted keys, fixed separators, UTF-8 kept as is. Used on the wire and in traces."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode(line: bytes) -> Any:
+    """Strict JSON: NaN and Infinity are refused (they would make traces non-canonical)."""
+    return json.loads(line, parse_constant=_refuse_constant)
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    return (canonical(message) + "\n").encode("utf-8")
+
+
+def init_message(node_id: str, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "INIT", "protocol": VERSION, "time_us": 0, "node_id": node_id, "seed": seed,
+            "config": dict(config), "endpoints": dict(endpoints)}
+
+
+def advance_message(target_us: int, events: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "ADVANCE", "time_us": target_us, "events": events}
+
+
+def check_outputs(events: Any, current_us: int, target_us: int) -> str | None:
+    """Why a DONE's event list breaks the protocol, or None when it is fine."""
+    if not isinstance(events, list):
+        return f"answered DONE whose events is not a list: {type(events).__name__}"
+    for index, event in enumerate(events):
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            return f"DONE events[{index}] is not an object with a string 'type'"
+        time_us = event.get("time_us")
+        if not isinstance(time_us, int) or isinstance(time_us, bool) or not current_us < time_us <= target_us:
+            return f"DONE events[{index}] is stamped {time_us!r} us, outside the window ({current_us}, {target_us}]"
+    return None

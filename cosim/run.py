@@ -1,0 +1,171 @@
+"""One run, top to bottom: scenario -> runtime -> nodes -> coordinator -> trace (+ metrics beside it).
+
+Teardown is guaranteed: the runtime is stopped on success, on every error and on Ctrl-C/SIGTERM, with
+further signals held off until it has finished, so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, Iterator
+
+from cosim import runtimes, trace as tracing
+from cosim.coordinator import Coordinator, RunResult
+from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
+from cosim.scenario import Scenario, SensorNode, SinkNode, load
+from cosim.trace import TraceWriter
+
+DEFAULT_WATCHDOG_S = 30.0
+
+
+@dataclass
+class RunSummary:
+    scenario: Scenario
+    runtime: str
+    trace_path: Path
+    metrics_path: Path
+    result: RunResult
+    sinks: dict[str, list[dict[str, Any]]]
+
+
+def artifact_paths(trace_path: Path) -> tuple[Path, Path]:
+    """Where the metrics file and the service logs of a trace go (beside it)."""
+    stem = trace_path.name[: -len(".jsonl")] if trace_path.name.endswith(".jsonl") else trace_path.name
+    return trace_path.with_name(stem + ".metrics.json"), trace_path.with_name(stem + ".logs")
+
+
+def build_nodes(scenario: Scenario, runtime: runtimes.Runtime, watchdog_s: float) -> dict[str, SimNode]:
+    nodes: dict[str, SimNode] = {}
+    for spec in scenario.nodes:
+        if isinstance(spec, SensorNode):
+            nodes[spec.id] = SensorModel(spec)
+        elif isinstance(spec, SinkNode):
+            nodes[spec.id] = SinkModel(spec.id)
+        elif spec.kind == "service":
+            nodes[spec.id] = ServiceNode(spec.id, runtime.transport(spec.id), watchdog_s=watchdog_s)
+    return nodes
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends a run the way Ctrl-C does: through the same teardown."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while tearing down, so a second Ctrl-C cannot leave containers behind."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def run(
+    scenario_path: str | Path,
+    *,
+    runtime: str = "docker",
+    trace_path: str | Path | None = None,
+    watchdog_s: float = DEFAULT_WATCHDOG_S,
+    progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    runtime_options: dict[str, Any] | None = None,
+) -> RunSummary:
+    scenario = load(scenario_path)
+    trace_file = Path(trace_path if trace_path is not None else scenario.trace)
+    metrics_path, log_dir = artifact_paths(trace_file)
+    backend = runtimes.create(runtime, scenario, log_dir, **(runtime_options or {}))
+    writer = TraceWriter(trace_file)
+    nodes: dict[str, SimNode] = {}
+    result: RunResult | None = None
+    coordinator: Coordinator | None = None
+    started = time.monotonic()
+    try:
+        with sigterm_as_interrupt():
+            try:
+                writer.header(tracing.base_manifest(
+                    scenario.name, scenario.sha256, scenario.seed, scenario.duration_us, scenario.quantum_us,
+                    {node.id: node.kind for node in scenario.nodes}))
+                backend.start()
+                nodes = build_nodes(scenario, backend, watchdog_s)
+                coordinator = Coordinator(scenario, nodes, writer, endpoints=backend.endpoints(), progress=progress)
+                result = coordinator.run()
+            except KeyboardInterrupt:
+                if coordinator is None:  # interrupted while starting: record it too
+                    writer.error(0, None, "interrupted", "the run was interrupted while starting")
+                raise
+            except Exception as exc:
+                if coordinator is None and not writer.closed:
+                    writer.error(0, getattr(exc, "node", None), "start_failed", str(exc).splitlines()[0])
+                raise
+            finally:
+                with signals_held():
+                    for node in nodes.values():
+                        node.close()
+                    backend.stop()
+                    writer.close()
+    finally:
+        wall_s = time.monotonic() - started
+        _write_metrics(metrics_path, scenario, runtime, wall_s, coordinator, nodes, backend.manifest())
+    sinks = {node_id: node.received for node_id, node in nodes.items() if isinstance(node, SinkModel)}
+    assert result is not None
+    return RunSummary(scenario, runtime, trace_file, metrics_path, result, sinks)
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    if not samples:
+        return {}
+    ordered = sorted(samples)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
+
+    return {"count": len(ordered), "p50_us": pick(0.50), "p95_us": pick(0.95), "p99_us": pick(0.99),
+            "mean_us": statistics.fmean(ordered) * 1e6}
+
+
+def _write_metrics(path: Path, scenario: Scenario, runtime: str, wall_s: float, coordinator: Coordinator | None,
+                   nodes: dict[str, SimNode], manifest: dict[str, Any]) -> None:
+    """Wall-clock measurements of the run: never part of the trace."""
+    timings = coordinator.timings if coordinator is not None else None
+    virtual_s = (coordinator.now_us if coordinator is not None else 0) / 1e6
+    steps = timings.steps if timings else 0
+    loop_s = timings.wall_s - timings.init_s - timings.shutdown_s if timings else 0.0
+    overhead_s = max(0.0, loop_s - timings.waiting_s) if timings else 0.0
+    metrics = {
+        "scenario": scenario.name,
+        "runtime": runtime,
+        "environment": manifest,
+        "wall_s": round(wall_s, 6),
+        "virtual_s": virtual_s,
+        "real_time_factor": round(virtual_s / wall_s, 6) if wall_s > 0 else None,
+        "steps": steps,
+        "step_loop_s": round(loop_s, 6),
+        "coordinator_overhead": {
+            "total_s": round(overhead_s, 6),
+            "share": round(overhead_s / loop_s, 6) if loop_s > 0 else None,
+            "per_step_us": round(overhead_s / steps * 1e6, 3) if steps else None,
+        },
+        "round_trip": {node_id: _percentiles(node.round_trips_s) for node_id, node in nodes.items()
+                       if isinstance(node, ServiceNode)},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -1,0 +1,50 @@
+"""Runtimes bring a scenario's container nodes to life and hand the coordinator a Transport per service.
+
+``local`` runs each service as a subprocess on this machine; ``docker`` renders the compose file, brings
+the project up through python-on-whales and attaches to each container's main process. Both implement
+``Runtime``; the coordinator never sees the difference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from cosim.scenario import Scenario
+from cosim.transport import Transport
+
+RUNTIMES = ("local", "docker")
+
+
+class Runtime(Protocol):
+    name: str
+
+    def start(self) -> None:
+        """Start infrastructure and services; raise a CosimError (after cleaning up) when that fails."""
+        ...
+
+    def transport(self, node_id: str) -> Transport: ...
+
+    def endpoints(self) -> dict[str, dict[str, Any]]:
+        """Where each infrastructure node listens, as the services should reach it: {id: {host, port}}."""
+        ...
+
+    def manifest(self) -> dict[str, Any]:
+        """Runtime facts for the reproducibility manifest (image ids, versions)."""
+        ...
+
+    def stop(self) -> None:
+        """Remove everything started; idempotent and safe to call after a partial start."""
+        ...
+
+
+def create(name: str, scenario: Scenario, log_dir: Path, **options: Any) -> Runtime:
+    if name == "local":
+        from cosim.runtimes.local import LocalRuntime
+
+        return LocalRuntime(scenario, log_dir, **options)
+    if name == "docker":
+        from cosim.runtimes.docker import DockerRuntime
+
+        return DockerRuntime(scenario, log_dir, **options)
+    raise ValueError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")

@@ -1,0 +1,132 @@
+"""The local runtime: every service is a subprocess on this machine, spoken to over pipes.
+
+Fast tests, and a way to develop a service before containerising it. Infrastructure nodes (e.g. the MQTT
+broker) run from their ``local_command`` with ``{port}`` replaced by a free local port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cosim.errors import CosimError
+from cosim.scenario import ContainerNode, Scenario
+from cosim.transport import PipeTransport, Transport, tail
+
+INFRA_START_TIMEOUT_S = 15.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, deadline: float, process: subprocess.Popen[bytes]) -> bool:
+    """True once something accepts TCP connections on 127.0.0.1:port; False if the process died or time ran out."""
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            # Connection refused comes back at once: wait for the process (not a sleep) before retrying.
+            try:
+                process.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                pass
+    return False
+
+
+class LocalRuntime:
+    name = "local"
+
+    def __init__(self, scenario: Scenario, log_dir: Path) -> None:
+        self.scenario = scenario
+        self.log_dir = log_dir
+        self._transports: dict[str, PipeTransport] = {}
+        self._infrastructure: dict[str, subprocess.Popen[bytes]] = {}
+        self._endpoints: dict[str, dict[str, Any]] = {}
+
+    def start(self) -> None:
+        try:
+            for node in self.scenario.containers:
+                if not node.speaks_protocol:
+                    self._start_infrastructure(node)
+            for node in self.scenario.containers:
+                if node.speaks_protocol:
+                    self._start_service(node)
+        except BaseException:
+            self.stop()
+            raise
+
+    def transport(self, node_id: str) -> Transport:
+        return self._transports[node_id]
+
+    def endpoints(self) -> dict[str, dict[str, Any]]:
+        return dict(self._endpoints)
+
+    def manifest(self) -> dict[str, Any]:
+        return {"runtime": "local", "python": sys.version.split()[0]}
+
+    def stop(self) -> None:
+        for transport in self._transports.values():
+            transport.close(grace_s=1.0)
+        self._transports.clear()
+        for process in self._infrastructure.values():
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        self._infrastructure.clear()
+
+    # -- starting ---------------------------------------------------------------------------------
+
+    def _command(self, node: ContainerNode, port: int | None = None) -> list[str]:
+        if node.local_command is None:
+            if not node.speaks_protocol:
+                raise CosimError(f"node {node.id!r} has no local_command, so --runtime local cannot start it; "
+                                 f"add one to the scenario or use --runtime docker")
+            return [sys.executable, "-u", str(node.build / "service.py")]
+        return [part.replace("{python}", sys.executable).replace("{port}", str(port)) for part in node.local_command]
+
+    def _environment(self, node: ContainerNode) -> dict[str, str]:
+        containers_dir = str(node.build.parent)  # protocol_adapter.py lives there, as in /app in the images
+        pythonpath = os.pathsep.join(filter(None, [containers_dir, os.environ.get("PYTHONPATH")]))
+        return {**os.environ, **node.environment, "PYTHONPATH": pythonpath, "COSIM_NODE_ID": node.id,
+                "PYTHONUNBUFFERED": "1"}
+
+    def _start_infrastructure(self, node: ContainerNode) -> None:
+        port = free_port()
+        command = self._command(node, port)
+        if shutil.which(command[0]) is None and not Path(command[0]).is_file():
+            raise CosimError(f"node {node.id!r} needs `{command[0]}` for --runtime local, and it is not installed "
+                             f"(e.g. apt-get install {command[0]}); or use --runtime docker")
+        log_path = self.log_dir / f"{node.id}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       cwd=node.build, env=self._environment(node), start_new_session=True)
+        self._infrastructure[node.id] = process
+        if not wait_for_port(port, time.monotonic() + INFRA_START_TIMEOUT_S, process):
+            code = process.poll()
+            state = f"exited with code {code}" if code is not None else f"not listening after {INFRA_START_TIMEOUT_S:g} s"
+            raise CosimError(f"node {node.id!r} ({' '.join(command)}) {state}; last lines of {log_path}:\n"
+                             + tail(log_path, 10))
+        self._endpoints[node.id] = {"host": "127.0.0.1", "port": port}
+
+    def _start_service(self, node: ContainerNode) -> None:
+        command = self._command(node)
+        try:
+            self._transports[node.id] = PipeTransport(node.id, command, log_path=self.log_dir / f"{node.id}.log",
+                                                      env=self._environment(node), cwd=node.build)
+        except OSError as exc:
+            raise CosimError(f"node {node.id!r}: cannot start {' '.join(command)}: {exc.strerror}") from exc

@@ -1,0 +1,514 @@
+"""Scenario files: YAML in, a validated, typed ``Scenario`` out (or one clear ScenarioError).
+
+Reading is defensive because scenario files come from users: the bytes must be UTF-8, the YAML is loaded
+with the safe loader and a bound on its expanded size (alias bombs are refused quickly), duplicate keys are
+errors, the document is validated against schemas/scenario.schema.json, and then the checks a schema cannot
+express are made (unique ids, routes and links naming existing nodes, the quantum, the lookahead).
+Every error names the file, the line where there is one, and the path of the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from cosim.errors import ScenarioError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO_ROOT / "schemas" / "scenario.schema.json"
+
+MAX_FILE_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000  # after alias expansion; a real scenario has a few hundred
+MAX_STEPS = 50_000_000
+DEFAULT_QUANTUM_US = 1000
+
+FieldPath = tuple[str | int, ...]
+
+
+# -- typed scenario -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkProperties:
+    latency_us: int
+    jitter_us: int = 0
+    loss: float = 0.0
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    at_us: int
+    duration_us: int
+    severity: float
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node as the coordinator sees it: replicas are already expanded into distinct nodes."""
+
+    id: str
+    kind: str  # service | infrastructure | sensor | sink
+    links: dict[str, LinkProperties] = field(default_factory=dict)
+    group: str | None = None  # the declared id of a replicated service
+
+
+@dataclass(frozen=True)
+class ContainerNode(Node):
+    build: Path = Path()  # the service directory (with its Dockerfile), resolved against the scenario file
+    image: str = ""
+    command: tuple[str, ...] | None = None
+    local_command: tuple[str, ...] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+    read_only: bool = True
+    port: int | None = None  # infrastructure only
+
+    @property
+    def speaks_protocol(self) -> bool:
+        return self.kind == "service"
+
+
+@dataclass(frozen=True)
+class SensorNode(Node):
+    model: str = "vibration"
+    period_us: int = 0
+    offset_us: int = 0
+    event_type: str = "inference_request"
+    anomalies: tuple[Anomaly, ...] = ()
+
+
+@dataclass(frozen=True)
+class SinkNode(Node):
+    pass
+
+
+@dataclass(frozen=True)
+class Route:
+    source: str
+    targets: tuple[str, ...]  # declared ids: a replicated group or a single node
+    events: tuple[str, ...] | None  # None: every event type
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    seed: int
+    duration_us: int
+    quantum_us: int
+    nodes: tuple[Node, ...]
+    routes: tuple[Route, ...]
+    default_link: LinkProperties
+    trace: str
+    path: Path
+    sha256: str
+    description: str = ""
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # replicated id -> replica ids
+
+    @property
+    def steps(self) -> int:
+        return self.duration_us // self.quantum_us
+
+    def node(self, node_id: str) -> Node:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    @property
+    def containers(self) -> tuple[ContainerNode, ...]:
+        return tuple(node for node in self.nodes if isinstance(node, ContainerNode))
+
+    def link(self, source: str, target: str) -> LinkProperties:
+        """The link an event takes from ``source`` to ``target`` (a replica's group links apply)."""
+        node = self.node(source)
+        target_node = self.node(target)
+        for name in (target, target_node.group):
+            if name is not None and name in node.links:
+                return node.links[name]
+        return self.default_link
+
+
+# -- reading ------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def load(path: str | Path) -> Scenario:
+    """Read, validate and type a scenario file. Raises ScenarioError with a message for the user."""
+    path = Path(path)
+    source = str(path)
+    data = _read_bytes(path, source)
+    text = _decode(data, source)
+    document, lines = _parse_yaml(text, source)
+    _validate_schema(document, lines, source)
+    return _build(document, lines, source, path, hashlib.sha256(data).hexdigest())
+
+
+def _read_bytes(path: Path, source: str) -> bytes:
+    if not path.exists():
+        raise ScenarioError(source, "no such file")
+    if path.is_dir():
+        raise ScenarioError(source, "is a directory, expected a scenario YAML file")
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ScenarioError(source, f"cannot be read: {exc.strerror}") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise ScenarioError(source, f"is larger than {MAX_FILE_BYTES // 1024} KiB; a scenario file is small")
+    return data
+
+
+def _decode(data: bytes, source: str) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ScenarioError(source, f"is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})", line=line) from exc
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
+        raise ScenarioError(source, "is empty; expected a scenario mapping (name, seed, duration_us, nodes, ...)")
+    return text
+
+
+class _LineLoader(yaml.SafeLoader):
+    """The safe loader, refusing duplicate keys. Tags other than YAML's own are already refused by it."""
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Any, dict[FieldPath, int]]:
+    loader = _LineLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            raise ScenarioError(source, "is empty; expected a scenario mapping")
+        _check_size(root, source)
+        lines: dict[FieldPath, int] = {}
+        _collect_lines(root, (), lines, source)
+        document = loader.construct_document(root)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        if "could not determine a constructor" in (exc.problem or ""):
+            problem = f"unsupported YAML tag {exc.problem.split('tag ')[-1].strip()}; only plain YAML is allowed"
+        raise ScenarioError(source, f"YAML syntax error: {problem}", line=mark.line + 1 if mark else None) from exc
+    except yaml.YAMLError as exc:
+        raise ScenarioError(source, f"YAML error: {exc}") from exc
+    finally:
+        loader.dispose()
+    if not isinstance(document, dict):
+        kind = "a list" if isinstance(document, list) else f"a {type(document).__name__}"
+        raise ScenarioError(source, f"top level is {kind}; expected a mapping with name, seed, duration_us, nodes", line=1)
+    return document, lines
+
+
+def _check_size(root: yaml.Node, source: str) -> None:
+    """Refuse documents whose alias-expanded size is absurd (billion laughs), without expanding them."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if depth > 100:
+            raise ScenarioError(source, "YAML nesting deeper than 100 levels; refused")
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        sizes[key] = 1  # guards against recursive aliases
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item, depth + 1) for item in node.value)
+        if total > MAX_YAML_NODES:
+            raise ScenarioError(
+                source,
+                f"YAML expands to more than {MAX_YAML_NODES} values (aliases/anchors); refused",
+                line=node.start_mark.line + 1,
+            )
+        sizes[key] = total
+        return total
+
+    size(root, 0)
+
+
+def _collect_lines(node: yaml.Node, path: FieldPath, lines: dict[FieldPath, int], source: str) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            if key is not None and key in seen:
+                raise ScenarioError(
+                    source, f"duplicate key {key!r} (first at line {seen[key]})", line=line, path=_format_path(path)
+                )
+            if key is not None:
+                seen[key] = line
+                lines[path + (key,)] = line
+                _collect_lines(value_node, path + (key,), lines, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _collect_lines(item, path + (index,), lines, source)
+
+
+def _format_path(path: FieldPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _line_for(path: FieldPath, lines: dict[FieldPath, int]) -> int | None:
+    while path not in lines and path:
+        path = path[:-1]
+    return lines.get(path)
+
+
+# -- schema validation --------------------------------------------------------------------------------
+
+
+def _validate_schema(document: dict[str, Any], lines: dict[FieldPath, int], source: str) -> None:
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(document), key=_error_rank)
+    if not errors:
+        return
+    error = _deepest(errors[0])
+    path = tuple(error.absolute_path)
+    line_path = path
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        unknown = sorted(set(error.instance) - set(_allowed_keys(error)))
+        line_path = path + tuple(unknown[:1])  # point at the misspelt key itself
+    raise ScenarioError(source, _describe(error, document), line=_line_for(line_path, lines), path=_format_path(path))
+
+
+def _error_rank(error: jsonschema.ValidationError) -> tuple[Any, ...]:
+    # Report the first problem in file order; prefer the most specific one at a place.
+    path = tuple(error.absolute_path)
+    return (tuple((0, p) if isinstance(p, int) else (1, str(p)) for p in path), -len(error.absolute_schema_path))
+
+
+def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """For if/then and allOf, the interesting error is the nested one."""
+    while error.context:
+        error = sorted(error.context, key=lambda e: (-len(e.absolute_path), len(e.absolute_schema_path)))[0]
+    return error
+
+
+def _allowed_keys(error: jsonschema.ValidationError) -> list[str]:
+    return sorted(error.schema.get("properties", {})) if isinstance(error.schema, dict) else []
+
+
+def _describe(error: jsonschema.ValidationError, document: Any) -> str:
+    value = error.instance
+    kind = error.validator
+    expected = error.validator_value
+    if kind == "additionalProperties":
+        allowed = _allowed_keys(error)
+        extra = sorted(set(value) - set(allowed)) if isinstance(value, dict) else []
+        unknown = extra[0] if extra else "?"
+        close = difflib.get_close_matches(str(unknown), allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(allowed)}"
+        return f"unknown key {unknown!r}{hint}"
+    if kind == "required":
+        missing = [name for name in expected if name not in value]
+        return f"missing required key {missing[0]!r}" if missing else error.message
+    if kind == "type":
+        names = expected if isinstance(expected, list) else [expected]
+        return f"expected {' or '.join(_type_name(n) for n in names)}, got {_show(value)}"
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        relation = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[kind]
+        return f"expected a value {relation} {expected}, got {_show(value)}"
+    if kind == "enum":
+        return f"expected one of {', '.join(map(str, expected))}; got {_show(value)}"
+    if kind == "const":
+        return f"expected {expected!r}, got {_show(value)}"
+    if kind == "pattern":
+        return f"{_show(value)} is not allowed here: expected lowercase letters, digits and dashes, starting with a letter (pattern {expected})" if "a-z0-9-" in expected else f"{_show(value)} does not match {expected}"
+    if kind in ("minItems", "minLength"):
+        return f"must not be empty" if expected == 1 else f"needs at least {expected} items"
+    if kind == "maxItems":
+        return f"has more than {expected} items"
+    if kind == "propertyNames":
+        return f"invalid name: {error.message}"
+    return error.message
+
+
+def _type_name(name: str) -> str:
+    return {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
+            "object": "a mapping", "array": "a list", "null": "null"}.get(name, name)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, float) and value.is_integer():
+        return f"{value!r} (a float)"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- building the typed scenario and the checks the schema cannot express -----------------------------
+
+
+def _build(doc: dict[str, Any], lines: dict[FieldPath, int], source: str, path: Path, sha256: str) -> Scenario:
+    def fail(message: str, at: FieldPath) -> ScenarioError:
+        return ScenarioError(source, message, line=_line_for(at, lines), path=_format_path(at))
+
+    duration = doc["duration_us"]
+    quantum = doc.get("quantum_us", DEFAULT_QUANTUM_US)
+    if quantum > duration:
+        raise fail(f"quantum {quantum} us is longer than duration_us {duration}", ("quantum_us",))
+    if duration % quantum:
+        raise fail(f"quantum {quantum} us does not divide duration_us {duration} (remainder {duration % quantum} us)",
+                   ("quantum_us",) if "quantum_us" in doc else ("duration_us",))
+    if duration // quantum > MAX_STEPS:
+        raise fail(f"{duration // quantum} steps is more than {MAX_STEPS}; use a larger quantum_us", ("quantum_us",))
+
+    default_link_doc = (doc.get("network") or {}).get("default_link", {})
+    default_link = LinkProperties(
+        latency_us=default_link_doc.get("latency_us", quantum),
+        jitter_us=default_link_doc.get("jitter_us", 0),
+        loss=float(default_link_doc.get("loss", 0.0)),
+    )
+    if default_link.latency_us < quantum:
+        raise fail(_lookahead_message(default_link.latency_us, quantum), ("network", "default_link", "latency_us"))
+
+    declared: dict[str, int] = {}
+    for index, node_doc in enumerate(doc["nodes"]):
+        node_id = node_doc["id"]
+        if node_id in declared:
+            raise fail(f"duplicate node id {node_id!r} (also nodes[{declared[node_id]}])", ("nodes", index, "id"))
+        declared[node_id] = index
+
+    nodes: list[Node] = []
+    groups: dict[str, tuple[str, ...]] = {}
+    for index, node_doc in enumerate(doc["nodes"]):
+        at: FieldPath = ("nodes", index)
+        links = _links(node_doc, declared, quantum, at, fail)
+        built = _node(node_doc, links, duration, path.resolve().parent, at, fail)
+        replicas = node_doc.get("replicas", 1)
+        if replicas == 1:
+            nodes.append(built)
+            continue
+        ids = tuple(f"{built.id}-{n}" for n in range(1, replicas + 1))
+        for replica_id in ids:
+            if replica_id in declared:
+                raise fail(f"replica id {replica_id!r} of {built.id!r} collides with another node's id",
+                           at + ("replicas",))
+        groups[built.id] = ids
+        nodes.extend(replace(built, id=replica_id, group=built.id) for replica_id in ids)
+
+    by_id = {node.id: node for node in nodes}
+    routes = [_route(route_doc, index, by_id, groups, fail) for index, route_doc in enumerate(doc.get("routes", []))]
+    trace = doc.get("trace") or f"traces/{doc['name']}.jsonl"
+    return Scenario(
+        name=doc["name"], seed=doc["seed"], duration_us=duration, quantum_us=quantum, nodes=tuple(nodes),
+        routes=tuple(routes), default_link=default_link, trace=trace, path=path, sha256=sha256,
+        description=doc.get("description", ""), groups=groups,
+    )
+
+
+def _lookahead_message(latency: int, quantum: int) -> str:
+    return (f"latency {latency} us is shorter than the quantum {quantum} us; every link needs latency_us >= quantum_us "
+            f"so that nodes can advance a whole step concurrently (lower quantum_us or raise the latency)")
+
+
+def _links(node_doc: dict[str, Any], declared: dict[str, int], quantum: int, at: FieldPath, fail: Any) -> dict[str, LinkProperties]:
+    links: dict[str, LinkProperties] = {}
+    for index, link_doc in enumerate(node_doc.get("links", [])):
+        link_at = at + ("links", index)
+        target = link_doc["to"]
+        if target not in declared:
+            raise fail(f"link to unknown node {target!r}{_suggest(target, declared)}", link_at + ("to",))
+        if target == node_doc["id"]:
+            raise fail("a node cannot link to itself", link_at + ("to",))
+        if target in links:
+            raise fail(f"second link to {target!r}; one link per destination", link_at + ("to",))
+        if link_doc["latency_us"] < quantum:
+            raise fail(_lookahead_message(link_doc["latency_us"], quantum), link_at + ("latency_us",))
+        links[target] = LinkProperties(link_doc["latency_us"], link_doc.get("jitter_us", 0), float(link_doc.get("loss", 0.0)))
+    return links
+
+
+def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, base_dir: Path, at: FieldPath,
+          fail: Any) -> Node:
+    kind = doc["kind"]
+    if kind in ("service", "infrastructure"):
+        build = doc["build"]
+        service_dir = (base_dir / build).resolve()
+        if not (service_dir / "Dockerfile").is_file():
+            raise fail(f"no Dockerfile in {build!r} (looked for {service_dir / 'Dockerfile'})", at + ("build",))
+        return ContainerNode(
+            id=doc["id"], kind=kind, links=links, build=service_dir,
+            image=doc.get("image") or f"cosim/{service_dir.name}:dev",
+            command=tuple(doc["command"]) if "command" in doc else None,
+            local_command=tuple(doc["local_command"]) if "local_command" in doc else None,
+            config=doc.get("config", {}),
+            environment={k: _env_value(v) for k, v in doc.get("environment", {}).items()},
+            read_only=doc.get("read_only", True), port=doc.get("port"),
+        )
+    if kind == "sensor":
+        period = doc["period_us"]
+        anomalies = []
+        for index, anomaly in enumerate(doc.get("anomalies", [])):
+            if anomaly["at_us"] > duration:
+                raise fail(f"anomaly at {anomaly['at_us']} us is after the end of the run ({duration} us)",
+                           at + ("anomalies", index, "at_us"))
+            anomalies.append(Anomaly(anomaly["at_us"], anomaly.get("duration_us", period), float(anomaly.get("severity", 1.0))))
+        return SensorNode(
+            id=doc["id"], kind=kind, links=links, model=doc.get("model", "vibration"), period_us=period,
+            offset_us=doc.get("offset_us", period), event_type=doc.get("event_type", "inference_request"),
+            anomalies=tuple(anomalies),
+        )
+    return SinkNode(id=doc["id"], kind=kind, links=links)
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _route(doc: dict[str, Any], index: int, nodes: dict[str, Node], groups: dict[str, tuple[str, ...]], fail: Any) -> Route:
+    at: FieldPath = ("routes", index)
+    known = set(nodes) | set(groups)
+    source = doc["from"]
+    if source not in known:
+        raise fail(f"route from unknown node {source!r}{_suggest(source, known)}", at + ("from",))
+    sources = groups.get(source, (source,))
+    if nodes[sources[0]].kind in ("sink", "infrastructure"):
+        raise fail(f"route from {source!r}, a {nodes[sources[0]].kind} node, which emits no events", at + ("from",))
+    for position, target in enumerate(doc["to"]):
+        if target not in known:
+            raise fail(f"route to unknown node {target!r}{_suggest(target, known)}", at + ("to", position))
+        kind = nodes[groups.get(target, (target,))[0]].kind
+        if kind in ("sensor", "infrastructure"):
+            raise fail(f"route to {target!r}, a {kind} node, which takes no events", at + ("to", position))
+        if target == source:
+            raise fail("a route cannot lead back to its own source", at + ("to", position))
+    if len(set(doc["to"])) != len(doc["to"]):
+        raise fail("the same destination is listed twice", at + ("to",))
+    events = tuple(doc["events"]) if "events" in doc else None
+    return Route(source=source, targets=tuple(doc["to"]), events=events)
+
+
+def _suggest(name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; known nodes: {', '.join(sorted(known))}"
+

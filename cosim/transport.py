@@ -1,0 +1,160 @@
+"""Transports: how the coordinator's node proxies reach a service's stdin/stdout.
+
+The coordinator only knows the small ``Transport`` interface. ``PipeTransport`` covers both runtimes: the
+local runtime starts the service itself as a child process; the Docker runtime starts ``docker attach`` to the
+container's main process. Reads use select() on the raw pipe with a wall-clock deadline (the watchdog), so a
+hung service is noticed without threads; stderr goes to a log file so a chatty service can never block on a
+full pipe, and its last lines are at hand when something goes wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable, Mapping, Protocol, Sequence
+
+MAX_LINE_BYTES = 64 << 20
+
+
+class TransportClosed(Exception):
+    """The other end closed its stdout (the process ended)."""
+
+
+class TransportTimeout(Exception):
+    """No complete line arrived before the deadline."""
+
+
+class Transport(Protocol):
+    name: str
+
+    def send(self, line: bytes) -> None: ...
+
+    def receive(self, deadline: float) -> bytes:
+        """One line without its newline; ``deadline`` is a time.monotonic() value."""
+        ...
+
+    def exit_code(self) -> int | None: ...
+
+    def wait_exit(self, deadline: float) -> int | None:
+        """The exit code once the process has ended, or None if it is still running at the deadline."""
+        ...
+
+    def log_tail(self, lines: int = 15) -> str: ...
+
+    def close(self, grace_s: float) -> None: ...
+
+
+def tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a text file (empty when it does not exist)."""
+    try:
+        with path.open("r", encoding="utf-8", errors="replace") as handle:
+            return "".join(deque(handle, maxlen=lines))
+    except OSError:
+        return ""
+
+
+class PipeTransport:
+    """A child process spoken to over its stdin/stdout; stderr appended to ``log_path``."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        exit_code: Callable[[], int | None] | None = None,
+        log_tail: Callable[[int], str] | None = None,
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("ab")
+        self._exit_code = exit_code
+        self._log_tail = log_tail
+        self.process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            bufsize=0,
+            start_new_session=True,  # Ctrl-C in the terminal goes to cosim, which shuts the service down in order
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._stdin = self.process.stdin
+        self._stdout_fd = self.process.stdout.fileno()
+        self._buffer = bytearray()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._stdout_fd, selectors.EVENT_READ)
+
+    def send(self, line: bytes) -> None:
+        try:
+            self._stdin.write(line)
+        except (BrokenPipeError, ValueError) as exc:
+            raise TransportClosed(f"stdin closed ({exc.__class__.__name__})") from exc
+
+    def receive(self, deadline: float) -> bytes:
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline >= 0:
+                line = bytes(self._buffer[:newline])
+                del self._buffer[: newline + 1]
+                return line
+            if len(self._buffer) > MAX_LINE_BYTES:
+                raise TransportClosed(f"a line longer than {MAX_LINE_BYTES} bytes")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._selector.select(remaining):
+                raise TransportTimeout()
+            chunk = os.read(self._stdout_fd, 1 << 16)
+            if not chunk:
+                raise TransportClosed("stdout closed")
+            self._buffer += chunk
+
+    def pending_output(self) -> bytes:
+        """Bytes received but not yet returned as a line (shown when a node breaks the protocol)."""
+        return bytes(self._buffer)
+
+    def exit_code(self) -> int | None:
+        if self._exit_code is not None:
+            return self._exit_code()
+        return self.process.poll()
+
+    def wait_exit(self, deadline: float) -> int | None:
+        """Wait (with a deadline) for the process to end; its exit code, or None if it is still running."""
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            self.process.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            return None
+        return self.exit_code()
+
+    def log_tail(self, lines: int = 15) -> str:
+        self._log.flush()
+        if self._log_tail is not None:
+            return self._log_tail(lines)
+        return tail(self.log_path, lines)
+
+    def close(self, grace_s: float = 2.0) -> None:
+        """Close stdin, give the process ``grace_s`` to end, then kill its process group."""
+        try:
+            self._stdin.close()
+        except OSError:
+            pass
+        if self.wait_exit(time.monotonic() + grace_s) is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+        self._selector.close()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._log.close()
