@@ -58,15 +58,16 @@ def up(c: Context, scenario: str | None = None, runtime: str = "docker", trace: 
 
 @task
 def down(c: Context) -> None:
-    """Remove containers and networks that an earlier, crashed run left behind."""
-    _call(cli.not_implemented, "down", 4)
+    """Remove containers and networks that earlier (e.g. crashed) runs left behind."""
+    _call(cli.down)
 
 
 @optional_positional("scenario")
-@task(positional=["scenario"], help={"scenario": "scenario YAML file (default: scenarios/default.yaml)"})
-def images(c: Context, scenario: str | None = None) -> None:
+@task(positional=["scenario"], help={"scenario": "scenario YAML file (default: scenarios/default.yaml)",
+                                     "force": "rebuild without the layer cache"})
+def images(c: Context, scenario: str | None = None, force: bool = False) -> None:
     """Build the images a scenario needs (idempotent; works without a registry)."""
-    _call(cli.not_implemented, "images", 4)
+    _call(cli.images, scenario or DEFAULT, force=force)
 
 
 @optional_positional("scenario")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
-from cosim import compose, scenario as scenarios
+from cosim import compose, detections, scenario as scenarios
 from cosim.errors import CosimError
 from cosim.run import DEFAULT_WATCHDOG_S, RunSummary, run
 
@@ -96,4 +96,25 @@ def print_summary(summary: RunSummary, out: TextIO) -> None:
         out.write(f"  warning: {count} {event_type!r} event(s) from {source!r} matched no route (traced as unroutable)\n")
     for sink, events in sorted(summary.sinks.items()):
         out.write(f"  sink {sink!r} received {len(events)} event(s)\n")
+    sink_events = sorted((e for events in summary.sinks.values() for e in events), key=lambda e: e["time_us"])
+    detections.print_report(detections.report(summary.scenario, sink_events), out)
     out.write(f"  trace:   {summary.trace_path}\n  metrics: {summary.metrics_path}\n")
+
+
+def images(path: str = DEFAULT_SCENARIO, *, force: bool = False, out: TextIO = sys.stdout) -> dict[str, str]:
+    from cosim.engine import check_engine
+    from cosim.images import ensure_images
+    from cosim.runtimes.docker import image_specs
+
+    check_engine()
+    built = ensure_images(image_specs(scenarios.load(path)), force=force)
+    for tag, image_id in sorted(built.items()):
+        out.write(f"{tag}  {image_id}\n")
+    return built
+
+
+def down(out: TextIO = sys.stdout) -> None:
+    from cosim.runtimes.docker import down_all
+
+    containers, networks = down_all()
+    out.write(f"removed {containers} container(s) and {networks} network(s) left by cosim runs\n")

@@ -120,6 +120,8 @@ class Coordinator:
         started = time.monotonic()
         for node in self.nodes.values():
             node.shutdown()
+        for node in self.nodes.values():
+            node.wait_closed()
         self.timings.shutdown_s = time.monotonic() - started
 
     # -- events -----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -128,18 +129,23 @@ def _files_under(path: Path) -> list[Path]:
     return sorted(found)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_BUILD_NOISE = (" ---> ", "Removing intermediate container", "Sending build context", "Successfully ")
+
+
 def _tail(text: str, lines: int = 15) -> str:
-    """The last lines of docker's output, without the legacy builder's deprecation banner."""
+    """The last meaningful lines of docker's output: no colours, deprecation banner or layer bookkeeping."""
     kept = []
     skipping = False
-    for line in text.splitlines():
+    for line in _ANSI.sub("", text).splitlines():
         if line.startswith("DEPRECATED: The legacy builder"):
             skipping = True
             continue
         if skipping and (line.startswith(" ") or not line.strip()):
             continue
         skipping = False
-        kept.append(line)
+        if line.strip() and not line.startswith(_BUILD_NOISE):
+            kept.append(line.rstrip())
     return "\n".join("    " + line for line in kept[-lines:])
 
 

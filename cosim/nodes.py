@@ -34,7 +34,13 @@ class SimNode(Protocol):
         """The events produced in the window just advanced, each with ``type``, ``time_us`` and ``data``."""
         ...
 
-    def shutdown(self) -> None: ...
+    def shutdown(self) -> None:
+        """Tell the node the run is over (all nodes are told before any is waited for)."""
+        ...
+
+    def wait_closed(self) -> None:
+        """Wait until the node has finished after ``shutdown``."""
+        ...
 
     def close(self) -> None: ...
 
@@ -42,7 +48,7 @@ class SimNode(Protocol):
 class ServiceNode:
     """Proxy for a service that speaks the protocol over ``transport``."""
 
-    def __init__(self, node_id: str, transport: Transport, *, watchdog_s: float, shutdown_grace_s: float = 5.0) -> None:
+    def __init__(self, node_id: str, transport: Transport, *, watchdog_s: float, shutdown_grace_s: float = 10.0) -> None:
         self.id = node_id
         self.transport = transport
         self.watchdog_s = watchdog_s
@@ -79,8 +85,11 @@ class ServiceNode:
         return reply["events"]
 
     def shutdown(self) -> None:
-        """Ask the service to flush and exit; a service that does not exit 0 in time is a failure."""
+        """Ask the service to flush and exit (``wait_closed`` then checks that it did)."""
         self._send(protocol.SHUTDOWN, "SHUTDOWN")
+
+    def wait_closed(self) -> None:
+        """A service that does not exit 0 within the grace period after SHUTDOWN is a failure."""
         code = self.transport.wait_exit(time.monotonic() + self.shutdown_grace_s)
         if code is None:
             raise self._failure(f"did not exit within {self.shutdown_grace_s:g} s of SHUTDOWN")
@@ -179,6 +188,9 @@ class SensorModel:
     def shutdown(self) -> None:
         pass
 
+    def wait_closed(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -200,6 +212,9 @@ class SinkModel:
         return []
 
     def shutdown(self) -> None:
+        pass
+
+    def wait_closed(self) -> None:
         pass
 
     def close(self) -> None:

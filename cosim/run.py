@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 from cosim import runtimes, trace as tracing
 from cosim.coordinator import Coordinator, RunResult
+from cosim.errors import Interrupted
 from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
 from cosim.scenario import Scenario, SensorNode, SinkNode, load
 from cosim.trace import TraceWriter
@@ -109,9 +110,9 @@ def run(
                 coordinator = Coordinator(scenario, nodes, writer, endpoints=backend.endpoints(), progress=progress)
                 result = coordinator.run()
             except KeyboardInterrupt:
-                if coordinator is None:  # interrupted while starting: record it too
-                    writer.error(0, None, "interrupted", "the run was interrupted while starting")
-                raise
+                # The coordinator turns an interrupt during the run into Interrupted; this is one while starting.
+                writer.error(0, None, "interrupted", "the run was interrupted while starting")
+                raise Interrupted("interrupted while starting the scenario; nothing was simulated") from None
             except Exception as exc:
                 if coordinator is None and not writer.closed:
                     writer.error(0, getattr(exc, "node", None), "start_failed", str(exc).splitlines()[0])

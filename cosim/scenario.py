@@ -27,6 +27,7 @@ SCHEMA_PATH = REPO_ROOT / "schemas" / "scenario.schema.json"
 
 MAX_FILE_BYTES = 1 << 20
 MAX_YAML_NODES = 100_000  # after alias expansion; a real scenario has a few hundred
+MAX_YAML_DEPTH = 100
 MAX_STEPS = 50_000_000
 DEFAULT_QUANTUM_US = 1000
 
@@ -183,8 +184,26 @@ def _decode(data: bytes, source: str) -> str:
     return text
 
 
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
 class _LineLoader(yaml.SafeLoader):
-    """The safe loader, refusing duplicate keys. Tags other than YAML's own are already refused by it."""
+    """The safe loader, refusing absurd nesting while composing (PyYAML's composer recurses, and its scanner is
+    quadratic in the nesting depth, so stopping at MAX_YAML_DEPTH keeps a hostile file cheap). Tags other than
+    YAML's own are already refused by the safe loader; duplicate keys are refused by _collect_lines."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _TooDeep(self.peek_event().start_mark.line + 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _parse_yaml(text: str, source: str) -> tuple[Any, dict[FieldPath, int]]:
@@ -199,31 +218,49 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[FieldPath, int]]:
         document = loader.construct_document(root)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
         problem = exc.problem or exc.context or "invalid YAML"
+        if exc.context and problem.startswith("but "):  # "but found another document" needs its context to read
+            problem = f"{exc.context}, {problem}"
         if "could not determine a constructor" in (exc.problem or ""):
-            problem = f"unsupported YAML tag {exc.problem.split('tag ')[-1].strip()}; only plain YAML is allowed"
-        raise ScenarioError(source, f"YAML syntax error: {problem}", line=mark.line + 1 if mark else None) from exc
+            tag = exc.problem.split("tag ")[-1].strip().strip("'").replace("tag:yaml.org,2002:", "!!")
+            raise ScenarioError(source, f"unsupported YAML tag {tag}; only plain YAML is allowed", line=line) from exc
+        raise ScenarioError(source, f"YAML syntax error: {problem}", line=line) from exc
     except yaml.YAMLError as exc:
         raise ScenarioError(source, f"YAML error: {exc}") from exc
+    except _TooDeep as exc:
+        raise ScenarioError(source, f"YAML nesting deeper than {MAX_YAML_DEPTH} levels; refused", line=exc.line) from None
     finally:
         loader.dispose()
+    if document is None:
+        raise ScenarioError(source, "is empty; expected a scenario mapping (name, seed, duration_us, nodes, ...)", line=1)
     if not isinstance(document, dict):
-        kind = "a list" if isinstance(document, list) else f"a {type(document).__name__}"
-        raise ScenarioError(source, f"top level is {kind}; expected a mapping with name, seed, duration_us, nodes", line=1)
+        raise ScenarioError(source, f"top level is {_kind_of(document)}; expected a mapping with name, seed, duration_us, "
+                            "nodes", line=1)
     return document, lines
+
+
+def _kind_of(value: Any) -> str:
+    names = {list: "a list", str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def _check_size(root: yaml.Node, source: str) -> None:
     """Refuse documents whose alias-expanded size is absurd (billion laughs), without expanding them."""
     sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # on the current path: meeting one again means an alias refers to itself
 
     def size(node: yaml.Node, depth: int) -> int:
-        if depth > 100:
-            raise ScenarioError(source, "YAML nesting deeper than 100 levels; refused")
+        if depth > MAX_YAML_DEPTH:
+            raise ScenarioError(source, f"YAML nesting deeper than {MAX_YAML_DEPTH} levels; refused",
+                                line=node.start_mark.line + 1)
         key = id(node)
+        if key in open_nodes:
+            raise ScenarioError(source, "YAML alias refers to itself (recursive anchor); refused",
+                                line=node.start_mark.line + 1)
         if key in sizes:
             return sizes[key]
-        sizes[key] = 1  # guards against recursive aliases
+        open_nodes.add(key)
         total = 1
         if isinstance(node, yaml.MappingNode):
             total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
@@ -235,6 +272,7 @@ def _check_size(root: yaml.Node, source: str) -> None:
                 f"YAML expands to more than {MAX_YAML_NODES} values (aliases/anchors); refused",
                 line=node.start_mark.line + 1,
             )
+        open_nodes.discard(key)
         sizes[key] = total
         return total
 
@@ -277,8 +315,19 @@ def _line_for(path: FieldPath, lines: dict[FieldPath, int]) -> int | None:
 # -- schema validation --------------------------------------------------------------------------------
 
 
+def _strict_integer(checker: Any, instance: Any) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+# JSON Schema counts 1000.0 as an integer; a scenario's times and counts must be written as integers.
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer),
+)
+
+
 def _validate_schema(document: dict[str, Any], lines: dict[FieldPath, int], source: str) -> None:
-    validator = jsonschema.Draft202012Validator(schema())
+    validator = _Validator(schema())
     errors = sorted(validator.iter_errors(document), key=_error_rank)
     if not errors:
         return
@@ -286,8 +335,8 @@ def _validate_schema(document: dict[str, Any], lines: dict[FieldPath, int], sour
     path = tuple(error.absolute_path)
     line_path = path
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        unknown = sorted(set(error.instance) - set(_allowed_keys(error)))
-        line_path = path + tuple(unknown[:1])  # point at the misspelt key itself
+        unknown = sorted(set(error.instance) - set(_allowed_keys(error)), key=str)
+        line_path = path + tuple(str(key) for key in unknown[:1])  # the misspelt key itself (lines has YAML's text)
     raise ScenarioError(source, _describe(error, document), line=_line_for(line_path, lines), path=_format_path(path))
 
 
@@ -314,7 +363,7 @@ def _describe(error: jsonschema.ValidationError, document: Any) -> str:
     expected = error.validator_value
     if kind == "additionalProperties":
         allowed = _allowed_keys(error)
-        extra = sorted(set(value) - set(allowed)) if isinstance(value, dict) else []
+        extra = sorted(set(value) - set(allowed), key=str) if isinstance(value, dict) else []
         unknown = extra[0] if extra else "?"
         close = difflib.get_close_matches(str(unknown), allowed, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(allowed)}"
@@ -373,7 +422,10 @@ def _build(doc: dict[str, Any], lines: dict[FieldPath, int], source: str, path: 
     duration = doc["duration_us"]
     quantum = doc.get("quantum_us", DEFAULT_QUANTUM_US)
     if quantum > duration:
-        raise fail(f"quantum {quantum} us is longer than duration_us {duration}", ("quantum_us",))
+        if "quantum_us" in doc:
+            raise fail(f"quantum {quantum} us is longer than duration_us {duration}", ("quantum_us",))
+        raise fail(f"duration {duration} us is shorter than the default quantum_us {quantum}; set quantum_us",
+                   ("duration_us",))
     if duration % quantum:
         raise fail(f"quantum {quantum} us does not divide duration_us {duration} (remainder {duration % quantum} us)",
                    ("quantum_us",) if "quantum_us" in doc else ("duration_us",))
@@ -493,19 +545,23 @@ def _route(doc: dict[str, Any], index: int, nodes: dict[str, Node], groups: dict
         raise fail(f"route from unknown node {source!r}{_suggest(source, known)}", at + ("from",))
     sources = groups.get(source, (source,))
     if nodes[sources[0]].kind in ("sink", "infrastructure"):
-        raise fail(f"route from {source!r}, a {nodes[sources[0]].kind} node, which emits no events", at + ("from",))
+        raise fail(f"route from {source!r}, {_article(nodes[sources[0]].kind)} node, which emits no events", at + ("from",))
     for position, target in enumerate(doc["to"]):
         if target not in known:
             raise fail(f"route to unknown node {target!r}{_suggest(target, known)}", at + ("to", position))
         kind = nodes[groups.get(target, (target,))[0]].kind
         if kind in ("sensor", "infrastructure"):
-            raise fail(f"route to {target!r}, a {kind} node, which takes no events", at + ("to", position))
+            raise fail(f"route to {target!r}, {_article(kind)} node, which takes no events", at + ("to", position))
         if target == source:
             raise fail("a route cannot lead back to its own source", at + ("to", position))
     if len(set(doc["to"])) != len(doc["to"]):
         raise fail("the same destination is listed twice", at + ("to",))
     events = tuple(doc["events"]) if "events" in doc else None
     return Route(source=source, targets=tuple(doc["to"]), events=events)
+
+
+def _article(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
 
 
 def _suggest(name: str, known: Any) -> str:

@@ -41,6 +41,7 @@ def advance(current: int, target: int, events: list[dict[str, Any]]) -> list[dic
         sys.stdin.read()  # blocks until the coordinator goes away; never answers
         os._exit(0)
     if _passes("garbage_at_us", current, target):
+        print("echo: writing garbage on stdout as configured", file=sys.stderr, flush=True)
         os.write(1, b"this is not a protocol message\n")
     if _passes("raise_at_us", current, target):
         raise RuntimeError("echo: failing as configured")

@@ -20,6 +20,7 @@ from cosim.scenario import ContainerNode, Scenario
 from cosim.transport import PipeTransport, Transport, tail
 
 INFRA_START_TIMEOUT_S = 15.0
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
 def free_port() -> int:
@@ -107,9 +108,13 @@ class LocalRuntime:
     def _start_infrastructure(self, node: ContainerNode) -> None:
         port = free_port()
         command = self._command(node, port)
-        if shutil.which(command[0]) is None and not Path(command[0]).is_file():
+        # Daemons such as mosquitto live in sbin, which is not on every user's PATH.
+        found = shutil.which(command[0]) or shutil.which(command[0], path=os.pathsep.join(SBIN_DIRS))
+        if found is None and not Path(command[0]).is_file():
             raise CosimError(f"node {node.id!r} needs `{command[0]}` for --runtime local, and it is not installed "
                              f"(e.g. apt-get install {command[0]}); or use --runtime docker")
+        if found is not None:
+            command[0] = found
         log_path = self.log_dir / f"{node.id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:

@@ -1,0 +1,113 @@
+"""What a vibration-monitoring run found: each injected anomaly, whether it was detected, and how fast.
+
+Works on the ``inference_result`` events that reached a sink (the sink's ``delivered`` trace records), joined
+with the anomalies the scenario injected. Latency is virtual: from the sensor's sampling time to the verdict's
+arrival at the sink.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, TextIO
+
+from cosim.scenario import Scenario, SensorNode
+
+
+@dataclass(frozen=True)
+class Detection:
+    sensor: str
+    at_us: int
+    duration_us: int
+    severity: float
+    detected_us: int | None  # arrival of the first "anomaly" verdict for a window inside the anomaly
+    sampled_us: int | None  # sampling time of that window
+
+    @property
+    def latency_us(self) -> int | None:
+        """Sensor to detection: from the flagged window's sampling time to the verdict at the sink."""
+        return None if self.detected_us is None or self.sampled_us is None else self.detected_us - self.sampled_us
+
+
+@dataclass(frozen=True)
+class Report:
+    detections: tuple[Detection, ...]
+    verdicts: int  # inference results that reached a sink
+    false_positives: tuple[tuple[str, int], ...]  # (sensor, sampled_us) flagged outside every anomaly
+    missed_windows: int  # windows inside an anomaly that reached a sink labelled normal
+
+    @property
+    def all_detected(self) -> bool:
+        return all(d.detected_us is not None for d in self.detections)
+
+
+def report(scenario: Scenario, sink_events: Iterable[dict[str, Any]]) -> Report:
+    """``sink_events``: delivered events (type, time_us, data) that reached any sink, in delivery order."""
+    sensors = {node.id: node for node in scenario.nodes if isinstance(node, SensorNode)}
+    verdicts = [e for e in sink_events if e.get("type") == "inference_result" and isinstance(e.get("data"), dict)]
+
+    def anomaly_of(sensor: str, sampled_us: int) -> tuple[int, int, float] | None:
+        node = sensors.get(sensor)
+        if node is None:
+            return None
+        for anomaly in node.anomalies:
+            if anomaly.at_us <= sampled_us < anomaly.at_us + anomaly.duration_us:
+                return anomaly.at_us, anomaly.duration_us, anomaly.severity
+        return None
+
+    first: dict[tuple[str, int], tuple[int, int]] = {}
+    false_positives: list[tuple[str, int]] = []
+    missed = 0
+    for event in verdicts:
+        data = event["data"]
+        sensor, sampled = data.get("sensor"), data.get("sampled_us")
+        anomaly = anomaly_of(sensor, sampled) if isinstance(sampled, int) else None
+        flagged = data.get("label") == "anomaly"
+        if anomaly is None:
+            if flagged:
+                false_positives.append((sensor, sampled))
+            continue
+        if not flagged:
+            missed += 1
+            continue
+        key = (sensor, anomaly[0])
+        if key not in first or event["time_us"] < first[key][0]:
+            first[key] = (event["time_us"], sampled)
+    detections = []
+    for sensor, node in sorted(sensors.items()):
+        for anomaly in node.anomalies:
+            hit = first.get((sensor, anomaly.at_us))
+            detections.append(Detection(sensor, anomaly.at_us, anomaly.duration_us, anomaly.severity,
+                                        hit[0] if hit else None, hit[1] if hit else None))
+    return Report(tuple(detections), len(verdicts), tuple(false_positives), missed)
+
+
+def sink_events_from_trace(trace_path: Path, scenario: Scenario) -> list[dict[str, Any]]:
+    """The delivered records whose destination is a sink, read back from a trace file."""
+    sinks = {node.id for node in scenario.nodes if node.kind == "sink"}
+    events = []
+    with trace_path.open(encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            if record.get("record") == "delivered" and record.get("dest") in sinks:
+                events.append(record)
+    return events
+
+
+def print_report(result: Report, out: TextIO) -> None:
+    if not result.detections and not result.verdicts:
+        return
+    out.write(f"  detections ({result.verdicts} verdicts reached a sink):\n")
+    for d in result.detections:
+        window = f"{d.sensor} anomaly at {d.at_us / 1e6:.3f} s (severity {d.severity:g})"
+        if d.detected_us is None:
+            out.write(f"    MISSED    {window}\n")
+        else:
+            out.write(f"    detected  {window}: window sampled at {d.sampled_us / 1e6:.3f} s, verdict at the sink "
+                      f"{d.latency_us / 1e3:.3f} ms later\n")
+    if result.false_positives:
+        shown = ", ".join(f"{s}@{t / 1e6:.3f}s" for s, t in result.false_positives[:5])
+        out.write(f"    {len(result.false_positives)} normal window(s) flagged as anomalies: {shown}\n")
+    else:
+        out.write("    no normal window flagged\n")
