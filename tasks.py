@@ -71,22 +71,32 @@ def images(c: Context, scenario: str | None = None, force: bool = False) -> None
 
 
 @optional_positional("scenario")
-@task(positional=["scenario"])
-def determinism(c: Context, scenario: str | None = None, runs: int = 3, runtime: str = "docker") -> None:
-    """Run a scenario N times and prove the traces are identical."""
-    _call(cli.not_implemented, "determinism", 6)
+@task(
+    positional=["scenario"],
+    help={
+        "scenario": "scenario YAML file (default: scenarios/default.yaml)",
+        "runs": "how many runs (default 3)",
+        "runtime": "docker (default), local, or both (each runtime N times; all must agree)",
+        "watchdog": f"seconds a node may take to answer (default {DEFAULT_WATCHDOG_S:g})",
+    },
+)
+def determinism(c: Context, scenario: str | None = None, runs: int = 3, runtime: str = "docker",
+                watchdog: float = DEFAULT_WATCHDOG_S) -> None:
+    """Run a scenario N times with fresh containers and prove the traces are identical."""
+    _call(cli.determinism, scenario or DEFAULT, runs=runs, runtime=runtime, watchdog_s=watchdog)
 
 
 @task(positional=["trace_a", "trace_b"])
-def diff(c: Context, trace_a: str = "", trace_b: str = "") -> None:
-    """Show the first record where two traces differ."""
-    _call(cli.not_implemented, "diff", 6)
+def diff(c: Context, trace_a: str, trace_b: str) -> None:
+    """Compare two traces: identical, or the first divergent record side by side."""
+    _call(cli.diff, trace_a, trace_b)
 
 
-@task
-def bench(c: Context) -> None:
-    """Measure cosim's per-step cost against the transport floors."""
-    _call(cli.not_implemented, "bench", 6)
+@task(help={"steps": "steps per measured run (default 2000)", "local_only": "skip the Docker measurements",
+            "output": "where the JSON results go (default traces/bench.json)"})
+def bench(c: Context, steps: int = 2000, local_only: bool = False, output: str = "traces/bench.json") -> None:
+    """Measure cosim's per-step cost, scaling and throughput against floors measured in the same run."""
+    _call(cli.bench, steps=steps, docker=not local_only, output=output)
 
 
 @task(help={"k": "only tests matching this expression", "fast": "skip tests that need Docker"})

@@ -18,14 +18,6 @@ from cosim.run import DEFAULT_WATCHDOG_S, RunSummary, run
 DEFAULT_SCENARIO = "scenarios/default.yaml"
 
 
-class NotImplementedYet(CosimError):
-    exit_code = 64
-
-
-def not_implemented(command: str, issue: int) -> None:
-    raise NotImplementedYet(f"`invoke {command}` is not implemented yet (tracked in issue #{issue}).")
-
-
 def validate(path: str, out: TextIO = sys.stdout) -> None:
     loaded = scenarios.load(path)
     containers = len(loaded.containers)
@@ -118,3 +110,32 @@ def down(out: TextIO = sys.stdout) -> None:
 
     containers, networks = down_all()
     out.write(f"removed {containers} container(s) and {networks} network(s) left by cosim runs\n")
+
+
+def determinism(path: str = DEFAULT_SCENARIO, *, runs: int = 3, runtime: str = "docker",
+                watchdog_s: float = DEFAULT_WATCHDOG_S, out: TextIO = sys.stdout) -> None:
+    from cosim.determinism import gate
+
+    gate(path, runs=runs, runtime=runtime, watchdog_s=watchdog_s, out=out)
+
+
+class TracesDiffer(CosimError):
+    exit_code = 1
+
+
+def diff(trace_a: str, trace_b: str, out: TextIO = sys.stdout) -> None:
+    from cosim.tracediff import compare, print_comparison
+
+    if not trace_a or not trace_b:
+        raise CosimError("usage: invoke diff TRACE_A TRACE_B")
+    comparison = compare(Path(trace_a), Path(trace_b))
+    out.write(f"{trace_a} vs {trace_b}:\n")
+    print_comparison(comparison, out)
+    if not comparison.identical:
+        raise TracesDiffer("the traces differ (first divergent record above)")
+
+
+def bench(*, steps: int = 2000, docker: bool = True, output: str = "traces/bench.json", out: TextIO = sys.stdout) -> None:
+    from cosim.bench import bench as run_bench
+
+    run_bench(steps=steps, docker=docker, output=Path(output), out=out)

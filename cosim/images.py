@@ -511,6 +511,6 @@ def image_ids(tags: Sequence[str] | Mapping[str, object]) -> dict[str, str]:
     for tag in tags:
         image_id = _image_id(tag)
         if image_id is None:
-            raise ImageBuildError(f"Image {tag} does not exist: build it first (./inv build).")
+            raise ImageBuildError(f"Image {tag} does not exist: build it first (./inv images).")
         ids[tag] = image_id
     return ids

@@ -115,20 +115,34 @@ def run(
                 raise Interrupted("interrupted while starting the scenario; nothing was simulated") from None
             except Exception as exc:
                 if coordinator is None and not writer.closed:
-                    writer.error(0, getattr(exc, "node", None), "start_failed", str(exc).splitlines()[0])
+                    writer.error(0, getattr(exc, "node", None), "start_failed", _first_line(str(exc)))
                 raise
             finally:
                 with signals_held():
-                    for node in nodes.values():
-                        node.close()
-                    backend.stop()
-                    writer.close()
+                    # The runtime first: it knows how to end its processes promptly (Docker: stop the
+                    # containers, and the attached streams end with them); closing the nodes then finds them done.
+                    try:
+                        backend.stop()
+                    finally:
+                        for node in nodes.values():
+                            node.close()
+                        writer.close()
     finally:
         wall_s = time.monotonic() - started
         _write_metrics(metrics_path, scenario, runtime, wall_s, coordinator, nodes, backend.manifest())
     sinks = {node_id: node.received for node_id, node in nodes.items() if isinstance(node, SinkModel)}
     assert result is not None
     return RunSummary(scenario, runtime, trace_file, metrics_path, result, sinks)
+
+
+def _first_line(message: str) -> str:
+    """A one-line summary of an error message for the trace (a first line ending in ':' gets the last line)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[-1]}"
+    return lines[0]
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:

@@ -94,6 +94,7 @@ class PipeTransport:
         self._buffer = bytearray()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._stdout_fd, selectors.EVENT_READ)
+        self._closed = False
 
     def send(self, line: bytes) -> None:
         try:
@@ -137,23 +138,34 @@ class PipeTransport:
         return self.exit_code()
 
     def log_tail(self, lines: int = 15) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         if self._log_tail is not None:
             return self._log_tail(lines)
         return tail(self.log_path, lines)
 
-    def close(self, grace_s: float = 2.0) -> None:
-        """Close stdin, give the process ``grace_s`` to end, then kill its process group."""
+    def close_stdin(self) -> None:
+        """Send end-of-file (a local service exits on it); the process is not waited for."""
         try:
             self._stdin.close()
         except OSError:
             pass
-        if self.wait_exit(time.monotonic() + grace_s) is None:
+
+    def close(self, grace_s: float = 2.0) -> None:
+        """Close stdin, give the process ``grace_s`` to end, then kill its process group. Idempotent."""
+        if self._closed:
+            return
+        self.close_stdin()
+        # Waits for our child process only: the ``exit_code`` callback may itself block (e.g. `docker wait`).
+        try:
+            self.process.wait(timeout=max(0.0, grace_s))
+        except subprocess.TimeoutExpired:
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             self.process.wait()
+        self._closed = True
         self._selector.close()
         if self.process.stdout is not None:
             self.process.stdout.close()

@@ -4,20 +4,26 @@ Every run is its own compose project (``cosim-<scenario>-<run id>``) and every c
 the label ``cosim.run=<run id>``, so two runs never collide and ``invoke down`` can find what a crashed run
 left. The coordinator talks to each service's *main process* through ``docker attach`` (no exec, no sidecar);
 services print nothing before INIT, so attaching after start loses nothing.
+
+While a run lives it holds an flock on ``<tmp>/cosim-runs-<uid>/<run id>.lock``: ``invoke down`` removes only
+what belongs to runs whose lock is free (crashed, killed, or started by hand), never a run in progress.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import secrets
 import subprocess
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterable
 
 from python_on_whales import DockerClient, DockerException, docker
 
 from cosim import compose
 from cosim.engine import check_engine
-from cosim.errors import CosimError, NodeFailure
+from cosim.errors import CosimError, ImageBuildError, NodeFailure
 from cosim.images import ImageSpec, ensure_images, image_ids
 from cosim.scenario import ContainerNode, Scenario
 from cosim.transport import PipeTransport, Transport, tail
@@ -26,6 +32,54 @@ LABEL_RUN = f"{compose.LABEL_PREFIX}.run"
 LABEL_NODE = f"{compose.LABEL_PREFIX}.node"
 LABEL_PROJECT = f"{compose.LABEL_PREFIX}.project"
 STOP_TIMEOUT_S = 2
+RUNS_DIR = Path(tempfile.gettempdir()) / f"cosim-runs-{os.getuid()}"
+_LOG_SCAN_LINES = 2000  # `docker logs --tail` counts stdout and stderr lines together
+
+
+class NodeImageError(ImageBuildError):
+    """An image could not be built; names the node(s) that needed it."""
+
+    def __init__(self, nodes: list[str], error: ImageBuildError) -> None:
+        self.node = nodes[0]
+        who = f"node {nodes[0]!r}" if len(nodes) == 1 else "nodes " + ", ".join(repr(n) for n in nodes)
+        super().__init__(f"{who}: {error}")
+
+
+class RunLock:
+    """An flock held for the lifetime of a run, so that `invoke down` can tell live runs from leftovers."""
+
+    def __init__(self, run_id: str) -> None:
+        self.path = RUNS_DIR / f"{run_id}.lock"
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> None:
+        if self._handle is not None:
+            return
+        RUNS_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        handle = self.path.open("w")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self.path.unlink(missing_ok=True)
+            self._handle.close()
+            self._handle = None
+
+
+def run_alive(run_id: str) -> bool:
+    """True while the process running ``run_id`` (on this machine, as this user) is alive."""
+    try:
+        handle = (RUNS_DIR / f"{run_id}.lock").open("r")
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def image_specs(scenario: Scenario) -> list[ImageSpec]:
@@ -56,6 +110,7 @@ class DockerRuntime:
         self._containers: dict[str, str] = {}  # node id -> container id
         self._transports: dict[str, PipeTransport] = {}
         self._image_ids: dict[str, str] = {}
+        self._lock = RunLock(self.run_id)
 
     # -- Runtime interface ------------------------------------------------------------------------
 
@@ -64,9 +119,10 @@ class DockerRuntime:
         self.compose_file = compose.render(self.scenario)
         specs = image_specs(self.scenario)
         if self.build:
-            self._image_ids = ensure_images(specs)
+            self._image_ids = self._ensure_images(specs)
         else:
             self._image_ids = image_ids([spec.tag for spec in specs])
+        self._lock.acquire()
         env_file = self.log_dir / "compose.env"
         env_file.parent.mkdir(parents=True, exist_ok=True)
         env_file.write_text(f"COSIM_RUN_ID={self.run_id}\n", encoding="utf-8")
@@ -97,15 +153,37 @@ class DockerRuntime:
         }
 
     def stop(self) -> None:
-        for transport in self._transports.values():
-            transport.close(grace_s=1.0)
-        self._transports.clear()
-        if self.client is not None:
+        try:
+            # `docker attach` ends when its container does (not when its stdin closes): stop the containers
+            # first, then the attach processes have already ended and nothing waits out a grace period.
+            for transport in self._transports.values():
+                transport.close_stdin()
+            if self.client is not None:
+                try:
+                    self.client.compose.down(remove_orphans=True, volumes=True, timeout=STOP_TIMEOUT_S, quiet=True)
+                except DockerException:
+                    pass  # fall through to the label sweep below
+            for transport in self._transports.values():
+                transport.close(grace_s=1.0)
+            self._transports.clear()
+            if self.client is not None:  # None: nothing was started (e.g. no engine, or an image failed to build)
+                try:
+                    remove_by_label(f"{LABEL_RUN}={self.run_id}")
+                except DockerException:
+                    pass  # the engine went away; `invoke down` removes what is left once it is back
+        finally:
+            self._lock.release()
+
+    def _ensure_images(self, specs: list[ImageSpec]) -> dict[str, str]:
+        """Build what is missing, one image at a time so that a failure can name the nodes that need it."""
+        ids: dict[str, str] = {}
+        for spec in specs:
             try:
-                self.client.compose.down(remove_orphans=True, volumes=True, timeout=STOP_TIMEOUT_S, quiet=True)
-            except DockerException:
-                pass  # fall through to the label sweep below
-        remove_by_label(f"{LABEL_RUN}={self.run_id}")
+                ids.update(ensure_images([spec]))
+            except ImageBuildError as error:
+                users = [node.id for node in self.scenario.containers if node.image == spec.tag]
+                raise NodeImageError(users, error) from None
+        return ids
 
     # -- bring-up ---------------------------------------------------------------------------------
 
@@ -129,7 +207,7 @@ class DockerRuntime:
             state = docker.container.inspect(container_id).state
             if not state.running:
                 raise NodeFailure(node.id, "its container is not running after start", exit_code=state.exit_code,
-                                  log_tail=self._logs(container_id, 15))
+                                  log_tail=self._stderr_tail(container_id, 15) or self._logs(container_id, 15))
             if node.speaks_protocol:
                 self._transports[node.id] = self._attach(node, container_id)
 
@@ -140,7 +218,8 @@ class DockerRuntime:
             ["docker", "attach", "--sig-proxy=false", container_id],
             log_path=log_path,  # the attached stderr stream: the service's own log lines
             exit_code=lambda: self._exit_code(container_id),
-            log_tail=lambda lines: tail(log_path, lines) or self._logs(container_id, lines),
+            # The engine's copy of its stderr also has what it wrote before the attach (or when attach failed).
+            log_tail=lambda lines: self._stderr_tail(container_id, lines) or tail(log_path, lines),
         )
 
     @staticmethod
@@ -157,6 +236,19 @@ class DockerRuntime:
             return None
 
     @staticmethod
+    def _stderr_tail(container_id: str, lines: int) -> str:
+        """The last lines the container wrote on stderr (its stdout is the protocol stream: not a log)."""
+        try:
+            done = subprocess.run(["docker", "logs", "--tail", str(_LOG_SCAN_LINES), container_id],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace",
+                                  timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        if done.returncode != 0:
+            return ""
+        return "".join(done.stderr.splitlines(keepends=True)[-lines:])
+
+    @staticmethod
     def _logs(container_id: str, lines: int) -> str:
         """The container's own log (its stderr and stdout), which also covers a container that never started."""
         try:
@@ -165,22 +257,33 @@ class DockerRuntime:
             return ""
 
 
-def remove_by_label(label: str) -> tuple[int, int]:
-    """Force-remove every container, then every network, carrying ``label`` (key=value); (containers, networks)."""
-    containers = docker.container.list(all=True, filters={"label": label})
+def remove_by_label(label: str, *, keep_runs: Iterable[str] = ()) -> tuple[int, int]:
+    """Force-remove every container, then every network, carrying ``label`` (key=value), except those of the
+    runs in ``keep_runs``; returns how many (containers, networks) were removed."""
+    keep = set(keep_runs)
+    containers = [c for c in docker.container.list(all=True, filters={"label": label})
+                  if c.config.labels.get(LABEL_RUN) not in keep]
     if containers:
         docker.container.remove(containers, force=True, volumes=True)
-    networks = docker.network.list(filters={"label": label})
-    for network in networks:
+    removed_networks = 0
+    for network in docker.network.list(filters={"label": label}):
+        if (network.labels or {}).get(LABEL_RUN) in keep:
+            continue
         try:
             docker.network.remove(network)
+            removed_networks += 1
         except DockerException:
             pass  # already gone with its project
-    return len(containers), len(networks)
+    return len(containers), removed_networks
 
 
 def down_all() -> tuple[int, int]:
-    """What `invoke down` does: remove every container and network any cosim run left behind."""
+    """What `invoke down` does: remove the containers and networks cosim runs left behind (crashed or killed
+    runs, projects started by hand), but not those of runs still in progress."""
     check_engine()
-    return remove_by_label(f"{LABEL_PROJECT}=cosim")
+    label = f"{LABEL_PROJECT}=cosim"
+    runs = {c.config.labels.get(LABEL_RUN) for c in docker.container.list(all=True, filters={"label": label})}
+    runs |= {(n.labels or {}).get(LABEL_RUN) for n in docker.network.list(filters={"label": label})}
+    live = {run for run in runs if run is not None and run_alive(run)}
+    return remove_by_label(label, keep_runs=live)
 

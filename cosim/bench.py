@@ -1,0 +1,206 @@
+"""`invoke bench`: cosim's costs as ratios against floors measured in the same run, on the same machine.
+
+1. Floors: a bare Python echo (read a line, write it back; no cosim code) over a local pipe, and in a
+   container over the same attach path cosim uses (``docker attach``).
+2. cosim's per node-step cost (one echo service, empty windows) with the local and the Docker runtime.
+3. Scaling: step time with 1, 4 and 8 container nodes advancing concurrently.
+4. Throughput: events per second routed through the coordinator, and through the MQTT gateway and broker.
+
+Wall-clock numbers only; nothing here enters a trace. Results are printed as a table and written as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence, TextIO
+
+from cosim import __version__
+from cosim.run import run
+from cosim.scenario import REPO_ROOT
+
+CONTAINERS = REPO_ROOT / "containers"
+BARE_ECHO = "import sys\nfor line in sys.stdin:\n    sys.stdout.write(line)\n    sys.stdout.flush()\n"
+PROBE_LINE = (json.dumps({"type": "ADVANCE", "time_us": 123456000, "events": []}, separators=(",", ":")) + "\n").encode()
+
+TARGETS = {"local_vs_pipe_floor": 1.5, "docker_vs_container_floor": 1.2, "scaling_8_vs_1": 3.0}
+
+
+@dataclass
+class BenchResult:
+    settings: dict[str, Any]
+    floors_us: dict[str, float] = field(default_factory=dict)
+    per_node_step_us: dict[str, float] = field(default_factory=dict)
+    scaling_step_us: dict[str, float] = field(default_factory=dict)
+    throughput_events_per_s: dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+
+
+def _round_trips(process: subprocess.Popen[bytes], count: int) -> float:
+    """Median round trip (us) of ``count`` probe lines through ``process``'s stdin/stdout, after a warm-up."""
+    assert process.stdin is not None and process.stdout is not None
+    stdin_fd, stdout_fd = process.stdin.fileno(), process.stdout.fileno()
+    samples = []
+    for index in range(count + count // 10):
+        started = time.perf_counter()
+        os.write(stdin_fd, PROBE_LINE)
+        received = b""
+        while not received.endswith(b"\n"):
+            chunk = os.read(stdout_fd, 65536)
+            if not chunk:
+                raise RuntimeError("echo process closed its stdout")
+            received += chunk
+        if index >= count // 10:
+            samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1e6
+
+
+def pipe_floor(count: int) -> float:
+    process = subprocess.Popen([sys.executable, "-u", "-c", BARE_ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        return _round_trips(process, count)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def container_floor(count: int, image: str) -> float:
+    """The same bare echo as the main process of a container, reached through `docker attach`."""
+    container = subprocess.run(
+        ["docker", "run", "-d", "-i", "--init", "--rm", "--label", "cosim.project=cosim", "--label", "cosim.run=bench",
+         "--network", "none", "--entrypoint", "python3", image, "-u", "-c", BARE_ECHO],
+        capture_output=True, text=True, check=True).stdout.strip()
+    process = subprocess.Popen(["docker", "attach", "--sig-proxy=false", container], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE)
+    try:
+        return _round_trips(process, count)
+    finally:
+        process.kill()
+        process.wait()
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+
+
+def _scenario(directory: Path, name: str, *, services: int, steps: int, quantum_us: int = 1000,
+              tick_us: int | None = None, through_gateway: bool = False) -> Path:
+    """A benchmark scenario: ``services`` echo nodes; with ``tick_us``, echo-1 emits a tick every tick_us that
+    goes to a sink (through the MQTT gateway and broker if asked)."""
+    lines = [f"name: {name}", "seed: 1", f"duration_us: {steps * quantum_us}", f"quantum_us: {quantum_us}", "nodes:"]
+    echo = (CONTAINERS / "echo").as_posix()
+    for index in range(services):
+        config = f", config: {{tick_us: {tick_us}}}" if tick_us is not None and index == 0 else ""
+        lines.append(f"  - {{id: echo-{index + 1}, kind: service, build: {echo}{config}}}")
+    routes = []
+    if tick_us is not None:
+        lines.append("  - {id: sink, kind: sink}")
+        if through_gateway:
+            lines += [
+                "  - {id: mqtt-broker, kind: infrastructure, build: " + (CONTAINERS / "mqtt-broker").as_posix()
+                + ", port: 1883, local_command: [mosquitto, -c, mosquitto-local.conf, -p, '{port}']}",
+                "  - {id: gateway, kind: service, build: " + (CONTAINERS / "mqtt-gateway").as_posix()
+                + ", config: {broker: mqtt-broker}}",
+            ]
+            routes = ["  - {from: echo-1, to: [gateway], events: [tick]}", "  - {from: gateway, to: [sink]}"]
+        else:
+            routes = ["  - {from: echo-1, to: [sink], events: [tick]}"]
+    if routes:
+        lines += ["routes:", *routes]
+    path = directory / f"{name}.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _step_us(scenario: Path, runtime: str, directory: Path) -> tuple[float, dict[str, Any]]:
+    """Mean wall time of one step of the step loop (us), and the run's metrics."""
+    summary = run(scenario, runtime=runtime, trace_path=directory / f"{scenario.stem}-{runtime}.jsonl")
+    metrics = json.loads(summary.metrics_path.read_text(encoding="utf-8"))
+    return metrics["step_loop_s"] / metrics["steps"] * 1e6, metrics
+
+
+def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: TextIO = sys.stdout,
+          output: Path | None = None, progress: Callable[[str], None] | None = None) -> BenchResult:
+    say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
+    result = BenchResult(settings={
+        "cosim": __version__, "python": platform.python_version(), "machine": platform.machine(),
+        "cpus": os.cpu_count(), "steps": steps, "probes": probes, "docker": docker,
+    })
+    with tempfile.TemporaryDirectory(prefix="cosim-bench-") as temporary:
+        directory = Path(temporary)
+        say("floor: bare echo over a local pipe")
+        result.floors_us["pipe"] = pipe_floor(probes)
+        say("cosim: one echo node, local runtime")
+        result.per_node_step_us["local"], _ = _step_us(_scenario(directory, "bench-one", services=1, steps=steps), "local", directory)
+        say("throughput: sensor -> echo -> sink through the coordinator (local)")
+        events = _throughput(directory, "bench-events", steps, "local", through_gateway=False)
+        result.throughput_events_per_s["coordinator_local"] = events
+        if docker:
+            from cosim.images import ensure_images
+            from cosim.runtimes.docker import image_specs
+            from cosim.scenario import load
+
+            ensure_images(image_specs(load(_scenario(directory, "bench-images", services=1, steps=1, tick_us=20,
+                                                     through_gateway=True))))
+            say("floor: bare echo in a container over docker attach")
+            result.floors_us["container"] = container_floor(probes, "cosim/echo:dev")
+            for count in (1, 4, 8):
+                say(f"cosim: {count} echo container(s), docker runtime")
+                step, _ = _step_us(_scenario(directory, f"bench-scale-{count}", services=count, steps=steps), "docker", directory)
+                result.scaling_step_us[str(count)] = step
+            result.per_node_step_us["docker"] = result.scaling_step_us["1"]
+            say("throughput: sensor -> MQTT gateway -> broker -> sink (docker)")
+            result.throughput_events_per_s["mqtt_docker"] = _throughput(directory, "bench-mqtt", steps, "docker",
+                                                                      through_gateway=True)
+    result.ratios["local_vs_pipe_floor"] = result.per_node_step_us["local"] / result.floors_us["pipe"]
+    if docker:
+        result.ratios["docker_vs_container_floor"] = result.per_node_step_us["docker"] / result.floors_us["container"]
+        result.ratios["scaling_8_vs_1"] = result.scaling_step_us["8"] / result.scaling_step_us["1"]
+    print_table(result, out)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result.__dict__ | {"targets": TARGETS}, indent=2, sort_keys=True) + "\n",
+                          encoding="utf-8")
+        out.write(f"results: {output}\n")
+    return result
+
+
+def _throughput(directory: Path, name: str, steps: int, runtime: str, *, through_gateway: bool) -> float:
+    """Events per wall second routed through the coordinator: 50 ticks per step from one echo node to a sink
+    (and, through the gateway, each tick once more as mqtt_received)."""
+    scenario = _scenario(directory, name, services=1, steps=steps, tick_us=20, through_gateway=through_gateway)
+    summary = run(scenario, runtime=runtime, trace_path=directory / f"{name}-{runtime}.jsonl")
+    metrics = json.loads(summary.metrics_path.read_text(encoding="utf-8"))
+    return summary.result.counts["sent"] / metrics["step_loop_s"]
+
+
+def print_table(result: BenchResult, out: TextIO) -> None:
+    rows: list[Sequence[str]] = [("measurement", "value", "ratio", "target")]
+    rows.append(("floor: bare echo, local pipe (round trip)", f"{result.floors_us['pipe']:.0f} us", "1.00", ""))
+    if "container" in result.floors_us:
+        rows.append(("floor: bare echo, container via docker attach", f"{result.floors_us['container']:.0f} us", "1.00", ""))
+    rows.append(("cosim node-step, local runtime", f"{result.per_node_step_us['local']:.0f} us",
+                 f"{result.ratios['local_vs_pipe_floor']:.2f}x pipe floor", f"<= {TARGETS['local_vs_pipe_floor']}x"))
+    if "docker" in result.per_node_step_us:
+        rows.append(("cosim node-step, docker runtime", f"{result.per_node_step_us['docker']:.0f} us",
+                     f"{result.ratios['docker_vs_container_floor']:.2f}x container floor",
+                     f"<= {TARGETS['docker_vs_container_floor']}x"))
+        for count, step in result.scaling_step_us.items():
+            ratio = step / result.scaling_step_us["1"]
+            rows.append((f"step with {count} container node(s)", f"{step:.0f} us", f"{ratio:.2f}x one node",
+                         f"<= {TARGETS['scaling_8_vs_1']}x" if count == "8" else ""))
+    for name, rate in result.throughput_events_per_s.items():
+        rows.append((f"throughput: {name.replace('_', ' ')}", f"{rate:,.0f} events/s", "", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for index, row in enumerate(rows):
+        out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() + "\n")
+        if index == 0:
+            out.write("  ".join("-" * width for width in widths) + "\n")
+    verdicts = [f"{name}: {'met' if result.ratios[name] <= target else 'NOT met'} "
+                f"({result.ratios[name]:.2f} vs {target})" for name, target in TARGETS.items() if name in result.ratios]
+    out.write("targets: " + "; ".join(verdicts) + "\n")

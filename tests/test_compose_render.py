@@ -1,0 +1,223 @@
+"""Compose rendering: golden files, determinism, atomic writes, the locked-down spec, and `docker compose config`.
+
+Golden files: each scenario in tests/golden/scenarios/ renders (with compose_dir=tests/golden/compose, so the
+relative build contexts in the golden files resolve from where they are committed) to
+tests/golden/compose/<scenario name>.yaml, byte for byte. After an intended change to the rendering, regenerate
+them with
+
+    COSIM_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_compose_render.py
+
+and review the diff before committing it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cosim import compose
+from cosim import scenario as scenarios
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden"
+GOLDEN_SCENARIOS = sorted((GOLDEN / "scenarios").glob("*.yaml"))
+GOLDEN_COMPOSE = GOLDEN / "compose"
+UPDATE = os.environ.get("COSIM_UPDATE_GOLDEN") == "1"
+
+
+def golden_ids() -> list[str]:
+    return [path.stem for path in GOLDEN_SCENARIOS]
+
+
+@pytest.fixture(params=GOLDEN_SCENARIOS, ids=golden_ids())
+def golden_scenario(request: pytest.FixtureRequest) -> scenarios.Scenario:
+    return scenarios.load(request.param)
+
+
+def test_there_are_golden_scenarios() -> None:
+    assert {"replicas", "infrastructure", "environment"} <= set(golden_ids())
+
+
+def test_matches_golden_file(golden_scenario: scenarios.Scenario) -> None:
+    text = compose.render_text(golden_scenario, compose_dir=GOLDEN_COMPOSE)
+    golden = compose.compose_path(golden_scenario, GOLDEN_COMPOSE)
+    if UPDATE:
+        golden.write_bytes(text.encode("utf-8"))
+    assert golden.is_file(), f"{golden} is missing: run with COSIM_UPDATE_GOLDEN=1 to create it"
+    assert golden.read_bytes() == text.encode("utf-8"), (
+        f"{golden} differs from the rendering; if the change is intended, regenerate with COSIM_UPDATE_GOLDEN=1")
+
+
+def test_no_stray_golden_files() -> None:
+    names = {scenarios.load(path).name for path in GOLDEN_SCENARIOS}
+    assert {path.stem for path in GOLDEN_COMPOSE.glob("*.yaml")} == names
+
+
+def test_rendering_is_deterministic(golden_scenario: scenarios.Scenario) -> None:
+    first = compose.render_text(golden_scenario, compose_dir=GOLDEN_COMPOSE)
+    again = compose.render_text(scenarios.load(golden_scenario.path), compose_dir=GOLDEN_COMPOSE)
+    assert first == again
+
+
+def test_build_context_is_the_containers_dir(golden_scenario: scenarios.Scenario, tmp_path: Path) -> None:
+    # Relative to the compose file wherever it goes, so the rendered file can move with the checkout.
+    (tmp_path / "elsewhere").mkdir()
+    for compose_dir in (GOLDEN_COMPOSE, tmp_path / "elsewhere"):
+        spec = yaml.safe_load(compose.render_text(golden_scenario, compose_dir=compose_dir))
+        for node in golden_scenario.containers:
+            build = spec["services"][node.id]["build"]
+            assert not Path(build["context"]).is_absolute()
+            assert (compose_dir / build["context"]).resolve() == ROOT / "containers"
+            assert build["dockerfile"] == f"{node.build.name}/Dockerfile"
+            assert (compose_dir / build["context"] / build["dockerfile"]).is_file()
+
+
+# -- the spec is locked down ---------------------------------------------------------------------------------------
+
+
+def rendered_spec(scenario: scenarios.Scenario) -> dict[str, Any]:
+    return yaml.safe_load(compose.render_text(scenario, compose_dir=GOLDEN_COMPOSE))
+
+
+def test_services_are_the_container_nodes(golden_scenario: scenarios.Scenario) -> None:
+    spec = rendered_spec(golden_scenario)
+    assert spec["name"] == f"cosim-{golden_scenario.name}"
+    assert list(spec["services"]) == [node.id for node in golden_scenario.containers]
+
+
+def test_security_defaults(golden_scenario: scenarios.Scenario) -> None:
+    text = compose.render_text(golden_scenario, compose_dir=GOLDEN_COMPOSE)
+    assert "docker.sock" not in text
+    spec = yaml.safe_load(text)
+    for node in golden_scenario.containers:
+        service = spec["services"][node.id]
+        assert "ports" not in service, "nothing is published on the host"
+        for volume in service.get("volumes", []):
+            assert "docker.sock" not in str(volume)
+        assert service["cap_drop"] == ["ALL"]
+        assert "cap_add" not in service
+        assert "no-new-privileges:true" in service["security_opt"]
+        user = str(service["user"])
+        assert user.split(":")[0] not in ("", "0", "root"), user
+        assert service["init"] is True
+        assert service.get("privileged", False) is False
+        for host_namespace in ("network_mode", "pid", "ipc", "userns_mode"):
+            assert host_namespace not in service
+        assert service["read_only"] is node.read_only
+        assert service["pull_policy"] == "never"
+        assert service.get("tty", False) is False
+        if node.kind == "service":
+            assert service["stdin_open"] is True
+            assert service["tty"] is False
+        else:
+            assert "stdin_open" not in service  # infrastructure does not speak the protocol
+
+
+def test_one_internal_network(golden_scenario: scenarios.Scenario) -> None:
+    spec = rendered_spec(golden_scenario)
+    assert list(spec["networks"]) == [compose.NETWORK]
+    network = spec["networks"][compose.NETWORK]
+    assert network["internal"] is True
+    assert network["labels"] == {"cosim.project": "cosim", "cosim.scenario": golden_scenario.name,
+                                 "cosim.run": "${COSIM_RUN_ID:-manual}"}
+    for service in spec["services"].values():
+        assert service["networks"] == [compose.NETWORK]
+
+
+def test_labels(golden_scenario: scenarios.Scenario) -> None:
+    spec = rendered_spec(golden_scenario)
+    for node_id, service in spec["services"].items():
+        assert service["labels"] == {"cosim.project": "cosim", "cosim.scenario": golden_scenario.name,
+                                     "cosim.run": "${COSIM_RUN_ID:-manual}", "cosim.node": node_id}
+
+
+def test_replicas_become_services() -> None:
+    spec = rendered_spec(scenarios.load(GOLDEN / "scenarios" / "replicas.yaml"))
+    assert list(spec["services"]) == ["worker-1", "worker-2", "worker-3"]
+    for node_id, service in spec["services"].items():
+        assert service["environment"] == {"COSIM_NODE_ID": node_id}
+        assert service["image"] == "cosim/echo:dev"
+
+
+def test_infrastructure_command() -> None:
+    spec = rendered_spec(scenarios.load(GOLDEN / "scenarios" / "infrastructure.yaml"))
+    assert spec["services"]["broker"]["command"] == ["mosquitto", "-c", "/etc/cosim/mosquitto.conf", "-v"]
+    assert "restart" not in spec["services"]["broker"]
+    assert spec["services"]["client"]["command"] == ["python3", "-u", "/app/service.py"]
+
+
+def test_environment_and_writable_root() -> None:
+    spec = rendered_spec(scenarios.load(GOLDEN / "scenarios" / "environment.yaml"))
+    app = spec["services"]["app"]
+    assert app["environment"] == {"COSIM_NODE_ID": "app", "ALPHA": "1", "DEBUG": "true", "RATIO": "0.5",
+                                  "RETRIES": "3", "ZETA": "last"}
+    assert all(isinstance(value, str) for value in app["environment"].values())
+    assert app["read_only"] is False
+    assert app["image"] == "example.org/cosim/app:1.2"
+
+
+# -- render() writes the file --------------------------------------------------------------------------------------
+
+
+def test_render_writes_atomically_and_returns_the_path(tmp_path: Path) -> None:
+    loaded = scenarios.load(GOLDEN / "scenarios" / "replicas.yaml")
+    out = tmp_path / "compose"  # does not exist yet
+    path = compose.render(loaded, compose_dir=out)
+    assert path == out / "golden-replicas.yaml"
+    expected = compose.render_text(loaded, compose_dir=out)
+    assert path.read_text(encoding="utf-8") == expected
+    assert sorted(p.name for p in out.iterdir()) == ["golden-replicas.yaml"]  # no temporary file left
+
+    path.write_text("stale\n")
+    before = path.stat().st_ino
+    assert compose.render(loaded, compose_dir=out) == path
+    assert path.read_text(encoding="utf-8") == expected
+    assert path.stat().st_ino != before, "replaced by a rename, never rewritten in place"
+    assert sorted(p.name for p in out.iterdir()) == ["golden-replicas.yaml"]
+
+    unchanged = path.stat().st_ino
+    assert compose.render(loaded, compose_dir=out) == path
+    assert path.stat().st_ino == unchanged  # identical content: left alone
+
+
+def test_render_twice_gives_identical_bytes(tmp_path: Path) -> None:
+    loaded = scenarios.load(GOLDEN / "scenarios" / "environment.yaml")
+    first = compose.render(loaded, compose_dir=tmp_path / "a").read_bytes()
+    second = compose.render(scenarios.load(loaded.path), compose_dir=tmp_path / "a").read_bytes()
+    assert first == second
+
+
+# -- the real Compose CLI accepts the files ---------------------------------------------------------------------
+
+
+def _compose_version() -> str | None:
+    try:
+        result = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("scenario_path", GOLDEN_SCENARIOS, ids=golden_ids())
+def test_docker_compose_config_accepts_golden(scenario_path: Path, tmp_path: Path) -> None:
+    if _compose_version() is None:
+        pytest.skip("`docker compose version` failed: the Docker Compose v2 CLI plugin is not installed")
+    golden = compose.compose_path(scenarios.load(scenario_path), GOLDEN_COMPOSE)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("COSIM_", "COMPOSE_"))}
+    # `config` only parses, interpolates and prints: it creates no container, network or volume.
+    result = subprocess.run(["docker", "compose", "-f", str(golden), "config"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert set(resolved["services"]) == set(yaml.safe_load(golden.read_text())["services"])
+    for service in resolved["services"].values():
+        assert Path(service["build"]["context"]) == ROOT / "containers"
+        assert service["build"]["args"]["BASE_IMAGE"] == compose.DEFAULT_BASE_IMAGE
+        assert service["labels"]["cosim.run"] == "manual"
+        assert "ports" not in service

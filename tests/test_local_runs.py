@@ -1,0 +1,165 @@
+"""Whole runs on the local runtime: byte-identical traces, the trace's header and footer, metrics, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from cosim import __version__, protocol
+from cosim.run import RunSummary, run
+from cosim.seeds import node_seed
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ROOT / "tests" / "scenarios_local"
+PIPELINE = SCENARIOS / "pipeline.yaml"
+FAILING = SCENARIOS / "failing.yaml"
+
+TRACE_FIELDS = {"record", "seq", "source", "dest", "sent_us", "features", "truth", "counts", "scenario_sha256"}
+METRICS_FIELDS = {"wall_s", "round_trip", "real_time_factor", "coordinator_overhead", "environment", "p50_us"}
+
+
+def run_local(scenario: Path, trace: Path) -> RunSummary:
+    return run(scenario, runtime="local", trace_path=trace, watchdog_s=20.0, log=lambda line: None)
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def keys(value: Any) -> Iterator[str]:
+    """Every mapping key anywhere in a JSON value."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from keys(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from keys(item)
+
+
+def reseeded(tmp_path: Path, seed: int) -> Path:
+    """pipeline.yaml with another seed, written elsewhere (so its build path is made absolute)."""
+    text = PIPELINE.read_text(encoding="utf-8")
+    assert "seed: 42\n" in text and "build: ../../containers/echo\n" in text
+    text = text.replace("seed: 42\n", f"seed: {seed}\n").replace(
+        "build: ../../containers/echo\n", f"build: {ROOT / 'containers' / 'echo'}\n")
+    path = tmp_path / f"pipeline-{seed}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> RunSummary:
+    return run_local(PIPELINE, tmp_path_factory.mktemp("first") / "pipeline.jsonl")
+
+
+def test_two_runs_give_byte_identical_traces(first_run: RunSummary, tmp_path: Path) -> None:
+    second = run_local(PIPELINE, tmp_path / "again.jsonl")
+    first_bytes = first_run.trace_path.read_bytes()
+    assert first_bytes == second.trace_path.read_bytes()
+    # ...and the run did something worth comparing: sensors, both replicas, anomalies, drops, the sink.
+    trace = records(first_run.trace_path)
+    assert {r["dest"] for r in trace if r["record"] == "delivered"} == {"echo-1", "echo-2", "sink"}
+    assert any(r["record"] == "dropped" for r in trace)
+    assert {r["source"] for r in trace if r["record"] == "sent"} == {"sensor-a", "sensor-b", "echo-1", "echo-2"}
+    got = first_run.sinks["sink"]
+    assert {e["data"]["data"]["truth"] for e in got if e["type"] == "echo"} == {"normal", "anomaly"}
+    assert {e["type"] for e in got} == {"echo", "tick"}
+    # Each service got its own seed in INIT, derived from the scenario seed and its id.
+    for replica in ("echo-1", "echo-2"):
+        ticks = [r["data"]["value"] for r in trace if r["record"] == "sent" and r["source"] == replica
+                 and r["type"] == "tick"]
+        rng = random.Random(node_seed(42, replica))
+        assert ticks == [rng.randrange(1_000_000) for _ in range(20)]
+
+
+def test_another_seed_gives_another_trace(first_run: RunSummary, tmp_path: Path) -> None:
+    other = run_local(reseeded(tmp_path, 43), tmp_path / "other.jsonl")
+    same = run_local(reseeded(tmp_path, 42), tmp_path / "same.jsonl")
+
+    def body(path: Path) -> list[str]:
+        return path.read_text(encoding="utf-8").splitlines()[1:]  # past the header
+
+    assert body(same.trace_path) == body(first_run.trace_path)  # the copy itself changes nothing but the header
+    assert body(other.trace_path) != body(first_run.trace_path)
+    assert records(other.trace_path)[0]["seed"] == 43
+
+
+def test_trace_header_identifies_the_run(first_run: RunSummary) -> None:
+    header = records(first_run.trace_path)[0]
+    assert header == {
+        "record": "header", "format": "cosim-trace/1", "scenario": "local-pipeline",
+        "scenario_sha256": hashlib.sha256(PIPELINE.read_bytes()).hexdigest(), "seed": 42,
+        "duration_us": 200_000, "quantum_us": 1000, "protocol": protocol.VERSION, "cosim": __version__,
+        "nodes": {"echo-1": "service", "echo-2": "service", "sensor-a": "sensor", "sensor-b": "sensor",
+                  "sink": "sink"},
+    }
+
+
+def test_footer_counts_match_the_records(first_run: RunSummary) -> None:
+    trace = records(first_run.trace_path)
+    assert [r["record"] for r in trace].count("header") == 1
+    footer = trace[-1]
+    assert (footer["record"], footer["status"], footer["end_us"], footer["steps"]) == ("footer", "ok", 200_000, 200)
+    kinds = Counter(r["record"] for r in trace[1:-1])
+    assert set(kinds) <= {"sent", "delivered", "dropped", "unroutable"}
+    assert footer["counts"] == {kind: kinds.get(kind, 0) for kind in ("sent", "delivered", "dropped", "unroutable")}
+    assert footer["counts"] == first_run.result.counts
+    assert min(footer["counts"]["sent"], footer["counts"]["delivered"], footer["counts"]["dropped"]) > 0
+
+
+def test_trace_is_canonical_json(first_run: RunSummary) -> None:
+    data = first_run.trace_path.read_bytes()
+    assert data.endswith(b"\n") and b"\r" not in data
+    for line in data.decode("utf-8").splitlines():
+        assert line == json.dumps(json.loads(line), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_metrics_sit_beside_the_trace_and_stay_apart_from_it(first_run: RunSummary) -> None:
+    metrics_path = first_run.trace_path.with_name("pipeline.metrics.json")
+    assert first_run.metrics_path == metrics_path and metrics_path.is_file()
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    assert metrics["scenario"] == "local-pipeline" and metrics["runtime"] == "local" and metrics["steps"] == 200
+    assert set(metrics["round_trip"]) == {"echo-1", "echo-2"}
+    assert not set(keys(metrics)) & TRACE_FIELDS  # no trace records or event content in the metrics
+    trace_keys = set(keys(records(first_run.trace_path)))
+    assert not trace_keys & METRICS_FIELDS  # and nothing measured on the wall clock in the trace
+    assert (first_run.trace_path.parent / "pipeline.logs" / "echo-1.log").is_file()
+
+
+# -- the CLI -------------------------------------------------------------------------------------------------
+
+
+def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_invoke_up_local_writes_the_trace(first_run: RunSummary, tmp_path: Path) -> None:
+    trace = tmp_path / "cli.jsonl"
+    done = invoke("up", str(PIPELINE), "--runtime", "local", "--trace", str(trace))
+    assert done.returncode == 0, done.stderr
+    assert "local-pipeline" in done.stdout and str(trace) in done.stdout
+    assert trace.read_bytes() == first_run.trace_path.read_bytes()  # the CLI runs the same deterministic run
+    assert (tmp_path / "cli.metrics.json").is_file()
+
+
+def test_invoke_up_of_a_failing_scenario_names_the_node(tmp_path: Path) -> None:
+    trace = tmp_path / "failing.jsonl"
+    done = invoke("up", str(FAILING), "--runtime", "local", "--trace", str(trace))
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "cosim: error: node 'echo'" in done.stderr
+    assert "ADVANCE to 3000 us" in done.stderr and "exit code 3" in done.stderr
+    assert "echo: exiting with 3 as configured" in done.stderr
+    last = records(trace)[-1]
+    assert (last["record"], last["node"], last["error"]) == ("error", "echo", "node_failure")
+    assert records(trace)[0]["record"] == "header"

@@ -1,0 +1,284 @@
+"""The MQTT gateway against a real local Mosquitto broker (no Docker), over the real protocol."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.service_process import ROOT, ServiceProcess
+
+SERVICE = ROOT / "containers" / "mqtt-gateway" / "service.py"
+LOCAL_CONF = ROOT / "containers" / "mqtt-broker" / "mosquitto-local.conf"
+# Debian installs the broker in /usr/sbin, which is not on every user's PATH.
+MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/local/sbin:/usr/sbin")
+DEADLINE_S = 10.0
+
+
+def needs_mosquitto(test: Callable[..., Any]) -> Callable[..., Any]:
+    skip = pytest.mark.skipif(MOSQUITTO is None, reason="needs the mosquitto broker binary (apt-get install mosquitto)")
+    return pytest.mark.mosquitto(skip(test))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """A local mosquitto on a free port, started with the command line the local runtime uses."""
+
+    def __init__(self, log_path: Path) -> None:
+        assert MOSQUITTO is not None
+        self.port = free_port()
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(LOCAL_CONF), "-p", str(self.port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + DEADLINE_S
+        while True:  # until it accepts TCP connections; waiting on the process doubles as the pause
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"mosquitto did not accept connections on {self.port} within {DEADLINE_S}s")
+            try:
+                code = self.proc.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                continue
+            raise AssertionError(f"mosquitto exited with {code}: {log_path.read_text(errors='replace')[-1000:]}")
+
+    @property
+    def endpoints(self) -> dict[str, Any]:
+        return {"mqtt-broker": {"host": "127.0.0.1", "port": self.port}}
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=DEADLINE_S)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    if MOSQUITTO is None:
+        pytest.skip("needs the mosquitto broker binary (apt-get install mosquitto)")
+    running = Broker(tmp_path / "mosquitto.log")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+class Client:
+    """A plain paho client in the test: an independent subscriber or an external publisher."""
+
+    def __init__(self, port: int, client_id: str) -> None:
+        self.cond = threading.Condition()
+        self.connected = False
+        self.subacks: set[int] = set()
+        self.messages: list[tuple[str, bytes]] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.wait(lambda: self.connected, "CONNACK")
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        with self.cond:
+            self.connected = not reason.is_failure
+            self.cond.notify_all()
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, properties: Any) -> None:
+        with self.cond:
+            self.subacks.add(mid)
+            self.cond.notify_all()
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.cond:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+            self.cond.notify_all()
+
+    def wait(self, predicate: Callable[[], bool], what: str) -> None:
+        with self.cond:
+            assert self.cond.wait_for(predicate, DEADLINE_S), f"test client: no {what} within {DEADLINE_S}s"
+
+    def subscribe(self, topic_filter: str) -> None:
+        _, mid = self.client.subscribe(topic_filter, qos=1)
+        self.wait(lambda: mid in self.subacks, "SUBACK")
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """QoS 1, returns once the broker has acknowledged it."""
+        info = self.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(timeout=DEADLINE_S)
+        assert info.is_published(), f"test client: no PUBACK for {topic} within {DEADLINE_S}s"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def event(time_us: int, source: str, seq: int, kind: str = "temp", **data: Any) -> dict[str, Any]:
+    return {"type": kind, "time_us": time_us, "source": source, "seq": seq, "sent_us": time_us - 1, "data": data}
+
+
+def received(time_us: int, source: str, seq: int, origin_us: int, kind: str = "temp", **data: Any) -> dict[str, Any]:
+    return {"type": "mqtt_received", "time_us": time_us,
+            "data": {"topic": f"cosim/{source}/{kind}", "payload": data,
+                     "origin": {"source": source, "seq": seq, "time_us": origin_us, "type": kind}}}
+
+
+def gateway(broker: Broker, **config: Any) -> ServiceProcess:
+    svc = ServiceProcess(SERVICE)
+    ready = svc.init({"connect_timeout_s": 5, "barrier_timeout_s": 5, **config}, node_id="gw", endpoints=broker.endpoints)
+    assert ready == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["mqtt"]}, svc.stderr()
+    return svc
+
+
+@needs_mosquitto
+def test_published_events_come_back_stamped_in_canonical_order(broker: Broker) -> None:
+    with gateway(broker, broker_delay_us=10) as svc:
+        done = svc.advance(1000, [event(300, "s2", 0, v=2), event(300, "s1", 4, v=1), event(100, "s3", 0, v=3),
+                                  event(300, "s1", 5, "hum", v={"nested": [1, 2]})])
+        assert done == {"type": "DONE", "time_us": 1000, "events": [
+            received(110, "s3", 0, 100, v=3),
+            received(310, "s1", 4, 300, v=1),
+            received(310, "s1", 5, 300, "hum", v={"nested": [1, 2]}),
+            received(310, "s2", 0, 300, v=2),
+        ]}
+        assert svc.advance(2000) == {"type": "DONE", "time_us": 2000, "events": []}
+        assert svc.shutdown() == 0
+
+
+@needs_mosquitto
+def test_only_topics_matching_the_subscriptions_come_back(broker: Broker) -> None:
+    with gateway(broker, subscribe=["sensors/+/temp"], topic="sensors/{source}/{type}") as svc:
+        done = svc.advance(1000, [event(100, "a", 0, v=1), event(200, "a", 1, "hum", v=2)])
+        assert done["events"] == [{"type": "mqtt_received", "time_us": 100, "data": {
+            "topic": "sensors/a/temp", "payload": {"v": 1},
+            "origin": {"source": "a", "seq": 0, "time_us": 100, "type": "temp"}}}]
+        assert svc.shutdown() == 0
+
+
+def _run(broker: Broker) -> list[dict[str, Any]]:
+    windows = [(1000, [event(10 * i + 5, f"s{i % 3}", i, v=i) for i in range(20)]),
+               (2000, [event(1000 + 7 * i + 1, f"s{i % 4}", 100 + i, "hum", v=-i) for i in range(30)]),
+               (3000, [])]
+    with gateway(broker, broker_delay_us=250) as svc:
+        dones = [svc.advance(t, events) for t, events in windows]
+        assert svc.shutdown() == 0
+    return dones
+
+
+@needs_mosquitto
+def test_two_runs_give_identical_done_lists(broker: Broker) -> None:
+    first, second = _run(broker), _run(broker)
+    assert first == second
+    assert [len(d["events"]) for d in first] == [20, 30, 0]
+    times = [e["time_us"] for d in first for e in d["events"]]
+    assert times == sorted(times)
+
+
+@needs_mosquitto
+def test_broker_delay_crossing_the_window_lands_in_the_next_done(broker: Broker) -> None:
+    with gateway(broker, broker_delay_us=600) as svc:
+        assert svc.advance(1000, [event(300, "s", 0, v=0), event(800, "s", 1, v=1)]) == {
+            "type": "DONE", "time_us": 1000, "events": [received(900, "s", 0, 300, v=0)]}
+        assert svc.advance(2000) == {"type": "DONE", "time_us": 2000, "events": [received(1400, "s", 1, 800, v=1)]}
+        assert svc.shutdown() == 0
+
+
+@needs_mosquitto
+def test_an_independent_subscriber_sees_the_messages_through_the_broker(broker: Broker) -> None:
+    watcher = Client(broker.port, "test-watcher")
+    try:
+        watcher.subscribe("cosim/#")
+        with gateway(broker) as svc:
+            svc.advance(1000, [event(100, "s1", 0, v=1), event(200, "s2", 7, "hum", v="x")])
+            watcher.wait(lambda: len(watcher.messages) == 3, "3 messages")
+            assert svc.shutdown() == 0
+        assert watcher.messages == [
+            ("cosim/s1/temp", b'{"data":{"v":1},"seq":0,"source":"s1","time_us":100,"type":"temp"}'),
+            ("cosim/s2/hum", b'{"data":{"v":"x"},"seq":7,"source":"s2","time_us":200,"type":"hum"}'),
+            ("cosim/_barrier/gw", b'{"node":"gw","target_us":1000,"window":1}'),
+        ]
+    finally:
+        watcher.close()
+
+
+@needs_mosquitto
+def test_a_message_from_an_external_publisher_appears_in_the_next_window(broker: Broker) -> None:
+    outsider = Client(broker.port, "test-outsider")
+    try:
+        with gateway(broker) as svc:
+            assert svc.advance(1000) == {"type": "DONE", "time_us": 1000, "events": []}
+            outsider.publish("cosim/ext/x", b'{"a":1}')
+            outsider.publish("cosim/ext/a", b"hello")
+            outsider.publish("cosim/ext/n", b"NaN")  # not standard JSON: kept as text
+            outsider.publish("cosim/ext/b", b"\xffz")  # not UTF-8: escaped
+            outsider.publish("elsewhere/x", b"not subscribed")
+            done = svc.advance(2000, [event(1500, "s", 0, v=1)])
+            assert done == {"type": "DONE", "time_us": 2000, "events": [
+                received(1500, "s", 0, 1500, v=1),
+                {"type": "mqtt_received", "time_us": 2000, "data": {"topic": "cosim/ext/a", "payload": "hello", "origin": None}},
+                {"type": "mqtt_received", "time_us": 2000, "data": {"topic": "cosim/ext/b", "payload": "\\xffz", "origin": None}},
+                {"type": "mqtt_received", "time_us": 2000, "data": {"topic": "cosim/ext/n", "payload": "NaN", "origin": None}},
+                {"type": "mqtt_received", "time_us": 2000, "data": {"topic": "cosim/ext/x", "payload": {"a": 1}, "origin": None}},
+            ]}
+            assert svc.advance(3000) == {"type": "DONE", "time_us": 3000, "events": []}
+            assert svc.shutdown() == 0
+    finally:
+        outsider.close()
+
+
+def test_unreachable_broker_fails_init_naming_host_and_port() -> None:
+    port = free_port()  # nothing listens there
+    with ServiceProcess(SERVICE) as svc:
+        reply = svc.init({"connect_timeout_s": 1}, node_id="gw",
+                         endpoints={"mqtt-broker": {"host": "127.0.0.1", "port": port}})
+        assert reply["type"] == "ERROR" and reply["error"] == "init_failed" and reply["fatal"] is True
+        assert f"MQTT broker 127.0.0.1:{port} not reachable within 1s" in reply["detail"]
+        assert "Connection refused" in reply["detail"]
+        assert svc.proc.wait(timeout=DEADLINE_S) == 1
+
+
+def test_missing_broker_endpoint_fails_init() -> None:
+    with ServiceProcess(SERVICE) as svc:
+        reply = svc.init({"broker": "mq"}, node_id="gw", endpoints={"other": {"host": "h", "port": 1}})
+        assert reply["error"] == "init_failed"
+        assert "no endpoint {host, port} for broker node 'mq' in INIT endpoints (have ['other'])" in reply["detail"]
+        assert svc.proc.wait(timeout=DEADLINE_S) == 1
+
+
+@needs_mosquitto
+def test_broker_killed_mid_run_fails_the_next_advance(broker: Broker) -> None:
+    with gateway(broker, barrier_timeout_s=3) as svc:
+        assert svc.advance(1000, [event(100, "s", 0, v=0)])["events"] == [received(100, "s", 0, 100, v=0)]
+        broker.kill()
+        started = time.monotonic()
+        reply = svc.advance(2000, [event(1100, "s", 1, v=1)])
+        assert time.monotonic() - started < 3 + 2  # the disconnect or, at worst, the barrier watchdog
+        assert reply["type"] == "ERROR" and reply["error"] == "callback_failed" and reply["fatal"] is True
+        assert f"MQTT broker 127.0.0.1:{broker.port}" in reply["detail"]
+        assert svc.proc.wait(timeout=DEADLINE_S) == 1
