@@ -16,11 +16,15 @@ stamped beyond target_time (a modelled processing delay) is held by the adapter 
 of the window that contains its time, so every DONE carries only events inside its window.
 stdout carries protocol messages only; logging goes to stderr.
 
-Errors the service survives (fatal: false; state unchanged): a malformed line, a message that is not
-an object or lacks ``type``, an unknown type, ADVANCE before INIT, a second INIT, a target time that
-goes backwards, an input event outside its window. Errors that end it (fatal: true, exit code 1):
-a protocol version it does not speak, an exception raised by the callback or the init hook, and output
-events the callback stamped at or before current_time. See docs/protocol.md for the full specification.
+Errors the service survives (fatal: false; state unchanged): a malformed or non-UTF-8 line, a message
+that is not an object or lacks ``type``, an unknown type, an INIT without ``protocol`` or with fields of
+the wrong type, ADVANCE before INIT, a second INIT, a target time that goes backwards, a malformed input
+event, an input event outside its window. Errors that end it (fatal: true, exit code 1): a protocol
+version it does not speak, an exception raised by the callback or the init hook, and output events that
+are malformed, contain NaN/Infinity, or are stamped at or before current_time.
+
+``on_init(message)`` may return a mapping; READY carries it as ``info`` (library versions and the like,
+recorded in the run's manifest, never in the simulation). See docs/protocol.md for the full specification.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ PROTOCOL_VERSION = 1
 
 Event = dict[str, Any]
 Callback = Callable[[int, int, list[Event]], Iterable[Event]]
-InitHook = Callable[[Mapping[str, Any]], None]
+InitHook = Callable[[Mapping[str, Any]], "Mapping[str, Any] | None"]  # may return READY's `info`
 ShutdownHook = Callable[[], None]
 
 log = logging.getLogger("cosim.adapter")
@@ -55,9 +59,12 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode(message: Mapping[str, Any]) -> str:
-    """One canonical JSON line (sorted keys, no spaces), newline-terminated."""
-    return json.dumps(message, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+    """One canonical JSON line (sorted keys, no spaces), newline-terminated. NaN/Infinity are refused."""
+    return _ENCODER.encode(message) + "\n"
 
 
 class CoordinatorProtocolAdapter:
@@ -74,7 +81,7 @@ class CoordinatorProtocolAdapter:
         self.callback = callback
         self.on_init = on_init
         self.on_shutdown = on_shutdown
-        self.capabilities = sorted(capabilities)
+        self.capabilities = sorted(set(capabilities))
         self.current_time_us = 0
         self.initialized = False
         self.node_id: str | None = None
@@ -119,7 +126,9 @@ class CoordinatorProtocolAdapter:
     def _handle_init(self, message: dict[str, Any]) -> dict[str, Any]:
         if self.initialized:
             raise ProtocolError("already_initialized", "INIT received twice")
-        version = message.get("protocol", PROTOCOL_VERSION)
+        if "protocol" not in message:
+            raise ProtocolError("bad_message", "INIT has no 'protocol' field")
+        version = message["protocol"]
         if version != PROTOCOL_VERSION:
             raise ProtocolError(
                 "protocol_version", f"coordinator speaks protocol {version!r}, this adapter speaks {PROTOCOL_VERSION}",
@@ -131,17 +140,25 @@ class CoordinatorProtocolAdapter:
         config = message.get("config", {})
         if not isinstance(config, dict):
             raise ProtocolError("bad_message", f"INIT config must be an object, got {type(config).__name__}")
+        for name, kind, expected in (("node_id", str, "a string"), ("seed", int, "an integer"),
+                                     ("endpoints", dict, "an object")):
+            if name in message and (not isinstance(message[name], kind) or isinstance(message[name], bool)):
+                raise ProtocolError("bad_message", f"INIT {name} must be {expected}, got {message[name]!r}")
         self.node_id = message.get("node_id")
         self.seed = message.get("seed")
         self.config = config
-        self.endpoints = message.get("endpoints", {}) or {}
+        self.endpoints = message.get("endpoints", {})
+        info: Mapping[str, Any] | None = None
         if self.on_init is not None:
             try:
-                self.on_init(message)
+                info = self.on_init(message)
             except Exception as exc:  # the service could not start: report it, then end
                 raise ProtocolError("init_failed", _describe_exception(exc), fatal=True) from exc
         self.initialized = True
-        return {"type": "READY", "time_us": 0, "protocol": PROTOCOL_VERSION, "capabilities": self.capabilities}
+        ready = {"type": "READY", "time_us": 0, "protocol": PROTOCOL_VERSION, "capabilities": self.capabilities}
+        if info:
+            ready["info"] = dict(info)  # e.g. library versions, for the run's manifest (never in the trace)
+        return ready
 
     def _handle_advance(self, message: dict[str, Any]) -> dict[str, Any]:
         if not self.initialized:
@@ -191,6 +208,8 @@ class CoordinatorProtocolAdapter:
         return stamped
 
     def _handle_shutdown(self) -> None:
+        if self._held:
+            log.info("%d output event(s) stamped after the last window were not delivered", len(self._held))
         if self.on_shutdown is not None:
             self.on_shutdown()
         self.exit_code = 0
@@ -203,23 +222,40 @@ class CoordinatorProtocolAdapter:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def run(self, stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> int:
-        """Serve until SHUTDOWN, a fatal error or end of input; return the exit code."""
+    def run(self, stdin: IO[Any] | None = None, stdout: IO[Any] | None = None) -> int:
+        """Serve until SHUTDOWN, a fatal error or end of input; return the exit code.
+
+        ``stdin``/``stdout`` may be text or binary streams; binary lines are decoded as strict UTF-8.
+        """
         stdin = stdin if stdin is not None else sys.stdin
         stdout = stdout if stdout is not None else sys.stdout
+        binary_out = "b" in getattr(stdout, "mode", "")
         while self.exit_code is None:
-            line = stdin.readline()
-            if not line:
+            raw = stdin.readline()
+            if not raw:
                 log.warning("stdin closed without SHUTDOWN; exiting")
                 self._handle_shutdown()
                 break
-            if not line.strip():
+            if not raw.strip():
                 continue
-            reply = self.handle_line(line)
+            reply = self._reply_to(raw)
             if reply is not None:
-                stdout.write(encode(reply))
+                try:
+                    text = encode(reply)
+                except ValueError:  # NaN or Infinity in the callback's events: not JSON
+                    text = encode(self._error(ProtocolError(
+                        "bad_output", "output events contain NaN or Infinity, which JSON cannot carry", fatal=True)))
+                stdout.write(text.encode("utf-8") if binary_out else text)
                 stdout.flush()
         return self.exit_code if self.exit_code is not None else 0
+
+    def _reply_to(self, raw: str | bytes) -> dict[str, Any] | None:
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return self._error(ProtocolError("bad_json", f"line is not UTF-8 (byte {exc.start})"))
+        return self.handle_line(raw)
 
 
 def _describe_exception(exc: BaseException) -> str:
@@ -237,9 +273,9 @@ def serve(
 ) -> None:
     """Entry point for a service's ``__main__``: log to stderr, serve stdin/stdout, exit with the code."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
-    # Line-buffered text I/O in UTF-8 whatever the container's locale.
-    stdin = open(sys.stdin.fileno(), "r", encoding="utf-8", errors="replace", closefd=False)
-    stdout = open(sys.stdout.fileno(), "w", encoding="utf-8", closefd=False)
+    # Binary lines, decoded as strict UTF-8 per line whatever the container's locale.
+    stdin = open(sys.stdin.fileno(), "rb", closefd=False)
+    stdout = open(sys.stdout.fileno(), "wb", closefd=False)
     sys.stdout = sys.stderr  # a stray print() in service code must not corrupt the protocol stream
     adapter = CoordinatorProtocolAdapter(callback, on_init=on_init, on_shutdown=on_shutdown, capabilities=capabilities)
     sys.exit(adapter.run(stdin, stdout))

@@ -57,12 +57,14 @@ class Coordinator:
         trace: TraceWriter,
         *,
         endpoints: Mapping[str, Any] | None = None,
+        environment: Mapping[str, Any] | None = None,
         progress: Progress | None = None,
     ) -> None:
         self.scenario = scenario
         self.nodes = dict(nodes)  # scenario order: the order ADVANCE goes out and DONE is collected
         self.trace = trace
         self.endpoints = dict(endpoints or {})
+        self.environment = dict(environment or {})  # runtime facts for the header (not hashed)
         self.progress = progress
         self.router = Router(scenario)
         self.now_us = 0
@@ -76,6 +78,8 @@ class Coordinator:
         started = time.monotonic()
         try:
             self._init_nodes()
+            services = {node_id: info for node_id, node in self.nodes.items() if (info := getattr(node, "info", None))}
+            self.trace.header({**self.environment, "services": services})
             for self.step in range(1, self.scenario.steps + 1):
                 self._advance(self.step * self.scenario.quantum_us)
                 if self.progress is not None:
@@ -88,10 +92,13 @@ class Coordinator:
         except KeyboardInterrupt:
             self.trace.error(self.now_us, None, "interrupted", "the run was interrupted (Ctrl-C or SIGTERM)")
             raise Interrupted(f"interrupted at virtual time {self.now_us} us; the trace so far is kept") from None
+        except Exception as exc:  # a bug in cosim itself: still end the trace with what happened
+            self.trace.error(self.now_us, None, "internal_error", f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             self.timings.wall_s = time.monotonic() - started
             self.trace.flush()
-        self.trace.footer(self.now_us, self.scenario.steps)
+        self.trace.footer(self.now_us, self.scenario.steps, in_flight=len(self._pending))
         self.trace.flush()
         return RunResult(self.now_us, self.scenario.steps, dict(self.trace.counts), dict(self.unroutable), self.timings)
 

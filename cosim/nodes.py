@@ -58,12 +58,14 @@ class ServiceNode:
         self._target_us = 0
         self._sent_at = 0.0
         self.round_trips_s: list[float] = []  # wall-clock ADVANCE->DONE, for metrics only
+        self.info: dict[str, Any] = {}  # what READY said about the service (versions), for the manifest
 
     # -- protocol ---------------------------------------------------------------------------------
 
     def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
         self._send(protocol.init_message(self.id, seed, config, endpoints), "INIT")
         reply = self._receive(expect="READY")
+        self.info = reply.get("info") if isinstance(reply.get("info"), dict) else {}
         if reply.get("protocol") != protocol.VERSION:
             raise self._failure(f"answered READY for protocol {reply.get('protocol')!r}; cosim speaks {protocol.VERSION}")
 

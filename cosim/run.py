@@ -7,17 +7,19 @@ further signals held off until it has finished, so nothing is left running.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import signal
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Iterator
 
-from cosim import runtimes, trace as tracing
+from cosim import compose, runtimes, trace as tracing
 from cosim.coordinator import Coordinator, RunResult
 from cosim.errors import Interrupted
 from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
@@ -62,6 +64,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals only reach the main thread; a run in another thread is stopped by its caller
+        return
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
@@ -72,6 +77,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
     """Hold SIGINT/SIGTERM while tearing down, so a second Ctrl-C cannot leave containers behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     held = {signal.SIGINT, signal.SIGTERM}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
@@ -94,7 +102,10 @@ def run(
     trace_file = Path(trace_path if trace_path is not None else scenario.trace)
     metrics_path, log_dir = artifact_paths(trace_file)
     backend = runtimes.create(runtime, scenario, log_dir, **(runtime_options or {}))
-    writer = TraceWriter(trace_file)
+    writer = TraceWriter(trace_file, tracing.base_manifest(
+        scenario.name, scenario.sha256, scenario.seed, scenario.duration_us, scenario.quantum_us,
+        {node.id: node.kind for node in scenario.nodes},
+        hashlib.sha256(compose.render_text(scenario).encode("utf-8")).hexdigest()))
     nodes: dict[str, SimNode] = {}
     result: RunResult | None = None
     coordinator: Coordinator | None = None
@@ -102,12 +113,10 @@ def run(
     try:
         with sigterm_as_interrupt():
             try:
-                writer.header(tracing.base_manifest(
-                    scenario.name, scenario.sha256, scenario.seed, scenario.duration_us, scenario.quantum_us,
-                    {node.id: node.kind for node in scenario.nodes}))
                 backend.start()
                 nodes = build_nodes(scenario, backend, watchdog_s)
-                coordinator = Coordinator(scenario, nodes, writer, endpoints=backend.endpoints(), progress=progress)
+                coordinator = Coordinator(scenario, nodes, writer, endpoints=backend.endpoints(),
+                                          environment=backend.manifest(), progress=progress)
                 result = coordinator.run()
             except KeyboardInterrupt:
                 # The coordinator turns an interrupt during the run into Interrupted; this is one while starting.
@@ -129,7 +138,8 @@ def run(
                         writer.close()
     finally:
         wall_s = time.monotonic() - started
-        _write_metrics(metrics_path, scenario, runtime, wall_s, coordinator, nodes, backend.manifest())
+        _write_metrics(metrics_path, scenario, runtime, wall_s, coordinator, nodes,
+                       {**backend.manifest(), **backend.run_facts()})
     sinks = {node_id: node.received for node_id, node in nodes.items() if isinstance(node, SinkModel)}
     assert result is not None
     return RunSummary(scenario, runtime, trace_file, metrics_path, result, sinks)

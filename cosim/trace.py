@@ -18,11 +18,16 @@ RECORD_KINDS = ("header", "sent", "delivered", "dropped", "unroutable", "error",
 
 
 class TraceWriter:
-    def __init__(self, path: Path) -> None:
+    """Writes one trace. The header goes out once the run knows its environment (after INIT); a run that
+    fails before that still gets a header (without environment) ahead of its error record."""
+
+    def __init__(self, path: Path, manifest: Mapping[str, Any]) -> None:
         self.path = path
+        self.manifest = dict(manifest)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._handle: IO[str] = path.open("w", encoding="utf-8", newline="\n")
         self.counts = {kind: 0 for kind in ("sent", "delivered", "dropped", "unroutable")}
+        self.header_written = False
         self.closed = False
 
     def write(self, record: Mapping[str, Any]) -> None:
@@ -31,13 +36,23 @@ class TraceWriter:
             self.counts[kind] += 1
         self._handle.write(protocol.canonical(record) + "\n")
 
-    def header(self, manifest: Mapping[str, Any]) -> None:
-        self.write({"record": "header", "format": FORMAT, **manifest})
+    def header(self, environment: Mapping[str, Any] | None = None) -> None:
+        """The reproducibility manifest. ``environment`` holds what may differ between machines and runtimes
+        (image ids, library versions); it is excluded from the trace's hash (see cosim.tracediff)."""
+        record = {"record": "header", "format": FORMAT, **self.manifest}
+        if environment is not None:
+            record["environment"] = dict(environment)
+        self.write(record)
+        self.header_written = True
 
-    def footer(self, end_us: int, steps: int) -> None:
-        self.write({"record": "footer", "status": "ok", "end_us": end_us, "steps": steps, "counts": dict(self.counts)})
+    def footer(self, end_us: int, steps: int, in_flight: int) -> None:
+        """``in_flight``: events still on a link when the run ended (delivery after the end)."""
+        self.write({"record": "footer", "status": "ok", "end_us": end_us, "steps": steps, "in_flight": in_flight,
+                    "counts": dict(self.counts)})
 
     def error(self, time_us: int, node: str | None, error: str, detail: str) -> None:
+        if not self.header_written:
+            self.header()
         self.write({"record": "error", "time_us": time_us, "node": node, "error": error, "detail": detail,
                     "counts": dict(self.counts)})
 
@@ -51,11 +66,12 @@ class TraceWriter:
 
 
 def base_manifest(scenario_name: str, scenario_sha256: str, seed: int, duration_us: int, quantum_us: int,
-                  nodes: Mapping[str, str]) -> dict[str, Any]:
-    """What the header says about the run; identical for the local and the Docker runtime."""
+                  nodes: Mapping[str, str], compose_sha256: str) -> dict[str, Any]:
+    """The hashed part of the header: identical for the local and the Docker runtime, on any machine."""
     return {
         "scenario": scenario_name,
         "scenario_sha256": scenario_sha256,
+        "compose_sha256": compose_sha256,
         "seed": seed,
         "duration_us": duration_us,
         "quantum_us": quantum_us,

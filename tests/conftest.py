@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -45,3 +46,18 @@ def cosim_resources(label: str) -> tuple[list[str], list[str]]:
         return done.stdout.split()
 
     return ids("ps", "-a"), ids("network", "ls")
+
+
+def assert_same_simulation(trace_a: Path, trace_b: Path) -> None:
+    """Two traces of different runtimes: the same trace hash, and every record after the header byte-identical.
+
+    Only the header's `environment` block (runtime, image ids, library versions) may differ; it is not hashed.
+    """
+    from cosim.tracediff import ENVIRONMENT, trace_hash
+
+    lines_a, lines_b = trace_a.read_bytes().split(b"\n", 1), trace_b.read_bytes().split(b"\n", 1)
+    assert lines_a[1] == lines_b[1], f"{trace_a} and {trace_b} differ after the header"
+    assert trace_hash(trace_a) == trace_hash(trace_b)
+    header_a, header_b = json.loads(lines_a[0]), json.loads(lines_b[0])
+    header_a.pop(ENVIRONMENT), header_b.pop(ENVIRONMENT)
+    assert header_a == header_b

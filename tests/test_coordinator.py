@@ -104,7 +104,7 @@ def drive(scenario_path: Path, trace_path: Path, *, watchdog_s: float = 10.0) ->
     """Run a scenario on the local runtime with a hand-built Coordinator (sinks replaced by RecordingSinks)."""
     scenario = load(scenario_path)
     runtime = LocalRuntime(scenario, trace_path.with_suffix(".logs"))
-    writer = TraceWriter(trace_path)
+    writer = TraceWriter(trace_path, {"scenario": scenario.name})
     nodes: dict[str, SimNode] = {}
     try:
         runtime.start()

@@ -23,7 +23,7 @@ from cosim import detections
 from cosim.run import RunSummary, run
 from cosim.scenario import Scenario, load
 
-from .conftest import cosim_resources
+from .conftest import assert_same_simulation, cosim_resources
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "scenarios" / "default.yaml"
@@ -40,7 +40,8 @@ def mosquitto_missing() -> bool:
 
 def needs_mosquitto(test: Any) -> Any:
     """Marks a test that runs the local runtime with a real broker; skipped (with the reason) without one."""
-    skip = pytest.mark.skipif(mosquitto_missing(), reason="the local runtime needs `mosquitto` (apt-get install mosquitto)")
+    skip = pytest.mark.skipif(mosquitto_missing(),
+                              reason="the local runtime needs `mosquitto` (apt-get install mosquitto)")
     return pytest.mark.mosquitto(skip(test))
 
 
@@ -143,7 +144,7 @@ def test_docker_run_manifest_and_cleanup(docker_default: RunSummary, service_ima
 @needs_mosquitto
 def test_local_trace_equals_docker_trace(docker_default: RunSummary, tmp_path: Path) -> None:
     local = run_quietly(DEFAULT, "local", tmp_path / "default-local.jsonl")
-    assert local.trace_path.read_bytes() == docker_default.trace_path.read_bytes()
+    assert_same_simulation(local.trace_path, docker_default.trace_path)
 
 
 # -- an independent MQTT client during a Docker run ----------------------------------------------------
@@ -258,14 +259,15 @@ def test_replicas_round_robin_in_docker_equals_local(service_images: dict[str, s
     assert_nothing_left(f"cosim.run={environment(docker_run)['run_id']}")
 
     local = run_quietly(REPLICAS, "local", tmp_path / "replicas-local.jsonl")
-    assert local.trace_path.read_bytes() == docker_run.trace_path.read_bytes()
+    assert_same_simulation(local.trace_path, docker_run.trace_path)
 
 
 # -- the local runtime without mosquitto ------------------------------------------------------------------
 
 
 def test_local_run_without_mosquitto_says_what_to_install(tmp_path: Path) -> None:
-    scenario = scenario_copy(DEFAULT, tmp_path, {"local_command: [mosquitto,": "local_command: [mosquitto-not-installed,"})
+    scenario = scenario_copy(DEFAULT, tmp_path,
+                             {"local_command: [mosquitto,": "local_command: [mosquitto-not-installed,"})
     trace = tmp_path / "missing.jsonl"
     done = subprocess.run([sys.executable, "-m", "invoke", "up", str(scenario), "--runtime", "local",
                            "--trace", str(trace), "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=60)

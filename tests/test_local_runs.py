@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import random
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from cosim import __version__, protocol
+from cosim import __version__, compose, protocol
+from cosim import scenario as scenarios
 from cosim.run import RunSummary, run
 from cosim.seeds import node_seed
 
@@ -23,7 +25,8 @@ PIPELINE = SCENARIOS / "pipeline.yaml"
 FAILING = SCENARIOS / "failing.yaml"
 
 TRACE_FIELDS = {"record", "seq", "source", "dest", "sent_us", "features", "truth", "counts", "scenario_sha256"}
-METRICS_FIELDS = {"wall_s", "round_trip", "real_time_factor", "coordinator_overhead", "environment", "p50_us"}
+# Wall-clock measurements (the runtime facts under "environment" appear in both, by design).
+METRICS_FIELDS = {"wall_s", "round_trip", "real_time_factor", "coordinator_overhead", "p50_us", "step_loop_s"}
 
 
 def run_local(scenario: Path, trace: Path) -> RunSummary:
@@ -95,12 +98,16 @@ def test_another_seed_gives_another_trace(first_run: RunSummary, tmp_path: Path)
 
 def test_trace_header_identifies_the_run(first_run: RunSummary) -> None:
     header = records(first_run.trace_path)[0]
+    compose_text = compose.render_text(scenarios.load(PIPELINE))
     assert header == {
         "record": "header", "format": "cosim-trace/1", "scenario": "local-pipeline",
         "scenario_sha256": hashlib.sha256(PIPELINE.read_bytes()).hexdigest(), "seed": 42,
+        "compose_sha256": hashlib.sha256(compose_text.encode("utf-8")).hexdigest(),
         "duration_us": 200_000, "quantum_us": 1000, "protocol": protocol.VERSION, "cosim": __version__,
         "nodes": {"echo-1": "service", "echo-2": "service", "sensor-a": "sensor", "sensor-b": "sensor",
                   "sink": "sink"},
+        # Not hashed: what may differ between machines and runtimes.
+        "environment": {"runtime": "local", "python": platform.python_version(), "services": {}},
     }
 
 
@@ -109,6 +116,7 @@ def test_footer_counts_match_the_records(first_run: RunSummary) -> None:
     assert [r["record"] for r in trace].count("header") == 1
     footer = trace[-1]
     assert (footer["record"], footer["status"], footer["end_us"], footer["steps"]) == ("footer", "ok", 200_000, 200)
+    assert footer["in_flight"] >= 0
     kinds = Counter(r["record"] for r in trace[1:-1])
     assert set(kinds) <= {"sent", "delivered", "dropped", "unroutable"}
     assert footer["counts"] == {kind: kinds.get(kind, 0) for kind in ("sent", "delivered", "dropped", "unroutable")}

@@ -61,7 +61,12 @@ def test_classifies_healthy_as_normal_and_faults_as_anomaly(service: ServiceProc
 
 
 def test_ready_advertises_inference_capability(service: ServiceProcess) -> None:
-    assert service.init() == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["inference"]}
+    import numpy
+    import onnxruntime
+
+    assert service.init() == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["inference"],
+                              "info": {"model_sha256": MODEL_SHA256, "onnxruntime": onnxruntime.__version__,
+                                       "numpy": numpy.__version__}}
 
 
 @pytest.mark.parametrize("as_text", [False, True])

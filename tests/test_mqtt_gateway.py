@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import paho.mqtt
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -22,6 +23,17 @@ LOCAL_CONF = ROOT / "containers" / "mqtt-broker" / "mosquitto-local.conf"
 # Debian installs the broker in /usr/sbin, which is not on every user's PATH.
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/local/sbin:/usr/sbin")
 DEADLINE_S = 10.0
+
+
+def _broker_version() -> str | None:
+    """What the local broker announces on $SYS/broker/version ("mosquitto version X"), from its -h banner."""
+    if MOSQUITTO is None:
+        return None
+    banner = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True).stdout.splitlines()
+    return banner[0].strip() if banner else None
+
+
+BROKER_VERSION = _broker_version()
 
 
 def needs_mosquitto(test: Callable[..., Any]) -> Callable[..., Any]:
@@ -152,7 +164,8 @@ def received(time_us: int, source: str, seq: int, origin_us: int, kind: str = "t
 def gateway(broker: Broker, **config: Any) -> ServiceProcess:
     svc = ServiceProcess(SERVICE)
     ready = svc.init({"connect_timeout_s": 5, "barrier_timeout_s": 5, **config}, node_id="gw", endpoints=broker.endpoints)
-    assert ready == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["mqtt"]}, svc.stderr()
+    assert ready == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["mqtt"],
+                     "info": {"paho-mqtt": paho.mqtt.__version__, "broker": BROKER_VERSION}}, svc.stderr()
     return svc
 
 

@@ -444,9 +444,9 @@ def test_every_line_of_a_coordinator_run_validates(tmp_path: Path) -> None:
         else:
             nodes[spec.id] = ServiceNode(spec.id, transports[spec.id], watchdog_s=5)
     trace_path = tmp_path / "in-process.jsonl"
-    writer = TraceWriter(trace_path)
-    writer.header(base_manifest(scenario.name, scenario.sha256, scenario.seed, scenario.duration_us,
-                                scenario.quantum_us, {node.id: node.kind for node in scenario.nodes}))
+    writer = TraceWriter(trace_path, base_manifest(scenario.name, scenario.sha256, scenario.seed, scenario.duration_us,
+                                                   scenario.quantum_us, {node.id: node.kind for node in scenario.nodes},
+                                                   compose_sha256="0" * 64))
     endpoints = {"mqtt-broker": {"host": "mqtt-broker", "port": 1883}}
     Coordinator(scenario, nodes, writer, endpoints=endpoints).run()
     writer.close()

@@ -56,7 +56,7 @@ class InferenceService:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def on_init(self, message: Mapping[str, Any]) -> None:
+    def on_init(self, message: Mapping[str, Any]) -> dict[str, str]:
         config = message.get("config") or {}
         unknown = sorted(set(config) - {"model_path", "threshold", "processing_delay_us"})
         if unknown:
@@ -70,6 +70,7 @@ class InferenceService:
         self.threshold = float(threshold)
         self.delay_us = delay
         self.session, self.model_sha256 = load_model(Path(config.get("model_path") or DEFAULT_MODEL_PATH))
+        return {"onnxruntime": ort.__version__, "numpy": np.__version__, "model_sha256": self.model_sha256}
 
     def on_shutdown(self) -> None:
         summary = f"{self.results} results, {self.errors} errors, ignored {dict(sorted(self.ignored.items()))}"

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import paho.mqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
@@ -39,6 +40,8 @@ from protocol_adapter import serve
 log = logging.getLogger("cosim.mqtt-gateway")
 
 BARRIER_PREFIX = "cosim/_barrier/"  # control traffic of every gateway; never reported as data
+SYS_VERSION_TOPIC = "$SYS/broker/version"  # not matched by '#' filters (MQTT spec), so never data
+SYS_VERSION_WAIT_S = 2.0
 RETRY_PAUSE_S = 0.2  # pause between connection attempts while the broker is still starting
 
 
@@ -81,6 +84,7 @@ class Gateway:
         self.connack: mqtt.ReasonCode | None = None
         self.suback: dict[int, list[mqtt.ReasonCode]] = {}
         self.lost: str | None = None  # why the connection ended, once it has
+        self.broker_version: str | None = None
         self.closing = False
         self.window: Window | None = None
         self.unacked: set[int] = set()  # mids of this window's publishes without PUBACK yet
@@ -96,7 +100,7 @@ class Gateway:
 
     # -- INIT -------------------------------------------------------------------------------------
 
-    def on_init(self, message: Mapping[str, Any]) -> None:
+    def on_init(self, message: Mapping[str, Any]) -> dict[str, str]:
         config = message.get("config") or {}
         self.node_id = str(message.get("node_id") or "mqtt-gateway")
         broker = config.get("broker", "mqtt-broker")
@@ -124,6 +128,7 @@ class Gateway:
         self.barrier_timeout_s = float(config.get("barrier_timeout_s", self.barrier_timeout_s))
         self.barrier_topic = BARRIER_PREFIX + self.node_id
         self._connect()
+        return {"paho-mqtt": paho.mqtt.__version__, "broker": self.broker_version or "unknown"}
 
     def _new_client(self, connect_timeout_s: float) -> mqtt.Client:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cosim-{self.node_id}",
@@ -177,6 +182,10 @@ class Gateway:
             if refused:
                 raise BrokerError(f"{self.where} refused subscriptions {refused}")
         log.info("connected to %s as cosim-%s; subscribed to %s", self.where, self.node_id, [f for f, _ in subscriptions])
+        # The broker's version, for the run's manifest: Mosquitto keeps it as a retained $SYS message.
+        client.subscribe(SYS_VERSION_TOPIC, 0)
+        with self.cond:
+            self.cond.wait_for(lambda: self.broker_version is not None, min(SYS_VERSION_WAIT_S, _left(deadline)))
 
     # -- network-thread callbacks (paho VERSION2 signatures) --------------------------------------
 
@@ -210,6 +219,10 @@ class Gateway:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         topic, raw = msg.topic, bytes(msg.payload)
         with self.cond:
+            if topic == SYS_VERSION_TOPIC:
+                self.broker_version = raw.decode("utf-8", errors="replace")
+                self.cond.notify_all()
+                return
             window = self.window
             if topic.startswith(BARRIER_PREFIX):
                 if topic == self.barrier_topic and window is not None and raw == self._barrier_payload(window):

@@ -30,7 +30,11 @@ class Runtime(Protocol):
         ...
 
     def manifest(self) -> dict[str, Any]:
-        """Runtime facts for the reproducibility manifest (image ids, versions)."""
+        """Facts for the trace header's environment block: stable across runs on one machine (image ids)."""
+        ...
+
+    def run_facts(self) -> dict[str, Any]:
+        """Facts about this one run (project name, run id, ports) for the metrics file only."""
         ...
 
     def stop(self) -> None:

@@ -144,13 +144,11 @@ class DockerRuntime:
                 if not node.speaks_protocol}
 
     def manifest(self) -> dict[str, Any]:
-        return {
-            "runtime": "docker",
-            "project": self.project,
-            "run_id": self.run_id,
-            "compose_file": str(self.compose_file) if self.compose_file else None,
-            "images": dict(sorted(self._image_ids.items())),
-        }
+        return {"runtime": "docker", "images": dict(sorted(self._image_ids.items()))}
+
+    def run_facts(self) -> dict[str, Any]:
+        return {"project": self.project, "run_id": self.run_id,
+                "compose_file": str(self.compose_file) if self.compose_file else None}
 
     def stop(self) -> None:
         try:
@@ -261,12 +259,12 @@ def remove_by_label(label: str, *, keep_runs: Iterable[str] = ()) -> tuple[int, 
     """Force-remove every container, then every network, carrying ``label`` (key=value), except those of the
     runs in ``keep_runs``; returns how many (containers, networks) were removed."""
     keep = set(keep_runs)
-    containers = [c for c in docker.container.list(all=True, filters={"label": label})
+    containers = [c for c in docker.container.list(all=True, filters=[("label", label)])
                   if c.config.labels.get(LABEL_RUN) not in keep]
     if containers:
         docker.container.remove(containers, force=True, volumes=True)
     removed_networks = 0
-    for network in docker.network.list(filters={"label": label}):
+    for network in docker.network.list(filters=[("label", label)]):
         if (network.labels or {}).get(LABEL_RUN) in keep:
             continue
         try:
@@ -282,8 +280,8 @@ def down_all() -> tuple[int, int]:
     runs, projects started by hand), but not those of runs still in progress."""
     check_engine()
     label = f"{LABEL_PROJECT}=cosim"
-    runs = {c.config.labels.get(LABEL_RUN) for c in docker.container.list(all=True, filters={"label": label})}
-    runs |= {(n.labels or {}).get(LABEL_RUN) for n in docker.network.list(filters={"label": label})}
+    runs = {c.config.labels.get(LABEL_RUN) for c in docker.container.list(all=True, filters=[("label", label)])}
+    runs |= {(n.labels or {}).get(LABEL_RUN) for n in docker.network.list(filters=[("label", label)])}
     live = {run for run in runs if run is not None and run_alive(run)}
     return remove_by_label(label, keep_runs=live)
 

@@ -75,6 +75,9 @@ class LocalRuntime:
     def manifest(self) -> dict[str, Any]:
         return {"runtime": "local", "python": sys.version.split()[0]}
 
+    def run_facts(self) -> dict[str, Any]:
+        return {"endpoints": self.endpoints()}
+
     def stop(self) -> None:
         for transport in self._transports.values():
             transport.close(grace_s=1.0)
@@ -111,8 +114,9 @@ class LocalRuntime:
         # Daemons such as mosquitto live in sbin, which is not on every user's PATH.
         found = shutil.which(command[0]) or shutil.which(command[0], path=os.pathsep.join(SBIN_DIRS))
         if found is None and not Path(command[0]).is_file():
-            raise CosimError(f"node {node.id!r} needs `{command[0]}` for --runtime local, and it is not installed "
-                             f"(e.g. apt-get install {command[0]}); or use --runtime docker")
+            raise CosimError(f"node {node.id!r} needs `{command[0]}` for --runtime local, and it is not installed: "
+                             f"install the package that provides it (for mosquitto: apt-get install mosquitto), "
+                             f"or use --runtime docker")
         if found is not None:
             command[0] = found
         log_path = self.log_dir / f"{node.id}.log"
