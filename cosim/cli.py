@@ -6,10 +6,11 @@ message and a non-zero exit (no traceback).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 from cosim import compose, detections, scenario as scenarios
 from cosim.errors import CosimError
@@ -90,7 +91,20 @@ def print_summary(summary: RunSummary, out: TextIO) -> None:
         out.write(f"  sink {sink!r} received {len(events)} event(s)\n")
     sink_events = sorted((e for events in summary.sinks.values() for e in events), key=lambda e: e["time_us"])
     detections.print_report(detections.report(summary.scenario, sink_events), out)
+    print_metrics(json.loads(summary.metrics_path.read_text(encoding="utf-8")), out)
     out.write(f"  trace:   {summary.trace_path}\n  metrics: {summary.metrics_path}\n")
+
+
+def print_metrics(metrics: dict[str, Any], out: TextIO) -> None:
+    """The wall-clock side of a run (from its metrics file): round trips and cosim's own overhead."""
+    overhead = metrics["coordinator_overhead"]
+    if overhead.get("share") is not None:
+        out.write(f"  coordinator overhead: {overhead['share'] * 100:.1f}% of the step loop, "
+                  f"{overhead['per_step_us']:.1f} us CPU per step\n")
+    for node_id, stats in sorted(metrics["round_trip"].items()):
+        if stats:
+            out.write(f"  {node_id}: ADVANCE->DONE p50 {stats['p50_us']:.0f} us, p95 {stats['p95_us']:.0f} us, "
+                      f"p99 {stats['p99_us']:.0f} us\n")
 
 
 def images(path: str = DEFAULT_SCENARIO, *, force: bool = False, out: TextIO = sys.stdout) -> dict[str, str]:

@@ -65,7 +65,9 @@ def _service(scenario: Scenario, node: ContainerNode, compose_dir: Path) -> dict
         service["tty"] = False  # a TTY would mangle the JSON-lines stream
         service["restart"] = "no"
     if node.command is not None:
-        service["command"] = list(node.command)
+        # The scenario's command replaces the whole command line: the images use an ENTRYPOINT.
+        service["entrypoint"] = list(node.command)
+        service["command"] = []
     return service
 
 

@@ -36,6 +36,8 @@ class StepTimings:
     steps: int = 0
     wall_s: float = 0.0
     waiting_s: float = 0.0  # time spent waiting for DONE replies
+    loop_s: float = 0.0  # the step loop, wall clock
+    loop_cpu_s: float = 0.0  # CPU time cosim's own process used in the step loop (its overhead)
     init_s: float = 0.0
     shutdown_s: float = 0.0
 
@@ -80,10 +82,13 @@ class Coordinator:
             self._init_nodes()
             services = {node_id: info for node_id, node in self.nodes.items() if (info := getattr(node, "info", None))}
             self.trace.header({**self.environment, "services": services})
+            loop_started, loop_cpu_started = time.monotonic(), time.process_time()
             for self.step in range(1, self.scenario.steps + 1):
                 self._advance(self.step * self.scenario.quantum_us)
                 if self.progress is not None:
                     self.progress(self.now_us, self.scenario.duration_us)
+            self.timings.loop_s = time.monotonic() - loop_started
+            self.timings.loop_cpu_s = time.process_time() - loop_cpu_started
             self._shutdown_nodes()
         except NodeFailure as failure:
             self.trace.error(self.now_us, failure.node, "node_failure", failure.problem

@@ -109,7 +109,7 @@ class ServiceNode:
         try:
             self.transport.send(protocol.encode(message))
         except TransportClosed:
-            raise self._failure("is gone (its stdin is closed)") from None
+            raise self._failure("is gone (its stdin is closed)", ending=True) from None
 
     def _receive(self, *, expect: str) -> dict[str, Any]:
         deadline = time.monotonic() + self.watchdog_s
@@ -118,7 +118,7 @@ class ServiceNode:
         except TransportTimeout:
             raise self._failure(f"did not answer within the {self.watchdog_s:g} s watchdog (hung?)") from None
         except TransportClosed as exc:
-            raise self._failure(f"ended without answering ({exc})") from None
+            raise self._failure(f"ended without answering ({exc})", ending=True) from None
         try:
             reply = protocol.decode(raw)
         except ValueError:
@@ -128,15 +128,17 @@ class ServiceNode:
         kind = reply.get("type")
         if kind == "ERROR":
             fatal = " (fatal)" if reply.get("fatal") else ""
-            raise self._failure(f"reported ERROR{fatal} {reply.get('error')}: {reply.get('detail')}")
+            raise self._failure(f"reported ERROR{fatal} {reply.get('error')}: {reply.get('detail')}",
+                                ending=bool(reply.get("fatal")))
         if kind != expect:
             raise self._failure(f"answered {kind!r} out of protocol, expected {expect}: {_preview(raw)}")
         return reply
 
-    def _failure(self, problem: str, *, exit_code: int | None = None) -> NodeFailure:
+    def _failure(self, problem: str, *, exit_code: int | None = None, ending: bool = False) -> NodeFailure:
         if exit_code is None:
-            # A process that just closed stdout is usually about to exit: give its code a moment to appear.
-            exit_code = self.transport.wait_exit(time.monotonic() + 1.0)
+            # A service that closed its stdout or sent a fatal ERROR is about to exit: give its code a moment
+            # to appear. One that hangs or babbles is still running: don't wait for it.
+            exit_code = self.transport.wait_exit(time.monotonic() + (1.0 if ending else 0.0))
         return NodeFailure(self.id, problem, in_flight=self._in_flight, exit_code=exit_code,
                            log_tail=self.transport.log_tail())
 

@@ -14,18 +14,25 @@ VERSION = 1
 SHUTDOWN: dict[str, Any] = {"type": "SHUTDOWN"}
 
 
+# Built once: json.dumps/json.loads with options construct a new encoder/decoder on every call (hot path).
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical(value: Any) -> str:
     """Canonical JSON: sorted keys, fixed separators, UTF-8 kept as is. Used on the wire and in traces."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def decode(line: bytes) -> Any:
     """Strict JSON: NaN and Infinity are refused (they would make traces non-canonical)."""
-    return json.loads(line, parse_constant=_refuse_constant)
+    return _DECODER.decode(line.decode("utf-8"))
 
 
 def encode(message: Mapping[str, Any]) -> bytes:

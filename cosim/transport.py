@@ -10,7 +10,8 @@ full pipe, and its last lines are at hand when something goes wrong.
 from __future__ import annotations
 
 import os
-import selectors
+import math
+import select
 import signal
 import subprocess
 import time
@@ -92,8 +93,8 @@ class PipeTransport:
         self._stdin = self.process.stdin
         self._stdout_fd = self.process.stdout.fileno()
         self._buffer = bytearray()
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._stdout_fd, selectors.EVENT_READ)
+        self._poller = select.poll()  # poll() rather than selectors: this is the per-step hot path
+        self._poller.register(self._stdout_fd, select.POLLIN)
         self._closed = False
 
     def send(self, line: bytes) -> None:
@@ -112,7 +113,7 @@ class PipeTransport:
             if len(self._buffer) > MAX_LINE_BYTES:
                 raise TransportClosed(f"a line longer than {MAX_LINE_BYTES} bytes")
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._selector.select(remaining):
+            if remaining <= 0 or not self._poller.poll(max(1, math.ceil(remaining * 1000))):
                 raise TransportTimeout()
             chunk = os.read(self._stdout_fd, 1 << 16)
             if not chunk:
@@ -166,7 +167,7 @@ class PipeTransport:
                 pass
             self.process.wait()
         self._closed = True
-        self._selector.close()
+        self._poller.unregister(self._stdout_fd)
         if self.process.stdout is not None:
             self.process.stdout.close()
         self._log.close()

@@ -146,9 +146,11 @@ def test_replicas_become_services() -> None:
 
 def test_infrastructure_command() -> None:
     spec = rendered_spec(scenarios.load(GOLDEN / "scenarios" / "infrastructure.yaml"))
-    assert spec["services"]["broker"]["command"] == ["mosquitto", "-c", "/etc/cosim/mosquitto.conf", "-v"]
+    # The scenario's command replaces the image's whole command line (entrypoint and arguments).
+    assert spec["services"]["broker"]["entrypoint"] == ["mosquitto", "-c", "/etc/cosim/mosquitto.conf", "-v"]
+    assert spec["services"]["broker"]["command"] == []
     assert "restart" not in spec["services"]["broker"]
-    assert spec["services"]["client"]["command"] == ["python3", "-u", "/app/service.py"]
+    assert spec["services"]["client"]["entrypoint"] == ["python3", "-u", "/app/service.py"]
 
 
 def test_environment_and_writable_root() -> None:

@@ -1,0 +1,127 @@
+"""The determinism gate and the trace diff: proof that runs agree, and the first divergence when they don't."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cosim.determinism import NotDeterministic, gate, plan
+from cosim.errors import CosimError
+from cosim.tracediff import compare, print_comparison, trace_hash
+
+from .conftest import ROOT, cosim_resources
+
+LOCAL = ROOT / "tests" / "scenarios_local"
+LEAKY = LOCAL / "leaky.yaml"
+PIPELINE = LOCAL / "pipeline.yaml"
+
+
+def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_plan_alternates_runtimes_for_both_and_refuses_nonsense() -> None:
+    assert plan(3, "docker") == ["docker"] * 3
+    assert plan(2, "both") == ["local", "docker", "local", "docker"]
+    with pytest.raises(CosimError, match="--runs must be at least 2"):
+        plan(1, "local")
+    with pytest.raises(CosimError, match="--runtime must be one of docker, local, both"):
+        plan(3, "podman")
+
+
+def test_gate_passes_for_a_deterministic_scenario(tmp_path: Path) -> None:
+    out = io.StringIO()
+    runs = gate(str(PIPELINE), runs=3, runtime="local", out_dir=tmp_path, out=out)
+    assert len({run.hash for run in runs}) == 1
+    assert [run.trace.name for run in runs] == [f"local-pipeline-{n}-local.jsonl" for n in (1, 2, 3)]
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == ["run 1 ( local)", "run 2 ( local)", "run 3 ( local)"]
+    assert all(runs[0].hash in line for line in lines[:3])
+    assert lines[3] == "PASS: 3 runs of 'local-pipeline' gave identical traces"
+    # Same runtime, same machine: the files themselves are byte-identical.
+    assert runs[0].trace.read_bytes() == runs[1].trace.read_bytes() == runs[2].trace.read_bytes()
+
+
+def test_gate_catches_a_service_that_reads_the_wall_clock(tmp_path: Path) -> None:
+    out = io.StringIO()
+    with pytest.raises(NotDeterministic, match="1 of 1 runs differ from run 1"):
+        gate(str(LEAKY), runs=2, runtime="local", out_dir=tmp_path, out=out)
+    text = out.getvalue()
+    assert "FAIL: run 2 (local) differs from run 1 (local)" in text
+    # The first divergent record is the leaky service's first reading, at 5000 us of virtual time.
+    assert "first divergent record: #" in text and "virtual time 5000 us, node 'clock'" in text
+    assert "data.value  run1=" in text
+    first, second = (tmp_path / f"local-leaky-{n}-local.jsonl" for n in (1, 2))
+    divergence = compare(first, second).divergence
+    assert divergence is not None and divergence.a is not None and divergence.b is not None
+    assert (divergence.a["record"], divergence.a["source"], divergence.a["type"]) == ("sent", "clock", "reading")
+    assert divergence.a["data"] != divergence.b["data"]
+    assert len(divergence.context) == 3  # the records before it, identical in both runs
+
+
+def test_determinism_task_exit_codes(tmp_path: Path) -> None:
+    passing = invoke("determinism", str(PIPELINE), "--runtime", "local", "--runs", "2")
+    assert passing.returncode == 0, passing.stderr
+    assert "PASS: 2 runs" in passing.stdout
+    failing = invoke("determinism", str(LEAKY), "--runtime", "local", "--runs", "2")
+    assert failing.returncode == 1
+    assert "FAIL" in failing.stdout and "node 'clock'" in failing.stdout
+    assert "Traceback" not in failing.stdout + failing.stderr
+
+
+def _header_with(path: Path, target: Path, **environment: object) -> Path:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = json.loads(lines[0])
+    header["environment"] = {**header["environment"], **environment}
+    lines[0] = json.dumps(header, sort_keys=True, separators=(",", ":"))
+    target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return target
+
+
+def test_diff_reports_environment_apart_from_the_records(tmp_path: Path) -> None:
+    runs = gate(str(PIPELINE), runs=2, runtime="local", out_dir=tmp_path, out=io.StringIO())
+    other = _header_with(runs[0].trace, tmp_path / "other-machine.jsonl", runtime="docker", images={"x:dev": "sha256:1"})
+    assert trace_hash(other) == runs[0].hash  # the environment is not hashed
+    comparison = compare(runs[0].trace, other)
+    assert comparison.identical
+    assert comparison.environment == {"images.x:dev": (None, "sha256:1"), "runtime": ("local", "docker")}
+    out = io.StringIO()
+    print_comparison(comparison, out)
+    assert "environment (not hashed" in out.getvalue() and "records: identical" in out.getvalue()
+    result = invoke("diff", str(runs[0].trace), str(other))
+    assert result.returncode == 0 and "records: identical" in result.stdout
+
+
+def test_diff_of_a_truncated_trace_names_where_it_ends(tmp_path: Path) -> None:
+    runs = gate(str(PIPELINE), runs=2, runtime="local", out_dir=tmp_path, out=io.StringIO())
+    lines = runs[1].trace.read_text(encoding="utf-8").splitlines()
+    short = tmp_path / "short.jsonl"
+    short.write_text("\n".join(lines[:10]) + "\n", encoding="utf-8")
+    divergence = compare(runs[0].trace, short).divergence
+    assert divergence is not None and divergence.index == 10 and divergence.b is None
+    result = invoke("diff", str(runs[0].trace), str(short))
+    assert result.returncode == 1
+    assert "first divergent record: #10 (line 11)" in result.stdout and "(trace ends here)" in result.stdout
+    assert result.stderr.strip() == "cosim: error: the traces differ (first divergent record above)"
+
+
+@pytest.mark.docker
+def test_default_scenario_passes_the_gate_through_docker(tmp_path: Path, service_images: dict[str, str]) -> None:
+    out = io.StringIO()
+    runs = gate(str(ROOT / "scenarios" / "default.yaml"), runs=3, runtime="docker", out_dir=tmp_path, out=out)
+    assert len({run.hash for run in runs}) == 1, out.getvalue()
+    assert "PASS: 3 runs of 'default'" in out.getvalue()
+    headers = [json.loads(run.trace.read_text(encoding="utf-8").splitlines()[0]) for run in runs]
+    environment = headers[0]["environment"]
+    assert environment["runtime"] == "docker"
+    assert environment["images"] == {tag: service_images[tag] for tag in environment["images"]}
+    assert set(environment["services"]) == {"gateway", "inference"}
+    assert environment["services"]["gateway"]["broker"].startswith("mosquitto version")
+    assert "onnxruntime" in environment["services"]["inference"]
+    assert cosim_resources("cosim.scenario=default") == ([], [])

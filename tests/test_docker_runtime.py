@@ -1,0 +1,338 @@
+"""The Docker runtime against the real engine: a full run, faults through the real command line, teardown.
+
+Every test removes what it started (a fixture sweeps the scenario's label even when an assertion fails) and
+asserts that nothing with the scenario's label is left. Nothing sleeps: "mid-run" means "once a container of
+the run is running and the trace has grown", polled against a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from cosim import compose
+from cosim.run import run
+from cosim.runtimes.docker import remove_by_label
+from cosim.scenario import load
+from cosim.tracediff import trace_hash
+from tests.conftest import ROOT, cosim_resources
+
+pytestmark = pytest.mark.docker
+
+SCENARIOS = Path(__file__).resolve().parent / "scenarios_docker"
+NODE_FAILURE = 4
+INTERRUPTED = 130
+ENGINE_UNAVAILABLE = 3
+IMAGE_BUILD_FAILED = 3
+COMMAND_TIMEOUT_S = 120
+
+
+# -- helpers --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def swept() -> Iterator[Callable[[str], str]]:
+    """Register a scenario name; whatever carries its label is removed after the test, whatever happened."""
+    labels: list[str] = []
+
+    def register(name: str) -> str:
+        label = f"cosim.scenario={name}"
+        labels.append(label)
+        return label
+
+    yield register
+    for label in labels:
+        remove_by_label(label)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_wheelhouse_in_tests() -> Iterator[None]:
+    # Building the test-only images under scenarios_docker/services/ creates a (empty) wheelhouse beside them.
+    yield
+    shutil.rmtree(SCENARIOS / "services" / ".wheelhouse", ignore_errors=True)
+
+
+def invoke_up(scenario: str, trace: Path, *extra: str, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "up", str(SCENARIOS / scenario), "--trace", str(trace), "-q", *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, env={**os.environ, **(env or {})},
+    )
+
+
+def start_up(scenario: str, trace: Path) -> subprocess.Popen[str]:
+    """`invoke up` in the background, with Ctrl-C behaving as in a terminal (even if our parent ignores it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", "up", str(SCENARIOS / scenario), "--trace", str(trace), "-q"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def running_containers(label: str, node: str | None = None) -> list[str]:
+    command = ["docker", "ps", "-q", "--filter", f"label={label}", "--filter", "status=running"]
+    if node is not None:
+        command += ["--filter", f"label=cosim.node={node}"]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+
+
+def trace_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as handle:
+            return sum(1 for _ in handle)
+    except OSError:
+        return 0
+
+
+def wait_mid_run(process: subprocess.Popen[str], label: str, trace: Path, *, node: str = "worker",
+                 min_lines: int = 40, timeout_s: float = 90.0) -> str:
+    """Wait until the run's ``node`` container is running and the trace has grown; returns the container id."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ids = running_containers(label, node)
+        if ids and trace_lines(trace) > min_lines:
+            return ids[0]
+        try:
+            process.wait(timeout=0.1)  # paces the polling; returns at once if the run ended early
+        except subprocess.TimeoutExpired:
+            continue
+        out, err = process.communicate()
+        pytest.fail(f"the run ended before it got going (exit {process.returncode}):\n{out}\n{err}")
+    process.kill()
+    process.communicate()
+    pytest.fail(f"no running {node!r} container with {label} and a growing trace within {timeout_s:g} s")
+
+
+def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
+    try:
+        out, err = process.communicate(timeout=COMMAND_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"`invoke up` did not end after the fault:\n{out}\n{err}")
+    return process.returncode, out + err
+
+
+def records(trace: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in trace.read_text(encoding="utf-8").splitlines()]
+
+
+def assert_failed_cleanly(output: str, returncode: int, expected_code: int, trace: Path, label: str, *,
+                          node: str | None, error: str | tuple[str, ...], message: list[str]) -> dict[str, Any]:
+    """The shared promises of every failure: message, exit code, no traceback, an error record last, no leftovers."""
+    assert "Traceback" not in output, output
+    assert returncode == expected_code, output
+    assert "cosim: error:" in output, output
+    for part in message:
+        assert part in output, f"{part!r} not in:\n{output}"
+    last = records(trace)[-1]
+    assert last["record"] == "error", last
+    assert last["error"] in ((error,) if isinstance(error, str) else error), last
+    assert last["node"] == node, last
+    assert cosim_resources(label) == ([], []), f"left behind by the run with {label}"
+    return last
+
+
+# -- a whole run ----------------------------------------------------------------------------------------------
+
+
+def test_pipeline_with_replicas_matches_local_runtime(service_images: dict[str, str], swept, tmp_path: Path) -> None:
+    label = swept("docker-pipeline")
+    scenario = SCENARIOS / "docker-pipeline.yaml"
+
+    docker_run = run(scenario, runtime="docker", trace_path=tmp_path / "docker.jsonl", log=lambda line: None)
+    metrics = json.loads(docker_run.metrics_path.read_text())
+    run_id = metrics["environment"]["run_id"]
+    # Teardown is done when run() returns: the services exited 0 on SHUTDOWN (or the run would have failed)
+    # and compose down removed their containers and the network, without waiting out a stop grace period.
+    assert cosim_resources(f"cosim.run={run_id}") == ([], [])
+
+    local_run = run(scenario, runtime="local", trace_path=tmp_path / "local.jsonl", log=lambda line: None)
+
+    # Byte-identical, except the header's environment block (which runtime, which images: not hashed).
+    docker_lines = (tmp_path / "docker.jsonl").read_bytes().splitlines(keepends=True)
+    local_lines = (tmp_path / "local.jsonl").read_bytes().splitlines(keepends=True)
+    assert docker_lines[1:] == local_lines[1:]
+    assert trace_hash(tmp_path / "docker.jsonl") == trace_hash(tmp_path / "local.jsonl")
+    trace = records(tmp_path / "docker.jsonl")
+    environment = trace[0]["environment"]
+    assert environment["runtime"] == "docker"
+    assert environment["images"] == {"cosim/echo:dev": service_images["cosim/echo:dev"]}
+    assert trace[-1]["record"] == "footer" and trace[-1]["status"] == "ok"
+    assert trace[-1]["end_us"] == docker_run.scenario.duration_us
+    sources = {r["source"] for r in trace if r["record"] == "sent"}
+    assert {"echo-1", "echo-2", "echo-3", "relay", "sensor-a", "sensor-b"} <= sources  # every node took part
+    assert docker_run.sinks["sink"] and docker_run.sinks == local_run.sinks
+
+    assert metrics["runtime"] == "docker"
+    assert metrics["environment"]["runtime"] == "docker"
+    assert metrics["environment"]["images"] == {"cosim/echo:dev": service_images["cosim/echo:dev"]}
+    assert set(metrics["round_trip"]) == {"echo-1", "echo-2", "echo-3", "relay"}
+    assert cosim_resources(label) == ([], [])
+
+
+# -- faults through the command line --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scenario", "extra", "message"),
+    [
+        pytest.param("docker-exit.yaml", (), ["ended without answering", "exit code 3",
+                                              "echo: exiting with 3 as configured"], id="exit-3"),
+        pytest.param("docker-hang.yaml", ("--watchdog", "3"), ["did not answer within the 3 s watchdog",
+                                                               "echo: hanging as configured"], id="hang"),
+        pytest.param("docker-garbage.yaml", (), ["not protocol JSON", "'this is not a protocol message'",
+                                                 "echo: writing garbage on stdout as configured"], id="garbage"),
+    ],
+)
+def test_misbehaving_service_fails_the_run_cleanly(service_images: dict[str, str], swept, tmp_path: Path,
+                                                   scenario: str, extra: tuple[str, ...], message: list[str]) -> None:
+    label = swept(scenario.removesuffix(".yaml"))
+    trace = tmp_path / "trace.jsonl"
+    done = invoke_up(scenario, trace, *extra)
+    output = done.stdout + done.stderr
+    last = assert_failed_cleanly(output, done.returncode, NODE_FAILURE, trace, label, node="worker",
+                                 error="node_failure",
+                                 message=["node 'worker'", "while waiting for the reply to ADVANCE to 40000 us",
+                                          "last lines of its log:", *message])
+    assert "ADVANCE to 40000 us" in last["detail"]
+    assert last["time_us"] == 39000
+    if "hang" in scenario:
+        assert "exit code" not in output  # it was still running: no exit code to report
+
+
+def test_docker_kill_mid_run(service_images: dict[str, str], swept, tmp_path: Path) -> None:
+    label = swept("docker-long")
+    trace = tmp_path / "trace.jsonl"
+    process = start_up("docker-long.yaml", trace)
+    try:
+        container = wait_mid_run(process, label, trace)
+        subprocess.run(["docker", "kill", container], capture_output=True, check=True)
+        returncode, output = finish(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    last = assert_failed_cleanly(output, returncode, NODE_FAILURE, trace, label, node="worker",
+                                 error="node_failure",
+                                 message=["node 'worker'", "ended without answering", "exit code 137"])
+    assert re.search(r"while waiting for the reply to ADVANCE to \d+ us", output), output
+    assert re.search(r"ADVANCE to \d+ us", last["detail"])
+    assert last["time_us"] > 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_mid_run_tears_down(service_images: dict[str, str], swept, tmp_path: Path,
+                                      signum: signal.Signals) -> None:
+    label = swept("docker-long")
+    trace = tmp_path / "trace.jsonl"
+    process = start_up("docker-long.yaml", trace)
+    try:
+        wait_mid_run(process, label, trace)
+        process.send_signal(signum)
+        returncode, output = finish(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    last = assert_failed_cleanly(output, returncode, INTERRUPTED, trace, label, node=None, error="interrupted",
+                                 message=["interrupted at virtual time", "the trace so far is kept"])
+    assert last["time_us"] > 0
+
+
+@pytest.mark.parametrize(
+    ("scenario", "expected_code", "message"),
+    [
+        pytest.param("docker-bad-command.yaml", NODE_FAILURE, ["exit code 127", "/nonexistent"], id="bad-command"),
+        pytest.param("docker-crash-at-start.yaml", NODE_FAILURE,
+                     ["exit code 1", "No module named 'encodings'"], id="crash-at-start"),
+        pytest.param("docker-bad-image.yaml", IMAGE_BUILD_FAILED,
+                     ["Cannot build image cosim/does-not-exist:dev", "this build fails on purpose"], id="bad-image"),
+    ],
+)
+def test_service_that_cannot_start(service_images: dict[str, str], swept, tmp_path: Path, scenario: str,
+                                   expected_code: int, message: list[str]) -> None:
+    label = swept(scenario.removesuffix(".yaml"))
+    trace = tmp_path / "trace.jsonl"
+    done = invoke_up(scenario, trace)
+    output = done.stdout + done.stderr
+    # Seen at start-up (start_failed) or, when the container was still running as it was inspected, by the
+    # coordinator when the service does not answer INIT (node_failure): a race between the two is fine.
+    last = assert_failed_cleanly(output, done.returncode, expected_code, trace, label, node="starter",
+                                 error=("start_failed", "node_failure"), message=["node 'starter'", *message])
+    assert last["time_us"] == 0
+    assert [r["record"] for r in records(trace)] == ["header", "error"]  # nothing was simulated
+
+
+# -- leftovers and a missing engine ---------------------------------------------------------------------------
+
+
+def test_down_removes_leftovers_but_not_live_runs(service_images: dict[str, str], swept, tmp_path: Path) -> None:
+    leftover_label = swept("docker-leftover")
+    live_label = swept("docker-long")
+    # A leftover: the scenario's compose project brought up by hand, as a crashed run would have left it.
+    compose_file = compose.render(load(SCENARIOS / "docker-leftover.yaml"))
+    project = f"cosim-leftover-test-{secrets.token_hex(3)}"
+    subprocess.run(["docker", "compose", "-p", project, "-f", str(compose_file), "up", "-d", "--quiet-pull"],
+                   cwd=ROOT, capture_output=True, text=True, check=True,
+                   env={**os.environ, "COSIM_RUN_ID": f"leftover-test-{secrets.token_hex(3)}"})
+    containers, networks = cosim_resources(leftover_label)
+    assert len(containers) == 2 and len(networks) == 1
+
+    trace = tmp_path / "live.jsonl"
+    live = start_up("docker-long.yaml", trace)
+    try:
+        wait_mid_run(live, live_label, trace)
+        live_containers = cosim_resources(live_label)
+
+        down = subprocess.run([sys.executable, "-m", "invoke", "down"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=COMMAND_TIMEOUT_S)
+        assert down.returncode == 0, down.stdout + down.stderr
+        counts = re.search(r"removed (\d+) container\(s\) and (\d+) network\(s\)", down.stdout)
+        assert counts, down.stdout
+        assert int(counts[1]) >= 2 and int(counts[2]) >= 1  # ours, plus whatever else earlier runs left
+        assert cosim_resources(leftover_label) == ([], [])
+        assert cosim_resources(live_label) == live_containers  # a run in progress is not a leftover
+
+        live.send_signal(signal.SIGINT)
+        returncode, output = finish(live)
+    finally:
+        if live.poll() is None:
+            live.kill()
+            live.communicate()
+    assert returncode == INTERRUPTED, output
+    assert cosim_resources(live_label) == ([], [])
+
+
+def test_missing_engine_is_one_clear_sentence(service_images: dict[str, str], swept, tmp_path: Path) -> None:
+    label = swept("docker-exit")
+    trace = tmp_path / "trace.jsonl"
+    no_engine = {"DOCKER_HOST": "unix:///nonexistent.sock"}
+    done = invoke_up("docker-exit.yaml", trace, env=no_engine)
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output, output
+    assert done.returncode == ENGINE_UNAVAILABLE, output
+    errors = [line for line in output.splitlines() if line.strip()]
+    assert errors == [errors[0]] and errors[0].startswith("cosim: error: Docker Engine is not running or not "
+                                                          "reachable at DOCKER_HOST=unix:///nonexistent.sock"), output
+    assert [r["record"] for r in records(trace)] == ["header", "error"]
+    last = records(trace)[-1]
+    assert last["error"] == "start_failed" and last["node"] is None and "not reachable" in last["detail"]
+
+    down = subprocess.run([sys.executable, "-m", "invoke", "down"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=COMMAND_TIMEOUT_S, env={**os.environ, **no_engine})
+    assert "Traceback" not in down.stdout + down.stderr
+    assert down.returncode == ENGINE_UNAVAILABLE
+    assert "not reachable" in down.stderr + down.stdout
+    assert cosim_resources(label) == ([], [])
