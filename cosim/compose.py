@@ -40,15 +40,17 @@ def labels(scenario: Scenario, node_id: str | None = None) -> dict[str, str]:
 
 
 def _service(scenario: Scenario, node: ContainerNode, compose_dir: Path) -> dict[str, Any]:
-    context = Path(os.path.relpath(node.build.parent, compose_dir)).as_posix()
-    service: dict[str, Any] = {
-        "image": node.image,
-        "build": {
-            "context": context,
+    service: dict[str, Any] = {"image": node.image}
+    if node.build is not None:
+        service["build"] = {
+            "context": Path(os.path.relpath(node.build.parent, compose_dir)).as_posix(),
             "dockerfile": f"{node.build.name}/Dockerfile",
             "args": {"BASE_IMAGE": "${COSIM_BASE_IMAGE:-" + DEFAULT_BASE_IMAGE + "}"},
-        },
-        "pull_policy": "never",  # images come from `invoke images`; there may be no registry
+        }
+        service["pull_policy"] = "never"  # built by `invoke images`; there may be no registry
+    else:
+        service["pull_policy"] = "missing"  # a prebuilt image, pulled by cosim before `up` when missing
+    service.update({
         "labels": labels(scenario, node.id),
         "environment": {"COSIM_NODE_ID": node.id, **dict(sorted(node.environment.items()))},
         "networks": [NETWORK],
@@ -59,7 +61,7 @@ def _service(scenario: Scenario, node: ContainerNode, compose_dir: Path) -> dict
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges:true"],
         "stop_grace_period": "2s",
-    }
+    })
     if node.speaks_protocol:
         service["stdin_open"] = True  # the coordinator attaches to the main process's stdin/stdout
         service["tty"] = False  # a TTY would mangle the JSON-lines stream

@@ -63,7 +63,8 @@ class Node:
 
 @dataclass(frozen=True)
 class ContainerNode(Node):
-    build: Path = Path()  # the service directory (with its Dockerfile), resolved against the scenario file
+    build: Path | None = None  # the service directory (with its Dockerfile); None: a prebuilt `image`
+    base_dir: Path = Path()  # the scenario file's directory (where a local_command runs without `build`)
     image: str = ""
     command: tuple[str, ...] | None = None
     local_command: tuple[str, ...] | None = None
@@ -502,12 +503,15 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
           fail: Any) -> Node:
     kind = doc["kind"]
     if kind in ("service", "infrastructure"):
-        build = doc["build"]
-        service_dir = (base_dir / build).resolve()
-        if not (service_dir / "Dockerfile").is_file():
-            raise fail(f"no Dockerfile in {build!r} (looked for {service_dir / 'Dockerfile'})", at + ("build",))
+        service_dir: Path | None = None
+        if "build" in doc:
+            service_dir = (base_dir / doc["build"]).resolve()
+            if not (service_dir / "Dockerfile").is_file():
+                raise fail(f"no Dockerfile in {doc['build']!r} (looked for {service_dir / 'Dockerfile'})", at + ("build",))
+        elif "image" not in doc:
+            raise fail("needs `build` (a service directory with a Dockerfile) or `image` (a prebuilt image)", at)
         return ContainerNode(
-            id=doc["id"], kind=kind, links=links, build=service_dir,
+            id=doc["id"], kind=kind, links=links, build=service_dir, base_dir=base_dir,
             image=doc.get("image") or f"cosim/{service_dir.name}:dev",
             command=tuple(doc["command"]) if "command" in doc else None,
             local_command=tuple(doc["local_command"]) if "local_command" in doc else None,

@@ -86,8 +86,28 @@ def image_specs(scenario: Scenario) -> list[ImageSpec]:
     """One spec per distinct image the scenario's containers use (replicas share theirs)."""
     specs: dict[str, ImageSpec] = {}
     for node in scenario.containers:
-        specs.setdefault(node.image, ImageSpec(tag=node.image, service_dir=node.build))
+        if node.build is not None:
+            specs.setdefault(node.image, ImageSpec(tag=node.image, service_dir=node.build))
     return list(specs.values())
+
+
+def prebuilt_images(scenario: Scenario) -> list[str]:
+    """Images the scenario uses as they are (no `build`), e.g. the upstream eclipse-mosquitto."""
+    return sorted({node.image for node in scenario.containers if node.build is None})
+
+
+def ensure_pulled(images: list[str]) -> dict[str, str]:
+    """Pull each prebuilt image that is not present; {tag: image id}. A failed pull names the image."""
+    ids: dict[str, str] = {}
+    for image in images:
+        if not docker.image.exists(image):
+            try:
+                docker.image.pull(image, quiet=True)
+            except DockerException as exc:
+                raise ImageBuildError(f"image {image} is not here and cannot be pulled ({_error_text(exc)}); "
+                                      f"pull or load it by hand, or give the node a `build:` directory") from None
+        ids[image] = docker.image.inspect(image).id
+    return ids
 
 
 def _error_text(exc: DockerException) -> str:
@@ -122,6 +142,7 @@ class DockerRuntime:
             self._image_ids = self._ensure_images(specs)
         else:
             self._image_ids = image_ids([spec.tag for spec in specs])
+        self._image_ids.update(ensure_pulled(prebuilt_images(self.scenario)))
         self._lock.acquire()
         env_file = self.log_dir / "compose.env"
         env_file.parent.mkdir(parents=True, exist_ok=True)

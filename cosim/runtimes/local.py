@@ -99,11 +99,15 @@ class LocalRuntime:
             if not node.speaks_protocol:
                 raise CosimError(f"node {node.id!r} has no local_command, so --runtime local cannot start it; "
                                  f"add one to the scenario or use --runtime docker")
+            if node.build is None:
+                raise CosimError(f"node {node.id!r} uses a prebuilt image and has no local_command, so "
+                                 f"--runtime local cannot start it; add one or use --runtime docker")
             return [sys.executable, "-u", str(node.build / "service.py")]
         return [part.replace("{python}", sys.executable).replace("{port}", str(port)) for part in node.local_command]
 
     def _environment(self, node: ContainerNode) -> dict[str, str]:
-        containers_dir = str(node.build.parent)  # protocol_adapter.py lives there, as in /app in the images
+        # protocol_adapter.py lives in the services' parent directory, as it sits in /app in the images.
+        containers_dir = str(node.build.parent) if node.build is not None else None
         pythonpath = os.pathsep.join(filter(None, [containers_dir, os.environ.get("PYTHONPATH")]))
         return {**os.environ, **node.environment, "PYTHONPATH": pythonpath, "COSIM_NODE_ID": node.id,
                 "PYTHONUNBUFFERED": "1"}
@@ -123,7 +127,8 @@ class LocalRuntime:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                       cwd=node.build, env=self._environment(node), start_new_session=True)
+                                       cwd=node.build or node.base_dir, env=self._environment(node),
+                                       start_new_session=True)
         self._infrastructure[node.id] = process
         if not wait_for_port(port, time.monotonic() + INFRA_START_TIMEOUT_S, process):
             code = process.poll()
@@ -136,6 +141,6 @@ class LocalRuntime:
         command = self._command(node)
         try:
             self._transports[node.id] = PipeTransport(node.id, command, log_path=self.log_dir / f"{node.id}.log",
-                                                      env=self._environment(node), cwd=node.build)
+                                                      env=self._environment(node), cwd=node.build or node.base_dir)
         except OSError as exc:
             raise CosimError(f"node {node.id!r}: cannot start {' '.join(command)}: {exc.strerror}") from exc
