@@ -48,6 +48,18 @@ def advance_message(target_us: int, events: list[dict[str, Any]]) -> dict[str, A
     return {"type": "ADVANCE", "time_us": target_us, "events": events}
 
 
+def encode_advance(target_us: int, events: list[dict[str, Any]]) -> bytes:
+    """ADVANCE as a canonical line. Most windows carry no events; their line is formatted directly (the hot path)."""
+    if not events:
+        return b'{"events":[],"time_us":%d,"type":"ADVANCE"}\n' % target_us
+    return encode(advance_message(target_us, events))
+
+
+def empty_done(target_us: int) -> bytes:
+    """The canonical DONE of a window without outputs: a reply equal to it needs no parsing."""
+    return b'{"events":[],"time_us":%d,"type":"DONE"}' % target_us
+
+
 def check_outputs(events: Any, current_us: int, target_us: int) -> str | None:
     """Why a DONE's event list breaks the protocol, or None when it is fine."""
     if not isinstance(events, list):

@@ -337,3 +337,16 @@ def test_stray_prints_go_to_stderr_not_the_protocol_stream() -> None:
     assert replies[1]["events"] == [{"type": "said", "time_us": 1000, "data": {"events": 1}}]
     assert "chatty: stray print in on_init for svc" in done.stderr
     assert "chatty: stray print while advancing to 2000" in done.stderr
+
+
+def test_hot_path_lines_are_the_canonical_encoding() -> None:
+    """The coordinator formats empty ADVANCEs and recognises empty DONEs by their bytes: they must be canonical."""
+    import protocol_adapter
+
+    from cosim import protocol as coordinator_protocol
+
+    for time_us in (1, 1000, 10_000_000_000):
+        assert coordinator_protocol.encode_advance(time_us, []) == coordinator_protocol.encode(
+            coordinator_protocol.advance_message(time_us, []))
+        adapter_done = protocol_adapter.encode({"type": "DONE", "time_us": time_us, "events": []}).encode()
+        assert coordinator_protocol.empty_done(time_us) + b"\n" == adapter_done

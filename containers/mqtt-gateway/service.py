@@ -252,6 +252,12 @@ class Gateway:
                                   f"with {len(events)} event(s) to publish: {self.lost}")
         if target == current:
             return []  # an empty window: nothing to publish and nothing may be stamped in it
+        if not events:
+            # Nothing of ours to publish: skip the broker round trip (most windows). Outside messages that
+            # arrived meanwhile are reported now; they were never driven by virtual time anyway.
+            with self.cond:
+                external, self.external = self.external, []
+            return self._external_events(external, target)
         self.windows += 1
         window = Window(self.windows, current, target)
         outgoing: list[tuple[str, bytes]] = []
@@ -291,10 +297,13 @@ class Gateway:
             self.window = None
         out = [self._own_event(topic, payload) for topic, payload in received]
         out.sort(key=lambda e: (e["time_us"], e["data"]["origin"]["source"], e["data"]["origin"]["seq"], e["data"]["topic"]))
-        for topic, raw in sorted(external):
-            out.append({"type": "mqtt_received", "time_us": target,
-                        "data": {"topic": topic, "payload": _decode(raw), "origin": None}})
-        return out
+        return out + self._external_events(external, target)
+
+    @staticmethod
+    def _external_events(external: list[tuple[str, bytes]], target: int) -> list[dict[str, Any]]:
+        """Messages from other publishers, stamped at the window's end, in (topic, payload) order."""
+        return [{"type": "mqtt_received", "time_us": target,
+                 "data": {"topic": topic, "payload": _decode(raw), "origin": None}} for topic, raw in sorted(external)]
 
     def _publish(self, topic: str, payload: bytes, window: Window) -> None:
         assert self.client is not None
