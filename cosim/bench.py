@@ -44,20 +44,22 @@ class BenchResult:
     ratios: dict[str, float] = field(default_factory=dict)
 
 
-def _round_trips(process: subprocess.Popen[bytes], count: int) -> float:
-    """Median round trip (us) of ``count`` probe lines through ``process``'s stdin/stdout, after a warm-up."""
-    assert process.stdin is not None and process.stdout is not None
-    stdin_fd, stdout_fd = process.stdin.fileno(), process.stdout.fileno()
+def _round_trips(processes: Sequence[subprocess.Popen[bytes]], count: int) -> float:
+    """Median time (us) of ``count`` rounds: one probe line to every process, then every echo read back (the
+    processes work concurrently, as nodes do in a step), after a warm-up of count // 10 rounds."""
+    fds = [(p.stdin.fileno(), p.stdout.fileno()) for p in processes if p.stdin is not None and p.stdout is not None]
     samples = []
     for index in range(count + count // 10):
         started = time.perf_counter()
-        os.write(stdin_fd, PROBE_LINE)
-        received = b""
-        while not received.endswith(b"\n"):
-            chunk = os.read(stdout_fd, 65536)
-            if not chunk:
-                raise RuntimeError("echo process closed its stdout")
-            received += chunk
+        for stdin_fd, _ in fds:
+            os.write(stdin_fd, PROBE_LINE)
+        for _, stdout_fd in fds:
+            received = b""
+            while not received.endswith(b"\n"):
+                chunk = os.read(stdout_fd, 65536)
+                if not chunk:
+                    raise RuntimeError("echo process closed its stdout")
+                received += chunk
         if index >= count // 10:
             samples.append(time.perf_counter() - started)
     return statistics.median(samples) * 1e6
@@ -66,26 +68,32 @@ def _round_trips(process: subprocess.Popen[bytes], count: int) -> float:
 def pipe_floor(count: int) -> float:
     process = subprocess.Popen([sys.executable, "-u", "-c", BARE_ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        return _round_trips(process, count)
+        return _round_trips([process], count)
     finally:
         process.kill()
         process.wait()
 
 
-def container_floor(count: int, image: str) -> float:
-    """The same bare echo as the main process of a container, reached through `docker attach`."""
-    container = subprocess.run(
-        ["docker", "run", "-d", "-i", "--init", "--rm", "--label", "cosim.project=cosim", "--label", "cosim.run=bench",
-         "--network", "none", "--entrypoint", "python3", image, "-u", "-c", BARE_ECHO],
-        capture_output=True, text=True, check=True).stdout.strip()
-    process = subprocess.Popen(["docker", "attach", "--sig-proxy=false", container], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE)
+def container_floor(count: int, image: str, containers: int = 1) -> float:
+    """The same bare echo as the main process of ``containers`` containers, reached through `docker attach`
+    (the path cosim uses), all probed concurrently."""
+    ids: list[str] = []
+    attached: list[subprocess.Popen[bytes]] = []
     try:
-        return _round_trips(process, count)
+        for _ in range(containers):
+            ids.append(subprocess.run(
+                ["docker", "run", "-d", "-i", "--init", "--rm", "--label", "cosim.project=cosim", "--label",
+                 "cosim.run=bench", "--network", "none", "--entrypoint", "python3", image, "-u", "-c", BARE_ECHO],
+                capture_output=True, text=True, check=True).stdout.strip())
+            attached.append(subprocess.Popen(["docker", "attach", "--sig-proxy=false", ids[-1]],
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+        return _round_trips(attached, count)
     finally:
-        process.kill()
-        process.wait()
-        subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+        for process in attached:
+            process.kill()
+            process.wait()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
 
 
 def _scenario(directory: Path, name: str, *, services: int, steps: int, quantum_us: int = 1000,
@@ -149,6 +157,8 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: Te
                                                      through_gateway=True))))
             say("floor: bare echo in a container over docker attach")
             result.floors_us["container"] = container_floor(probes, "cosim/echo:dev")
+            say("floor: 8 bare echo containers probed concurrently")
+            result.floors_us["container_x8"] = container_floor(probes // 4, "cosim/echo:dev", containers=8)
             for count in (1, 4, 8):
                 say(f"cosim: {count} echo container(s), docker runtime")
                 step, _ = _step_us(_scenario(directory, f"bench-scale-{count}", services=count, steps=steps), "docker", directory)
@@ -161,6 +171,9 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: Te
     if docker:
         result.ratios["docker_vs_container_floor"] = result.per_node_step_us["docker"] / result.floors_us["container"]
         result.ratios["scaling_8_vs_1"] = result.scaling_step_us["8"] / result.scaling_step_us["1"]
+        # The machine's own scaling, for reading the one above: 8 bare containers against one.
+        result.ratios["floor_scaling_8_vs_1"] = result.floors_us["container_x8"] / result.floors_us["container"]
+        result.ratios["docker_8_vs_container_floor_x8"] = result.scaling_step_us["8"] / result.floors_us["container_x8"]
     print_table(result, out)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -184,6 +197,8 @@ def print_table(result: BenchResult, out: TextIO) -> None:
     rows.append(("floor: bare echo, local pipe (round trip)", f"{result.floors_us['pipe']:.0f} us", "1.00", ""))
     if "container" in result.floors_us:
         rows.append(("floor: bare echo, container via docker attach", f"{result.floors_us['container']:.0f} us", "1.00", ""))
+        rows.append(("floor: 8 bare echo containers, concurrently", f"{result.floors_us['container_x8']:.0f} us",
+                     f"{result.ratios['floor_scaling_8_vs_1']:.2f}x one container", ""))
     rows.append(("cosim node-step, local runtime", f"{result.per_node_step_us['local']:.0f} us",
                  f"{result.ratios['local_vs_pipe_floor']:.2f}x pipe floor", f"<= {TARGETS['local_vs_pipe_floor']}x"))
     if "docker" in result.per_node_step_us:
@@ -194,6 +209,8 @@ def print_table(result: BenchResult, out: TextIO) -> None:
             ratio = step / result.scaling_step_us["1"]
             rows.append((f"step with {count} container node(s)", f"{step:.0f} us", f"{ratio:.2f}x one node",
                          f"<= {TARGETS['scaling_8_vs_1']}x" if count == "8" else ""))
+        rows.append(("step with 8 container nodes vs 8-container floor", "",
+                     f"{result.ratios['docker_8_vs_container_floor_x8']:.2f}x", ""))
     for name, rate in result.throughput_events_per_s.items():
         rows.append((f"throughput: {name.replace('_', ' ')}", f"{rate:,.0f} events/s", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
