@@ -10,6 +10,7 @@ base image) are compose variables, so the file itself never changes between runs
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,13 @@ def render(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> Path:
     text = render_text(scenario, compose_dir)
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return path
-    temporary = path.with_suffix(f".yaml.tmp{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # unique per writer
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     return path

@@ -40,6 +40,14 @@ class ImageBuildError(CosimError):
     exit_code = 3
 
 
+class NodeStartError(CosimError):
+    """A node could not be started (missing program, bad command, infrastructure not listening)."""
+
+    def __init__(self, node: str, message: str) -> None:
+        self.node = node
+        super().__init__(f"node {node!r} {message}")
+
+
 class NodeFailure(CosimError):
     """A node died, hung, broke the protocol or reported an error. The run stops; the trace so far is kept."""
 

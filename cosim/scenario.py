@@ -338,6 +338,8 @@ def _validate_schema(document: dict[str, Any], lines: dict[FieldPath, int], sour
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         unknown = sorted(set(error.instance) - set(_allowed_keys(error)), key=str)
         line_path = path + tuple(str(key) for key in unknown[:1])  # the misspelt key itself (lines has YAML's text)
+    elif "propertyNames" in error.absolute_schema_path and isinstance(error.instance, str):
+        line_path = path + (error.instance,)  # a bad key name: point at the key
     raise ScenarioError(source, _describe(error, document), line=_line_for(line_path, lines), path=_format_path(path))
 
 
@@ -383,7 +385,13 @@ def _describe(error: jsonschema.ValidationError, document: Any) -> str:
     if kind == "const":
         return f"expected {expected!r}, got {_show(value)}"
     if kind == "pattern":
-        return f"{_show(value)} is not allowed here: expected lowercase letters, digits and dashes, starting with a letter (pattern {expected})" if "a-z0-9-" in expected else f"{_show(value)} does not match {expected}"
+        if "propertyNames" in error.absolute_schema_path:
+            return (f"{_show(value)} is not a valid environment variable name: "
+                    f"letters, digits and underscores, not starting with a digit")
+        if "a-z0-9-" in expected:
+            return (f"{_show(value)} is not allowed here: expected lowercase letters, digits and dashes, "
+                    f"starting with a letter (pattern {expected})")
+        return f"{_show(value)} does not match {expected}"
     if kind in ("minItems", "minLength"):
         return f"must not be empty" if expected == 1 else f"needs at least {expected} items"
     if kind == "maxItems":
@@ -521,10 +529,13 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
         )
     if kind == "sensor":
         period = doc["period_us"]
+        if doc.get("offset_us", period) > duration:
+            raise fail(f"first reading at {doc.get('offset_us', period)} us is after the end of the run ({duration} us)",
+                       at + ("offset_us" if "offset_us" in doc else "period_us",))
         anomalies = []
         for index, anomaly in enumerate(doc.get("anomalies", [])):
-            if anomaly["at_us"] > duration:
-                raise fail(f"anomaly at {anomaly['at_us']} us is after the end of the run ({duration} us)",
+            if anomaly["at_us"] >= duration:
+                raise fail(f"anomaly at {anomaly['at_us']} us is not before the end of the run ({duration} us)",
                            at + ("anomalies", index, "at_us"))
             anomalies.append(Anomaly(anomaly["at_us"], anomaly.get("duration_us", period), float(anomaly.get("severity", 1.0))))
         return SensorNode(

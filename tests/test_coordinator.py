@@ -490,8 +490,8 @@ def test_node_that_cannot_start_gives_a_clear_error(tmp_path: Path, spawned: lis
         run(path, runtime="local", trace_path=tmp_path / "nostart.jsonl", watchdog_s=10.0, log=lambda line: None)
     message = str(caught.value)
     assert not isinstance(caught.value, NodeFailure)
-    assert message == ("node 'bad': cannot start /nonexistent/cosim-no-such-service --flag: "
+    assert message == ("node 'bad' cannot start /nonexistent/cosim-no-such-service --flag: "
                        "No such file or directory")
     last = read_trace(tmp_path / "nostart.jsonl")[-1]
-    assert (last["record"], last["error"]) == ("error", "start_failed")
+    assert (last["record"], last["error"], last["node"]) == ("error", "start_failed", "bad")
     assert_all_gone(spawned, 1)  # `good` was started first and has been stopped

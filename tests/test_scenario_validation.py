@@ -196,7 +196,7 @@ CASES: list[tuple[str, str, str | None, tuple[str, ...]]] = [
      "nodes[1].replicas", ("expected a value <= 64, got 65",)),
     ("anomaly-after-the-end", PIPELINE.replace("    period_us: 1000\n", "    period_us: 1000\n    anomalies:\n"
                                                "      - at_us: 20000  # HERE\n"), "nodes[0].anomalies[0].at_us",
-     ("anomaly at 20000 us is after the end of the run (10000 us)",)),
+     ("anomaly at 20000 us is not before the end of the run (10000 us)",)),
     ("node-id-uppercase", PIPELINE.replace("  - id: out", "  - id: Out  # HERE"), "nodes[2].id",
      ("'Out' is not allowed here", "expected lowercase letters, digits and dashes, starting with a letter")),
     ("node-id-underscore", PIPELINE.replace("  - id: out", "  - id: my_out  # HERE"), "nodes[2].id",
@@ -220,6 +220,17 @@ CASES: list[tuple[str, str, str | None, tuple[str, ...]]] = [
      HEAD + "  - id: a\n    kind: service\n    build: svc\n    environment:\n      LEVEL: [1, 2]  # HERE\n",
      "nodes[0].environment.LEVEL", ("expected a string or a number or true or false, got a list",)),
     ("empty-nodes-list", HEAD.replace("nodes:", "nodes: []  # HERE"), "nodes", ("must not be empty",)),
+    ("environment-variable-name",
+     HEAD + "  - id: a\n    kind: service\n    build: svc\n    environment:\n      1A: x  # HERE\n",
+     "nodes[0].environment", ("'1A' is not a valid environment variable name",)),
+    ("anomaly-exactly-at-the-end", PIPELINE.replace("    period_us: 1000\n", "    period_us: 1000\n    anomalies:\n"
+                                                    "      - at_us: 10000  # HERE\n"), "nodes[0].anomalies[0].at_us",
+     ("anomaly at 10000 us is not before the end of the run (10000 us)",)),
+    ("first-reading-after-the-end", PIPELINE.replace("    period_us: 1000\n", "    period_us: 1000\n"
+                                                     "    offset_us: 20000  # HERE\n"), "nodes[0].offset_us",
+     ("first reading at 20000 us is after the end of the run (10000 us)",)),
+    ("infrastructure-without-build-or-image", HEAD + "  - id: broker  # HERE\n    kind: infrastructure\n    port: 1883\n",
+     "nodes[0]", ("needs `build` (a service directory with a Dockerfile) or `image` (a prebuilt image)",)),
 ]
 
 

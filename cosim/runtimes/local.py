@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cosim.errors import CosimError
+from cosim.errors import NodeStartError
 from cosim.scenario import ContainerNode, Scenario
 from cosim.transport import PipeTransport, Transport, tail
 
@@ -97,10 +97,10 @@ class LocalRuntime:
     def _command(self, node: ContainerNode, port: int | None = None) -> list[str]:
         if node.local_command is None:
             if not node.speaks_protocol:
-                raise CosimError(f"node {node.id!r} has no local_command, so --runtime local cannot start it; "
+                raise NodeStartError(node.id, f"has no local_command, so --runtime local cannot start it; "
                                  f"add one to the scenario or use --runtime docker")
             if node.build is None:
-                raise CosimError(f"node {node.id!r} uses a prebuilt image and has no local_command, so "
+                raise NodeStartError(node.id, f"uses a prebuilt image and has no local_command, so "
                                  f"--runtime local cannot start it; add one or use --runtime docker")
             return [sys.executable, "-u", str(node.build / "service.py")]
         return [part.replace("{python}", sys.executable).replace("{port}", str(port)) for part in node.local_command]
@@ -118,7 +118,7 @@ class LocalRuntime:
         # Daemons such as mosquitto live in sbin, which is not on every user's PATH.
         found = shutil.which(command[0]) or shutil.which(command[0], path=os.pathsep.join(SBIN_DIRS))
         if found is None and not Path(command[0]).is_file():
-            raise CosimError(f"node {node.id!r} needs `{command[0]}` for --runtime local, and it is not installed: "
+            raise NodeStartError(node.id, f"needs `{command[0]}` for --runtime local, and it is not installed: "
                              f"install the package that provides it (for mosquitto: apt-get install mosquitto), "
                              f"or use --runtime docker")
         if found is not None:
@@ -133,7 +133,7 @@ class LocalRuntime:
         if not wait_for_port(port, time.monotonic() + INFRA_START_TIMEOUT_S, process):
             code = process.poll()
             state = f"exited with code {code}" if code is not None else f"not listening after {INFRA_START_TIMEOUT_S:g} s"
-            raise CosimError(f"node {node.id!r} ({' '.join(command)}) {state}; last lines of {log_path}:\n"
+            raise NodeStartError(node.id, f"({' '.join(command)}) {state}; last lines of {log_path}:\n"
                              + tail(log_path, 10))
         self._endpoints[node.id] = {"host": "127.0.0.1", "port": port}
 
@@ -143,4 +143,4 @@ class LocalRuntime:
             self._transports[node.id] = PipeTransport(node.id, command, log_path=self.log_dir / f"{node.id}.log",
                                                       env=self._environment(node), cwd=node.build or node.base_dir)
         except OSError as exc:
-            raise CosimError(f"node {node.id!r}: cannot start {' '.join(command)}: {exc.strerror}") from exc
+            raise NodeStartError(node.id, f"cannot start {' '.join(command)}: {exc.strerror}") from exc
