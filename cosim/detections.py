@@ -47,22 +47,14 @@ def report(scenario: Scenario, sink_events: Iterable[dict[str, Any]]) -> Report:
     sensors = {node.id: node for node in scenario.nodes if isinstance(node, SensorNode)}
     verdicts = [e for e in sink_events if e.get("type") == "inference_result" and isinstance(e.get("data"), dict)]
 
-    def anomaly_of(sensor: str, sampled_us: int) -> tuple[int, int, float] | None:
-        node = sensors.get(sensor)
-        if node is None:
-            return None
-        for anomaly in node.anomalies:
-            if anomaly.at_us <= sampled_us < anomaly.at_us + anomaly.duration_us:
-                return anomaly.at_us, anomaly.duration_us, anomaly.severity
-        return None
-
     first: dict[tuple[str, int], tuple[int, int]] = {}
     false_positives: list[tuple[str, int]] = []
     missed = 0
     for event in verdicts:
         data = event["data"]
         sensor, sampled = data.get("sensor"), data.get("sampled_us")
-        anomaly = anomaly_of(sensor, sampled) if isinstance(sampled, int) else None
+        node = sensors.get(sensor)
+        anomaly = node.anomaly_at(sampled) if node is not None and isinstance(sampled, int) else None
         flagged = data.get("label") == "anomaly"
         if anomaly is None:
             if flagged:
@@ -71,14 +63,14 @@ def report(scenario: Scenario, sink_events: Iterable[dict[str, Any]]) -> Report:
         if not flagged:
             missed += 1
             continue
-        key = (sensor, anomaly[0])
+        key = (sensor, anomaly.at_us)
         if key not in first or event["time_us"] < first[key][0]:
             first[key] = (event["time_us"], sampled)
     detections = []
     for sensor, node in sorted(sensors.items()):
-        for anomaly in node.anomalies:
-            hit = first.get((sensor, anomaly.at_us))
-            detections.append(Detection(sensor, anomaly.at_us, anomaly.duration_us, anomaly.severity,
+        for injected in node.anomalies:
+            hit = first.get((sensor, injected.at_us))
+            detections.append(Detection(sensor, injected.at_us, injected.duration_us, injected.severity,
                                         hit[0] if hit else None, hit[1] if hit else None))
     return Report(tuple(detections), len(verdicts), tuple(false_positives), missed)
 
@@ -101,7 +93,7 @@ def print_report(result: Report, out: TextIO) -> None:
     out.write(f"  detections ({result.verdicts} verdicts reached a sink):\n")
     for d in result.detections:
         window = f"{d.sensor} anomaly at {d.at_us / 1e6:.3f} s (severity {d.severity:g})"
-        if d.detected_us is None:
+        if d.detected_us is None or d.sampled_us is None or d.latency_us is None:
             out.write(f"    MISSED    {window}\n")
         else:
             out.write(f"    detected  {window}: window sampled at {d.sampled_us / 1e6:.3f} s, verdict at the sink "

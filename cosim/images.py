@@ -122,7 +122,7 @@ def _files_under(path: Path) -> list[Path]:
     """Every file under ``path`` (or ``path`` itself), sorted, skipping caches that do not go into images."""
     if path.is_file():
         return [path]
-    found = []
+    found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames[:] = sorted(d for d in dirnames if d not in _IGNORED_NAMES)
         found.extend(Path(dirpath) / f for f in filenames if not f.endswith((".pyc", ".pyo")))
@@ -442,7 +442,7 @@ def _build(spec: ImageSpec, base_image: str, digest: str, *, no_cache: bool) -> 
     # Without buildx, DOCKER_BUILDKIT=1 in the user's environment would make `docker build` refuse to run.
     env = {} if _has_buildx() else {"DOCKER_BUILDKIT": "0"}
     try:
-        output = docker_run(command, env=env)
+        output: str = docker_run(command, env=env)  # type: ignore[assignment]  # str unless return_stderr
     except DockerException as exc:
         raise ImageBuildError(
             f"Cannot build image {spec.tag} from {spec.dockerfile}: docker build failed (exit {exc.return_code}); "

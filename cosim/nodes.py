@@ -65,7 +65,8 @@ class ServiceNode:
     def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
         self._send(protocol.init_message(self.id, seed, config, endpoints), "INIT")
         reply = self._receive(expect="READY")
-        self.info = reply.get("info") if isinstance(reply.get("info"), dict) else {}
+        info = reply.get("info")
+        self.info = info if isinstance(info, dict) else {}
         if reply.get("protocol") != protocol.VERSION:
             raise self._failure(f"answered READY for protocol {reply.get('protocol')!r}; cosim speaks {protocol.VERSION}")
 
@@ -176,10 +177,8 @@ class SensorModel:
         self.rng = random.Random(seed)
 
     def severity_at(self, time_us: int) -> float:
-        for anomaly in self.node.anomalies:
-            if anomaly.at_us <= time_us < anomaly.at_us + anomaly.duration_us:
-                return anomaly.severity
-        return 0.0
+        anomaly = self.node.anomaly_at(time_us)
+        return anomaly.severity if anomaly is not None else 0.0
 
     def begin_advance(self, target_us: int, events: list[Event]) -> None:
         outputs = []

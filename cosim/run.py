@@ -11,7 +11,6 @@ import hashlib
 import json
 import signal
 import statistics
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -95,7 +94,6 @@ def run(
     trace_path: str | Path | None = None,
     watchdog_s: float = DEFAULT_WATCHDOG_S,
     progress: Callable[[int, int], None] | None = None,
-    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
     runtime_options: dict[str, Any] | None = None,
 ) -> RunSummary:
     scenario = load(scenario_path)

@@ -86,6 +86,13 @@ class SensorNode(Node):
     event_type: str = "inference_request"
     anomalies: tuple[Anomaly, ...] = ()
 
+    def anomaly_at(self, time_us: int) -> Anomaly | None:
+        """The injected anomaly a reading at ``time_us`` falls in, if any."""
+        for anomaly in self.anomalies:
+            if anomaly.at_us <= time_us < anomaly.at_us + anomaly.duration_us:
+                return anomaly
+        return None
+
 
 @dataclass(frozen=True)
 class SinkNode(Node):
@@ -393,7 +400,7 @@ def _describe(error: jsonschema.ValidationError, document: Any) -> str:
                     f"starting with a letter (pattern {expected})")
         return f"{_show(value)} does not match {expected}"
     if kind in ("minItems", "minLength"):
-        return f"must not be empty" if expected == 1 else f"needs at least {expected} items"
+        return "must not be empty" if expected == 1 else f"needs at least {expected} items"
     if kind == "maxItems":
         return f"has more than {expected} items"
     if kind == "propertyNames":
@@ -520,7 +527,7 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
             raise fail("needs `build` (a service directory with a Dockerfile) or `image` (a prebuilt image)", at)
         return ContainerNode(
             id=doc["id"], kind=kind, links=links, build=service_dir, base_dir=base_dir,
-            image=doc.get("image") or f"cosim/{service_dir.name}:dev",
+            image=doc["image"] if "image" in doc else f"cosim/{service_dir.name}:dev",  # type: ignore[union-attr]
             command=tuple(doc["command"]) if "command" in doc else None,
             local_command=tuple(doc["local_command"]) if "local_command" in doc else None,
             config=doc.get("config", {}),

@@ -446,7 +446,7 @@ def test_node_failure_stops_the_run_with_a_clear_message(case: str, tmp_path: Pa
     path = failing_scenario(tmp_path / "failing.yaml", bad)
     trace = tmp_path / "failing.jsonl"
     with deadline(15), pytest.raises(NodeFailure) as caught:
-        run(path, runtime="local", trace_path=trace, watchdog_s=watchdog_s, log=lambda line: None)
+        run(path, runtime="local", trace_path=trace, watchdog_s=watchdog_s)
     failure = caught.value
     message = str(failure)
     assert failure.node == "bad" and message.startswith("node 'bad': ")
@@ -474,7 +474,7 @@ def test_node_that_dies_during_init_names_init(tmp_path: Path, spawned: list[Pip
                                         "import sys; print('bad: model file missing', file=sys.stderr); sys.exit(5)"])
     path = failing_scenario(tmp_path / "init.yaml", bad)
     with pytest.raises(NodeFailure) as caught:
-        run(path, runtime="local", trace_path=tmp_path / "init.jsonl", watchdog_s=10.0, log=lambda line: None)
+        run(path, runtime="local", trace_path=tmp_path / "init.jsonl", watchdog_s=10.0)
     message = str(caught.value)
     assert "node 'bad'" in message and "INIT" in message and "exit code 5" in message
     assert "bad: model file missing" in message
@@ -487,7 +487,7 @@ def test_node_that_cannot_start_gives_a_clear_error(tmp_path: Path, spawned: lis
     bad = service("bad", local_command=["/nonexistent/cosim-no-such-service", "--flag"])
     path = failing_scenario(tmp_path / "nostart.yaml", bad)
     with pytest.raises(CosimError) as caught:
-        run(path, runtime="local", trace_path=tmp_path / "nostart.jsonl", watchdog_s=10.0, log=lambda line: None)
+        run(path, runtime="local", trace_path=tmp_path / "nostart.jsonl", watchdog_s=10.0)
     message = str(caught.value)
     assert not isinstance(caught.value, NodeFailure)
     assert message == ("node 'bad' cannot start /nonexistent/cosim-no-such-service --flag: "

@@ -151,14 +151,14 @@ def test_pipeline_with_replicas_matches_local_runtime(service_images: dict[str, 
     label = swept("docker-pipeline")
     scenario = SCENARIOS / "docker-pipeline.yaml"
 
-    docker_run = run(scenario, runtime="docker", trace_path=tmp_path / "docker.jsonl", log=lambda line: None)
+    docker_run = run(scenario, runtime="docker", trace_path=tmp_path / "docker.jsonl")
     metrics = json.loads(docker_run.metrics_path.read_text())
     run_id = metrics["environment"]["run_id"]
     # Teardown is done when run() returns: the services exited 0 on SHUTDOWN (or the run would have failed)
     # and compose down removed their containers and the network, without waiting out a stop grace period.
     assert cosim_resources(f"cosim.run={run_id}") == ([], [])
 
-    local_run = run(scenario, runtime="local", trace_path=tmp_path / "local.jsonl", log=lambda line: None)
+    local_run = run(scenario, runtime="local", trace_path=tmp_path / "local.jsonl")
 
     # Byte-identical, except the header's environment block (which runtime, which images: not hashed).
     docker_lines = (tmp_path / "docker.jsonl").read_bytes().splitlines(keepends=True)

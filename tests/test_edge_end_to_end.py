@@ -46,7 +46,7 @@ def needs_mosquitto(test: Any) -> Any:
 
 
 def run_quietly(scenario: Path, runtime: str, trace: Path, **kwargs: Any) -> RunSummary:
-    return run(scenario, runtime=runtime, trace_path=trace, watchdog_s=WATCHDOG_S, log=lambda line: None, **kwargs)
+    return run(scenario, runtime=runtime, trace_path=trace, watchdog_s=WATCHDOG_S, **kwargs)
 
 
 def records(path: Path) -> list[dict[str, Any]]:

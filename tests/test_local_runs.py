@@ -30,7 +30,7 @@ METRICS_FIELDS = {"wall_s", "round_trip", "real_time_factor", "coordinator_overh
 
 
 def run_local(scenario: Path, trace: Path) -> RunSummary:
-    return run(scenario, runtime="local", trace_path=trace, watchdog_s=20.0, log=lambda line: None)
+    return run(scenario, runtime="local", trace_path=trace, watchdog_s=20.0)
 
 
 def records(path: Path) -> list[dict[str, Any]]:

@@ -503,7 +503,7 @@ def test_traces_are_the_same_whatever_language_the_service_is_written_in(tmp_pat
         command = None if language == "python" else _sketch_command(language, tmp_path)
         scenario = _scenario(tmp_path, language, local_command=command, config="{}")
         trace = tmp_path / f"{language}.jsonl"
-        run(scenario, runtime="local", trace_path=trace, watchdog_s=20, log=lambda line: None)
+        run(scenario, runtime="local", trace_path=trace, watchdog_s=20)
         records = check_trace_against_the_documentation(trace)
         assert {r["record"] for r in records} >= {"sent", "delivered", "dropped", "unroutable", "footer"}
         traces[language] = trace.read_bytes().split(b"\n", 1)[1]  # the header names the scenario file's hash
@@ -515,7 +515,7 @@ def test_a_failed_run_ends_with_a_documented_error_record(tmp_path: Path) -> Non
     scenario = _scenario(tmp_path, "failing", config="{tick_us: 1300, raise_at_us: 4500}")
     trace = tmp_path / "failing.jsonl"
     with pytest.raises(NodeFailure, match="callback_failed"):
-        run(scenario, runtime="local", trace_path=trace, watchdog_s=20, log=lambda line: None)
+        run(scenario, runtime="local", trace_path=trace, watchdog_s=20)
     records = check_trace_against_the_documentation(trace)
     assert records[-1]["record"] == "error"
     assert records[-1]["error"] == "node_failure" and records[-1]["node"] == "echo"

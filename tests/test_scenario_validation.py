@@ -6,7 +6,6 @@ expected line number is read from the text itself (and stays right when a case i
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest

@@ -214,7 +214,7 @@ class DockerRuntime:
             raise CosimError(f"docker compose could not start scenario {self.scenario.name!r} "
                              f"(compose file {self.compose_file}):\n{_error_text(exc)}") from None
         for container in self.client.compose.ps(all=True):
-            node_id = container.config.labels.get(LABEL_NODE)
+            node_id = (container.config.labels or {}).get(LABEL_NODE)
             if node_id is not None:
                 self._containers[node_id] = container.id
 
@@ -271,7 +271,7 @@ class DockerRuntime:
     def _logs(container_id: str, lines: int) -> str:
         """The container's own log (its stderr and stdout), which also covers a container that never started."""
         try:
-            return docker.container.logs(container_id, tail=lines)
+            return str(docker.container.logs(container_id, tail=lines))
         except DockerException:
             return ""
 
@@ -281,7 +281,7 @@ def remove_by_label(label: str, *, keep_runs: Iterable[str] = ()) -> tuple[int, 
     runs in ``keep_runs``; returns how many (containers, networks) were removed."""
     keep = set(keep_runs)
     containers = [c for c in docker.container.list(all=True, filters=[("label", label)])
-                  if c.config.labels.get(LABEL_RUN) not in keep]
+                  if (c.config.labels or {}).get(LABEL_RUN) not in keep]
     if containers:
         docker.container.remove(containers, force=True, volumes=True)
     removed_networks = 0
@@ -301,7 +301,7 @@ def down_all() -> tuple[int, int]:
     runs, projects started by hand), but not those of runs still in progress."""
     check_engine()
     label = f"{LABEL_PROJECT}=cosim"
-    runs = {c.config.labels.get(LABEL_RUN) for c in docker.container.list(all=True, filters=[("label", label)])}
+    runs = {(c.config.labels or {}).get(LABEL_RUN) for c in docker.container.list(all=True, filters=[("label", label)])}
     runs |= {(n.labels or {}).get(LABEL_RUN) for n in docker.network.list(filters=[("label", label)])}
     live = {run for run in runs if run is not None and run_alive(run)}
     return remove_by_label(label, keep_runs=live)

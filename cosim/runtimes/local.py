@@ -97,11 +97,11 @@ class LocalRuntime:
     def _command(self, node: ContainerNode, port: int | None = None) -> list[str]:
         if node.local_command is None:
             if not node.speaks_protocol:
-                raise NodeStartError(node.id, f"has no local_command, so --runtime local cannot start it; "
-                                 f"add one to the scenario or use --runtime docker")
+                raise NodeStartError(node.id, "has no local_command, so --runtime local cannot start it; "
+                                              "add one to the scenario or use --runtime docker")
             if node.build is None:
-                raise NodeStartError(node.id, f"uses a prebuilt image and has no local_command, so "
-                                 f"--runtime local cannot start it; add one or use --runtime docker")
+                raise NodeStartError(node.id, "uses a prebuilt image and has no local_command, so "
+                                              "--runtime local cannot start it; add one or use --runtime docker")
             return [sys.executable, "-u", str(node.build / "service.py")]
         return [part.replace("{python}", sys.executable).replace("{port}", str(port)) for part in node.local_command]
 
