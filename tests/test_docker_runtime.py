@@ -57,10 +57,11 @@ def swept() -> Iterator[Callable[[str], str]]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _no_wheelhouse_in_tests() -> Iterator[None]:
-    # Building the test-only images under scenarios_docker/services/ creates a (empty) wheelhouse beside them.
+def _no_test_images_left() -> Iterator[None]:
+    # The test-only images (and the empty wheelhouse their build creates beside them) go when the module ends.
     yield
     shutil.rmtree(SCENARIOS / "services" / ".wheelhouse", ignore_errors=True)
+    subprocess.run(["docker", "rmi", "-f", "cosim/test-nocmd:dev", "cosim/does-not-exist:dev"], capture_output=True)
 
 
 def invoke_up(scenario: str, trace: Path, *extra: str, env: dict[str, str] | None = None
