@@ -125,3 +125,19 @@ def test_default_scenario_passes_the_gate_through_docker(tmp_path: Path, service
     assert environment["services"]["gateway"]["broker"].startswith("mosquitto version")
     assert "onnxruntime" in environment["services"]["inference"]
     assert cosim_resources("cosim.scenario=default") == ([], [])
+
+
+@pytest.mark.docker
+def test_both_runtimes_agree_through_the_gate(tmp_path: Path, service_images: dict[str, str]) -> None:
+    out = io.StringIO()
+    scenario = ROOT / "tests" / "scenarios_docker" / "docker-pipeline.yaml"
+    runs = gate(str(scenario), runs=2, runtime="both", out_dir=tmp_path, out=out)
+    assert [run.runtime for run in runs] == ["local", "docker", "local", "docker"]
+    assert len({run.hash for run in runs}) == 1, out.getvalue()
+    assert out.getvalue().splitlines()[-1] == "PASS: 4 runs of 'docker-pipeline' gave identical traces"
+    # Same runtime: byte-identical files. Across runtimes: only the header's environment block differs.
+    assert runs[0].trace.read_bytes() == runs[2].trace.read_bytes()
+    assert runs[1].trace.read_bytes() == runs[3].trace.read_bytes()
+    comparison = compare(runs[0].trace, runs[1].trace)
+    assert comparison.identical and comparison.environment["runtime"] == ("local", "docker")
+    assert cosim_resources("cosim.scenario=docker-pipeline") == ([], [])
