@@ -1,7 +1,8 @@
 """`invoke bench`: cosim's costs as ratios against floors measured in the same run, on the same machine.
 
 1. Floors: a bare Python echo (read a line, write it back; no cosim code) over a local pipe, and in a
-   container over the same attach path cosim uses (``docker attach``).
+   container over the same attach path cosim uses (the engine's attach endpoint on its unix socket), one
+   container and eight at once; and, for reference, through a `docker attach` process.
 2. cosim's per node-step cost (one echo service, empty windows) with the local and the Docker runtime.
 3. Scaling: step time with 1, 4 and 8 container nodes advancing concurrently.
 4. Throughput: events per second routed through the coordinator, and through the MQTT gateway and broker.
@@ -44,21 +45,53 @@ class BenchResult:
     ratios: dict[str, float] = field(default_factory=dict)
 
 
-def _round_trips(processes: Sequence[subprocess.Popen[bytes]], count: int) -> float:
-    """Median time (us) of ``count`` rounds: one probe line to every process, then every echo read back (the
-    processes work concurrently, as nodes do in a step), after a warm-up of count // 10 rounds."""
-    fds = [(p.stdin.fileno(), p.stdout.fileno()) for p in processes if p.stdin is not None and p.stdout is not None]
+class _Echo:
+    """One bare echo reached over a byte stream: a pipe to a process, or an engine attach socket (framed)."""
+
+    def __init__(self, write: Callable[[bytes], object], read: Callable[[], bytes]) -> None:
+        self.write, self.read = write, read
+
+
+def _pipe_echo(process: subprocess.Popen[bytes]) -> _Echo:
+    assert process.stdin is not None and process.stdout is not None
+    stdin_fd, stdout_fd = process.stdin.fileno(), process.stdout.fileno()
+    return _Echo(lambda data: os.write(stdin_fd, data), lambda: os.read(stdout_fd, 65536))
+
+
+def _api_echo(container_id: str, socket_path: str) -> tuple[_Echo, Callable[[], None]]:
+    from cosim.runtimes.engine_attach import FrameReader, open_attach
+
+    sock, rest = open_attach(socket_path, container_id)
+    reader = FrameReader(lambda payload: None)
+    reader.feed(rest)
+
+    def read() -> bytes:
+        while not reader.stdout:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b""
+            reader.feed(chunk)
+        data = bytes(reader.stdout)
+        reader.stdout.clear()
+        return data
+
+    return _Echo(sock.sendall, read), sock.close
+
+
+def _round_trips(echoes: Sequence[_Echo], count: int) -> float:
+    """Median time (us) of ``count`` rounds: one probe line to every echo, then every echo read back (they work
+    concurrently, as nodes do in a step), after a warm-up of count // 10 rounds."""
     samples = []
     for index in range(count + count // 10):
         started = time.perf_counter()
-        for stdin_fd, _ in fds:
-            os.write(stdin_fd, PROBE_LINE)
-        for _, stdout_fd in fds:
+        for echo in echoes:
+            echo.write(PROBE_LINE)
+        for echo in echoes:
             received = b""
             while not received.endswith(b"\n"):
-                chunk = os.read(stdout_fd, 65536)
+                chunk = echo.read()
                 if not chunk:
-                    raise RuntimeError("echo process closed its stdout")
+                    raise RuntimeError("echo closed its stdout")
                 received += chunk
         if index >= count // 10:
             samples.append(time.perf_counter() - started)
@@ -68,30 +101,40 @@ def _round_trips(processes: Sequence[subprocess.Popen[bytes]], count: int) -> fl
 def pipe_floor(count: int) -> float:
     process = subprocess.Popen([sys.executable, "-u", "-c", BARE_ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        return _round_trips([process], count)
+        return _round_trips([_pipe_echo(process)], count)
     finally:
         process.kill()
         process.wait()
 
 
-def container_floor(count: int, image: str, containers: int = 1) -> float:
-    """The same bare echo as the main process of ``containers`` containers, reached through `docker attach`
-    (the path cosim uses), all probed concurrently."""
+def container_floor(count: int, image: str, containers: int = 1, *, attach: str = "api") -> float:
+    """The same bare echo as the main process of ``containers`` containers, all probed concurrently, reached
+    through the engine's attach endpoint (``api``, the path cosim uses) or a `docker attach` process (``cli``)."""
+    from cosim.runtimes.engine_attach import engine_socket
+
+    socket_path = engine_socket() if attach == "api" else None
     ids: list[str] = []
-    attached: list[subprocess.Popen[bytes]] = []
+    cleanups: list[Callable[[], object]] = []
+    echoes: list[_Echo] = []
     try:
         for _ in range(containers):
             ids.append(subprocess.run(
                 ["docker", "run", "-d", "-i", "--init", "--rm", "--label", "cosim.project=cosim", "--label",
                  "cosim.run=bench", "--network", "none", "--entrypoint", "python3", image, "-u", "-c", BARE_ECHO],
                 capture_output=True, text=True, check=True).stdout.strip())
-            attached.append(subprocess.Popen(["docker", "attach", "--sig-proxy=false", ids[-1]],
-                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE))
-        return _round_trips(attached, count)
+            if socket_path is not None:
+                echo, close = _api_echo(ids[-1], socket_path)
+                echoes.append(echo)
+                cleanups.append(close)
+            else:
+                process = subprocess.Popen(["docker", "attach", "--sig-proxy=false", ids[-1]],
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                echoes.append(_pipe_echo(process))
+                cleanups += [process.kill, process.wait]
+        return _round_trips(echoes, count)
     finally:
-        for process in attached:
-            process.kill()
-            process.wait()
+        for cleanup in cleanups:
+            cleanup()
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
 
@@ -155,10 +198,12 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: Te
 
             ensure_images(image_specs(load(_scenario(directory, "bench-images", services=1, steps=1, tick_us=20,
                                                      through_gateway=True))))
-            say("floor: bare echo in a container over docker attach")
+            say("floor: bare echo in a container over the engine's attach endpoint (cosim's path)")
             result.floors_us["container"] = container_floor(probes, "cosim/echo:dev")
             say("floor: 8 bare echo containers probed concurrently")
             result.floors_us["container_x8"] = container_floor(probes // 4, "cosim/echo:dev", containers=8)
+            say("reference: bare echo in a container over a `docker attach` process")
+            result.floors_us["container_docker_cli"] = container_floor(probes, "cosim/echo:dev", attach="cli")
             for count in (1, 4, 8):
                 say(f"cosim: {count} echo container(s), docker runtime")
                 step, _ = _step_us(_scenario(directory, f"bench-scale-{count}", services=count, steps=steps), "docker", directory)
@@ -196,9 +241,11 @@ def print_table(result: BenchResult, out: TextIO) -> None:
     rows: list[Sequence[str]] = [("measurement", "value", "ratio", "target")]
     rows.append(("floor: bare echo, local pipe (round trip)", f"{result.floors_us['pipe']:.0f} us", "1.00", ""))
     if "container" in result.floors_us:
-        rows.append(("floor: bare echo, container via docker attach", f"{result.floors_us['container']:.0f} us", "1.00", ""))
+        rows.append(("floor: bare echo, container via engine attach", f"{result.floors_us['container']:.0f} us", "1.00", ""))
         rows.append(("floor: 8 bare echo containers, concurrently", f"{result.floors_us['container_x8']:.0f} us",
                      f"{result.ratios['floor_scaling_8_vs_1']:.2f}x one container", ""))
+        rows.append(("(reference: bare echo via a `docker attach` process)",
+                     f"{result.floors_us['container_docker_cli']:.0f} us", "", ""))
     rows.append(("cosim node-step, local runtime", f"{result.per_node_step_us['local']:.0f} us",
                  f"{result.ratios['local_vs_pipe_floor']:.2f}x pipe floor", f"<= {TARGETS['local_vs_pipe_floor']}x"))
     if "docker" in result.per_node_step_us:

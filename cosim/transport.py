@@ -47,7 +47,33 @@ class Transport(Protocol):
 
     def log_tail(self, lines: int = 15) -> str: ...
 
+    def close_stdin(self) -> None:
+        """Send end-of-file on the service's stdin without waiting for anything."""
+        ...
+
     def close(self, grace_s: float) -> None: ...
+
+
+def read_line(buffer: bytearray, fill: Callable[[float], None], deadline: float) -> bytes:
+    """Pop one line (without its newline) from ``buffer``; ``fill(timeout_s)`` adds bytes until one is complete,
+    raising TransportTimeout when nothing came in time and TransportClosed at end of stream."""
+    while True:
+        newline = buffer.find(b"\n")
+        if newline >= 0:
+            line = bytes(buffer[:newline])
+            del buffer[: newline + 1]
+            return line
+        if len(buffer) > MAX_LINE_BYTES:
+            raise TransportClosed(f"a line longer than {MAX_LINE_BYTES} bytes")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TransportTimeout()
+        fill(remaining)
+
+
+def poll_ms(seconds: float) -> int:
+    """A poll() timeout in whole milliseconds, never 0 for a positive wait (0 would not wait at all)."""
+    return max(1, math.ceil(seconds * 1000))
 
 
 def tail(path: Path, lines: int) -> str:
@@ -104,21 +130,15 @@ class PipeTransport:
             raise TransportClosed(f"stdin closed ({exc.__class__.__name__})") from exc
 
     def receive(self, deadline: float) -> bytes:
-        while True:
-            newline = self._buffer.find(b"\n")
-            if newline >= 0:
-                line = bytes(self._buffer[:newline])
-                del self._buffer[: newline + 1]
-                return line
-            if len(self._buffer) > MAX_LINE_BYTES:
-                raise TransportClosed(f"a line longer than {MAX_LINE_BYTES} bytes")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._poller.poll(max(1, math.ceil(remaining * 1000))):
-                raise TransportTimeout()
-            chunk = os.read(self._stdout_fd, 1 << 16)
-            if not chunk:
-                raise TransportClosed("stdout closed")
-            self._buffer += chunk
+        return read_line(self._buffer, self._fill, deadline)
+
+    def _fill(self, timeout_s: float) -> None:
+        if not self._poller.poll(poll_ms(timeout_s)):
+            raise TransportTimeout()
+        chunk = os.read(self._stdout_fd, 1 << 16)
+        if not chunk:
+            raise TransportClosed("stdout closed")
+        self._buffer += chunk
 
     def pending_output(self) -> bytes:
         """Bytes received but not yet returned as a line (shown when a node breaks the protocol)."""

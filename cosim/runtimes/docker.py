@@ -2,8 +2,9 @@
 
 Every run is its own compose project (``cosim-<scenario>-<run id>``) and every container and network carries
 the label ``cosim.run=<run id>``, so two runs never collide and ``invoke down`` can find what a crashed run
-left. The coordinator talks to each service's *main process* through ``docker attach`` (no exec, no sidecar);
-services print nothing before INIT, so attaching after start loses nothing.
+left. The coordinator talks to each service's *main process* through the engine's attach endpoint
+(cosim.runtimes.engine_attach; a ``docker attach`` process for engines not on a local socket): no exec, no
+sidecar. Services print nothing before INIT, so attaching after start loses nothing.
 
 While a run lives it holds an flock on ``<tmp>/cosim-runs-<uid>/<run id>.lock``: ``invoke down`` removes only
 what belongs to runs whose lock is free (crashed, killed, or started by hand), never a run in progress.
@@ -26,6 +27,7 @@ from cosim.engine import check_engine
 from cosim.errors import CosimError, ImageBuildError, NodeFailure
 from cosim.images import ImageSpec, ensure_images, image_ids
 from cosim.scenario import ContainerNode, Scenario
+from cosim.runtimes.engine_attach import EngineAttachTransport, engine_socket
 from cosim.transport import PipeTransport, Transport, tail
 
 LABEL_RUN = f"{compose.LABEL_PREFIX}.run"
@@ -128,7 +130,10 @@ class DockerRuntime:
         self.compose_file: Path | None = None
         self.client: DockerClient | None = None
         self._containers: dict[str, str] = {}  # node id -> container id
-        self._transports: dict[str, PipeTransport] = {}
+        self._transports: dict[str, Transport] = {}
+        # How the coordinator reaches each main process: the engine's attach endpoint on its unix socket, or
+        # `docker attach` (engines over TCP/SSH, or COSIM_ATTACH=cli).
+        self._engine_socket = engine_socket() if os.environ.get("COSIM_ATTACH", "api") != "cli" else None
         self._image_ids: dict[str, str] = {}
         self._lock = RunLock(self.run_id)
 
@@ -169,7 +174,8 @@ class DockerRuntime:
 
     def run_facts(self) -> dict[str, Any]:
         return {"project": self.project, "run_id": self.run_id,
-                "compose_file": str(self.compose_file) if self.compose_file else None}
+                "compose_file": str(self.compose_file) if self.compose_file else None,
+                "attach": "engine-api" if self._engine_socket is not None else "docker-cli"}
 
     def stop(self) -> None:
         try:
@@ -230,8 +236,18 @@ class DockerRuntime:
             if node.speaks_protocol:
                 self._transports[node.id] = self._attach(node, container_id)
 
-    def _attach(self, node: ContainerNode, container_id: str) -> PipeTransport:
+    def _attach(self, node: ContainerNode, container_id: str) -> Transport:
         log_path = self.log_dir / f"{node.id}.log"
+        if self._engine_socket is not None:
+            try:
+                return EngineAttachTransport(
+                    node.id, container_id, self._engine_socket, log_path=log_path,
+                    exit_code=lambda: self._exit_code(container_id),
+                    log_tail=lambda lines: self._stderr_tail(container_id, lines) or tail(log_path, lines),
+                )
+            except OSError as exc:
+                raise NodeFailure(node.id, f"cannot attach to its container through the engine API ({exc})",
+                                  log_tail=self._stderr_tail(container_id, 15)) from None
         return PipeTransport(
             node.id,
             ["docker", "attach", "--sig-proxy=false", container_id],
