@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 from cosim import compose, runtimes, trace as tracing
 from cosim.coordinator import Coordinator, RunResult
-from cosim.errors import Interrupted
+from cosim.errors import CosimError, Interrupted
 from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
 from cosim.scenario import Scenario, SensorNode, SinkNode, load
 from cosim.trace import TraceWriter
@@ -100,6 +100,12 @@ def run(
     trace_file = Path(trace_path if trace_path is not None else scenario.trace)
     metrics_path, log_dir = artifact_paths(trace_file)
     backend = runtimes.create(runtime, scenario, log_dir, **(runtime_options or {}))
+    try:
+        trace_file.parent.mkdir(parents=True, exist_ok=True)
+        trace_file.touch()
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(trace_file) else ""
+        raise CosimError(f"cannot write the trace to {trace_file}: {exc.strerror}{where}") from None
     writer = TraceWriter(trace_file, tracing.base_manifest(
         scenario.name, scenario.sha256, scenario.seed, scenario.duration_us, scenario.quantum_us,
         {node.id: node.kind for node in scenario.nodes},

@@ -129,3 +129,12 @@ def test_diff_of_a_missing_trace_is_one_clear_line(tmp_path: Path) -> None:
     assert_no_traceback(result)
     assert result.returncode == SCENARIO_ERROR
     assert result.stderr.strip() == f"cosim: error: {missing}: no such trace file"
+
+
+def test_an_unwritable_trace_path_is_one_clear_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    result = invoke("up", str(GOOD), "--runtime", "local", "--trace", str(blocker / "trace.jsonl"))
+    assert_no_traceback(result)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f"cosim: error: cannot write the trace to {blocker / 'trace.jsonl'}: ")
