@@ -305,10 +305,11 @@ def test_adding_an_unrelated_node_does_not_change_another_links_draws(tmp_path: 
 
 
 def test_derive_seed_is_sha256_of_stable_names() -> None:
-    assert derive_seed(42, "node", "sensor-a") == 13599328718390098133
-    assert node_seed(42, "sensor-a") == 13599328718390098133
+    assert derive_seed(42, "node", "sensor-a") == 6640297225776415
+    assert node_seed(42, "sensor-a") == 6640297225776415
     material = "\x1f".join(["cosim-seed-v1", "42", "link", "a", "b"]).encode()
-    assert link_seed(42, "a", "b") == int.from_bytes(hashlib.sha256(material).digest()[:8], "big") == 4136685815164219766
+    assert link_seed(42, "a", "b") == int.from_bytes(hashlib.sha256(material).digest()[:8], "big") >> 11 == 2019866120685654
+    assert max(node_seed(42, f"n{i}") for i in range(1000)) < 2**53  # exact in every JSON parser
     assert link_seed(42, "a", "b") != link_seed(42, "b", "a") != link_seed(43, "b", "a")
     assert node_seed(42, "a") != link_seed(42, "a", "")
 
