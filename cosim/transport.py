@@ -85,7 +85,40 @@ def tail(path: Path, lines: int) -> str:
         return ""
 
 
-class PipeTransport:
+class LineStream:
+    """What every transport shares: a line buffer filled by ``_fill`` (poll + read, with the watchdog's timeout),
+    the service's stderr kept in ``log_path``, and optional callbacks for the exit code and the log's tail."""
+
+    def __init__(self, name: str, log_path: Path, exit_code: Callable[[], int | None] | None,
+                 log_tail: Callable[[int], str] | None) -> None:
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("ab")
+        self._exit_code = exit_code
+        self._log_tail = log_tail
+        self._buffer = bytearray()
+        self._poller = select.poll()  # poll() rather than selectors: this is the per-step hot path
+
+    def receive(self, deadline: float) -> bytes:
+        return read_line(self._buffer, self._fill, deadline)
+
+    def _fill(self, timeout_s: float) -> None:
+        raise NotImplementedError
+
+    def pending_output(self) -> bytes:
+        """Bytes received but not yet returned as a line (shown when a node breaks the protocol)."""
+        return bytes(self._buffer)
+
+    def log_tail(self, lines: int = 15) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        if self._log_tail is not None:
+            return self._log_tail(lines)
+        return tail(self.log_path, lines)
+
+
+class PipeTransport(LineStream):
     """A child process spoken to over its stdin/stdout; stderr appended to ``log_path``."""
 
     def __init__(
@@ -99,12 +132,7 @@ class PipeTransport:
         exit_code: Callable[[], int | None] | None = None,
         log_tail: Callable[[int], str] | None = None,
     ) -> None:
-        self.name = name
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = log_path.open("ab")
-        self._exit_code = exit_code
-        self._log_tail = log_tail
+        super().__init__(name, log_path, exit_code, log_tail)
         self.process = subprocess.Popen(
             list(argv),
             stdin=subprocess.PIPE,
@@ -118,8 +146,6 @@ class PipeTransport:
         assert self.process.stdin is not None and self.process.stdout is not None
         self._stdin = self.process.stdin
         self._stdout_fd = self.process.stdout.fileno()
-        self._buffer = bytearray()
-        self._poller = select.poll()  # poll() rather than selectors: this is the per-step hot path
         self._poller.register(self._stdout_fd, select.POLLIN)
         self._closed = False
 
@@ -129,9 +155,6 @@ class PipeTransport:
         except (BrokenPipeError, ValueError) as exc:
             raise TransportClosed(f"stdin closed ({exc.__class__.__name__})") from exc
 
-    def receive(self, deadline: float) -> bytes:
-        return read_line(self._buffer, self._fill, deadline)
-
     def _fill(self, timeout_s: float) -> None:
         if not self._poller.poll(poll_ms(timeout_s)):
             raise TransportTimeout()
@@ -139,10 +162,6 @@ class PipeTransport:
         if not chunk:
             raise TransportClosed("stdout closed")
         self._buffer += chunk
-
-    def pending_output(self) -> bytes:
-        """Bytes received but not yet returned as a line (shown when a node breaks the protocol)."""
-        return bytes(self._buffer)
 
     def exit_code(self) -> int | None:
         if self._exit_code is not None:
@@ -157,13 +176,6 @@ class PipeTransport:
         except subprocess.TimeoutExpired:
             return None
         return self.exit_code()
-
-    def log_tail(self, lines: int = 15) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        if self._log_tail is not None:
-            return self._log_tail(lines)
-        return tail(self.log_path, lines)
 
     def close_stdin(self) -> None:
         """Send end-of-file (a local service exits on it); the process is not waited for."""

@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 from collections import deque
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,9 +23,8 @@ import protocol_adapter
 from cosim import protocol
 from cosim.coordinator import Coordinator
 from cosim.errors import NodeFailure
-from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
-from cosim.run import run
-from cosim.scenario import SensorNode, SinkNode, load
+from cosim.run import build_nodes, run
+from cosim.scenario import load
 from cosim.seeds import node_seed
 from cosim.trace import RECORD_KINDS, TraceWriter, base_manifest
 from cosim.transport import TransportClosed
@@ -435,14 +435,8 @@ def test_every_line_of_a_coordinator_run_validates(tmp_path: Path) -> None:
             "echo", CoordinatorProtocolAdapter(echo.advance, on_init=echo.on_init, capabilities=["echo"])),
         "delay": AdapterTransport("delay", CoordinatorProtocolAdapter(delay)),
     }
-    nodes: dict[str, SimNode] = {}
-    for spec in scenario.nodes:
-        if isinstance(spec, SensorNode):
-            nodes[spec.id] = SensorModel(spec)
-        elif isinstance(spec, SinkNode):
-            nodes[spec.id] = SinkModel(spec.id)
-        else:
-            nodes[spec.id] = ServiceNode(spec.id, transports[spec.id], watchdog_s=5)
+    # The run's own node factory, over a stand-in runtime whose transports are in-process adapters.
+    nodes = build_nodes(scenario, SimpleNamespace(transport=transports.__getitem__), watchdog_s=5)  # type: ignore[arg-type]
     trace_path = tmp_path / "in-process.jsonl"
     writer = TraceWriter(trace_path, base_manifest(scenario.name, scenario.sha256, scenario.seed, scenario.duration_us,
                                                    scenario.quantum_us, {node.id: node.kind for node in scenario.nodes},

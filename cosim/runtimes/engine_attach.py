@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from cosim.transport import TransportClosed, TransportTimeout, poll_ms, read_line
+from cosim.transport import LineStream, TransportClosed, TransportTimeout, poll_ms
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 HANDSHAKE_TIMEOUT_S = 10.0
@@ -93,21 +93,16 @@ class FrameReader:
                 self.on_stderr(payload)
 
 
-class EngineAttachTransport:
+class EngineAttachTransport(LineStream):
     """The Transport of a container's main process over the Engine API attach stream."""
 
     def __init__(self, name: str, container_id: str, socket_path: str, *, log_path: Path,
                  exit_code: Callable[[], int | None], log_tail: Callable[[int], str]) -> None:
-        self.name = name
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = log_path.open("ab")
-        self._exit_code = exit_code
-        self._log_tail = log_tail
+        super().__init__(name, log_path, exit_code, log_tail)
         self._sock, rest = open_attach(socket_path, container_id)
         self._reader = FrameReader(self._write_log)
+        self._buffer = self._reader.stdout  # the line buffer is the demultiplexed stdout
         self._reader.feed(rest)
-        self._poller = select.poll()
         self._poller.register(self._sock.fileno(), select.POLLIN)
         self._eof = False
         self._closed = False
@@ -122,9 +117,6 @@ class EngineAttachTransport:
         except OSError as exc:
             raise TransportClosed(f"attach stream closed ({exc.__class__.__name__})") from exc
 
-    def receive(self, deadline: float) -> bytes:
-        return read_line(self._reader.stdout, self._fill, deadline)
-
     def _fill(self, timeout_s: float) -> None:
         if self._eof:
             raise TransportClosed("stdout closed")
@@ -136,11 +128,8 @@ class EngineAttachTransport:
             raise TransportClosed("stdout closed")
         self._reader.feed(chunk)
 
-    def pending_output(self) -> bytes:
-        return bytes(self._reader.stdout)
-
     def exit_code(self) -> int | None:
-        return self._exit_code()
+        return self._exit_code() if self._exit_code is not None else None
 
     def wait_exit(self, deadline: float) -> int | None:
         """The container's exit code once its stream has ended (read to the end, keeping its stderr), or None
@@ -155,10 +144,7 @@ class EngineAttachTransport:
                 return None
             except TransportClosed:
                 break
-        return self._exit_code()
-
-    def log_tail(self, lines: int = 15) -> str:
-        return self._log_tail(lines)
+        return self.exit_code()
 
     def close_stdin(self) -> None:
         try:
