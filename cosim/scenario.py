@@ -463,12 +463,15 @@ def _build(doc: dict[str, Any], lines: dict[FieldPath, int], source: str, path: 
         if node_id in declared:
             raise fail(f"duplicate node id {node_id!r} (also nodes[{declared[node_id]}])", ("nodes", index, "id"))
         declared[node_id] = index
+    # Links may name one replica of a replicated service (`<id>-<n>`) as well as the whole group.
+    linkable = set(declared) | {f"{node_doc['id']}-{n}" for node_doc in doc["nodes"]
+                                for n in range(1, node_doc.get("replicas", 1) + 1) if node_doc.get("replicas", 1) > 1}
 
     nodes: list[Node] = []
     groups: dict[str, tuple[str, ...]] = {}
     for index, node_doc in enumerate(doc["nodes"]):
         at: FieldPath = ("nodes", index)
-        links = _links(node_doc, declared, quantum, at, fail)
+        links = _links(node_doc, linkable, quantum, at, fail)
         built = _node(node_doc, links, duration, path.resolve().parent, at, fail)
         replicas = node_doc.get("replicas", 1)
         if replicas == 1:
@@ -497,13 +500,13 @@ def _lookahead_message(latency: int, quantum: int) -> str:
             f"so that nodes can advance a whole step concurrently (lower quantum_us or raise the latency)")
 
 
-def _links(node_doc: dict[str, Any], declared: dict[str, int], quantum: int, at: FieldPath, fail: Any) -> dict[str, LinkProperties]:
+def _links(node_doc: dict[str, Any], linkable: set[str], quantum: int, at: FieldPath, fail: Any) -> dict[str, LinkProperties]:
     links: dict[str, LinkProperties] = {}
     for index, link_doc in enumerate(node_doc.get("links", [])):
         link_at = at + ("links", index)
         target = link_doc["to"]
-        if target not in declared:
-            raise fail(f"link to unknown node {target!r}{_suggest(target, declared)}", link_at + ("to",))
+        if target not in linkable:
+            raise fail(f"link to unknown node {target!r}{_suggest(target, linkable)}", link_at + ("to",))
         if target == node_doc["id"]:
             raise fail("a node cannot link to itself", link_at + ("to",))
         if target in links:

@@ -402,6 +402,17 @@ def test_link_falls_back_to_group_then_default(valid: scenarios.Scenario) -> Non
     assert valid.link("worker-2", "out") == valid.default_link
 
 
+def test_a_link_to_one_replica_overrides_the_group_link(workdir: Path) -> None:
+    path = workdir / "one-replica.yaml"
+    path.write_text(VALID.replace("      - to: worker\n", "      - {to: worker-2, latency_us: 9000}\n      - to: worker\n"))
+    loaded = scenarios.load(path)
+    assert loaded.link("edge", "worker-2") == LinkProperties(latency_us=9000)
+    assert loaded.link("edge", "worker-1") == LinkProperties(latency_us=3000, jitter_us=100, loss=0.25)
+    path.write_text(VALID.replace("      - to: worker\n", "      - {to: worker-4, latency_us: 9000}\n      - to: worker\n"))
+    with pytest.raises(scenarios.ScenarioError, match="link to unknown node 'worker-4'; did you mean"):
+        scenarios.load(path)
+
+
 def test_explicit_values_override_defaults(workdir: Path) -> None:
     path = workdir / "explicit.yaml"
     path.write_text(PIPELINE + "trace: out/run.jsonl\ndescription: hello\n"
