@@ -98,6 +98,8 @@ def print_report(result: Report, out: TextIO) -> None:
         else:
             out.write(f"    detected  {window}: window sampled at {d.sampled_us / 1e6:.3f} s, verdict at the sink "
                       f"{d.latency_us / 1e3:.3f} ms later\n")
+    if result.missed_windows:
+        out.write(f"    {result.missed_windows} window(s) inside an anomaly reached the sink labelled normal\n")
     if result.false_positives:
         shown = ", ".join(f"{s}@{t / 1e6:.3f}s" for s, t in result.false_positives[:5])
         out.write(f"    {len(result.false_positives)} normal window(s) flagged as anomalies: {shown}\n")

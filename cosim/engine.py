@@ -65,8 +65,3 @@ def _daemon_problem(stderr: str) -> str:
         f"Docker Engine is not running or not reachable{at}: start it (e.g. `sudo systemctl start docker`) "
         f"or {INSTALL_DOCKER}; `docker info` shows the details."
     )
-
-
-def forget_engine_check() -> None:
-    """Drop the cached positive answer (for tests and long-lived processes that saw the engine go away)."""
-    _checked_ok.clear()

@@ -94,12 +94,11 @@ def run(
     trace_path: str | Path | None = None,
     watchdog_s: float = DEFAULT_WATCHDOG_S,
     progress: Callable[[int, int], None] | None = None,
-    runtime_options: dict[str, Any] | None = None,
 ) -> RunSummary:
     scenario = load(scenario_path)
     trace_file = Path(trace_path if trace_path is not None else scenario.trace)
     metrics_path, log_dir = artifact_paths(trace_file)
-    backend = runtimes.create(runtime, scenario, log_dir, **(runtime_options or {}))
+    backend = runtimes.create(runtime, scenario, log_dir)
     try:
         trace_file.parent.mkdir(parents=True, exist_ok=True)
         trace_file.touch()

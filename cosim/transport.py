@@ -106,10 +106,6 @@ class LineStream:
     def _fill(self, timeout_s: float) -> None:
         raise NotImplementedError
 
-    def pending_output(self) -> bytes:
-        """Bytes received but not yet returned as a line (shown when a node breaks the protocol)."""
-        return bytes(self._buffer)
-
     def log_tail(self, lines: int = 15) -> str:
         if not self._log.closed:
             self._log.flush()

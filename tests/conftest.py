@@ -30,10 +30,10 @@ def service_images() -> dict[str, str]:
     rather than skip, so a CI machine that lost Docker cannot pass silently.
     """
     from cosim.engine import check_engine
-    from cosim.images import ImageSpec, ensure_images
+    from cosim.images import ensure_images, service_spec
 
     check_engine()
-    return ensure_images(ImageSpec(tag=f"cosim/{name}:dev", service_dir=CONTAINERS / name) for name in SERVICE_IMAGES)
+    return ensure_images(service_spec(name) for name in SERVICE_IMAGES)
 
 
 def cosim_resources(label: str) -> tuple[list[str], list[str]]:

@@ -42,13 +42,13 @@ class Runtime(Protocol):
         ...
 
 
-def create(name: str, scenario: Scenario, log_dir: Path, **options: Any) -> Runtime:
+def create(name: str, scenario: Scenario, log_dir: Path) -> Runtime:
     if name == "local":
         from cosim.runtimes.local import LocalRuntime
 
-        return LocalRuntime(scenario, log_dir, **options)
+        return LocalRuntime(scenario, log_dir)
     if name == "docker":
         from cosim.runtimes.docker import DockerRuntime
 
-        return DockerRuntime(scenario, log_dir, **options)
+        return DockerRuntime(scenario, log_dir)
     raise ValueError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")

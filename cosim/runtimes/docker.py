@@ -25,7 +25,7 @@ from python_on_whales import DockerClient, DockerException, docker
 from cosim import compose
 from cosim.engine import check_engine
 from cosim.errors import CosimError, ImageBuildError, NodeFailure
-from cosim.images import ImageSpec, ensure_images, image_ids
+from cosim.images import ImageSpec, ensure_images
 from cosim.scenario import ContainerNode, Scenario
 from cosim.runtimes.engine_attach import EngineAttachTransport, engine_socket
 from cosim.transport import PipeTransport, Transport, tail
@@ -120,10 +120,9 @@ def _error_text(exc: DockerException) -> str:
 class DockerRuntime:
     name = "docker"
 
-    def __init__(self, scenario: Scenario, log_dir: Path, *, build: bool = True) -> None:
+    def __init__(self, scenario: Scenario, log_dir: Path) -> None:
         self.scenario = scenario
         self.log_dir = log_dir
-        self.build = build
         # Unique per run so that concurrent runs never share containers or networks (not simulation state).
         self.run_id = f"{scenario.name}-{secrets.token_hex(4)}"
         self.project = f"cosim-{self.run_id}"
@@ -143,10 +142,7 @@ class DockerRuntime:
         check_engine()
         self.compose_file = compose.render(self.scenario)
         specs = image_specs(self.scenario)
-        if self.build:
-            self._image_ids = self._ensure_images(specs)
-        else:
-            self._image_ids = image_ids([spec.tag for spec in specs])
+        self._image_ids = self._ensure_images(specs)
         self._image_ids.update(ensure_pulled(prebuilt_images(self.scenario)))
         self._lock.acquire()
         env_file = self.log_dir / "compose.env"
