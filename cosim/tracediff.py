@@ -3,6 +3,9 @@
 A trace's identity (its hash) covers every byte of every record except the header's ``environment`` block:
 facts that legitimately differ between machines and runtimes (image ids, library versions, which runtime
 ran it). The diff reports those separately, so "the traces differ" always means the simulation differed.
+
+Both follow the file's bytes: records are split on LF (0x0A) only (never on U+2028, U+2029, U+0085 or CR, which
+may appear raw inside a record's strings), and a CR before the LF or a missing final LF is a difference.
 """
 
 from __future__ import annotations
@@ -23,38 +26,62 @@ class TraceReadError(CosimError):
     exit_code = 2
 
 
-def read_lines(path: Path) -> list[str]:
+@dataclass(frozen=True)
+class TraceLines:
+    """A trace file as its records' lines: split on LF (0x0A) only, bytes kept as they are."""
+
+    lines: list[bytes]
+    final_newline: bool  # the file ends with LF (as every trace cosim writes does)
+
+
+def read_lines(path: Path) -> TraceLines:
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise TraceReadError(f"{path}: no such trace file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceReadError(f"{path}: cannot be read as a trace ({exc})") from None
+    except OSError as exc:
+        raise TraceReadError(f"{path}: cannot be read as a trace ({exc.strerror})") from None
+    lines = data.split(b"\n")
+    final_newline = lines[-1] == b""
+    if final_newline:
+        lines.pop()
+    return TraceLines(lines, final_newline)
 
 
-def _parse(path: Path, number: int, line: str) -> dict[str, Any]:
+def _parse(path: Path, number: int, line: bytes) -> dict[str, Any]:
     try:
-        record = json.loads(line)
-    except ValueError:
+        record = json.loads(line.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError is a ValueError too
         raise TraceReadError(f"{path}:{number}: not a JSON record") from None
     if not isinstance(record, dict) or "record" not in record:
         raise TraceReadError(f"{path}:{number}: not a trace record (no 'record' field)")
     return record
 
 
-def hashed_line(line: str, index: int) -> str:
-    """The line as it enters the hash: the header without its environment block."""
-    if index == 0 and ENVIRONMENT in line:
-        header = json.loads(line)
+def hashed_line(line: bytes, index: int) -> bytes:
+    """The line as it enters the hash: the header without its environment block. A header that is not
+    canonical JSON enters as it is, so that re-encoding cannot hide a difference in its bytes."""
+    if index == 0 and ENVIRONMENT.encode() in line:
+        try:
+            header = json.loads(line.decode("utf-8"))
+        except ValueError:
+            return line
+        if not isinstance(header, dict) or protocol.canonical(header).encode("utf-8") != line:
+            return line
         header.pop(ENVIRONMENT, None)
-        return protocol.canonical(header)
+        return protocol.canonical(header).encode("utf-8")
     return line
 
 
 def trace_hash(path: Path) -> str:
+    """SHA-256 of the file's bytes with the header's environment block removed."""
+    trace = read_lines(path)
     digest = hashlib.sha256()
-    for index, line in enumerate(read_lines(path)):
-        digest.update(hashed_line(line, index).encode("utf-8"))
+    for index, line in enumerate(trace.lines):
+        if index:
+            digest.update(b"\n")
+        digest.update(hashed_line(line, index))
+    if trace.final_newline:
         digest.update(b"\n")
     return digest.hexdigest()
 
@@ -65,6 +92,9 @@ class Divergence:
     a: dict[str, Any] | None  # None: trace A ended here
     b: dict[str, Any] | None
     context: list[str]  # the records before it (identical in both traces)
+    bytes_a: bytes | None = None  # the raw lines, when the records parse equal but their bytes differ
+    bytes_b: bytes | None = None
+    note: str | None = None  # what differs when it is not a record's content (line ends, the final newline)
 
     @property
     def time_us(self) -> int | None:
@@ -99,25 +129,35 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def compare(path_a: Path, path_b: Path, context: int = 3) -> Comparison:
-    lines_a, lines_b = read_lines(path_a), read_lines(path_b)
+    trace_a, trace_b = read_lines(path_a), read_lines(path_b)
+    lines_a, lines_b = trace_a.lines, trace_b.lines
     env_a = _parse(path_a, 1, lines_a[0]).get(ENVIRONMENT, {}) if lines_a else {}
     env_b = _parse(path_b, 1, lines_b[0]).get(ENVIRONMENT, {}) if lines_b else {}
     flat_a, flat_b = _flatten(env_a), _flatten(env_b)
     environment = {key: (flat_a.get(key), flat_b.get(key)) for key in sorted(set(flat_a) | set(flat_b))
                    if flat_a.get(key) != flat_b.get(key)}
+
+    def before(index: int) -> list[str]:
+        start = max(0, index - context)
+        return [hashed_line(line, i).decode("utf-8", "replace") for i, line in enumerate(lines_a[start:index], start)]
+
     divergence = None
     for index in range(max(len(lines_a), len(lines_b))):
         a = hashed_line(lines_a[index], index) if index < len(lines_a) else None
         b = hashed_line(lines_b[index], index) if index < len(lines_b) else None
         if a != b:
+            record_a = _parse(path_a, index + 1, lines_a[index]) if a is not None else None
+            record_b = _parse(path_b, index + 1, lines_b[index]) if b is not None else None
+            same_content = record_a is not None and record_a == record_b
             divergence = Divergence(
-                index,
-                _parse(path_a, index + 1, lines_a[index]) if a is not None else None,
-                _parse(path_b, index + 1, lines_b[index]) if b is not None else None,
-                [hashed_line(line, i) for i, line in enumerate(lines_a[max(0, index - context):index],
-                                                               start=max(0, index - context))],
-            )
+                index, record_a, record_b, before(index),
+                bytes_a=a if same_content else None, bytes_b=b if same_content else None,
+                note="the records are equal as JSON but their bytes differ" if same_content else None)
             break
+    if divergence is None and trace_a.final_newline != trace_b.final_newline:
+        without = "B" if trace_a.final_newline else "A"
+        divergence = Divergence(len(lines_a), None, None, before(len(lines_a)),
+                                note=f"trace {without} does not end with a newline (its last record is cut short)")
     return Comparison(path_a, path_b, divergence, environment)
 
 
@@ -135,6 +175,14 @@ def print_comparison(comparison: Comparison, out: TextIO, *, label_a: str = "A",
               f"node {divergence.node!r}\n")
     for line in divergence.context:
         out.write(f"      = {line}\n")
+    if divergence.note:
+        out.write(f"  {divergence.note}\n")
+    if divergence.bytes_a is not None and divergence.bytes_b is not None:
+        for label, raw in ((label_a, divergence.bytes_a), (label_b, divergence.bytes_b)):
+            out.write(f"    {label:>2} {raw!r}\n")
+        return
+    if divergence.a is None and divergence.b is None:
+        return
     for label, record in ((label_a, divergence.a), (label_b, divergence.b)):
         shown = protocol.canonical(record) if record is not None else "(trace ends here)"
         out.write(f"    {label:>2} {shown}\n")

@@ -141,3 +141,71 @@ def test_both_runtimes_agree_through_the_gate(tmp_path: Path, service_images: di
     comparison = compare(runs[0].trace, runs[1].trace)
     assert comparison.identical and comparison.environment["runtime"] == ("local", "docker")
     assert cosim_resources("cosim.scenario=docker-pipeline") == ([], [])
+
+
+# -- the hash and the diff follow the bytes ----------------------------------------------------------------------
+
+HEADER = {"record": "header", "format": "cosim-trace/1", "scenario": "bytes", "seed": 1,
+          "environment": {"runtime": "local"}}
+
+
+def _trace(path: Path, text: str, *, newline: bytes = b"\n", final: bool = True) -> Path:
+    """A two-record trace whose second record carries ``text``, with the given line ends."""
+    records = [HEADER, {"record": "sent", "time_us": 1000, "source": "s", "seq": 0, "type": "t", "data": {"text": text}}]
+    lines = [json.dumps(r, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8") for r in records]
+    path.write_bytes(newline.join(lines) + (newline if final else b""))
+    return path
+
+
+# Pairs of traces that differ in their bytes (`cmp` says so) and that str.splitlines() made look identical.
+BYTE_PAIRS = {
+    "u2028-vs-u2029": ({"text": "a\u2028b"}, {"text": "a\u2029b"}),
+    "u0085-vs-u2028": ({"text": "a\u0085b"}, {"text": "a\u2028b"}),
+    "crlf": ({"newline": b"\r\n"}, {}),
+    "no-final-newline": ({"final": False}, {}),
+}
+
+
+@pytest.mark.parametrize("case", list(BYTE_PAIRS))
+def test_traces_that_differ_in_bytes_are_different(tmp_path: Path, case: str) -> None:
+    options_a, options_b = BYTE_PAIRS[case]
+    a = _trace(tmp_path / "a.jsonl", **{"text": "a\u2028b", **options_a})
+    b = _trace(tmp_path / "b.jsonl", **{"text": "a\u2028b", **options_b})
+    assert a.read_bytes() != b.read_bytes()
+    assert trace_hash(a) != trace_hash(b)  # what the determinism gate compares
+    comparison = compare(a, b)
+    assert not comparison.identical
+    out = io.StringIO()
+    print_comparison(comparison, out)
+    assert "records: identical" not in out.getvalue()
+    result = invoke("diff", str(a), str(b))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "first divergent record" in result.stdout
+    assert result.stderr.strip() == "cosim: error: the traces differ (first divergent record above)"
+
+
+def test_a_line_separator_inside_a_payload_is_one_record(tmp_path: Path) -> None:
+    a = _trace(tmp_path / "a.jsonl", "a\u2028b\u2029c\u0085d\re")
+    same = _trace(tmp_path / "same.jsonl", "a\u2028b\u2029c\u0085d\re")
+    assert trace_hash(a) == trace_hash(same) and compare(a, same).identical
+    # The hash is that of the bytes (minus the environment block), so `sha256sum` of an environment-free copy agrees.
+    bare = tmp_path / "bare.jsonl"
+    header, rest = a.read_bytes().split(b"\n", 1)
+    stripped = {k: v for k, v in json.loads(header).items() if k != "environment"}
+    bare.write_bytes(json.dumps(stripped, sort_keys=True, separators=(",", ":")).encode() + b"\n" + rest)
+    import hashlib
+    assert trace_hash(a) == hashlib.sha256(bare.read_bytes()).hexdigest()
+
+
+def test_a_crlf_difference_is_shown_as_bytes(tmp_path: Path) -> None:
+    a = _trace(tmp_path / "a.jsonl", "x")
+    b = _trace(tmp_path / "b.jsonl", "x", newline=b"\r\n")
+    divergence = compare(a, b).divergence
+    assert divergence is not None and divergence.index == 0
+    out = io.StringIO()
+    print_comparison(compare(a, b), out)
+    assert "equal as JSON but their bytes differ" in out.getvalue() and "\\r'" in out.getvalue()
+    cut = _trace(tmp_path / "cut.jsonl", "x", final=False)
+    out = io.StringIO()
+    print_comparison(compare(a, cut), out)
+    assert "trace B does not end with a newline" in out.getvalue()
