@@ -57,9 +57,11 @@ def render(c: Context, scenario: str | None = None) -> None:
     }
 )
 def up(c: Context, scenario: str | None = None, runtime: str = "docker", trace: str | None = None,
-       watchdog: float = DEFAULT_WATCHDOG_S, quiet: bool = False) -> None:
+       watchdog: str | None = None, quiet: bool = False) -> None:
     """Run a scenario in virtual time and write its trace."""
-    _call(cli.up, scenario or DEFAULT, runtime=runtime, trace=trace, watchdog_s=watchdog, progress=not quiet)
+    # Numeric options arrive as text: cosim checks them and names the option in its error.
+    _call(cli.up, scenario or DEFAULT, runtime=runtime, trace=trace, watchdog_s=watchdog or DEFAULT_WATCHDOG_S,
+          progress=not quiet)
 
 
 @task
@@ -86,10 +88,10 @@ def images(c: Context, scenario: str | None = None, force: bool = False) -> None
         "watchdog": f"seconds a node may take to answer (default {DEFAULT_WATCHDOG_S:g})",
     },
 )
-def determinism(c: Context, scenario: str | None = None, runs: int = 3, runtime: str = "docker",
-                watchdog: float = DEFAULT_WATCHDOG_S) -> None:
+def determinism(c: Context, scenario: str | None = None, runs: str = "3", runtime: str = "docker",
+                watchdog: str | None = None) -> None:
     """Run a scenario N times with fresh containers and prove the traces are identical."""
-    _call(cli.determinism, scenario or DEFAULT, runs=runs, runtime=runtime, watchdog_s=watchdog)
+    _call(cli.determinism, scenario or DEFAULT, runs=runs, runtime=runtime, watchdog_s=watchdog or DEFAULT_WATCHDOG_S)
 
 
 @task(positional=["trace_a", "trace_b"])
@@ -100,7 +102,7 @@ def diff(c: Context, trace_a: str, trace_b: str) -> None:
 
 @task(help={"steps": "steps per measured run (default 2000)", "local_only": "skip the Docker measurements",
             "output": "where the JSON results go (default traces/bench.json)"})
-def bench(c: Context, steps: int = 2000, local_only: bool = False, output: str = "traces/bench.json") -> None:
+def bench(c: Context, steps: str = "2000", local_only: bool = False, output: str = "traces/bench.json") -> None:
     """Measure cosim's per-step cost, scaling and throughput against floors measured in the same run."""
     _call(cli.bench, steps=steps, docker=not local_only, output=output)
 

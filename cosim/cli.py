@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from cosim import compose, detections, scenario as scenarios
+from cosim import compose, detections, options, scenario as scenarios
 from cosim.errors import CosimError
 from cosim.run import DEFAULT_WATCHDOG_S, RunSummary, run
 
@@ -66,7 +66,7 @@ class ProgressLine:
 
 
 def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | None = None,
-       watchdog_s: float = DEFAULT_WATCHDOG_S, progress: bool = True, out: TextIO = sys.stdout) -> RunSummary:
+       watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, out: TextIO = sys.stdout) -> RunSummary:
     progress_line: Callable[[int, int], None] | None = ProgressLine() if progress else None
     summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line)
     print_summary(summary, out)
@@ -126,8 +126,8 @@ def down(out: TextIO = sys.stdout) -> None:
     out.write(f"removed {containers} container(s) and {networks} network(s) left by cosim runs\n")
 
 
-def determinism(path: str = DEFAULT_SCENARIO, *, runs: int = 3, runtime: str = "docker",
-                watchdog_s: float = DEFAULT_WATCHDOG_S, out: TextIO = sys.stdout) -> None:
+def determinism(path: str = DEFAULT_SCENARIO, *, runs: int | str = 3, runtime: str = "docker",
+                watchdog_s: float | str = DEFAULT_WATCHDOG_S, out: TextIO = sys.stdout) -> None:
     from cosim.determinism import gate
 
     gate(path, runs=runs, runtime=runtime, watchdog_s=watchdog_s, out=out)
@@ -149,7 +149,8 @@ def diff(trace_a: str, trace_b: str, out: TextIO = sys.stdout) -> None:
         raise TracesDiffer("the traces differ (first divergent record above)")
 
 
-def bench(*, steps: int = 2000, docker: bool = True, output: str = "traces/bench.json", out: TextIO = sys.stdout) -> None:
+def bench(*, steps: int | str = 2000, docker: bool = True, output: str = "traces/bench.json",
+          out: TextIO = sys.stdout) -> None:
     from cosim.bench import bench as run_bench
 
-    run_bench(steps=steps, docker=docker, output=Path(output), out=out)
+    run_bench(steps=options.integer_at_least("--steps", steps, 1), docker=docker, output=Path(output), out=out)

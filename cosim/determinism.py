@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from cosim import scenario as scenarios
+from cosim import options, scenario as scenarios
 from cosim.errors import CosimError
 from cosim.run import DEFAULT_WATCHDOG_S, run
 from cosim.tracediff import compare, print_comparison, trace_hash
@@ -27,21 +27,20 @@ class GateRun:
     hash: str
 
 
-def plan(runs: int, runtime: str) -> list[str]:
+def plan(runs: int | str, runtime: str) -> list[str]:
     """The runtime of each run, in order; `both` alternates so each runtime runs ``runs`` times."""
-    if runtime not in RUNTIME_CHOICES:
-        raise CosimError(f"--runtime must be one of {', '.join(RUNTIME_CHOICES)}, not {runtime!r}")
-    if runs < 2:
-        raise CosimError(f"--runs must be at least 2 to compare anything, not {runs}")
+    options.choice("--runtime", runtime, RUNTIME_CHOICES)
+    runs = options.integer_at_least("--runs", runs, 2, "two runs to compare")
     if runtime == "both":
         return [name for _ in range(runs) for name in ("local", "docker")]
     return [runtime] * runs
 
 
-def gate(scenario_path: str, *, runs: int = 3, runtime: str = "docker", out_dir: Path | None = None,
-         watchdog_s: float = DEFAULT_WATCHDOG_S, out: TextIO = sys.stdout) -> list[GateRun]:
+def gate(scenario_path: str, *, runs: int | str = 3, runtime: str = "docker", out_dir: Path | None = None,
+         watchdog_s: float | str = DEFAULT_WATCHDOG_S, out: TextIO = sys.stdout) -> list[GateRun]:
     """Run and compare; raises NotDeterministic (after printing the first divergence) on FAIL."""
     runtimes = plan(runs, runtime)
+    watchdog_s = options.positive_seconds("--watchdog", watchdog_s)
     name = scenarios.load(scenario_path).name
     directory = out_dir if out_dir is not None else Path("traces") / "determinism"
     results: list[GateRun] = []

@@ -83,3 +83,15 @@ class Interrupted(CosimError):
     """The user pressed Ctrl-C or the run received SIGTERM."""
 
     exit_code = 130
+
+
+class OptionError(CosimError):
+    """A command-line option has a value cosim cannot use: names the option, the value and what is allowed."""
+
+    exit_code = 2
+
+    def __init__(self, option: str, value: object, allowed: str) -> None:
+        self.option = option
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{option} {value!r}: expected {allowed}")

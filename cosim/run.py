@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Iterator
 
-from cosim import compose, runtimes, trace as tracing
+from cosim import compose, options, runtimes, trace as tracing
 from cosim.coordinator import Coordinator, RunResult
 from cosim.errors import CosimError, Interrupted
 from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
@@ -92,9 +92,12 @@ def run(
     *,
     runtime: str = "docker",
     trace_path: str | Path | None = None,
-    watchdog_s: float = DEFAULT_WATCHDOG_S,
+    watchdog_s: float | str = DEFAULT_WATCHDOG_S,
     progress: Callable[[int, int], None] | None = None,
 ) -> RunSummary:
+    # Option errors first: nothing is loaded, started or written for a run that cannot go ahead.
+    options.choice("--runtime", runtime, runtimes.RUNTIMES)
+    watchdog_s = options.positive_seconds("--watchdog", watchdog_s)
     scenario = load(scenario_path)
     trace_file = Path(trace_path if trace_path is not None else scenario.trace)
     metrics_path, log_dir = artifact_paths(trace_file)

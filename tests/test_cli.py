@@ -138,3 +138,35 @@ def test_an_unwritable_trace_path_is_one_clear_line(tmp_path: Path) -> None:
     assert_no_traceback(result)
     assert result.returncode == 1
     assert result.stderr.strip().startswith(f"cosim: error: cannot write the trace to {blocker / 'trace.jsonl'}: ")
+
+
+# -- option errors: one line naming the option, the value and what is allowed; nothing started --------------------
+
+OPTION_ERRORS = [
+    (("up", "--runtime", "podman"), "--runtime 'podman': expected one of docker, local"),
+    (("up", "--runtime", "local", "--watchdog", "-1"), "--watchdog '-1': expected a number of seconds greater than 0"),
+    (("up", "--runtime", "local", "--watchdog", "0"), "--watchdog '0': expected a number of seconds greater than 0"),
+    (("up", "--runtime", "local", "--watchdog", "soon"), "--watchdog 'soon': expected a number of seconds greater than 0"),
+    (("up", "--runtime", "local", "--watchdog", "nan"), "--watchdog 'nan': expected a number of seconds greater than 0"),
+    (("determinism", "--runtime", "podman"), "--runtime 'podman': expected one of docker, local, both"),
+    (("determinism", "--runtime", "local", "--runs", "1"),
+     "--runs '1': expected a whole number of at least 2 (two runs to compare)"),
+    (("determinism", "--runtime", "local", "--runs", "0"),
+     "--runs '0': expected a whole number of at least 2 (two runs to compare)"),
+    (("determinism", "--runtime", "local", "--runs", "many"),
+     "--runs 'many': expected a whole number of at least 2 (two runs to compare)"),
+    (("determinism", "--runtime", "local", "--watchdog", "-5"),
+     "--watchdog '-5': expected a number of seconds greater than 0"),
+    (("bench", "--local-only", "--steps", "0"), "--steps '0': expected a whole number of at least 1"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), OPTION_ERRORS, ids=[" ".join(args) for args, _ in OPTION_ERRORS])
+def test_an_option_error_is_one_line_before_anything_starts(tmp_path: Path, args: tuple[str, ...], expected: str) -> None:
+    trace = tmp_path / "trace.jsonl"
+    extra = (str(GOOD), "--quiet", "--trace", str(trace)) if args[0] == "up" else (str(GOOD),) if args[0] == "determinism" else ()
+    result = invoke(*args, *extra)
+    assert_no_traceback(result)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == f"cosim: error: {expected}\n"
+    assert not trace.exists()  # rejected before the run started

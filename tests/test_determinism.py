@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cosim.determinism import NotDeterministic, gate, plan
-from cosim.errors import CosimError
+from cosim.errors import OptionError
 from cosim.tracediff import compare, print_comparison, trace_hash
 
 from .conftest import ROOT, cosim_resources
@@ -29,9 +29,9 @@ def invoke(*args: str) -> subprocess.CompletedProcess[str]:
 def test_plan_alternates_runtimes_for_both_and_refuses_nonsense() -> None:
     assert plan(3, "docker") == ["docker"] * 3
     assert plan(2, "both") == ["local", "docker", "local", "docker"]
-    with pytest.raises(CosimError, match="--runs must be at least 2"):
+    with pytest.raises(OptionError, match="^--runs 1: expected a whole number of at least 2"):
         plan(1, "local")
-    with pytest.raises(CosimError, match="--runtime must be one of docker, local, both"):
+    with pytest.raises(OptionError, match="^--runtime 'podman': expected one of docker, local, both$"):
         plan(3, "podman")
 
 

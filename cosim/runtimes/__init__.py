@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from cosim.errors import OptionError
 from cosim.scenario import Scenario
 from cosim.transport import Transport
 
-RUNTIMES = ("local", "docker")
+RUNTIMES = ("docker", "local")
 
 
 class Runtime(Protocol):
@@ -51,4 +52,4 @@ def create(name: str, scenario: Scenario, log_dir: Path) -> Runtime:
         from cosim.runtimes.docker import DockerRuntime
 
         return DockerRuntime(scenario, log_dir)
-    raise ValueError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
+    raise OptionError("--runtime", name, "one of " + ", ".join(RUNTIMES))
