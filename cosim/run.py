@@ -44,6 +44,14 @@ def artifact_paths(trace_path: Path) -> tuple[Path, Path]:
     return trace_path.with_name(stem + ".metrics.json"), trace_path.with_name(stem + ".logs")
 
 
+def clear_logs(log_dir: Path) -> None:
+    """Each run's service logs are its own: remove what an earlier run with the same trace path left there."""
+    if log_dir.is_dir():
+        for leftover in log_dir.iterdir():
+            if leftover.is_file() and leftover.suffix in (".log", ".env"):
+                leftover.unlink(missing_ok=True)
+
+
 def build_nodes(scenario: Scenario, runtime: runtimes.Runtime, watchdog_s: float) -> dict[str, SimNode]:
     nodes: dict[str, SimNode] = {}
     for spec in scenario.nodes:
@@ -101,6 +109,7 @@ def run(
     scenario = load(scenario_path)
     trace_file = Path(trace_path if trace_path is not None else scenario.trace)
     metrics_path, log_dir = artifact_paths(trace_file)
+    clear_logs(log_dir)
     backend = runtimes.create(runtime, scenario, log_dir)
     try:
         trace_file.parent.mkdir(parents=True, exist_ok=True)

@@ -171,3 +171,21 @@ def test_invoke_up_of_a_failing_scenario_names_the_node(tmp_path: Path) -> None:
     last = records(trace)[-1]
     assert (last["record"], last["node"], last["error"]) == ("error", "echo", "node_failure")
     assert records(trace)[0]["record"] == "header"
+
+
+def test_each_run_has_its_own_service_logs(tmp_path: Path) -> None:
+    """A failure's "last lines of its log" must come from this run, never an earlier one."""
+    from cosim.errors import NodeFailure
+
+    trace = tmp_path / "failing.jsonl"
+    logs = tmp_path / "failing.logs"
+    with pytest.raises(NodeFailure):
+        run_local(FAILING, trace)
+    first = (logs / "echo.log").read_text(encoding="utf-8")
+    assert first.count("echo: exiting with 3 as configured") == 1, first
+    (logs / "a-node-of-an-older-scenario.log").write_text("stale\n", encoding="utf-8")
+    with pytest.raises(NodeFailure) as failure:
+        run_local(FAILING, trace)
+    assert (logs / "echo.log").read_text(encoding="utf-8") == first  # the second run's log only
+    assert failure.value.log_tail.count("echo: exiting with 3 as configured") == 1
+    assert not (logs / "a-node-of-an-older-scenario.log").exists()
