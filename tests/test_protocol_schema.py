@@ -90,10 +90,10 @@ def _delivered(time_us: int, source: str, seq: int, sent_us: int, data: Any) -> 
 
 @pytest.mark.parametrize("message", [
     protocol.init_message("echo", 1, {}, {}),
-    protocol.init_message("ml-inference-2", node_seed(2**64 - 1, "ml-inference-2"),
+    protocol.init_message("ml-inference-2", node_seed(2**53 - 1, "ml-inference-2"),
                           {"threshold": 0.5, "nested": {"list": [1, 2.5, None]}},
                           {"broker": {"host": "mqtt-broker", "port": 1883}}),
-    protocol.init_message("gw", 2**64 - 1, {"ü": "ß"}, {"broker": {"host": "127.0.0.1", "port": 41234}}),
+    protocol.init_message("gw", 2**53 - 1, {"ü": "ß"}, {"broker": {"host": "127.0.0.1", "port": 41234}}),
     protocol.advance_message(1000, []),
     protocol.advance_message(2000, [_delivered(1500, "sensor", 0, 500, {"v": 1}),
                                     _delivered(1500, "sensor-b", 3, 400, None)]),
@@ -243,7 +243,7 @@ ADVANCE_OK = protocol.advance_message(1000, [_delivered(500, "sensor", 0, 1, {})
                  id="ready-without-capabilities"),
     pytest.param("READY", {"type": "READY", "protocol": 1, "time_us": 0, "capabilities": ["a", "a"]}, "uniqueItems", ["capabilities"],
                  id="ready-duplicate-capabilities"),
-    pytest.param("INIT", {**INIT, "seed": 2**64}, "maximum", ["seed"], id="init-seed-beyond-64-bits"),
+    pytest.param("INIT", {**INIT, "seed": 2**53}, "maximum", ["seed"], id="init-seed-beyond-53-bits"),
     pytest.param("INIT", {**INIT, "seed": -1}, "minimum", ["seed"], id="init-negative-seed"),
     pytest.param("INIT", {**INIT, "time_us": 1000}, "const", ["time_us"], id="init-time-not-zero"),
     pytest.param("INIT", {**INIT, "endpoints": {"broker": {"host": "b"}}}, "required", ["endpoints", "broker"],
@@ -514,3 +514,36 @@ def test_a_failed_run_ends_with_a_documented_error_record(tmp_path: Path) -> Non
     assert records[-1]["record"] == "error"
     assert records[-1]["error"] == "node_failure" and records[-1]["node"] == "echo"
     assert records[-1]["time_us"] == 4000  # the last completed step
+
+
+# -- one seed range everywhere: 0 ... 2**53 - 1 ------------------------------------------------------------------
+
+SEED_MAX = 2**53 - 1  # every JSON parser (JavaScript numbers, jq) reads integers up to here exactly
+
+
+def test_one_seed_range_in_the_schemas_the_derivation_and_the_docs() -> None:
+    scenario_schema = json.loads((ROOT / "schemas" / "scenario.schema.json").read_text(encoding="utf-8"))
+    init_seed = SCHEMA["$defs"]["INIT"]["properties"]["seed"]
+    assert (init_seed["minimum"], init_seed["maximum"]) == (0, SEED_MAX)
+    scenario_seed = scenario_schema["properties"]["seed"]
+    assert (scenario_seed["minimum"], scenario_seed["maximum"]) == (0, SEED_MAX)
+    assert max(node_seed(SEED_MAX, f"n{i}") for i in range(200)) <= SEED_MAX
+    documented = [int(seed) for seed in re.findall(r'"seed":(\d+)', PROTOCOL_DOC.read_text(encoding="utf-8"))]
+    assert documented and all(seed <= SEED_MAX for seed in documented), documented
+    assert "0 … 2⁵³−1" in PROTOCOL_DOC.read_text(encoding="utf-8")
+
+
+def test_the_documented_example_session_is_what_the_echo_service_answers() -> None:
+    """docs/protocol.md §10 claims a real exchange: replay every → line and expect each ← line byte for byte."""
+    section = PROTOCOL_DOC.read_text(encoding="utf-8").split("## 10.", 1)[1].split("```", 2)[1]
+    lines = [line for line in section.splitlines() if line.startswith(("→ ", "← "))]
+    assert lines[0].startswith("→ ") and '"type":"INIT"' in lines[0]
+    with ServiceProcess(ECHO) as service:
+        for line in lines:
+            direction, text = line.split(" ", 1)
+            if direction == "→":
+                service.send(text)
+            else:
+                assert protocol.canonical(service.receive()) == text
+        assert lines[-1] == '→ {"type":"SHUTDOWN"}'
+        assert service.proc.wait(timeout=service.timeout_s) == 0

@@ -123,6 +123,8 @@ CASES: list[tuple[str, str, str | None, tuple[str, ...]]] = [
      ("expected an integer, got 'seven'",)),
     ("seed-is-a-boolean", PIPELINE.replace("seed: 7", "seed: true  # HERE"), "seed", ("expected an integer, got true",)),
     ("seed-is-negative", PIPELINE.replace("seed: 7", "seed: -1  # HERE"), "seed", ("expected a value >= 0, got -1",)),
+    ("seed-beyond-53-bits", PIPELINE.replace("seed: 7", "seed: 9007199254740992  # HERE"), "seed",
+     ("expected a value <= 9007199254740991, got 9007199254740992",)),
     ("duration-is-a-float", PIPELINE.replace("duration_us: 10000", "duration_us: 10000.5  # HERE"), "duration_us",
      ("expected an integer, got 10000.5",)),
     ("duration-is-an-integral-float", PIPELINE.replace("duration_us: 10000", "duration_us: 10000.0  # HERE"),
