@@ -26,6 +26,7 @@ from cosim.scenario import Scenario, SensorNode, SinkNode, load
 from cosim.trace import TraceWriter
 
 DEFAULT_WATCHDOG_S = 30.0
+SHUTDOWN_GRACE_S = 10.0
 
 
 @dataclass
@@ -60,7 +61,9 @@ def build_nodes(scenario: Scenario, runtime: runtimes.Runtime, watchdog_s: float
         elif isinstance(spec, SinkNode):
             nodes[spec.id] = SinkModel(spec.id)
         elif spec.kind == "service":
-            nodes[spec.id] = ServiceNode(spec.id, runtime.transport(spec.id), watchdog_s=watchdog_s)
+            # A service gets as long to exit after SHUTDOWN as to answer a message, up to SHUTDOWN_GRACE_S.
+            nodes[spec.id] = ServiceNode(spec.id, runtime.transport(spec.id), watchdog_s=watchdog_s,
+                                         shutdown_grace_s=min(SHUTDOWN_GRACE_S, watchdog_s))
     return nodes
 
 
