@@ -107,6 +107,12 @@ def bench(c: Context, steps: str = "2000", local_only: bool = False, output: str
     _call(cli.bench, steps=steps, docker=not local_only, output=output)
 
 
+@task
+def golden(c: Context) -> None:
+    """Re-render the golden compose files under tests/golden/ after an intended rendering change (review the diff)."""
+    _call(cli.golden)
+
+
 @task(help={"k": "only tests matching this expression", "fast": "skip tests that need Docker"})
 def test(c: Context, k: str = "", fast: bool = False) -> None:
     """Run the test suite (Docker tests included unless --fast)."""

@@ -107,6 +107,24 @@ def print_metrics(metrics: dict[str, Any], out: TextIO) -> None:
                       f"p99 {stats['p99_us']:.0f} us\n")
 
 
+GOLDEN = compose.REPO_ROOT / "tests" / "golden"
+
+
+def golden(out: TextIO = sys.stdout) -> list[Path]:
+    """Re-render the golden compose files (tests/golden/compose/) from tests/golden/scenarios/, after an intended
+    change to the rendering; the tests only compare. Returns the files that changed (review their diff)."""
+    changed = []
+    for scenario_path in sorted((GOLDEN / "scenarios").glob("*.yaml")):
+        loaded = scenarios.load(scenario_path)
+        target = compose.compose_path(loaded, GOLDEN / "compose")
+        text = compose.render_text(loaded, compose_dir=GOLDEN / "compose")
+        if not target.is_file() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+            changed.append(target)
+        out.write(f"{'updated  ' if target in changed else 'unchanged'} {target.relative_to(compose.REPO_ROOT)}\n")
+    return changed
+
+
 def images(path: str = DEFAULT_SCENARIO, *, force: bool = False, out: TextIO = sys.stdout) -> dict[str, str]:
     from cosim.engine import check_engine
     from cosim.images import ensure_images

@@ -4,7 +4,9 @@ One compose service per container node (replicas are already distinct nodes), at
 one internal network, and locked-down defaults: no published ports, all capabilities dropped, no new
 privileges, a non-root user, an init process so containers stop promptly, a read-only root filesystem unless
 the scenario says otherwise, and never the Docker socket. Values that change per run (the run id label, the
-base image) are compose variables, so the file itself never changes between runs.
+base image) are compose variables, so the file itself never changes between runs. Everything that comes from
+the scenario is written with ``$`` doubled (``literal``), so Compose never interpolates it: a service sees its
+environment and command exactly as the scenario wrote them, as it does on the local runtime.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ NETWORK = "sim"
 LABEL_PREFIX = "cosim"
 
 
+def literal(text: str) -> str:
+    """``text`` protected from Compose interpolation: ``$$`` is how a compose file writes one ``$``."""
+    return text.replace("$", "$$")
+
+
 def compose_path(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> Path:
     return compose_dir / f"{scenario.name}.yaml"
 
@@ -41,11 +48,11 @@ def labels(scenario: Scenario, node_id: str | None = None) -> dict[str, str]:
 
 
 def _service(scenario: Scenario, node: ContainerNode, compose_dir: Path) -> dict[str, Any]:
-    service: dict[str, Any] = {"image": node.image}
+    service: dict[str, Any] = {"image": literal(node.image)}
     if node.build is not None:
         service["build"] = {
-            "context": Path(os.path.relpath(node.build.parent, compose_dir)).as_posix(),
-            "dockerfile": f"{node.build.name}/Dockerfile",
+            "context": literal(Path(os.path.relpath(node.build.parent, compose_dir)).as_posix()),
+            "dockerfile": literal(f"{node.build.name}/Dockerfile"),
             "args": {"BASE_IMAGE": "${COSIM_BASE_IMAGE:-" + DEFAULT_BASE_IMAGE + "}"},
         }
         service["pull_policy"] = "never"  # built by `invoke images`; there may be no registry
@@ -53,7 +60,8 @@ def _service(scenario: Scenario, node: ContainerNode, compose_dir: Path) -> dict
         service["pull_policy"] = "missing"  # a prebuilt image, pulled by cosim before `up` when missing
     service.update({
         "labels": labels(scenario, node.id),
-        "environment": {"COSIM_NODE_ID": node.id, **dict(sorted(node.environment.items()))},
+        "environment": {"COSIM_NODE_ID": node.id,
+                        **{name: literal(value) for name, value in sorted(node.environment.items())}},
         "networks": [NETWORK],
         "user": SERVICE_USER,
         "init": True,
@@ -69,7 +77,7 @@ def _service(scenario: Scenario, node: ContainerNode, compose_dir: Path) -> dict
         service["restart"] = "no"
     if node.command is not None:
         # The scenario's command replaces the whole command line: the images use an ENTRYPOINT.
-        service["entrypoint"] = list(node.command)
+        service["entrypoint"] = [literal(part) for part in node.command]
         service["command"] = []
     return service
 

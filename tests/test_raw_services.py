@@ -96,3 +96,55 @@ def test_the_coordinator_refuses_a_raw_service_in_docker(tmp_path: Path, service
         assert_fails_with(tmp_path, rule, "docker")
     finally:
         assert cosim_resources(f"cosim.scenario=raw-{rule}") == ([], [])
+
+
+# -- scenario strings reach the service exactly as written (no Compose interpolation) ----------------------------
+
+AS_WRITTEN = {
+    "RAW_LEAK": "${HOME}-$USER",
+    "RAW_DOLLARS": "$$ and $ and $$$",
+    "RAW_DEFAULT": "${UNSET_IN_COSIM_TESTS:-fallback}",
+    "RAW_PLAIN": "no dollar at all",
+}
+ARGS = ["echo $VAR", "${HOME}", "$$"]
+
+
+def as_written_scenario(directory: Path) -> Path:
+    path = directory / "as-written.yaml"
+    environment = json.dumps(AS_WRITTEN)
+    path.write_text(f"""\
+name: raw-as-written
+seed: 1
+duration_us: 2000
+quantum_us: 1000
+nodes:
+  - id: raw
+    kind: service
+    build: {RAW}
+    command: {json.dumps(["python3", "-u", "/app/service.py", *ARGS])}
+    local_command: {json.dumps(["{python}", "-u", str(RAW / "service.py"), *ARGS])}
+    environment: {environment}
+  - {{id: sink, kind: sink}}
+routes:
+  - {{from: raw, to: [sink]}}
+""", encoding="utf-8")
+    return path
+
+
+def seen_by_the_service(tmp_path: Path, runtime: str) -> dict:
+    trace = tmp_path / f"{runtime}.jsonl"
+    run(as_written_scenario(tmp_path), runtime=runtime, trace_path=trace, watchdog_s=20)
+    header = json.loads(trace.read_text(encoding="utf-8").splitlines()[0])
+    return header["environment"]["services"]["raw"]
+
+
+def test_scenario_strings_reach_a_local_service_as_written(tmp_path: Path) -> None:
+    assert seen_by_the_service(tmp_path, "local") == {"env": AS_WRITTEN, "argv": ARGS}
+
+
+@pytest.mark.docker
+def test_scenario_strings_reach_a_container_as_written(tmp_path: Path, service_images: dict[str, str]) -> None:
+    try:
+        assert seen_by_the_service(tmp_path, "docker") == {"env": AS_WRITTEN, "argv": ARGS}
+    finally:
+        assert cosim_resources("cosim.scenario=raw-as-written") == ([], [])

@@ -2,11 +2,12 @@
 breaks one rule of the protocol on purpose. What it breaks comes from INIT's config ``{"break": ...}``; the
 coordinator's own checks (cosim.nodes, cosim.protocol.check_outputs) must catch each one.
 
-Otherwise it behaves: READY, then a DONE with one ``tick`` event at the end of every window, then exit 0 on
+Otherwise it behaves: READY (whose ``info`` reports its RAW_* environment variables and its arguments), then a DONE with one ``tick`` event at the end of every window, then exit 0 on
 SHUTDOWN.
 """
 
 import json
+import os
 import sys
 import threading
 
@@ -51,8 +52,10 @@ def main() -> int:
         if kind == "INIT":
             rule = message["config"].get("break", "")
             print(f"raw: breaking {rule!r}", file=sys.stderr, flush=True)
+            # What the service was started with, as it sees it (its RAW_* environment and its arguments).
+            seen = {"env": {k: v for k, v in os.environ.items() if k.startswith("RAW_")}, "argv": sys.argv[1:]}
             write({"type": "READY", "protocol": 2 if rule == "ready-protocol" else 1, "time_us": 0,
-                   "capabilities": []})
+                   "capabilities": [], "info": seen})
         elif kind == "ADVANCE":
             write(done(message["time_us"], current, rule))
             current = message["time_us"]
