@@ -25,7 +25,7 @@ from python_on_whales import DockerClient, DockerException, docker
 from cosim import compose
 from cosim.engine import check_engine
 from cosim.errors import CosimError, ImageBuildError, NodeFailure
-from cosim.images import ImageSpec, ensure_images
+from cosim.images import ImageSpec, ensure_images, try_pull
 from cosim.scenario import ContainerNode, Scenario
 from cosim.runtimes.engine_attach import EngineAttachTransport, engine_socket
 from cosim.transport import PipeTransport, Transport, tail
@@ -103,11 +103,11 @@ def ensure_pulled(images: list[str]) -> dict[str, str]:
     ids: dict[str, str] = {}
     for image in images:
         if not docker.image.exists(image):
-            try:
-                docker.image.pull(image, quiet=True)
-            except DockerException as exc:
-                raise ImageBuildError(f"image {image} is not here and cannot be pulled ({_error_text(exc)}); "
-                                      f"pull or load it by hand, or give the node a `build:` directory") from None
+            pulled, why = try_pull(image)  # bounded by COSIM_PULL_TIMEOUT: a silent registry cannot hang the run
+            if not pulled:
+                reason = why.splitlines()[-1] if why else "no reason given"
+                raise ImageBuildError(f"image {image} is not here and cannot be pulled ({reason}); "
+                                      f"pull or load it by hand, or give the node a `build:` directory")
         ids[image] = docker.image.inspect(image).id
     return ids
 
@@ -143,7 +143,11 @@ class DockerRuntime:
         self.compose_file = compose.render(self.scenario)
         specs = image_specs(self.scenario)
         self._image_ids = self._ensure_images(specs)
-        self._image_ids.update(ensure_pulled(prebuilt_images(self.scenario)))
+        for image in prebuilt_images(self.scenario):
+            try:
+                self._image_ids.update(ensure_pulled([image]))
+            except ImageBuildError as error:
+                raise NodeImageError(self._users(image), error) from None
         self._lock.acquire()
         env_file = self.log_dir / "compose.env"
         env_file.parent.mkdir(parents=True, exist_ok=True)
@@ -202,9 +206,12 @@ class DockerRuntime:
             try:
                 ids.update(ensure_images([spec]))
             except ImageBuildError as error:
-                users = [node.id for node in self.scenario.containers if node.image == spec.tag]
-                raise NodeImageError(users, error) from None
+                raise NodeImageError(self._users(spec.tag), error) from None
         return ids
+
+    def _users(self, image: str) -> list[str]:
+        """The nodes that run ``image``."""
+        return [node.id for node in self.scenario.containers if node.image == image]
 
     # -- bring-up ---------------------------------------------------------------------------------
 
