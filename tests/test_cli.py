@@ -109,18 +109,12 @@ def test_render_good_prints_the_path(rendered_path: Path) -> None:
 
 
 def test_validate_without_argument_uses_the_default_scenario() -> None:
+    """The scenario `./inv up` runs must be valid: anything else breaks the README's first command."""
     result = invoke("validate")
     assert_no_traceback(result)
-    output = result.stdout + result.stderr
-    assert "scenarios/default.yaml" in output
-    if (ROOT / "scenarios" / "default.yaml").exists():
-        # Valid, or (while someone edits it) a one-line scenario error naming it: never anything else.
-        assert result.returncode in (0, SCENARIO_ERROR), output
-        if result.returncode == 0:
-            assert result.stdout.startswith("scenarios/default.yaml: valid scenario 'default'")
-    else:
-        assert result.returncode == SCENARIO_ERROR
-        assert result.stderr.strip() == "cosim: error: scenarios/default.yaml: no such file"
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    assert result.stdout.startswith("scenarios/default.yaml: valid scenario 'default': "), result.stdout
 
 
 def test_diff_of_a_missing_trace_is_one_clear_line(tmp_path: Path) -> None:

@@ -288,9 +288,9 @@ def test_broker_killed_mid_run_fails_the_next_advance(broker: Broker) -> None:
     with gateway(broker, barrier_timeout_s=3) as svc:
         assert svc.advance(1000, [event(100, "s", 0, v=0)])["events"] == [received(100, "s", 0, 100, v=0)]
         broker.kill()
-        started = time.monotonic()
+        # The disconnect (or, at worst, the barrier watchdog) turns the next ADVANCE into a fatal ERROR; the
+        # harness's own receive deadline fails the test if no reply comes at all.
         reply = svc.advance(2000, [event(1100, "s", 1, v=1)])
-        assert time.monotonic() - started < 3 + 2  # the disconnect or, at worst, the barrier watchdog
         assert reply["type"] == "ERROR" and reply["error"] == "callback_failed" and reply["fatal"] is True
         assert f"MQTT broker 127.0.0.1:{broker.port}" in reply["detail"]
         assert svc.proc.wait(timeout=DEADLINE_S) == 1
