@@ -22,7 +22,7 @@ from cosim.transport import LineStream, TransportClosed, TransportTimeout, poll_
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 HANDSHAKE_TIMEOUT_S = 10.0
-STDOUT, STDERR = 1, 2
+STDOUT = 1  # stream ids: 0 stdin, 1 stdout, 2 stderr (and 3, the engine's own errors, in exec streams)
 
 
 def engine_socket() -> str | None:
@@ -72,7 +72,8 @@ def open_attach(socket_path: str, container_id: str) -> tuple[socket.socket, byt
 
 
 class FrameReader:
-    """Demultiplexes the engine's stdout/stderr frames; stdout bytes accumulate, stderr goes to ``on_stderr``."""
+    """Demultiplexes the engine's frames: stdout bytes accumulate; stderr, and frames of any other stream id,
+    go to ``on_stderr`` (kept in the log, so nothing the engine says is lost and nothing reaches the protocol)."""
 
     def __init__(self, on_stderr: Callable[[bytes], None]) -> None:
         self.frames = bytearray()
@@ -89,7 +90,7 @@ class FrameReader:
             del self.frames[:8 + size]
             if stream == STDOUT:
                 self.stdout += payload
-            elif stream == STDERR:
+            else:  # stderr, and any other stream id (the engine's own errors): the log, never the protocol
                 self.on_stderr(payload)
 
 
