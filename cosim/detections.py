@@ -88,7 +88,12 @@ def sink_events_from_trace(trace_path: Path, scenario: Scenario) -> list[dict[st
 
 
 def print_report(result: Report, out: TextIO) -> None:
-    if not result.detections and not result.verdicts:
+    """Detection lines only for a run with a detector (inference verdicts reached a sink): without one, an injected
+    anomaly was never evaluated, which is not the same as missed."""
+    if not result.verdicts:
+        if result.detections:
+            out.write(f"  anomalies: {len(result.detections)} injected, none evaluated "
+                      f"(no inference verdict reached a sink)\n")
         return
     out.write(f"  detections ({result.verdicts} verdicts reached a sink):\n")
     for d in result.detections:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import platform
 import random
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -189,3 +190,62 @@ def test_each_run_has_its_own_service_logs(tmp_path: Path) -> None:
     assert (logs / "echo.log").read_text(encoding="utf-8") == first  # the second run's log only
     assert failure.value.log_tail.count("echo: exiting with 3 as configured") == 1
     assert not (logs / "a-node-of-an-older-scenario.log").exists()
+
+
+# -- the summary `invoke up` prints ------------------------------------------------------------------------------
+
+
+def invoke_up_local(scenario: Path, trace: Path) -> list[str]:
+    done = subprocess.run([sys.executable, "-m", "invoke", "up", str(scenario), "--runtime", "local", "--quiet",
+                           "--trace", str(trace)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.splitlines()
+
+
+def assert_summary_matches_the_trace(lines: list[str], scenario: Path, trace: Path) -> dict[str, Any]:
+    """The lines every summary has, checked against the trace and the metrics file the run wrote."""
+    loaded = scenarios.load(scenario)
+    footer = records(trace)[-1]
+    counts = footer["counts"]
+    assert re.fullmatch(rf"cosim: scenario '{loaded.name}' ran on the local runtime: {loaded.duration_us / 1e6:g} s "
+                        rf"virtual in \d+\.\d\d s wall \(\d+\.\dx real time\), {loaded.steps} steps", lines[0]), lines[0]
+    assert lines[1] == (f"  events: {counts['sent']} sent, {counts['delivered']} delivered, {counts['dropped']} "
+                        f"dropped, {counts['unroutable']} unroutable")
+    for sink in (node.id for node in loaded.nodes if node.kind == "sink"):
+        received = sum(1 for r in records(trace) if r["record"] == "delivered" and r["dest"] == sink)
+        assert f"  sink {sink!r} received {received} event(s)" in lines
+    metrics_path = trace.with_name(trace.name.removesuffix(".jsonl") + ".metrics.json")
+    assert lines[-2:] == [f"  trace:   {trace}", f"  metrics: {metrics_path}"]
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    for node_id in metrics["round_trip"]:
+        assert any(line.startswith(f"  {node_id}: ADVANCE->DONE p50 ") for line in lines), node_id
+    return counts
+
+
+def test_the_summary_of_a_scenario_without_a_detector_reports_no_detections(tmp_path: Path) -> None:
+    trace = tmp_path / "pipeline.jsonl"
+    lines = invoke_up_local(PIPELINE, trace)
+    assert_summary_matches_the_trace(lines, PIPELINE, trace)
+    # Its sensors inject anomalies, but nothing classifies them: nothing was missed, nothing was evaluated.
+    assert not any("MISSED" in line or "detect" in line for line in lines), lines
+    assert "  anomalies: 2 injected, none evaluated (no inference verdict reached a sink)" in lines
+
+
+def test_the_summary_of_the_default_scenario_reports_each_anomaly(tmp_path: Path) -> None:
+    # Needs a local mosquitto (apt-get install mosquitto); without one, `invoke up` fails saying so.
+    from cosim import detections
+
+    scenario = ROOT / "scenarios" / "default.yaml"
+    trace = tmp_path / "default.jsonl"
+    lines = invoke_up_local(scenario, trace)
+    assert_summary_matches_the_trace(lines, scenario, trace)
+    loaded = scenarios.load(scenario)
+    report = detections.report(loaded, detections.sink_events_from_trace(trace, loaded))
+    assert report.verdicts > 0 and report.all_detected
+    assert f"  detections ({report.verdicts} verdicts reached a sink):" in lines
+    for found in report.detections:
+        assert (f"    detected  {found.sensor} anomaly at {found.at_us / 1e6:.3f} s (severity {found.severity:g}): "
+                f"window sampled at {found.sampled_us / 1e6:.3f} s, verdict at the sink "
+                f"{found.latency_us / 1e3:.3f} ms later") in lines
+    assert sum(line.startswith("    detected  ") for line in lines) == len(report.detections) == 3
+    assert not any("MISSED" in line for line in lines)
