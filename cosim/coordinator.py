@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from cosim.errors import Interrupted, NodeFailure
+from cosim.errors import InfrastructureExited, Interrupted, NodeFailure
 from cosim.network import Drop, Router
 from cosim.nodes import Event, SimNode
 from cosim.scenario import ContainerNode, Scenario
@@ -27,6 +27,7 @@ from cosim.seeds import node_seed
 from cosim.trace import TraceWriter
 
 Progress = Callable[[int, int], None]  # (virtual time now, duration), both in us
+INFRASTRUCTURE_EXIT_WAIT_S = 1.0  # wall clock, on failure only: how long an infrastructure exit may take to show
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Coordinator:
         endpoints: Mapping[str, Any] | None = None,
         environment: Mapping[str, Any] | None = None,
         progress: Progress | None = None,
+        exited_infrastructure: Callable[[float], list[tuple[str, int | None]]] | None = None,
     ) -> None:
         self.scenario = scenario
         self.nodes = dict(nodes)  # scenario order: the order ADVANCE goes out and DONE is collected
@@ -68,6 +70,7 @@ class Coordinator:
         self.endpoints = dict(endpoints or {})
         self.environment = dict(environment or {})  # runtime facts for the header (not hashed)
         self.progress = progress
+        self.exited_infrastructure = exited_infrastructure  # the runtime's: which infrastructure nodes have died
         self.router = Router(scenario)
         self.now_us = 0
         self.step = 0
@@ -90,10 +93,16 @@ class Coordinator:
             self.timings.loop_s = time.monotonic() - loop_started
             self.timings.loop_cpu_s = time.process_time() - loop_cpu_started
             self._shutdown_nodes()
-        except NodeFailure as failure:
-            self.trace.error(self.now_us, failure.node, "node_failure", failure.problem
-                             + (f" (while waiting for the reply to {failure.in_flight})" if failure.in_flight else ""))
-            raise
+        except NodeFailure as symptom:
+            # A service failing is often the symptom of infrastructure it used (the broker) dying: name that first.
+            exited = self.exited_infrastructure(INFRASTRUCTURE_EXIT_WAIT_S) if self.exited_infrastructure else []
+            failure = InfrastructureExited(exited, symptom) if exited else symptom
+            self.trace.error(self.now_us, failure.node, "infrastructure_exited" if exited else "node_failure",
+                             failure.problem + (f" (while waiting for the reply to {failure.in_flight})"
+                                                if failure.in_flight else ""))
+            if failure is symptom:
+                raise
+            raise failure from None
         except KeyboardInterrupt:
             self.trace.error(self.now_us, None, "interrupted", "the run was interrupted (Ctrl-C or SIGTERM)")
             raise Interrupted(f"interrupted at virtual time {self.now_us} us; the trace so far is kept") from None

@@ -79,6 +79,36 @@ class NodeFailure(CosimError):
         super().__init__(text)
 
 
+_SIGNAL_WORDS = {6: "aborted", 9: "killed", 11: "segmentation fault", 15: "terminated"}
+
+
+def describe_exit(code: int | None) -> str:
+    """An exit code as people read it: ``137, killed`` (128 + signal number, as shells and Docker report it)."""
+    if code is None:
+        return "exit code unknown"
+    if code > 128 and code - 128 in _SIGNAL_WORDS:
+        return f"{code}, {_SIGNAL_WORDS[code - 128]}"
+    if code > 128:
+        return f"{code}, signal {code - 128}"
+    return f"exit code {code}"
+
+
+class InfrastructureExited(NodeFailure):
+    """An infrastructure node (e.g. the MQTT broker) died during the run: the cause, named before the symptom (the
+    failure of a service that used it)."""
+
+    def __init__(self, infrastructure: list[tuple[str, int | None]], symptom: NodeFailure) -> None:
+        self.symptom = symptom
+        self.cause = "; ".join(f"infrastructure node {node!r} exited ({describe_exit(code)})"
+                               for node, code in infrastructure)
+        CosimError.__init__(self, f"{self.cause}; then {symptom}")
+        self.node = infrastructure[0][0]
+        self.problem = f"{self.cause}; then node {symptom.node!r}: {symptom.problem}"
+        self.in_flight = symptom.in_flight
+        self.process_exit_code = infrastructure[0][1]
+        self.log_tail = symptom.log_tail
+
+
 class Interrupted(CosimError):
     """The user pressed Ctrl-C or the run received SIGTERM."""
 

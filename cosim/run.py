@@ -134,7 +134,8 @@ def run(
                 backend.start()
                 nodes = build_nodes(scenario, backend, watchdog_s)
                 coordinator = Coordinator(scenario, nodes, writer, endpoints=backend.endpoints(),
-                                          environment=backend.manifest(), progress=progress)
+                                          environment=backend.manifest(), progress=progress,
+                                          exited_infrastructure=backend.exited_infrastructure)
                 result = coordinator.run()
             except KeyboardInterrupt:
                 # The coordinator turns an interrupt during the run into Interrupted; this is one while starting.

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,3 +282,92 @@ def test_local_run_without_mosquitto_says_what_to_install(tmp_path: Path) -> Non
     assert "'mqtt-broker'" in message[0] and "install" in message[0] and "--runtime docker" in message[0]
     assert len(done.stderr.strip().splitlines()) <= 2, done.stderr
     assert records(trace)[-1]["record"] == "error"  # the trace says the run never started
+
+
+# -- the broker dies mid-run: the error names it first, then the gateway's symptom ---------------------------------
+
+BROKER_KILLED = "infrastructure node 'mqtt-broker' exited (137, killed); then node 'gateway': "
+
+
+def broker_kill_scenario(tmp_path: Path) -> Path:
+    # Its own name, so that the label used to find its broker container is this test's alone.
+    return scenario_copy(DEFAULT, tmp_path, {"name: default\n": "name: default-broker-killed\n"})
+
+
+def assert_broker_named_first(trace: Path, stderr: str) -> None:
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("cosim: error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"cosim: error: {BROKER_KILLED}"), stderr
+    last = records(trace)[-1]
+    assert (last["record"], last["error"], last["node"]) == ("error", "infrastructure_exited", "mqtt-broker"), last
+    assert last["detail"].startswith(BROKER_KILLED) and last["time_us"] > 0, last
+
+
+def child_processes_named(name: str) -> list[int]:
+    """Our own child processes called ``name`` (from /proc; the local runtime starts the broker as our child)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            command = fields[0].split("(", 1)[1]
+            parent = int(fields[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if command == name and parent == os.getpid():
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_local_broker_killed_mid_run_is_named_before_the_gateway(tmp_path: Path) -> None:
+    from cosim.errors import InfrastructureExited
+
+    killed: list[int] = []
+
+    def kill_broker_at_3_s(now_us: int, duration_us: int) -> None:
+        if now_us == 3_000_000:
+            brokers = child_processes_named("mosquitto")
+            assert len(brokers) == 1, brokers
+            os.kill(brokers[0], signal.SIGKILL)
+            killed.extend(brokers)
+
+    trace = tmp_path / "killed.jsonl"
+    with pytest.raises(InfrastructureExited) as failure:
+        run_quietly(broker_kill_scenario(tmp_path), "local", trace, progress=kill_broker_at_3_s)
+    assert killed
+    assert str(failure.value).startswith(BROKER_KILLED), str(failure.value)
+    assert failure.value.symptom.node == "gateway"
+    assert_broker_named_first(trace, f"cosim: error: {failure.value}")
+
+
+@pytest.mark.docker
+def test_a_docker_broker_killed_mid_run_is_named_before_the_gateway(tmp_path: Path,
+                                                                    service_images: dict[str, str]) -> None:
+    label = "cosim.scenario=default-broker-killed"
+    trace = tmp_path / "killed.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "invoke", "up", str(broker_kill_scenario(tmp_path)), "--trace",
+                                str(trace), "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        broker: list[str] = []
+        while not broker:  # the broker's container is up and the run has simulated something
+            assert time.monotonic() < deadline and process.poll() is None, "the run never got going"
+            ids = subprocess.run(["docker", "ps", "-q", "--filter", f"label={label}", "--filter",
+                                  "label=cosim.node=mqtt-broker", "--filter", "status=running"],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            if ids and trace.exists() and trace.stat().st_size > 20_000:
+                broker = ids
+            else:
+                try:
+                    process.wait(timeout=0.1)  # paces the polling; ends it at once if the run ends
+                except subprocess.TimeoutExpired:
+                    pass
+        subprocess.run(["docker", "kill", broker[0]], capture_output=True, check=True)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 4, stderr
+    assert_broker_named_first(trace, stderr)
+    assert_nothing_left(label)

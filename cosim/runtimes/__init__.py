@@ -38,6 +38,11 @@ class Runtime(Protocol):
         """Facts about this one run (project name, run id, ports) for the metrics file only."""
         ...
 
+    def exited_infrastructure(self, wait_s: float = 0.0) -> list[tuple[str, int | None]]:
+        """Infrastructure nodes that are no longer running, with their exit codes (128 + n for signal n); each one
+        still running is given up to ``wait_s`` to be seen exiting (its exit may be recorded a moment late)."""
+        ...
+
     def stop(self) -> None:
         """Remove everything started; idempotent and safe to call after a partial start."""
         ...

@@ -177,6 +177,29 @@ class DockerRuntime:
                 "compose_file": str(self.compose_file) if self.compose_file else None,
                 "attach": "engine-api" if self._engine_socket is not None else "docker-cli"}
 
+    def exited_infrastructure(self, wait_s: float = 0.0) -> list[tuple[str, int | None]]:
+        exited = []
+        for node in self.scenario.containers:
+            container_id = self._containers.get(node.id)
+            if node.speaks_protocol or container_id is None:
+                continue
+            try:
+                state = docker.container.inspect(container_id).state
+            except DockerException:
+                exited.append((node.id, None))  # gone altogether (removed by hand)
+                continue
+            if not state.running:
+                exited.append((node.id, state.exit_code))
+            elif wait_s > 0:
+                try:
+                    done = subprocess.run(["docker", "wait", container_id], capture_output=True, text=True,
+                                          timeout=wait_s)
+                except subprocess.TimeoutExpired:
+                    continue  # still running: not the cause
+                if done.returncode == 0 and done.stdout.strip().isdigit():
+                    exited.append((node.id, int(done.stdout.strip())))
+        return exited
+
     def stop(self) -> None:
         try:
             # `docker attach` ends when its container does (not when its stdin closes): stop the containers

@@ -78,6 +78,16 @@ class LocalRuntime:
     def run_facts(self) -> dict[str, Any]:
         return {"endpoints": self.endpoints()}
 
+    def exited_infrastructure(self, wait_s: float = 0.0) -> list[tuple[str, int | None]]:
+        exited = []
+        for node_id, process in self._infrastructure.items():
+            try:
+                code = process.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                continue
+            exited.append((node_id, 128 - code if code < 0 else code))  # Popen says -n for signal n; shells 128 + n
+        return exited
+
     def stop(self) -> None:
         for transport in self._transports.values():
             transport.close(grace_s=1.0)
