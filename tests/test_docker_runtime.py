@@ -337,3 +337,68 @@ def test_missing_engine_is_one_clear_sentence(service_images: dict[str, str], sw
     assert down.returncode == ENGINE_UNAVAILABLE
     assert "not reachable" in down.stderr + down.stdout
     assert cosim_resources(label) == ([], [])
+
+
+# -- runs whose coordinator was killed are reaped by the next run; live runs never -------------------------------
+
+
+def long_scenario_named(tmp_path: Path, name: str) -> Path:
+    """docker-long under a name of this test's own, so that its labels are nobody else's."""
+    text = (SCENARIOS / "docker-long.yaml").read_text(encoding="utf-8")
+    text = text.replace("name: docker-long\n", f"name: {name}\n")
+    text = text.replace("build: ../../containers/echo", f"build: {ROOT / 'containers' / 'echo'}")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def start_invoke_up(scenario: Path, trace: Path) -> subprocess.Popen[str]:
+    """`invoke up` in a session of its own (its own process group, as a shell job would be)."""
+    return subprocess.Popen([sys.executable, "-m", "invoke", "up", str(scenario), "--trace", str(trace), "-q"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def run_ids(label: str) -> set[str]:
+    done = subprocess.run(["docker", "ps", "-a", "--filter", f"label={label}", "--format",
+                           '{{.Label "cosim.run"}}'], capture_output=True, text=True, check=True)
+    return set(done.stdout.split())
+
+
+def test_a_run_whose_coordinator_was_killed_is_reaped_by_the_next_run(service_images: dict[str, str], swept,
+                                                                      tmp_path: Path) -> None:
+    orphan_label, live_label = swept("reaper-orphan"), swept("reaper-live")
+    orphan = start_invoke_up(long_scenario_named(tmp_path, "reaper-orphan"), tmp_path / "orphan.jsonl")
+    live: subprocess.Popen[str] | None = None
+    try:
+        wait_mid_run(orphan, orphan_label, tmp_path / "orphan.jsonl")
+        (orphan_run,) = run_ids(orphan_label)
+        os.kill(orphan.pid, signal.SIGKILL)  # kill -9: no teardown at all
+        orphan.communicate(timeout=COMMAND_TIMEOUT_S)
+        orphan_containers, orphan_networks = cosim_resources(f"cosim.run={orphan_run}")
+        assert len(orphan_containers) == 2 and len(orphan_networks) == 1  # left behind, still running
+
+        # The next `invoke up` reaps it before starting, and says so.
+        live = start_invoke_up(long_scenario_named(tmp_path, "reaper-live"), tmp_path / "live.jsonl")
+        wait_mid_run(live, live_label, tmp_path / "live.jsonl")
+        assert cosim_resources(f"cosim.run={orphan_run}") == ([], [])
+        (live_run,) = run_ids(live_label)
+        live_resources = cosim_resources(f"cosim.run={live_run}")
+
+        # Another run starting and ending meanwhile reaps nothing of the live one.
+        done = invoke_up("docker-pipeline.yaml", tmp_path / "pipeline.jsonl")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert live_run not in done.stderr and orphan_run not in done.stderr
+        assert cosim_resources(f"cosim.run={live_run}") == live_resources
+        assert len(running_containers(f"cosim.run={live_run}")) == 2
+
+        os.killpg(live.pid, signal.SIGINT)
+        returncode, output = finish(live)
+        assert returncode == INTERRUPTED, output
+        assert f"cosim: removed 2 container(s) and 1 network(s) of run {orphan_run}, whose coordinator is gone" in output
+    finally:
+        for process in (orphan, live):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+    assert cosim_resources(orphan_label) == ([], []) and cosim_resources(live_label) == ([], [])

@@ -7,7 +7,9 @@ left. The coordinator talks to each service's *main process* through the engine'
 sidecar. Services print nothing before INIT, so attaching after start loses nothing.
 
 While a run lives it holds an flock on ``<tmp>/cosim-runs-<uid>/<run id>.lock``: ``invoke down`` removes only
-what belongs to runs whose lock is free (crashed, killed, or started by hand), never a run in progress.
+what belongs to runs whose lock is free (crashed, killed, or started by hand), never a run in progress. A run
+that ends removes its lock file; one whose lock file is still there but free had its coordinator killed
+(``kill -9``, a crash), and the next Docker run reaps it (``reap_orphans``) without being asked.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import fcntl
 import os
 import secrets
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterable
@@ -58,8 +61,12 @@ class RunLock:
         if self._handle is not None:
             return
         RUNS_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-        handle = self.path.open("w")
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        while True:
+            handle = self.path.open("a")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            if _still_at(handle, self.path):
+                break
+            handle.close()  # a reaper removed the file between our open and our lock: lock a fresh one
         self._handle = handle
 
     def release(self) -> None:
@@ -67,6 +74,37 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             self._handle.close()
             self._handle = None
+
+
+def _still_at(handle: IO[str], path: Path) -> bool:
+    """True when the open file ``handle`` is still the file at ``path`` (not unlinked or replaced)."""
+    try:
+        return os.fstat(handle.fileno()).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
+
+
+def reap_orphans() -> dict[str, tuple[int, int]]:
+    """Remove the containers and networks of runs whose coordinator is gone: their lock file is still there (a
+    run that ends removes it) and nobody holds its lock. Each lock is held while its run is reaped, so a run
+    cannot be both reaped and alive. Returns {run id: (containers, networks) removed}."""
+    reaped: dict[str, tuple[int, int]] = {}
+    for path in sorted(RUNS_DIR.glob("*.lock")) if RUNS_DIR.is_dir() else []:
+        try:
+            handle = path.open("r")
+        except OSError:
+            continue  # ended (and removed its lock file) in the meantime
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # alive
+            if not _still_at(handle, path):
+                continue  # ended in the meantime
+            run_id = path.name[: -len(".lock")]
+            reaped[run_id] = remove_by_label(f"{LABEL_RUN}={run_id}")
+            path.unlink(missing_ok=True)
+    return reaped
 
 
 def run_alive(run_id: str) -> bool:
@@ -140,6 +178,9 @@ class DockerRuntime:
 
     def start(self) -> None:
         check_engine()
+        for run_id, (containers, networks) in reap_orphans().items():
+            sys.stderr.write(f"cosim: removed {containers} container(s) and {networks} network(s) of run {run_id}, "
+                             f"whose coordinator is gone\n")
         self.compose_file = compose.render(self.scenario)
         specs = image_specs(self.scenario)
         self._image_ids = self._ensure_images(specs)
