@@ -1,7 +1,8 @@
 """One run, top to bottom: scenario -> runtime -> nodes -> coordinator -> trace (+ metrics beside it).
 
-Teardown is guaranteed: the runtime is stopped on success, on every error and on Ctrl-C/SIGTERM, with
-further signals held off until it has finished, so nothing is left running.
+Teardown is guaranteed: the runtime is stopped on success, on every error and on Ctrl-C/SIGTERM; a second Ctrl-C
+is ignored and signals are held off during the teardown (children started then inherit that), so nothing is
+left running.
 """
 
 from __future__ import annotations
@@ -67,21 +68,32 @@ def build_nodes(scenario: Scenario, runtime: runtimes.Runtime, watchdog_s: float
     return nodes
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends a run the way Ctrl-C does: through the same teardown."""
+class Interrupts:
+    """Ctrl-C and SIGTERM end a run through its teardown, once: the first raises KeyboardInterrupt; any later one
+    (a second Ctrl-C while stopping) is ignored, so that it cannot cut the teardown short."""
 
-    def interrupt(signum: int, frame: FrameType | None) -> None:
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
         raise KeyboardInterrupt
 
+
+@contextlib.contextmanager
+def interrupts_once() -> Iterator[Interrupts]:
+    state = Interrupts()
     if threading.current_thread() is not threading.main_thread():
-        yield  # signals only reach the main thread; a run in another thread is stopped by its caller
+        yield state  # signals only reach the main thread; a run in another thread is stopped by its caller
         return
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {signum: signal.signal(signum, state.handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield state
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
@@ -129,7 +141,7 @@ def run(
     coordinator: Coordinator | None = None
     started = time.monotonic()
     try:
-        with sigterm_as_interrupt():
+        with interrupts_once() as interrupts:
             try:
                 backend.start()
                 nodes = build_nodes(scenario, backend, watchdog_s)
@@ -146,6 +158,7 @@ def run(
                     writer.error(0, getattr(exc, "node", None), "start_failed", _first_line(str(exc)))
                 raise
             finally:
+                interrupts.stopping = True  # from here on, Ctrl-C waits for the teardown
                 with signals_held():
                     # The runtime first: it knows how to end its processes promptly (Docker: stop the
                     # containers, and the attached streams end with them); closing the nodes then finds them done.

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.skip_policy"]  # CI=true or COSIM_NO_SKIP=1: a skip fails, naming what is missing
+
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINERS = ROOT / "containers"
 if str(CONTAINERS) not in sys.path:

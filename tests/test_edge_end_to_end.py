@@ -44,7 +44,7 @@ def mosquitto_missing() -> bool:
 def needs_mosquitto(test: Any) -> Any:
     """Marks a test that runs the local runtime with a real broker; skipped (with the reason) without one."""
     skip = pytest.mark.skipif(mosquitto_missing(),
-                              reason="the local runtime needs `mosquitto` (apt-get install mosquitto)")
+                              reason="needs `mosquitto` on the host (apt-get install mosquitto)")
     return pytest.mark.mosquitto(skip(test))
 
 
@@ -318,6 +318,7 @@ def child_processes_named(name: str) -> list[int]:
     return found
 
 
+@needs_mosquitto
 def test_a_local_broker_killed_mid_run_is_named_before_the_gateway(tmp_path: Path) -> None:
     from cosim.errors import InfrastructureExited
 

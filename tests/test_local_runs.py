@@ -232,8 +232,10 @@ def test_the_summary_of_a_scenario_without_a_detector_reports_no_detections(tmp_
 
 
 def test_the_summary_of_the_default_scenario_reports_each_anomaly(tmp_path: Path) -> None:
-    # Needs a local mosquitto (apt-get install mosquitto); without one, `invoke up` fails saying so.
     from cosim import detections
+    from tests.skip_policy import host_tool
+
+    host_tool("mosquitto")  # the default scenario's broker, on the local runtime
 
     scenario = ROOT / "scenarios" / "default.yaml"
     trace = tmp_path / "default.jsonl"

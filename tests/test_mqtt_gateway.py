@@ -36,7 +36,7 @@ BROKER_VERSION = _broker_version()
 
 
 def needs_mosquitto(test: Callable[..., Any]) -> Callable[..., Any]:
-    skip = pytest.mark.skipif(MOSQUITTO is None, reason="needs the mosquitto broker binary (apt-get install mosquitto)")
+    skip = pytest.mark.skipif(MOSQUITTO is None, reason="needs `mosquitto` on the host (apt-get install mosquitto)")
     return pytest.mark.mosquitto(skip(test))
 
 
@@ -92,7 +92,7 @@ class Broker:
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     if MOSQUITTO is None:
-        pytest.skip("needs the mosquitto broker binary (apt-get install mosquitto)")
+        pytest.skip("needs `mosquitto` on the host (apt-get install mosquitto)")
     running = Broker(tmp_path / "mosquitto.log")
     try:
         yield running

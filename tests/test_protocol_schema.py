@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
 from collections import deque
 from types import SimpleNamespace
 from pathlib import Path
@@ -30,6 +29,7 @@ from cosim.trace import RECORD_KINDS, TraceWriter, base_manifest
 from cosim.transport import TransportClosed
 from protocol_adapter import CoordinatorProtocolAdapter
 from tests.service_process import ROOT, ServiceProcess
+from tests.skip_policy import host_tool
 
 SCHEMA_PATH = ROOT / "schemas" / "protocol.schema.json"
 PROTOCOL_DOC = ROOT / "docs" / "protocol.md"
@@ -317,16 +317,14 @@ def _sketch(language: str) -> str:
 
 def _sketch_command(language: str, directory: Path) -> list[str]:
     if language == "javascript":
-        if shutil.which("node") is None:
-            pytest.skip("node is not installed")
+        node = host_tool("node")
         path = directory / "echo.js"
         path.write_text(_sketch("javascript"), encoding="utf-8")
-        return ["node", str(path)]
-    if shutil.which("jq") is None:
-        pytest.skip("jq is not installed")
+        return [node, str(path)]
+    jq = host_tool("jq")
     path = directory / "echo.jq"
     path.write_text(_sketch("jq"), encoding="utf-8")
-    return ["jq", "-cn", "--unbuffered", "-f", str(path)]
+    return [jq, "-cn", "--unbuffered", "-f", str(path)]
 
 
 @pytest.mark.parametrize("language", ["javascript", "jq"])
