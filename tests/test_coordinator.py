@@ -496,3 +496,32 @@ def test_node_that_cannot_start_gives_a_clear_error(tmp_path: Path, spawned: lis
     last = read_trace(tmp_path / "nostart.jsonl")[-1]
     assert (last["record"], last["error"], last["node"]) == ("error", "start_failed", "bad")
     assert_all_gone(spawned, 1)  # `good` was started first and has been stopped
+
+
+# -- a bug in cosim itself still ends the trace --------------------------------------------------------------------
+
+
+class BuggySink(SinkModel):
+    """Stands in for a defect in cosim's own code: an exception that is not a node failure, at 3000 us."""
+
+    def begin_advance(self, target_us: int, events: list[Event]) -> None:
+        if target_us == 3000:
+            raise ZeroDivisionError("division by zero in a model")
+        super().begin_advance(target_us, events)
+
+
+def test_an_internal_error_ends_the_trace_with_an_internal_error_record(tmp_path: Path) -> None:
+    path = write_scenario(tmp_path / "bug.yaml", [sensor("sensor", 1000, links=[{"to": "sink", "latency_us": 1000}]),
+                                                 sink("sink")], [{"from": "sensor", "to": ["sink"]}])
+    scenario = load(path)
+    writer = TraceWriter(tmp_path / "bug.jsonl", {"scenario": scenario.name})
+    nodes: dict[str, SimNode] = {"sensor": build_nodes(scenario, LocalRuntime(scenario, tmp_path), 5.0)["sensor"],
+                                 "sink": BuggySink("sink")}
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback: it is not a user error
+        Coordinator(scenario, nodes, writer).run()
+    writer.close()
+    records = read_trace(tmp_path / "bug.jsonl")
+    assert records[-1] == {"record": "error", "time_us": 2000, "node": None, "error": "internal_error",
+                           "detail": "ZeroDivisionError: division by zero in a model",
+                           "counts": {"sent": 2, "delivered": 2, "dropped": 0, "unroutable": 0}}
+    assert [r["record"] for r in records] == ["header", "sent", "delivered", "sent", "delivered", "error"]
