@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -63,3 +68,18 @@ def assert_same_simulation(trace_a: Path, trace_b: Path) -> None:
     header_a, header_b = json.loads(lines_a[0]), json.loads(lines_b[0])
     header_a.pop(ENVIRONMENT), header_b.pop(ENVIRONMENT)
     assert header_a == header_b
+
+
+@contextlib.contextmanager
+def invoke_up_session(scenario: Path, trace: Path, *extra: str) -> Iterator[subprocess.Popen[str]]:
+    """`invoke up` in a session of its own (its own process group, as a shell job is, so that a test can press
+    Ctrl-C as a terminal does: os.killpg(process.pid, SIGINT)); killed with its group if still running at the end."""
+    process = subprocess.Popen([sys.executable, "-m", "invoke", "up", str(scenario), "--trace", str(trace), "-q",
+                                *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()

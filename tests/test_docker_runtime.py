@@ -7,6 +7,7 @@ the run is running and the trace has grown", polled against a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from cosim.run import run
 from cosim.runtimes.docker import remove_by_label
 from cosim.scenario import load
 from cosim.tracediff import trace_hash
-from tests.conftest import ROOT, cosim_resources
+from tests.conftest import ROOT, cosim_resources, invoke_up_session
 
 pytestmark = pytest.mark.docker
 
@@ -352,13 +353,6 @@ def long_scenario_named(tmp_path: Path, name: str) -> Path:
     return path
 
 
-def start_invoke_up(scenario: Path, trace: Path) -> subprocess.Popen[str]:
-    """`invoke up` in a session of its own (its own process group, as a shell job would be)."""
-    return subprocess.Popen([sys.executable, "-m", "invoke", "up", str(scenario), "--trace", str(trace), "-q"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-
-
 def run_ids(label: str) -> set[str]:
     done = subprocess.run(["docker", "ps", "-a", "--filter", f"label={label}", "--format",
                            '{{.Label "cosim.run"}}'], capture_output=True, text=True, check=True)
@@ -368,9 +362,9 @@ def run_ids(label: str) -> set[str]:
 def test_a_run_whose_coordinator_was_killed_is_reaped_by_the_next_run(service_images: dict[str, str], swept,
                                                                       tmp_path: Path) -> None:
     orphan_label, live_label = swept("reaper-orphan"), swept("reaper-live")
-    orphan = start_invoke_up(long_scenario_named(tmp_path, "reaper-orphan"), tmp_path / "orphan.jsonl")
-    live: subprocess.Popen[str] | None = None
-    try:
+    with contextlib.ExitStack() as sessions:
+        orphan = sessions.enter_context(invoke_up_session(long_scenario_named(tmp_path, "reaper-orphan"),
+                                                          tmp_path / "orphan.jsonl"))
         wait_mid_run(orphan, orphan_label, tmp_path / "orphan.jsonl")
         (orphan_run,) = run_ids(orphan_label)
         os.kill(orphan.pid, signal.SIGKILL)  # kill -9: no teardown at all
@@ -379,7 +373,8 @@ def test_a_run_whose_coordinator_was_killed_is_reaped_by_the_next_run(service_im
         assert len(orphan_containers) == 2 and len(orphan_networks) == 1  # left behind, still running
 
         # The next `invoke up` reaps it before starting, and says so.
-        live = start_invoke_up(long_scenario_named(tmp_path, "reaper-live"), tmp_path / "live.jsonl")
+        live = sessions.enter_context(invoke_up_session(long_scenario_named(tmp_path, "reaper-live"),
+                                                        tmp_path / "live.jsonl"))
         wait_mid_run(live, live_label, tmp_path / "live.jsonl")
         assert cosim_resources(f"cosim.run={orphan_run}") == ([], [])
         (live_run,) = run_ids(live_label)
@@ -396,9 +391,4 @@ def test_a_run_whose_coordinator_was_killed_is_reaped_by_the_next_run(service_im
         returncode, output = finish(live)
         assert returncode == INTERRUPTED, output
         assert f"cosim: removed 2 container(s) and 1 network(s) of run {orphan_run}, whose coordinator is gone" in output
-    finally:
-        for process in (orphan, live):
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.communicate()
     assert cosim_resources(orphan_label) == ([], []) and cosim_resources(live_label) == ([], [])

@@ -26,7 +26,7 @@ from cosim import detections
 from cosim.run import RunSummary, run
 from cosim.scenario import Scenario, load
 
-from .conftest import assert_same_simulation, cosim_resources
+from .conftest import assert_same_simulation, cosim_resources, invoke_up_session
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "scenarios" / "default.yaml"
@@ -345,10 +345,7 @@ def test_a_docker_broker_killed_mid_run_is_named_before_the_gateway(tmp_path: Pa
                                                                     service_images: dict[str, str]) -> None:
     label = "cosim.scenario=default-broker-killed"
     trace = tmp_path / "killed.jsonl"
-    process = subprocess.Popen([sys.executable, "-m", "invoke", "up", str(broker_kill_scenario(tmp_path)), "--trace",
-                                str(trace), "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
-    try:
+    with invoke_up_session(broker_kill_scenario(tmp_path), trace) as process:
         deadline = time.monotonic() + 120
         broker: list[str] = []
         while not broker:  # the broker's container is up and the run has simulated something
@@ -365,10 +362,6 @@ def test_a_docker_broker_killed_mid_run_is_named_before_the_gateway(tmp_path: Pa
                     pass
         subprocess.run(["docker", "kill", broker[0]], capture_output=True, check=True)
         _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
     assert process.returncode == 4, stderr
     assert_broker_named_first(trace, stderr)
     assert_nothing_left(label)

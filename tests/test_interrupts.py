@@ -11,24 +11,17 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from .conftest import ROOT, cosim_resources
+from .conftest import ROOT, cosim_resources, invoke_up_session
 
 INTERRUPTED = 130
 DEADLINE_S = 120.0
 ECHO = ROOT / "containers" / "echo"
-
-
-def start_up(scenario: Path, trace: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "invoke", "up", str(scenario), "--trace", str(trace), "-q", *extra],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
 
 
 def ctrl_c(process: subprocess.Popen[str]) -> None:
@@ -127,16 +120,11 @@ routes:
 def test_ctrl_c_mid_run_on_the_local_runtime(tmp_path: Path, presses: int) -> None:
     marker = f"cosim-test-{secrets.token_hex(6)}"
     trace = tmp_path / "trace.jsonl"
-    process = start_up(local_scenario(tmp_path, marker), trace, "--runtime", "local")
-    try:
+    with invoke_up_session(local_scenario(tmp_path, marker), trace, "--runtime", "local") as process:
         wait_until(lambda: size(trace) > 5000 and bool(processes_with(marker)), process, "the run got going")
         for _ in range(presses):  # twice: the second arrives while the first is being handled
             ctrl_c(process)
         returncode, stderr = finish(process)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
     last = assert_interrupted(returncode, stderr, trace, starting=False)
     assert last["time_us"] > 0
     assert processes_with(marker) == []
@@ -146,15 +134,11 @@ def test_ctrl_c_during_start_up_on_the_local_runtime(tmp_path: Path) -> None:
     """Interrupted while the runtime waits for an infrastructure node to listen (it never will)."""
     marker = f"cosim-test-{secrets.token_hex(6)}"
     trace = tmp_path / "trace.jsonl"
-    process = start_up(local_scenario(tmp_path, marker, broker_that_never_listens=True), trace, "--runtime", "local")
-    try:
+    scenario = local_scenario(tmp_path, marker, broker_that_never_listens=True)
+    with invoke_up_session(scenario, trace, "--runtime", "local") as process:
         wait_until(lambda: bool(processes_with(marker)), process, "the infrastructure process started")
         ctrl_c(process)
         returncode, stderr = finish(process)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
     assert_interrupted(returncode, stderr, trace, starting=True)
     assert [json.loads(line)["record"] for line in trace.read_text().splitlines()] == ["header", "error"]
     assert processes_with(marker) == []
@@ -197,16 +181,11 @@ def swept_label() -> Any:
 def test_ctrl_c_during_start_up_in_docker(tmp_path: Path, service_images: dict[str, str], swept_label: Any) -> None:
     label = swept_label("ctrl-c-docker-start")
     trace = tmp_path / "trace.jsonl"
-    process = start_up(docker_scenario(tmp_path, "ctrl-c-docker-start"), trace)
-    try:
+    with invoke_up_session(docker_scenario(tmp_path, "ctrl-c-docker-start"), trace) as process:
         # The first container of the run exists: `docker compose up` is creating the project.
         wait_until(lambda: bool(containers(label)), process, "a container of the run was created")
         ctrl_c(process)  # reaches `docker compose up` too: it is in the same process group
         returncode, stderr = finish(process)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
     # Start-up or INIT, depending on how far compose got before the signal: both must end the same way.
     last = assert_interrupted(returncode, stderr, trace, starting=None)
     assert last["time_us"] == 0 or "interrupted at virtual time" in stderr
@@ -218,8 +197,7 @@ def test_a_second_ctrl_c_during_teardown_in_docker(tmp_path: Path, service_image
                                                    swept_label: Any) -> None:
     label = swept_label("ctrl-c-docker-twice")
     trace = tmp_path / "trace.jsonl"
-    process = start_up(docker_scenario(tmp_path, "ctrl-c-docker-twice"), trace)
-    try:
+    with invoke_up_session(docker_scenario(tmp_path, "ctrl-c-docker-twice"), trace) as process:
         wait_until(lambda: len(containers(label, running=True)) == 2 and size(trace) > 5000, process,
                    "the run got going")
         ctrl_c(process)
@@ -227,9 +205,5 @@ def test_a_second_ctrl_c_during_teardown_in_docker(tmp_path: Path, service_image
         wait_until(lambda: len(containers(label, running=True)) < 2, process, "the teardown began")
         ctrl_c(process)
         returncode, stderr = finish(process)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
     assert_interrupted(returncode, stderr, trace, starting=False)
     assert cosim_resources(label) == ([], [])
