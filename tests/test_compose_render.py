@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,13 @@ def test_docker_compose_config_accepts_golden(scenario_path: Path, tmp_path: Pat
         app = resolved["services"]["app"]
         assert app["environment"]["LITERAL"].replace("$$", "$") == "${HOME}-$USER $$"
         assert app["entrypoint"][-1].replace("$$", "$") == "echo $VAR"
+
+
+def test_invoke_golden_rewrites_nothing_when_the_rendering_matches() -> None:
+    """Goldens change only through `invoke golden` (never from a test run); on a clean tree it changes nothing."""
+    before = {path: path.read_bytes() for path in GOLDEN_COMPOSE.glob("*.yaml")}
+    done = subprocess.run([sys.executable, "-m", "invoke", "golden"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(done.stdout.splitlines()) == sorted(f"unchanged tests/golden/compose/{path.name}" for path in before)
+    assert {path: path.read_bytes() for path in GOLDEN_COMPOSE.glob("*.yaml")} == before
