@@ -41,6 +41,8 @@ def read_lines(path: Path) -> TraceLines:
         raise TraceReadError(f"{path}: no such trace file") from None
     except OSError as exc:
         raise TraceReadError(f"{path}: cannot be read as a trace ({exc.strerror})") from None
+    if not data:
+        return TraceLines([], False)
     lines = data.split(b"\n")
     final_newline = lines[-1] == b""
     if final_newline:

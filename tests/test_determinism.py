@@ -209,3 +209,14 @@ def test_a_crlf_difference_is_shown_as_bytes(tmp_path: Path) -> None:
     out = io.StringIO()
     print_comparison(compare(a, cut), out)
     assert "trace B does not end with a newline" in out.getvalue()
+
+
+def test_an_empty_trace_hashes_as_its_bytes(tmp_path: Path) -> None:
+    import hashlib
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert trace_hash(empty) == hashlib.sha256(b"").hexdigest()
+    newline = tmp_path / "newline.jsonl"
+    newline.write_bytes(b"\n")
+    assert trace_hash(newline) == hashlib.sha256(b"\n").hexdigest()
