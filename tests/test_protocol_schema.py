@@ -488,19 +488,19 @@ def check_trace_against_the_documentation(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def test_traces_are_the_same_whatever_language_the_service_is_written_in(tmp_path: Path) -> None:
-    """The Python echo, and the Node.js and jq sketches from docs/protocol.md (no ticks: the sketches have none)."""
+@pytest.mark.parametrize("language", ["javascript", "jq"])
+def test_traces_are_the_same_whatever_language_the_service_is_written_in(tmp_path: Path, language: str) -> None:
+    """The Python echo against the Node.js or the jq sketch from docs/protocol.md (no ticks: the sketches have
+    none). One language each, so that a missing `node` does not take the jq comparison with it."""
     traces = {}
-    for language in ("python", "javascript", "jq"):
-        command = None if language == "python" else _sketch_command(language, tmp_path)
-        scenario = _scenario(tmp_path, language, local_command=command, config="{}")
-        trace = tmp_path / f"{language}.jsonl"
+    for name, command in (("python", None), (language, _sketch_command(language, tmp_path))):
+        scenario = _scenario(tmp_path, name, local_command=command, config="{}")
+        trace = tmp_path / f"{name}.jsonl"
         run(scenario, runtime="local", trace_path=trace, watchdog_s=20)
         records = check_trace_against_the_documentation(trace)
         assert {r["record"] for r in records} >= {"sent", "delivered", "dropped", "unroutable", "footer"}
-        traces[language] = trace.read_bytes().split(b"\n", 1)[1]  # the header names the scenario file's hash
-    assert traces["javascript"] == traces["python"]
-    assert traces["jq"] == traces["python"]
+        traces[name] = trace.read_bytes().split(b"\n", 1)[1]  # the header names the scenario file's hash
+    assert traces[language] == traces["python"]
 
 
 def test_a_failed_run_ends_with_a_documented_error_record(tmp_path: Path) -> None:
