@@ -153,3 +153,17 @@ def bench(*, steps: int = 2000, docker: bool = True, output: str = "traces/bench
     from cosim.bench import bench as run_bench
 
     run_bench(steps=steps, docker=docker, output=Path(output), out=out)
+
+
+def lock(*, upgrade: bool = False, out: TextIO = sys.stdout) -> None:
+    from cosim.environment import update_lock
+
+    out.write(f"{update_lock(upgrade=upgrade)}\n")
+
+
+def report(trace: str, out: TextIO = sys.stdout) -> Path:
+    from cosim.report import write_report
+
+    written = write_report(Path(trace))
+    out.write(f"{written}\n")
+    return written

@@ -19,6 +19,7 @@ from types import FrameType
 from typing import Any, Callable, Iterator
 
 from cosim import compose, runtimes, trace as tracing
+from cosim.environment import dependency_versions
 from cosim.coordinator import Coordinator, RunResult
 from cosim.errors import CosimError, Interrupted
 from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
@@ -118,8 +119,10 @@ def run(
             try:
                 backend.start()
                 nodes = build_nodes(scenario, backend, watchdog_s)
+                # The header's environment (not hashed) also names the versions of cosim's own dependencies.
+                environment = {**backend.manifest(), "dependencies": dependency_versions()}
                 coordinator = Coordinator(scenario, nodes, writer, endpoints=backend.endpoints(),
-                                          environment=backend.manifest(), progress=progress)
+                                          environment=environment, progress=progress)
                 result = coordinator.run()
             except KeyboardInterrupt:
                 # The coordinator turns an interrupt during the run into Interrupted; this is one while starting.
