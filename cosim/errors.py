@@ -83,3 +83,9 @@ class Interrupted(CosimError):
     """The user pressed Ctrl-C or the run received SIGTERM."""
 
     exit_code = 130
+
+
+class TraceReadError(CosimError):
+    """A trace file is missing, unreadable or not a valid cosim trace (the message names the file and line)."""
+
+    exit_code = 2
