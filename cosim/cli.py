@@ -68,9 +68,26 @@ class ProgressLine:
 def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | None = None,
        watchdog_s: float = DEFAULT_WATCHDOG_S, progress: bool = True, out: TextIO = sys.stdout) -> RunSummary:
     progress_line: Callable[[int, int], None] | None = ProgressLine() if progress else None
-    summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line)
+    try:
+        summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line)
+    except CosimError:
+        _report_failed_run(path, trace)
+        raise
     print_summary(summary, out)
+    out.write(f"  report:  {report(str(summary.trace_path), out=None)}\n")
     return summary
+
+
+def _report_failed_run(path: str, trace: str | None) -> None:
+    """A failed run's trace ends in an error record: its report shows where and why (best effort)."""
+    from cosim.report import write_report
+
+    try:
+        trace_path = Path(trace if trace is not None else scenarios.load(path).trace)
+        if trace_path.is_file() and trace_path.stat().st_size:
+            print(f"cosim: report of the failed run: {write_report(trace_path)}", file=sys.stderr)
+    except CosimError:
+        pass  # e.g. the scenario itself is invalid: there is no trace to report on
 
 
 def print_summary(summary: RunSummary, out: TextIO) -> None:
@@ -161,9 +178,10 @@ def lock(*, upgrade: bool = False, out: TextIO = sys.stdout) -> None:
     out.write(f"{update_lock(upgrade=upgrade)}\n")
 
 
-def report(trace: str, out: TextIO = sys.stdout) -> Path:
+def report(trace: str, out: TextIO | None = sys.stdout) -> Path:
     from cosim.report import write_report
 
     written = write_report(Path(trace))
-    out.write(f"{written}\n")
+    if out is not None:
+        out.write(f"{written}\n")
     return written

@@ -183,6 +183,7 @@ def _write_metrics(path: Path, scenario: Scenario, runtime: str, wall_s: float, 
     overhead_s = timings.loop_cpu_s if timings else 0.0
     metrics = {
         "scenario": scenario.name,
+        "scenario_file": str(scenario.path),  # where `invoke report` finds the injected anomalies
         "runtime": runtime,
         "environment": manifest,
         "wall_s": round(wall_s, 6),
