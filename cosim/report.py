@@ -432,13 +432,13 @@ def render(trace: Trace, metrics: Mapping[str, Any] | None, scenario: scenarios.
 
 
 def _vibration(trace: Trace, scenario: scenarios.Scenario | None) -> tuple[list[dict[str, Any]], detections.Report | None]:
-    """The verdicts that reached a sink and the detection report, when the run has any (else None)."""
+    """The verdicts that reached a sink and the detection report, when the trace has verdicts (else None)."""
     if scenario is None:
         return [], None
     events = detections.sink_events_from_trace(trace.path, scenario)
     result = detections.report(scenario, events)
-    if not result.detections and not result.verdicts:
-        return [], None
+    if not result.verdicts:
+        return [], None  # no classifier verdict reached a sink: not a vibration-monitoring run
     verdicts = [e for e in events if e.get("type") == "inference_result" and isinstance(e.get("data"), dict)]
     return verdicts, result
 
