@@ -58,19 +58,23 @@ class ProgressLine:
         if clock - self._last_draw < self.interval_s and now_us < duration_us:
             return  # redrawing every step would cost more than the step
         self._last_draw = clock
-        if self._bar is None:
-            self._start()
+        starting = self._bar is None
+        if starting:
+            self._create()
         wall_s = clock - self._started
         factor = now_us / 1e6 / wall_s if wall_s > 0 else 0.0
         eta = f"{(duration_us - now_us) / 1e6 / factor:.0f} s" if factor > 0 else "?"
         self._bar.update(self._task, completed=now_us, total=duration_us, status=(
             f"{now_us / 1e6:.3f} / {duration_us / 1e6:g} s virtual  {now_us / duration_us:4.0%}  "
             f"{factor:.1f}x real time  ETA {eta}"))
-        self._bar.refresh()
+        if starting:
+            self._bar.start()  # draws the first state (nothing drawn before the first update)
+        else:
+            self._bar.refresh()
         if now_us >= duration_us:
             self.close()
 
-    def _start(self) -> None:
+    def _create(self) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn
 
@@ -78,7 +82,6 @@ class ProgressLine:
         self._bar = Progress(TextColumn("  "), BarColumn(bar_width=30), TextColumn("{task.fields[status]}"),
                              console=console, auto_refresh=False)
         self._task = self._bar.add_task("run", total=None, status="")
-        self._bar.start()
 
     def close(self) -> None:
         """End the line (also when the run stopped early), so what follows starts on a fresh line."""
