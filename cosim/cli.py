@@ -98,21 +98,24 @@ def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | No
     except CosimError:
         if progress_line is not None:
             progress_line.close()
-        _report_failed_run(path, trace)
+        _report_failed_run(path, trace, out)
         raise
     print_summary(summary, out)
     out.write(f"  report:  {report(str(summary.trace_path), out=None)}\n")
     return summary
 
 
-def _report_failed_run(path: str, trace: str | None) -> None:
-    """A failed run's trace ends in an error record: its report shows where and why (best effort)."""
+def _report_failed_run(path: str, trace: str | None, out: TextIO) -> None:
+    """A run that failed while simulating: its report shows where and why (on stdout; the error goes to stderr).
+    Nothing for a run that never started: its trace holds no more than the error message already says."""
     from cosim.report import write_report
+    from cosim.trace import read
 
     try:
         trace_path = Path(trace if trace is not None else scenarios.load(path).trace)
-        if trace_path.is_file() and trace_path.stat().st_size:
-            print(f"cosim: report of the failed run: {write_report(trace_path)}", file=sys.stderr)
+        error = read(trace_path).error
+        if error is not None and error.error != "start_failed":
+            out.write(f"  report:  {write_report(trace_path)}\n")
     except CosimError:
         pass  # e.g. the scenario itself is invalid: there is no trace to report on
 

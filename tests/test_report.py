@@ -102,6 +102,14 @@ def test_invoke_up_prints_the_report_path(tmp_path: Path) -> None:
     assert (tmp_path / "pipeline.report.html").is_file()
 
 
+def test_a_failed_invoke_up_prints_its_report(tmp_path: Path) -> None:
+    out = _Out()
+    with pytest.raises(CosimError, match="node 'echo'"):
+        cli.up(str(FAILING), runtime="local", trace=str(tmp_path / "f.jsonl"), progress=False, out=out)  # type: ignore[arg-type]
+    assert out.text == f"  report:  {tmp_path / 'f.report.html'}\n"
+    assert "This run failed" in (tmp_path / "f.report.html").read_text(encoding="utf-8")
+
+
 def test_report_of_a_malformed_trace_names_file_and_line(tmp_path: Path) -> None:
     trace = tmp_path / "bad.jsonl"
     trace.write_text('{"record":"header","format":"cosim-trace/1"}\nnot json\n', encoding="utf-8")
