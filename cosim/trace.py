@@ -119,8 +119,10 @@ class Header:
 
 
 @dataclass(frozen=True)
-class Sent:
-    time_us: int
+class _Emission:
+    """The fields every event record has: one emission, ``(source, seq)``, and its payload."""
+
+    time_us: int  # emission time (delivery time for Delivered)
     source: str
     seq: int
     type: str
@@ -128,14 +130,14 @@ class Sent:
 
 
 @dataclass(frozen=True)
-class Delivered:
+class Sent(_Emission):
+    pass
+
+
+@dataclass(frozen=True)
+class Delivered(_Emission):
     dest: str
-    time_us: int  # delivery time
-    sent_us: int  # emission time
-    source: str
-    seq: int
-    type: str
-    data: Any
+    sent_us: int  # emission time; time_us is the delivery time
 
     @property
     def latency_us(self) -> int:
@@ -144,23 +146,14 @@ class Delivered:
 
 
 @dataclass(frozen=True)
-class Dropped:
+class Dropped(_Emission):
     dest: str
     reason: str
-    time_us: int  # emission time
-    source: str
-    seq: int
-    type: str
-    data: Any
 
 
 @dataclass(frozen=True)
-class Unroutable:
-    time_us: int
-    source: str
-    seq: int
-    type: str
-    data: Any
+class Unroutable(_Emission):
+    pass
 
 
 @dataclass(frozen=True)
