@@ -177,8 +177,9 @@ def timeline_chart(trace: Trace) -> str:
         for node, times in by_node.items():
             if node not in rows:
                 continue
-            axes.eventplot([times], lineoffsets=rows[node] + offsets[kind], linelengths=0.22, linewidths=0.8,
-                           colors=COLOURS[kind], label=kind if first else None, rasterized=rasterized)
+            # One line of tick markers per node and kind: far cheaper than one path per event (eventplot).
+            axes.plot(times, [rows[node] + offsets[kind]] * len(times), "|", markersize=7, markeredgewidth=0.8,
+                      color=COLOURS[kind], label=kind if first else None, rasterized=rasterized)
             first = False
     if trace.error is not None:
         axes.axvline(trace.error.time_us / 1e6, color=COLOURS["dropped"], linestyle="--", linewidth=1.5,

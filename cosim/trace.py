@@ -229,18 +229,22 @@ def _kind_of(record: EventRecord) -> str:
     return next(kind for kind, cls in _EVENT_TYPES.items() if isinstance(record, cls))
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _build(cls: type, record: dict[str, Any], where: str) -> Any:
+    names = _FIELD_NAMES.get(cls) or _FIELD_NAMES.setdefault(cls, tuple(item.name for item in fields(cls)))
     values = {}
-    for item in fields(cls):
-        if item.name not in record:
-            if item.name == "environment":
-                values[item.name] = None
+    for name in names:
+        if name not in record:
+            if name == "environment":
+                values[name] = None
                 continue
-            raise TraceReadError(f"{where}: {record['record']!r} record has no {item.name!r} field")
-        value = record[item.name]
-        if item.name in _INT_FIELDS and (not isinstance(value, int) or isinstance(value, bool)):
-            raise TraceReadError(f"{where}: field {item.name!r} must be an integer, not {json.dumps(value)}")
-        values[item.name] = value
+            raise TraceReadError(f"{where}: {record['record']!r} record has no {name!r} field")
+        value = record[name]
+        if name in _INT_FIELDS and (type(value) is not int):  # bool is not an integer here
+            raise TraceReadError(f"{where}: field {name!r} must be an integer, not {json.dumps(value)}")
+        values[name] = value
     return cls(**values)
 
 
