@@ -170,3 +170,33 @@ def test_fresh_clone_up_on_a_bare_machine(tmp_path: Path, without_debootstrap: N
         assert engine.docker("ps", "-aq").stdout.strip() == ""
         networks = engine.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
         assert sorted(networks) == ["bridge", "host", "none"]
+
+
+def test_without_root_inv_names_the_command_to_run() -> None:
+    """Not root, packages missing: ./inv stops at once with the exact apt-get command (and sets up nothing)."""
+    assert os.geteuid() == 0, "this test needs root (to run ./inv as another user)"
+    base = Path(tempfile.mkdtemp(prefix="cosim-nonroot-", dir="/var/tmp"))  # pytest's tmp is closed to others
+    try:
+        base.chmod(0o755)
+        clone = base / "cosim"
+        subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+        # A PATH on which jq and chromium are missing; everything else is where it is.
+        bin_dir = base / "bin"
+        bin_dir.mkdir(mode=0o755)
+        for directory in ("/usr/local/bin", "/usr/bin", "/bin"):
+            for program in Path(directory).iterdir() if Path(directory).is_dir() else ():
+                if program.name not in ("jq", "chromium") and not (bin_dir / program.name).exists():
+                    (bin_dir / program.name).symlink_to(program)
+        nobody = 65534
+        subprocess.run(["chown", "-R", f"{nobody}:{nobody}", str(clone)], check=True)
+        done = subprocess.run(
+            ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups", "env", "-i", f"HOME={clone}",
+             f"PATH={bin_dir}", "./inv", "test", "--help"],
+            cwd=clone, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+        assert done.returncode != 0
+        assert done.stderr.splitlines() == [
+            "inv: error: ./inv test needs Debian packages that are missing: run `sudo apt-get install -y jq chromium` "
+            "(or run ./inv as root), then ./inv test again."]
+        assert not (clone / ".venv").exists()  # it stopped before spending time on anything else
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
