@@ -124,3 +124,15 @@ def test(c: Context, k: str = "", fast: bool = False) -> None:
     result = c.run(shlex.join(args), pty=False, warn=True)
     if result is None or result.exited != 0:
         raise Exit(code=result.exited if result is not None else 1)
+
+
+@task(help={"upgrade": "move every pin to the newest version allowed by pyproject.toml (default: keep pins)"})
+def lock(c: Context, upgrade: bool = False) -> None:
+    """Re-resolve pyproject.toml into requirements.lock (pinned, with hashes); ./inv then installs it."""
+    _call(cli.lock, upgrade=upgrade)
+
+
+@task(positional=["trace"], help={"trace": "a trace file (.jsonl); the report goes beside it (.report.html)"})
+def report(c: Context, trace: str) -> None:
+    """Write a self-contained HTML report of a run (charts, manifest, metrics) and print its path."""
+    _call(cli.report, trace)

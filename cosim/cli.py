@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from cosim import compose, detections, options, scenario as scenarios
 from cosim.errors import CosimError
@@ -33,44 +33,91 @@ def render(path: str, out: TextIO = sys.stdout) -> Path:
 
 
 class ProgressLine:
-    """Virtual time against duration; redrawn in place on a terminal, every 10% otherwise (wall clock: display only)."""
+    """Progress in virtual time. On a terminal: one line redrawn in place (rich) with virtual time, percent,
+    real-time factor and ETA. Otherwise (logs, CI): a plain line every 10%. Wall clock: display only."""
 
-    def __init__(self, out: TextIO = sys.stderr, interval_s: float = 0.25) -> None:
+    def __init__(self, out: TextIO = sys.stderr, *, terminal: bool | None = None, interval_s: float = 0.1) -> None:
         self.out = out
-        self.tty = out.isatty()
+        self.terminal = out.isatty() if terminal is None else terminal
         self.interval_s = interval_s
         self._last_draw = 0.0
         self._last_decile = -1
         self._started = time.monotonic()
+        self._bar: Any = None  # rich.progress.Progress, started on the first step
+        self._task: Any = None
 
     def __call__(self, now_us: int, duration_us: int) -> None:
-        fraction = now_us / duration_us
-        if self.tty:
-            clock = time.monotonic()
-            if clock - self._last_draw < self.interval_s and now_us < duration_us:
-                return
-            self._last_draw = clock
-            width = 30
-            bar = "#" * int(fraction * width)
-            self.out.write(f"\r  [{bar:<{width}}] {now_us / 1e6:9.3f} / {duration_us / 1e6:.3f} s virtual "
-                           f"({clock - self._started:6.1f} s wall)")
-            if now_us >= duration_us:
-                self.out.write("\n")
-            self.out.flush()
-        else:
-            decile = int(fraction * 10)
+        if not self.terminal:
+            decile = int(now_us / duration_us * 10)
             if decile > self._last_decile:
                 self._last_decile = decile
                 self.out.write(f"  {now_us / 1e6:.3f} / {duration_us / 1e6:.3f} s virtual ({decile * 10}%)\n")
                 self.out.flush()
+            return
+        clock = time.monotonic()
+        if clock - self._last_draw < self.interval_s and now_us < duration_us:
+            return  # redrawing every step would cost more than the step
+        self._last_draw = clock
+        starting = self._bar is None
+        if starting:
+            self._create()
+        wall_s = clock - self._started
+        factor = now_us / 1e6 / wall_s if wall_s > 0 else 0.0
+        eta = f"{(duration_us - now_us) / 1e6 / factor:.0f} s" if factor > 0 else "?"
+        self._bar.update(self._task, completed=now_us, total=duration_us, status=(
+            f"{now_us / 1e6:.3f} / {duration_us / 1e6:g} s virtual  {now_us / duration_us:4.0%}  "
+            f"{factor:.1f}x real time  ETA {eta}"))
+        if starting:
+            self._bar.start()  # draws the first state (nothing drawn before the first update)
+        else:
+            self._bar.refresh()
+        if now_us >= duration_us:
+            self.close()
+
+    def _create(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        console = Console(file=self.out, force_terminal=True)
+        self._bar = Progress(TextColumn("  "), BarColumn(bar_width=30), TextColumn("{task.fields[status]}"),
+                             console=console, auto_refresh=False)
+        self._task = self._bar.add_task("run", total=None, status="")
+
+    def close(self) -> None:
+        """End the line (also when the run stopped early), so what follows starts on a fresh line."""
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | None = None,
        watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, out: TextIO = sys.stdout) -> RunSummary:
-    progress_line: Callable[[int, int], None] | None = ProgressLine() if progress else None
-    summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line)
+    progress_line = ProgressLine() if progress else None
+    try:
+        summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line)
+    except CosimError:
+        if progress_line is not None:
+            progress_line.close()
+        _report_failed_run(path, trace, out)
+        raise
     print_summary(summary, out)
+    out.write(f"  report:  {report(str(summary.trace_path), out=None)}\n")
     return summary
+
+
+def _report_failed_run(path: str, trace: str | None, out: TextIO) -> None:
+    """A run that failed while simulating: its report shows where and why (on stdout; the error goes to stderr).
+    Nothing for a run that never started: its trace holds no more than the error message already says."""
+    from cosim.report import write_report
+    from cosim.trace import read
+
+    try:
+        trace_path = Path(trace if trace is not None else scenarios.load(path).trace)
+        error = read(trace_path).error
+        if error is not None and error.error != "start_failed":
+            out.write(f"  report:  {write_report(trace_path)}\n")
+    except CosimError:
+        pass  # e.g. the scenario itself is invalid: there is no trace to report on
 
 
 def print_summary(summary: RunSummary, out: TextIO) -> None:
@@ -172,3 +219,18 @@ def bench(*, steps: int | str = 2000, docker: bool = True, output: str = "traces
     from cosim.bench import bench as run_bench
 
     run_bench(steps=options.integer_at_least("--steps", steps, 1), docker=docker, output=Path(output), out=out)
+
+
+def lock(*, upgrade: bool = False, out: TextIO = sys.stdout) -> None:
+    from cosim.environment import update_lock
+
+    out.write(f"{update_lock(upgrade=upgrade)}\n")
+
+
+def report(trace: str, out: TextIO | None = sys.stdout) -> Path:
+    from cosim.report import write_report
+
+    written = write_report(Path(trace))
+    if out is not None:
+        out.write(f"{written}\n")
+    return written

@@ -125,3 +125,9 @@ class OptionError(CosimError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"{option} {value!r}: expected {allowed}")
+
+
+class TraceReadError(CosimError):
+    """A trace file is missing, unreadable or not a valid cosim trace (the message names the file and line)."""
+
+    exit_code = 2

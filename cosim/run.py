@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any, Callable, Iterator
 
 from cosim import compose, options, runtimes, trace as tracing
+from cosim.environment import dependency_versions
 from cosim.coordinator import Coordinator, RunResult
 from cosim.errors import CosimError, Interrupted
 from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
@@ -145,8 +146,10 @@ def run(
             try:
                 backend.start()
                 nodes = build_nodes(scenario, backend, watchdog_s)
+                # The header's environment (not hashed) also names the versions of cosim's own dependencies.
+                environment = {**backend.manifest(), "dependencies": dependency_versions()}
                 coordinator = Coordinator(scenario, nodes, writer, endpoints=backend.endpoints(),
-                                          environment=backend.manifest(), progress=progress,
+                                          environment=environment, progress=progress,
                                           exited_infrastructure=backend.exited_infrastructure)
                 result = coordinator.run()
             except KeyboardInterrupt:
@@ -209,6 +212,7 @@ def _write_metrics(path: Path, scenario: Scenario, runtime: str, wall_s: float, 
     overhead_s = timings.loop_cpu_s if timings else 0.0
     metrics = {
         "scenario": scenario.name,
+        "scenario_file": str(scenario.path),  # where `invoke report` finds the injected anomalies
         "runtime": runtime,
         "environment": manifest,
         "wall_s": round(wall_s, 6),

@@ -3,15 +3,24 @@
 Canonical JSON (sorted keys, fixed separators), so the same run gives the same bytes. Nothing measured on the
 wall clock belongs here (that goes to the metrics file). A run that fails ends with an ``error`` record
 instead of the footer; everything before it is kept.
+
+Writing: ``TraceWriter``. Reading: ``read(path)`` gives a ``Trace`` of typed, frozen records (the format is
+documented in docs/trace-format.md), and ``Trace.to_dataframe()`` a pandas DataFrame (``cosim[analysis]``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO, Any, Mapping
+from typing import IO, TYPE_CHECKING, Any, Mapping, Union
 
 from cosim import __version__, protocol
+from cosim.errors import CosimError, TraceReadError
+
+if TYPE_CHECKING:
+    import pandas
 
 FORMAT = "cosim-trace/1"
 RECORD_KINDS = ("header", "sent", "delivered", "dropped", "unroutable", "error", "footer")
@@ -87,3 +96,201 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# -- reading ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Header:
+    """The run's manifest. Everything but ``environment`` is hashed (the trace's identity)."""
+
+    format: str
+    scenario: str
+    scenario_sha256: str
+    compose_sha256: str
+    seed: int
+    duration_us: int
+    quantum_us: int
+    nodes: Mapping[str, str]  # node id -> kind
+    protocol: int
+    cosim: str
+    environment: Mapping[str, Any] | None  # None: the run failed before INIT completed
+
+
+@dataclass(frozen=True)
+class _Emission:
+    """The fields every event record has: one emission, ``(source, seq)``, and its payload."""
+
+    time_us: int  # emission time (delivery time for Delivered)
+    source: str
+    seq: int
+    type: str
+    data: Any
+
+
+@dataclass(frozen=True)
+class Sent(_Emission):
+    pass
+
+
+@dataclass(frozen=True)
+class Delivered(_Emission):
+    dest: str
+    sent_us: int  # emission time; time_us is the delivery time
+
+    @property
+    def latency_us(self) -> int:
+        """Virtual time on the link (latency + jitter)."""
+        return self.time_us - self.sent_us
+
+
+@dataclass(frozen=True)
+class Dropped(_Emission):
+    dest: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unroutable(_Emission):
+    pass
+
+
+@dataclass(frozen=True)
+class Footer:
+    status: str
+    end_us: int
+    steps: int
+    in_flight: int
+    counts: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class RunError:
+    """The ``error`` record that ends a failed run, in place of the footer."""
+
+    time_us: int
+    node: str | None
+    error: str
+    detail: str
+    counts: Mapping[str, int]
+
+
+EventRecord = Union[Sent, Delivered, Dropped, Unroutable]
+_EVENT_TYPES: dict[str, type] = {"sent": Sent, "delivered": Delivered, "dropped": Dropped, "unroutable": Unroutable}
+_INT_FIELDS = {"time_us", "sent_us", "seq", "seed", "duration_us", "quantum_us", "protocol", "end_us", "steps",
+               "in_flight"}
+
+
+@dataclass(frozen=True)
+class Trace:
+    path: Path
+    header: Header
+    records: tuple[EventRecord, ...]  # in file order
+    end: Footer | RunError | None  # None: the trace stops without either (the writer was killed)
+
+    @property
+    def footer(self) -> Footer | None:
+        return self.end if isinstance(self.end, Footer) else None
+
+    @property
+    def error(self) -> RunError | None:
+        return self.end if isinstance(self.end, RunError) else None
+
+    def of(self, kind: type) -> list[Any]:
+        """The records of one kind, e.g. ``trace.of(Delivered)``."""
+        return [record for record in self.records if isinstance(record, kind)]
+
+    def to_dataframe(self) -> "pandas.DataFrame":
+        """One row per event record: record, time_us, source, seq, type, dest, sent_us, latency_us, reason, data.
+
+        Needs pandas (``pip install 'cosim[analysis]'``; ./inv's environment has it)."""
+        try:
+            import pandas
+        except ImportError:
+            raise CosimError("Trace.to_dataframe needs pandas: install cosim's analysis extra "
+                             "(pip install 'cosim[analysis]')") from None
+        columns = ["record", "time_us", "source", "seq", "type", "dest", "sent_us", "latency_us", "reason", "data"]
+        rows = []
+        for record in self.records:
+            rows.append({
+                "record": _kind_of(record), "time_us": record.time_us, "source": record.source, "seq": record.seq,
+                "type": record.type, "dest": getattr(record, "dest", None), "sent_us": getattr(record, "sent_us", None),
+                "latency_us": record.latency_us if isinstance(record, Delivered) else None,
+                "reason": getattr(record, "reason", None), "data": record.data,
+            })
+        frame = pandas.DataFrame(rows, columns=columns)
+        for column in ("sent_us", "latency_us"):
+            frame[column] = frame[column].astype("Int64")  # nullable: only delivered records have them
+        return frame
+
+
+def _kind_of(record: EventRecord) -> str:
+    return next(kind for kind, cls in _EVENT_TYPES.items() if isinstance(record, cls))
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _build(cls: type, record: dict[str, Any], where: str) -> Any:
+    names = _FIELD_NAMES.get(cls) or _FIELD_NAMES.setdefault(cls, tuple(item.name for item in fields(cls)))
+    values = {}
+    for name in names:
+        if name not in record:
+            if name == "environment":
+                values[name] = None
+                continue
+            raise TraceReadError(f"{where}: {record['record']!r} record has no {name!r} field")
+        value = record[name]
+        if name in _INT_FIELDS and (type(value) is not int):  # bool is not an integer here
+            raise TraceReadError(f"{where}: field {name!r} must be an integer, not {json.dumps(value)}")
+        values[name] = value
+    return cls(**values)
+
+
+def read(path: str | Path) -> Trace:
+    """Read a trace file into typed records. Raises TraceReadError, naming the file and line, for a file that is
+    not a cosim trace. Lines are split on "\\n" only: payloads may hold other line separators (U+2028, ...)."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise TraceReadError(f"{path}: no such trace file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TraceReadError(f"{path}: cannot be read as a trace ({exc})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline ending the last record
+    if not lines:
+        raise TraceReadError(f"{path}: empty file, not a trace")
+    header: Header | None = None
+    records: list[EventRecord] = []
+    end: Footer | RunError | None = None
+    for number, line in enumerate(lines, start=1):
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise TraceReadError(f"{where}: not a JSON record") from None
+        if not isinstance(record, dict) or not isinstance(record.get("record"), str):
+            raise TraceReadError(f"{where}: not a trace record (no 'record' field)")
+        kind = record["record"]
+        if end is not None:
+            raise TraceReadError(f"{where}: a {kind!r} record after the run's last ({'footer' if isinstance(end, Footer) else 'error'}) record")
+        if number == 1:
+            if kind != "header":
+                raise TraceReadError(f"{where}: the first record must be the header, not {kind!r}")
+            if record.get("format") != FORMAT:
+                raise TraceReadError(f"{where}: format {record.get('format')!r} is not {FORMAT!r}")
+            header = _build(Header, record, where)
+        elif kind in _EVENT_TYPES:
+            records.append(_build(_EVENT_TYPES[kind], record, where))
+        elif kind == "footer":
+            end = _build(Footer, record, where)
+        elif kind == "error":
+            end = _build(RunError, record, where)
+        else:
+            expected = ", ".join(k for k in RECORD_KINDS if k != "header")
+            raise TraceReadError(f"{where}: unknown record kind {kind!r} (expected one of {expected})")
+    assert header is not None
+    return Trace(path, header, tuple(records), end)

@@ -17,13 +17,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cosim import protocol
-from cosim.errors import CosimError
+from cosim.errors import TraceReadError
 
 ENVIRONMENT = "environment"
-
-
-class TraceReadError(CosimError):
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -265,6 +265,18 @@ def test_replicas_round_robin_in_docker_equals_local(service_images: dict[str, s
     assert_same_simulation(local.trace_path, docker_run.trace_path)
 
 
+@pytest.mark.docker
+@pytest.mark.browser
+def test_report_of_the_docker_run_renders_in_chromium(docker_default: RunSummary, tmp_path: Path) -> None:
+    from cosim.report import write_report
+
+    from .browser import assert_report_renders
+
+    report = write_report(docker_default.trace_path, output=tmp_path / "default.report.html")
+    assert "<code>docker</code>" in report.read_text(encoding="utf-8")  # the runtime, from the environment block
+    assert_report_renders(report, tmp_path / "default.png", charts=5)
+
+
 # -- the local runtime without mosquitto ------------------------------------------------------------------
 
 

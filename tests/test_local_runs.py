@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import platform
 import random
@@ -97,6 +98,11 @@ def test_another_seed_gives_another_trace(first_run: RunSummary, tmp_path: Path)
     assert records(other.trace_path)[0]["seed"] == 43
 
 
+# cosim's runtime dependencies (pyproject.toml), whose versions the header's environment names.
+COSIM_DEPENDENCIES = ("invoke", "jsonschema", "matplotlib", "onnxruntime", "paho-mqtt", "python-on-whales", "pyyaml",
+                      "rich")
+
+
 def test_trace_header_identifies_the_run(first_run: RunSummary) -> None:
     header = records(first_run.trace_path)[0]
     compose_text = compose.render_text(scenarios.load(PIPELINE))
@@ -108,7 +114,8 @@ def test_trace_header_identifies_the_run(first_run: RunSummary) -> None:
         "nodes": {"echo-1": "service", "echo-2": "service", "sensor-a": "sensor", "sensor-b": "sensor",
                   "sink": "sink"},
         # Not hashed: what may differ between machines and runtimes.
-        "environment": {"runtime": "local", "python": platform.python_version(), "services": {}},
+        "environment": {"runtime": "local", "python": platform.python_version(), "services": {},
+                        "dependencies": {name: importlib.metadata.version(name) for name in COSIM_DEPENDENCIES}},
     }
 
 

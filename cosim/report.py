@@ -1,0 +1,454 @@
+"""`invoke report TRACE`: one self-contained HTML page about a run, written beside its trace.
+
+The page holds the run's manifest (the trace header), the wall-clock metrics when the metrics file is there,
+and charts drawn with matplotlib into inline SVG: an event timeline per node, the virtual latency per link
+(and sensor to sink, for vibration runs), drops per link, and each injected anomaly with its detection. No
+script, no stylesheet or font from elsewhere: it opens offline. A run that failed shows where and why.
+
+The scenario file is needed only for the vibration section (which anomalies were injected); it is found by
+its SHA-256 (the header's ``scenario_sha256``), so a report never pairs a trace with an edited scenario.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import io
+import json
+import math
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from cosim import detections, scenario as scenarios, trace as traces
+from cosim.errors import ScenarioError
+from cosim.run import artifact_paths
+from cosim.trace import Delivered, Dropped, Footer, RunError, Sent, Trace, Unroutable
+
+ROOT = Path(__file__).resolve().parent.parent
+SUFFIX = ".report.html"
+PERCENTILES = (50, 95, 99)
+RASTERIZE_ABOVE = 20_000  # markers per chart above which they are embedded as an image inside the SVG
+MAX_LINKS_DRAWN = 12  # latency curves per chart (the table lists every link)
+
+COLOURS = {"sent": "#1f77b4", "delivered": "#2ca02c", "dropped": "#d62728", "unroutable": "#9467bd",
+           "anomaly": "#ff7f0e"}
+
+
+def report_path(trace_path: Path) -> Path:
+    """``traces/x.jsonl`` -> ``traces/x.report.html`` (beside the metrics file and the logs)."""
+    metrics_path, _ = artifact_paths(trace_path)
+    return metrics_path.with_name(metrics_path.name[: -len(".metrics.json")] + SUFFIX)
+
+
+def write_report(trace_path: Path, *, scenario_path: Path | None = None, output: Path | None = None) -> Path:
+    trace = traces.read(trace_path)
+    metrics_path, _ = artifact_paths(trace_path)
+    metrics = _read_metrics(metrics_path)
+    scenario, scenario_note = find_scenario(trace, metrics, scenario_path)
+    target = output or report_path(trace_path)
+    target.write_text(render(trace, metrics, scenario, scenario_note), encoding="utf-8")
+    return target
+
+
+def _read_metrics(path: Path) -> dict[str, Any] | None:
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
+def find_scenario(trace: Trace, metrics: Mapping[str, Any] | None,
+                  explicit: Path | None = None) -> tuple[scenarios.Scenario | None, str]:
+    """The scenario file whose bytes hash to the header's scenario_sha256, and a note on where it came from."""
+    candidates: list[Path] = []
+    if explicit is not None:
+        candidates.append(explicit)
+    if metrics and isinstance(metrics.get("scenario_file"), str):
+        candidates.append(Path(metrics["scenario_file"]))
+    candidates.append(ROOT / "scenarios" / f"{trace.header.scenario}.yaml")
+    candidates += sorted((ROOT / "scenarios").glob("*.yaml")) + sorted(trace.path.parent.glob("*.yaml"))
+    for candidate in dict.fromkeys(candidates):
+        try:
+            if hashlib.sha256(candidate.read_bytes()).hexdigest() != trace.header.scenario_sha256:
+                continue
+            return scenarios.load(candidate), f"scenario file: {candidate}"
+        except (OSError, ScenarioError):
+            continue
+    return None, ("the scenario file (SHA-256 " + trace.header.scenario_sha256[:12] + "...) was not found, so "
+                  "injected anomalies cannot be shown")
+
+
+# -- numbers ----------------------------------------------------------------------------------------------------
+
+
+def percentile(ordered: Sequence[int], q: float) -> int:
+    """Nearest-rank percentile of sorted values."""
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    source: str
+    dest: str
+    latencies_us: tuple[int, ...]  # sorted
+    dropped: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.source} → {self.dest}"
+
+    @property
+    def delivered(self) -> int:
+        return len(self.latencies_us)
+
+    @property
+    def loss(self) -> float | None:
+        settled = self.delivered + self.dropped
+        return self.dropped / settled if settled else None
+
+
+def link_stats(trace: Trace) -> list[LinkStats]:
+    latencies: dict[tuple[str, str], list[int]] = defaultdict(list)
+    dropped: Counter[tuple[str, str]] = Counter()
+    for record in trace.records:
+        if isinstance(record, Delivered):
+            latencies[(record.source, record.dest)].append(record.latency_us)
+        elif isinstance(record, Dropped):
+            dropped[(record.source, record.dest)] += 1
+    return [LinkStats(s, d, tuple(sorted(latencies[(s, d)])), dropped[(s, d)])
+            for s, d in sorted(set(latencies) | set(dropped))]
+
+
+# -- charts -----------------------------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure
+
+
+def _svg(figure: Any) -> str:
+    """The figure as an inline <svg> element: no XML prolog, DOCTYPE or RDF metadata (which name URLs)."""
+    import matplotlib
+
+    buffer = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "cosim-report"}):
+        figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    text = buffer.getvalue()
+    text = re.sub(r"<\?xml[^>]*\?>\s*", "", text)
+    text = re.sub(r"<!DOCTYPE[^>]*>\s*", "", text)
+    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
+    return text.strip()
+
+
+def _seconds_axis(axes: Any, duration_us: int) -> None:
+    axes.set_xlim(0, duration_us / 1e6)
+    axes.set_xlabel("virtual time (s)")
+    axes.grid(axis="x", alpha=0.3)
+
+
+def timeline_chart(trace: Trace) -> str:
+    """Per node: when it sent (its emissions), received (deliveries to it) and lost events (drops of its
+    emissions, at emission time); the failure, if any, as a red line."""
+    nodes = [node for node, kind in trace.header.nodes.items() if kind != "infrastructure"]
+    rows = {node: index for index, node in enumerate(reversed(nodes))}
+    series: dict[str, dict[str, list[float]]] = {kind: defaultdict(list) for kind in ("sent", "delivered", "dropped", "unroutable")}
+    for record in trace.records:
+        if isinstance(record, Delivered):
+            series["delivered"][record.dest].append(record.time_us / 1e6)
+        elif isinstance(record, Sent):
+            series["sent"][record.source].append(record.time_us / 1e6)
+        elif isinstance(record, Dropped):
+            series["dropped"][record.source].append(record.time_us / 1e6)
+        elif isinstance(record, Unroutable):
+            series["unroutable"][record.source].append(record.time_us / 1e6)
+    figure = _figure(10, 0.55 * len(nodes) + 1.4)
+    axes = figure.add_subplot()
+    offsets = {"sent": 0.27, "delivered": 0.0, "dropped": -0.27, "unroutable": -0.27}
+    rasterized = len(trace.records) > RASTERIZE_ABOVE
+    for kind, by_node in series.items():
+        first = True
+        for node, times in by_node.items():
+            if node not in rows:
+                continue
+            # One line of tick markers per node and kind: far cheaper than one path per event (eventplot).
+            axes.plot(times, [rows[node] + offsets[kind]] * len(times), "|", markersize=7, markeredgewidth=0.8,
+                      color=COLOURS[kind], label=kind if first else None, rasterized=rasterized)
+            first = False
+    if trace.error is not None:
+        axes.axvline(trace.error.time_us / 1e6, color=COLOURS["dropped"], linestyle="--", linewidth=1.5,
+                     label=f"run failed ({trace.error.error})")
+    axes.set_yticks(list(rows.values()), list(rows.keys()))
+    axes.set_ylim(-0.6, len(nodes) - 0.4)
+    _seconds_axis(axes, trace.header.duration_us)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22 if len(nodes) > 3 else -0.35), ncol=5, frameon=False)
+    axes.set_title("events per node over virtual time")
+    return _svg(figure)
+
+
+def latency_chart(curves: Sequence[tuple[str, Sequence[int]]], title: str) -> str:
+    """CDF of virtual latency per route, p50/p95/p99 marked on each curve."""
+    figure = _figure(10, 3.8)
+    axes = figure.add_subplot()
+    markers = {50: "o", 95: "s", 99: "^"}
+    for name, values in curves[:MAX_LINKS_DRAWN]:
+        if not values:
+            continue
+        xs = [v / 1e3 for v in values]
+        ys = [(i + 1) / len(values) for i in range(len(values))]
+        (line,) = axes.step(xs, ys, where="post", label=name, linewidth=1.2)
+        for q in PERCENTILES:
+            axes.plot(percentile(values, q) / 1e3, q / 100, markers[q], color=line.get_color(), markersize=5)
+    for q in PERCENTILES:
+        axes.plot([], [], markers[q], color="#444444", label=f"p{q}")
+    axes.set_xlabel("virtual latency (ms)")
+    axes.set_ylabel("fraction of events")
+    axes.set_ylim(0, 1.02)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
+    axes.set_title(title)
+    return _svg(figure)
+
+
+def drops_chart(links: Sequence[LinkStats]) -> str:
+    figure = _figure(10, 0.42 * len(links) + 1.4)
+    axes = figure.add_subplot()
+    names = [link.name for link in reversed(links)]
+    delivered = [link.delivered for link in reversed(links)]
+    dropped = [link.dropped for link in reversed(links)]
+    axes.barh(names, delivered, color=COLOURS["delivered"], label="delivered")
+    axes.barh(names, dropped, left=delivered, color=COLOURS["dropped"], label="dropped (loss)")
+    for index, link in enumerate(reversed(links)):
+        if link.dropped and link.loss is not None:
+            axes.annotate(f" {link.dropped} lost ({link.loss:.1%})", (link.delivered + link.dropped, index),
+                          va="center", fontsize=8)
+    axes.set_xlabel("events on the link")
+    axes.margins(x=0.15)
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
+    axes.set_title("drops and losses per link")
+    return _svg(figure)
+
+
+def detections_chart(scenario: scenarios.Scenario, result: detections.Report,
+                     verdicts: Sequence[Mapping[str, Any]], duration_us: int) -> str:
+    """Per sensor: injected anomaly windows, the windows the classifier flagged, and the first detection."""
+    sensors = [node for node in scenario.nodes if isinstance(node, scenarios.SensorNode)]
+    rows = {sensor.id: index for index, sensor in enumerate(reversed(sensors))}
+    figure = _figure(10, 0.6 * len(sensors) + 1.5)
+    axes = figure.add_subplot()
+    for sensor in sensors:
+        spans = [(a.at_us / 1e6, a.duration_us / 1e6) for a in sensor.anomalies]
+        axes.broken_barh(spans, (rows[sensor.id] - 0.3, 0.6), color=COLOURS["anomaly"], alpha=0.35)
+    flagged = [(v["data"]["sampled_us"] / 1e6, rows[v["data"]["sensor"]]) for v in verdicts
+               if v["data"].get("label") == "anomaly" and v["data"].get("sensor") in rows
+               and isinstance(v["data"].get("sampled_us"), int)]
+    if flagged:
+        axes.plot(*zip(*flagged), "|", color=COLOURS["dropped"], markersize=12, label="window flagged as anomaly")
+    for d in result.detections:
+        if d.detected_us is not None:
+            axes.plot(d.detected_us / 1e6, rows[d.sensor] + 0.38, "v", color="black", markersize=6)
+        else:
+            axes.annotate("missed", (d.at_us / 1e6, rows[d.sensor] + 0.34), color=COLOURS["dropped"], fontsize=8)
+    axes.plot([], [], "v", color="black", label="first detection (verdict at the sink)")
+    axes.fill_between([], [], color=COLOURS["anomaly"], alpha=0.35, label="injected anomaly")
+    axes.set_yticks(list(rows.values()), list(rows.keys()))
+    axes.set_ylim(-0.6, len(sensors) - 0.2)
+    _seconds_axis(axes, duration_us)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False, fontsize=8)
+    axes.set_title("injected anomalies and their detection")
+    return _svg(figure)
+
+
+# -- page -------------------------------------------------------------------------------------------------------
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
+       padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+.sub { color: #666; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+th, td { text-align: left; padding: 0.2em 0.8em 0.2em 0; vertical-align: top; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
+tr + tr td { border-top: 1px solid #eee; }
+code { font-size: 0.95em; word-break: break-all; }
+.failed { background: #fdecea; border-left: 4px solid #d62728; padding: 0.6em 1em; }
+.ok { background: #edf7ed; border-left: 4px solid #2ca02c; padding: 0.6em 1em; }
+.note { color: #666; font-size: 0.9em; }
+figure { margin: 1em 0; } svg { max-width: 100%; height: auto; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Iterable[int] = ()) -> str:
+    numeric = set(numeric)
+    head = "".join(f'<th{" class=n" if i in numeric else ""}>{_e(h)}</th>' for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f'<td{" class=n" if i in numeric else ""}>{_e(c)}</td>' for i, c in enumerate(row))
+                   + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _pairs(rows: Iterable[tuple[str, Any]]) -> str:
+    return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _environment(environment: Mapping[str, Any]) -> str:
+    rows = []
+    for key, value in environment.items():
+        if isinstance(value, Mapping) and value:
+            inner = "; ".join(f"{k} {json.dumps(v) if not isinstance(v, str) else v}" if not isinstance(v, Mapping)
+                              else f"{k}: " + ", ".join(f"{a} {b}" for a, b in v.items()) for k, v in value.items())
+            rows.append((key, f"<code>{_e(inner)}</code>"))
+        else:
+            rows.append((key, f"<code>{_e(value)}</code>"))
+    return _pairs(rows)
+
+
+def _outcome(trace: Trace) -> str:
+    header = trace.header
+    end = trace.end
+    if isinstance(end, Footer):
+        return (f'<p class=ok>Completed: {header.duration_us / 1e6:g} s of virtual time in {end.steps} steps; '
+                f'{end.in_flight} event(s) still on a link at the end.</p>')
+    if isinstance(end, RunError):
+        node = f" at node <b>{_e(end.node)}</b>" if end.node else ""
+        step = end.time_us // header.quantum_us
+        return (f'<div class=failed><b>This run failed</b>{node}: <code>{_e(end.error)}</code> at virtual time '
+                f'{end.time_us / 1e6:g} s (after step {step} of {header.duration_us // header.quantum_us}).'
+                f'<br>{_e(end.detail)}<br><span class=note>Every record before the failure is kept; the charts '
+                f'show the run up to it.</span></div>')
+    return ('<div class=failed><b>The trace is incomplete</b>: it has neither a footer nor an error record (the '
+            'run was killed before it could finish the trace).</div>')
+
+
+def _counts(trace: Trace) -> dict[str, int]:
+    counts = Counter(type(r).__name__.lower() for r in trace.records)
+    return {kind: counts.get(kind, 0) for kind in ("sent", "delivered", "dropped", "unroutable")}
+
+
+def _metrics_section(metrics: Mapping[str, Any] | None) -> str:
+    if metrics is None:
+        return "<p class=note>No metrics file beside the trace.</p>"
+    overhead = metrics.get("coordinator_overhead") or {}
+    rows = [("real-time factor", f"{metrics['real_time_factor']:.2f}x" if metrics.get("real_time_factor") else "n/a"),
+            ("wall time", f"{metrics.get('wall_s', 0):.2f} s ({metrics.get('step_loop_s', 0):.2f} s in the step loop)"),
+            ("steps", _e(metrics.get("steps")))]
+    if overhead.get("share") is not None:
+        rows.append(("coordinator overhead", f"{overhead['share'] * 100:.1f}% of the step loop, "
+                                             f"{overhead['per_step_us']:.1f} µs CPU per step"))
+    round_trips = [(node, s["count"], f"{s['p50_us']:.0f}", f"{s['p95_us']:.0f}", f"{s['p99_us']:.0f}", f"{s['mean_us']:.0f}")
+                   for node, s in sorted((metrics.get("round_trip") or {}).items()) if s]
+    table = _table(("service", "steps", "p50 µs", "p95 µs", "p99 µs", "mean µs"), round_trips, numeric=range(1, 6))
+    return (_pairs(rows) + "<h3>ADVANCE → DONE round trip per service (wall clock)</h3>" + table
+            + "<p class=note>Wall-clock measurements of this run: they vary between runs and are not in the trace.</p>")
+
+
+def _latency_rows(curves: Sequence[tuple[str, Sequence[int]]]) -> list[tuple[Any, ...]]:
+    return [(name, len(values), *(f"{percentile(values, q) / 1e3:.3f}" for q in PERCENTILES),
+             f"{values[-1] / 1e3:.3f}") for name, values in curves if values]
+
+
+def render(trace: Trace, metrics: Mapping[str, Any] | None, scenario: scenarios.Scenario | None,
+           scenario_note: str = "") -> str:
+    header = trace.header
+    counts = _counts(trace)
+    links = link_stats(trace)
+    hops = [(link.name, link.latencies_us) for link in links]
+    parts = [f"<h1>cosim run: {_e(header.scenario)}</h1>"]
+    if scenario is not None and scenario.description:
+        parts.append(f"<p class=sub>{_e(scenario.description)}</p>")
+    parts.append(f"<p class=sub>trace <code>{_e(trace.path)}</code></p>")
+    parts.append(_outcome(trace))
+    parts.append(_table(("sent", "delivered", "dropped", "unroutable"), [list(counts.values())], numeric=range(4)))
+
+    parts.append("<h2>Manifest</h2>")
+    parts.append(_pairs([
+        ("scenario", _e(header.scenario)), ("scenario SHA-256", f"<code>{_e(header.scenario_sha256)}</code>"),
+        ("compose SHA-256", f"<code>{_e(header.compose_sha256)}</code>"), ("seed", _e(header.seed)),
+        ("duration", f"{header.duration_us / 1e6:g} s virtual ({header.duration_us} µs)"),
+        ("quantum", f"{header.quantum_us} µs ({header.duration_us // header.quantum_us} steps)"),
+        ("nodes", _e(", ".join(f"{node} ({kind})" for node, kind in header.nodes.items()))),
+        ("versions", f"cosim {_e(header.cosim)}, protocol {_e(header.protocol)}, trace format {_e(header.format)}"),
+    ]))
+    if header.environment:
+        parts.append("<h3>Environment (not hashed)</h3>" + _environment(header.environment))
+    parts.append(f"<p class=note>{_e(scenario_note)}</p>" if scenario_note else "")
+
+    parts.append("<h2>Metrics</h2>" + _metrics_section(metrics))
+
+    parts.append("<h2>Event timeline</h2>")
+    parts.append(f"<figure>{timeline_chart(trace)}</figure>")
+
+    parts.append("<h2>Virtual latency per route</h2>")
+    if any(values for _, values in hops):
+        parts.append(f"<figure>{latency_chart(hops, 'virtual latency per link (CDF)')}</figure>")
+        parts.append(_table(("route", "delivered", "p50 ms", "p95 ms", "p99 ms", "max ms"), _latency_rows(hops),
+                            numeric=range(1, 6)))
+    else:
+        parts.append("<p class=note>No event was delivered.</p>")
+
+    verdicts, result = _vibration(trace, scenario)
+    if result is not None and scenario is not None:
+        end_to_end = _end_to_end(verdicts, scenario)
+        if end_to_end:
+            parts.append(f"<figure>{latency_chart(end_to_end, 'end to end: sensor sampling to verdict at the sink (CDF)')}</figure>")
+            parts.append(_table(("route", "verdicts", "p50 ms", "p95 ms", "p99 ms", "max ms"), _latency_rows(end_to_end),
+                                numeric=range(1, 6)))
+
+    parts.append("<h2>Drops and losses per link</h2>")
+    if links:
+        parts.append(f"<figure>{drops_chart(links)}</figure>")
+        parts.append(_table(("link", "delivered", "dropped", "loss"),
+                            [(l.name, l.delivered, l.dropped, f"{l.loss:.2%}" if l.loss is not None else "")
+                             for l in links], numeric=range(1, 4)))
+        if trace.footer is not None and trace.footer.in_flight:
+            parts.append(f"<p class=note>{trace.footer.in_flight} event(s) were still on a link at the end (sent, "
+                         "neither delivered nor dropped).</p>")
+    else:
+        parts.append("<p class=note>No event travelled on a link.</p>")
+
+    if result is not None and scenario is not None:
+        parts.append("<h2>Anomaly detection</h2>")
+        parts.append(f"<figure>{detections_chart(scenario, result, verdicts, header.duration_us)}</figure>")
+        rows = [(d.sensor, f"{d.at_us / 1e6:.3f}", f"{d.duration_us / 1e6:.3f}", f"{d.severity:g}",
+                 "MISSED" if d.latency_us is None else "detected",
+                 "" if d.detected_us is None else f"{d.detected_us / 1e6:.3f}",
+                 "" if d.latency_us is None else f"{d.latency_us / 1e3:.3f}") for d in result.detections]
+        parts.append(_table(("sensor", "anomaly at s", "for s", "severity", "outcome", "verdict at sink s",
+                             "latency ms"), rows, numeric=(1, 2, 3, 5, 6)))
+        parts.append(f"<p>{result.verdicts} verdicts reached a sink; {len(result.false_positives)} normal window(s) "
+                     f"flagged; {result.missed_windows} window(s) inside an anomaly labelled normal.</p>")
+
+    body = "\n".join(part for part in parts if part)
+    return (f"<!DOCTYPE html>\n<html lang=en>\n<head>\n<meta charset=utf-8>\n<title>cosim report: {_e(header.scenario)}"
+            f"</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+def _vibration(trace: Trace, scenario: scenarios.Scenario | None) -> tuple[list[dict[str, Any]], detections.Report | None]:
+    """The verdicts that reached a sink and the detection report, when the trace has verdicts (else None)."""
+    if scenario is None:
+        return [], None
+    events = detections.sink_events_from_trace(trace.path, scenario)
+    result = detections.report(scenario, events)
+    if not result.verdicts:
+        return [], None  # no classifier verdict reached a sink: not a vibration-monitoring run
+    verdicts = [e for e in events if e.get("type") == "inference_result" and isinstance(e.get("data"), dict)]
+    return verdicts, result
+
+
+def _end_to_end(verdicts: Sequence[Mapping[str, Any]], scenario: scenarios.Scenario) -> list[tuple[str, list[int]]]:
+    """Per sensor: from sampling the window to the verdict's arrival at the sink (virtual)."""
+    by_route: dict[str, list[int]] = defaultdict(list)
+    for verdict in verdicts:
+        data = verdict["data"]
+        if isinstance(data.get("sampled_us"), int) and isinstance(data.get("sensor"), str):
+            by_route[f"{data['sensor']} → {verdict.get('dest', 'sink')}"].append(verdict["time_us"] - data["sampled_us"])
+    return [(name, sorted(values)) for name, values in sorted(by_route.items())]

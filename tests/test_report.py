@@ -1,0 +1,145 @@
+"""`invoke report`: the HTML report of real (local-runtime) runs, checked as HTML and in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cosim import cli
+from cosim.errors import CosimError, TraceReadError
+from cosim.report import report_path, write_report
+from cosim.run import RunSummary, run
+from tests.browser import assert_report_renders, open_page
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT = ROOT / "scenarios" / "default.yaml"
+PIPELINE = ROOT / "tests" / "scenarios_local" / "pipeline.yaml"
+FAILING = ROOT / "tests" / "scenarios_local" / "failing.yaml"
+
+# Anything a page could fetch from elsewhere: the report must have none of it (it opens offline).
+EXTERNAL = re.compile(r"<script|<link|<img|<iframe|\bsrc=|url\((?!#)|href=\"(?!#)|@import", re.I)
+
+
+def svg_count(page: str) -> int:
+    return len(re.findall(r"<svg\b", page))
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> RunSummary:
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        pytest.fail("mosquitto is missing: ./inv test installs it as root (apt-get install mosquitto)")
+    return run(DEFAULT, runtime="local", trace_path=tmp_path_factory.mktemp("report") / "default.jsonl")
+
+
+@pytest.fixture(scope="module")
+def failed_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    trace = tmp_path_factory.mktemp("report-failed") / "failing.jsonl"
+    with pytest.raises(CosimError, match="node 'echo'"):
+        run(FAILING, runtime="local", trace_path=trace)
+    return trace
+
+
+@pytest.mark.mosquitto
+def test_report_of_the_default_scenario(default_run: RunSummary) -> None:
+    written = write_report(default_run.trace_path)
+    assert written == default_run.trace_path.with_name("default.report.html") == report_path(default_run.trace_path)
+    page = written.read_text(encoding="utf-8")
+    # timeline, latency per link, end to end per sensor, drops per link, anomalies and their detection
+    assert svg_count(page) == 5
+    assert EXTERNAL.search(page) is None, EXTERNAL.search(page)
+    for section in ("Manifest", "Metrics", "Event timeline", "Virtual latency per route", "Drops and losses per link",
+                    "Anomaly detection", "ADVANCE → DONE"):
+        assert f">{section}" in page, section
+    header = default_run.trace_path.read_text(encoding="utf-8").split("\n", 1)[0]
+    assert re.search(r'"scenario_sha256":"([0-9a-f]{64})"', header).group(1) in page  # type: ignore[union-attr]
+    assert "Completed: 10 s of virtual time in 10000 steps" in page
+    # every injected anomaly of the scenario is listed with its outcome
+    assert page.count("<td>detected</td>") + page.count("<td>MISSED</td>") == 3
+    assert "fan-1 → gateway" in page and "p99 ms" in page
+
+
+@pytest.mark.mosquitto
+def test_report_is_the_same_for_the_same_trace_and_metrics(default_run: RunSummary, tmp_path: Path) -> None:
+    first = write_report(default_run.trace_path, output=tmp_path / "a.html").read_bytes()
+    again = write_report(default_run.trace_path, output=tmp_path / "b.html").read_bytes()
+    assert first == again  # no dates, no random ids in the SVG
+
+
+@pytest.mark.mosquitto
+@pytest.mark.parametrize("scenario", sorted((ROOT / "scenarios").glob("*.yaml")), ids=lambda path: path.stem)
+def test_report_of_every_bundled_scenario(scenario: Path, tmp_path: Path) -> None:
+    summary = run(scenario, runtime="local", trace_path=tmp_path / f"{scenario.stem}.jsonl")
+    page = write_report(summary.trace_path).read_text(encoding="utf-8")
+    assert svg_count(page) == 5 and "Anomaly detection" in page  # every bundled scenario monitors vibration
+    injected = sum(len(node.anomalies) for node in summary.scenario.nodes if hasattr(node, "anomalies"))
+    assert page.count("<td>detected</td>") + page.count("<td>MISSED</td>") == injected > 0
+
+
+def test_report_of_a_scenario_without_sensors_has_no_vibration_parts(tmp_path: Path) -> None:
+    summary = run(PIPELINE, runtime="local", trace_path=tmp_path / "pipeline.jsonl")
+    page = write_report(summary.trace_path).read_text(encoding="utf-8")
+    assert "Anomaly detection" not in page and "end to end" not in page
+    assert svg_count(page) == 3  # timeline, latency per link, drops per link
+
+
+def test_report_of_a_failed_run_shows_where_and_why(failed_trace: Path) -> None:
+    page = write_report(failed_trace).read_text(encoding="utf-8")
+    assert "This run failed</b> at node <b>echo</b>: <code>node_failure</code> at virtual time 0.002 s" in page
+    assert "ended without answering" in page
+    assert "run failed (node_failure)" in page  # the failure marked on the timeline
+    assert "Completed" not in page
+
+
+def test_invoke_up_prints_the_report_path(tmp_path: Path) -> None:
+    trace = tmp_path / "pipeline.jsonl"
+    out = _Out()
+    cli.up(str(PIPELINE), runtime="local", trace=str(trace), progress=False, out=out)  # type: ignore[arg-type]
+    last = out.text.rstrip("\n").splitlines()[-1]
+    assert last == f"  report:  {tmp_path / 'pipeline.report.html'}"
+    assert (tmp_path / "pipeline.report.html").is_file()
+
+
+def test_a_failed_invoke_up_prints_its_report(tmp_path: Path) -> None:
+    out = _Out()
+    with pytest.raises(CosimError, match="node 'echo'"):
+        cli.up(str(FAILING), runtime="local", trace=str(tmp_path / "f.jsonl"), progress=False, out=out)  # type: ignore[arg-type]
+    assert out.text == f"  report:  {tmp_path / 'f.report.html'}\n"
+    assert "This run failed" in (tmp_path / "f.report.html").read_text(encoding="utf-8")
+
+
+def test_report_of_a_malformed_trace_names_file_and_line(tmp_path: Path) -> None:
+    trace = tmp_path / "bad.jsonl"
+    trace.write_text('{"record":"header","format":"cosim-trace/1"}\nnot json\n', encoding="utf-8")
+    with pytest.raises(TraceReadError, match=re.escape(f"{trace}:1: 'header' record has no 'scenario' field")):
+        cli.report(str(trace))
+
+
+@pytest.mark.browser
+@pytest.mark.mosquitto
+def test_report_renders_in_chromium(default_run: RunSummary, failed_trace: Path, tmp_path: Path) -> None:
+    assert_report_renders(write_report(default_run.trace_path), tmp_path / "default.png", charts=5)
+    assert_report_renders(write_report(failed_trace), tmp_path / "failing.png", charts=3)
+
+
+@pytest.mark.browser
+def test_the_browser_check_catches_errors(tmp_path: Path) -> None:
+    """The check above can fail: a page with a console error and a missing image is caught."""
+    page = tmp_path / "broken.html"
+    page.write_text('<!DOCTYPE html><title>x</title><svg></svg><img src="missing.png">'
+                    '<script>console.error("broken")</script>', encoding="utf-8")
+    result = open_page(page.as_uri())
+    assert result.svg_count == 1
+    assert any("console: broken" in error for error in result.errors)
+    assert any("missing.png" in error for error in result.errors)
+
+
+class _Out:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
