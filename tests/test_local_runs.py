@@ -222,7 +222,9 @@ def assert_summary_matches_the_trace(lines: list[str], scenario: Path, trace: Pa
         received = sum(1 for r in records(trace) if r["record"] == "delivered" and r["dest"] == sink)
         assert f"  sink {sink!r} received {received} event(s)" in lines
     metrics_path = trace.with_name(trace.name.removesuffix(".jsonl") + ".metrics.json")
-    assert lines[-2:] == [f"  trace:   {trace}", f"  metrics: {metrics_path}"]
+    report_path = trace.with_name(trace.name.removesuffix(".jsonl") + ".report.html")
+    assert lines[-3:] == [f"  trace:   {trace}", f"  metrics: {metrics_path}", f"  report:  {report_path}"]
+    assert report_path.is_file()
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     for node_id in metrics["round_trip"]:
         assert any(line.startswith(f"  {node_id}: ADVANCE->DONE p50 ") for line in lines), node_id
