@@ -73,7 +73,7 @@ class ImageSpec:
     """One service image: ``tag`` built from ``service_dir/Dockerfile`` with ``service_dir.parent`` as context.
 
     ``extra_inputs`` lists further paths (relative to the context) the Dockerfile copies, so that changing
-    them triggers a rebuild; the service directory and protocol_adapter.py are always included.
+    them triggers a rebuild; the service directory and the shared ``containers/*.py`` modules are always included.
     """
 
     tag: str
@@ -407,7 +407,8 @@ def build_hash(spec: ImageSpec, base_image_id: str) -> str:
     """sha256 over everything that goes into the image: files (relative paths + contents), wheels, base id."""
     digest = hashlib.sha256()
     digest.update(f"{_HASH_SCHEME}\0base={base_image_id}\0".encode())
-    inputs = [spec.service_dir, spec.context / "protocol_adapter.py", spec.wheelhouse]
+    # The shared modules next to the services (protocol_adapter.py, cosim_mqtt.py) go into every image's hash.
+    inputs = [spec.service_dir, *sorted(spec.context.glob("*.py")), spec.wheelhouse]
     inputs += [spec.context / extra for extra in spec.extra_inputs]
     for path in sorted({f for p in inputs if p.exists() for f in _files_under(p)}):
         digest.update(f"{path.relative_to(spec.context).as_posix()}\0{_sha256_file(path)}\0".encode())

@@ -157,13 +157,13 @@ def event(time_us: int, source: str, seq: int, kind: str = "temp", **data: Any) 
 def received(time_us: int, source: str, seq: int, origin_us: int, kind: str = "temp", **data: Any) -> dict[str, Any]:
     return {"type": "mqtt_received", "time_us": time_us,
             "data": {"topic": f"cosim/{source}/{kind}", "payload": data,
-                     "origin": {"source": source, "seq": seq, "time_us": origin_us, "type": kind}}}
+                     "origin": {"node": "gw", "source": source, "seq": seq, "time_us": origin_us, "type": kind}}}
 
 
 def gateway(broker: Broker, **config: Any) -> ServiceProcess:
     svc = ServiceProcess(SERVICE)
     ready = svc.init({"connect_timeout_s": 5, "barrier_timeout_s": 5, **config}, node_id="gw", endpoints=broker.endpoints)
-    assert ready == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["mqtt"],
+    assert ready == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["mqtt"], "barrier_group": "mqtt-broker", "barrier_publishes": "on_input",
                      "info": {"paho-mqtt": paho.mqtt.__version__, "broker": BROKER_VERSION}}, svc.stderr()
     return svc
 
@@ -174,10 +174,11 @@ def test_published_events_come_back_stamped_in_canonical_order(broker: Broker) -
         done = svc.advance(1000, [event(300, "s2", 0, v=2), event(300, "s1", 4, v=1), event(100, "s3", 0, v=3),
                                   event(300, "s1", 5, "hum", v={"nested": [1, 2]})])
         assert done == {"type": "DONE", "time_us": 1000, "events": [
+            # (delivery time, publishing node, its publication order): inputs are published in time order
             received(110, "s3", 0, 100, v=3),
+            received(310, "s2", 0, 300, v=2),
             received(310, "s1", 4, 300, v=1),
             received(310, "s1", 5, 300, "hum", v={"nested": [1, 2]}),
-            received(310, "s2", 0, 300, v=2),
         ]}
         assert svc.advance(2000) == {"type": "DONE", "time_us": 2000, "events": []}
         assert svc.shutdown() == 0
@@ -189,7 +190,7 @@ def test_only_topics_matching_the_subscriptions_come_back(broker: Broker) -> Non
         done = svc.advance(1000, [event(100, "a", 0, v=1), event(200, "a", 1, "hum", v=2)])
         assert done["events"] == [{"type": "mqtt_received", "time_us": 100, "data": {
             "topic": "sensors/a/temp", "payload": {"v": 1},
-            "origin": {"source": "a", "seq": 0, "time_us": 100, "type": "temp"}}}]
+            "origin": {"node": "gw", "source": "a", "seq": 0, "time_us": 100, "type": "temp"}}}]
         assert svc.shutdown() == 0
 
 
@@ -231,9 +232,11 @@ def test_an_independent_subscriber_sees_the_messages_through_the_broker(broker: 
             watcher.wait(lambda: len(watcher.messages) == 3, "3 messages")
             assert svc.shutdown() == 0
         assert watcher.messages == [
-            ("cosim/s1/temp", b'{"data":{"v":1},"seq":0,"source":"s1","time_us":100,"type":"temp"}'),
-            ("cosim/s2/hum", b'{"data":{"v":"x"},"seq":7,"source":"s2","time_us":200,"type":"hum"}'),
-            ("cosim/_barrier/gw", b'{"node":"gw","target_us":1000,"window":1}'),
+            ("cosim/s1/temp", b'{"data":{"v":1},"node":"gw","node_seq":0,"seq":0,"source":"s1","time_us":100,'
+                              b'"type":"temp","window_us":1000}'),
+            ("cosim/s2/hum", b'{"data":{"v":"x"},"node":"gw","node_seq":1,"seq":7,"source":"s2","time_us":200,'
+                             b'"type":"hum","window_us":1000}'),
+            ("cosim/_barrier/gw", b'{"node":"gw","target_us":1000}'),
         ]
     finally:
         watcher.close()
@@ -253,10 +256,10 @@ def test_a_message_from_an_external_publisher_appears_in_the_next_window(broker:
             done = svc.advance(2000, [event(1500, "s", 0, v=1)])
             assert done == {"type": "DONE", "time_us": 2000, "events": [
                 received(1500, "s", 0, 1500, v=1),
-                {"type": "mqtt_received", "time_us": 2000, "data": {"topic": "cosim/ext/a", "payload": "hello", "origin": None}},
-                {"type": "mqtt_received", "time_us": 2000, "data": {"topic": "cosim/ext/b", "payload": "\\xffz", "origin": None}},
-                {"type": "mqtt_received", "time_us": 2000, "data": {"topic": "cosim/ext/n", "payload": "NaN", "origin": None}},
-                {"type": "mqtt_received", "time_us": 2000, "data": {"topic": "cosim/ext/x", "payload": {"a": 1}, "origin": None}},
+                {"type": "mqtt_received", "time_us": 2000, "data": {"topic": "cosim/ext/a", "payload": "hello", "origin": None, "external": True}},
+                {"type": "mqtt_received", "time_us": 2000, "data": {"topic": "cosim/ext/b", "payload": "\\xffz", "origin": None, "external": True}},
+                {"type": "mqtt_received", "time_us": 2000, "data": {"topic": "cosim/ext/n", "payload": "NaN", "origin": None, "external": True}},
+                {"type": "mqtt_received", "time_us": 2000, "data": {"topic": "cosim/ext/x", "payload": {"a": 1}, "origin": None, "external": True}},
             ]}
             assert svc.advance(3000) == {"type": "DONE", "time_us": 3000, "events": []}
             assert svc.shutdown() == 0
