@@ -143,7 +143,10 @@ class Coordinator:
         inputs = self._due(target_us)
         peers = self._window_peers(inputs) if self.barrier_groups else {}
         for node_id, node in self.nodes.items():
-            node.begin_advance(target_us, inputs.get(node_id, []), peers.get(node_id))
+            if node_id in peers:
+                node.begin_advance(target_us, inputs.get(node_id, []), peers[node_id])
+            else:
+                node.begin_advance(target_us, inputs.get(node_id, []))
         waiting_started = time.monotonic()
         outputs = [(node_id, node.end_advance()) for node_id, node in self.nodes.items()]
         self.timings.waiting_s += time.monotonic() - waiting_started

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.service_process import ROOT, ServiceProcess
+from tests.service_process import ROOT, ServiceProcess, advance
 
 SERVICE = ROOT / "containers" / "mqtt-gateway" / "service.py"
 LOCAL_CONF = ROOT / "containers" / "mqtt-broker" / "mosquitto-local.conf"
@@ -297,3 +297,101 @@ def test_broker_killed_mid_run_fails_the_next_advance(broker: Broker) -> None:
         assert reply["type"] == "ERROR" and reply["error"] == "callback_failed" and reply["fatal"] is True
         assert f"MQTT broker 127.0.0.1:{broker.port}" in reply["detail"]
         assert svc.proc.wait(timeout=DEADLINE_S) == 1
+
+
+# -- several protocol-driven clients on one broker ------------------------------------------------
+
+
+def gateways(broker: Broker, ids: list[str], **config: Any) -> list[ServiceProcess]:
+    started = []
+    for node_id in ids:
+        svc = ServiceProcess(SERVICE)
+        ready = svc.init({"connect_timeout_s": 5, "barrier_timeout_s": 5, **config}, node_id=node_id,
+                         endpoints=broker.endpoints)
+        assert ready["type"] == "READY" and ready["barrier_group"] == "mqtt-broker", svc.stderr()
+        started.append(svc)
+    return started
+
+
+def step_all(services: dict[str, ServiceProcess], time_us: int, inputs: dict[str, list[dict[str, Any]]],
+             members: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """One coordinator step: ADVANCE to every client first (peers: those with inputs), then every DONE."""
+    peers = sorted(node for node in services if inputs.get(node))
+    extra = {"members": members} if members is not None else {}
+    for node, svc in services.items():
+        svc.send(advance(time_us, inputs.get(node, []), peers=peers, **extra))
+    dones = {node: svc.receive() for node, svc in services.items()}
+    for node, done in dones.items():
+        assert done["type"] == "DONE", f"{node}: {done}"
+    return {node: done["events"] for node, done in dones.items()}
+
+
+def _cross_publishing_run(broker: Broker, windows: int = 30) -> dict[str, list[dict[str, Any]]]:
+    """Two gateways subscribe to each other's topics and publish in the same windows."""
+    ids = ["gw-a", "gw-b"]
+    services = dict(zip(ids, gateways(broker, ids, topic="plant/{source}/v", subscribe=["plant/#"],
+                                      broker_delay_us=300)))
+    seen: dict[str, list[dict[str, Any]]] = {node: [] for node in ids}
+    try:
+        for k in range(1, windows + 1):
+            inputs = {"gw-a": [event(k * 1000 - 900 + i * 37, f"a{i}", k * 10 + i, "v", x=i) for i in range(4)],
+                      "gw-b": [event(k * 1000 - 900 + i * 37, f"b{i}", k * 10 + i, "v", x=-i) for i in range(3)]}
+            for node, events in step_all(services, k * 1000, inputs, members=ids if k == 1 else None).items():
+                seen[node].extend(events)
+        for svc in services.values():
+            assert svc.shutdown() == 0
+    finally:
+        for svc in services.values():
+            svc.close()
+    return seen
+
+
+@needs_mosquitto
+def test_two_gateways_publishing_on_each_others_topics_see_the_same_ordered_stream(broker: Broker) -> None:
+    first, second = _cross_publishing_run(broker), _cross_publishing_run(broker)
+    assert first == second
+    assert first["gw-a"] == first["gw-b"]  # fan-out: both get every message, in the same order
+    stream = first["gw-a"]
+    assert len(stream) == 30 * 7  # every message of both, each due inside its own window (+300 us)
+    keys = [(e["time_us"], e["data"]["origin"]["node"], e["data"]["origin"]["seq"]) for e in stream]
+    assert [k[:2] for k in keys] == sorted(k[:2] for k in keys)
+    assert {e["data"]["origin"]["node"] for e in stream} == {"gw-a", "gw-b"}
+
+
+@needs_mosquitto
+def test_replicas_with_a_shared_subscription_keep_each_message_once(broker: Broker) -> None:
+    ids = ["gw-1", "gw-2"]
+    services = dict(zip(ids, gateways(broker, ids, topic="plant/{source}/v", subscribe=["$share/gw/plant/#"])))
+    kept: dict[str, list[tuple[str, int]]] = {node: [] for node in ids}
+    try:
+        for k in range(1, 11):
+            inputs = {node: [event(k * 1000 - 500 + i, f"{node}-s", k * 10 + i, "v") for i in range(5)] for node in ids}
+            for node, events in step_all(services, k * 1000, inputs, members=ids if k == 1 else None).items():
+                kept[node].extend((e["data"]["origin"]["source"], e["data"]["origin"]["seq"]) for e in events)
+        for svc in services.values():
+            assert svc.shutdown() == 0
+    finally:
+        for svc in services.values():
+            svc.close()
+    everything = kept["gw-1"] + kept["gw-2"]
+    assert len(everything) == len(set(everything)) == 2 * 10 * 5  # every message once, on one replica
+    assert kept["gw-1"] and kept["gw-2"]  # and both take a share
+
+
+@needs_mosquitto
+def test_a_share_group_that_is_not_this_service_fails_clearly(broker: Broker) -> None:
+    (svc,) = gateways(broker, ["gw-1"], subscribe=["$share/other/plant/#"])
+    with svc:
+        reply = svc.advance(1000, [], peers=[], members=["gw-1", "gw-2"])
+        assert reply["type"] == "ERROR" and reply["error"] == "callback_failed"
+        assert "$share/other/...: 'other' must be the id of this replicated service" in reply["detail"]
+
+
+@needs_mosquitto
+def test_a_missing_peer_barrier_fails_naming_the_peer(broker: Broker) -> None:
+    (svc,) = gateways(broker, ["gw-a"], barrier_timeout_s=1)
+    with svc:
+        reply = svc.advance(1000, [event(100, "s", 0, v=1)], peers=["gw-a", "gw-ghost"], members=["gw-a", "gw-ghost"])
+        assert reply["type"] == "ERROR" and reply["error"] == "callback_failed"
+        assert "no barrier within 1s" in reply["detail"] and "gw-ghost (window ending 1000 us)" in reply["detail"]
+        assert "gw-a (" not in reply["detail"]
