@@ -42,8 +42,7 @@ class TraceWriter:
         (image ids, library versions); it is excluded from the trace's hash (see cosim.tracediff).
         ``barrier_groups`` (hashed: it shapes the run) are the groups the services declared in READY."""
         record = {"record": "header", "format": FORMAT, **self.manifest}
-        if barrier_groups:
-            record["barrier_groups"] = {group: list(members) for group, members in sorted(barrier_groups.items())}
+        record["barrier_groups"] = {group: list(members) for group, members in sorted((barrier_groups or {}).items())}
         if environment is not None:
             record["environment"] = dict(environment)
         self.write(record)
