@@ -4,7 +4,8 @@ It knows nothing about Docker or processes: it drives ``SimNode`` objects. Each 
 
 1. hand every node the events whose delivery time lies in the window (t - quantum, t], in the total order
    (delivery time, source, per-source sequence number, destination);
-2. send ADVANCE to all nodes, then collect every DONE (services compute concurrently);
+2. send ADVANCE to all nodes (services first, so they compute while the in-process models do), then collect
+   every DONE in scenario order (services compute concurrently);
 3. number each node's outputs (per-source sequence), order them by (time, source, seq), and route them:
    each destination's link adds latency and seeded jitter and may drop the event.
 
@@ -21,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 from cosim.errors import Interrupted, NodeFailure
 from cosim.network import Drop, Router
-from cosim.nodes import Event, SimNode
+from cosim.nodes import Event, ServiceNode, SimNode
 from cosim.scenario import ContainerNode, Scenario
 from cosim.seeds import node_seed
 from cosim.trace import TraceWriter
@@ -74,6 +75,8 @@ class Coordinator:
         self._pending: list[tuple[int, str, int, str, Event]] = []  # heap: (time, source, seq, dest, event)
         self._next_seq: dict[str, int] = {node_id: 0 for node_id in self.nodes}
         self._always_publish: set[str] = set()
+        # ADVANCE goes to the services first, so that they compute while the in-process models (sensors) do.
+        self._advance_order = sorted(self.nodes, key=lambda node_id: not isinstance(self.nodes[node_id], ServiceNode))
         self.unroutable: dict[tuple[str, str], int] = {}
         self.timings = StepTimings()
         self.barrier_groups: dict[str, list[str]] = {}  # group -> member ids (sorted), from the READY replies
@@ -142,7 +145,8 @@ class Coordinator:
     def _advance(self, target_us: int) -> None:
         inputs = self._due(target_us)
         peers = self._window_peers(inputs) if self.barrier_groups else {}
-        for node_id, node in self.nodes.items():
+        for node_id in self._advance_order:
+            node = self.nodes[node_id]
             if node_id in peers:
                 node.begin_advance(target_us, inputs.get(node_id, []), peers[node_id])
             else:
