@@ -154,10 +154,11 @@ def event(time_us: int, source: str, seq: int, kind: str = "temp", **data: Any) 
     return {"type": kind, "time_us": time_us, "source": source, "seq": seq, "sent_us": time_us - 1, "data": data}
 
 
-def received(time_us: int, source: str, seq: int, origin_us: int, kind: str = "temp", **data: Any) -> dict[str, Any]:
+def received(time_us: int, source: str, seq: int, origin_us: int, kind: str = "temp", *, node: str = "gw",
+             **data: Any) -> dict[str, Any]:
     return {"type": "mqtt_received", "time_us": time_us,
             "data": {"topic": f"cosim/{source}/{kind}", "payload": data,
-                     "origin": {"node": "gw", "source": source, "seq": seq, "time_us": origin_us, "type": kind}}}
+                     "origin": {"node": node, "source": source, "seq": seq, "time_us": origin_us, "type": kind}}}
 
 
 def gateway(broker: Broker, **config: Any) -> ServiceProcess:
@@ -395,3 +396,24 @@ def test_a_missing_peer_barrier_fails_naming_the_peer(broker: Broker) -> None:
         assert reply["type"] == "ERROR" and reply["error"] == "callback_failed"
         assert "no barrier within 1s" in reply["detail"] and "gw-ghost (window ending 1000 us)" in reply["detail"]
         assert "gw-a (" not in reply["detail"]
+
+
+@needs_mosquitto
+def test_a_client_without_inputs_is_not_waited_for_but_still_receives(broker: Broker) -> None:
+    ids = ["gw-a", "gw-b"]
+    services = dict(zip(ids, gateways(broker, ids, barrier_timeout_s=2)))
+    watcher = Client(broker.port, "test-watcher")
+    try:
+        watcher.subscribe("cosim/_barrier/#")
+        first = step_all(services, 1000, {"gw-a": [event(100, "s", 0, v=1)]}, members=ids)  # peers: gw-a only
+        assert first["gw-a"] == first["gw-b"] == [received(100, "s", 0, 100, node="gw-a", v=1)]
+        assert step_all(services, 2000, {}) == {"gw-a": [], "gw-b": []}  # nobody publishes: no barrier at all
+        for svc in services.values():
+            assert svc.shutdown() == 0
+        watcher.publish("cosim/_barrier/zz-test", b"{}")  # after both clients are gone: arrives after their barriers
+        watcher.wait(lambda: watcher.messages[-1:] == [("cosim/_barrier/zz-test", b"{}")], "the sentinel")
+        assert [topic for topic, _ in watcher.messages] == ["cosim/_barrier/gw-a", "cosim/_barrier/zz-test"]
+    finally:
+        watcher.close()
+        for svc in services.values():
+            svc.close()
