@@ -6,7 +6,7 @@ window (current, target] every client:
 1. publishes its outgoing messages, each wrapped in an **envelope**: the payload plus ``node`` (the publishing
    node), ``node_seq`` (its per-node counter, from 0) and ``window_us`` (the target of the window it was
    published in). The payload's ``time_us`` is its origin time in virtual time;
-2. publishes a **barrier** ``{"node", "target_us"}`` on ``cosim/_barrier/<node>``, at the same QoS;
+2. publishes a **barrier** ``{"node", "target_us", "epoch"}`` on ``cosim/_barrier/<node>``, at the same QoS;
    Mosquitto keeps one client's messages in order towards each subscriber, so a peer's barrier arriving means
    every message of that peer's window that matches our subscriptions has arrived before it;
 3. before answering DONE, waits (wall-clock deadline, a clear error naming the missing peers) for the barrier
@@ -24,6 +24,10 @@ filters keep fan-out (every subscriber gets every message).
 
 Anything else that arrives (no envelope, or a publisher outside the group: a ``mosquitto_pub`` typed by a user)
 is not in virtual time: it is reported at the end of the window it happened to arrive in, marked external.
+
+A broker restart: each client reconnects afresh, announces a new epoch (retained, ``cosim/_rejoin/<node>``),
+waits for every member's announcement and then publishes again what its peers may still need (its outbox);
+barriers of older epochs stop counting, and duplicate messages are dropped by their ``node_seq``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ log = logging.getLogger("cosim.mqtt")
 
 BARRIER_PREFIX = "cosim/_barrier/"  # control traffic of every client; never reported as data
 BARRIER_FILTER = BARRIER_PREFIX + "+"
+REJOIN_PREFIX = "cosim/_rejoin/"  # retained, after a broker restart: this client is back and subscribed
+REJOIN_FILTER = REJOIN_PREFIX + "+"
 SHARE_PREFIX = "$share/"
 SYS_VERSION_TOPIC = "$SYS/broker/version"  # not matched by '#' filters (MQTT spec), so never data
 SYS_VERSION_WAIT_S = 2.0
@@ -143,6 +149,11 @@ class VirtualTimeClient:
         self.barriers: dict[int, set[str]] = {}  # window target -> peers whose barrier arrived
         self.last_seq: dict[str, int] = {}  # per publisher: a redelivered copy has node_seq <= this
         self.external: list[tuple[str, bytes]] = []
+        # Surviving a broker restart: every client reconnects, says so (retained), waits until all have, and
+        # publishes again what its peers may still need. Barriers of an older connection epoch no longer count.
+        self.epoch = 0
+        self.rejoined: dict[str, int] = {}  # member -> latest epoch it announced
+        self.outbox: list[tuple[int, int, str, bytes | None]] = []  # (window current, target, topic, payload; None: barrier)
 
     @property
     def where(self) -> str:
@@ -152,14 +163,11 @@ class VirtualTimeClient:
     def info(self) -> dict[str, str]:
         return {"paho-mqtt": paho.mqtt.__version__, "broker": self.broker_version or "unknown"}
 
-    def matches(self, topic: str) -> bool:
-        return any(mqtt.topic_matches_sub(s.topic_filter, topic) for s in self.subscriptions)
-
     # -- connecting -------------------------------------------------------------------------------
 
     def _new_client(self, connect_timeout_s: float) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cosim-{self.node_id}",
-                             clean_session=True, protocol=mqtt.MQTTv311)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cosim-{self.node_id}", clean_session=True,
+                             protocol=mqtt.MQTTv311, reconnect_on_failure=False)  # _recover reconnects, afresh
         client.enable_logger(logging.getLogger("paho"))
         client.connect_timeout = connect_timeout_s  # paho allows setting it only before the first attempt
         client.max_inflight_messages_set(0)  # unlimited: a window's burst is not throttled by PUBACK round trips
@@ -167,10 +175,9 @@ class VirtualTimeClient:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        client.reconnect_delay_set(1, 1)  # only used after a loss, which is fatal anyway
         return client
 
-    def connect(self) -> None:
+    def connect(self, *, again: bool = False) -> None:
         logging.getLogger("paho").setLevel(logging.WARNING)
         deadline = time.monotonic() + self.connect_timeout_s
         pause = threading.Event()  # never set: a wall-clock pause between attempts that is not time.sleep
@@ -196,7 +203,8 @@ class VirtualTimeClient:
                 raise BrokerError(f"{self.where} accepted TCP but sent no CONNACK within {self.connect_timeout_s:g}s")
             if self.connack is None or self.connack.is_failure:
                 raise BrokerError(f"{self.where} refused the connection: {self.connack or self.lost}")
-        subscriptions = [(f, self.qos) for f in sorted({s.topic_filter for s in self.subscriptions} | {BARRIER_FILTER})]
+        subscriptions = [(f, self.qos) for f in
+                         sorted({s.topic_filter for s in self.subscriptions} | {BARRIER_FILTER, REJOIN_FILTER})]
         rc, mid = client.subscribe(subscriptions)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise BrokerError(f"could not subscribe at {self.where}: {mqtt.error_string(rc)}")
@@ -209,6 +217,8 @@ class VirtualTimeClient:
             if refused:
                 raise BrokerError(f"{self.where} refused subscriptions {refused}")
         log.info("connected to %s as cosim-%s; subscribed to %s", self.where, self.node_id, [f for f, _ in subscriptions])
+        if again:
+            return
         # The broker's version, for the run's manifest: Mosquitto keeps it as a retained $SYS message.
         client.subscribe(SYS_VERSION_TOPIC, 0)
         with self.cond:
@@ -219,7 +229,7 @@ class VirtualTimeClient:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: mqtt.ReasonCode, properties: Any) -> None:
         with self.cond:
             if self.connack is not None and self.lost is not None:
-                return  # an automatic reconnect after a loss: the run is already failing
+                return  # a late CONNACK of a connection already lost
             self.connack = reason
             self.cond.notify_all()
 
@@ -244,11 +254,16 @@ class VirtualTimeClient:
                 return
             if topic.startswith(BARRIER_PREFIX):
                 barrier = _barrier(raw)
-                if barrier is not None:
-                    node, target_us = barrier
-                    self.barriers.setdefault(target_us, set()).add(node)
+                if barrier is not None and barrier[2] == self.epoch:  # an older epoch's may precede lost messages
+                    self.barriers.setdefault(barrier[1], set()).add(barrier[0])
                     self.cond.notify_all()
                 return  # control traffic, never data
+            if topic.startswith(REJOIN_PREFIX):
+                rejoin = _barrier(raw)
+                if rejoin is not None:
+                    self.rejoined[rejoin[0]] = max(rejoin[2], self.rejoined.get(rejoin[0], 0))
+                    self.cond.notify_all()
+                return
             envelope = _envelope(raw)
             if envelope is None:
                 self.external.append((topic, raw))
@@ -268,10 +283,10 @@ class VirtualTimeClient:
         whole group.
         """
         assert self.client is not None
-        with self.cond:
-            if self.lost is not None:
-                raise BrokerError(f"{self.where} went away before the window ({current}, {target}] us "
-                                  f"with {len(outgoing)} message(s) to publish: {self.lost}")
+        if self.lost is not None:
+            self._recover(current, target)
+        # Our publications that a peer may still need after a broker restart: windows not yet consumed by all.
+        self.outbox = [entry for entry in self.outbox if entry[0] + self.delay_us >= current]
         if peers is None:
             peers = [self.node_id] if outgoing else []
         peer_ids = tuple(sorted(set(peers)))
@@ -285,9 +300,9 @@ class VirtualTimeClient:
             envelope = {"type": kind, "time_us": time_us, "source": source, "seq": seq, "data": data,
                         "node": self.node_id, "node_seq": self.node_seq, "window_us": target}
             self.node_seq += 1
-            self._publish(topic, canonical(envelope), current, target)
+            self._publish(current, target, topic, canonical(envelope))
         if self.node_id in peer_ids:
-            self._publish(self.barrier_topic, canonical({"node": self.node_id, "target_us": target}), current, target)
+            self._publish(current, target, self.barrier_topic, None)
         if peer_ids:  # a window without publishers has nothing to wait for
             self.pending.append(PendingWindow(current, target, peer_ids))
         # Windows whose messages can be due by `target`: their earliest delivery is current + delay.
@@ -343,21 +358,64 @@ class VirtualTimeClient:
             return [f"{peer} (window ending {w.target_us} us)" for w in needed for peer in w.peers
                     if peer not in self.barriers.get(w.target_us, {})]
 
-        with self.cond:
-            done = self.cond.wait_for(lambda: self.lost is not None or not missing(), self.barrier_timeout_s)
-            if self.lost is not None:
-                raise BrokerError(f"{self.where} failed in window ({current}, {target}] us: {self.lost}")
-            if not done:
-                absent = missing()
-                raise BrokerError(f"window ({current}, {target}] us: no barrier within {self.barrier_timeout_s:g}s "
-                                  f"through {self.where} from {', '.join(absent[:8])}{' ...' if len(absent) > 8 else ''}")
+        while True:
+            with self.cond:
+                done = self.cond.wait_for(lambda: self.lost is not None or not missing(), self.barrier_timeout_s)
+                if self.lost is None and not done:
+                    absent = missing()
+                    raise BrokerError(f"window ({current}, {target}] us: no barrier within {self.barrier_timeout_s:g}s "
+                                      f"through {self.where} from {', '.join(absent[:8])}{' ...' if len(absent) > 8 else ''}")
+                if self.lost is None:
+                    return
+            self._recover(current, target)
 
-    def _publish(self, topic: str, payload: bytes, current: int, target: int) -> None:
+    def _recover(self, current: int, target: int) -> None:
+        """The broker went away: reconnect with a fresh session, wait until every member has, and publish again
+        what the peers may still need (the barriers under the new epoch)."""
         assert self.client is not None
+        old, why = self.client, self.lost
+        log.warning("%s: %s in window (%s, %s] us; reconnecting", self.where, why, current, target)
+        old.on_disconnect = old.on_message = old.on_connect = old.on_subscribe = None
+        old.loop_stop()
+        with self.cond:
+            self.connack, self.lost, self.suback = None, None, {}
+            self.epoch += 1
+            self.barriers.clear()
+        try:
+            self.connect(again=True)
+        except BrokerError as exc:
+            raise BrokerError(f"{self.where} went away in window ({current}, {target}] us ({why}) and did not "
+                              f"come back: {exc}") from None
+        assert self.client is not None
+        self.client.publish(REJOIN_PREFIX + self.node_id, canonical({"node": self.node_id, "target_us": target,
+                                                                     "epoch": self.epoch}), qos=self.qos, retain=True)
+        with self.cond:
+            back = self.cond.wait_for(lambda: self.lost is not None or all(
+                self.rejoined.get(m, 0) >= self.epoch for m in self.members), self.barrier_timeout_s)
+            if self.lost is None and not back:
+                absent = sorted(m for m in self.members if self.rejoined.get(m, 0) < self.epoch)
+                raise BrokerError(f"{self.where} restarted in window ({current}, {target}] us; no word within "
+                                  f"{self.barrier_timeout_s:g}s from {', '.join(absent)}")
+        log.info("%s: every member is back (epoch %d); publishing %d message(s) again", self.where, self.epoch,
+                 len(self.outbox))
+        for window_current, window_target, topic, payload in list(self.outbox):
+            self._send(window_current, window_target, topic, payload)
+
+    def _publish(self, current: int, target: int, topic: str, payload: bytes | None) -> None:
+        """Publish (``payload`` None: our barrier for the window) and keep it for a broker restart."""
+        self.outbox.append((current, target, topic, payload))
+        self._send(current, target, topic, payload)
+
+    def _send(self, current: int, target: int, topic: str, payload: bytes | None) -> None:
+        assert self.client is not None
+        if payload is None:
+            payload = canonical({"node": self.node_id, "target_us": target, "epoch": self.epoch})
         try:
             info = self.client.publish(topic, payload, qos=self.qos)
         except ValueError as exc:  # a wildcard or empty topic from the template
             raise ValueError(f"cannot publish to topic {topic!r}: {exc}") from None
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            return  # the broker went away: kept in the outbox, published again once it is back
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise BrokerError(f"publish to {topic!r} at {self.where} failed in window ({current}, {target}] us: "
                               f"{mqtt.error_string(info.rc)}")
@@ -454,15 +512,16 @@ def _envelope(raw: bytes) -> dict[str, Any] | None:
     return None
 
 
-def _barrier(raw: bytes) -> tuple[str, int] | None:
+def _barrier(raw: bytes) -> tuple[str, int, int] | None:
+    """(node, target_us, epoch) of a barrier or rejoin message."""
     try:
         decoded = _strict_json(raw)
     except Exception:
         return None
     if not isinstance(decoded, dict):
         return None
-    node, target_us = decoded.get("node"), decoded.get("target_us")
-    return (node, target_us) if isinstance(node, str) and _is_int(target_us) else None
+    node, target_us, epoch = decoded.get("node"), decoded.get("target_us"), decoded.get("epoch", 0)
+    return (node, target_us, epoch) if isinstance(node, str) and _is_int(target_us) and _is_int(epoch) else None
 
 
 def _decode(raw: bytes) -> Any:

@@ -49,10 +49,10 @@ def free_port() -> int:
 class Broker:
     """A local mosquitto on a free port, started with the command line the local runtime uses."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, port: int | None = None) -> None:
         assert MOSQUITTO is not None
-        self.port = free_port()
-        self.log = open(log_path, "wb")
+        self.port = port or free_port()
+        self.log = open(log_path, "ab")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(LOCAL_CONF), "-p", str(self.port)],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + DEADLINE_S
@@ -74,6 +74,12 @@ class Broker:
     @property
     def endpoints(self) -> dict[str, Any]:
         return {"mqtt-broker": {"host": "127.0.0.1", "port": self.port}}
+
+    def restart(self) -> None:
+        """Kill the broker and start a fresh one on the same port (its clients see the connection drop)."""
+        self.kill()
+        self.log.close()
+        self.__init__(Path(self.log.name), port=self.port)  # type: ignore[misc]
 
     def kill(self) -> None:
         self.proc.kill()
@@ -237,7 +243,7 @@ def test_an_independent_subscriber_sees_the_messages_through_the_broker(broker: 
                               b'"type":"temp","window_us":1000}'),
             ("cosim/s2/hum", b'{"data":{"v":"x"},"node":"gw","node_seq":1,"seq":7,"source":"s2","time_us":200,'
                              b'"type":"hum","window_us":1000}'),
-            ("cosim/_barrier/gw", b'{"node":"gw","target_us":1000}'),
+            ("cosim/_barrier/gw", b'{"epoch":0,"node":"gw","target_us":1000}'),
         ]
     finally:
         watcher.close()
@@ -288,16 +294,27 @@ def test_missing_broker_endpoint_fails_init() -> None:
 
 
 @needs_mosquitto
-def test_broker_killed_mid_run_fails_the_next_advance(broker: Broker) -> None:
-    with gateway(broker, barrier_timeout_s=3) as svc:
+def test_a_broker_that_does_not_come_back_fails_the_next_advance(broker: Broker) -> None:
+    svc = ServiceProcess(SERVICE)
+    assert svc.init({"connect_timeout_s": 2, "barrier_timeout_s": 3}, node_id="gw", endpoints=broker.endpoints)["type"] == "READY"
+    with svc:
         assert svc.advance(1000, [event(100, "s", 0, v=0)])["events"] == [received(100, "s", 0, 100, v=0)]
         broker.kill()
         started = time.monotonic()
         reply = svc.advance(2000, [event(1100, "s", 1, v=1)])
-        assert time.monotonic() - started < 3 + 2  # the disconnect or, at worst, the barrier watchdog
+        assert time.monotonic() - started < 2 + 3 + 2  # the reconnection deadline or, at worst, the barrier's
         assert reply["type"] == "ERROR" and reply["error"] == "callback_failed" and reply["fatal"] is True
-        assert f"MQTT broker 127.0.0.1:{broker.port}" in reply["detail"]
+        assert f"MQTT broker 127.0.0.1:{broker.port}" in reply["detail"] and "did not come back" in reply["detail"]
         assert svc.proc.wait(timeout=DEADLINE_S) == 1
+
+
+@needs_mosquitto
+@pytest.mark.parametrize("delay_us", [300, 1500])  # due in the same window; due in the next (still in flight)
+def test_two_gateways_survive_a_broker_restart_with_the_same_stream(broker: Broker, delay_us: int) -> None:
+    uninterrupted = _cross_publishing_run(broker, delay_us=delay_us)
+    restarted = _cross_publishing_run(broker, restart_after=12, delay_us=delay_us)
+    assert restarted == uninterrupted
+    assert len(restarted["gw-a"]) == 30 * 7 - (7 if delay_us > 1000 else 0)  # the last window's are due after it
 
 
 # -- several protocol-driven clients on one broker ------------------------------------------------
@@ -327,11 +344,12 @@ def step_all(services: dict[str, ServiceProcess], time_us: int, inputs: dict[str
     return {node: done["events"] for node, done in dones.items()}
 
 
-def _cross_publishing_run(broker: Broker, windows: int = 30) -> dict[str, list[dict[str, Any]]]:
+def _cross_publishing_run(broker: Broker, windows: int = 30, restart_after: int | None = None,
+                          delay_us: int = 300) -> dict[str, list[dict[str, Any]]]:
     """Two gateways subscribe to each other's topics and publish in the same windows."""
     ids = ["gw-a", "gw-b"]
     services = dict(zip(ids, gateways(broker, ids, topic="plant/{source}/v", subscribe=["plant/#"],
-                                      broker_delay_us=300)))
+                                      broker_delay_us=delay_us)))
     seen: dict[str, list[dict[str, Any]]] = {node: [] for node in ids}
     try:
         for k in range(1, windows + 1):
@@ -339,8 +357,12 @@ def _cross_publishing_run(broker: Broker, windows: int = 30) -> dict[str, list[d
                       "gw-b": [event(k * 1000 - 900 + i * 37, f"b{i}", k * 10 + i, "v", x=-i) for i in range(3)]}
             for node, events in step_all(services, k * 1000, inputs, members=ids if k == 1 else None).items():
                 seen[node].extend(events)
+            if k == restart_after:
+                broker.restart()
         for svc in services.values():
             assert svc.shutdown() == 0
+            if restart_after is not None:  # each one noticed, reconnected and re-published
+                assert "every member is back (epoch 1)" in svc.stderr()
     finally:
         for svc in services.values():
             svc.close()
