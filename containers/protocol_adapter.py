@@ -24,7 +24,12 @@ version it does not speak, an exception raised by the callback or the init hook,
 are malformed, contain NaN/Infinity, or are stamped at or before current_time.
 
 ``on_init(message)`` may return a mapping; READY carries it as ``info`` (library versions and the like,
-recorded in the run's manifest, never in the simulation). See docs/protocol.md for the full specification.
+recorded in the run's manifest, never in the simulation). ``barrier_group()`` (called after ``on_init``) may
+name a barrier group (e.g. the MQTT broker's node id); READY then declares it (with ``barrier_publishes``:
+"always", or "on_input" for a service that publishes to its group only in windows with input events), every
+ADVANCE carries ``peers`` (the members that may publish in that window), the first one also ``members`` (the
+whole group), and the callback gets both as keywords (``members``: the latest list received).
+See docs/protocol.md for the full specification.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ Event = dict[str, Any]
 Callback = Callable[[int, int, list[Event]], Iterable[Event]]
 InitHook = Callable[[Mapping[str, Any]], "Mapping[str, Any] | None"]  # may return READY's `info`
 ShutdownHook = Callable[[], None]
+GroupHook = Callable[[], "str | None"]  # the barrier group this service joins, if any
 
 log = logging.getLogger("cosim.adapter")
 
@@ -80,8 +86,14 @@ class CoordinatorProtocolAdapter:
         on_init: InitHook | None = None,
         on_shutdown: ShutdownHook | None = None,
         capabilities: Iterable[str] = (),
+        barrier_group: GroupHook | None = None,
+        barrier_publishes: str = "always",
     ) -> None:
         self.callback = callback
+        self.barrier_publishes = barrier_publishes
+        self.barrier_group_hook = barrier_group
+        self.barrier_group: str | None = None
+        self.members: list[str] = []  # the whole barrier group, from the first ADVANCE
         self.on_init = on_init
         self.on_shutdown = on_shutdown
         self.capabilities = sorted(set(capabilities))
@@ -157,8 +169,16 @@ class CoordinatorProtocolAdapter:
                 info = self.on_init(message)
             except Exception as exc:  # the service could not start: report it, then end
                 raise ProtocolError("init_failed", _describe_exception(exc), fatal=True) from exc
+        if self.barrier_group_hook is not None:
+            try:
+                self.barrier_group = self.barrier_group_hook()
+            except Exception as exc:
+                raise ProtocolError("init_failed", _describe_exception(exc), fatal=True) from exc
         self.initialized = True
         ready = {"type": "READY", "time_us": 0, "protocol": PROTOCOL_VERSION, "capabilities": self.capabilities}
+        if self.barrier_group is not None:
+            ready["barrier_group"] = self.barrier_group
+            ready["barrier_publishes"] = self.barrier_publishes
         if info:
             ready["info"] = dict(info)  # e.g. library versions, for the run's manifest (never in the trace)
         return ready
@@ -185,9 +205,18 @@ class CoordinatorProtocolAdapter:
                     f"events[{index}] at {event['time_us']} us lies outside the window "
                     f"({self.current_time_us}, {target}]",
                 )
+        peers, members = message.get("peers"), message.get("members", self.members)
+        for name, ids in (("peers", peers), ("members", members)):
+            if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)):
+                raise ProtocolError("bad_message", f"ADVANCE {name} must be a list of node ids, got {ids!r}")
         ordered = sorted(events, key=_event_time) if events else events  # stable: keeps same-time order
         try:
-            produced = list(self.callback(self.current_time_us, target, ordered) or [])
+            if self.barrier_group is not None:
+                self.members = members
+                produced = list(self.callback(self.current_time_us, target, ordered,  # type: ignore[call-arg]
+                                              peers=peers, members=members) or [])
+            else:
+                produced = list(self.callback(self.current_time_us, target, ordered) or [])
         except Exception as exc:
             raise ProtocolError("callback_failed", _describe_exception(exc), fatal=True) from exc
         stamped = self._held + [self._stamp(index, event, target) for index, event in enumerate(produced)]
@@ -279,6 +308,8 @@ def serve(
     on_init: InitHook | None = None,
     on_shutdown: ShutdownHook | None = None,
     capabilities: Iterable[str] = (),
+    barrier_group: GroupHook | None = None,
+    barrier_publishes: str = "always",
 ) -> None:
     """Entry point for a service's ``__main__``: log to stderr, serve stdin/stdout, exit with the code."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
@@ -286,5 +317,6 @@ def serve(
     stdin = open(sys.stdin.fileno(), "rb", closefd=False)
     stdout = open(sys.stdout.fileno(), "wb", closefd=False)
     sys.stdout = sys.stderr  # a stray print() in service code must not corrupt the protocol stream
-    adapter = CoordinatorProtocolAdapter(callback, on_init=on_init, on_shutdown=on_shutdown, capabilities=capabilities)
+    adapter = CoordinatorProtocolAdapter(callback, on_init=on_init, on_shutdown=on_shutdown, capabilities=capabilities,
+                                         barrier_group=barrier_group, barrier_publishes=barrier_publishes)
     sys.exit(adapter.run(stdin, stdout))

@@ -5,7 +5,9 @@
    container and eight at once; and, for reference, through a `docker attach` process.
 2. cosim's per node-step cost (one echo service, empty windows) with the local and the Docker runtime.
 3. Scaling: step time with 1, 4 and 8 container nodes advancing concurrently.
-4. Throughput: events per second routed through the coordinator, and through the MQTT gateway and broker.
+4. Throughput: events per second routed through the coordinator, and through the MQTT gateway and broker; and
+   the same MQTT load through two gateways on one broker (each sees every message: fan-out, barriers of both),
+   with its step time against the single gateway's, measured in the same run.
 
 Wall-clock numbers only; nothing here enters a trace. Results are printed as a table and written as JSON.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +45,7 @@ class BenchResult:
     per_node_step_us: dict[str, float] = field(default_factory=dict)
     scaling_step_us: dict[str, float] = field(default_factory=dict)
     throughput_events_per_s: dict[str, float] = field(default_factory=dict)
+    mqtt_step_us: dict[str, float] = field(default_factory=dict)  # "<runtime>_<n>_gateway(s)" -> step time
     ratios: dict[str, float] = field(default_factory=dict)
 
 
@@ -140,9 +144,10 @@ def container_floor(count: int, image: str, containers: int = 1, *, attach: str 
 
 
 def _scenario(directory: Path, name: str, *, services: int, steps: int, quantum_us: int = 1000,
-              tick_us: int | None = None, through_gateway: bool = False) -> Path:
+              tick_us: int | None = None, through_gateway: bool = False, gateways: int = 1) -> Path:
     """A benchmark scenario: ``services`` echo nodes; with ``tick_us``, echo-1 emits a tick every tick_us that
-    goes to a sink (through the MQTT gateway and broker if asked)."""
+    goes to a sink (through the MQTT gateway and broker if asked: ``gateways`` replicas, ticks spread over them
+    round-robin, every gateway subscribed to all of them)."""
     lines = [f"name: {name}", "seed: 1", f"duration_us: {steps * quantum_us}", f"quantum_us: {quantum_us}", "nodes:"]
     echo = (CONTAINERS / "echo").as_posix()
     for index in range(services):
@@ -156,7 +161,7 @@ def _scenario(directory: Path, name: str, *, services: int, steps: int, quantum_
                 "  - {id: mqtt-broker, kind: infrastructure, build: " + (CONTAINERS / "mqtt-broker").as_posix()
                 + ", port: 1883, local_command: [mosquitto, -c, mosquitto-local.conf, -p, '{port}']}",
                 "  - {id: gateway, kind: service, build: " + (CONTAINERS / "mqtt-gateway").as_posix()
-                + ", config: {broker: mqtt-broker}}",
+                + f", replicas: {gateways}, config: {{broker: mqtt-broker, broker_delay_us: {quantum_us}}}}}",
             ]
             routes = ["  - {from: echo-1, to: [gateway], events: [tick]}", "  - {from: gateway, to: [sink]}"]
         else:
@@ -189,8 +194,10 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: Te
         say("cosim: one echo node, local runtime")
         result.per_node_step_us["local"], _ = _step_us(_scenario(directory, "bench-one", services=1, steps=steps), "local", directory)
         say("throughput: sensor -> echo -> sink through the coordinator (local)")
-        events = _throughput(directory, "bench-events", steps, "local", through_gateway=False)
+        events, _ = _throughput(directory, "bench-events", steps, "local", through_gateway=False)
         result.throughput_events_per_s["coordinator_local"] = events
+        if _local_mosquitto():
+            _mqtt_rows(result, directory, steps, "local", say)
         if docker:
             from cosim.images import ensure_images
             from cosim.runtimes.docker import image_specs
@@ -209,9 +216,7 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: Te
                 step, _ = _step_us(_scenario(directory, f"bench-scale-{count}", services=count, steps=steps), "docker", directory)
                 result.scaling_step_us[str(count)] = step
             result.per_node_step_us["docker"] = result.scaling_step_us["1"]
-            say("throughput: sensor -> MQTT gateway -> broker -> sink (docker)")
-            result.throughput_events_per_s["mqtt_docker"] = _throughput(directory, "bench-mqtt", steps, "docker",
-                                                                      through_gateway=True)
+            _mqtt_rows(result, directory, steps, "docker", say)
     result.ratios["local_vs_pipe_floor"] = result.per_node_step_us["local"] / result.floors_us["pipe"]
     if docker:
         result.ratios["docker_vs_container_floor"] = result.per_node_step_us["docker"] / result.floors_us["container"]
@@ -228,13 +233,33 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: Te
     return result
 
 
-def _throughput(directory: Path, name: str, steps: int, runtime: str, *, through_gateway: bool) -> float:
-    """Events per wall second routed through the coordinator: 50 ticks per step from one echo node to a sink
-    (and, through the gateway, each tick once more as mqtt_received)."""
-    scenario = _scenario(directory, name, services=1, steps=steps, tick_us=20, through_gateway=through_gateway)
+def _throughput(directory: Path, name: str, steps: int, runtime: str, *, through_gateway: bool,
+                gateways: int = 1) -> tuple[float, float]:
+    """Events per wall second routed through the coordinator, and the mean step time (us): 50 ticks per step
+    from one echo node to a sink (and, through the gateways, each tick once more per gateway as mqtt_received)."""
+    scenario = _scenario(directory, name, services=1, steps=steps, tick_us=20, through_gateway=through_gateway,
+                         gateways=gateways)
     summary = run(scenario, runtime=runtime, trace_path=directory / f"{name}-{runtime}.jsonl")
     metrics = json.loads(summary.metrics_path.read_text(encoding="utf-8"))
-    return summary.result.counts["sent"] / metrics["step_loop_s"]
+    return summary.result.counts["sent"] / metrics["step_loop_s"], metrics["step_loop_s"] / metrics["steps"] * 1e6
+
+
+def _mqtt_rows(result: BenchResult, directory: Path, steps: int, runtime: str, say: Callable[[str], None]) -> None:
+    """One gateway, then two on the same broker, with the same ticks: events/s and step time of each."""
+    for gateways in (1, 2):
+        label = f"{gateways} gateway{'s' if gateways > 1 else ''}"
+        say(f"throughput: sensor -> MQTT ({label}) -> broker -> sink ({runtime})")
+        rate, step = _throughput(directory, f"bench-mqtt-{gateways}", steps, runtime, through_gateway=True,
+                                 gateways=gateways)
+        result.throughput_events_per_s[f"mqtt_{runtime}_{gateways}gw"] = rate
+        result.mqtt_step_us[f"{runtime}_{gateways}gw"] = step
+    result.ratios[f"mqtt_{runtime}_2gw_vs_1gw_step"] = result.mqtt_step_us[f"{runtime}_2gw"] / result.mqtt_step_us[f"{runtime}_1gw"]
+
+
+def _local_mosquitto() -> bool:
+    from cosim.runtimes.local import SBIN_DIRS
+
+    return bool(shutil.which("mosquitto") or shutil.which("mosquitto", path=os.pathsep.join(SBIN_DIRS)))
 
 
 def print_table(result: BenchResult, out: TextIO) -> None:
@@ -260,6 +285,10 @@ def print_table(result: BenchResult, out: TextIO) -> None:
                      f"{result.ratios['docker_8_vs_container_floor_x8']:.2f}x", ""))
     for name, rate in result.throughput_events_per_s.items():
         rows.append((f"throughput: {name.replace('_', ' ')}", f"{rate:,.0f} events/s", "", ""))
+    for name, step in result.mqtt_step_us.items():
+        runtime, gateways = name.split("_")
+        ratio = f"{result.ratios[f'mqtt_{runtime}_2gw_vs_1gw_step']:.2f}x one gateway" if gateways == "2gw" else ""
+        rows.append((f"step, MQTT load through {gateways[0]} gateway(s), {runtime}", f"{step:.0f} us", ratio, ""))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for index, row in enumerate(rows):
         out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() + "\n")

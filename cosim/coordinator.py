@@ -4,7 +4,8 @@ It knows nothing about Docker or processes: it drives ``SimNode`` objects. Each 
 
 1. hand every node the events whose delivery time lies in the window (t - quantum, t], in the total order
    (delivery time, source, per-source sequence number, destination);
-2. send ADVANCE to all nodes, then collect every DONE (services compute concurrently);
+2. send ADVANCE to all nodes (services first, so they compute while the in-process models do), then collect
+   every DONE in scenario order (services compute concurrently);
 3. number each node's outputs (per-source sequence), order them by (time, source, seq), and route them:
    each destination's link adds latency and seeded jitter and may drop the event.
 
@@ -21,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 from cosim.errors import InfrastructureExited, Interrupted, NodeFailure
 from cosim.network import Drop, Router
-from cosim.nodes import Event, SimNode
+from cosim.nodes import Event, ServiceNode, SimNode
 from cosim.scenario import ContainerNode, Scenario
 from cosim.seeds import node_seed
 from cosim.trace import TraceWriter
@@ -76,15 +77,19 @@ class Coordinator:
         self.step = 0
         self._pending: list[tuple[int, str, int, str, Event]] = []  # heap: (time, source, seq, dest, event)
         self._next_seq: dict[str, int] = {node_id: 0 for node_id in self.nodes}
+        self._always_publish: set[str] = set()
+        # ADVANCE goes to the services first, so that they compute while the in-process models (sensors) do.
+        self._advance_order = sorted(self.nodes, key=lambda node_id: not isinstance(self.nodes[node_id], ServiceNode))
         self.unroutable: dict[tuple[str, str], int] = {}
         self.timings = StepTimings()
+        self.barrier_groups: dict[str, list[str]] = {}  # group -> member ids (sorted), from the READY replies
 
     def run(self) -> RunResult:
         started = time.monotonic()
         try:
             self._init_nodes()
             services = {node_id: info for node_id, node in self.nodes.items() if (info := getattr(node, "info", None))}
-            self.trace.header({**self.environment, "services": services})
+            self.trace.header({**self.environment, "services": services}, barrier_groups=self.barrier_groups)
             loop_started, loop_cpu_started = time.monotonic(), time.process_time()
             for self.step in range(1, self.scenario.steps + 1):
                 self._advance(self.step * self.scenario.quantum_us)
@@ -124,12 +129,37 @@ class Coordinator:
             spec = self.scenario.node(node_id)
             config = spec.config if isinstance(spec, ContainerNode) else {}
             node.init(node_seed(self.scenario.seed, node_id), config, self.endpoints)
+            group = getattr(node, "barrier_group", None)
+            if group is not None:
+                self.barrier_groups.setdefault(group, []).append(node_id)
+        for members in self.barrier_groups.values():
+            members.sort()
+            for node_id in members:
+                self.nodes[node_id].members = members  # type: ignore[attr-defined]  (a ServiceNode: it declared a group)
+        self._always_publish = {node_id for node_id, node in self.nodes.items()
+                                if getattr(node, "barrier_group", None) is not None
+                                and not getattr(node, "publishes_on_input_only", False)}
         self.timings.init_s = time.monotonic() - started
+
+    def _window_peers(self, inputs: Mapping[str, list[Event]]) -> dict[str, list[str]]:
+        """Per barrier-group member: the members that may publish to the group in this window (all are advanced
+        every step; an "on_input" member only when it has input events)."""
+        peers: dict[str, list[str]] = {}
+        for members in self.barrier_groups.values():
+            active = [m for m in members if m in self._always_publish or m in inputs]
+            for member in members:
+                peers[member] = active
+        return peers
 
     def _advance(self, target_us: int) -> None:
         inputs = self._due(target_us)
-        for node_id, node in self.nodes.items():
-            node.begin_advance(target_us, inputs.get(node_id, []))
+        peers = self._window_peers(inputs) if self.barrier_groups else {}
+        for node_id in self._advance_order:
+            node = self.nodes[node_id]
+            if node_id in peers:
+                node.begin_advance(target_us, inputs.get(node_id, []), peers[node_id])
+            else:
+                node.begin_advance(target_us, inputs.get(node_id, []))
         waiting_started = time.monotonic()
         outputs = [(node_id, node.end_advance()) for node_id, node in self.nodes.items()]
         self.timings.waiting_s += time.monotonic() - waiting_started

@@ -73,7 +73,8 @@ class ImageSpec:
     """One service image: ``tag`` built from ``service_dir/Dockerfile`` with ``service_dir.parent`` as context.
 
     ``extra_inputs`` lists further paths (relative to the context) the Dockerfile copies, so that changing
-    them triggers a rebuild; the service directory and protocol_adapter.py are always included.
+    them triggers a rebuild; the service directory, protocol_adapter.py and the shared ``containers/*.py``
+    modules its Dockerfile names are always included.
     """
 
     tag: str
@@ -407,7 +408,10 @@ def build_hash(spec: ImageSpec, base_image_id: str) -> str:
     """sha256 over everything that goes into the image: files (relative paths + contents), wheels, base id."""
     digest = hashlib.sha256()
     digest.update(f"{_HASH_SCHEME}\0base={base_image_id}\0".encode())
-    inputs = [spec.service_dir, spec.context / "protocol_adapter.py", spec.wheelhouse]
+    # Shared modules next to the services count for the images whose Dockerfile copies them (cosim_mqtt.py).
+    dockerfile = spec.dockerfile.read_text(encoding="utf-8") if spec.dockerfile.is_file() else ""
+    shared = [path for path in sorted(spec.context.glob("*.py")) if path.name in dockerfile]
+    inputs = [spec.service_dir, spec.context / "protocol_adapter.py", *shared, spec.wheelhouse]
     inputs += [spec.context / extra for extra in spec.extra_inputs]
     for path in sorted({f for p in inputs if p.exists() for f in _files_under(p)}):
         digest.update(f"{path.relative_to(spec.context).as_posix()}\0{_sha256_file(path)}\0".encode())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from cosim.scenario import Route, Scenario
+from cosim.scenario import LinkProperties, Route, Scenario
 from cosim.seeds import link_seed
 
 
@@ -32,14 +32,20 @@ class Router:
         self._rngs: dict[tuple[str, str], random.Random] = {}
         self._round_robin: dict[tuple[int, str], int] = {}
         self._group_of = {node.id: node.group for node in scenario.nodes}
+        # The scenario is immutable: routes per (source, type) and links per (source, dest) are looked up once.
+        self._routes: dict[tuple[str, str], list[tuple[int, Route]]] = {}
+        self._links: dict[tuple[str, str], LinkProperties] = {}
 
     def _routes_for(self, source: str, event_type: str) -> list[tuple[int, Route]]:
-        group = self._group_of.get(source)
-        return [
-            (index, route)
-            for index, route in enumerate(self.scenario.routes)
-            if route.source in (source, group) and (route.events is None or event_type in route.events)
-        ]
+        routes = self._routes.get((source, event_type))
+        if routes is None:
+            group = self._group_of.get(source)
+            routes = self._routes[(source, event_type)] = [
+                (index, route)
+                for index, route in enumerate(self.scenario.routes)
+                if route.source in (source, group) and (route.events is None or event_type in route.events)
+            ]
+        return routes
 
     def destinations(self, source: str, event_type: str) -> list[str]:
         """Node ids the event goes to, in route order; a replicated group picks its next replica round-robin."""
@@ -57,10 +63,11 @@ class Router:
 
     def transmit(self, source: str, dest: str, sent_us: int) -> Delivery | Drop:
         """Send one event over the link source -> dest: its delivery, or its loss."""
-        link = self.scenario.link(source, dest)
         rng = self._rngs.get((source, dest))
         if rng is None:
             rng = self._rngs[(source, dest)] = random.Random(link_seed(self.scenario.seed, source, dest))
+            self._links[(source, dest)] = self.scenario.link(source, dest)
+        link = self._links[(source, dest)]
         jitter_draw, loss_draw = rng.random(), rng.random()
         jitter = min(int(jitter_draw * (link.jitter_us + 1)), link.jitter_us)  # uniform over [0, jitter_us]
         lost = loss_draw < link.loss

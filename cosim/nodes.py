@@ -28,7 +28,9 @@ class SimNode(Protocol):
 
     def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None: ...
 
-    def begin_advance(self, target_us: int, events: list[Event]) -> None: ...
+    def begin_advance(self, target_us: int, events: list[Event], peers: list[str] | None = None) -> None:
+        """Start advancing to ``target_us``; ``peers``: the members of the node's barrier group advanced too."""
+        ...
 
     def end_advance(self) -> list[Event]:
         """The events produced in the window just advanced, each with ``type``, ``time_us`` and ``data``."""
@@ -59,6 +61,9 @@ class ServiceNode:
         self._sent_at = 0.0
         self.round_trips_s: list[float] = []  # wall-clock ADVANCE->DONE, for metrics only
         self.info: dict[str, Any] = {}  # what READY said about the service (versions), for the manifest
+        self.barrier_group: str | None = None  # READY's barrier_group: its ADVANCEs then name the peers
+        self.publishes_on_input_only = False  # READY's barrier_publishes == "on_input"
+        self.members: list[str] | None = None  # the whole group, sent once, in the first ADVANCE
 
     # -- protocol ---------------------------------------------------------------------------------
 
@@ -67,13 +72,25 @@ class ServiceNode:
         reply = self._receive(expect="READY")
         info = reply.get("info")
         self.info = info if isinstance(info, dict) else {}
+        group = reply.get("barrier_group")
+        if group is not None and not isinstance(group, str):
+            raise self._failure(f"answered READY with barrier_group {group!r}; expected a string")
+        publishes = reply.get("barrier_publishes", "always")
+        if publishes not in ("always", "on_input"):
+            raise self._failure(f"answered READY with barrier_publishes {publishes!r}; expected 'always' or 'on_input'")
+        self.barrier_group = group
+        self.publishes_on_input_only = publishes == "on_input"
         if reply.get("protocol") != protocol.VERSION:
             raise self._failure(f"answered READY for protocol {reply.get('protocol')!r}; cosim speaks {protocol.VERSION}")
 
-    def begin_advance(self, target_us: int, events: list[Event]) -> None:
+    def begin_advance(self, target_us: int, events: list[Event], peers: list[str] | None = None) -> None:
         self._target_us = target_us
         self._sent_at = time.monotonic()
-        line = protocol.encode_advance(target_us, events)
+        if self.barrier_group is None:
+            line = protocol.encode_advance(target_us, events)
+        else:
+            line = protocol.encode_advance(target_us, events, peers or [], self.members)
+            self.members = None
         self._send_line(line, f"ADVANCE to {target_us} us")
 
     def end_advance(self) -> list[Event]:
@@ -180,7 +197,7 @@ class SensorModel:
         anomaly = self.node.anomaly_at(time_us)
         return anomaly.severity if anomaly is not None else 0.0
 
-    def begin_advance(self, target_us: int, events: list[Event]) -> None:
+    def begin_advance(self, target_us: int, events: list[Event], peers: list[str] | None = None) -> None:
         outputs = []
         while (at := self.node.offset_us + self._window * self.node.period_us) <= target_us:
             severity = self.severity_at(at)
@@ -221,7 +238,7 @@ class SinkModel:
     def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
         pass
 
-    def begin_advance(self, target_us: int, events: list[Event]) -> None:
+    def begin_advance(self, target_us: int, events: list[Event], peers: list[str] | None = None) -> None:
         self.received.extend(events)
 
     def end_advance(self) -> list[Event]:

@@ -44,15 +44,25 @@ def init_message(node_id: str, seed: int, config: Mapping[str, Any], endpoints: 
             "config": dict(config), "endpoints": dict(endpoints)}
 
 
-def advance_message(target_us: int, events: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"type": "ADVANCE", "time_us": target_us, "events": events}
+def advance_message(target_us: int, events: list[dict[str, Any]], peers: list[str] | None = None,
+                    members: list[str] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": "ADVANCE", "time_us": target_us, "events": events}
+    if peers is not None:  # only for a service whose READY declared a barrier_group
+        message["peers"] = peers
+    if members is not None:  # the whole group, in the first ADVANCE
+        message["members"] = members
+    return message
 
 
-def encode_advance(target_us: int, events: list[dict[str, Any]]) -> bytes:
+def encode_advance(target_us: int, events: list[dict[str, Any]], peers: list[str] | None = None,
+                   members: list[str] | None = None) -> bytes:
     """ADVANCE as a canonical line. Most windows carry no events; their line is formatted directly (the hot path)."""
-    if not events:
-        return b'{"events":[],"time_us":%d,"type":"ADVANCE"}\n' % target_us
-    return encode(advance_message(target_us, events))
+    if not events and members is None:
+        if peers is None:
+            return b'{"events":[],"time_us":%d,"type":"ADVANCE"}\n' % target_us
+        if not peers:
+            return b'{"events":[],"peers":[],"time_us":%d,"type":"ADVANCE"}\n' % target_us
+    return encode(advance_message(target_us, events, peers, members))
 
 
 def empty_done(target_us: int) -> bytes:

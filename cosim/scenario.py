@@ -528,6 +528,7 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
                 raise fail(f"no Dockerfile in {doc['build']!r} (looked for {service_dir / 'Dockerfile'})", at + ("build",))
         elif "image" not in doc:
             raise fail("needs `build` (a service directory with a Dockerfile) or `image` (a prebuilt image)", at)
+        _check_shared_subscriptions(doc, at, fail)
         return ContainerNode(
             id=doc["id"], kind=kind, links=links, build=service_dir, base_dir=base_dir,
             image=doc["image"] if "image" in doc else f"cosim/{service_dir.name}:dev",  # type: ignore[union-attr]
@@ -554,6 +555,19 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
             anomalies=tuple(anomalies),
         )
     return SinkNode(id=doc["id"], kind=kind, links=links)
+
+
+def _check_shared_subscriptions(doc: dict[str, Any], at: FieldPath, fail: Any) -> None:
+    """An MQTT client's `$share/<group>/<filter>` splits messages over the replicas of <group>: its own id."""
+    subscribe = (doc.get("config") or {}).get("subscribe")
+    for index, topic_filter in enumerate(subscribe if isinstance(subscribe, list) else []):
+        if not isinstance(topic_filter, str) or not topic_filter.startswith("$share/"):
+            continue
+        group, _, inner = topic_filter[len("$share/"):].partition("/")
+        if group != doc["id"] or not inner:
+            raise fail(f"{topic_filter!r} shares among the replicas of {group!r}, but this node is {doc['id']!r}; "
+                       f"write '$share/{doc['id']}/<filter>' (a plain filter fans out to every subscriber)",
+                       at + ("config", "subscribe", index))
 
 
 def _env_value(value: Any) -> str:

@@ -45,10 +45,13 @@ class TraceWriter:
             self.counts[kind] += 1
         self._handle.write(protocol.canonical(record) + "\n")
 
-    def header(self, environment: Mapping[str, Any] | None = None) -> None:
+    def header(self, environment: Mapping[str, Any] | None = None,
+               barrier_groups: Mapping[str, list[str]] | None = None) -> None:
         """The reproducibility manifest. ``environment`` holds what may differ between machines and runtimes
-        (image ids, library versions); it is excluded from the trace's hash (see cosim.tracediff)."""
+        (image ids, library versions); it is excluded from the trace's hash (see cosim.tracediff).
+        ``barrier_groups`` (hashed: it shapes the run) are the groups the services declared in READY."""
         record = {"record": "header", "format": FORMAT, **self.manifest}
+        record["barrier_groups"] = {group: list(members) for group, members in sorted((barrier_groups or {}).items())}
         if environment is not None:
             record["environment"] = dict(environment)
         self.write(record)

@@ -111,6 +111,7 @@ class Comparison:
     path_b: Path
     divergence: Divergence | None
     environment: dict[str, tuple[Any, Any]]  # field -> (A, B), for fields that differ
+    external: tuple[int | None, int | None] = (None, None)  # first record (index) outside virtual time, per trace
 
     @property
     def identical(self) -> bool:
@@ -156,7 +157,14 @@ def compare(path_a: Path, path_b: Path, context: int = 3) -> Comparison:
         without = "B" if trace_a.final_newline else "A"
         divergence = Divergence(len(lines_a), None, None, before(len(lines_a)),
                                 note=f"trace {without} does not end with a newline (its last record is cut short)")
-    return Comparison(path_a, path_b, divergence, environment)
+    return Comparison(path_a, path_b, divergence, environment, (_first_external(lines_a), _first_external(lines_b)))
+
+
+EXTERNAL_MARK = b'"external":true'  # what an MQTT client writes on a message from a publisher outside virtual time
+
+
+def _first_external(lines: list[bytes]) -> int | None:
+    return next((index for index, line in enumerate(lines) if EXTERNAL_MARK in line), None)
 
 
 def print_comparison(comparison: Comparison, out: TextIO, *, label_a: str = "A", label_b: str = "B") -> None:
@@ -184,6 +192,11 @@ def print_comparison(comparison: Comparison, out: TextIO, *, label_a: str = "A",
     for label, record in ((label_a, divergence.a), (label_b, divergence.b)):
         shown = protocol.canonical(record) if record is not None else "(trace ends here)"
         out.write(f"    {label:>2} {shown}\n")
+    external = [f"{label} at line {index + 1}" for label, index in zip((label_a, label_b), comparison.external)
+                if index is not None and index <= divergence.index]
+    if external:
+        out.write(f"  likely source: a message from an MQTT client that cosim does not drive (\"external\": true; "
+                  f"{', '.join(external)}): outside virtual time, it lands in whichever window it arrived in\n")
     if divergence.a is not None and divergence.b is not None:
         flat_a, flat_b = _flatten(divergence.a), _flatten(divergence.b)
         fields = [key for key in sorted(set(flat_a) | set(flat_b)) if flat_a.get(key) != flat_b.get(key)]

@@ -34,15 +34,32 @@ def window(rng: random.Random, params: SignalParams, severity: float = 0.0) -> l
     phase = rng.uniform(0.0, 2.0 * math.pi)
     fault_phase = rng.uniform(0.0, 1.0)
     dt = 1.0 / params.sample_rate_hz
+    omega = 2.0 * math.pi * params.shaft_hz  # evaluated left to right, as in 2.0 * math.pi * shaft_hz * t
+    noise = params.noise
+    # rng.gauss(0.0, noise), inlined (the sensor model's hot loop): the same draws in the same order, and the
+    # pending second value of each Box-Muller pair kept in rng.gauss_next as Random.gauss keeps it.
+    uniform, sin, cos, log, sqrt = rng.random, math.sin, math.cos, math.log, math.sqrt
+    pending = rng.gauss_next  # type: ignore[attr-defined]
     out = []
     for i in range(params.samples):
         t = i * dt
-        value = amplitude * math.sin(2.0 * math.pi * params.shaft_hz * t + phase) + rng.gauss(0.0, params.noise)
+        if pending is None:
+            x2pi = uniform() * _TWO_PI
+            g2rad = sqrt(-2.0 * log(1.0 - uniform()))
+            z = cos(x2pi) * g2rad
+            pending = sin(x2pi) * g2rad
+        else:
+            z, pending = pending, None
+        value = amplitude * sin(omega * t + phase) + (0.0 + z * noise)
         if severity > 0.0:
             since_impulse = (t * params.fault_hz + fault_phase) % 1.0 / params.fault_hz
             value += severity * params.fault_amplitude * math.exp(-since_impulse * 900.0) * rng.choice((-1.0, 1.0))
         out.append(value)
+    rng.gauss_next = pending  # type: ignore[attr-defined]
     return out
+
+
+_TWO_PI = 2.0 * math.pi  # Random.gauss's TWOPI
 
 
 def features(samples: list[float]) -> list[float]:
@@ -50,10 +67,11 @@ def features(samples: list[float]) -> list[float]:
     n = len(samples)
     mean = sum(samples) / n
     centred = [x - mean for x in samples]
-    variance = sum(x * x for x in centred) / n
-    rms = math.sqrt(sum(x * x for x in samples) / n)
-    peak = max(abs(x) for x in samples)
-    kurtosis = (sum(x**4 for x in centred) / n) / (variance * variance) if variance > 0 else 0.0
+    squares = [x * x for x in centred]
+    variance = sum(squares) / n
+    rms = math.sqrt(sum([x * x for x in samples]) / n)
+    peak = max(map(abs, samples))
+    kurtosis = (sum([x**4 for x in centred]) / n) / (variance * variance) if variance > 0 else 0.0
     crest = peak / rms if rms > 0 else 0.0
     return [round(rms, 6), round(peak, 6), round(crest, 6), round(kurtosis, 6)]
 

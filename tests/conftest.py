@@ -26,7 +26,7 @@ def root() -> Path:
     return ROOT
 
 
-SERVICE_IMAGES = ("echo", "mqtt-broker", "mqtt-gateway", "ml-inference")
+SERVICE_IMAGES = ("echo", "mqtt-broker", "mqtt-gateway", "cloud-aggregator", "ml-inference")
 
 
 @pytest.fixture(scope="session")

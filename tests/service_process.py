@@ -61,8 +61,8 @@ class ServiceProcess:
         return self.request({"type": "INIT", "protocol": 1, "time_us": 0, "node_id": node_id, "seed": seed,
                              "config": dict(config or {}), "endpoints": dict(endpoints or {})})
 
-    def advance(self, time_us: int, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        return self.request({"type": "ADVANCE", "time_us": time_us, "events": events or []})
+    def advance(self, time_us: int, events: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
+        return self.request(advance(time_us, events, **fields))
 
     def shutdown(self) -> int:
         """SHUTDOWN, then the exit code (waits with a deadline)."""
@@ -85,3 +85,8 @@ class ServiceProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def advance(time_us: int, events: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
+    """An ADVANCE message; ``fields`` adds optional ones (peers, members)."""
+    return {"type": "ADVANCE", "time_us": time_us, "events": events or [], **fields}

@@ -23,3 +23,8 @@ def test_local_bench_reports_floors_costs_and_ratios(tmp_path: Path) -> None:
     table = out.getvalue()
     assert "floor: bare echo, local pipe (round trip)" in table and "cosim node-step, local runtime" in table
     assert "targets: local_vs_pipe_floor:" in table and f"results: {output}" in table
+    if result.mqtt_step_us:  # with a local mosquitto: one gateway and two on the same broker, same ticks
+        assert set(result.mqtt_step_us) == {"local_1gw", "local_2gw"}
+        assert result.throughput_events_per_s["mqtt_local_2gw"] > 0
+        assert result.ratios["mqtt_local_2gw_vs_1gw_step"] == result.mqtt_step_us["local_2gw"] / result.mqtt_step_us["local_1gw"]
+        assert "step, MQTT load through 2 gateway(s), local" in table

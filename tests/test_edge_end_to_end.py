@@ -225,8 +225,9 @@ def test_independent_mqtt_client_sees_the_readings(observed_docker_run: tuple[Ru
     for line in lines:
         topic, _, payload = line.partition(" ")
         assert topic in {f"plant/{sensor}/vibration" for sensor in SENSORS}, line
-        message = json.loads(payload)  # what the gateway publishes: the reading with its virtual-time origin
-        assert set(message) == {"type", "time_us", "source", "seq", "data"}
+        message = json.loads(payload)  # what the gateway publishes: the reading in its virtual-time envelope
+        assert set(message) == {"type", "time_us", "source", "seq", "data", "node", "node_seq", "window_us"}
+        assert message["node"] == "gateway" and message["time_us"] <= message["window_us"]
         assert message["type"] == "inference_request" and topic == f"plant/{message['source']}/vibration"
         assert message["data"]["sensor"] == message["source"] and len(message["data"]["features"]) == 4
     env = environment(summary)

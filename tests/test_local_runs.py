@@ -111,6 +111,7 @@ def test_trace_header_identifies_the_run(first_run: RunSummary) -> None:
         "scenario_sha256": hashlib.sha256(PIPELINE.read_bytes()).hexdigest(), "seed": 42,
         "compose_sha256": hashlib.sha256(compose_text.encode("utf-8")).hexdigest(),
         "duration_us": 200_000, "quantum_us": 1000, "protocol": protocol.VERSION, "cosim": __version__,
+        "barrier_groups": {},
         "nodes": {"echo-1": "service", "echo-2": "service", "sensor-a": "sensor", "sensor-b": "sensor",
                   "sink": "sink"},
         # Not hashed: what may differ between machines and runtimes.

@@ -348,6 +348,8 @@ def test_hot_path_lines_are_the_canonical_encoding() -> None:
     for time_us in (1, 1000, 10_000_000_000):
         assert coordinator_protocol.encode_advance(time_us, []) == coordinator_protocol.encode(
             coordinator_protocol.advance_message(time_us, []))
+        assert coordinator_protocol.encode_advance(time_us, [], []) == coordinator_protocol.encode(
+            coordinator_protocol.advance_message(time_us, [], []))  # a barrier-group member's idle window
         adapter_done = protocol_adapter.encode({"type": "DONE", "time_us": time_us, "events": []})
         assert protocol_adapter._EMPTY_DONE % time_us == adapter_done  # the adapter's own shortcut
         assert coordinator_protocol.empty_done(time_us) + b"\n" == adapter_done.encode()

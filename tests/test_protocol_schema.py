@@ -97,8 +97,11 @@ def _delivered(time_us: int, source: str, seq: int, sent_us: int, data: Any) -> 
     protocol.advance_message(1000, []),
     protocol.advance_message(2000, [_delivered(1500, "sensor", 0, 500, {"v": 1}),
                                     _delivered(1500, "sensor-b", 3, 400, None)]),
+    protocol.advance_message(3000, [], ["gw-a", "gw-b-1"], ["cloud", "gw-a", "gw-b-1", "gw-b-2"]),
+    protocol.advance_message(4000, [], []),
     protocol.SHUTDOWN,
-], ids=["init-minimal", "init-full", "init-max-seed", "advance-empty", "advance-events", "shutdown"])
+], ids=["init-minimal", "init-full", "init-max-seed", "advance-empty", "advance-events", "advance-group-first",
+        "advance-group", "shutdown"])
 def test_messages_from_cosim_protocol_validate(message: dict[str, Any]) -> None:
     assert_valid(strict_line(protocol.encode(message)), FROM_COORDINATOR)
 
@@ -129,6 +132,24 @@ def test_adapter_ready_validates() -> None:
     assert_valid(ready, FROM_SERVICE)
     assert ready == {"type": "READY", "protocol": 1, "time_us": 0, "capabilities": ["echo", "mqtt"]}
     assert_valid(_wire(_adapter().handle(INIT)), FROM_SERVICE)  # no capabilities: []
+
+
+def test_a_barrier_group_is_declared_in_ready_and_its_peers_reach_the_callback() -> None:
+    calls: list[tuple[Any, Any]] = []
+
+    def callback(current: int, target: int, events: list[dict[str, Any]], *, peers: Any, members: Any) -> list[Any]:
+        calls.append((peers, members))
+        return []
+
+    adapter = _adapter(callback, barrier_group=lambda: "mqtt-broker", barrier_publishes="on_input")  # type: ignore[arg-type]
+    ready = _wire(adapter.handle(INIT))
+    assert_valid(ready, FROM_SERVICE)
+    assert ready["barrier_group"] == "mqtt-broker" and ready["barrier_publishes"] == "on_input"
+    for message in (protocol.advance_message(1000, [], ["a"], ["a", "b"]), protocol.advance_message(2000, [], [])):
+        assert_valid(_wire(adapter.handle(strict_line(protocol.encode(message)))), FROM_SERVICE)
+    assert calls == [(["a"], ["a", "b"]), ([], ["a", "b"])]  # members: the latest list received
+    bad = adapter.handle({"type": "ADVANCE", "time_us": 3000, "events": [], "peers": "a"})
+    assert bad is not None and bad["error"] == "bad_message" and "peers must be a list" in bad["detail"]
 
 
 def test_adapter_done_with_events_validates() -> None:

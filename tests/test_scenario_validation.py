@@ -231,6 +231,11 @@ CASES: list[tuple[str, str, str | None, tuple[str, ...]]] = [
     ("first-reading-after-the-end", PIPELINE.replace("    period_us: 1000\n", "    period_us: 1000\n"
                                                      "    offset_us: 20000  # HERE\n"), "nodes[0].offset_us",
      ("first reading at 20000 us is after the end of the run (10000 us)",)),
+    ("shared-subscription-of-another-group", PIPELINE.replace("    build: svc\n", "    build: svc\n    replicas: 2\n"
+                                                             "    config:\n      subscribe:\n        - plain/#\n"
+                                                             "        - $share/other/plant/#  # HERE\n"),
+     "nodes[1].config.subscribe[1]", ("'$share/other/plant/#' shares among the replicas of 'other', but this node is "
+                                      "'svc'; write '$share/svc/<filter>'",)),
     ("infrastructure-without-build-or-image", HEAD + "  - id: broker  # HERE\n    kind: infrastructure\n    port: 1883\n",
      "nodes[0]", ("needs `build` (a service directory with a Dockerfile) or `image` (a prebuilt image)",)),
 ]
