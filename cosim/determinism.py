@@ -30,10 +30,10 @@ class GateRun:
 def plan(runs: int | str, runtime: str) -> list[str]:
     """The runtime of each run, in order; `both` alternates so each runtime runs ``runs`` times."""
     options.choice("--runtime", runtime, RUNTIME_CHOICES)
-    runs = options.integer_at_least("--runs", runs, 2, "two runs to compare")
-    if runtime == "both":
-        return [name for _ in range(runs) for name in ("local", "docker")]
-    return [runtime] * runs
+    if runtime == "both":  # one run on each runtime is already a comparison
+        each = options.integer_at_least("--runs", runs, 1, "one run on each runtime")
+        return [name for _ in range(each) for name in ("local", "docker")]
+    return [runtime] * options.integer_at_least("--runs", runs, 2, "two runs to compare")
 
 
 def gate(scenario_path: str, *, runs: int | str = 3, runtime: str = "docker", out_dir: Path | None = None,

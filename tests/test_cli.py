@@ -149,6 +149,8 @@ OPTION_ERRORS = [
      "--runs '0': expected a whole number of at least 2 (two runs to compare)"),
     (("determinism", "--runtime", "local", "--runs", "many"),
      "--runs 'many': expected a whole number of at least 2 (two runs to compare)"),
+    (("determinism", "--runtime", "both", "--runs", "0"),
+     "--runs '0': expected a whole number of at least 1 (one run on each runtime)"),
     (("determinism", "--runtime", "local", "--watchdog", "-5"),
      "--watchdog '-5': expected a number of seconds greater than 0"),
     (("bench", "--local-only", "--steps", "0"), "--steps '0': expected a whole number of at least 1"),

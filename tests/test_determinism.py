@@ -29,6 +29,7 @@ def invoke(*args: str) -> subprocess.CompletedProcess[str]:
 def test_plan_alternates_runtimes_for_both_and_refuses_nonsense() -> None:
     assert plan(3, "docker") == ["docker"] * 3
     assert plan(2, "both") == ["local", "docker", "local", "docker"]
+    assert plan(1, "both") == ["local", "docker"]  # one run on each runtime is a comparison
     with pytest.raises(OptionError, match="^--runs 1: expected a whole number of at least 2"):
         plan(1, "local")
     with pytest.raises(OptionError, match="^--runtime 'podman': expected one of docker, local, both$"):
