@@ -23,12 +23,6 @@ def _call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return function(*args, **kwargs)
     except CosimError as error:
         raise Exit(f"cosim: error: {error}", code=error.exit_code) from None
-    except Exception as error:
-        # The Docker CLI failing in a way cosim did not foresee is still the engine's answer, not a cosim bug.
-        if type(error).__module__.startswith("python_on_whales"):
-            detail = "\n".join(str(error).strip().splitlines()[-6:])
-            raise Exit(f"cosim: error: a docker command failed:\n{detail}", code=3) from None
-        raise
 
 
 @optional_positional("scenario")

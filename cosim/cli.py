@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cosim import compose, detections, options, scenario as scenarios
-from cosim.errors import CosimError
+from cosim.errors import CosimError, TracesDiffer, UsageError
 from cosim.run import DEFAULT_WATCHDOG_S, RunSummary, run
 
 DEFAULT_SCENARIO = "scenarios/default.yaml"
@@ -198,15 +198,11 @@ def determinism(path: str = DEFAULT_SCENARIO, *, runs: int | str = 3, runtime: s
     gate(path, runs=runs, runtime=runtime, watchdog_s=watchdog_s, out=out)
 
 
-class TracesDiffer(CosimError):
-    exit_code = 1
-
-
 def diff(trace_a: str, trace_b: str, out: TextIO = sys.stdout) -> None:
     from cosim.tracediff import compare, print_comparison
 
     if not trace_a or not trace_b:
-        raise CosimError("usage: invoke diff TRACE_A TRACE_B")
+        raise UsageError("usage: invoke diff TRACE_A TRACE_B")
     comparison = compare(Path(trace_a), Path(trace_b))
     out.write(f"{trace_a} vs {trace_b}:\n")
     print_comparison(comparison, out)

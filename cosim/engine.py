@@ -7,13 +7,15 @@ Three things must hold: the ``docker`` CLI is installed, the Docker daemon answe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from typing import Iterator
 
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from cosim.errors import EngineUnavailable
+from cosim.errors import DockerCommandFailed, EngineUnavailable
 
 _ENDPOINT_VARS = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG")
 _checked_ok: set[tuple[str | None, ...]] = set()
@@ -65,3 +67,13 @@ def _daemon_problem(stderr: str) -> str:
         f"Docker Engine is not running or not reachable{at}: start it (e.g. `sudo systemctl start docker`) "
         f"or {INSTALL_DOCKER}; `docker info` shows the details."
     )
+
+
+@contextlib.contextmanager
+def docker_errors() -> Iterator[None]:
+    """The Docker boundary: a python-on-whales exception that cosim did not foresee (and catch where it happens)
+    leaves as DockerCommandFailed, so that callers catch cosim's own types only. Also a decorator."""
+    try:
+        yield
+    except DockerException as exc:
+        raise DockerCommandFailed("\n".join(str(exc).strip().splitlines()[-6:])) from None

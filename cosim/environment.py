@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cosim.errors import CosimError
+from cosim.errors import ToolError
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_FILE = ROOT / "requirements.lock"
@@ -55,5 +55,5 @@ def update_lock(*, upgrade: bool = False, output: Path = LOCK_FILE) -> Path:
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
-        raise CosimError(f"pip-compile could not resolve pyproject.toml into {output.name}:\n{tail}")
+        raise ToolError(f"pip-compile could not resolve pyproject.toml into {output.name}:\n{tail}")
     return output

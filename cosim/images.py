@@ -34,6 +34,7 @@ from python_on_whales import docker
 from python_on_whales.exceptions import DockerException, NoSuchImage
 from python_on_whales.utils import run as docker_run
 
+from cosim.engine import docker_errors
 from cosim.errors import ImageBuildError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -487,6 +488,7 @@ def _drop_if_untagged(image_id: str) -> None:
         pass  # still used by a container or another image: leave it
 
 
+@docker_errors()
 def ensure_images(
     specs: Iterable[ImageSpec], *, force: bool = False, log: Log = _stderr_log
 ) -> dict[str, str]:

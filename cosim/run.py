@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 from cosim import compose, options, runtimes, trace as tracing
 from cosim.environment import dependency_versions
 from cosim.coordinator import Coordinator, RunResult
-from cosim.errors import CosimError, Interrupted
+from cosim.errors import Interrupted, NodeError, TraceWriteError
 from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
 from cosim.scenario import Scenario, SensorNode, SinkNode, load
 from cosim.trace import TraceWriter
@@ -132,7 +132,7 @@ def run(
         trace_file.touch()
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(trace_file) else ""
-        raise CosimError(f"cannot write the trace to {trace_file}: {exc.strerror}{where}") from None
+        raise TraceWriteError(f"cannot write the trace to {trace_file}: {exc.strerror}{where}") from None
     writer = TraceWriter(trace_file, tracing.base_manifest(
         scenario.name, scenario.sha256, scenario.seed, scenario.duration_us, scenario.quantum_us,
         {node.id: node.kind for node in scenario.nodes},
@@ -158,7 +158,7 @@ def run(
                 raise Interrupted("interrupted while starting the scenario; nothing was simulated") from None
             except Exception as exc:
                 if coordinator is None and not writer.closed:
-                    writer.error(0, getattr(exc, "node", None), "start_failed", _first_line(str(exc)))
+                    writer.error(0, exc.node if isinstance(exc, NodeError) else None, "start_failed", _first_line(str(exc)))
                 raise
             finally:
                 interrupts.stopping = True  # from here on, Ctrl-C waits for the teardown

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Mapping, Union
 
 from cosim import __version__, protocol
-from cosim.errors import CosimError, TraceReadError
+from cosim.errors import CosimError, ToolError, TraceReadError
 
 if TYPE_CHECKING:
     import pandas
@@ -211,7 +211,7 @@ class Trace:
         try:
             import pandas
         except ImportError:
-            raise CosimError("Trace.to_dataframe needs pandas: install cosim's analysis extra "
+            raise ToolError("Trace.to_dataframe needs pandas: install cosim's analysis extra "
                              "(pip install 'cosim[analysis]')") from None
         columns = ["record", "time_us", "source", "seq", "type", "dest", "sent_us", "latency_us", "reason", "data"]
         rows = []

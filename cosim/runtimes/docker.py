@@ -26,8 +26,8 @@ from typing import IO, Any, Iterable
 from python_on_whales import DockerClient, DockerException, docker
 
 from cosim import compose
-from cosim.engine import check_engine
-from cosim.errors import CosimError, ImageBuildError, NodeFailure
+from cosim.engine import check_engine, docker_errors
+from cosim.errors import ComposeUpFailed, ImageBuildError, NodeError, NodeFailure, NodeImageError
 from cosim.images import ImageSpec, ensure_images, try_pull
 from cosim.scenario import ContainerNode, Scenario
 from cosim.runtimes.engine_attach import EngineAttachTransport, engine_socket
@@ -39,15 +39,6 @@ LABEL_PROJECT = f"{compose.LABEL_PREFIX}.project"
 STOP_TIMEOUT_S = 2
 RUNS_DIR = Path(tempfile.gettempdir()) / f"cosim-runs-{os.getuid()}"
 _LOG_SCAN_LINES = 2000  # `docker logs --tail` counts stdout and stderr lines together
-
-
-class NodeImageError(ImageBuildError):
-    """An image could not be built; names the node(s) that needed it."""
-
-    def __init__(self, nodes: list[str], error: ImageBuildError) -> None:
-        self.node = nodes[0]
-        who = f"node {nodes[0]!r}" if len(nodes) == 1 else "nodes " + ", ".join(repr(n) for n in nodes)
-        super().__init__(f"{who}: {error}")
 
 
 class RunLock:
@@ -84,6 +75,7 @@ def _still_at(handle: IO[str], path: Path) -> bool:
         return False
 
 
+@docker_errors()
 def reap_orphans() -> dict[str, tuple[int, int]]:
     """Remove the containers and networks of runs whose coordinator is gone: their lock file is still there (a
     run that ends removes it) and nobody holds its lock. Each lock is held while its run is reaped, so a run
@@ -176,6 +168,7 @@ class DockerRuntime:
 
     # -- Runtime interface ------------------------------------------------------------------------
 
+    @docker_errors()
     def start(self) -> None:
         check_engine()
         for run_id, (containers, networks) in reap_orphans().items():
@@ -218,6 +211,7 @@ class DockerRuntime:
                 "compose_file": str(self.compose_file) if self.compose_file else None,
                 "attach": "engine-api" if self._engine_socket is not None else "docker-cli"}
 
+    @docker_errors()
     def exited_infrastructure(self, wait_s: float = 0.0) -> list[tuple[str, int | None]]:
         exited = []
         for node in self.scenario.containers:
@@ -284,7 +278,7 @@ class DockerRuntime:
         try:
             self.client.compose.up(detach=True, build=False, pull="never", quiet=True)
         except DockerException as exc:
-            raise CosimError(f"docker compose could not start scenario {self.scenario.name!r} "
+            raise ComposeUpFailed(f"docker compose could not start scenario {self.scenario.name!r} "
                              f"(compose file {self.compose_file}):\n{_error_text(exc)}") from None
         for container in self.client.compose.ps(all=True):
             node_id = (container.config.labels or {}).get(LABEL_NODE)
@@ -295,7 +289,7 @@ class DockerRuntime:
         for node in self.scenario.containers:
             container_id = self._containers.get(node.id)
             if container_id is None:
-                raise CosimError(f"node {node.id!r}: docker compose did not create its container")
+                raise NodeError(node.id, f"node {node.id!r}: docker compose did not create its container")
             state = docker.container.inspect(container_id).state
             if not state.running:
                 raise NodeFailure(node.id, "its container is not running after start", exit_code=state.exit_code,
@@ -379,6 +373,7 @@ def remove_by_label(label: str, *, keep_runs: Iterable[str] = ()) -> tuple[int, 
     return len(containers), removed_networks
 
 
+@docker_errors()
 def down_all() -> tuple[int, int]:
     """What `invoke down` does: remove the containers and networks cosim runs left behind (crashed or killed
     runs, projects started by hand), but not those of runs still in progress."""
