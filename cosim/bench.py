@@ -173,11 +173,9 @@ def _scenario(directory: Path, name: str, *, services: int, steps: int, quantum_
     return path
 
 
-def _step_us(scenario: Path, runtime: str, directory: Path) -> tuple[float, dict[str, Any]]:
-    """Mean wall time of one step of the step loop (us), and the run's metrics."""
-    summary = run(scenario, runtime=runtime, trace_path=directory / f"{scenario.stem}-{runtime}.jsonl")
-    metrics = json.loads(summary.metrics_path.read_text(encoding="utf-8"))
-    return metrics["step_loop_s"] / metrics["steps"] * 1e6, metrics
+def _step_us(scenario: Path, runtime: str, directory: Path) -> float:
+    """Mean wall time of one step of the step loop (us)."""
+    return run(scenario, runtime=runtime, trace_path=directory / f"{scenario.stem}-{runtime}.jsonl").metrics.step_us
 
 
 def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: TextIO = sys.stdout,
@@ -192,7 +190,7 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: Te
         say("floor: bare echo over a local pipe")
         result.floors_us["pipe"] = pipe_floor(probes)
         say("cosim: one echo node, local runtime")
-        result.per_node_step_us["local"], _ = _step_us(_scenario(directory, "bench-one", services=1, steps=steps), "local", directory)
+        result.per_node_step_us["local"] = _step_us(_scenario(directory, "bench-one", services=1, steps=steps), "local", directory)
         say("throughput: sensor -> echo -> sink through the coordinator (local)")
         events, _ = _throughput(directory, "bench-events", steps, "local", through_gateway=False)
         result.throughput_events_per_s["coordinator_local"] = events
@@ -213,7 +211,7 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: Te
             result.floors_us["container_docker_cli"] = container_floor(probes, "cosim/echo:dev", attach="cli")
             for count in (1, 4, 8):
                 say(f"cosim: {count} echo container(s), docker runtime")
-                step, _ = _step_us(_scenario(directory, f"bench-scale-{count}", services=count, steps=steps), "docker", directory)
+                step = _step_us(_scenario(directory, f"bench-scale-{count}", services=count, steps=steps), "docker", directory)
                 result.scaling_step_us[str(count)] = step
             result.per_node_step_us["docker"] = result.scaling_step_us["1"]
             _mqtt_rows(result, directory, steps, "docker", say)
@@ -240,8 +238,7 @@ def _throughput(directory: Path, name: str, steps: int, runtime: str, *, through
     scenario = _scenario(directory, name, services=1, steps=steps, tick_us=20, through_gateway=through_gateway,
                          gateways=gateways)
     summary = run(scenario, runtime=runtime, trace_path=directory / f"{name}-{runtime}.jsonl")
-    metrics = json.loads(summary.metrics_path.read_text(encoding="utf-8"))
-    return summary.result.counts["sent"] / metrics["step_loop_s"], metrics["step_loop_s"] / metrics["steps"] * 1e6
+    return summary.result.counts["sent"] / summary.metrics.step_loop_s, summary.metrics.step_us
 
 
 def _mqtt_rows(result: BenchResult, directory: Path, steps: int, runtime: str, say: Callable[[str], None]) -> None:

@@ -6,7 +6,6 @@ message and a non-zero exit (no traceback).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, TextIO
 
 from cosim import compose, detections, options, scenario as scenarios
 from cosim.errors import CosimError, TracesDiffer, UsageError
+from cosim.metrics import RunMetrics
 from cosim.run import DEFAULT_WATCHDOG_S, RunSummary, run
 
 DEFAULT_SCENARIO = "scenarios/default.yaml"
@@ -138,17 +138,16 @@ def print_summary(summary: RunSummary, out: TextIO) -> None:
         out.write(f"  sink {sink!r} received {len(events)} event(s)\n")
     sink_events = sorted((e for events in summary.sinks.values() for e in events), key=lambda e: e["time_us"])
     detections.print_report(detections.report(summary.scenario, sink_events), out)
-    print_metrics(json.loads(summary.metrics_path.read_text(encoding="utf-8")), out)
+    print_metrics(summary.metrics, out)
     out.write(f"  trace:   {summary.trace_path}\n  metrics: {summary.metrics_path}\n")
 
 
-def print_metrics(metrics: dict[str, Any], out: TextIO) -> None:
-    """The wall-clock side of a run (from its metrics file): round trips and cosim's own overhead."""
-    overhead = metrics["coordinator_overhead"]
-    if overhead.get("share") is not None:
-        out.write(f"  coordinator overhead: {overhead['share'] * 100:.1f}% of the step loop, "
-                  f"{overhead['per_step_us']:.1f} us CPU per step\n")
-    for node_id, stats in sorted(metrics["round_trip"].items()):
+def print_metrics(metrics: RunMetrics, out: TextIO) -> None:
+    """The wall-clock side of a run: round trips and cosim's own overhead."""
+    if metrics.overhead_share is not None and metrics.overhead_per_step_us is not None:
+        out.write(f"  coordinator overhead: {metrics.overhead_share * 100:.1f}% of the step loop, "
+                  f"{metrics.overhead_per_step_us:.1f} us CPU per step\n")
+    for node_id, stats in sorted(metrics.round_trip.items()):
         if stats:
             out.write(f"  {node_id}: ADVANCE->DONE p50 {stats['p50_us']:.0f} us, p95 {stats['p95_us']:.0f} us, "
                       f"p99 {stats['p99_us']:.0f} us\n")

@@ -11,6 +11,7 @@ environment and command exactly as the scenario wrote them, as it does on the lo
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -97,6 +98,12 @@ def render_text(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> str:
     )
     body = yaml.safe_dump(compose_spec(scenario, compose_dir), sort_keys=False, default_flow_style=False, width=120)
     return header + body
+
+
+def sha256(scenario: Scenario) -> str:
+    """The hash of the scenario's rendered compose file, for the trace header: the same for every runtime (the
+    local runtime renders no file, yet its trace names the compose file a Docker run of it would use)."""
+    return hashlib.sha256(render_text(scenario).encode("utf-8")).hexdigest()
 
 
 def render(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> Path:
