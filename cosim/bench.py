@@ -14,6 +14,7 @@ Wall-clock numbers only; nothing here enters a trace. Results are printed as a t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -114,6 +115,9 @@ def pipe_floor(count: int) -> float:
 def container_floor(count: int, image: str, containers: int = 1, *, attach: str = "api") -> float:
     """The same bare echo as the main process of ``containers`` containers, all probed concurrently, reached
     through the engine's attach endpoint (``api``, the path cosim uses) or a `docker attach` process (``cli``)."""
+    from python_on_whales import DockerException, docker
+
+    from cosim.engine import docker_command
     from cosim.runtimes.engine_attach import engine_socket
 
     socket_path = engine_socket() if attach == "api" else None
@@ -122,16 +126,15 @@ def container_floor(count: int, image: str, containers: int = 1, *, attach: str 
     echoes: list[_Echo] = []
     try:
         for _ in range(containers):
-            ids.append(subprocess.run(
-                ["docker", "run", "-d", "-i", "--init", "--rm", "--label", "cosim.project=cosim", "--label",
-                 "cosim.run=bench", "--network", "none", "--entrypoint", "python3", image, "-u", "-c", BARE_ECHO],
-                capture_output=True, text=True, check=True).stdout.strip())
+            ids.append(docker.run(image, ["-u", "-c", BARE_ECHO], detach=True, interactive=True, init=True, remove=True,
+                                  labels={"cosim.project": "cosim", "cosim.run": "bench"}, networks=["none"],
+                                  entrypoint="python3").id)
             if socket_path is not None:
                 echo, close = _api_echo(ids[-1], socket_path)
                 echoes.append(echo)
                 cleanups.append(close)
             else:
-                process = subprocess.Popen(["docker", "attach", "--sig-proxy=false", ids[-1]],
+                process = subprocess.Popen(docker_command("attach", "--sig-proxy=false", ids[-1]),
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                 echoes.append(_pipe_echo(process))
                 cleanups += [process.kill, process.wait]
@@ -140,7 +143,8 @@ def container_floor(count: int, image: str, containers: int = 1, *, attach: str 
         for cleanup in cleanups:
             cleanup()
         if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+            with contextlib.suppress(DockerException):  # already gone (--rm): nothing to remove
+                docker.container.remove(ids, force=True)
 
 
 def _scenario(directory: Path, name: str, *, services: int, steps: int, quantum_us: int = 1000,

@@ -1,8 +1,13 @@
-"""Is a usable container engine there? ``check_engine()`` answers with one clear sentence when it is not.
+"""cosim's boundary with the Docker CLI: python-on-whales for everything it offers, and the few calls it lacks.
 
-Three things must hold: the ``docker`` CLI is installed, the Docker daemon answers, and the Compose v2 plugin
-(``docker compose``) is installed. A positive answer is cached per process and per Docker endpoint
-(DOCKER_HOST / DOCKER_CONTEXT / DOCKER_CONFIG), so callers may check before every command at no cost.
+- ``check_engine()``: is a usable engine there? One clear sentence when it is not. Three things must hold: the
+  ``docker`` CLI is installed, the Docker daemon answers, and the Compose v2 plugin is installed. A positive
+  answer is cached per process and per Docker endpoint (DOCKER_HOST / DOCKER_CONTEXT / DOCKER_CONFIG).
+- ``docker_errors()``: python-on-whales' exceptions leave as cosim's DockerCommandFailed.
+- What python-on-whales lacks, run through its own ``docker_cmd`` (same binary and client configuration), each
+  bounded by a timeout but builds (``run_cli``): ``pull`` (its pull has none: a blackholed registry would hang), ``wait_exit`` (a
+  bounded `docker wait`), ``stderr_tail`` (its logs() merges stdout into stderr), ``context_host``, and
+  ``docker_command`` for the argv of a `docker attach` process.
 """
 
 from __future__ import annotations
@@ -10,12 +15,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from typing import Iterator
+import subprocess
+from typing import Iterator, Mapping
 
-from python_on_whales import DockerClient
+from python_on_whales import DockerClient, docker
 from python_on_whales.exceptions import DockerException
+from python_on_whales.utils import run as docker_run
 
 from cosim.errors import DockerCommandFailed, EngineUnavailable
+from cosim.tails import last_lines
 
 _ENDPOINT_VARS = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG")
 _checked_ok: set[tuple[str | None, ...]] = set()
@@ -76,4 +84,57 @@ def docker_errors() -> Iterator[None]:
     try:
         yield
     except DockerException as exc:
-        raise DockerCommandFailed("\n".join(str(exc).strip().splitlines()[-6:])) from None
+        raise DockerCommandFailed(last_lines(str(exc), 6)) from None
+
+
+def docker_command(*args: str) -> list[str]:
+    """The argv of a docker CLI command, as python-on-whales runs it."""
+    return [str(part) for part in docker.docker_cmd] + list(args)
+
+
+def run_cli(args: list[str], *, env: Mapping[str, str] | None = None) -> str:
+    """A docker command that python-on-whales offers no suitable method for, run the way it runs its own (its
+    stdout; raises DockerException with the command's output when it fails). No timeout: for builds."""
+    return str(docker_run(docker_command(*args), env=dict(env or {})))
+
+
+def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str] | None:
+    """A docker command's outcome within ``timeout_s``; None when it could not run or did not answer in time."""
+    try:
+        return subprocess.run(docker_command(*args), capture_output=True, text=True, errors="replace",
+                              timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def pull(image: str, timeout_s: float) -> tuple[bool, str]:
+    """Pull ``image`` within ``timeout_s``: (succeeded, docker's last words)."""
+    done = _run(["pull", "--quiet", image], timeout_s)
+    if done is None:
+        return False, f"no answer within {timeout_s:.0f} s"
+    return done.returncode == 0, (done.stderr or done.stdout).strip()
+
+
+def wait_exit(container_id: str, timeout_s: float) -> int | None:
+    """The container's exit code once it has exited, waiting up to ``timeout_s``; None while it still runs."""
+    done = _run(["wait", container_id], timeout_s)
+    if done is None or done.returncode != 0 or not done.stdout.strip().isdigit():
+        return None
+    return int(done.stdout.strip())
+
+
+_LOG_SCAN_LINES = 2000  # `docker logs --tail` counts stdout and stderr lines together
+
+
+def stderr_tail(container_id: str, lines: int) -> str:
+    """The last lines the container wrote on stderr ("" when there are none or the engine cannot say)."""
+    done = _run(["logs", "--tail", str(_LOG_SCAN_LINES), container_id], 10)
+    if done is None or done.returncode != 0:
+        return ""
+    return last_lines(done.stderr, lines)
+
+
+def context_host() -> str:
+    """The engine endpoint of the current docker context (e.g. ``unix:///var/run/docker.sock``); "" if unknown."""
+    done = _run(["context", "inspect", "--format", "{{.Endpoints.docker.Host}}"], 10)
+    return done.stdout.strip() if done is not None and done.returncode == 0 else ""

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from cosim.errors import ToolError
+from cosim.tails import last_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_FILE = ROOT / "requirements.lock"
@@ -54,6 +55,6 @@ def update_lock(*, upgrade: bool = False, output: Path = LOCK_FILE) -> Path:
     done = subprocess.run(lock_command(upgrade=upgrade, output=output), cwd=ROOT, env=environment,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
+        tail = last_lines(done.stderr or done.stdout, 8)
         raise ToolError(f"pip-compile could not resolve pyproject.toml into {output.name}:\n{tail}")
     return output

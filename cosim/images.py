@@ -32,10 +32,10 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from python_on_whales import docker
 from python_on_whales.exceptions import DockerException, NoSuchImage
-from python_on_whales.utils import run as docker_run
 
-from cosim.engine import docker_errors
+from cosim.engine import docker_command, docker_errors, pull, run_cli
 from cosim.errors import ImageBuildError
+from cosim.tails import last_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINERS = ROOT / "containers"
@@ -148,7 +148,7 @@ def _tail(text: str, lines: int = 15) -> str:
         skipping = False
         if line.strip() and not line.startswith(_BUILD_NOISE):
             kept.append(line.rstrip())
-    return "\n".join("    " + line for line in kept[-lines:])
+    return "\n".join("    " + line for line in last_lines("\n".join(kept), lines).splitlines())
 
 
 def _image_id(tag: str) -> str | None:
@@ -226,13 +226,7 @@ def _remember_pull(image: str, ok: bool, cache_dir: Path) -> None:
 def try_pull(image: str, *, timeout_s: float = PULL_TIMEOUT_S, log: Log = _stderr_log) -> tuple[bool, str]:
     """Pull ``image`` within ``timeout_s``; (succeeded, docker's last words)."""
     log(f"image {image}: pulling (up to {timeout_s:.0f} s)")
-    # python-on-whales' pull has no timeout, and a blackholed registry would otherwise hang here.
-    command = [str(part) for part in docker.docker_cmd] + ["pull", "--quiet", image]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        return False, f"no answer within {timeout_s:.0f} s"
-    return done.returncode == 0, (done.stderr or done.stdout).strip()
+    return pull(image, timeout_s)
 
 
 def resolve_base_image(
@@ -261,7 +255,7 @@ def resolve_base_image(
         if ok:
             return DEFAULT_BASE_IMAGE
         log(
-            f"image {DEFAULT_BASE_IMAGE}: cannot pull ({why.splitlines()[-1] if why else 'no reason given'}); "
+            f"image {DEFAULT_BASE_IMAGE}: cannot pull ({last_lines(why, 1) or 'no reason given'}); "
             f"using {local_tag} (not retrying the pull for {PULL_RETRY_AFTER_S // 3600} h)"
         )
     return build_local_base_image(local_tag, log=log)
@@ -318,9 +312,7 @@ def build_local_base_image(
 
 def _import_rootfs(rootfs: Path, tag: str) -> None:
     # Streamed: python-on-whales' import_ takes a file, and the tarball would be a few hundred MB.
-    command = [str(part) for part in docker.docker_cmd] + [
-        "import", "--change", f"LABEL {PROJECT_LABEL}={PROJECT}", "-", tag,
-    ]  # fmt: skip
+    command = docker_command("import", "--change", f"LABEL {PROJECT_LABEL}={PROJECT}", "-", tag)
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
     assert tar.stdout is not None
     try:
@@ -426,7 +418,7 @@ def _has_buildx() -> bool:
     global _buildx
     if _buildx is None:
         try:
-            docker_run(docker.docker_cmd + ["buildx", "version"])
+            run_cli(["buildx", "version"])
             _buildx = True
         except DockerException:
             _buildx = False
@@ -437,17 +429,14 @@ def _build(spec: ImageSpec, base_image: str, digest: str, *, no_cache: bool) -> 
     """``docker build`` one image; returns its id. Works with and without the buildx plugin."""
     # `docker build` is buildx when the plugin is installed and the classic builder otherwise; python-on-whales'
     # build() needs buildx and its legacy_build() cannot --force-rm (a failed step would leave a container).
-    command = docker.docker_cmd + ["build", "--quiet", "--force-rm"]
-    command.add_simple_arg("--file", spec.dockerfile)
-    command.add_simple_arg("--tag", spec.tag)
-    command.add_args_mapping("--build-arg", {"BASE_IMAGE": base_image})
-    command.add_args_mapping("--label", {BUILD_HASH_LABEL: digest, PROJECT_LABEL: PROJECT})
-    command.add_flag("--no-cache", no_cache)
-    command.append(spec.context)
+    command = ["build", "--quiet", "--force-rm", "--file", str(spec.dockerfile), "--tag", spec.tag,
+               "--build-arg", f"BASE_IMAGE={base_image}",
+               "--label", f"{BUILD_HASH_LABEL}={digest}", "--label", f"{PROJECT_LABEL}={PROJECT}",
+               *(["--no-cache"] if no_cache else []), str(spec.context)]
     # Without buildx, DOCKER_BUILDKIT=1 in the user's environment would make `docker build` refuse to run.
     env = {} if _has_buildx() else {"DOCKER_BUILDKIT": "0"}
     try:
-        output: str = docker_run(command, env=env)  # type: ignore[assignment]  # str unless return_stderr
+        output = run_cli(command, env=env)
     except DockerException as exc:
         raise ImageBuildError(
             f"Cannot build image {spec.tag} from {spec.dockerfile}: docker build failed (exit {exc.return_code}); "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,19 +25,19 @@ from typing import IO, Any, Iterable
 from python_on_whales import DockerClient, DockerException, docker
 
 from cosim import compose
-from cosim.engine import check_engine, docker_errors
+from cosim.engine import check_engine, docker_command, docker_errors, stderr_tail, wait_exit
 from cosim.errors import ComposeUpFailed, ImageBuildError, NodeError, NodeFailure, NodeImageError
 from cosim.images import ImageSpec, ensure_images, try_pull
 from cosim.scenario import ContainerNode, Scenario
 from cosim.runtimes.engine_attach import EngineAttachTransport, engine_socket
-from cosim.transport import PipeTransport, Transport, tail
+from cosim.tails import file_tail, last_lines
+from cosim.transport import PipeTransport, Transport
 
 LABEL_RUN = f"{compose.LABEL_PREFIX}.run"
 LABEL_NODE = f"{compose.LABEL_PREFIX}.node"
 LABEL_PROJECT = f"{compose.LABEL_PREFIX}.project"
 STOP_TIMEOUT_S = 2
 RUNS_DIR = Path(tempfile.gettempdir()) / f"cosim-runs-{os.getuid()}"
-_LOG_SCAN_LINES = 2000  # `docker logs --tail` counts stdout and stderr lines together
 
 
 class RunLock:
@@ -135,7 +134,7 @@ def ensure_pulled(images: list[str]) -> dict[str, str]:
         if not docker.image.exists(image):
             pulled, why = try_pull(image)  # bounded by COSIM_PULL_TIMEOUT: a silent registry cannot hang the run
             if not pulled:
-                reason = why.splitlines()[-1] if why else "no reason given"
+                reason = last_lines(why, 1) or "no reason given"
                 raise ImageBuildError(f"image {image} is not here and cannot be pulled ({reason}); "
                                       f"pull or load it by hand, or give the node a `build:` directory")
         ids[image] = docker.image.inspect(image).id
@@ -143,8 +142,7 @@ def ensure_pulled(images: list[str]) -> dict[str, str]:
 
 
 def _error_text(exc: DockerException) -> str:
-    text = (exc.stderr or exc.stdout or str(exc)).strip()
-    return "\n".join(text.splitlines()[-8:])
+    return last_lines(exc.stderr or exc.stdout or str(exc), 8)
 
 
 class DockerRuntime:
@@ -225,14 +223,8 @@ class DockerRuntime:
                 continue
             if not state.running:
                 exited.append((node.id, state.exit_code))
-            elif wait_s > 0:
-                try:
-                    done = subprocess.run(["docker", "wait", container_id], capture_output=True, text=True,
-                                          timeout=wait_s)
-                except subprocess.TimeoutExpired:
-                    continue  # still running: not the cause
-                if done.returncode == 0 and done.stdout.strip().isdigit():
-                    exited.append((node.id, int(done.stdout.strip())))
+            elif wait_s > 0 and (code := wait_exit(container_id, wait_s)) is not None:
+                exited.append((node.id, code))  # (still running after wait_s: not the cause)
         return exited
 
     def stop(self) -> None:
@@ -293,7 +285,7 @@ class DockerRuntime:
             state = docker.container.inspect(container_id).state
             if not state.running:
                 raise NodeFailure(node.id, "its container is not running after start", exit_code=state.exit_code,
-                                  log_tail=self._stderr_tail(container_id, 15) or self._logs(container_id, 15))
+                                  log_tail=stderr_tail(container_id, 15) or self._logs(container_id, 15))
             if node.speaks_protocol:
                 self._transports[node.id] = self._attach(node, container_id)
 
@@ -304,18 +296,18 @@ class DockerRuntime:
                 return EngineAttachTransport(
                     node.id, container_id, self._engine_socket, log_path=log_path,
                     exit_code=lambda: self._exit_code(container_id),
-                    log_tail=lambda lines: self._stderr_tail(container_id, lines) or tail(log_path, lines),
+                    log_tail=lambda lines: stderr_tail(container_id, lines) or file_tail(log_path, lines),
                 )
             except OSError as exc:
                 raise NodeFailure(node.id, f"cannot attach to its container through the engine API ({exc})",
-                                  log_tail=self._stderr_tail(container_id, 15)) from None
+                                  log_tail=stderr_tail(container_id, 15)) from None
         return PipeTransport(
             node.id,
-            ["docker", "attach", "--sig-proxy=false", container_id],
+            docker_command("attach", "--sig-proxy=false", container_id),
             log_path=log_path,  # the attached stderr stream: the service's own log lines
             exit_code=lambda: self._exit_code(container_id),
             # The engine's copy of its stderr also has what it wrote before the attach (or when attach failed).
-            log_tail=lambda lines: self._stderr_tail(container_id, lines) or tail(log_path, lines),
+            log_tail=lambda lines: stderr_tail(container_id, lines) or file_tail(log_path, lines),
         )
 
     @staticmethod
@@ -324,25 +316,9 @@ class DockerRuntime:
         the engine may still be recording the exit: `docker wait` (bounded) bridges that moment."""
         try:
             state = docker.container.inspect(container_id).state
-            if not state.running:
-                return state.exit_code
-            done = subprocess.run(["docker", "wait", container_id], capture_output=True, text=True, timeout=3)
-            return int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip() else None
-        except (DockerException, subprocess.TimeoutExpired, ValueError):
+        except DockerException:
             return None
-
-    @staticmethod
-    def _stderr_tail(container_id: str, lines: int) -> str:
-        """The last lines the container wrote on stderr (its stdout is the protocol stream: not a log)."""
-        try:
-            done = subprocess.run(["docker", "logs", "--tail", str(_LOG_SCAN_LINES), container_id],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace",
-                                  timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        if done.returncode != 0:
-            return ""
-        return "".join(done.stderr.splitlines(keepends=True)[-lines:])
+        return state.exit_code if not state.running else wait_exit(container_id, 3)
 
     @staticmethod
     def _logs(container_id: str, lines: int) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 
 from cosim.errors import NodeStartError
 from cosim.scenario import ContainerNode, Scenario
-from cosim.transport import PipeTransport, Transport, tail
+from cosim.tails import file_tail
+from cosim.transport import PipeTransport, Transport
 
 INFRA_START_TIMEOUT_S = 15.0
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
@@ -144,7 +145,7 @@ class LocalRuntime:
             code = process.poll()
             state = f"exited with code {code}" if code is not None else f"not listening after {INFRA_START_TIMEOUT_S:g} s"
             raise NodeStartError(node.id, f"({' '.join(command)}) {state}; last lines of {log_path}:\n"
-                             + tail(log_path, 10))
+                             + file_tail(log_path, 10))
         self._endpoints[node.id] = {"host": "127.0.0.1", "port": port}
 
     def _start_service(self, node: ContainerNode) -> None:
