@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence, TextIO
 
 from cosim import __version__
 from cosim.run import run
-from cosim.scenario import REPO_ROOT
+from cosim.paths import REPO_ROOT
 
 CONTAINERS = REPO_ROOT / "containers"
 BARE_ECHO = "import sys\nfor line in sys.stdin:\n    sys.stdout.write(line)\n    sys.stdout.flush()\n"
@@ -64,7 +64,7 @@ def _pipe_echo(process: subprocess.Popen[bytes]) -> _Echo:
 
 
 def _api_echo(container_id: str, socket_path: str) -> tuple[_Echo, Callable[[], None]]:
-    from cosim.runtimes.engine_attach import FrameReader, open_attach
+    from cosim.runtimes.docker.attach import FrameReader, open_attach
 
     sock, rest = open_attach(socket_path, container_id)
     reader = FrameReader(lambda payload: None)
@@ -117,8 +117,8 @@ def container_floor(count: int, image: str, containers: int = 1, *, attach: str 
     through the engine's attach endpoint (``api``, the path cosim uses) or a `docker attach` process (``cli``)."""
     from python_on_whales import DockerException, docker
 
-    from cosim.engine import docker_command
-    from cosim.runtimes.engine_attach import engine_socket
+    from cosim.runtimes.docker.engine import docker_command
+    from cosim.runtimes.docker.attach import engine_socket
 
     socket_path = engine_socket() if attach == "api" else None
     ids: list[str] = []
@@ -201,7 +201,7 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: Te
         if _local_mosquitto():
             _mqtt_rows(result, directory, steps, "local", say)
         if docker:
-            from cosim.images import ensure_images
+            from cosim.runtimes.docker.service_images import ensure_images
             from cosim.runtimes.docker import image_specs
             from cosim.scenario import load
 

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from cosim import compose, detections, options, scenario as scenarios
 from cosim.errors import CosimError, TracesDiffer, UsageError
 from cosim.metrics import RunMetrics
+from cosim.paths import REPO_ROOT
 from cosim.run import DEFAULT_WATCHDOG_S, RunSummary, run
 
 DEFAULT_SCENARIO = "scenarios/default.yaml"
@@ -153,7 +154,7 @@ def print_metrics(metrics: RunMetrics, out: TextIO) -> None:
                       f"p99 {stats['p99_us']:.0f} us\n")
 
 
-GOLDEN = compose.REPO_ROOT / "tests" / "golden"
+GOLDEN = REPO_ROOT / "tests" / "golden"
 
 
 def golden(out: TextIO = sys.stdout) -> list[Path]:
@@ -167,13 +168,13 @@ def golden(out: TextIO = sys.stdout) -> list[Path]:
         if not target.is_file() or target.read_text(encoding="utf-8") != text:
             target.write_text(text, encoding="utf-8")
             changed.append(target)
-        out.write(f"{'updated  ' if target in changed else 'unchanged'} {target.relative_to(compose.REPO_ROOT)}\n")
+        out.write(f"{'updated  ' if target in changed else 'unchanged'} {target.relative_to(REPO_ROOT)}\n")
     return changed
 
 
 def images(path: str = DEFAULT_SCENARIO, *, force: bool = False, out: TextIO = sys.stdout) -> dict[str, str]:
-    from cosim.engine import check_engine
-    from cosim.images import ensure_images
+    from cosim.runtimes.docker.engine import check_engine
+    from cosim.runtimes.docker.service_images import ensure_images
     from cosim.runtimes.docker import image_specs
 
     check_engine()

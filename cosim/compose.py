@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from cosim.scenario import REPO_ROOT, ContainerNode, Scenario
+from cosim.paths import REPO_ROOT
+from cosim.scenario import ContainerNode, Scenario
 
 COMPOSE_DIR = REPO_ROOT / "compose"
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"

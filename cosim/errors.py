@@ -55,7 +55,7 @@ class ImageBuildError(CosimError):
 
 class DockerCommandFailed(CosimError):
     """The Docker CLI failed in a way cosim did not foresee: still the engine's answer, not a cosim bug. Raised at
-    the Docker boundary (``cosim.engine.docker_errors``) in place of python-on-whales' exceptions."""
+    the Docker boundary (``cosim.runtimes.docker.engine.docker_errors``) in place of python-on-whales' exceptions."""
 
     exit_code = 3
 

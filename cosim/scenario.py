@@ -21,8 +21,8 @@ import jsonschema
 import yaml
 
 from cosim.errors import ScenarioError
+from cosim.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "schemas" / "scenario.schema.json"
 
 MAX_FILE_BYTES = 1 << 20

@@ -10,7 +10,6 @@ documented in docs/trace-format.md), and ``Trace.to_dataframe()`` a pandas DataF
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import IO, TYPE_CHECKING, Any, Mapping, Union
 
 from cosim import __version__, protocol
 from cosim.environment import dependency_versions
-from cosim.errors import CosimError, ToolError, TraceReadError
+from cosim.errors import ToolError, TraceReadError
 
 if TYPE_CHECKING:
     import pandas

@@ -3,7 +3,7 @@
 The coordinator only knows the small ``Transport`` interface. ``LineStream`` is what every transport shares;
 ``PipeTransport`` speaks to a child process: the local runtime's service itself, or the Docker runtime's
 ``docker attach`` process (engines not on a local socket); the Docker runtime's usual path, the engine's attach
-endpoint, is ``cosim.runtimes.engine_attach.EngineAttachTransport``. Reads use poll() with a wall-clock deadline
+endpoint, is ``cosim.runtimes.docker.attach.EngineAttachTransport``. Reads use poll() with a wall-clock deadline
 (the watchdog), so a hung service is noticed without threads; stderr goes to a log file so a chatty service can
 never block on a full pipe, and its last lines are at hand when something goes wrong.
 """

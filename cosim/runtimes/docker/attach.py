@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from cosim.engine import context_host
+from cosim.runtimes.docker.engine import context_host
 from cosim.transport import LineStream, TransportClosed, TransportTimeout, poll_ms
 
 DEFAULT_SOCKET = "/var/run/docker.sock"

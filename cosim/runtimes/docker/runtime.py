@@ -3,7 +3,7 @@
 Every run is its own compose project (``cosim-<scenario>-<run id>``) and every container and network carries
 the label ``cosim.run=<run id>``, so two runs never collide and ``invoke down`` can find what a crashed run
 left. The coordinator talks to each service's *main process* through the engine's attach endpoint
-(cosim.runtimes.engine_attach; a ``docker attach`` process for engines not on a local socket): no exec, no
+(cosim.runtimes.docker.attach; a ``docker attach`` process for engines not on a local socket): no exec, no
 sidecar. Services print nothing before INIT, so attaching after start loses nothing.
 
 While a run lives it holds an flock on ``<tmp>/cosim-runs-<uid>/<run id>.lock``: ``invoke down`` removes only
@@ -25,11 +25,12 @@ from typing import IO, Any, Iterable
 from python_on_whales import DockerClient, DockerException, docker
 
 from cosim import compose
-from cosim.engine import check_engine, docker_command, docker_errors, stderr_tail, wait_exit
+from cosim.runtimes.docker.engine import check_engine, docker_command, docker_errors, stderr_tail, wait_exit
 from cosim.errors import ComposeUpFailed, ImageBuildError, NodeError, NodeFailure, NodeImageError
-from cosim.images import ImageSpec, ensure_images, try_pull
+from cosim.runtimes.docker.base_image import try_pull
+from cosim.runtimes.docker.service_images import ImageSpec, ensure_images
 from cosim.scenario import ContainerNode, Scenario
-from cosim.runtimes.engine_attach import EngineAttachTransport, engine_socket
+from cosim.runtimes.docker.attach import EngineAttachTransport, engine_socket
 from cosim.tails import file_tail, last_lines
 from cosim.transport import PipeTransport, Transport
 
