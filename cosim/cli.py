@@ -15,7 +15,7 @@ from cosim import compose, detections, options, scenario as scenarios
 from cosim.errors import CosimError, TracesDiffer, UsageError
 from cosim.metrics import RunMetrics
 from cosim.paths import REPO_ROOT
-from cosim.run import DEFAULT_WATCHDOG_S, RunSummary, run
+from cosim.run import DEFAULT_WATCHDOG_S, CompletedRun, run
 
 DEFAULT_SCENARIO = "scenarios/default.yaml"
 
@@ -92,7 +92,7 @@ class ProgressLine:
 
 
 def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | None = None,
-       watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, out: TextIO = sys.stdout) -> RunSummary:
+       watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, out: TextIO = sys.stdout) -> CompletedRun:
     progress_line = ProgressLine() if progress else None
     try:
         summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line)
@@ -121,7 +121,7 @@ def _report_failed_run(path: str, trace: str | None, out: TextIO) -> None:
         pass  # e.g. the scenario itself is invalid: there is no trace to report on
 
 
-def print_summary(summary: RunSummary, out: TextIO) -> None:
+def print_summary(summary: CompletedRun, out: TextIO) -> None:
     result = summary.result
     wall = result.timings.wall_s
     virtual_s = result.end_us / 1e6

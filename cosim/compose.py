@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from cosim.paths import REPO_ROOT
-from cosim.scenario import ContainerNode, Scenario
+from cosim.scenario import ContainerSpec, Scenario
 
 COMPOSE_DIR = REPO_ROOT / "compose"
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
@@ -49,7 +49,7 @@ def labels(scenario: Scenario, node_id: str | None = None) -> dict[str, str]:
     return out
 
 
-def _service(scenario: Scenario, node: ContainerNode, compose_dir: Path) -> dict[str, Any]:
+def _service(scenario: Scenario, node: ContainerSpec, compose_dir: Path) -> dict[str, Any]:
     service: dict[str, Any] = {"image": literal(node.image)}
     if node.build is not None:
         service["build"] = {

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 from cosim.errors import InfrastructureExited, Interrupted, NodeFailure
 from cosim.network import Drop, Router
 from cosim.nodes import Event, ServiceNode, SimNode
-from cosim.scenario import ContainerNode, Scenario
+from cosim.scenario import ContainerSpec, Scenario
 from cosim.seeds import node_seed
 from cosim.trace import TraceWriter, header_environment
 
@@ -45,7 +45,10 @@ class StepTimings:
 
 
 @dataclass
-class RunResult:
+class SimulationResult:
+    """What the step loop produced (the trace holds the details): end time, steps, record counts, unroutable
+    events per (source, type), and the wall-clock timings (metrics only)."""
+
     end_us: int
     steps: int
     counts: dict[str, int]
@@ -54,6 +57,10 @@ class RunResult:
 
 
 class Coordinator:
+    """Owns virtual time for one run: INITs the nodes, writes the header, advances every node a quantum at a time
+    while routing their events (see the module docstring), shuts them down and writes the footer, or the error
+    record when a node fails. Knows nodes only through ``SimNode``; the runtime behind them is not its concern."""
+
     def __init__(
         self,
         scenario: Scenario,
@@ -84,7 +91,7 @@ class Coordinator:
         self.timings = StepTimings()
         self.barrier_groups: dict[str, list[str]] = {}  # group -> member ids (sorted), from the READY replies
 
-    def run(self) -> RunResult:
+    def run(self) -> SimulationResult:
         started = time.monotonic()
         try:
             self._init_nodes()
@@ -119,7 +126,7 @@ class Coordinator:
             self.trace.flush()
         self.trace.footer(self.now_us, self.scenario.steps, in_flight=len(self._pending))
         self.trace.flush()
-        return RunResult(self.now_us, self.scenario.steps, dict(self.trace.counts), dict(self.unroutable), self.timings)
+        return SimulationResult(self.now_us, self.scenario.steps, dict(self.trace.counts), dict(self.unroutable), self.timings)
 
     # -- phases -----------------------------------------------------------------------------------
 
@@ -127,7 +134,7 @@ class Coordinator:
         started = time.monotonic()
         for node_id, node in self.nodes.items():
             spec = self.scenario.node(node_id)
-            config = spec.config if isinstance(spec, ContainerNode) else {}
+            config = spec.config if isinstance(spec, ContainerSpec) else {}
             node.init(node_seed(self.scenario.seed, node_id), config, self.endpoints)
             group = node.barrier_group
             if group is not None:

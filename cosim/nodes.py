@@ -16,7 +16,7 @@ from typing import Any, Mapping, Protocol
 
 from cosim import protocol
 from cosim.errors import NodeFailure
-from cosim.scenario import SensorNode
+from cosim.scenario import SensorSpec
 from cosim.transport import Transport, TransportClosed, TransportTimeout
 from cosim.vibration import SignalParams, sample_features
 
@@ -204,7 +204,7 @@ def _preview(raw: bytes, limit: int = 120) -> str:
 class SensorModel:
     """In-process vibration sensor: a feature window every period, seeded noise, anomalies at set times."""
 
-    def __init__(self, node: SensorNode, params: SignalParams | None = None) -> None:
+    def __init__(self, node: SensorSpec, params: SignalParams | None = None) -> None:
         self.id = node.id
         self.node = node
         self.info: Mapping[str, Any] = {}

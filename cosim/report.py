@@ -238,7 +238,7 @@ def drops_chart(links: Sequence[LinkStats]) -> str:
 def detections_chart(scenario: scenarios.Scenario, result: detections.Report,
                      verdicts: Sequence[Mapping[str, Any]], duration_us: int) -> str:
     """Per sensor: injected anomaly windows, the windows the classifier flagged, and the first detection."""
-    sensors = [node for node in scenario.nodes if isinstance(node, scenarios.SensorNode)]
+    sensors = [node for node in scenario.nodes if isinstance(node, scenarios.SensorSpec)]
     rows = {sensor.id: index for index, sensor in enumerate(reversed(sensors))}
     figure = _figure(10, 0.6 * len(sensors) + 1.5)
     axes = figure.add_subplot()

@@ -17,10 +17,10 @@ from types import FrameType
 from typing import Any, Callable, Iterator
 
 from cosim import compose, metrics as run_metrics, options, runtimes, trace as tracing
-from cosim.coordinator import Coordinator, RunResult
+from cosim.coordinator import Coordinator, SimulationResult
 from cosim.errors import Interrupted, NodeError, TraceWriteError
 from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
-from cosim.scenario import Scenario, SensorNode, SinkNode, load
+from cosim.scenario import Scenario, SensorSpec, SinkSpec, load
 from cosim.trace import TraceWriter
 
 DEFAULT_WATCHDOG_S = 30.0
@@ -28,12 +28,15 @@ SHUTDOWN_GRACE_S = 10.0
 
 
 @dataclass
-class RunSummary:
+class CompletedRun:
+    """What ``run`` returns: where the trace and metrics went, the simulation's result, the metrics as an object
+    and what each sink received."""
+
     scenario: Scenario
     runtime: str
     trace_path: Path
     metrics_path: Path
-    result: RunResult
+    result: SimulationResult
     metrics: run_metrics.RunMetrics
     sinks: dict[str, list[dict[str, Any]]]
 
@@ -55,9 +58,9 @@ def clear_logs(log_dir: Path) -> None:
 def build_nodes(scenario: Scenario, runtime: runtimes.Runtime, watchdog_s: float) -> dict[str, SimNode]:
     nodes: dict[str, SimNode] = {}
     for spec in scenario.nodes:
-        if isinstance(spec, SensorNode):
+        if isinstance(spec, SensorSpec):
             nodes[spec.id] = SensorModel(spec)
-        elif isinstance(spec, SinkNode):
+        elif isinstance(spec, SinkSpec):
             nodes[spec.id] = SinkModel(spec.id)
         elif spec.kind == "service":
             # A service gets as long to exit after SHUTDOWN as to answer a message, up to SHUTDOWN_GRACE_S.
@@ -115,7 +118,7 @@ def run(
     trace_path: str | Path | None = None,
     watchdog_s: float | str = DEFAULT_WATCHDOG_S,
     progress: Callable[[int, int], None] | None = None,
-) -> RunSummary:
+) -> CompletedRun:
     # Option errors first: nothing is loaded, started or written for a run that cannot go ahead.
     options.choice("--runtime", runtime, runtimes.RUNTIMES)
     watchdog_s = options.positive_seconds("--watchdog", watchdog_s)
@@ -132,7 +135,7 @@ def run(
         raise TraceWriteError(f"cannot write the trace to {trace_file}: {exc.strerror}{where}") from None
     writer = TraceWriter(trace_file, tracing.scenario_manifest(scenario, compose.sha256(scenario)))
     nodes: dict[str, SimNode] = {}
-    result: RunResult | None = None
+    result: SimulationResult | None = None
     coordinator: Coordinator | None = None
     started = time.monotonic()
     try:
@@ -172,7 +175,7 @@ def run(
         run_metrics.write(measured, metrics_path)
     sinks = {node_id: node.received for node_id, node in nodes.items() if isinstance(node, SinkModel)}
     assert result is not None
-    return RunSummary(scenario, runtime, trace_file, metrics_path, result, measured, sinks)
+    return CompletedRun(scenario, runtime, trace_file, metrics_path, result, measured, sinks)
 
 
 def _first_line(message: str) -> str:

@@ -52,8 +52,9 @@ class Anomaly:
 
 
 @dataclass(frozen=True)
-class Node:
-    """A node as the coordinator sees it: replicas are already expanded into distinct nodes."""
+class NodeSpec:
+    """A node as the scenario declares it (the live proxies the coordinator drives are in cosim.nodes); replicas
+    are already expanded into distinct nodes."""
 
     id: str
     kind: str  # service | infrastructure | sensor | sink
@@ -62,7 +63,9 @@ class Node:
 
 
 @dataclass(frozen=True)
-class ContainerNode(Node):
+class ContainerSpec(NodeSpec):
+    """A declared service (speaks the protocol) or infrastructure node (e.g. the broker): one container each."""
+
     build: Path | None = None  # the service directory (with its Dockerfile); None: a prebuilt `image`
     base_dir: Path = Path()  # the scenario file's directory (where a local_command runs without `build`)
     image: str = ""
@@ -79,7 +82,9 @@ class ContainerNode(Node):
 
 
 @dataclass(frozen=True)
-class SensorNode(Node):
+class SensorSpec(NodeSpec):
+    """A declared in-process sensor: a reading every ``period_us`` from ``offset_us``, anomalies injected."""
+
     model: str = "vibration"
     period_us: int = 0
     offset_us: int = 0
@@ -95,8 +100,8 @@ class SensorNode(Node):
 
 
 @dataclass(frozen=True)
-class SinkNode(Node):
-    pass
+class SinkSpec(NodeSpec):
+    """A declared in-process sink: keeps what reaches it."""
 
 
 @dataclass(frozen=True)
@@ -108,11 +113,14 @@ class Route:
 
 @dataclass(frozen=True)
 class Scenario:
+    """A loaded, validated scenario (frozen): its nodes (replicas expanded), routes and links, and the seed,
+    duration and quantum of virtual time. ``sha256`` is the scenario file's hash, named in every trace."""
+
     name: str
     seed: int
     duration_us: int
     quantum_us: int
-    nodes: tuple[Node, ...]
+    nodes: tuple[NodeSpec, ...]
     routes: tuple[Route, ...]
     default_link: LinkProperties
     trace: str
@@ -125,15 +133,15 @@ class Scenario:
     def steps(self) -> int:
         return self.duration_us // self.quantum_us
 
-    def node(self, node_id: str) -> Node:
+    def node(self, node_id: str) -> NodeSpec:
         for node in self.nodes:
             if node.id == node_id:
                 return node
         raise KeyError(node_id)
 
     @property
-    def containers(self) -> tuple[ContainerNode, ...]:
-        return tuple(node for node in self.nodes if isinstance(node, ContainerNode))
+    def containers(self) -> tuple[ContainerSpec, ...]:
+        return tuple(node for node in self.nodes if isinstance(node, ContainerSpec))
 
     def link(self, source: str, target: str) -> LinkProperties:
         """The link an event takes from ``source`` to ``target`` (a replica's group links apply)."""
@@ -467,7 +475,7 @@ def _build(doc: dict[str, Any], lines: dict[FieldPath, int], source: str, path: 
     linkable = set(declared) | {f"{node_doc['id']}-{n}" for node_doc in doc["nodes"]
                                 for n in range(1, node_doc.get("replicas", 1) + 1) if node_doc.get("replicas", 1) > 1}
 
-    nodes: list[Node] = []
+    nodes: list[NodeSpec] = []
     groups: dict[str, tuple[str, ...]] = {}
     for index, node_doc in enumerate(doc["nodes"]):
         at: FieldPath = ("nodes", index)
@@ -518,7 +526,7 @@ def _links(node_doc: dict[str, Any], linkable: set[str], quantum: int, at: Field
 
 
 def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, base_dir: Path, at: FieldPath,
-          fail: Any) -> Node:
+          fail: Any) -> NodeSpec:
     kind = doc["kind"]
     if kind in ("service", "infrastructure"):
         service_dir: Path | None = None
@@ -529,7 +537,7 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
         elif "image" not in doc:
             raise fail("needs `build` (a service directory with a Dockerfile) or `image` (a prebuilt image)", at)
         _check_shared_subscriptions(doc, at, fail)
-        return ContainerNode(
+        return ContainerSpec(
             id=doc["id"], kind=kind, links=links, build=service_dir, base_dir=base_dir,
             image=doc["image"] if "image" in doc else f"cosim/{service_dir.name}:dev",  # type: ignore[union-attr]
             command=tuple(doc["command"]) if "command" in doc else None,
@@ -549,12 +557,12 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
                 raise fail(f"anomaly at {anomaly['at_us']} us is not before the end of the run ({duration} us)",
                            at + ("anomalies", index, "at_us"))
             anomalies.append(Anomaly(anomaly["at_us"], anomaly.get("duration_us", period), float(anomaly.get("severity", 1.0))))
-        return SensorNode(
+        return SensorSpec(
             id=doc["id"], kind=kind, links=links, model=doc.get("model", "vibration"), period_us=period,
             offset_us=doc.get("offset_us", period), event_type=doc.get("event_type", "inference_request"),
             anomalies=tuple(anomalies),
         )
-    return SinkNode(id=doc["id"], kind=kind, links=links)
+    return SinkSpec(id=doc["id"], kind=kind, links=links)
 
 
 def _check_shared_subscriptions(doc: dict[str, Any], at: FieldPath, fail: Any) -> None:
@@ -576,7 +584,7 @@ def _env_value(value: Any) -> str:
     return str(value)
 
 
-def _route(doc: dict[str, Any], index: int, nodes: dict[str, Node], groups: dict[str, tuple[str, ...]], fail: Any) -> Route:
+def _route(doc: dict[str, Any], index: int, nodes: dict[str, NodeSpec], groups: dict[str, tuple[str, ...]], fail: Any) -> Route:
     at: FieldPath = ("routes", index)
     known = set(nodes) | set(groups)
     source = doc["from"]

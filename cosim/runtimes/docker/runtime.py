@@ -29,7 +29,7 @@ from cosim.runtimes.docker.engine import check_engine, docker_command, docker_er
 from cosim.errors import ComposeUpFailed, ImageBuildError, NodeError, NodeFailure, NodeImageError
 from cosim.runtimes.docker.base_image import try_pull
 from cosim.runtimes.docker.service_images import ImageSpec, ensure_images
-from cosim.scenario import ContainerNode, Scenario
+from cosim.scenario import ContainerSpec, Scenario
 from cosim.runtimes.docker.attach import EngineAttachTransport, engine_socket
 from cosim.tails import file_tail, last_lines
 from cosim.transport import PipeTransport, Transport
@@ -147,6 +147,9 @@ def _error_text(exc: DockerException) -> str:
 
 
 class DockerRuntime:
+    """The ``docker`` runtime: one compose project per run (see the module docstring), its images built or
+    pulled first; hands the coordinator one attached Transport per service and removes everything in ``stop``."""
+
     name = "docker"
 
     def __init__(self, scenario: Scenario, log_dir: Path) -> None:
@@ -290,7 +293,7 @@ class DockerRuntime:
             if node.speaks_protocol:
                 self._transports[node.id] = self._attach(node, container_id)
 
-    def _attach(self, node: ContainerNode, container_id: str) -> Transport:
+    def _attach(self, node: ContainerSpec, container_id: str) -> Transport:
         log_path = self.log_dir / f"{node.id}.log"
         if self._engine_socket is not None:
             try:
