@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from cosim.paths import REPO_ROOT
-from cosim.scenario import ContainerSpec, Scenario
+from cosim.model import ContainerSpec, Scenario
 
 COMPOSE_DIR = REPO_ROOT / "compose"
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 from cosim.errors import InfrastructureExited, Interrupted, NodeFailure
 from cosim.network import Drop, Router
 from cosim.nodes import Event, ServiceNode, SimNode
-from cosim.scenario import ContainerSpec, Scenario
+from cosim.model import ContainerSpec, Scenario
 from cosim.seeds import node_seed
 from cosim.trace import TraceWriter, header_environment
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, TextIO
 
-from cosim.scenario import Scenario, SensorSpec
+from cosim.model import Scenario, SensorSpec
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cosim.coordinator import StepTimings
-from cosim.scenario import Scenario
+from cosim.model import Scenario
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from cosim.scenario import LinkProperties, Route, Scenario
+from cosim.model import LinkProperties, Route, Scenario
 from cosim.seeds import link_seed
 
 

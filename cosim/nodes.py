@@ -16,7 +16,7 @@ from typing import Any, Mapping, Protocol
 
 from cosim import protocol
 from cosim.errors import NodeFailure
-from cosim.scenario import SensorSpec
+from cosim.model import SensorSpec
 from cosim.transport import Transport, TransportClosed, TransportTimeout
 from cosim.vibration import SignalParams, sample_features
 

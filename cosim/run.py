@@ -20,7 +20,8 @@ from cosim import compose, metrics as run_metrics, options, runtimes, trace as t
 from cosim.coordinator import Coordinator, SimulationResult
 from cosim.errors import Interrupted, NodeError, TraceWriteError
 from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
-from cosim.scenario import Scenario, SensorSpec, SinkSpec, load
+from cosim.model import Scenario, SensorSpec, SinkSpec
+from cosim.scenario import load
 from cosim.trace import TraceWriter
 
 DEFAULT_WATCHDOG_S = 30.0

@@ -1,4 +1,4 @@
-"""Scenario files: YAML in, a validated, typed ``Scenario`` out (or one clear ScenarioError).
+"""Scenario files: YAML in, a validated, typed ``Scenario`` (cosim.model) out, or one clear ScenarioError.
 
 Reading is defensive because scenario files come from users: the bytes must be UTF-8, the YAML is loaded
 with the safe loader and a bound on its expanded size (alias bombs are refused quickly), duplicate keys are
@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import jsonschema
 import yaml
 
 from cosim.errors import ScenarioError
+from cosim.model import Anomaly, ContainerSpec, LinkProperties, NodeSpec, Route, Scenario, SensorSpec, SinkSpec
 from cosim.paths import REPO_ROOT
 
 SCHEMA_PATH = REPO_ROOT / "schemas" / "scenario.schema.json"
@@ -32,125 +33,6 @@ MAX_STEPS = 50_000_000
 DEFAULT_QUANTUM_US = 1000
 
 FieldPath = tuple[str | int, ...]
-
-
-# -- typed scenario -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LinkProperties:
-    latency_us: int
-    jitter_us: int = 0
-    loss: float = 0.0
-
-
-@dataclass(frozen=True)
-class Anomaly:
-    at_us: int
-    duration_us: int
-    severity: float
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """A node as the scenario declares it (the live proxies the coordinator drives are in cosim.nodes); replicas
-    are already expanded into distinct nodes."""
-
-    id: str
-    kind: str  # service | infrastructure | sensor | sink
-    links: dict[str, LinkProperties] = field(default_factory=dict)
-    group: str | None = None  # the declared id of a replicated service
-
-
-@dataclass(frozen=True)
-class ContainerSpec(NodeSpec):
-    """A declared service (speaks the protocol) or infrastructure node (e.g. the broker): one container each."""
-
-    build: Path | None = None  # the service directory (with its Dockerfile); None: a prebuilt `image`
-    base_dir: Path = Path()  # the scenario file's directory (where a local_command runs without `build`)
-    image: str = ""
-    command: tuple[str, ...] | None = None
-    local_command: tuple[str, ...] | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    environment: dict[str, str] = field(default_factory=dict)
-    read_only: bool = True
-    port: int | None = None  # infrastructure only
-
-    @property
-    def speaks_protocol(self) -> bool:
-        return self.kind == "service"
-
-
-@dataclass(frozen=True)
-class SensorSpec(NodeSpec):
-    """A declared in-process sensor: a reading every ``period_us`` from ``offset_us``, anomalies injected."""
-
-    model: str = "vibration"
-    period_us: int = 0
-    offset_us: int = 0
-    event_type: str = "inference_request"
-    anomalies: tuple[Anomaly, ...] = ()
-
-    def anomaly_at(self, time_us: int) -> Anomaly | None:
-        """The injected anomaly a reading at ``time_us`` falls in, if any."""
-        for anomaly in self.anomalies:
-            if anomaly.at_us <= time_us < anomaly.at_us + anomaly.duration_us:
-                return anomaly
-        return None
-
-
-@dataclass(frozen=True)
-class SinkSpec(NodeSpec):
-    """A declared in-process sink: keeps what reaches it."""
-
-
-@dataclass(frozen=True)
-class Route:
-    source: str
-    targets: tuple[str, ...]  # declared ids: a replicated group or a single node
-    events: tuple[str, ...] | None  # None: every event type
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """A loaded, validated scenario (frozen): its nodes (replicas expanded), routes and links, and the seed,
-    duration and quantum of virtual time. ``sha256`` is the scenario file's hash, named in every trace."""
-
-    name: str
-    seed: int
-    duration_us: int
-    quantum_us: int
-    nodes: tuple[NodeSpec, ...]
-    routes: tuple[Route, ...]
-    default_link: LinkProperties
-    trace: str
-    path: Path
-    sha256: str
-    description: str = ""
-    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # replicated id -> replica ids
-
-    @property
-    def steps(self) -> int:
-        return self.duration_us // self.quantum_us
-
-    def node(self, node_id: str) -> NodeSpec:
-        for node in self.nodes:
-            if node.id == node_id:
-                return node
-        raise KeyError(node_id)
-
-    @property
-    def containers(self) -> tuple[ContainerSpec, ...]:
-        return tuple(node for node in self.nodes if isinstance(node, ContainerSpec))
-
-    def link(self, source: str, target: str) -> LinkProperties:
-        """The link an event takes from ``source`` to ``target`` (a replica's group links apply)."""
-        node = self.node(source)
-        target_node = self.node(target)
-        for name in (target, target_node.group):
-            if name is not None and name in node.links:
-                return node.links[name]
-        return self.default_link
 
 
 # -- reading ------------------------------------------------------------------------------------------

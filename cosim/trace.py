@@ -22,7 +22,7 @@ from cosim.errors import ToolError, TraceReadError
 if TYPE_CHECKING:
     import pandas
 
-    from cosim.scenario import Scenario
+    from cosim.model import Scenario
 
 FORMAT = "cosim-trace/1"
 RECORD_KINDS = ("header", "sent", "delivered", "dropped", "unroutable", "error", "footer")

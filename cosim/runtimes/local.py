@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cosim.errors import NodeStartError
-from cosim.scenario import ContainerSpec, Scenario
+from cosim.model import ContainerSpec, Scenario
 from cosim.tails import file_tail
 from cosim.transport import PipeTransport, Transport
 

@@ -29,7 +29,7 @@ from cosim.runtimes.docker.engine import check_engine, docker_command, docker_er
 from cosim.errors import ComposeUpFailed, ImageBuildError, NodeError, NodeFailure, NodeImageError
 from cosim.runtimes.docker.base_image import try_pull
 from cosim.runtimes.docker.service_images import ImageSpec, ensure_images
-from cosim.scenario import ContainerSpec, Scenario
+from cosim.model import ContainerSpec, Scenario
 from cosim.runtimes.docker.attach import EngineAttachTransport, engine_socket
 from cosim.tails import file_tail, last_lines
 from cosim.transport import PipeTransport, Transport
