@@ -14,6 +14,7 @@ Wall-clock numbers only; nothing here enters a trace. Results are printed as a t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -29,7 +30,7 @@ from typing import Any, Callable, Sequence, TextIO
 
 from cosim import __version__
 from cosim.run import run
-from cosim.scenario import REPO_ROOT
+from cosim.paths import REPO_ROOT
 
 CONTAINERS = REPO_ROOT / "containers"
 BARE_ECHO = "import sys\nfor line in sys.stdin:\n    sys.stdout.write(line)\n    sys.stdout.flush()\n"
@@ -63,7 +64,7 @@ def _pipe_echo(process: subprocess.Popen[bytes]) -> _Echo:
 
 
 def _api_echo(container_id: str, socket_path: str) -> tuple[_Echo, Callable[[], None]]:
-    from cosim.runtimes.engine_attach import FrameReader, open_attach
+    from cosim.runtimes.docker.attach import FrameReader, open_attach
 
     sock, rest = open_attach(socket_path, container_id)
     reader = FrameReader(lambda payload: None)
@@ -114,7 +115,10 @@ def pipe_floor(count: int) -> float:
 def container_floor(count: int, image: str, containers: int = 1, *, attach: str = "api") -> float:
     """The same bare echo as the main process of ``containers`` containers, all probed concurrently, reached
     through the engine's attach endpoint (``api``, the path cosim uses) or a `docker attach` process (``cli``)."""
-    from cosim.runtimes.engine_attach import engine_socket
+    from python_on_whales import DockerException, docker
+
+    from cosim.runtimes.docker.engine import docker_command
+    from cosim.runtimes.docker.attach import engine_socket
 
     socket_path = engine_socket() if attach == "api" else None
     ids: list[str] = []
@@ -122,16 +126,15 @@ def container_floor(count: int, image: str, containers: int = 1, *, attach: str 
     echoes: list[_Echo] = []
     try:
         for _ in range(containers):
-            ids.append(subprocess.run(
-                ["docker", "run", "-d", "-i", "--init", "--rm", "--label", "cosim.project=cosim", "--label",
-                 "cosim.run=bench", "--network", "none", "--entrypoint", "python3", image, "-u", "-c", BARE_ECHO],
-                capture_output=True, text=True, check=True).stdout.strip())
+            ids.append(docker.run(image, ["-u", "-c", BARE_ECHO], detach=True, interactive=True, init=True, remove=True,
+                                  labels={"cosim.project": "cosim", "cosim.run": "bench"}, networks=["none"],
+                                  entrypoint="python3").id)
             if socket_path is not None:
                 echo, close = _api_echo(ids[-1], socket_path)
                 echoes.append(echo)
                 cleanups.append(close)
             else:
-                process = subprocess.Popen(["docker", "attach", "--sig-proxy=false", ids[-1]],
+                process = subprocess.Popen(docker_command("attach", "--sig-proxy=false", ids[-1]),
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                 echoes.append(_pipe_echo(process))
                 cleanups += [process.kill, process.wait]
@@ -140,7 +143,8 @@ def container_floor(count: int, image: str, containers: int = 1, *, attach: str 
         for cleanup in cleanups:
             cleanup()
         if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+            with contextlib.suppress(DockerException):  # already gone (--rm): nothing to remove
+                docker.container.remove(ids, force=True)
 
 
 def _scenario(directory: Path, name: str, *, services: int, steps: int, quantum_us: int = 1000,
@@ -173,11 +177,9 @@ def _scenario(directory: Path, name: str, *, services: int, steps: int, quantum_
     return path
 
 
-def _step_us(scenario: Path, runtime: str, directory: Path) -> tuple[float, dict[str, Any]]:
-    """Mean wall time of one step of the step loop (us), and the run's metrics."""
-    summary = run(scenario, runtime=runtime, trace_path=directory / f"{scenario.stem}-{runtime}.jsonl")
-    metrics = json.loads(summary.metrics_path.read_text(encoding="utf-8"))
-    return metrics["step_loop_s"] / metrics["steps"] * 1e6, metrics
+def _step_us(scenario: Path, runtime: str, directory: Path) -> float:
+    """Mean wall time of one step of the step loop (us)."""
+    return run(scenario, runtime=runtime, trace_path=directory / f"{scenario.stem}-{runtime}.jsonl").metrics.step_us
 
 
 def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: TextIO = sys.stdout,
@@ -192,14 +194,14 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: Te
         say("floor: bare echo over a local pipe")
         result.floors_us["pipe"] = pipe_floor(probes)
         say("cosim: one echo node, local runtime")
-        result.per_node_step_us["local"], _ = _step_us(_scenario(directory, "bench-one", services=1, steps=steps), "local", directory)
+        result.per_node_step_us["local"] = _step_us(_scenario(directory, "bench-one", services=1, steps=steps), "local", directory)
         say("throughput: sensor -> echo -> sink through the coordinator (local)")
         events, _ = _throughput(directory, "bench-events", steps, "local", through_gateway=False)
         result.throughput_events_per_s["coordinator_local"] = events
         if _local_mosquitto():
             _mqtt_rows(result, directory, steps, "local", say)
         if docker:
-            from cosim.images import ensure_images
+            from cosim.runtimes.docker.service_images import ensure_images
             from cosim.runtimes.docker import image_specs
             from cosim.scenario import load
 
@@ -213,7 +215,7 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: Te
             result.floors_us["container_docker_cli"] = container_floor(probes, "cosim/echo:dev", attach="cli")
             for count in (1, 4, 8):
                 say(f"cosim: {count} echo container(s), docker runtime")
-                step, _ = _step_us(_scenario(directory, f"bench-scale-{count}", services=count, steps=steps), "docker", directory)
+                step = _step_us(_scenario(directory, f"bench-scale-{count}", services=count, steps=steps), "docker", directory)
                 result.scaling_step_us[str(count)] = step
             result.per_node_step_us["docker"] = result.scaling_step_us["1"]
             _mqtt_rows(result, directory, steps, "docker", say)
@@ -240,8 +242,7 @@ def _throughput(directory: Path, name: str, steps: int, runtime: str, *, through
     scenario = _scenario(directory, name, services=1, steps=steps, tick_us=20, through_gateway=through_gateway,
                          gateways=gateways)
     summary = run(scenario, runtime=runtime, trace_path=directory / f"{name}-{runtime}.jsonl")
-    metrics = json.loads(summary.metrics_path.read_text(encoding="utf-8"))
-    return summary.result.counts["sent"] / metrics["step_loop_s"], metrics["step_loop_s"] / metrics["steps"] * 1e6
+    return summary.result.counts["sent"] / summary.metrics.step_loop_s, summary.metrics.step_us
 
 
 def _mqtt_rows(result: BenchResult, directory: Path, steps: int, runtime: str, say: Callable[[str], None]) -> None:

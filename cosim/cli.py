@@ -6,15 +6,16 @@ message and a non-zero exit (no traceback).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from cosim import compose, detections, options, scenario as scenarios
-from cosim.errors import CosimError
-from cosim.run import DEFAULT_WATCHDOG_S, RunSummary, run
+from cosim.errors import CosimError, TracesDiffer, UsageError
+from cosim.metrics import RunMetrics
+from cosim.paths import REPO_ROOT
+from cosim.run import DEFAULT_WATCHDOG_S, CompletedRun, run
 
 DEFAULT_SCENARIO = "scenarios/default.yaml"
 
@@ -91,7 +92,7 @@ class ProgressLine:
 
 
 def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | None = None,
-       watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, out: TextIO = sys.stdout) -> RunSummary:
+       watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, out: TextIO = sys.stdout) -> CompletedRun:
     progress_line = ProgressLine() if progress else None
     try:
         summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line)
@@ -120,7 +121,7 @@ def _report_failed_run(path: str, trace: str | None, out: TextIO) -> None:
         pass  # e.g. the scenario itself is invalid: there is no trace to report on
 
 
-def print_summary(summary: RunSummary, out: TextIO) -> None:
+def print_summary(summary: CompletedRun, out: TextIO) -> None:
     result = summary.result
     wall = result.timings.wall_s
     virtual_s = result.end_us / 1e6
@@ -138,23 +139,22 @@ def print_summary(summary: RunSummary, out: TextIO) -> None:
         out.write(f"  sink {sink!r} received {len(events)} event(s)\n")
     sink_events = sorted((e for events in summary.sinks.values() for e in events), key=lambda e: e["time_us"])
     detections.print_report(detections.report(summary.scenario, sink_events), out)
-    print_metrics(json.loads(summary.metrics_path.read_text(encoding="utf-8")), out)
+    print_metrics(summary.metrics, out)
     out.write(f"  trace:   {summary.trace_path}\n  metrics: {summary.metrics_path}\n")
 
 
-def print_metrics(metrics: dict[str, Any], out: TextIO) -> None:
-    """The wall-clock side of a run (from its metrics file): round trips and cosim's own overhead."""
-    overhead = metrics["coordinator_overhead"]
-    if overhead.get("share") is not None:
-        out.write(f"  coordinator overhead: {overhead['share'] * 100:.1f}% of the step loop, "
-                  f"{overhead['per_step_us']:.1f} us CPU per step\n")
-    for node_id, stats in sorted(metrics["round_trip"].items()):
+def print_metrics(metrics: RunMetrics, out: TextIO) -> None:
+    """The wall-clock side of a run: round trips and cosim's own overhead."""
+    if metrics.overhead_share is not None and metrics.overhead_per_step_us is not None:
+        out.write(f"  coordinator overhead: {metrics.overhead_share * 100:.1f}% of the step loop, "
+                  f"{metrics.overhead_per_step_us:.1f} us CPU per step\n")
+    for node_id, stats in sorted(metrics.round_trip.items()):
         if stats:
             out.write(f"  {node_id}: ADVANCE->DONE p50 {stats['p50_us']:.0f} us, p95 {stats['p95_us']:.0f} us, "
                       f"p99 {stats['p99_us']:.0f} us\n")
 
 
-GOLDEN = compose.REPO_ROOT / "tests" / "golden"
+GOLDEN = REPO_ROOT / "tests" / "golden"
 
 
 def golden(out: TextIO = sys.stdout) -> list[Path]:
@@ -168,13 +168,13 @@ def golden(out: TextIO = sys.stdout) -> list[Path]:
         if not target.is_file() or target.read_text(encoding="utf-8") != text:
             target.write_text(text, encoding="utf-8")
             changed.append(target)
-        out.write(f"{'updated  ' if target in changed else 'unchanged'} {target.relative_to(compose.REPO_ROOT)}\n")
+        out.write(f"{'updated  ' if target in changed else 'unchanged'} {target.relative_to(REPO_ROOT)}\n")
     return changed
 
 
 def images(path: str = DEFAULT_SCENARIO, *, force: bool = False, out: TextIO = sys.stdout) -> dict[str, str]:
-    from cosim.engine import check_engine
-    from cosim.images import ensure_images
+    from cosim.runtimes.docker.engine import check_engine
+    from cosim.runtimes.docker.service_images import ensure_images
     from cosim.runtimes.docker import image_specs
 
     check_engine()
@@ -198,15 +198,11 @@ def determinism(path: str = DEFAULT_SCENARIO, *, runs: int | str = 3, runtime: s
     gate(path, runs=runs, runtime=runtime, watchdog_s=watchdog_s, out=out)
 
 
-class TracesDiffer(CosimError):
-    exit_code = 1
-
-
 def diff(trace_a: str, trace_b: str, out: TextIO = sys.stdout) -> None:
     from cosim.tracediff import compare, print_comparison
 
     if not trace_a or not trace_b:
-        raise CosimError("usage: invoke diff TRACE_A TRACE_B")
+        raise UsageError("usage: invoke diff TRACE_A TRACE_B")
     comparison = compare(Path(trace_a), Path(trace_b))
     out.write(f"{trace_a} vs {trace_b}:\n")
     print_comparison(comparison, out)

@@ -11,6 +11,7 @@ environment and command exactly as the scenario wrote them, as it does on the lo
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from cosim.scenario import REPO_ROOT, ContainerNode, Scenario
+from cosim.paths import REPO_ROOT
+from cosim.model import ContainerSpec, Scenario
 
 COMPOSE_DIR = REPO_ROOT / "compose"
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
@@ -47,7 +49,7 @@ def labels(scenario: Scenario, node_id: str | None = None) -> dict[str, str]:
     return out
 
 
-def _service(scenario: Scenario, node: ContainerNode, compose_dir: Path) -> dict[str, Any]:
+def _service(scenario: Scenario, node: ContainerSpec, compose_dir: Path) -> dict[str, Any]:
     service: dict[str, Any] = {"image": literal(node.image)}
     if node.build is not None:
         service["build"] = {
@@ -97,6 +99,12 @@ def render_text(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> str:
     )
     body = yaml.safe_dump(compose_spec(scenario, compose_dir), sort_keys=False, default_flow_style=False, width=120)
     return header + body
+
+
+def sha256(scenario: Scenario) -> str:
+    """The hash of the scenario's rendered compose file, for the trace header: the same for every runtime (the
+    local runtime renders no file, yet its trace names the compose file a Docker run of it would use)."""
+    return hashlib.sha256(render_text(scenario).encode("utf-8")).hexdigest()
 
 
 def render(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> Path:

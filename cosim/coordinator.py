@@ -23,9 +23,9 @@ from typing import Any, Callable, Mapping
 from cosim.errors import InfrastructureExited, Interrupted, NodeFailure
 from cosim.network import Drop, Router
 from cosim.nodes import Event, ServiceNode, SimNode
-from cosim.scenario import ContainerNode, Scenario
+from cosim.model import ContainerSpec, Scenario
 from cosim.seeds import node_seed
-from cosim.trace import TraceWriter
+from cosim.trace import TraceWriter, header_environment
 
 Progress = Callable[[int, int], None]  # (virtual time now, duration), both in us
 INFRASTRUCTURE_EXIT_WAIT_S = 1.0  # wall clock, on failure only: how long an infrastructure exit may take to show
@@ -45,7 +45,10 @@ class StepTimings:
 
 
 @dataclass
-class RunResult:
+class SimulationResult:
+    """What the step loop produced (the trace holds the details): end time, steps, record counts, unroutable
+    events per (source, type), and the wall-clock timings (metrics only)."""
+
     end_us: int
     steps: int
     counts: dict[str, int]
@@ -54,6 +57,10 @@ class RunResult:
 
 
 class Coordinator:
+    """Owns virtual time for one run: INITs the nodes, writes the header, advances every node a quantum at a time
+    while routing their events (see the module docstring), shuts them down and writes the footer, or the error
+    record when a node fails. Knows nodes only through ``SimNode``; the runtime behind them is not its concern."""
+
     def __init__(
         self,
         scenario: Scenario,
@@ -84,12 +91,12 @@ class Coordinator:
         self.timings = StepTimings()
         self.barrier_groups: dict[str, list[str]] = {}  # group -> member ids (sorted), from the READY replies
 
-    def run(self) -> RunResult:
+    def run(self) -> SimulationResult:
         started = time.monotonic()
         try:
             self._init_nodes()
-            services = {node_id: info for node_id, node in self.nodes.items() if (info := getattr(node, "info", None))}
-            self.trace.header({**self.environment, "services": services}, barrier_groups=self.barrier_groups)
+            services = {node_id: node.info for node_id, node in self.nodes.items() if node.info}
+            self.trace.header(header_environment(self.environment, services), barrier_groups=self.barrier_groups)
             loop_started, loop_cpu_started = time.monotonic(), time.process_time()
             for self.step in range(1, self.scenario.steps + 1):
                 self._advance(self.step * self.scenario.quantum_us)
@@ -119,7 +126,7 @@ class Coordinator:
             self.trace.flush()
         self.trace.footer(self.now_us, self.scenario.steps, in_flight=len(self._pending))
         self.trace.flush()
-        return RunResult(self.now_us, self.scenario.steps, dict(self.trace.counts), dict(self.unroutable), self.timings)
+        return SimulationResult(self.now_us, self.scenario.steps, dict(self.trace.counts), dict(self.unroutable), self.timings)
 
     # -- phases -----------------------------------------------------------------------------------
 
@@ -127,9 +134,9 @@ class Coordinator:
         started = time.monotonic()
         for node_id, node in self.nodes.items():
             spec = self.scenario.node(node_id)
-            config = spec.config if isinstance(spec, ContainerNode) else {}
+            config = spec.config if isinstance(spec, ContainerSpec) else {}
             node.init(node_seed(self.scenario.seed, node_id), config, self.endpoints)
-            group = getattr(node, "barrier_group", None)
+            group = node.barrier_group
             if group is not None:
                 self.barrier_groups.setdefault(group, []).append(node_id)
         for members in self.barrier_groups.values():
@@ -137,8 +144,7 @@ class Coordinator:
             for node_id in members:
                 self.nodes[node_id].members = members  # type: ignore[attr-defined]  (a ServiceNode: it declared a group)
         self._always_publish = {node_id for node_id, node in self.nodes.items()
-                                if getattr(node, "barrier_group", None) is not None
-                                and not getattr(node, "publishes_on_input_only", False)}
+                                if node.barrier_group is not None and not node.publishes_on_input_only}
         self.timings.init_s = time.monotonic() - started
 
     def _window_peers(self, inputs: Mapping[str, list[Event]]) -> dict[str, list[str]]:

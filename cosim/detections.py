@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, TextIO
 
-from cosim.scenario import Scenario, SensorNode
+from cosim.model import Scenario, SensorSpec
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Report:
 
 def report(scenario: Scenario, sink_events: Iterable[dict[str, Any]]) -> Report:
     """``sink_events``: delivered events (type, time_us, data) that reached any sink, in delivery order."""
-    sensors = {node.id: node for node in scenario.nodes if isinstance(node, SensorNode)}
+    sensors = {node.id: node for node in scenario.nodes if isinstance(node, SensorSpec)}
     verdicts = [e for e in sink_events if e.get("type") == "inference_result" and isinstance(e.get("data"), dict)]
 
     first: dict[tuple[str, int], tuple[int, int]] = {}

@@ -8,15 +8,11 @@ from pathlib import Path
 from typing import TextIO
 
 from cosim import options, scenario as scenarios
-from cosim.errors import CosimError
+from cosim.errors import NotDeterministic
 from cosim.run import DEFAULT_WATCHDOG_S, run
 from cosim.tracediff import compare, print_comparison, trace_hash
 
 RUNTIME_CHOICES = ("docker", "local", "both")
-
-
-class NotDeterministic(CosimError):
-    exit_code = 1
 
 
 @dataclass(frozen=True)

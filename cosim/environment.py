@@ -14,10 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cosim.errors import CosimError
+from cosim.errors import ToolError
+from cosim.paths import REPO_ROOT
+from cosim.tails import last_lines
 
-ROOT = Path(__file__).resolve().parent.parent
-LOCK_FILE = ROOT / "requirements.lock"
+LOCK_FILE = REPO_ROOT / "requirements.lock"
 LOCK_COMMAND = "./inv lock"
 
 
@@ -43,7 +44,7 @@ def dependency_versions(distribution: str = "cosim") -> dict[str, str]:
 def lock_command(*, upgrade: bool = False, output: Path = LOCK_FILE) -> list[str]:
     command = [sys.executable, "-m", "piptools", "compile", "--quiet", "--generate-hashes", "--allow-unsafe",
                "--all-build-deps", "--strip-extras", "--no-emit-find-links", "--extra", "dev", "--extra", "analysis",
-               "--output-file", str(output), str(ROOT / "pyproject.toml")]
+               "--output-file", str(output), str(REPO_ROOT / "pyproject.toml")]
     return command + (["--upgrade"] if upgrade else [])
 
 
@@ -51,9 +52,9 @@ def update_lock(*, upgrade: bool = False, output: Path = LOCK_FILE) -> Path:
     """Re-resolve pyproject.toml into the lock file: keeps existing pins unless ``upgrade``."""
     environment = {**os.environ, "CUSTOM_COMPILE_COMMAND": LOCK_COMMAND + (" --upgrade" if upgrade else "")}
     environment.pop("PIP_FIND_LINKS", None)  # a machine's local wheel directory is no source for a lock
-    done = subprocess.run(lock_command(upgrade=upgrade, output=output), cwd=ROOT, env=environment,
+    done = subprocess.run(lock_command(upgrade=upgrade, output=output), cwd=REPO_ROOT, env=environment,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
-        raise CosimError(f"pip-compile could not resolve pyproject.toml into {output.name}:\n{tail}")
+        tail = last_lines(done.stderr or done.stdout, 8)
+        raise ToolError(f"pip-compile could not resolve pyproject.toml into {output.name}:\n{tail}")
     return output

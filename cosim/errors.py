@@ -1,7 +1,14 @@
-"""User-facing errors. Each carries a message written for the person running cosim, not a stack trace.
+"""Every user-facing error of cosim, grouped by who is at fault. Each carries a message written for the person
+running cosim, not a stack trace.
 
-The CLI and the invoke tasks print ``str(error)`` and exit non-zero; anything that is *not* a CosimError is a
-bug in cosim and keeps its traceback.
+- the scenario file:            ScenarioError
+- a node (a service or infrastructure container): NodeError and its kinds (start, failure, image)
+- the engine (Docker, images):  EngineUnavailable, ImageBuildError, DockerCommandFailed, ComposeUpFailed
+- the command line / the user:  OptionError, UsageError, Interrupted, ToolError
+- trace files:                  TraceReadError, TraceWriteError, TracesDiffer, NotDeterministic
+
+The CLI and the invoke tasks print ``str(error)`` and exit with ``error.exit_code``; anything that is *not* a
+CosimError is a bug in cosim and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,8 +20,11 @@ class CosimError(Exception):
     exit_code = 1
 
 
+# -- the scenario ---------------------------------------------------------------------------------------------
+
+
 class ScenarioError(CosimError):
-    """The scenario file cannot be read or is not a valid scenario."""
+    """The scenario file cannot be read or is not a valid scenario (names the file, line and field)."""
 
     exit_code = 2
 
@@ -28,6 +38,9 @@ class ScenarioError(CosimError):
         super().__init__(f"{where}:{field} {message}")
 
 
+# -- the engine (Docker, images) ------------------------------------------------------------------------------
+
+
 class EngineUnavailable(CosimError):
     """Docker or Compose v2 is missing or not answering."""
 
@@ -35,20 +48,53 @@ class EngineUnavailable(CosimError):
 
 
 class ImageBuildError(CosimError):
-    """An image a scenario needs could not be built."""
+    """An image a scenario needs could not be built or pulled."""
 
     exit_code = 3
 
 
-class NodeStartError(CosimError):
+class DockerCommandFailed(CosimError):
+    """The Docker CLI failed in a way cosim did not foresee: still the engine's answer, not a cosim bug. Raised at
+    the Docker boundary (``cosim.runtimes.docker.engine.docker_errors``) in place of python-on-whales' exceptions."""
+
+    exit_code = 3
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"a docker command failed:\n{detail}")
+
+
+class ComposeUpFailed(CosimError):
+    """``docker compose up`` could not start a scenario's project (names the scenario and the compose file)."""
+
+
+# -- a node ---------------------------------------------------------------------------------------------------
+
+
+class NodeError(CosimError):
+    """Something went wrong with one node of the scenario; ``node`` names it (the first, when several)."""
+
+    def __init__(self, node: str | None, message: str) -> None:
+        self.node: str | None = node
+        super().__init__(message)
+
+
+class NodeStartError(NodeError):
     """A node could not be started (missing program, bad command, infrastructure not listening)."""
 
     def __init__(self, node: str, message: str) -> None:
-        self.node = node
-        super().__init__(f"node {node!r} {message}")
+        super().__init__(node, f"node {node!r} {message}")
 
 
-class NodeFailure(CosimError):
+class NodeImageError(ImageBuildError, NodeError):
+    """An image could not be built or pulled; names the node(s) that needed it."""
+
+    def __init__(self, nodes: list[str], error: ImageBuildError) -> None:
+        who = f"node {nodes[0]!r}" if len(nodes) == 1 else "nodes " + ", ".join(repr(n) for n in nodes)
+        NodeError.__init__(self, nodes[0], f"{who}: {error}")
+
+
+class NodeFailure(NodeError):
     """A node died, hung, broke the protocol or reported an error. The run stops; the trace so far is kept."""
 
     exit_code = 4
@@ -62,7 +108,6 @@ class NodeFailure(CosimError):
         exit_code: int | None = None,
         log_tail: str = "",
     ) -> None:
-        self.node = node
         self.problem = problem
         self.in_flight = in_flight
         self.process_exit_code = exit_code
@@ -76,7 +121,7 @@ class NodeFailure(CosimError):
         if log_tail.strip():
             tail = "\n".join("    " + line for line in log_tail.rstrip().splitlines())
             text += f"\n  last lines of its log:\n{tail}"
-        super().__init__(text)
+        super().__init__(node, text)
 
 
 _SIGNAL_WORDS = {6: "aborted", 9: "killed", 11: "segmentation fault", 15: "terminated"}
@@ -101,18 +146,14 @@ class InfrastructureExited(NodeFailure):
         self.symptom = symptom
         self.cause = "; ".join(f"infrastructure node {node!r} exited ({describe_exit(code)})"
                                for node, code in infrastructure)
-        CosimError.__init__(self, f"{self.cause}; then {symptom}")
-        self.node = infrastructure[0][0]
+        NodeError.__init__(self, infrastructure[0][0], f"{self.cause}; then {symptom}")
         self.problem = f"{self.cause}; then node {symptom.node!r}: {symptom.problem}"
         self.in_flight = symptom.in_flight
         self.process_exit_code = infrastructure[0][1]
         self.log_tail = symptom.log_tail
 
 
-class Interrupted(CosimError):
-    """The user pressed Ctrl-C or the run received SIGTERM."""
-
-    exit_code = 130
+# -- the command line and the person running it ---------------------------------------------------------------
 
 
 class OptionError(CosimError):
@@ -127,7 +168,36 @@ class OptionError(CosimError):
         super().__init__(f"{option} {value!r}: expected {allowed}")
 
 
+class UsageError(CosimError):
+    """A command was called without what it needs (e.g. `invoke diff` without two traces)."""
+
+
+class Interrupted(CosimError):
+    """The user pressed Ctrl-C or the run received SIGTERM."""
+
+    exit_code = 130
+
+
+class ToolError(CosimError):
+    """A tool or optional package cosim needs for this command is missing or failed (pip-compile, pandas)."""
+
+
+# -- trace files ----------------------------------------------------------------------------------------------
+
+
 class TraceReadError(CosimError):
     """A trace file is missing, unreadable or not a valid cosim trace (the message names the file and line)."""
 
     exit_code = 2
+
+
+class TraceWriteError(CosimError):
+    """The trace cannot be written where it should go (names the path and the system's reason)."""
+
+
+class TracesDiffer(CosimError):
+    """`invoke diff`: the two traces are not identical (the first divergent record was printed above)."""
+
+
+class NotDeterministic(CosimError):
+    """The determinism gate: runs of one scenario gave different traces (the first divergence was printed)."""

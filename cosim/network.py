@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from cosim.scenario import LinkProperties, Route, Scenario
+from cosim.model import LinkProperties, Route, Scenario
 from cosim.seeds import link_seed
 
 
@@ -27,12 +27,15 @@ class Drop:
 
 
 class Router:
+    """Where the events of one run go: the routes that match an event (replicated targets taken round-robin) and,
+    per link, its delivery time or its loss, drawn from the link's own seeded generator. Routes per (source,
+    type) and links per (source, destination) are looked up once: the scenario is immutable."""
+
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
         self._rngs: dict[tuple[str, str], random.Random] = {}
         self._round_robin: dict[tuple[int, str], int] = {}
         self._group_of = {node.id: node.group for node in scenario.nodes}
-        # The scenario is immutable: routes per (source, type) and links per (source, dest) are looked up once.
         self._routes: dict[tuple[str, str], list[tuple[int, Route]]] = {}
         self._links: dict[tuple[str, str], LinkProperties] = {}
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Protocol
 
 from cosim import protocol
 from cosim.errors import NodeFailure
-from cosim.scenario import SensorNode
+from cosim.model import SensorSpec
 from cosim.transport import Transport, TransportClosed, TransportTimeout
 from cosim.vibration import SignalParams, sample_features
 
@@ -24,7 +24,29 @@ Event = dict[str, Any]
 
 
 class SimNode(Protocol):
+    """What the coordinator drives: a service behind a transport or an in-process model."""
+
     id: str
+
+    @property
+    def info(self) -> Mapping[str, Any]:
+        """What the node said about itself in READY (versions), for the trace header; empty for in-process models."""
+        ...
+
+    @property
+    def barrier_group(self) -> str | None:
+        """READY's ``barrier_group`` (services only): its ADVANCEs then name the peers advanced with it."""
+        ...
+
+    @property
+    def publishes_on_input_only(self) -> bool:
+        """READY's ``barrier_publishes == "on_input"``."""
+        ...
+
+    @property
+    def round_trips_s(self) -> list[float] | None:
+        """Wall-clock ADVANCE->DONE per step, for the metrics only; None for a node with nothing to measure."""
+        ...
 
     def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None: ...
 
@@ -182,9 +204,13 @@ def _preview(raw: bytes, limit: int = 120) -> str:
 class SensorModel:
     """In-process vibration sensor: a feature window every period, seeded noise, anomalies at set times."""
 
-    def __init__(self, node: SensorNode, params: SignalParams | None = None) -> None:
+    def __init__(self, node: SensorSpec, params: SignalParams | None = None) -> None:
         self.id = node.id
         self.node = node
+        self.info: Mapping[str, Any] = {}
+        self.barrier_group: str | None = None
+        self.publishes_on_input_only = False
+        self.round_trips_s: list[float] | None = None
         self.params = params or SignalParams()
         self.rng = random.Random(0)
         self._outputs: list[Event] = []
@@ -234,6 +260,10 @@ class SinkModel:
     def __init__(self, node_id: str) -> None:
         self.id = node_id
         self.received: list[Event] = []
+        self.info: Mapping[str, Any] = {}
+        self.barrier_group: str | None = None
+        self.publishes_on_input_only = False
+        self.round_trips_s: list[float] | None = None
 
     def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
         pass

@@ -24,10 +24,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from cosim import detections, scenario as scenarios, trace as traces
 from cosim.errors import ScenarioError
+from cosim.paths import REPO_ROOT
 from cosim.run import artifact_paths
 from cosim.trace import Delivered, Dropped, Footer, RunError, Sent, Trace, Unroutable
 
-ROOT = Path(__file__).resolve().parent.parent
 SUFFIX = ".report.html"
 PERCENTILES = (50, 95, 99)
 RASTERIZE_ABOVE = 20_000  # markers per chart above which they are embedded as an image inside the SVG
@@ -69,8 +69,8 @@ def find_scenario(trace: Trace, metrics: Mapping[str, Any] | None,
         candidates.append(explicit)
     if metrics and isinstance(metrics.get("scenario_file"), str):
         candidates.append(Path(metrics["scenario_file"]))
-    candidates.append(ROOT / "scenarios" / f"{trace.header.scenario}.yaml")
-    candidates += sorted((ROOT / "scenarios").glob("*.yaml")) + sorted(trace.path.parent.glob("*.yaml"))
+    candidates.append(REPO_ROOT / "scenarios" / f"{trace.header.scenario}.yaml")
+    candidates += sorted((REPO_ROOT / "scenarios").glob("*.yaml")) + sorted(trace.path.parent.glob("*.yaml"))
     for candidate in dict.fromkeys(candidates):
         try:
             if hashlib.sha256(candidate.read_bytes()).hexdigest() != trace.header.scenario_sha256:
@@ -238,7 +238,7 @@ def drops_chart(links: Sequence[LinkStats]) -> str:
 def detections_chart(scenario: scenarios.Scenario, result: detections.Report,
                      verdicts: Sequence[Mapping[str, Any]], duration_us: int) -> str:
     """Per sensor: injected anomaly windows, the windows the classifier flagged, and the first detection."""
-    sensors = [node for node in scenario.nodes if isinstance(node, scenarios.SensorNode)]
+    sensors = [node for node in scenario.nodes if isinstance(node, scenarios.SensorSpec)]
     rows = {sensor.id: index for index, sensor in enumerate(reversed(sensors))}
     figure = _figure(10, 0.6 * len(sensors) + 1.5)
     axes = figure.add_subplot()

@@ -8,10 +8,7 @@ left running.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import signal
-import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -19,12 +16,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Iterator
 
-from cosim import compose, options, runtimes, trace as tracing
-from cosim.environment import dependency_versions
-from cosim.coordinator import Coordinator, RunResult
-from cosim.errors import CosimError, Interrupted
+from cosim import compose, metrics as run_metrics, options, runtimes, trace as tracing
+from cosim.coordinator import Coordinator, SimulationResult
+from cosim.errors import Interrupted, NodeError, TraceWriteError
 from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
-from cosim.scenario import Scenario, SensorNode, SinkNode, load
+from cosim.model import Scenario, SensorSpec, SinkSpec
+from cosim.scenario import load
 from cosim.trace import TraceWriter
 
 DEFAULT_WATCHDOG_S = 30.0
@@ -32,12 +29,16 @@ SHUTDOWN_GRACE_S = 10.0
 
 
 @dataclass
-class RunSummary:
+class CompletedRun:
+    """What ``run`` returns: where the trace and metrics went, the simulation's result, the metrics as an object
+    and what each sink received."""
+
     scenario: Scenario
     runtime: str
     trace_path: Path
     metrics_path: Path
-    result: RunResult
+    result: SimulationResult
+    metrics: run_metrics.RunMetrics
     sinks: dict[str, list[dict[str, Any]]]
 
 
@@ -58,9 +59,9 @@ def clear_logs(log_dir: Path) -> None:
 def build_nodes(scenario: Scenario, runtime: runtimes.Runtime, watchdog_s: float) -> dict[str, SimNode]:
     nodes: dict[str, SimNode] = {}
     for spec in scenario.nodes:
-        if isinstance(spec, SensorNode):
+        if isinstance(spec, SensorSpec):
             nodes[spec.id] = SensorModel(spec)
-        elif isinstance(spec, SinkNode):
+        elif isinstance(spec, SinkSpec):
             nodes[spec.id] = SinkModel(spec.id)
         elif spec.kind == "service":
             # A service gets as long to exit after SHUTDOWN as to answer a message, up to SHUTDOWN_GRACE_S.
@@ -118,7 +119,7 @@ def run(
     trace_path: str | Path | None = None,
     watchdog_s: float | str = DEFAULT_WATCHDOG_S,
     progress: Callable[[int, int], None] | None = None,
-) -> RunSummary:
+) -> CompletedRun:
     # Option errors first: nothing is loaded, started or written for a run that cannot go ahead.
     options.choice("--runtime", runtime, runtimes.RUNTIMES)
     watchdog_s = options.positive_seconds("--watchdog", watchdog_s)
@@ -132,13 +133,10 @@ def run(
         trace_file.touch()
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(trace_file) else ""
-        raise CosimError(f"cannot write the trace to {trace_file}: {exc.strerror}{where}") from None
-    writer = TraceWriter(trace_file, tracing.base_manifest(
-        scenario.name, scenario.sha256, scenario.seed, scenario.duration_us, scenario.quantum_us,
-        {node.id: node.kind for node in scenario.nodes},
-        hashlib.sha256(compose.render_text(scenario).encode("utf-8")).hexdigest()))
+        raise TraceWriteError(f"cannot write the trace to {trace_file}: {exc.strerror}{where}") from None
+    writer = TraceWriter(trace_file, tracing.scenario_manifest(scenario, compose.sha256(scenario)))
     nodes: dict[str, SimNode] = {}
-    result: RunResult | None = None
+    result: SimulationResult | None = None
     coordinator: Coordinator | None = None
     started = time.monotonic()
     try:
@@ -146,10 +144,8 @@ def run(
             try:
                 backend.start()
                 nodes = build_nodes(scenario, backend, watchdog_s)
-                # The header's environment (not hashed) also names the versions of cosim's own dependencies.
-                environment = {**backend.manifest(), "dependencies": dependency_versions()}
                 coordinator = Coordinator(scenario, nodes, writer, endpoints=backend.endpoints(),
-                                          environment=environment, progress=progress,
+                                          environment=backend.manifest(), progress=progress,
                                           exited_infrastructure=backend.exited_infrastructure)
                 result = coordinator.run()
             except KeyboardInterrupt:
@@ -158,7 +154,7 @@ def run(
                 raise Interrupted("interrupted while starting the scenario; nothing was simulated") from None
             except Exception as exc:
                 if coordinator is None and not writer.closed:
-                    writer.error(0, getattr(exc, "node", None), "start_failed", _first_line(str(exc)))
+                    writer.error(0, exc.node if isinstance(exc, NodeError) else None, "start_failed", _first_line(str(exc)))
                 raise
             finally:
                 interrupts.stopping = True  # from here on, Ctrl-C waits for the teardown
@@ -172,12 +168,15 @@ def run(
                             node.close()
                         writer.close()
     finally:
-        wall_s = time.monotonic() - started
-        _write_metrics(metrics_path, scenario, runtime, wall_s, coordinator, nodes,
-                       {**backend.manifest(), **backend.run_facts()})
+        measured = run_metrics.RunMetrics.measure(
+            scenario, runtime, time.monotonic() - started, coordinator.timings if coordinator else None,
+            coordinator.now_us if coordinator else 0,
+            {node_id: node.round_trips_s for node_id, node in nodes.items() if node.round_trips_s is not None},
+            {**backend.manifest(), **backend.run_facts()})
+        run_metrics.write(measured, metrics_path)
     sinks = {node_id: node.received for node_id, node in nodes.items() if isinstance(node, SinkModel)}
     assert result is not None
-    return RunSummary(scenario, runtime, trace_file, metrics_path, result, sinks)
+    return CompletedRun(scenario, runtime, trace_file, metrics_path, result, measured, sinks)
 
 
 def _first_line(message: str) -> str:
@@ -188,50 +187,3 @@ def _first_line(message: str) -> str:
     if lines[0].endswith(":") and len(lines) > 1:
         return f"{lines[0]} {lines[-1]}"
     return lines[0]
-
-
-def _percentiles(samples: list[float]) -> dict[str, float]:
-    if not samples:
-        return {}
-    ordered = sorted(samples)
-
-    def pick(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
-
-    return {"count": len(ordered), "p50_us": pick(0.50), "p95_us": pick(0.95), "p99_us": pick(0.99),
-            "mean_us": statistics.fmean(ordered) * 1e6}
-
-
-def _write_metrics(path: Path, scenario: Scenario, runtime: str, wall_s: float, coordinator: Coordinator | None,
-                   nodes: dict[str, SimNode], manifest: dict[str, Any]) -> None:
-    """Wall-clock measurements of the run: never part of the trace."""
-    timings = coordinator.timings if coordinator is not None else None
-    virtual_s = (coordinator.now_us if coordinator is not None else 0) / 1e6
-    steps = timings.steps if timings else 0
-    loop_s = timings.loop_s if timings else 0.0
-    overhead_s = timings.loop_cpu_s if timings else 0.0
-    metrics = {
-        "scenario": scenario.name,
-        "scenario_file": str(scenario.path),  # where `invoke report` finds the injected anomalies
-        "runtime": runtime,
-        "environment": manifest,
-        "wall_s": round(wall_s, 6),
-        "virtual_s": virtual_s,
-        "real_time_factor": round(virtual_s / wall_s, 6) if wall_s > 0 else None,
-        "steps": steps,
-        "step_loop_s": round(loop_s, 6),
-        # cosim's own cost: CPU time of the coordinator process in the step loop (in-process models included);
-        # the rest of the loop's wall time is the services computing and the transport.
-        "coordinator_overhead": {
-            "cpu_s": round(overhead_s, 6),
-            "share": round(overhead_s / loop_s, 6) if loop_s > 0 else None,
-            "per_step_us": round(overhead_s / steps * 1e6, 3) if steps else None,
-            "waiting_for_nodes_s": round(timings.waiting_s, 6) if timings else None,
-        },
-        "init_s": round(timings.init_s, 6) if timings else None,
-        "shutdown_s": round(timings.shutdown_s, 6) if timings else None,
-        "round_trip": {node_id: _percentiles(node.round_trips_s) for node_id, node in nodes.items()
-                       if isinstance(node, ServiceNode)},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Scenario files: YAML in, a validated, typed ``Scenario`` out (or one clear ScenarioError).
+"""Scenario files: YAML in, a validated, typed ``Scenario`` (cosim.model) out, or one clear ScenarioError.
 
 Reading is defensive because scenario files come from users: the bytes must be UTF-8, the YAML is loaded
 with the safe loader and a bound on its expanded size (alias bombs are refused quickly), duplicate keys are
@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,9 @@ import jsonschema
 import yaml
 
 from cosim.errors import ScenarioError
+from cosim.model import Anomaly, ContainerSpec, LinkProperties, NodeSpec, Route, Scenario, SensorSpec, SinkSpec
+from cosim.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "schemas" / "scenario.schema.json"
 
 MAX_FILE_BYTES = 1 << 20
@@ -32,117 +33,6 @@ MAX_STEPS = 50_000_000
 DEFAULT_QUANTUM_US = 1000
 
 FieldPath = tuple[str | int, ...]
-
-
-# -- typed scenario -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LinkProperties:
-    latency_us: int
-    jitter_us: int = 0
-    loss: float = 0.0
-
-
-@dataclass(frozen=True)
-class Anomaly:
-    at_us: int
-    duration_us: int
-    severity: float
-
-
-@dataclass(frozen=True)
-class Node:
-    """A node as the coordinator sees it: replicas are already expanded into distinct nodes."""
-
-    id: str
-    kind: str  # service | infrastructure | sensor | sink
-    links: dict[str, LinkProperties] = field(default_factory=dict)
-    group: str | None = None  # the declared id of a replicated service
-
-
-@dataclass(frozen=True)
-class ContainerNode(Node):
-    build: Path | None = None  # the service directory (with its Dockerfile); None: a prebuilt `image`
-    base_dir: Path = Path()  # the scenario file's directory (where a local_command runs without `build`)
-    image: str = ""
-    command: tuple[str, ...] | None = None
-    local_command: tuple[str, ...] | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    environment: dict[str, str] = field(default_factory=dict)
-    read_only: bool = True
-    port: int | None = None  # infrastructure only
-
-    @property
-    def speaks_protocol(self) -> bool:
-        return self.kind == "service"
-
-
-@dataclass(frozen=True)
-class SensorNode(Node):
-    model: str = "vibration"
-    period_us: int = 0
-    offset_us: int = 0
-    event_type: str = "inference_request"
-    anomalies: tuple[Anomaly, ...] = ()
-
-    def anomaly_at(self, time_us: int) -> Anomaly | None:
-        """The injected anomaly a reading at ``time_us`` falls in, if any."""
-        for anomaly in self.anomalies:
-            if anomaly.at_us <= time_us < anomaly.at_us + anomaly.duration_us:
-                return anomaly
-        return None
-
-
-@dataclass(frozen=True)
-class SinkNode(Node):
-    pass
-
-
-@dataclass(frozen=True)
-class Route:
-    source: str
-    targets: tuple[str, ...]  # declared ids: a replicated group or a single node
-    events: tuple[str, ...] | None  # None: every event type
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    seed: int
-    duration_us: int
-    quantum_us: int
-    nodes: tuple[Node, ...]
-    routes: tuple[Route, ...]
-    default_link: LinkProperties
-    trace: str
-    path: Path
-    sha256: str
-    description: str = ""
-    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # replicated id -> replica ids
-
-    @property
-    def steps(self) -> int:
-        return self.duration_us // self.quantum_us
-
-    def node(self, node_id: str) -> Node:
-        for node in self.nodes:
-            if node.id == node_id:
-                return node
-        raise KeyError(node_id)
-
-    @property
-    def containers(self) -> tuple[ContainerNode, ...]:
-        return tuple(node for node in self.nodes if isinstance(node, ContainerNode))
-
-    def link(self, source: str, target: str) -> LinkProperties:
-        """The link an event takes from ``source`` to ``target`` (a replica's group links apply)."""
-        node = self.node(source)
-        target_node = self.node(target)
-        for name in (target, target_node.group):
-            if name is not None and name in node.links:
-                return node.links[name]
-        return self.default_link
 
 
 # -- reading ------------------------------------------------------------------------------------------
@@ -467,7 +357,7 @@ def _build(doc: dict[str, Any], lines: dict[FieldPath, int], source: str, path: 
     linkable = set(declared) | {f"{node_doc['id']}-{n}" for node_doc in doc["nodes"]
                                 for n in range(1, node_doc.get("replicas", 1) + 1) if node_doc.get("replicas", 1) > 1}
 
-    nodes: list[Node] = []
+    nodes: list[NodeSpec] = []
     groups: dict[str, tuple[str, ...]] = {}
     for index, node_doc in enumerate(doc["nodes"]):
         at: FieldPath = ("nodes", index)
@@ -518,7 +408,7 @@ def _links(node_doc: dict[str, Any], linkable: set[str], quantum: int, at: Field
 
 
 def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, base_dir: Path, at: FieldPath,
-          fail: Any) -> Node:
+          fail: Any) -> NodeSpec:
     kind = doc["kind"]
     if kind in ("service", "infrastructure"):
         service_dir: Path | None = None
@@ -529,7 +419,7 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
         elif "image" not in doc:
             raise fail("needs `build` (a service directory with a Dockerfile) or `image` (a prebuilt image)", at)
         _check_shared_subscriptions(doc, at, fail)
-        return ContainerNode(
+        return ContainerSpec(
             id=doc["id"], kind=kind, links=links, build=service_dir, base_dir=base_dir,
             image=doc["image"] if "image" in doc else f"cosim/{service_dir.name}:dev",  # type: ignore[union-attr]
             command=tuple(doc["command"]) if "command" in doc else None,
@@ -549,12 +439,12 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
                 raise fail(f"anomaly at {anomaly['at_us']} us is not before the end of the run ({duration} us)",
                            at + ("anomalies", index, "at_us"))
             anomalies.append(Anomaly(anomaly["at_us"], anomaly.get("duration_us", period), float(anomaly.get("severity", 1.0))))
-        return SensorNode(
+        return SensorSpec(
             id=doc["id"], kind=kind, links=links, model=doc.get("model", "vibration"), period_us=period,
             offset_us=doc.get("offset_us", period), event_type=doc.get("event_type", "inference_request"),
             anomalies=tuple(anomalies),
         )
-    return SinkNode(id=doc["id"], kind=kind, links=links)
+    return SinkSpec(id=doc["id"], kind=kind, links=links)
 
 
 def _check_shared_subscriptions(doc: dict[str, Any], at: FieldPath, fail: Any) -> None:
@@ -576,7 +466,7 @@ def _env_value(value: Any) -> str:
     return str(value)
 
 
-def _route(doc: dict[str, Any], index: int, nodes: dict[str, Node], groups: dict[str, tuple[str, ...]], fail: Any) -> Route:
+def _route(doc: dict[str, Any], index: int, nodes: dict[str, NodeSpec], groups: dict[str, tuple[str, ...]], fail: Any) -> Route:
     at: FieldPath = ("routes", index)
     known = set(nodes) | set(groups)
     source = doc["from"]

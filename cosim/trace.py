@@ -10,17 +10,19 @@ documented in docs/trace-format.md), and ``Trace.to_dataframe()`` a pandas DataF
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Mapping, Union
 
 from cosim import __version__, protocol
-from cosim.errors import CosimError, TraceReadError
+from cosim.environment import dependency_versions
+from cosim.errors import ToolError, TraceReadError
 
 if TYPE_CHECKING:
     import pandas
+
+    from cosim.model import Scenario
 
 FORMAT = "cosim-trace/1"
 RECORD_KINDS = ("header", "sent", "delivered", "dropped", "unroutable", "error", "footer")
@@ -77,6 +79,18 @@ class TraceWriter:
             self.closed = True
 
 
+def scenario_manifest(scenario: Scenario, compose_sha256: str) -> dict[str, Any]:
+    """The hashed part of a run's header, from its scenario and the hash of its rendered compose file."""
+    return base_manifest(scenario.name, scenario.sha256, scenario.seed, scenario.duration_us, scenario.quantum_us,
+                         {node.id: node.kind for node in scenario.nodes}, compose_sha256)
+
+
+def header_environment(runtime: Mapping[str, Any], services: Mapping[str, Any]) -> dict[str, Any]:
+    """The header's environment block (not hashed): the runtime's facts (e.g. image ids), the versions of cosim's
+    own dependencies, and what each service said about itself in READY (``info``)."""
+    return {**runtime, "dependencies": dependency_versions(), "services": dict(services)}
+
+
 def base_manifest(scenario_name: str, scenario_sha256: str, seed: int, duration_us: int, quantum_us: int,
                   nodes: Mapping[str, str], compose_sha256: str) -> dict[str, Any]:
     """The hashed part of the header: identical for the local and the Docker runtime, on any machine."""
@@ -93,12 +107,6 @@ def base_manifest(scenario_name: str, scenario_sha256: str, seed: int, duration_
     }
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- reading ------------------------------------------------------------------------------------------------
@@ -211,7 +219,7 @@ class Trace:
         try:
             import pandas
         except ImportError:
-            raise CosimError("Trace.to_dataframe needs pandas: install cosim's analysis extra "
+            raise ToolError("Trace.to_dataframe needs pandas: install cosim's analysis extra "
                              "(pip install 'cosim[analysis]')") from None
         columns = ["record", "time_us", "source", "seq", "type", "dest", "sent_us", "latency_us", "reason", "data"]
         rows = []

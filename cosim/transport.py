@@ -1,23 +1,25 @@
 """Transports: how the coordinator's node proxies reach a service's stdin/stdout.
 
-The coordinator only knows the small ``Transport`` interface. ``PipeTransport`` covers both runtimes: the
-local runtime starts the service itself as a child process; the Docker runtime starts ``docker attach`` to the
-container's main process. Reads use select() on the raw pipe with a wall-clock deadline (the watchdog), so a
-hung service is noticed without threads; stderr goes to a log file so a chatty service can never block on a
-full pipe, and its last lines are at hand when something goes wrong.
+The coordinator only knows the small ``Transport`` interface. ``LineStream`` is what every transport shares;
+``PipeTransport`` speaks to a child process: the local runtime's service itself, or the Docker runtime's
+``docker attach`` process (engines not on a local socket); the Docker runtime's usual path, the engine's attach
+endpoint, is ``cosim.runtimes.docker.attach.EngineAttachTransport``. Reads use poll() with a wall-clock deadline
+(the watchdog), so a hung service is noticed without threads; stderr goes to a log file so a chatty service can
+never block on a full pipe, and its last lines are at hand when something goes wrong.
 """
 
 from __future__ import annotations
 
-import os
 import math
+import os
 import select
 import signal
 import subprocess
 import time
-from collections import deque
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
+
+from cosim.tails import file_tail
 
 MAX_LINE_BYTES = 64 << 20
 
@@ -76,15 +78,6 @@ def poll_ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-def tail(path: Path, lines: int) -> str:
-    """The last ``lines`` lines of a text file (empty when it does not exist)."""
-    try:
-        with path.open("r", encoding="utf-8", errors="replace") as handle:
-            return "".join(deque(handle, maxlen=lines))
-    except OSError:
-        return ""
-
-
 class LineStream:
     """What every transport shares: a line buffer filled by ``_fill`` (poll + read, with the watchdog's timeout),
     the service's stderr kept in ``log_path``, and optional callbacks for the exit code and the log's tail."""
@@ -111,7 +104,7 @@ class LineStream:
             self._log.flush()
         if self._log_tail is not None:
             return self._log_tail(lines)
-        return tail(self.log_path, lines)
+        return file_tail(self.log_path, lines)
 
 
 class PipeTransport(LineStream):

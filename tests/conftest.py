@@ -36,8 +36,8 @@ def service_images() -> dict[str, str]:
     Needs the Docker engine: tests using it carry @pytest.mark.docker. Without an engine they fail loudly
     rather than skip, so a CI machine that lost Docker cannot pass silently.
     """
-    from cosim.engine import check_engine
-    from cosim.images import ensure_images, service_spec
+    from cosim.runtimes.docker.engine import check_engine
+    from cosim.runtimes.docker.service_images import ensure_images, service_spec
 
     check_engine()
     return ensure_images(service_spec(name) for name in SERVICE_IMAGES)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 import cosim.runtimes.local as local_runtime
-from cosim.coordinator import Coordinator, RunResult
+from cosim.coordinator import Coordinator, SimulationResult
 from cosim.errors import CosimError, NodeFailure
 from cosim.nodes import Event, SimNode, SinkModel
 from cosim.run import build_nodes, run
@@ -89,7 +89,7 @@ class RecordingSink(SinkModel):
 
 @dataclass
 class Outcome:
-    result: RunResult
+    result: SimulationResult
     records: list[Record]
     nodes: dict[str, SimNode]
     quantum_us: int

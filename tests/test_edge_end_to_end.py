@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from cosim import detections
-from cosim.run import RunSummary, run
+from cosim.run import CompletedRun, run
 from cosim.scenario import Scenario, load
 
 from .conftest import assert_same_simulation, cosim_resources, invoke_up_session
@@ -48,7 +48,7 @@ def needs_mosquitto(test: Any) -> Any:
     return pytest.mark.mosquitto(skip(test))
 
 
-def run_quietly(scenario: Path, runtime: str, trace: Path, **kwargs: Any) -> RunSummary:
+def run_quietly(scenario: Path, runtime: str, trace: Path, **kwargs: Any) -> CompletedRun:
     return run(scenario, runtime=runtime, trace_path=trace, watchdog_s=WATCHDOG_S, **kwargs)
 
 
@@ -56,7 +56,7 @@ def records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def environment(summary: RunSummary) -> dict[str, Any]:
+def environment(summary: CompletedRun) -> dict[str, Any]:
     """The runtime manifest from the metrics file beside the trace."""
     return json.loads(summary.metrics_path.read_text(encoding="utf-8"))["environment"]
 
@@ -116,12 +116,12 @@ def assert_nothing_left(label: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def docker_default(service_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> RunSummary:
+def docker_default(service_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> CompletedRun:
     return run_quietly(DEFAULT, "docker", tmp_path_factory.mktemp("docker-default") / "default.jsonl")
 
 
 @pytest.mark.docker
-def test_default_scenario_in_docker_detects_every_anomaly(docker_default: RunSummary) -> None:
+def test_default_scenario_in_docker_detects_every_anomaly(docker_default: CompletedRun) -> None:
     scenario = load(DEFAULT)
     assert_edge_trace(docker_default.trace_path, scenario, {"inference"})
     # The trace is all there is: what it says agrees with what the run held in memory.
@@ -130,7 +130,7 @@ def test_default_scenario_in_docker_detects_every_anomaly(docker_default: RunSum
 
 
 @pytest.mark.docker
-def test_docker_run_manifest_and_cleanup(docker_default: RunSummary, service_images: dict[str, str]) -> None:
+def test_docker_run_manifest_and_cleanup(docker_default: CompletedRun, service_images: dict[str, str]) -> None:
     env = environment(docker_default)
     assert env["runtime"] == "docker"
     assert env["project"] == f"cosim-{env['run_id']}" and env["run_id"].startswith("default-")
@@ -145,7 +145,7 @@ def test_docker_run_manifest_and_cleanup(docker_default: RunSummary, service_ima
 
 @pytest.mark.docker
 @needs_mosquitto
-def test_local_trace_equals_docker_trace(docker_default: RunSummary, tmp_path: Path) -> None:
+def test_local_trace_equals_docker_trace(docker_default: CompletedRun, tmp_path: Path) -> None:
     local = run_quietly(DEFAULT, "local", tmp_path / "default-local.jsonl")
     assert_same_simulation(local.trace_path, docker_default.trace_path)
 
@@ -198,7 +198,7 @@ def broker_containers(scenario: str) -> list[tuple[str, str, str]]:
 
 @pytest.fixture(scope="module")
 def observed_docker_run(service_images: dict[str, str],
-                        tmp_path_factory: pytest.TempPathFactory) -> tuple[RunSummary, Observer]:
+                        tmp_path_factory: pytest.TempPathFactory) -> tuple[CompletedRun, Observer]:
     """The default scenario in Docker a second time, with `mosquitto_sub` watching the broker meanwhile."""
     observer = Observer("default", {c[0] for c in broker_containers("default")})
     thread = threading.Thread(target=observer, name="mqtt-observer", daemon=True)
@@ -215,7 +215,7 @@ def observed_docker_run(service_images: dict[str, str],
 
 
 @pytest.mark.docker
-def test_independent_mqtt_client_sees_the_readings(observed_docker_run: tuple[RunSummary, Observer]) -> None:
+def test_independent_mqtt_client_sees_the_readings(observed_docker_run: tuple[CompletedRun, Observer]) -> None:
     summary, observer = observed_docker_run
     assert observer.error is None, observer.error
     assert observer.output is not None
@@ -238,8 +238,8 @@ def test_independent_mqtt_client_sees_the_readings(observed_docker_run: tuple[Ru
 
 
 @pytest.mark.docker
-def test_two_docker_runs_give_identical_traces(docker_default: RunSummary,
-                                               observed_docker_run: tuple[RunSummary, Observer]) -> None:
+def test_two_docker_runs_give_identical_traces(docker_default: CompletedRun,
+                                               observed_docker_run: tuple[CompletedRun, Observer]) -> None:
     second, _ = observed_docker_run
     assert environment(second)["run_id"] != environment(docker_default)["run_id"]
     # ...even with an outside subscriber on the broker during the second one.
@@ -268,7 +268,7 @@ def test_replicas_round_robin_in_docker_equals_local(service_images: dict[str, s
 
 @pytest.mark.docker
 @pytest.mark.browser
-def test_report_of_the_docker_run_renders_in_chromium(docker_default: RunSummary, tmp_path: Path) -> None:
+def test_report_of_the_docker_run_renders_in_chromium(docker_default: CompletedRun, tmp_path: Path) -> None:
     from cosim.report import write_report
 
     from .browser import assert_report_renders

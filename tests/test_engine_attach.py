@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cosim.run import run
-from cosim.runtimes.engine_attach import EngineAttachTransport, FrameReader, engine_socket, open_attach
+from cosim.runtimes.docker.attach import EngineAttachTransport, FrameReader, engine_socket, open_attach
 from cosim.tracediff import trace_hash
 
 from .conftest import ROOT, cosim_resources

@@ -16,10 +16,10 @@ import pytest
 from python_on_whales import docker
 from python_on_whales.exceptions import DockerException
 
-from cosim import images
-from cosim.engine import check_engine
+from cosim.runtimes.docker import base_image, service_images as images
+from cosim.runtimes.docker.engine import check_engine
 from cosim.errors import EngineUnavailable, ImageBuildError
-from cosim.images import ImageSpec, ensure_images, ensure_wheelhouse, image_ids
+from cosim.runtimes.docker.service_images import ImageSpec, ensure_images, ensure_wheelhouse
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,7 +81,7 @@ def test_builds_once_then_up_to_date(containers_copy: Path, test_tag: Callable[[
     log.clear()
     second = ensure_images([spec], log=log)
     assert log.statuses(spec.tag) == ["up to date"]
-    assert second == first == image_ids([spec.tag])
+    assert second == first == {spec.tag: docker.image.inspect(spec.tag).id}
 
     # The image speaks the protocol as a non-root user on a read-only root fs.
     replies = _run_echo(spec.tag)
@@ -135,7 +135,7 @@ def test_broken_dockerfile_names_the_image(containers_copy: Path, test_tag: Call
 
 @pytest.mark.docker
 def test_unusable_base_image_override_is_reported(monkeypatch: pytest.MonkeyPatch, containers_copy: Path) -> None:
-    monkeypatch.setenv(images.BASE_IMAGE_ENV, "cosim-test/no-such-base:none")
+    monkeypatch.setenv(base_image.BASE_IMAGE_ENV, "cosim-test/no-such-base:none")
     spec = ImageSpec(tag="cosim-test/never:built", service_dir=containers_copy / "echo")
     with pytest.raises(ImageBuildError, match="COSIM_BASE_IMAGE=cosim-test/no-such-base:none is neither present"):
         ensure_images([spec], log=Log())

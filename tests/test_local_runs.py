@@ -18,7 +18,7 @@ import pytest
 
 from cosim import __version__, compose, protocol
 from cosim import scenario as scenarios
-from cosim.run import RunSummary, run
+from cosim.run import CompletedRun, run
 from cosim.seeds import node_seed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ TRACE_FIELDS = {"record", "seq", "source", "dest", "sent_us", "features", "truth
 METRICS_FIELDS = {"wall_s", "round_trip", "real_time_factor", "coordinator_overhead", "p50_us", "step_loop_s"}
 
 
-def run_local(scenario: Path, trace: Path) -> RunSummary:
+def run_local(scenario: Path, trace: Path) -> CompletedRun:
     return run(scenario, runtime="local", trace_path=trace, watchdog_s=20.0)
 
 
@@ -62,11 +62,11 @@ def reseeded(tmp_path: Path, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory: pytest.TempPathFactory) -> RunSummary:
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> CompletedRun:
     return run_local(PIPELINE, tmp_path_factory.mktemp("first") / "pipeline.jsonl")
 
 
-def test_two_runs_give_byte_identical_traces(first_run: RunSummary, tmp_path: Path) -> None:
+def test_two_runs_give_byte_identical_traces(first_run: CompletedRun, tmp_path: Path) -> None:
     second = run_local(PIPELINE, tmp_path / "again.jsonl")
     first_bytes = first_run.trace_path.read_bytes()
     assert first_bytes == second.trace_path.read_bytes()
@@ -86,7 +86,7 @@ def test_two_runs_give_byte_identical_traces(first_run: RunSummary, tmp_path: Pa
         assert ticks == [rng.randrange(1_000_000) for _ in range(20)]
 
 
-def test_another_seed_gives_another_trace(first_run: RunSummary, tmp_path: Path) -> None:
+def test_another_seed_gives_another_trace(first_run: CompletedRun, tmp_path: Path) -> None:
     other = run_local(reseeded(tmp_path, 43), tmp_path / "other.jsonl")
     same = run_local(reseeded(tmp_path, 42), tmp_path / "same.jsonl")
 
@@ -103,7 +103,7 @@ COSIM_DEPENDENCIES = ("invoke", "jsonschema", "matplotlib", "onnxruntime", "paho
                       "rich")
 
 
-def test_trace_header_identifies_the_run(first_run: RunSummary) -> None:
+def test_trace_header_identifies_the_run(first_run: CompletedRun) -> None:
     header = records(first_run.trace_path)[0]
     compose_text = compose.render_text(scenarios.load(PIPELINE))
     assert header == {
@@ -120,7 +120,7 @@ def test_trace_header_identifies_the_run(first_run: RunSummary) -> None:
     }
 
 
-def test_footer_counts_match_the_records(first_run: RunSummary) -> None:
+def test_footer_counts_match_the_records(first_run: CompletedRun) -> None:
     trace = records(first_run.trace_path)
     assert [r["record"] for r in trace].count("header") == 1
     footer = trace[-1]
@@ -133,14 +133,14 @@ def test_footer_counts_match_the_records(first_run: RunSummary) -> None:
     assert min(footer["counts"]["sent"], footer["counts"]["delivered"], footer["counts"]["dropped"]) > 0
 
 
-def test_trace_is_canonical_json(first_run: RunSummary) -> None:
+def test_trace_is_canonical_json(first_run: CompletedRun) -> None:
     data = first_run.trace_path.read_bytes()
     assert data.endswith(b"\n") and b"\r" not in data
     for line in data.decode("utf-8").splitlines():
         assert line == json.dumps(json.loads(line), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def test_metrics_sit_beside_the_trace_and_stay_apart_from_it(first_run: RunSummary) -> None:
+def test_metrics_sit_beside_the_trace_and_stay_apart_from_it(first_run: CompletedRun) -> None:
     metrics_path = first_run.trace_path.with_name("pipeline.metrics.json")
     assert first_run.metrics_path == metrics_path and metrics_path.is_file()
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
@@ -160,7 +160,7 @@ def invoke(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120)
 
 
-def test_invoke_up_local_writes_the_trace(first_run: RunSummary, tmp_path: Path) -> None:
+def test_invoke_up_local_writes_the_trace(first_run: CompletedRun, tmp_path: Path) -> None:
     trace = tmp_path / "cli.jsonl"
     done = invoke("up", str(PIPELINE), "--runtime", "local", "--trace", str(trace))
     assert done.returncode == 0, done.stderr

@@ -94,7 +94,7 @@ def test_multi_site_infers_each_reading_once_and_alerts_once_per_anomaly(tmp_pat
     assert forwarded["gateway-b-1"] > 0 and forwarded["gateway-b-2"] > 0
     # The cloud aggregator: one alert per injected anomaly, for a window inside it.
     alerts = [r for r in trace if r["record"] == "delivered" and r["dest"] == "operator"]
-    injected = [(node.id, anomaly) for node in scenario.nodes if isinstance(node, scenarios.SensorNode)
+    injected = [(node.id, anomaly) for node in scenario.nodes if isinstance(node, scenarios.SensorSpec)
                 for anomaly in node.anomalies]
     assert len(alerts) == len(injected) == 4
     for sensor, anomaly in injected:

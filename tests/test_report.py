@@ -11,7 +11,7 @@ import pytest
 from cosim import cli
 from cosim.errors import CosimError, TraceReadError
 from cosim.report import report_path, write_report
-from cosim.run import RunSummary, run
+from cosim.run import CompletedRun, run
 from tests.browser import assert_report_renders, open_page
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ def svg_count(page: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def default_run(tmp_path_factory: pytest.TempPathFactory) -> RunSummary:
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> CompletedRun:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         pytest.fail("mosquitto is missing: ./inv test installs it as root (apt-get install mosquitto)")
     return run(DEFAULT, runtime="local", trace_path=tmp_path_factory.mktemp("report") / "default.jsonl")
@@ -43,7 +43,7 @@ def failed_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.mosquitto
-def test_report_of_the_default_scenario(default_run: RunSummary) -> None:
+def test_report_of_the_default_scenario(default_run: CompletedRun) -> None:
     written = write_report(default_run.trace_path)
     assert written == default_run.trace_path.with_name("default.report.html") == report_path(default_run.trace_path)
     page = written.read_text(encoding="utf-8")
@@ -62,7 +62,7 @@ def test_report_of_the_default_scenario(default_run: RunSummary) -> None:
 
 
 @pytest.mark.mosquitto
-def test_report_is_the_same_for_the_same_trace_and_metrics(default_run: RunSummary, tmp_path: Path) -> None:
+def test_report_is_the_same_for_the_same_trace_and_metrics(default_run: CompletedRun, tmp_path: Path) -> None:
     first = write_report(default_run.trace_path, output=tmp_path / "a.html").read_bytes()
     again = write_report(default_run.trace_path, output=tmp_path / "b.html").read_bytes()
     assert first == again  # no dates, no random ids in the SVG
@@ -119,7 +119,7 @@ def test_report_of_a_malformed_trace_names_file_and_line(tmp_path: Path) -> None
 
 @pytest.mark.browser
 @pytest.mark.mosquitto
-def test_report_renders_in_chromium(default_run: RunSummary, failed_trace: Path, tmp_path: Path) -> None:
+def test_report_renders_in_chromium(default_run: CompletedRun, failed_trace: Path, tmp_path: Path) -> None:
     assert_report_renders(write_report(default_run.trace_path), tmp_path / "default.png", charts=5)
     assert_report_renders(write_report(failed_trace), tmp_path / "failing.png", charts=3)
 

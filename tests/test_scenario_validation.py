@@ -14,7 +14,7 @@ import pytest
 
 from cosim import scenario as scenarios
 from cosim.errors import ScenarioError
-from cosim.scenario import ContainerNode, LinkProperties, SensorNode, SinkNode
+from cosim.scenario import ContainerSpec, LinkProperties, SensorSpec, SinkSpec
 
 MARK = "# HERE"
 
@@ -371,7 +371,7 @@ def test_defaults(valid: scenarios.Scenario, workdir: Path) -> None:
     assert valid.path == workdir / "demo.yaml"
     assert len(valid.sha256) == 64
     sensor = valid.node("sensor")
-    assert isinstance(sensor, SensorNode)
+    assert isinstance(sensor, SensorSpec)
     assert (sensor.model, sensor.offset_us, sensor.event_type, sensor.anomalies) == (
         "vibration", 2000, "inference_request", ())
 
@@ -382,7 +382,7 @@ def test_replicas_are_expanded_with_their_group(valid: scenarios.Scenario, workd
     assert valid.groups == {"worker": ("worker-1", "worker-2", "worker-3")}
     for replica_id in valid.groups["worker"]:
         replica = valid.node(replica_id)
-        assert isinstance(replica, ContainerNode)
+        assert isinstance(replica, ContainerSpec)
         assert replica.group == "worker"
         assert replica.build == (workdir / "svc").resolve()
         assert replica.image == "cosim/svc:dev"
@@ -395,13 +395,13 @@ def test_replicas_are_expanded_with_their_group(valid: scenarios.Scenario, workd
 
 def test_container_settings(valid: scenarios.Scenario) -> None:
     single = valid.node("single")
-    assert isinstance(single, ContainerNode)
+    assert isinstance(single, ContainerSpec)
     assert single.image == "example/single:1.0"
     assert single.read_only is False
     assert single.environment == {"LEVEL": "3", "DEBUG": "true", "NAME": "x"}
     assert single.speaks_protocol
     assert [node.id for node in valid.containers] == ["worker-1", "worker-2", "worker-3", "single"]
-    assert isinstance(valid.node("out"), SinkNode)
+    assert isinstance(valid.node("out"), SinkSpec)
 
 
 def test_routes(valid: scenarios.Scenario) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from cosim import protocol, trace as traces
 from cosim.errors import CosimError, TraceReadError
-from cosim.run import RunSummary, run
+from cosim.run import CompletedRun, run
 from cosim.trace import Delivered, Dropped, Footer, Header, RunError, Sent, Unroutable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +20,7 @@ FAILING = ROOT / "tests" / "scenarios_local" / "failing.yaml"
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> RunSummary:
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> CompletedRun:
     return run(PIPELINE, runtime="local", trace_path=tmp_path_factory.mktemp("read") / "pipeline.jsonl")
 
 
@@ -28,7 +28,7 @@ def raw_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_bytes().decode("utf-8").split("\n") if line]
 
 
-def test_read_gives_every_record_typed(pipeline_run: RunSummary) -> None:
+def test_read_gives_every_record_typed(pipeline_run: CompletedRun) -> None:
     trace = traces.read(pipeline_run.trace_path)
     raw = raw_records(pipeline_run.trace_path)
     assert isinstance(trace.header, Header)
@@ -59,7 +59,7 @@ def test_read_a_failed_run(tmp_path: Path) -> None:
     assert (trace.error.node, trace.error.error, trace.error.time_us) == ("echo", "node_failure", 2000)
 
 
-def test_to_dataframe(pipeline_run: RunSummary) -> None:
+def test_to_dataframe(pipeline_run: CompletedRun) -> None:
     pytest.importorskip("pandas", reason="pandas is pinned in requirements.lock; ./inv installs it")
     trace = traces.read(pipeline_run.trace_path)
     frame = trace.to_dataframe()
@@ -72,7 +72,7 @@ def test_to_dataframe(pipeline_run: RunSummary) -> None:
     assert frame[frame["record"] == "sent"]["latency_us"].isna().all()
 
 
-def test_lines_are_split_on_newline_only(pipeline_run: RunSummary, tmp_path: Path) -> None:
+def test_lines_are_split_on_newline_only(pipeline_run: CompletedRun, tmp_path: Path) -> None:
     """Payloads may hold U+2028, U+0085, \\r, \\x1c...: written raw by canonical JSON, never a record boundary."""
     lines = pipeline_run.trace_path.read_bytes().decode("utf-8").split("\n")
     index = next(i for i, line in enumerate(lines) if '"record":"sent"' in line)
@@ -124,7 +124,7 @@ def test_missing_and_undecodable_files(tmp_path: Path) -> None:
         traces.read(binary)
 
 
-def test_a_trace_cut_short_has_no_end(pipeline_run: RunSummary, tmp_path: Path) -> None:
+def test_a_trace_cut_short_has_no_end(pipeline_run: CompletedRun, tmp_path: Path) -> None:
     lines = pipeline_run.trace_path.read_bytes().split(b"\n")
     path = tmp_path / "cut.jsonl"
     path.write_bytes(b"\n".join(lines[:10]) + b"\n")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cosim.errors import OptionError
-from cosim.scenario import Scenario
+from cosim.model import Scenario
 from cosim.transport import Transport
 
 RUNTIMES = ("docker", "local")

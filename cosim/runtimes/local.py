@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from cosim.errors import NodeStartError
-from cosim.scenario import ContainerNode, Scenario
-from cosim.transport import PipeTransport, Transport, tail
+from cosim.model import ContainerSpec, Scenario
+from cosim.tails import file_tail
+from cosim.transport import PipeTransport, Transport
 
 INFRA_START_TIMEOUT_S = 15.0
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
@@ -104,7 +105,7 @@ class LocalRuntime:
 
     # -- starting ---------------------------------------------------------------------------------
 
-    def _command(self, node: ContainerNode, port: int | None = None) -> list[str]:
+    def _command(self, node: ContainerSpec, port: int | None = None) -> list[str]:
         if node.local_command is None:
             if not node.speaks_protocol:
                 raise NodeStartError(node.id, "has no local_command, so --runtime local cannot start it; "
@@ -115,14 +116,14 @@ class LocalRuntime:
             return [sys.executable, "-u", str(node.build / "service.py")]
         return [part.replace("{python}", sys.executable).replace("{port}", str(port)) for part in node.local_command]
 
-    def _environment(self, node: ContainerNode) -> dict[str, str]:
+    def _environment(self, node: ContainerSpec) -> dict[str, str]:
         # protocol_adapter.py lives in the services' parent directory, as it sits in /app in the images.
         containers_dir = str(node.build.parent) if node.build is not None else None
         pythonpath = os.pathsep.join(filter(None, [containers_dir, os.environ.get("PYTHONPATH")]))
         return {**os.environ, **node.environment, "PYTHONPATH": pythonpath, "COSIM_NODE_ID": node.id,
                 "PYTHONUNBUFFERED": "1"}
 
-    def _start_infrastructure(self, node: ContainerNode) -> None:
+    def _start_infrastructure(self, node: ContainerSpec) -> None:
         port = free_port()
         command = self._command(node, port)
         # Daemons such as mosquitto live in sbin, which is not on every user's PATH.
@@ -144,10 +145,10 @@ class LocalRuntime:
             code = process.poll()
             state = f"exited with code {code}" if code is not None else f"not listening after {INFRA_START_TIMEOUT_S:g} s"
             raise NodeStartError(node.id, f"({' '.join(command)}) {state}; last lines of {log_path}:\n"
-                             + tail(log_path, 10))
+                             + file_tail(log_path, 10))
         self._endpoints[node.id] = {"host": "127.0.0.1", "port": port}
 
-    def _start_service(self, node: ContainerNode) -> None:
+    def _start_service(self, node: ContainerSpec) -> None:
         command = self._command(node)
         try:
             self._transports[node.id] = PipeTransport(node.id, command, log_path=self.log_dir / f"{node.id}.log",

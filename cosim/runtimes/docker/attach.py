@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 import select
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable
 
+from cosim.runtimes.docker.engine import context_host
 from cosim.transport import LineStream, TransportClosed, TransportTimeout, poll_ms
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
@@ -30,13 +30,7 @@ def engine_socket() -> str | None:
     the engine is not on a local unix socket."""
     host = os.environ.get("DOCKER_HOST", "")
     if not host:
-        try:
-            done = subprocess.run(["docker", "context", "inspect", "--format", "{{.Endpoints.docker.Host}}"],
-                                  capture_output=True, text=True, timeout=10)
-            host = done.stdout.strip() if done.returncode == 0 else ""
-        except (OSError, subprocess.TimeoutExpired):
-            host = ""
-        host = host or f"unix://{DEFAULT_SOCKET}"
+        host = context_host() or f"unix://{DEFAULT_SOCKET}"
     if not host.startswith("unix://"):
         return None
     path = host[len("unix://"):]

@@ -3,7 +3,7 @@
 Every run is its own compose project (``cosim-<scenario>-<run id>``) and every container and network carries
 the label ``cosim.run=<run id>``, so two runs never collide and ``invoke down`` can find what a crashed run
 left. The coordinator talks to each service's *main process* through the engine's attach endpoint
-(cosim.runtimes.engine_attach; a ``docker attach`` process for engines not on a local socket): no exec, no
+(cosim.runtimes.docker.attach; a ``docker attach`` process for engines not on a local socket): no exec, no
 sidecar. Services print nothing before INIT, so attaching after start loses nothing.
 
 While a run lives it holds an flock on ``<tmp>/cosim-runs-<uid>/<run id>.lock``: ``invoke down`` removes only
@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,28 +25,20 @@ from typing import IO, Any, Iterable
 from python_on_whales import DockerClient, DockerException, docker
 
 from cosim import compose
-from cosim.engine import check_engine
-from cosim.errors import CosimError, ImageBuildError, NodeFailure
-from cosim.images import ImageSpec, ensure_images, try_pull
-from cosim.scenario import ContainerNode, Scenario
-from cosim.runtimes.engine_attach import EngineAttachTransport, engine_socket
-from cosim.transport import PipeTransport, Transport, tail
+from cosim.runtimes.docker.engine import check_engine, docker_command, docker_errors, stderr_tail, wait_exit
+from cosim.errors import ComposeUpFailed, ImageBuildError, NodeError, NodeFailure, NodeImageError
+from cosim.runtimes.docker.base_image import try_pull
+from cosim.runtimes.docker.service_images import ImageSpec, ensure_images
+from cosim.model import ContainerSpec, Scenario
+from cosim.runtimes.docker.attach import EngineAttachTransport, engine_socket
+from cosim.tails import file_tail, last_lines
+from cosim.transport import PipeTransport, Transport
 
 LABEL_RUN = f"{compose.LABEL_PREFIX}.run"
 LABEL_NODE = f"{compose.LABEL_PREFIX}.node"
 LABEL_PROJECT = f"{compose.LABEL_PREFIX}.project"
 STOP_TIMEOUT_S = 2
 RUNS_DIR = Path(tempfile.gettempdir()) / f"cosim-runs-{os.getuid()}"
-_LOG_SCAN_LINES = 2000  # `docker logs --tail` counts stdout and stderr lines together
-
-
-class NodeImageError(ImageBuildError):
-    """An image could not be built; names the node(s) that needed it."""
-
-    def __init__(self, nodes: list[str], error: ImageBuildError) -> None:
-        self.node = nodes[0]
-        who = f"node {nodes[0]!r}" if len(nodes) == 1 else "nodes " + ", ".join(repr(n) for n in nodes)
-        super().__init__(f"{who}: {error}")
 
 
 class RunLock:
@@ -84,6 +75,7 @@ def _still_at(handle: IO[str], path: Path) -> bool:
         return False
 
 
+@docker_errors()
 def reap_orphans() -> dict[str, tuple[int, int]]:
     """Remove the containers and networks of runs whose coordinator is gone: their lock file is still there (a
     run that ends removes it) and nobody holds its lock. Each lock is held while its run is reaped, so a run
@@ -143,7 +135,7 @@ def ensure_pulled(images: list[str]) -> dict[str, str]:
         if not docker.image.exists(image):
             pulled, why = try_pull(image)  # bounded by COSIM_PULL_TIMEOUT: a silent registry cannot hang the run
             if not pulled:
-                reason = why.splitlines()[-1] if why else "no reason given"
+                reason = last_lines(why, 1) or "no reason given"
                 raise ImageBuildError(f"image {image} is not here and cannot be pulled ({reason}); "
                                       f"pull or load it by hand, or give the node a `build:` directory")
         ids[image] = docker.image.inspect(image).id
@@ -151,11 +143,13 @@ def ensure_pulled(images: list[str]) -> dict[str, str]:
 
 
 def _error_text(exc: DockerException) -> str:
-    text = (exc.stderr or exc.stdout or str(exc)).strip()
-    return "\n".join(text.splitlines()[-8:])
+    return last_lines(exc.stderr or exc.stdout or str(exc), 8)
 
 
 class DockerRuntime:
+    """The ``docker`` runtime: one compose project per run (see the module docstring), its images built or
+    pulled first; hands the coordinator one attached Transport per service and removes everything in ``stop``."""
+
     name = "docker"
 
     def __init__(self, scenario: Scenario, log_dir: Path) -> None:
@@ -176,6 +170,7 @@ class DockerRuntime:
 
     # -- Runtime interface ------------------------------------------------------------------------
 
+    @docker_errors()
     def start(self) -> None:
         check_engine()
         for run_id, (containers, networks) in reap_orphans().items():
@@ -218,6 +213,7 @@ class DockerRuntime:
                 "compose_file": str(self.compose_file) if self.compose_file else None,
                 "attach": "engine-api" if self._engine_socket is not None else "docker-cli"}
 
+    @docker_errors()
     def exited_infrastructure(self, wait_s: float = 0.0) -> list[tuple[str, int | None]]:
         exited = []
         for node in self.scenario.containers:
@@ -231,14 +227,8 @@ class DockerRuntime:
                 continue
             if not state.running:
                 exited.append((node.id, state.exit_code))
-            elif wait_s > 0:
-                try:
-                    done = subprocess.run(["docker", "wait", container_id], capture_output=True, text=True,
-                                          timeout=wait_s)
-                except subprocess.TimeoutExpired:
-                    continue  # still running: not the cause
-                if done.returncode == 0 and done.stdout.strip().isdigit():
-                    exited.append((node.id, int(done.stdout.strip())))
+            elif wait_s > 0 and (code := wait_exit(container_id, wait_s)) is not None:
+                exited.append((node.id, code))  # (still running after wait_s: not the cause)
         return exited
 
     def stop(self) -> None:
@@ -284,7 +274,7 @@ class DockerRuntime:
         try:
             self.client.compose.up(detach=True, build=False, pull="never", quiet=True)
         except DockerException as exc:
-            raise CosimError(f"docker compose could not start scenario {self.scenario.name!r} "
+            raise ComposeUpFailed(f"docker compose could not start scenario {self.scenario.name!r} "
                              f"(compose file {self.compose_file}):\n{_error_text(exc)}") from None
         for container in self.client.compose.ps(all=True):
             node_id = (container.config.labels or {}).get(LABEL_NODE)
@@ -295,33 +285,33 @@ class DockerRuntime:
         for node in self.scenario.containers:
             container_id = self._containers.get(node.id)
             if container_id is None:
-                raise CosimError(f"node {node.id!r}: docker compose did not create its container")
+                raise NodeError(node.id, f"node {node.id!r}: docker compose did not create its container")
             state = docker.container.inspect(container_id).state
             if not state.running:
                 raise NodeFailure(node.id, "its container is not running after start", exit_code=state.exit_code,
-                                  log_tail=self._stderr_tail(container_id, 15) or self._logs(container_id, 15))
+                                  log_tail=stderr_tail(container_id, 15) or self._logs(container_id, 15))
             if node.speaks_protocol:
                 self._transports[node.id] = self._attach(node, container_id)
 
-    def _attach(self, node: ContainerNode, container_id: str) -> Transport:
+    def _attach(self, node: ContainerSpec, container_id: str) -> Transport:
         log_path = self.log_dir / f"{node.id}.log"
         if self._engine_socket is not None:
             try:
                 return EngineAttachTransport(
                     node.id, container_id, self._engine_socket, log_path=log_path,
                     exit_code=lambda: self._exit_code(container_id),
-                    log_tail=lambda lines: self._stderr_tail(container_id, lines) or tail(log_path, lines),
+                    log_tail=lambda lines: stderr_tail(container_id, lines) or file_tail(log_path, lines),
                 )
             except OSError as exc:
                 raise NodeFailure(node.id, f"cannot attach to its container through the engine API ({exc})",
-                                  log_tail=self._stderr_tail(container_id, 15)) from None
+                                  log_tail=stderr_tail(container_id, 15)) from None
         return PipeTransport(
             node.id,
-            ["docker", "attach", "--sig-proxy=false", container_id],
+            docker_command("attach", "--sig-proxy=false", container_id),
             log_path=log_path,  # the attached stderr stream: the service's own log lines
             exit_code=lambda: self._exit_code(container_id),
             # The engine's copy of its stderr also has what it wrote before the attach (or when attach failed).
-            log_tail=lambda lines: self._stderr_tail(container_id, lines) or tail(log_path, lines),
+            log_tail=lambda lines: stderr_tail(container_id, lines) or file_tail(log_path, lines),
         )
 
     @staticmethod
@@ -330,25 +320,9 @@ class DockerRuntime:
         the engine may still be recording the exit: `docker wait` (bounded) bridges that moment."""
         try:
             state = docker.container.inspect(container_id).state
-            if not state.running:
-                return state.exit_code
-            done = subprocess.run(["docker", "wait", container_id], capture_output=True, text=True, timeout=3)
-            return int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip() else None
-        except (DockerException, subprocess.TimeoutExpired, ValueError):
+        except DockerException:
             return None
-
-    @staticmethod
-    def _stderr_tail(container_id: str, lines: int) -> str:
-        """The last lines the container wrote on stderr (its stdout is the protocol stream: not a log)."""
-        try:
-            done = subprocess.run(["docker", "logs", "--tail", str(_LOG_SCAN_LINES), container_id],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace",
-                                  timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        if done.returncode != 0:
-            return ""
-        return "".join(done.stderr.splitlines(keepends=True)[-lines:])
+        return state.exit_code if not state.running else wait_exit(container_id, 3)
 
     @staticmethod
     def _logs(container_id: str, lines: int) -> str:
@@ -379,6 +353,7 @@ def remove_by_label(label: str, *, keep_runs: Iterable[str] = ()) -> tuple[int, 
     return len(containers), removed_networks
 
 
+@docker_errors()
 def down_all() -> tuple[int, int]:
     """What `invoke down` does: remove the containers and networks cosim runs left behind (crashed or killed
     runs, projects started by hand), but not those of runs still in progress."""

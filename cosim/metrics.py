@@ -1,0 +1,109 @@
+"""A run's wall-clock measurements: never part of the trace. Built once when a run ends (``RunMetrics.measure``),
+written beside the trace (``write``), printed by the CLI and read by the bench from the object itself."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from cosim.coordinator import StepTimings
+from cosim.model import Scenario
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """count, p50/p95/p99 and mean (us) of wall-clock samples given in seconds; {} for none."""
+    if not samples:
+        return {}
+    ordered = sorted(samples)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
+
+    return {"count": len(ordered), "p50_us": pick(0.50), "p95_us": pick(0.95), "p99_us": pick(0.99),
+            "mean_us": statistics.fmean(ordered) * 1e6}
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """The wall-clock side of one run, rounded as written to ``<trace>.metrics.json``. ``None`` where the run
+    ended before the coordinator measured it (a failed start)."""
+
+    scenario: str
+    scenario_file: str  # where `invoke report` finds the injected anomalies
+    runtime: str
+    environment: dict[str, Any]  # the runtime's manifest and this run's facts (project, run id, attach path)
+    wall_s: float
+    virtual_s: float
+    real_time_factor: float | None
+    steps: int
+    step_loop_s: float
+    # cosim's own cost: CPU time of the coordinator process in the step loop (in-process models included); the
+    # rest of the loop's wall time is the services computing and the transport.
+    overhead_cpu_s: float
+    overhead_share: float | None
+    overhead_per_step_us: float | None
+    waiting_for_nodes_s: float | None
+    init_s: float | None
+    shutdown_s: float | None
+    round_trip: dict[str, dict[str, float]]  # service id -> ADVANCE->DONE percentiles
+
+    @classmethod
+    def measure(cls, scenario: Scenario, runtime: str, wall_s: float, timings: StepTimings | None, virtual_us: int,
+                round_trips_s: Mapping[str, list[float]], environment: Mapping[str, Any]) -> RunMetrics:
+        virtual_s = virtual_us / 1e6
+        steps = timings.steps if timings else 0
+        loop_s = timings.loop_s if timings else 0.0
+        overhead_s = timings.loop_cpu_s if timings else 0.0
+        return cls(
+            scenario=scenario.name,
+            scenario_file=str(scenario.path),
+            runtime=runtime,
+            environment=dict(environment),
+            wall_s=round(wall_s, 6),
+            virtual_s=virtual_s,
+            real_time_factor=round(virtual_s / wall_s, 6) if wall_s > 0 else None,
+            steps=steps,
+            step_loop_s=round(loop_s, 6),
+            overhead_cpu_s=round(overhead_s, 6),
+            overhead_share=round(overhead_s / loop_s, 6) if loop_s > 0 else None,
+            overhead_per_step_us=round(overhead_s / steps * 1e6, 3) if steps else None,
+            waiting_for_nodes_s=round(timings.waiting_s, 6) if timings else None,
+            init_s=round(timings.init_s, 6) if timings else None,
+            shutdown_s=round(timings.shutdown_s, 6) if timings else None,
+            round_trip={node_id: percentiles(samples) for node_id, samples in round_trips_s.items()},
+        )
+
+    @property
+    def step_us(self) -> float:
+        """Mean wall time of one step of the step loop, in us."""
+        return self.step_loop_s / self.steps * 1e6
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "scenario_file": self.scenario_file,
+            "runtime": self.runtime,
+            "environment": self.environment,
+            "wall_s": self.wall_s,
+            "virtual_s": self.virtual_s,
+            "real_time_factor": self.real_time_factor,
+            "steps": self.steps,
+            "step_loop_s": self.step_loop_s,
+            "coordinator_overhead": {
+                "cpu_s": self.overhead_cpu_s,
+                "share": self.overhead_share,
+                "per_step_us": self.overhead_per_step_us,
+                "waiting_for_nodes_s": self.waiting_for_nodes_s,
+            },
+            "init_s": self.init_s,
+            "shutdown_s": self.shutdown_s,
+            "round_trip": self.round_trip,
+        }
+
+
+def write(metrics: RunMetrics, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -1,0 +1,127 @@
+"""The scenario model: the frozen, typed form of a scenario file that the rest of cosim reads (what the scenario
+declares; the live proxies the coordinator drives are in cosim.nodes). Light on purpose: no YAML or schema
+library; reading and validating a file is cosim.scenario's job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+
+@dataclass(frozen=True)
+class LinkProperties:
+    latency_us: int
+    jitter_us: int = 0
+    loss: float = 0.0
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    at_us: int
+    duration_us: int
+    severity: float
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A node as the scenario declares it (the live proxies the coordinator drives are in cosim.nodes); replicas
+    are already expanded into distinct nodes."""
+
+    id: str
+    kind: str  # service | infrastructure | sensor | sink
+    links: dict[str, LinkProperties] = field(default_factory=dict)
+    group: str | None = None  # the declared id of a replicated service
+
+
+@dataclass(frozen=True)
+class ContainerSpec(NodeSpec):
+    """A declared service (speaks the protocol) or infrastructure node (e.g. the broker): one container each."""
+
+    build: Path | None = None  # the service directory (with its Dockerfile); None: a prebuilt `image`
+    base_dir: Path = Path()  # the scenario file's directory (where a local_command runs without `build`)
+    image: str = ""
+    command: tuple[str, ...] | None = None
+    local_command: tuple[str, ...] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+    read_only: bool = True
+    port: int | None = None  # infrastructure only
+
+    @property
+    def speaks_protocol(self) -> bool:
+        return self.kind == "service"
+
+
+@dataclass(frozen=True)
+class SensorSpec(NodeSpec):
+    """A declared in-process sensor: a reading every ``period_us`` from ``offset_us``, anomalies injected."""
+
+    model: str = "vibration"
+    period_us: int = 0
+    offset_us: int = 0
+    event_type: str = "inference_request"
+    anomalies: tuple[Anomaly, ...] = ()
+
+    def anomaly_at(self, time_us: int) -> Anomaly | None:
+        """The injected anomaly a reading at ``time_us`` falls in, if any."""
+        for anomaly in self.anomalies:
+            if anomaly.at_us <= time_us < anomaly.at_us + anomaly.duration_us:
+                return anomaly
+        return None
+
+
+@dataclass(frozen=True)
+class SinkSpec(NodeSpec):
+    """A declared in-process sink: keeps what reaches it."""
+
+
+@dataclass(frozen=True)
+class Route:
+    source: str
+    targets: tuple[str, ...]  # declared ids: a replicated group or a single node
+    events: tuple[str, ...] | None  # None: every event type
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A loaded, validated scenario (frozen): its nodes (replicas expanded), routes and links, and the seed,
+    duration and quantum of virtual time. ``sha256`` is the scenario file's hash, named in every trace."""
+
+    name: str
+    seed: int
+    duration_us: int
+    quantum_us: int
+    nodes: tuple[NodeSpec, ...]
+    routes: tuple[Route, ...]
+    default_link: LinkProperties
+    trace: str
+    path: Path
+    sha256: str
+    description: str = ""
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # replicated id -> replica ids
+
+    @property
+    def steps(self) -> int:
+        return self.duration_us // self.quantum_us
+
+    def node(self, node_id: str) -> NodeSpec:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    @property
+    def containers(self) -> tuple[ContainerSpec, ...]:
+        return tuple(node for node in self.nodes if isinstance(node, ContainerSpec))
+
+    def link(self, source: str, target: str) -> LinkProperties:
+        """The link an event takes from ``source`` to ``target`` (a replica's group links apply)."""
+        node = self.node(source)
+        target_node = self.node(target)
+        for name in (target, target_node.group):
+            if name is not None and name in node.links:
+                return node.links[name]
+        return self.default_link

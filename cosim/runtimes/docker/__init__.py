@@ -1,0 +1,15 @@
+"""The Docker runtime and everything it needs from the engine, one module per idea:
+
+- ``runtime``: DockerRuntime (compose project up, attach, teardown), run locks, reaping, ``invoke down``;
+- ``attach``: the engine's attach endpoint as a Transport (no ``docker attach`` process per service);
+- ``engine``: the boundary with the Docker CLI (engine check, python-on-whales errors, the calls it lacks);
+- ``base_image``: the image every service image builds on (pulled, or debootstrapped for engines without a
+  registry);
+- ``service_images``: the service images (wheelhouse, build hash, build only when something changed).
+
+The compose file itself is rendered by cosim.compose: its hash identifies every run (local ones too).
+"""
+
+from cosim.runtimes.docker.runtime import DockerRuntime, down_all, image_specs, remove_by_label
+
+__all__ = ["DockerRuntime", "down_all", "image_specs", "remove_by_label"]

@@ -1,0 +1,140 @@
+"""cosim's boundary with the Docker CLI: python-on-whales for everything it offers, and the few calls it lacks.
+
+- ``check_engine()``: is a usable engine there? One clear sentence when it is not. Three things must hold: the
+  ``docker`` CLI is installed, the Docker daemon answers, and the Compose v2 plugin is installed. A positive
+  answer is cached per process and per Docker endpoint (DOCKER_HOST / DOCKER_CONTEXT / DOCKER_CONFIG).
+- ``docker_errors()``: python-on-whales' exceptions leave as cosim's DockerCommandFailed.
+- What python-on-whales lacks, run through its own ``docker_cmd`` (same binary and client configuration), each
+  bounded by a timeout but builds (``run_cli``): ``pull`` (its pull has none: a blackholed registry would hang), ``wait_exit`` (a
+  bounded `docker wait`), ``stderr_tail`` (its logs() merges stdout into stderr), ``context_host``, and
+  ``docker_command`` for the argv of a `docker attach` process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from typing import Iterator, Mapping
+
+from python_on_whales import DockerClient, docker
+from python_on_whales.exceptions import DockerException
+from python_on_whales.utils import run as docker_run
+
+from cosim.errors import DockerCommandFailed, EngineUnavailable
+from cosim.tails import last_lines
+
+_ENDPOINT_VARS = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG")
+_checked_ok: set[tuple[str | None, ...]] = set()
+
+INSTALL_DOCKER = "install Docker Engine (https://docs.docker.com/engine/install/)"
+
+
+def _endpoint() -> tuple[str | None, ...]:
+    return tuple(os.environ.get(name) for name in _ENDPOINT_VARS)
+
+
+def _stderr(exc: DockerException) -> str:
+    return (exc.stderr or "").strip()
+
+
+def check_engine() -> None:
+    """Return when Docker and Compose v2 are usable; raise EngineUnavailable with a one-sentence fix otherwise."""
+    endpoint = _endpoint()
+    if endpoint in _checked_ok:
+        return
+    if shutil.which("docker") is None:
+        raise EngineUnavailable(f"The docker command was not found: {INSTALL_DOCKER}, then run ./inv once.")
+    docker = DockerClient()  # reads DOCKER_HOST etc. from the environment at call time
+    try:
+        docker.version()
+    except DockerException as exc:
+        raise EngineUnavailable(_daemon_problem(_stderr(exc))) from None
+    except Exception as exc:  # an unexpected answer (e.g. unparsable output) still means "not usable"
+        raise EngineUnavailable(f"The Docker Engine did not answer as expected ({exc}): check `docker version`.") from None
+    try:
+        docker.compose.version()
+    except DockerException:
+        raise EngineUnavailable(
+            "Docker Compose v2 is missing (`docker compose version` fails): run ./inv once, or install the "
+            "Compose v2 plugin (https://docs.docker.com/compose/install/linux/)."
+        ) from None
+    _checked_ok.add(endpoint)
+
+
+def _daemon_problem(stderr: str) -> str:
+    where = os.environ.get("DOCKER_HOST")
+    at = f" at DOCKER_HOST={where}" if where else ""
+    if "permission denied" in stderr.lower():
+        return (
+            f"Your user may not use the Docker Engine{at}: add it to the docker group "
+            "(`sudo usermod -aG docker $USER`, then log in again) or run as root."
+        )
+    return (
+        f"Docker Engine is not running or not reachable{at}: start it (e.g. `sudo systemctl start docker`) "
+        f"or {INSTALL_DOCKER}; `docker info` shows the details."
+    )
+
+
+@contextlib.contextmanager
+def docker_errors() -> Iterator[None]:
+    """The Docker boundary: a python-on-whales exception that cosim did not foresee (and catch where it happens)
+    leaves as DockerCommandFailed, so that callers catch cosim's own types only. Also a decorator."""
+    try:
+        yield
+    except DockerException as exc:
+        raise DockerCommandFailed(last_lines(str(exc), 6)) from None
+
+
+def docker_command(*args: str) -> list[str]:
+    """The argv of a docker CLI command, as python-on-whales runs it."""
+    return [str(part) for part in docker.docker_cmd] + list(args)
+
+
+def run_cli(args: list[str], *, env: Mapping[str, str] | None = None) -> str:
+    """A docker command that python-on-whales offers no suitable method for, run the way it runs its own (its
+    stdout; raises DockerException with the command's output when it fails). No timeout: for builds."""
+    return str(docker_run(docker_command(*args), env=dict(env or {})))
+
+
+def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str] | None:
+    """A docker command's outcome within ``timeout_s``; None when it could not run or did not answer in time."""
+    try:
+        return subprocess.run(docker_command(*args), capture_output=True, text=True, errors="replace",
+                              timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def pull(image: str, timeout_s: float) -> tuple[bool, str]:
+    """Pull ``image`` within ``timeout_s``: (succeeded, docker's last words)."""
+    done = _run(["pull", "--quiet", image], timeout_s)
+    if done is None:
+        return False, f"no answer within {timeout_s:.0f} s"
+    return done.returncode == 0, (done.stderr or done.stdout).strip()
+
+
+def wait_exit(container_id: str, timeout_s: float) -> int | None:
+    """The container's exit code once it has exited, waiting up to ``timeout_s``; None while it still runs."""
+    done = _run(["wait", container_id], timeout_s)
+    if done is None or done.returncode != 0 or not done.stdout.strip().isdigit():
+        return None
+    return int(done.stdout.strip())
+
+
+_LOG_SCAN_LINES = 2000  # `docker logs --tail` counts stdout and stderr lines together
+
+
+def stderr_tail(container_id: str, lines: int) -> str:
+    """The last lines the container wrote on stderr ("" when there are none or the engine cannot say)."""
+    done = _run(["logs", "--tail", str(_LOG_SCAN_LINES), container_id], 10)
+    if done is None or done.returncode != 0:
+        return ""
+    return last_lines(done.stderr, lines)
+
+
+def context_host() -> str:
+    """The engine endpoint of the current docker context (e.g. ``unix:///var/run/docker.sock``); "" if unknown."""
+    done = _run(["context", "inspect", "--format", "{{.Endpoints.docker.Host}}"], 10)
+    return done.stdout.strip() if done is not None and done.returncode == 0 else ""
