@@ -180,7 +180,9 @@ class VirtualTimeClient:
     def connect(self, *, again: bool = False) -> None:
         logging.getLogger("paho").setLevel(logging.WARNING)
         deadline = time.monotonic() + self.connect_timeout_s
-        pause = threading.Event()  # never set: a wall-clock pause between attempts that is not time.sleep
+        # Wall clock only to bound reconnection (like a watchdog): it decides when a connection exists, never what
+        # is emitted or when in virtual time. An Event that is never set gives an interruptible pause between tries.
+        pause = threading.Event()
         last_error = "no attempt"
         while True:  # the broker container may still be starting: retry until the deadline
             remaining = deadline - time.monotonic()
