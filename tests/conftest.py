@@ -8,8 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -68,6 +69,23 @@ def assert_same_simulation(trace_a: Path, trace_b: Path) -> None:
     header_a, header_b = json.loads(lines_a[0]), json.loads(lines_b[0])
     header_a.pop(ENVIRONMENT), header_b.pop(ENVIRONMENT)
     assert header_a == header_b
+
+
+def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str], what: str, *,
+               timeout_s: float = 120.0) -> None:
+    """Poll ``condition`` until it holds; fail at once if ``process`` ends first, or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            process.kill()
+            process.communicate()
+            pytest.fail(f"{what} did not happen within {timeout_s:g} s")
+        try:
+            process.wait(timeout=0.05)  # paces the polling; returns at once if the run ended early
+        except subprocess.TimeoutExpired:
+            continue
+        out, err = process.communicate()
+        pytest.fail(f"the run ended (exit {process.returncode}) before {what}:\n{out}\n{err}")
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -27,7 +26,7 @@ from cosim.run import run
 from cosim.runtimes.docker import remove_by_label
 from cosim.scenario import load
 from cosim.tracediff import trace_hash
-from tests.conftest import ROOT, cosim_resources, invoke_up_session
+from tests.conftest import ROOT, cosim_resources, invoke_up_session, wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -100,20 +99,14 @@ def trace_lines(path: Path) -> int:
 def wait_mid_run(process: subprocess.Popen[str], label: str, trace: Path, *, node: str = "worker",
                  min_lines: int = 40, timeout_s: float = 90.0) -> str:
     """Wait until the run's ``node`` container is running and the trace has grown; returns the container id."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ids = running_containers(label, node)
-        if ids and trace_lines(trace) > min_lines:
-            return ids[0]
-        try:
-            process.wait(timeout=0.1)  # paces the polling; returns at once if the run ended early
-        except subprocess.TimeoutExpired:
-            continue
-        out, err = process.communicate()
-        pytest.fail(f"the run ended before it got going (exit {process.returncode}):\n{out}\n{err}")
-    process.kill()
-    process.communicate()
-    pytest.fail(f"no running {node!r} container with {label} and a growing trace within {timeout_s:g} s")
+    containers: list[str] = []
+
+    def going() -> bool:
+        containers[:] = running_containers(label, node)
+        return bool(containers) and trace_lines(trace) > min_lines
+
+    wait_until(going, process, f"a running {node!r} container with {label} and a growing trace", timeout_s=timeout_s)
+    return containers[0]
 
 
 def finish(process: subprocess.Popen[str]) -> tuple[int, str]:

@@ -11,13 +11,12 @@ import os
 import secrets
 import signal
 import subprocess
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from .conftest import ROOT, cosim_resources, invoke_up_session
+from .conftest import ROOT, cosim_resources, invoke_up_session, wait_until
 
 INTERRUPTED = 130
 DEADLINE_S = 120.0
@@ -26,19 +25,6 @@ ECHO = ROOT / "containers" / "echo"
 
 def ctrl_c(process: subprocess.Popen[str]) -> None:
     os.killpg(process.pid, signal.SIGINT)  # what the terminal does: the whole foreground process group
-
-
-def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {DEADLINE_S:g} s")
-        try:
-            process.wait(timeout=0.05)  # paces the polling; fails at once if the run ended early
-        except subprocess.TimeoutExpired:
-            continue
-        out, err = process.communicate()
-        pytest.fail(f"the run ended (exit {process.returncode}) before {what}:\n{out}\n{err}")
 
 
 def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
