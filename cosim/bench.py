@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence, TextIO
 
 from cosim import __version__
 from cosim.run import run
-from cosim.paths import REPO_ROOT
+from cosim.paths import REPO_ROOT, service_image
 
 CONTAINERS = REPO_ROOT / "containers"
 BARE_ECHO = "import sys\nfor line in sys.stdin:\n    sys.stdout.write(line)\n    sys.stdout.flush()\n"
@@ -208,11 +208,11 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: Te
             ensure_images(image_specs(load(_scenario(directory, "bench-images", services=1, steps=1, tick_us=20,
                                                      through_gateway=True))))
             say("floor: bare echo in a container over the engine's attach endpoint (cosim's path)")
-            result.floors_us["container"] = container_floor(probes, "cosim/echo:dev")
+            result.floors_us["container"] = container_floor(probes, service_image("echo"))
             say("floor: 8 bare echo containers probed concurrently")
-            result.floors_us["container_x8"] = container_floor(probes // 4, "cosim/echo:dev", containers=8)
+            result.floors_us["container_x8"] = container_floor(probes // 4, service_image("echo"), containers=8)
             say("reference: bare echo in a container over a `docker attach` process")
-            result.floors_us["container_docker_cli"] = container_floor(probes, "cosim/echo:dev", attach="cli")
+            result.floors_us["container_docker_cli"] = container_floor(probes, service_image("echo"), attach="cli")
             for count in (1, 4, 8):
                 say(f"cosim: {count} echo container(s), docker runtime")
                 step = _step_us(_scenario(directory, f"bench-scale-{count}", services=count, steps=steps), "docker", directory)

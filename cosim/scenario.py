@@ -22,7 +22,7 @@ import yaml
 
 from cosim.errors import ScenarioError
 from cosim.model import Anomaly, ContainerSpec, LinkProperties, NodeSpec, Route, Scenario, SensorSpec, SinkSpec
-from cosim.paths import REPO_ROOT
+from cosim.paths import REPO_ROOT, service_image
 
 SCHEMA_PATH = REPO_ROOT / "schemas" / "scenario.schema.json"
 
@@ -421,7 +421,7 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
         _check_shared_subscriptions(doc, at, fail)
         return ContainerSpec(
             id=doc["id"], kind=kind, links=links, build=service_dir, base_dir=base_dir,
-            image=doc["image"] if "image" in doc else f"cosim/{service_dir.name}:dev",  # type: ignore[union-attr]
+            image=doc["image"] if "image" in doc else service_image(service_dir.name),  # type: ignore[union-attr]
             command=tuple(doc["command"]) if "command" in doc else None,
             local_command=tuple(doc["local_command"]) if "local_command" in doc else None,
             config=doc.get("config", {}),

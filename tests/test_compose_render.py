@@ -26,6 +26,12 @@ GOLDEN_SCENARIOS = sorted((GOLDEN / "scenarios").glob("*.yaml"))
 GOLDEN_COMPOSE = GOLDEN / "compose"
 
 
+@pytest.fixture(autouse=True)
+def _default_image_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The golden files name the default tag; a checkout with its own $COSIM_IMAGE_TAG renders the same files.
+    monkeypatch.delenv("COSIM_IMAGE_TAG", raising=False)
+
+
 def golden_ids() -> list[str]:
     return [path.stem for path in GOLDEN_SCENARIOS]
 

@@ -26,6 +26,7 @@ from cosim.run import run
 from cosim.runtimes.docker import remove_by_label
 from cosim.scenario import load
 from cosim.tracediff import trace_hash
+from cosim.paths import service_image
 from tests.conftest import ROOT, cosim_resources, invoke_up_session, wait_until
 
 pytestmark = pytest.mark.docker
@@ -163,7 +164,7 @@ def test_pipeline_with_replicas_matches_local_runtime(service_images: dict[str, 
     trace = records(tmp_path / "docker.jsonl")
     environment = trace[0]["environment"]
     assert environment["runtime"] == "docker"
-    assert environment["images"] == {"cosim/echo:dev": service_images["cosim/echo:dev"]}
+    assert environment["images"] == {service_image("echo"): service_images[service_image("echo")]}
     assert trace[-1]["record"] == "footer" and trace[-1]["status"] == "ok"
     assert trace[-1]["end_us"] == docker_run.scenario.duration_us
     sources = {r["source"] for r in trace if r["record"] == "sent"}
@@ -172,7 +173,7 @@ def test_pipeline_with_replicas_matches_local_runtime(service_images: dict[str, 
 
     assert metrics["runtime"] == "docker"
     assert metrics["environment"]["runtime"] == "docker"
-    assert metrics["environment"]["images"] == {"cosim/echo:dev": service_images["cosim/echo:dev"]}
+    assert metrics["environment"]["images"] == {service_image("echo"): service_images[service_image("echo")]}
     assert set(metrics["round_trip"]) == {"echo-1", "echo-2", "echo-3", "relay"}
     assert cosim_resources(label) == ([], [])
 

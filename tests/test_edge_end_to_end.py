@@ -25,6 +25,7 @@ import pytest
 from cosim import detections
 from cosim.run import CompletedRun, run
 from cosim.scenario import Scenario, load
+from cosim.paths import service_image
 
 from .conftest import assert_same_simulation, cosim_resources, invoke_up_session
 
@@ -134,7 +135,7 @@ def test_docker_run_manifest_and_cleanup(docker_default: CompletedRun, service_i
     env = environment(docker_default)
     assert env["runtime"] == "docker"
     assert env["project"] == f"cosim-{env['run_id']}" and env["run_id"].startswith("default-")
-    tags = {"cosim/mqtt-broker:dev", "cosim/mqtt-gateway:dev", "cosim/ml-inference:dev"}
+    tags = {service_image("mqtt-broker"), service_image("mqtt-gateway"), service_image("ml-inference")}
     assert env["images"] == {tag: service_images[tag] for tag in tags}
     header = records(docker_default.trace_path)[0]
     assert header["scenario"] == "default" and header["scenario_sha256"] == load(DEFAULT).sha256

@@ -15,6 +15,7 @@ from cosim import compose
 from cosim import scenario as scenarios
 from cosim.errors import ScenarioError
 from cosim.run import run
+from cosim.paths import service_image
 
 from .conftest import ROOT, cosim_resources
 
@@ -43,7 +44,8 @@ routes:
     return path
 
 
-PREBUILT = "{id: mqtt-broker, kind: infrastructure, image: cosim/mqtt-broker:dev, port: 1883}"
+BROKER = service_image("mqtt-broker")
+PREBUILT = "{id: mqtt-broker, kind: infrastructure, image: " + BROKER + ", port: 1883}"
 
 
 def test_infrastructure_needs_build_or_image(tmp_path: Path) -> None:
@@ -57,7 +59,7 @@ def test_infrastructure_needs_build_or_image(tmp_path: Path) -> None:
 def test_prebuilt_image_renders_without_build_and_with_pull_policy_missing(tmp_path: Path) -> None:
     spec = compose.compose_spec(scenarios.load(write_scenario(tmp_path, PREBUILT)))
     broker = spec["services"]["mqtt-broker"]
-    assert broker["image"] == "cosim/mqtt-broker:dev" and "build" not in broker
+    assert broker["image"] == BROKER and "build" not in broker
     assert broker["pull_policy"] == "missing"
     assert spec["services"]["gateway"]["pull_policy"] == "never"
 
@@ -66,7 +68,7 @@ def test_prebuilt_image_renders_without_build_and_with_pull_policy_missing(tmp_p
 def test_a_prebuilt_broker_image_runs_in_docker(tmp_path: Path, service_images: dict[str, str]) -> None:
     summary = run(write_scenario(tmp_path, PREBUILT), runtime="docker", trace_path=tmp_path / "trace.jsonl")
     header = json.loads((tmp_path / "trace.jsonl").read_text(encoding="utf-8").splitlines()[0])
-    assert header["environment"]["images"]["cosim/mqtt-broker:dev"] == service_images["cosim/mqtt-broker:dev"]
+    assert header["environment"]["images"][BROKER] == service_images[BROKER]
     received = [e for e in summary.sinks["sink"] if e["type"] == "mqtt_received"]
     assert len(received) == 9 and {e["data"]["topic"] for e in received} == {"plant/sensor"}
     assert cosim_resources("cosim.scenario=prebuilt-broker") == ([], [])

@@ -14,6 +14,7 @@ import pytest
 
 from cosim.errors import NodeFailure
 from cosim.run import run
+from cosim.paths import service_image
 
 from .conftest import ROOT, cosim_resources
 
@@ -44,7 +45,7 @@ def _no_test_image_left() -> Iterator[None]:
     yield
     shutil.rmtree(RAW.parent / ".wheelhouse", ignore_errors=True)
     if shutil.which("docker"):
-        subprocess.run(["docker", "rmi", "-f", "cosim/raw:dev"], capture_output=True)
+        subprocess.run(["docker", "rmi", "-f", service_image("raw")], capture_output=True)
 
 
 def raw_scenario(directory: Path, rule: str) -> Path:

@@ -15,6 +15,7 @@ import pytest
 from cosim import scenario as scenarios
 from cosim.errors import ScenarioError
 from cosim.scenario import ContainerSpec, LinkProperties, SensorSpec, SinkSpec
+from cosim.paths import service_image
 
 MARK = "# HERE"
 
@@ -385,7 +386,7 @@ def test_replicas_are_expanded_with_their_group(valid: scenarios.Scenario, workd
         assert isinstance(replica, ContainerSpec)
         assert replica.group == "worker"
         assert replica.build == (workdir / "svc").resolve()
-        assert replica.image == "cosim/svc:dev"
+        assert replica.image == service_image("svc")
         assert replica.read_only is True
         assert replica.command is None and replica.environment == {} and replica.config == {}
     assert valid.node("out").group is None

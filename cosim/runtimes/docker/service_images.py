@@ -28,7 +28,7 @@ from python_on_whales import docker
 from python_on_whales.exceptions import DockerException
 
 from cosim.errors import ImageBuildError
-from cosim.paths import REPO_ROOT
+from cosim.paths import REPO_ROOT, service_image
 from cosim.runtimes.docker.base_image import (PROJECT, PROJECT_LABEL, Log, build_lock, image_id, image_label,
                                               resolve_base_image, stderr_log)
 from cosim.runtimes.docker.engine import docker_errors, run_cli
@@ -81,8 +81,8 @@ class ImageSpec:
 
 
 def service_spec(name: str, tag: str | None = None, *, containers: Path = CONTAINERS) -> ImageSpec:
-    """The spec of ``containers/<name>``, tagged ``cosim/<name>:dev`` unless told otherwise."""
-    return ImageSpec(tag=tag or f"cosim/{name}:dev", service_dir=containers / name)
+    """The spec of ``containers/<name>``, tagged as :func:`cosim.paths.service_image` says unless told otherwise."""
+    return ImageSpec(tag=tag or service_image(name), service_dir=containers / name)
 
 
 # -- small helpers
