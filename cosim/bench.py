@@ -203,7 +203,7 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: Te
         if docker:
             from cosim.runtimes.docker.service_images import ensure_images
             from cosim.runtimes.docker import image_specs
-            from cosim.scenario import load
+            from cosim.loading import load
 
             ensure_images(image_specs(load(_scenario(directory, "bench-images", services=1, steps=1, tick_us=20,
                                                      through_gateway=True))))

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from cosim import compose, detections, options, scenario as scenarios
+from cosim import compose, detections, loading, options
 from cosim.errors import CosimError, TracesDiffer, UsageError
 from cosim.metrics import RunMetrics
 from cosim.paths import REPO_ROOT
@@ -21,14 +21,14 @@ DEFAULT_SCENARIO = "scenarios/default.yaml"
 
 
 def validate(path: str, out: TextIO = sys.stdout) -> None:
-    loaded = scenarios.load(path)
+    loaded = loading.load(path)
     containers = len(loaded.containers)
     out.write(f"{path}: valid scenario {loaded.name!r}: {len(loaded.nodes)} nodes ({containers} container), "
               f"{len(loaded.routes)} routes, {loaded.steps} steps of {loaded.quantum_us} us\n")
 
 
 def render(path: str, out: TextIO = sys.stdout) -> Path:
-    rendered = compose.render(scenarios.load(path))
+    rendered = compose.render(loading.load(path))
     out.write(f"{rendered}\n")
     return rendered
 
@@ -113,7 +113,7 @@ def _report_failed_run(path: str, trace: str | None, out: TextIO) -> None:
     from cosim.trace import read
 
     try:
-        trace_path = Path(trace if trace is not None else scenarios.load(path).trace)
+        trace_path = Path(trace if trace is not None else loading.load(path).trace)
         error = read(trace_path).error
         if error is not None and error.error != "start_failed":
             out.write(f"  report:  {write_report(trace_path)}\n")
@@ -162,7 +162,7 @@ def golden(out: TextIO = sys.stdout) -> list[Path]:
     change to the rendering; the tests only compare. Returns the files that changed (review their diff)."""
     changed = []
     for scenario_path in sorted((GOLDEN / "scenarios").glob("*.yaml")):
-        loaded = scenarios.load(scenario_path)
+        loaded = loading.load(scenario_path)
         target = compose.compose_path(loaded, GOLDEN / "compose")
         text = compose.render_text(loaded, compose_dir=GOLDEN / "compose")
         if not target.is_file() or target.read_text(encoding="utf-8") != text:
@@ -178,7 +178,7 @@ def images(path: str = DEFAULT_SCENARIO, *, force: bool = False, out: TextIO = s
     from cosim.runtimes.docker import image_specs
 
     check_engine()
-    built = ensure_images(image_specs(scenarios.load(path)), force=force)
+    built = ensure_images(image_specs(loading.load(path)), force=force)
     for tag, image_id in sorted(built.items()):
         out.write(f"{tag}  {image_id}\n")
     return built

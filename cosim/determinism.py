@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from cosim import options, scenario as scenarios
+from cosim import loading, options
 from cosim.errors import NotDeterministic
 from cosim.run import DEFAULT_WATCHDOG_S, run
 from cosim.tracediff import compare, print_comparison, trace_hash
@@ -37,7 +37,7 @@ def gate(scenario_path: str, *, runs: int | str = 3, runtime: str = "docker", ou
     """Run and compare; raises NotDeterministic (after printing the first divergence) on FAIL."""
     runtimes = plan(runs, runtime)
     watchdog_s = options.positive_seconds("--watchdog", watchdog_s)
-    name = scenarios.load(scenario_path).name
+    name = loading.load(scenario_path).name
     directory = out_dir if out_dir is not None else Path("traces") / "determinism"
     results: list[GateRun] = []
     for number, runtime_name in enumerate(runtimes, start=1):

@@ -1,6 +1,6 @@
 """The scenario model: the frozen, typed form of a scenario file that the rest of cosim reads (what the scenario
 declares; the live proxies the coordinator drives are in cosim.nodes). Light on purpose: no YAML or schema
-library; reading and validating a file is cosim.scenario's job.
+library; reading and validating a file is cosim.loading's job.
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from cosim import detections, scenario as scenarios, trace as traces
+from cosim import detections, loading, trace as traces
 from cosim.errors import ScenarioError
+from cosim.model import Scenario, SensorSpec
 from cosim.paths import REPO_ROOT
 from cosim.run import artifact_paths
 from cosim.trace import Delivered, Dropped, Footer, RunError, Sent, Trace, Unroutable
@@ -62,7 +63,7 @@ def _read_metrics(path: Path) -> dict[str, Any] | None:
 
 
 def find_scenario(trace: Trace, metrics: Mapping[str, Any] | None,
-                  explicit: Path | None = None) -> tuple[scenarios.Scenario | None, str]:
+                  explicit: Path | None = None) -> tuple[Scenario | None, str]:
     """The scenario file whose bytes hash to the header's scenario_sha256, and a note on where it came from."""
     candidates: list[Path] = []
     if explicit is not None:
@@ -75,7 +76,7 @@ def find_scenario(trace: Trace, metrics: Mapping[str, Any] | None,
         try:
             if hashlib.sha256(candidate.read_bytes()).hexdigest() != trace.header.scenario_sha256:
                 continue
-            return scenarios.load(candidate), f"scenario file: {candidate}"
+            return loading.load(candidate), f"scenario file: {candidate}"
         except (OSError, ScenarioError):
             continue
     return None, ("the scenario file (SHA-256 " + trace.header.scenario_sha256[:12] + "...) was not found, so "
@@ -235,10 +236,10 @@ def drops_chart(links: Sequence[LinkStats]) -> str:
     return _svg(figure)
 
 
-def detections_chart(scenario: scenarios.Scenario, result: detections.Report,
+def detections_chart(scenario: Scenario, result: detections.Report,
                      verdicts: Sequence[Mapping[str, Any]], duration_us: int) -> str:
     """Per sensor: injected anomaly windows, the windows the classifier flagged, and the first detection."""
-    sensors = [node for node in scenario.nodes if isinstance(node, scenarios.SensorSpec)]
+    sensors = [node for node in scenario.nodes if isinstance(node, SensorSpec)]
     rows = {sensor.id: index for index, sensor in enumerate(reversed(sensors))}
     figure = _figure(10, 0.6 * len(sensors) + 1.5)
     axes = figure.add_subplot()
@@ -356,7 +357,7 @@ def _latency_rows(curves: Sequence[tuple[str, Sequence[int]]]) -> list[tuple[Any
              f"{values[-1] / 1e3:.3f}") for name, values in curves if values]
 
 
-def render(trace: Trace, metrics: Mapping[str, Any] | None, scenario: scenarios.Scenario | None,
+def render(trace: Trace, metrics: Mapping[str, Any] | None, scenario: Scenario | None,
            scenario_note: str = "") -> str:
     header = trace.header
     counts = _counts(trace)
@@ -432,7 +433,7 @@ def render(trace: Trace, metrics: Mapping[str, Any] | None, scenario: scenarios.
             f"</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
 
 
-def _vibration(trace: Trace, scenario: scenarios.Scenario | None) -> tuple[list[dict[str, Any]], detections.Report | None]:
+def _vibration(trace: Trace, scenario: Scenario | None) -> tuple[list[dict[str, Any]], detections.Report | None]:
     """The verdicts that reached a sink and the detection report, when the trace has verdicts (else None)."""
     if scenario is None:
         return [], None
@@ -444,7 +445,7 @@ def _vibration(trace: Trace, scenario: scenarios.Scenario | None) -> tuple[list[
     return verdicts, result
 
 
-def _end_to_end(verdicts: Sequence[Mapping[str, Any]], scenario: scenarios.Scenario) -> list[tuple[str, list[int]]]:
+def _end_to_end(verdicts: Sequence[Mapping[str, Any]], scenario: Scenario) -> list[tuple[str, list[int]]]:
     """Per sensor: from sampling the window to the verdict's arrival at the sink (virtual)."""
     by_route: dict[str, list[int]] = defaultdict(list)
     for verdict in verdicts:

@@ -21,7 +21,7 @@ from cosim.coordinator import Coordinator, SimulationResult
 from cosim.errors import Interrupted, NodeError, TraceWriteError
 from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
 from cosim.model import Scenario, SensorSpec, SinkSpec
-from cosim.scenario import load
+from cosim.loading import load
 from cosim.trace import TraceWriter
 
 DEFAULT_WATCHDOG_S = 30.0

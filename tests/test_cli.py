@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cosim import compose
-from cosim import scenario as scenarios
+from cosim import loading
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = Path(__file__).resolve().parent / "scenarios" / "cli-good.yaml"
@@ -93,7 +93,7 @@ def test_validate_good() -> None:
 @pytest.fixture
 def rendered_path() -> Iterator[Path]:
     """compose/<name>.yaml of the good scenario; removed afterwards unless it was there before."""
-    path = compose.compose_path(scenarios.load(GOOD))
+    path = compose.compose_path(loading.load(GOOD))
     existed = path.exists()
     yield path
     if not existed:
@@ -105,7 +105,7 @@ def test_render_good_prints_the_path(rendered_path: Path) -> None:
     assert_no_traceback(result)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{rendered_path}\n"
-    assert rendered_path.read_text(encoding="utf-8") == compose.render_text(scenarios.load(GOOD))
+    assert rendered_path.read_text(encoding="utf-8") == compose.render_text(loading.load(GOOD))
 
 
 def test_validate_without_argument_uses_the_default_scenario() -> None:

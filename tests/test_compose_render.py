@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from cosim import compose
-from cosim import scenario as scenarios
+from cosim import loading
+from cosim.model import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -37,15 +38,15 @@ def golden_ids() -> list[str]:
 
 
 @pytest.fixture(params=GOLDEN_SCENARIOS, ids=golden_ids())
-def golden_scenario(request: pytest.FixtureRequest) -> scenarios.Scenario:
-    return scenarios.load(request.param)
+def golden_scenario(request: pytest.FixtureRequest) -> Scenario:
+    return loading.load(request.param)
 
 
 def test_there_are_golden_scenarios() -> None:
     assert {"replicas", "infrastructure", "environment"} <= set(golden_ids())
 
 
-def test_matches_golden_file(golden_scenario: scenarios.Scenario) -> None:
+def test_matches_golden_file(golden_scenario: Scenario) -> None:
     text = compose.render_text(golden_scenario, compose_dir=GOLDEN_COMPOSE)
     golden = compose.compose_path(golden_scenario, GOLDEN_COMPOSE)
     assert golden.is_file(), f"{golden} is missing: create it with `invoke golden`"
@@ -54,17 +55,17 @@ def test_matches_golden_file(golden_scenario: scenarios.Scenario) -> None:
 
 
 def test_no_stray_golden_files() -> None:
-    names = {scenarios.load(path).name for path in GOLDEN_SCENARIOS}
+    names = {loading.load(path).name for path in GOLDEN_SCENARIOS}
     assert {path.stem for path in GOLDEN_COMPOSE.glob("*.yaml")} == names
 
 
-def test_rendering_is_deterministic(golden_scenario: scenarios.Scenario) -> None:
+def test_rendering_is_deterministic(golden_scenario: Scenario) -> None:
     first = compose.render_text(golden_scenario, compose_dir=GOLDEN_COMPOSE)
-    again = compose.render_text(scenarios.load(golden_scenario.path), compose_dir=GOLDEN_COMPOSE)
+    again = compose.render_text(loading.load(golden_scenario.path), compose_dir=GOLDEN_COMPOSE)
     assert first == again
 
 
-def test_build_context_is_the_containers_dir(golden_scenario: scenarios.Scenario, tmp_path: Path) -> None:
+def test_build_context_is_the_containers_dir(golden_scenario: Scenario, tmp_path: Path) -> None:
     # Relative to the compose file wherever it goes, so the rendered file can move with the checkout.
     (tmp_path / "elsewhere").mkdir()
     for compose_dir in (GOLDEN_COMPOSE, tmp_path / "elsewhere"):
@@ -80,17 +81,17 @@ def test_build_context_is_the_containers_dir(golden_scenario: scenarios.Scenario
 # -- the spec is locked down ---------------------------------------------------------------------------------------
 
 
-def rendered_spec(scenario: scenarios.Scenario) -> dict[str, Any]:
+def rendered_spec(scenario: Scenario) -> dict[str, Any]:
     return yaml.safe_load(compose.render_text(scenario, compose_dir=GOLDEN_COMPOSE))
 
 
-def test_services_are_the_container_nodes(golden_scenario: scenarios.Scenario) -> None:
+def test_services_are_the_container_nodes(golden_scenario: Scenario) -> None:
     spec = rendered_spec(golden_scenario)
     assert spec["name"] == f"cosim-{golden_scenario.name}"
     assert list(spec["services"]) == [node.id for node in golden_scenario.containers]
 
 
-def test_security_defaults(golden_scenario: scenarios.Scenario) -> None:
+def test_security_defaults(golden_scenario: Scenario) -> None:
     text = compose.render_text(golden_scenario, compose_dir=GOLDEN_COMPOSE)
     assert "docker.sock" not in text
     spec = yaml.safe_load(text)
@@ -118,7 +119,7 @@ def test_security_defaults(golden_scenario: scenarios.Scenario) -> None:
             assert "stdin_open" not in service  # infrastructure does not speak the protocol
 
 
-def test_one_internal_network(golden_scenario: scenarios.Scenario) -> None:
+def test_one_internal_network(golden_scenario: Scenario) -> None:
     spec = rendered_spec(golden_scenario)
     assert list(spec["networks"]) == [compose.NETWORK]
     network = spec["networks"][compose.NETWORK]
@@ -129,7 +130,7 @@ def test_one_internal_network(golden_scenario: scenarios.Scenario) -> None:
         assert service["networks"] == [compose.NETWORK]
 
 
-def test_labels(golden_scenario: scenarios.Scenario) -> None:
+def test_labels(golden_scenario: Scenario) -> None:
     spec = rendered_spec(golden_scenario)
     for node_id, service in spec["services"].items():
         assert service["labels"] == {"cosim.project": "cosim", "cosim.scenario": golden_scenario.name,
@@ -137,7 +138,7 @@ def test_labels(golden_scenario: scenarios.Scenario) -> None:
 
 
 def test_replicas_become_services() -> None:
-    spec = rendered_spec(scenarios.load(GOLDEN / "scenarios" / "replicas.yaml"))
+    spec = rendered_spec(loading.load(GOLDEN / "scenarios" / "replicas.yaml"))
     assert list(spec["services"]) == ["worker-1", "worker-2", "worker-3"]
     for node_id, service in spec["services"].items():
         assert service["environment"] == {"COSIM_NODE_ID": node_id}
@@ -145,7 +146,7 @@ def test_replicas_become_services() -> None:
 
 
 def test_infrastructure_command() -> None:
-    spec = rendered_spec(scenarios.load(GOLDEN / "scenarios" / "infrastructure.yaml"))
+    spec = rendered_spec(loading.load(GOLDEN / "scenarios" / "infrastructure.yaml"))
     # The scenario's command replaces the image's whole command line (entrypoint and arguments).
     assert spec["services"]["broker"]["entrypoint"] == ["mosquitto", "-c", "/etc/cosim/mosquitto.conf", "-v"]
     assert spec["services"]["broker"]["command"] == []
@@ -154,7 +155,7 @@ def test_infrastructure_command() -> None:
 
 
 def test_environment_and_writable_root() -> None:
-    spec = rendered_spec(scenarios.load(GOLDEN / "scenarios" / "environment.yaml"))
+    spec = rendered_spec(loading.load(GOLDEN / "scenarios" / "environment.yaml"))
     app = spec["services"]["app"]
     assert app["environment"] == {"COSIM_NODE_ID": "app", "ALPHA": "1", "DEBUG": "true", "RATIO": "0.5",
                                   "RETRIES": "3", "ZETA": "last", "LITERAL": "$${HOME}-$$USER $$$$"}
@@ -168,7 +169,7 @@ def test_environment_and_writable_root() -> None:
 
 
 def test_render_writes_atomically_and_returns_the_path(tmp_path: Path) -> None:
-    loaded = scenarios.load(GOLDEN / "scenarios" / "replicas.yaml")
+    loaded = loading.load(GOLDEN / "scenarios" / "replicas.yaml")
     out = tmp_path / "compose"  # does not exist yet
     path = compose.render(loaded, compose_dir=out)
     assert path == out / "golden-replicas.yaml"
@@ -189,9 +190,9 @@ def test_render_writes_atomically_and_returns_the_path(tmp_path: Path) -> None:
 
 
 def test_render_twice_gives_identical_bytes(tmp_path: Path) -> None:
-    loaded = scenarios.load(GOLDEN / "scenarios" / "environment.yaml")
+    loaded = loading.load(GOLDEN / "scenarios" / "environment.yaml")
     first = compose.render(loaded, compose_dir=tmp_path / "a").read_bytes()
-    second = compose.render(scenarios.load(loaded.path), compose_dir=tmp_path / "a").read_bytes()
+    second = compose.render(loading.load(loaded.path), compose_dir=tmp_path / "a").read_bytes()
     assert first == second
 
 
@@ -210,7 +211,7 @@ def _compose_version() -> str | None:
 @pytest.mark.parametrize("scenario_path", GOLDEN_SCENARIOS, ids=golden_ids())
 def test_docker_compose_config_accepts_golden(scenario_path: Path, tmp_path: Path) -> None:
     assert _compose_version() is not None, "`docker compose version` failed: the Compose v2 CLI plugin is missing"
-    golden = compose.compose_path(scenarios.load(scenario_path), GOLDEN_COMPOSE)
+    golden = compose.compose_path(loading.load(scenario_path), GOLDEN_COMPOSE)
     env = {key: value for key, value in os.environ.items() if not key.startswith(("COSIM_", "COMPOSE_"))}
     # `config` only parses, interpolates and prints: it creates no container, network or volume.
     result = subprocess.run(["docker", "compose", "-f", str(golden), "config"], cwd=tmp_path, env=env,

@@ -23,7 +23,7 @@ from cosim.errors import CosimError, NodeFailure
 from cosim.nodes import Event, SimNode, SinkModel
 from cosim.run import build_nodes, run
 from cosim.runtimes.local import LocalRuntime
-from cosim.scenario import load
+from cosim.loading import load
 from cosim.seeds import derive_seed, link_seed, node_seed
 from cosim.trace import TraceWriter
 from cosim.transport import PipeTransport

@@ -24,7 +24,7 @@ import pytest
 from cosim import compose
 from cosim.run import run
 from cosim.runtimes.docker import remove_by_label
-from cosim.scenario import load
+from cosim.loading import load
 from cosim.tracediff import trace_hash
 from cosim.paths import service_image
 from tests.conftest import ROOT, cosim_resources, invoke_up_session, wait_until

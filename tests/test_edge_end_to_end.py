@@ -24,7 +24,8 @@ import pytest
 
 from cosim import detections
 from cosim.run import CompletedRun, run
-from cosim.scenario import Scenario, load
+from cosim.loading import load
+from cosim.model import Scenario
 from cosim.paths import service_image
 
 from .conftest import assert_same_simulation, cosim_resources, invoke_up_session

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pytest
 
 from cosim import __version__, compose, protocol
-from cosim import scenario as scenarios
+from cosim import loading
 from cosim.run import CompletedRun, run
 from cosim.seeds import node_seed
 
@@ -105,7 +105,7 @@ COSIM_DEPENDENCIES = ("invoke", "jsonschema", "matplotlib", "onnxruntime", "paho
 
 def test_trace_header_identifies_the_run(first_run: CompletedRun) -> None:
     header = records(first_run.trace_path)[0]
-    compose_text = compose.render_text(scenarios.load(PIPELINE))
+    compose_text = compose.render_text(loading.load(PIPELINE))
     assert header == {
         "record": "header", "format": "cosim-trace/1", "scenario": "local-pipeline",
         "scenario_sha256": hashlib.sha256(PIPELINE.read_bytes()).hexdigest(), "seed": 42,
@@ -212,7 +212,7 @@ def invoke_up_local(scenario: Path, trace: Path) -> list[str]:
 
 def assert_summary_matches_the_trace(lines: list[str], scenario: Path, trace: Path) -> dict[str, Any]:
     """The lines every summary has, checked against the trace and the metrics file the run wrote."""
-    loaded = scenarios.load(scenario)
+    loaded = loading.load(scenario)
     footer = records(trace)[-1]
     counts = footer["counts"]
     assert re.fullmatch(rf"cosim: scenario '{loaded.name}' ran on the local runtime: {loaded.duration_us / 1e6:g} s "
@@ -251,7 +251,7 @@ def test_the_summary_of_the_default_scenario_reports_each_anomaly(tmp_path: Path
     trace = tmp_path / "default.jsonl"
     lines = invoke_up_local(scenario, trace)
     assert_summary_matches_the_trace(lines, scenario, trace)
-    loaded = scenarios.load(scenario)
+    loaded = loading.load(scenario)
     report = detections.report(loaded, detections.sink_events_from_trace(trace, loaded))
     assert report.verdicts > 0 and report.all_detected
     assert f"  detections ({report.verdicts} verdicts reached a sink):" in lines

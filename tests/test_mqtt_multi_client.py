@@ -16,7 +16,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from cosim import scenario as scenarios
+from cosim import loading
+from cosim.model import SensorSpec
 from cosim.determinism import gate
 from cosim.run import run
 from cosim.tracediff import compare, print_comparison
@@ -82,7 +83,7 @@ def test_multi_site_infers_each_reading_once_and_alerts_once_per_anomaly(tmp_pat
     trace_path = tmp_path / "multi-site.jsonl"
     run(MULTI_SITE, runtime="local", trace_path=trace_path, watchdog_s=60.0)
     trace = records(trace_path)
-    scenario = scenarios.load(MULTI_SITE)
+    scenario = loading.load(MULTI_SITE)
     gateways = {"gateway-a", "gateway-b-1", "gateway-b-2"}
     readings = [r for r in trace if r["record"] == "delivered" and r["dest"] in gateways and r["type"] == "inference_request"]
     verdicts = Counter((r["data"]["sensor"], r["data"]["window"]) for r in trace
@@ -94,7 +95,7 @@ def test_multi_site_infers_each_reading_once_and_alerts_once_per_anomaly(tmp_pat
     assert forwarded["gateway-b-1"] > 0 and forwarded["gateway-b-2"] > 0
     # The cloud aggregator: one alert per injected anomaly, for a window inside it.
     alerts = [r for r in trace if r["record"] == "delivered" and r["dest"] == "operator"]
-    injected = [(node.id, anomaly) for node in scenario.nodes if isinstance(node, scenarios.SensorSpec)
+    injected = [(node.id, anomaly) for node in scenario.nodes if isinstance(node, SensorSpec)
                 for anomaly in node.anomalies]
     assert len(alerts) == len(injected) == 4
     for sensor, anomaly in injected:

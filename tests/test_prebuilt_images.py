@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cosim import compose
-from cosim import scenario as scenarios
+from cosim import loading
 from cosim.errors import ScenarioError
 from cosim.run import run
 from cosim.paths import service_image
@@ -51,13 +51,13 @@ PREBUILT = "{id: mqtt-broker, kind: infrastructure, image: " + BROKER + ", port:
 def test_infrastructure_needs_build_or_image(tmp_path: Path) -> None:
     path = write_scenario(tmp_path, "{id: mqtt-broker, kind: infrastructure, port: 1883}")
     with pytest.raises(ScenarioError) as error:
-        scenarios.load(path)
+        loading.load(path)
     assert str(error.value) == (f"{path}:7: nodes[1]: needs `build` (a service directory with a Dockerfile) "
                                 f"or `image` (a prebuilt image)")
 
 
 def test_prebuilt_image_renders_without_build_and_with_pull_policy_missing(tmp_path: Path) -> None:
-    spec = compose.compose_spec(scenarios.load(write_scenario(tmp_path, PREBUILT)))
+    spec = compose.compose_spec(loading.load(write_scenario(tmp_path, PREBUILT)))
     broker = spec["services"]["mqtt-broker"]
     assert broker["image"] == BROKER and "build" not in broker
     assert broker["pull_policy"] == "missing"

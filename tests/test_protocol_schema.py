@@ -23,7 +23,7 @@ from cosim import protocol
 from cosim.coordinator import Coordinator
 from cosim.errors import NodeFailure
 from cosim.run import build_nodes, run
-from cosim.scenario import load
+from cosim.loading import load
 from cosim.seeds import node_seed
 from cosim.trace import RECORD_KINDS, TraceWriter, base_manifest
 from cosim.transport import TransportClosed

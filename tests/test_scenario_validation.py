@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cosim import scenario as scenarios
 from cosim.errors import ScenarioError
-from cosim.scenario import ContainerSpec, LinkProperties, SensorSpec, SinkSpec
+from cosim.loading import load, reading
+from cosim.model import ContainerSpec, LinkProperties, Scenario, SensorSpec, SinkSpec
 from cosim.paths import service_image
 
 MARK = "# HERE"
@@ -32,7 +32,7 @@ def workdir(tmp_path: Path) -> Path:
 
 def load_error(path: Path) -> ScenarioError:
     with pytest.raises(ScenarioError) as caught:
-        scenarios.load(path)
+        load(path)
     return caught.value
 
 
@@ -282,14 +282,14 @@ def test_not_utf8(tmp_path: Path) -> None:
 
 def test_too_large(tmp_path: Path) -> None:
     path = tmp_path / "huge.yaml"
-    path.write_bytes(b"#" * (scenarios.MAX_FILE_BYTES + 1))
+    path.write_bytes(b"#" * (reading.MAX_FILE_BYTES + 1))
     assert_message(load_error(path), path, None, None, "is larger than 1024 KiB")
 
 
 def test_utf8_bom_is_accepted(workdir: Path) -> None:
     path = workdir / "bom.yaml"
     path.write_bytes(b"\xef\xbb\xbf" + PIPELINE.encode())
-    assert scenarios.load(path).name == "t"
+    assert load(path).name == "t"
 
 
 def test_alias_bomb_is_refused_without_expanding(tmp_path: Path) -> None:
@@ -297,8 +297,8 @@ def test_alias_bomb_is_refused_without_expanding(tmp_path: Path) -> None:
     # values). Loaded in a subprocess with a time limit, so that a regression fails here instead of hanging the suite.
     path = tmp_path / "bomb.yaml"
     path.write_text(ALIAS_BOMB)
-    loader = ("import sys; from cosim import scenario; from cosim.errors import ScenarioError\n"
-              "try:\n    scenario.load(sys.argv[1])\nexcept ScenarioError as error:\n    print(error); sys.exit(2)\n")
+    loader = ("import sys; from cosim.loading import load; from cosim.errors import ScenarioError\n"
+              "try:\n    load(sys.argv[1])\nexcept ScenarioError as error:\n    print(error); sys.exit(2)\n")
     try:
         done = subprocess.run([sys.executable, "-c", loader, str(path)], capture_output=True, text=True, timeout=30,
                               cwd=Path(__file__).resolve().parent.parent)
@@ -357,13 +357,13 @@ routes:
 
 
 @pytest.fixture
-def valid(workdir: Path) -> scenarios.Scenario:
+def valid(workdir: Path) -> Scenario:
     path = workdir / "demo.yaml"
     path.write_text(VALID)
-    return scenarios.load(path)
+    return load(path)
 
 
-def test_defaults(valid: scenarios.Scenario, workdir: Path) -> None:
+def test_defaults(valid: Scenario, workdir: Path) -> None:
     assert valid.quantum_us == 1000
     assert valid.steps == 20
     assert valid.default_link == LinkProperties(latency_us=1000, jitter_us=0, loss=0.0)
@@ -377,7 +377,7 @@ def test_defaults(valid: scenarios.Scenario, workdir: Path) -> None:
         "vibration", 2000, "inference_request", ())
 
 
-def test_replicas_are_expanded_with_their_group(valid: scenarios.Scenario, workdir: Path) -> None:
+def test_replicas_are_expanded_with_their_group(valid: Scenario, workdir: Path) -> None:
     ids = [node.id for node in valid.nodes]
     assert ids == ["sensor", "worker-1", "worker-2", "worker-3", "single", "edge", "out"]
     assert valid.groups == {"worker": ("worker-1", "worker-2", "worker-3")}
@@ -394,7 +394,7 @@ def test_replicas_are_expanded_with_their_group(valid: scenarios.Scenario, workd
         valid.node("worker")
 
 
-def test_container_settings(valid: scenarios.Scenario) -> None:
+def test_container_settings(valid: Scenario) -> None:
     single = valid.node("single")
     assert isinstance(single, ContainerSpec)
     assert single.image == "example/single:1.0"
@@ -405,12 +405,12 @@ def test_container_settings(valid: scenarios.Scenario) -> None:
     assert isinstance(valid.node("out"), SinkSpec)
 
 
-def test_routes(valid: scenarios.Scenario) -> None:
+def test_routes(valid: Scenario) -> None:
     assert [(r.source, r.targets, r.events) for r in valid.routes] == [
         ("sensor", ("worker",), None), ("worker", ("out",), ("result",))]
 
 
-def test_link_falls_back_to_group_then_default(valid: scenarios.Scenario) -> None:
+def test_link_falls_back_to_group_then_default(valid: Scenario) -> None:
     declared = LinkProperties(latency_us=3000, jitter_us=100, loss=0.25)
     assert valid.node("edge").links == {"worker": declared}
     for replica_id in valid.groups["worker"]:
@@ -422,19 +422,19 @@ def test_link_falls_back_to_group_then_default(valid: scenarios.Scenario) -> Non
 def test_a_link_to_one_replica_overrides_the_group_link(workdir: Path) -> None:
     path = workdir / "one-replica.yaml"
     path.write_text(VALID.replace("      - to: worker\n", "      - {to: worker-2, latency_us: 9000}\n      - to: worker\n"))
-    loaded = scenarios.load(path)
+    loaded = load(path)
     assert loaded.link("edge", "worker-2") == LinkProperties(latency_us=9000)
     assert loaded.link("edge", "worker-1") == LinkProperties(latency_us=3000, jitter_us=100, loss=0.25)
     path.write_text(VALID.replace("      - to: worker\n", "      - {to: worker-4, latency_us: 9000}\n      - to: worker\n"))
-    with pytest.raises(scenarios.ScenarioError, match="link to unknown node 'worker-4'; did you mean"):
-        scenarios.load(path)
+    with pytest.raises(ScenarioError, match="link to unknown node 'worker-4'; did you mean"):
+        load(path)
 
 
 def test_explicit_values_override_defaults(workdir: Path) -> None:
     path = workdir / "explicit.yaml"
     path.write_text(PIPELINE + "trace: out/run.jsonl\ndescription: hello\n"
                     "network:\n  default_link: {latency_us: 4000, jitter_us: 7, loss: 0.5}\n")
-    loaded = scenarios.load(path)
+    loaded = load(path)
     assert loaded.trace == "out/run.jsonl"
     assert loaded.description == "hello"
     assert loaded.default_link == LinkProperties(4000, 7, 0.5)
@@ -444,4 +444,4 @@ def test_explicit_values_override_defaults(workdir: Path) -> None:
 def test_loading_is_deterministic(workdir: Path) -> None:
     path = workdir / "demo.yaml"
     path.write_text(VALID)
-    assert scenarios.load(path) == scenarios.load(path)
+    assert load(path) == load(path)
