@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from cosim import compose, detections, loading, options
+from cosim import compose, loading, options, plugins
 from cosim.errors import CosimError, TracesDiffer, UsageError
 from cosim.metrics import RunMetrics
 from cosim.paths import REPO_ROOT
@@ -138,7 +138,9 @@ def print_summary(summary: CompletedRun, out: TextIO) -> None:
     for sink, events in sorted(summary.sinks.items()):
         out.write(f"  sink {sink!r} received {len(events)} event(s)\n")
     sink_events = sorted((e for events in summary.sinks.values() for e in events), key=lambda e: e["time_us"])
-    detections.print_report(detections.report(summary.scenario, sink_events), out)
+    for plugin in plugins.used_by(summary.scenario):  # what the application adds (e.g. cosim.edge's detections)
+        if plugin.summary is not None:
+            plugin.summary(summary.scenario, sink_events, out)
     print_metrics(summary.metrics, out)
     out.write(f"  trace:   {summary.trace_path}\n  metrics: {summary.metrics_path}\n")
 

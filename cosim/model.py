@@ -57,12 +57,13 @@ class ContainerSpec(NodeSpec):
 
 @dataclass(frozen=True)
 class SensorSpec(NodeSpec):
-    """A declared in-process sensor: a reading every ``period_us`` from ``offset_us``, anomalies injected."""
+    """A declared in-process sensor: a reading every ``period_us`` from ``offset_us``, anomalies injected. ``model``
+    names the plug-in that makes its readings (cosim.plugins); ``event_type`` is filled in from it when not given."""
 
-    model: str = "vibration"
+    model: str = ""
     period_us: int = 0
     offset_us: int = 0
-    event_type: str = "inference_request"
+    event_type: str = ""
     anomalies: tuple[Anomaly, ...] = ()
 
     def anomaly_at(self, time_us: int) -> Anomaly | None:

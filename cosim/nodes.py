@@ -14,11 +14,10 @@ import random
 import time
 from typing import Any, Mapping, Protocol
 
-from cosim import protocol
+from cosim import plugins, protocol
 from cosim.errors import NodeFailure
 from cosim.model import SensorSpec
 from cosim.transport import Transport, TransportClosed, TransportTimeout
-from cosim.vibration import SignalParams, sample_features
 
 Event = dict[str, Any]
 
@@ -202,16 +201,17 @@ def _preview(raw: bytes, limit: int = 120) -> str:
 
 
 class SensorModel:
-    """In-process vibration sensor: a feature window every period, seeded noise, anomalies at set times."""
+    """In-process sensor: a reading every period from its seeded generator, anomalies at set times. What a reading
+    carries is its model's (``node.model``, a plug-in: cosim.plugins); the times and the ground truth are cosim's."""
 
-    def __init__(self, node: SensorSpec, params: SignalParams | None = None) -> None:
+    def __init__(self, node: SensorSpec) -> None:
         self.id = node.id
         self.node = node
         self.info: Mapping[str, Any] = {}
         self.barrier_group: str | None = None
         self.publishes_on_input_only = False
         self.round_trips_s: list[float] | None = None
-        self.params = params or SignalParams()
+        self.reading = plugins.sensor_model(node.model).reading
         self.rng = random.Random(0)
         self._outputs: list[Event] = []
         self._window = 0  # index of the next reading
@@ -234,7 +234,7 @@ class SensorModel:
                     "sensor": self.id,
                     "window": self._window,
                     "sampled_us": at,
-                    "features": sample_features(self.rng, self.params, severity),
+                    **self.reading(self.rng, severity),
                     "truth": "anomaly" if severity > 0 else "normal",
                 },
             })

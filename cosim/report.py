@@ -1,11 +1,12 @@
 """`invoke report TRACE`: one self-contained HTML page about a run, written beside its trace.
 
 The page holds the run's manifest (the trace header), the wall-clock metrics when the metrics file is there,
-and charts drawn with matplotlib into inline SVG: an event timeline per node, the virtual latency per link
-(and sensor to sink, for vibration runs), drops per link, and each injected anomaly with its detection. No
-script, no stylesheet or font from elsewhere: it opens offline. A run that failed shows where and why.
+and charts drawn with matplotlib into inline SVG: an event timeline per node, the virtual latency per link and
+drops per link; the sensor models' plug-ins add their parts (cosim.edge: sensor to verdict latency, each injected
+anomaly with its detection). No script, no stylesheet or font from elsewhere: it opens offline. A run that failed
+shows where and why.
 
-The scenario file is needed only for the vibration section (which anomalies were injected); it is found by
+The scenario file is needed only for those parts (which sensors, which anomalies were injected); it is found by
 its SHA-256 (the header's ``scenario_sha256``), so a report never pairs a trace with an edited scenario.
 """
 
@@ -22,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from cosim import detections, loading, trace as traces
+from cosim import loading, plugins, trace as traces
 from cosim.errors import ScenarioError
-from cosim.model import Scenario, SensorSpec
+from cosim.model import Scenario
 from cosim.paths import REPO_ROOT
 from cosim.run import artifact_paths
 from cosim.trace import Delivered, Dropped, Footer, RunError, Sent, Trace, Unroutable
@@ -127,14 +128,14 @@ def link_stats(trace: Trace) -> list[LinkStats]:
 # -- charts -----------------------------------------------------------------------------------------------------
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width, height), layout="constrained")
     return figure
 
 
-def _svg(figure: Any) -> str:
+def svg_of(figure: Any) -> str:
     """The figure as an inline <svg> element: no XML prolog, DOCTYPE or RDF metadata (which name URLs)."""
     import matplotlib
 
@@ -148,7 +149,7 @@ def _svg(figure: Any) -> str:
     return text.strip()
 
 
-def _seconds_axis(axes: Any, duration_us: int) -> None:
+def seconds_axis(axes: Any, duration_us: int) -> None:
     axes.set_xlim(0, duration_us / 1e6)
     axes.set_xlabel("virtual time (s)")
     axes.grid(axis="x", alpha=0.3)
@@ -169,7 +170,7 @@ def timeline_chart(trace: Trace) -> str:
             series["dropped"][record.source].append(record.time_us / 1e6)
         elif isinstance(record, Unroutable):
             series["unroutable"][record.source].append(record.time_us / 1e6)
-    figure = _figure(10, 0.55 * len(nodes) + 1.4)
+    figure = new_figure(10, 0.55 * len(nodes) + 1.4)
     axes = figure.add_subplot()
     offsets = {"sent": 0.27, "delivered": 0.0, "dropped": -0.27, "unroutable": -0.27}
     rasterized = len(trace.records) > RASTERIZE_ABOVE
@@ -187,15 +188,15 @@ def timeline_chart(trace: Trace) -> str:
                      label=f"run failed ({trace.error.error})")
     axes.set_yticks(list(rows.values()), list(rows.keys()))
     axes.set_ylim(-0.6, len(nodes) - 0.4)
-    _seconds_axis(axes, trace.header.duration_us)
+    seconds_axis(axes, trace.header.duration_us)
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22 if len(nodes) > 3 else -0.35), ncol=5, frameon=False)
     axes.set_title("events per node over virtual time")
-    return _svg(figure)
+    return svg_of(figure)
 
 
 def latency_chart(curves: Sequence[tuple[str, Sequence[int]]], title: str) -> str:
     """CDF of virtual latency per route, p50/p95/p99 marked on each curve."""
-    figure = _figure(10, 3.8)
+    figure = new_figure(10, 3.8)
     axes = figure.add_subplot()
     markers = {50: "o", 95: "s", 99: "^"}
     for name, values in curves[:MAX_LINKS_DRAWN]:
@@ -214,11 +215,11 @@ def latency_chart(curves: Sequence[tuple[str, Sequence[int]]], title: str) -> st
     axes.grid(alpha=0.3)
     axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
     axes.set_title(title)
-    return _svg(figure)
+    return svg_of(figure)
 
 
 def drops_chart(links: Sequence[LinkStats]) -> str:
-    figure = _figure(10, 0.42 * len(links) + 1.4)
+    figure = new_figure(10, 0.42 * len(links) + 1.4)
     axes = figure.add_subplot()
     names = [link.name for link in reversed(links)]
     delivered = [link.delivered for link in reversed(links)]
@@ -233,37 +234,7 @@ def drops_chart(links: Sequence[LinkStats]) -> str:
     axes.margins(x=0.15)
     axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
     axes.set_title("drops and losses per link")
-    return _svg(figure)
-
-
-def detections_chart(scenario: Scenario, result: detections.Report,
-                     verdicts: Sequence[Mapping[str, Any]], duration_us: int) -> str:
-    """Per sensor: injected anomaly windows, the windows the classifier flagged, and the first detection."""
-    sensors = [node for node in scenario.nodes if isinstance(node, SensorSpec)]
-    rows = {sensor.id: index for index, sensor in enumerate(reversed(sensors))}
-    figure = _figure(10, 0.6 * len(sensors) + 1.5)
-    axes = figure.add_subplot()
-    for sensor in sensors:
-        spans = [(a.at_us / 1e6, a.duration_us / 1e6) for a in sensor.anomalies]
-        axes.broken_barh(spans, (rows[sensor.id] - 0.3, 0.6), color=COLOURS["anomaly"], alpha=0.35)
-    flagged = [(v["data"]["sampled_us"] / 1e6, rows[v["data"]["sensor"]]) for v in verdicts
-               if v["data"].get("label") == "anomaly" and v["data"].get("sensor") in rows
-               and isinstance(v["data"].get("sampled_us"), int)]
-    if flagged:
-        axes.plot(*zip(*flagged), "|", color=COLOURS["dropped"], markersize=12, label="window flagged as anomaly")
-    for d in result.detections:
-        if d.detected_us is not None:
-            axes.plot(d.detected_us / 1e6, rows[d.sensor] + 0.38, "v", color="black", markersize=6)
-        else:
-            axes.annotate("missed", (d.at_us / 1e6, rows[d.sensor] + 0.34), color=COLOURS["dropped"], fontsize=8)
-    axes.plot([], [], "v", color="black", label="first detection (verdict at the sink)")
-    axes.fill_between([], [], color=COLOURS["anomaly"], alpha=0.35, label="injected anomaly")
-    axes.set_yticks(list(rows.values()), list(rows.keys()))
-    axes.set_ylim(-0.6, len(sensors) - 0.2)
-    _seconds_axis(axes, duration_us)
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False, fontsize=8)
-    axes.set_title("injected anomalies and their detection")
-    return _svg(figure)
+    return svg_of(figure)
 
 
 # -- page -------------------------------------------------------------------------------------------------------
@@ -289,7 +260,7 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Iterable[int] = ()) -> str:
+def html_table(header: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Iterable[int] = ()) -> str:
     numeric = set(numeric)
     head = "".join(f'<th{" class=n" if i in numeric else ""}>{_e(h)}</th>' for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(f'<td{" class=n" if i in numeric else ""}>{_e(c)}</td>' for i, c in enumerate(row))
@@ -347,12 +318,12 @@ def _metrics_section(metrics: Mapping[str, Any] | None) -> str:
                                              f"{overhead['per_step_us']:.1f} µs CPU per step"))
     round_trips = [(node, s["count"], f"{s['p50_us']:.0f}", f"{s['p95_us']:.0f}", f"{s['p99_us']:.0f}", f"{s['mean_us']:.0f}")
                    for node, s in sorted((metrics.get("round_trip") or {}).items()) if s]
-    table = _table(("service", "steps", "p50 µs", "p95 µs", "p99 µs", "mean µs"), round_trips, numeric=range(1, 6))
+    table = html_table(("service", "steps", "p50 µs", "p95 µs", "p99 µs", "mean µs"), round_trips, numeric=range(1, 6))
     return (_pairs(rows) + "<h3>ADVANCE → DONE round trip per service (wall clock)</h3>" + table
             + "<p class=note>Wall-clock measurements of this run: they vary between runs and are not in the trace.</p>")
 
 
-def _latency_rows(curves: Sequence[tuple[str, Sequence[int]]]) -> list[tuple[Any, ...]]:
+def latency_rows(curves: Sequence[tuple[str, Sequence[int]]]) -> list[tuple[Any, ...]]:
     return [(name, len(values), *(f"{percentile(values, q) / 1e3:.3f}" for q in PERCENTILES),
              f"{values[-1] / 1e3:.3f}") for name, values in curves if values]
 
@@ -368,7 +339,7 @@ def render(trace: Trace, metrics: Mapping[str, Any] | None, scenario: Scenario |
         parts.append(f"<p class=sub>{_e(scenario.description)}</p>")
     parts.append(f"<p class=sub>trace <code>{_e(trace.path)}</code></p>")
     parts.append(_outcome(trace))
-    parts.append(_table(("sent", "delivered", "dropped", "unroutable"), [list(counts.values())], numeric=range(4)))
+    parts.append(html_table(("sent", "delivered", "dropped", "unroutable"), [list(counts.values())], numeric=range(4)))
 
     parts.append("<h2>Manifest</h2>")
     parts.append(_pairs([
@@ -391,65 +362,39 @@ def render(trace: Trace, metrics: Mapping[str, Any] | None, scenario: Scenario |
     parts.append("<h2>Virtual latency per route</h2>")
     if any(values for _, values in hops):
         parts.append(f"<figure>{latency_chart(hops, 'virtual latency per link (CDF)')}</figure>")
-        parts.append(_table(("route", "delivered", "p50 ms", "p95 ms", "p99 ms", "max ms"), _latency_rows(hops),
-                            numeric=range(1, 6)))
+        parts.append(html_table(("route", "delivered", "p50 ms", "p95 ms", "p99 ms", "max ms"), latency_rows(hops),
+                                numeric=range(1, 6)))
     else:
         parts.append("<p class=note>No event was delivered.</p>")
 
-    verdicts, result = _vibration(trace, scenario)
-    if result is not None and scenario is not None:
-        end_to_end = _end_to_end(verdicts, scenario)
-        if end_to_end:
-            parts.append(f"<figure>{latency_chart(end_to_end, 'end to end: sensor sampling to verdict at the sink (CDF)')}</figure>")
-            parts.append(_table(("route", "verdicts", "p50 ms", "p95 ms", "p99 ms", "max ms"), _latency_rows(end_to_end),
-                                numeric=range(1, 6)))
+    added = _plugin_parts(trace, scenario)
+    for addition in added:
+        parts.extend(addition.latency)
 
     parts.append("<h2>Drops and losses per link</h2>")
     if links:
         parts.append(f"<figure>{drops_chart(links)}</figure>")
-        parts.append(_table(("link", "delivered", "dropped", "loss"),
-                            [(l.name, l.delivered, l.dropped, f"{l.loss:.2%}" if l.loss is not None else "")
-                             for l in links], numeric=range(1, 4)))
+        parts.append(html_table(("link", "delivered", "dropped", "loss"),
+                                [(l.name, l.delivered, l.dropped, f"{l.loss:.2%}" if l.loss is not None else "")
+                                 for l in links], numeric=range(1, 4)))
         if trace.footer is not None and trace.footer.in_flight:
             parts.append(f"<p class=note>{trace.footer.in_flight} event(s) were still on a link at the end (sent, "
                          "neither delivered nor dropped).</p>")
     else:
         parts.append("<p class=note>No event travelled on a link.</p>")
 
-    if result is not None and scenario is not None:
-        parts.append("<h2>Anomaly detection</h2>")
-        parts.append(f"<figure>{detections_chart(scenario, result, verdicts, header.duration_us)}</figure>")
-        rows = [(d.sensor, f"{d.at_us / 1e6:.3f}", f"{d.duration_us / 1e6:.3f}", f"{d.severity:g}",
-                 "MISSED" if d.latency_us is None else "detected",
-                 "" if d.detected_us is None else f"{d.detected_us / 1e6:.3f}",
-                 "" if d.latency_us is None else f"{d.latency_us / 1e3:.3f}") for d in result.detections]
-        parts.append(_table(("sensor", "anomaly at s", "for s", "severity", "outcome", "verdict at sink s",
-                             "latency ms"), rows, numeric=(1, 2, 3, 5, 6)))
-        parts.append(f"<p>{result.verdicts} verdicts reached a sink; {len(result.false_positives)} normal window(s) "
-                     f"flagged; {result.missed_windows} window(s) inside an anomaly labelled normal.</p>")
+    for addition in added:
+        parts.extend(addition.sections)
 
     body = "\n".join(part for part in parts if part)
     return (f"<!DOCTYPE html>\n<html lang=en>\n<head>\n<meta charset=utf-8>\n<title>cosim report: {_e(header.scenario)}"
             f"</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
 
 
-def _vibration(trace: Trace, scenario: Scenario | None) -> tuple[list[dict[str, Any]], detections.Report | None]:
-    """The verdicts that reached a sink and the detection report, when the trace has verdicts (else None)."""
-    if scenario is None:
-        return [], None
-    events = detections.sink_events_from_trace(trace.path, scenario)
-    result = detections.report(scenario, events)
-    if not result.verdicts:
-        return [], None  # no classifier verdict reached a sink: not a vibration-monitoring run
-    verdicts = [e for e in events if e.get("type") == "inference_result" and isinstance(e.get("data"), dict)]
-    return verdicts, result
-
-
-def _end_to_end(verdicts: Sequence[Mapping[str, Any]], scenario: Scenario) -> list[tuple[str, list[int]]]:
-    """Per sensor: from sampling the window to the verdict's arrival at the sink (virtual)."""
-    by_route: dict[str, list[int]] = defaultdict(list)
-    for verdict in verdicts:
-        data = verdict["data"]
-        if isinstance(data.get("sampled_us"), int) and isinstance(data.get("sensor"), str):
-            by_route[f"{data['sensor']} → {verdict.get('dest', 'sink')}"].append(verdict["time_us"] - data["sampled_us"])
-    return [(name, sorted(values)) for name, values in sorted(by_route.items())]
+def _plugin_parts(trace: Trace, scenario: Scenario | None) -> list[plugins.ReportParts]:
+    """What the scenario's sensor plug-ins add to the page (e.g. cosim.edge: the detections); none without the file."""
+    found = []
+    for plugin in plugins.used_by(scenario) if scenario is not None else []:
+        if plugin.report is not None and (parts := plugin.report(trace, scenario)) is not None:
+            found.append(parts)
+    return found

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from cosim import detections
+from cosim.edge import detections
 from cosim.run import CompletedRun, run
 from cosim.loading import load
 from cosim.model import Scenario

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import importlib.metadata
 import json
 import platform
@@ -242,7 +243,7 @@ def test_the_summary_of_a_scenario_without_a_detector_reports_no_detections(tmp_
 
 
 def test_the_summary_of_the_default_scenario_reports_each_anomaly(tmp_path: Path) -> None:
-    from cosim import detections
+    from cosim.edge import detections
     from tests.skip_policy import host_tool
 
     host_tool("mosquitto")  # the default scenario's broker, on the local runtime
@@ -261,3 +262,36 @@ def test_the_summary_of_the_default_scenario_reports_each_anomaly(tmp_path: Path
                 f"{found.latency_us / 1e3:.3f} ms later") in lines
     assert sum(line.startswith("    detected  ") for line in lines) == len(report.detections) == 3
     assert not any("MISSED" in line for line in lines)
+
+
+def test_a_sensor_model_is_a_plug_in_that_makes_the_readings_and_adds_to_the_summary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cosim.plugins: a sensor names its model; the registered plug-in makes each reading's fields, sets the default
+    event type, and its summary hook runs for a scenario that uses it (and only then)."""
+    from cosim import plugins
+    from cosim.cli import print_summary
+
+    seen: list[int] = []
+    ramp = plugins.SensorPlugin(
+        name="ramp", event_type="level", reading=lambda rng, severity: {"level": round(rng.random(), 6), "severity": severity},
+        summary=lambda scenario, sink_events, out: (seen.append(len(sink_events)),
+                                                    out.write(f"  ramp: {len(sink_events)} level(s) reached a sink\n")))
+    monkeypatch.setattr(plugins, "_registered", plugins.sensor_models())  # this test's registration ends with it
+    plugins.register(ramp)
+    scenario_path = tmp_path / "ramp.yaml"
+    scenario_path.write_text(
+        "name: ramp\nseed: 3\nduration_us: 10000\nquantum_us: 1000\nnodes:\n"
+        "  - {id: tank, kind: sensor, model: ramp, period_us: 2000, anomalies: [{at_us: 4000, severity: 0.5}],\n"
+        "     links: [{to: out, latency_us: 1000}]}\n"
+        "  - {id: out, kind: sink}\n"
+        "routes:\n  - {from: tank, to: [out]}\n")
+    completed = run(str(scenario_path), runtime="local", trace_path=str(tmp_path / "ramp.jsonl"))
+    received = completed.sinks["out"]
+    assert [e["type"] for e in received] == ["level"] * 4  # read at 2, 4, 6, 8 ms (10 ms arrives after the end)
+    assert [e["data"]["truth"] for e in received] == ["normal", "anomaly", "normal", "normal"]
+    assert all(set(e["data"]) == {"sensor", "window", "sampled_us", "level", "severity", "truth"} for e in received)
+    assert [e["data"]["severity"] for e in received] == [0.0, 0.5, 0.0, 0.0]  # the anomaly reached the model
+    out = io.StringIO()
+    print_summary(completed, out)
+    assert "  ramp: 4 level(s) reached a sink\n" in out.getvalue() and seen == [4]
+    assert "detections" not in out.getvalue() and "anomalies:" not in out.getvalue()  # vibration is not used

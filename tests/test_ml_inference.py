@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from cosim.vibration import SignalParams, sample_features
+from cosim.edge.vibration import SignalParams, sample_features
 from tests.service_process import ROOT, ServiceProcess
 
 SERVICE_DIR = ROOT / "containers" / "ml-inference"

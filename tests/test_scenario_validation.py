@@ -232,6 +232,9 @@ CASES: list[tuple[str, str, str | None, tuple[str, ...]]] = [
     ("first-reading-after-the-end", PIPELINE.replace("    period_us: 1000\n", "    period_us: 1000\n"
                                                      "    offset_us: 20000  # HERE\n"), "nodes[0].offset_us",
      ("first reading at 20000 us is after the end of the run (10000 us)",)),
+    ("unknown-sensor-model", PIPELINE.replace("    period_us: 1000\n", "    period_us: 1000\n"
+                                              "    model: thermal  # HERE\n"), "nodes[0].model",
+     ("unknown sensor model 'thermal'; known: vibration",)),
     ("shared-subscription-of-another-group", PIPELINE.replace("    build: svc\n", "    build: svc\n    replicas: 2\n"
                                                              "    config:\n      subscribe:\n        - plain/#\n"
                                                              "        - $share/other/plant/#  # HERE\n"),

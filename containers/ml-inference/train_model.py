@@ -1,9 +1,9 @@
-"""Train the vibration-anomaly classifier and export it as ONNX (run from the repository root).
+"""Train the vibration-anomaly classifier and export it as ONNX (with the Python that has cosim installed: .venv's).
 
     .venv/bin/python containers/ml-inference/train_model.py [--output PATH] [--no-eval]
 
 A logistic regression on the logarithms of the four window features (rms, peak, crest factor, kurtosis)
-of synthetic windows from cosim.vibration: healthy windows (severity 0) against bearing-fault windows
+of synthetic windows from cosim.edge.vibration: healthy windows (severity 0) against bearing-fault windows
 (severity drawn in [0.6, 1.0]). The log and the standardisation are part of the graph, so the model takes
 the raw features. Logs, because the fault features spread over a wide range: on the log scale the fit puts
 the boundary with a wider margin on the anomalous side.
@@ -26,12 +26,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a script from anywhere: cosim is not necessarily installed
+from cosim.edge.vibration import FEATURES, SignalParams, sample_features
 
-from cosim.vibration import FEATURES, SignalParams, sample_features  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 OPSET = 17  # ai.onnx opset and IR version understood by onnxruntime >= 1.14
 IR_VERSION = 8

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cosim import plugins
 from cosim.loading.positions import FieldPath, Positions
 from cosim.model import Anomaly, ContainerSpec, LinkProperties, NodeSpec, Route, Scenario, SensorSpec, SinkSpec
 from cosim.paths import service_image
@@ -125,6 +126,7 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
             read_only=doc.get("read_only", True), port=doc.get("port"),
         )
     if kind == "sensor":
+        model = _sensor_model(doc, at, positions)
         period = doc["period_us"]
         if doc.get("offset_us", period) > duration:
             raise positions.error(f"first reading at {doc.get('offset_us', period)} us is after the end of the run ({duration} us)",
@@ -136,11 +138,20 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
                            at + ("anomalies", index, "at_us"))
             anomalies.append(Anomaly(anomaly["at_us"], anomaly.get("duration_us", period), float(anomaly.get("severity", 1.0))))
         return SensorSpec(
-            id=doc["id"], kind=kind, links=links, model=doc.get("model", "vibration"), period_us=period,
-            offset_us=doc.get("offset_us", period), event_type=doc.get("event_type", "inference_request"),
+            id=doc["id"], kind=kind, links=links, model=model.name, period_us=period,
+            offset_us=doc.get("offset_us", period), event_type=doc.get("event_type", model.event_type),
             anomalies=tuple(anomalies),
         )
     return SinkSpec(id=doc["id"], kind=kind, links=links)
+
+
+def _sensor_model(doc: dict[str, Any], at: FieldPath, positions: Positions) -> plugins.SensorPlugin:
+    """The plug-in a sensor's ``model`` names (cosim.plugins)."""
+    name = doc.get("model", plugins.DEFAULT_SENSOR_MODEL)
+    models = plugins.sensor_models()
+    if name not in models:
+        raise positions.error(f"unknown sensor model {name!r}; known: {', '.join(sorted(models))}", at + ("model",))
+    return models[name]
 
 
 def _check_shared_subscriptions(doc: dict[str, Any], at: FieldPath, positions: Positions) -> None:

@@ -87,6 +87,11 @@ def sink_events_from_trace(trace_path: Path, scenario: Scenario) -> list[dict[st
     return events
 
 
+def print_summary(scenario: Scenario, sink_events: list[dict[str, Any]], out: TextIO) -> None:
+    """The detection lines of a run's summary (the sensor plug-in's summary hook)."""
+    print_report(report(scenario, sink_events), out)
+
+
 def print_report(result: Report, out: TextIO) -> None:
     """Detection lines only for a run with a detector (inference verdicts reached a sink): without one, an injected
     anomaly was never evaluated, which is not the same as missed."""
