@@ -27,10 +27,10 @@ def build(doc: dict[str, Any], positions: Positions, path: Path, sha256: str) ->
         if "quantum_us" in doc:
             raise positions.error(f"quantum {quantum} us is longer than duration_us {duration}", ("quantum_us",))
         raise positions.error(f"duration {duration} us is shorter than the default quantum_us {quantum}; set quantum_us",
-                   ("duration_us",))
+                              ("duration_us",))
     if duration % quantum:
         raise positions.error(f"quantum {quantum} us does not divide duration_us {duration} (remainder {duration % quantum} us)",
-                   ("quantum_us",) if "quantum_us" in doc else ("duration_us",))
+                              ("quantum_us",) if "quantum_us" in doc else ("duration_us",))
     if duration // quantum > MAX_STEPS:
         raise positions.error(f"{duration // quantum} steps is more than {MAX_STEPS}; use a larger quantum_us", ("quantum_us",))
 
@@ -67,7 +67,7 @@ def build(doc: dict[str, Any], positions: Positions, path: Path, sha256: str) ->
         for replica_id in ids:
             if replica_id in declared:
                 raise positions.error(f"replica id {replica_id!r} of {built.id!r} collides with another node's id",
-                           at + ("replicas",))
+                                      at + ("replicas",))
         groups[built.id] = ids
         nodes.extend(replace(built, id=replica_id, group=built.id) for replica_id in ids)
 
@@ -130,12 +130,12 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
         period = doc["period_us"]
         if doc.get("offset_us", period) > duration:
             raise positions.error(f"first reading at {doc.get('offset_us', period)} us is after the end of the run ({duration} us)",
-                       at + ("offset_us" if "offset_us" in doc else "period_us",))
+                                  at + ("offset_us" if "offset_us" in doc else "period_us",))
         anomalies = []
         for index, anomaly in enumerate(doc.get("anomalies", [])):
             if anomaly["at_us"] >= duration:
                 raise positions.error(f"anomaly at {anomaly['at_us']} us is not before the end of the run ({duration} us)",
-                           at + ("anomalies", index, "at_us"))
+                                      at + ("anomalies", index, "at_us"))
             anomalies.append(Anomaly(anomaly["at_us"], anomaly.get("duration_us", period), float(anomaly.get("severity", 1.0))))
         return SensorSpec(
             id=doc["id"], kind=kind, links=links, model=model.name, period_us=period,
@@ -163,8 +163,8 @@ def _check_shared_subscriptions(doc: dict[str, Any], at: FieldPath, positions: P
         group, _, inner = topic_filter[len("$share/"):].partition("/")
         if group != doc["id"] or not inner:
             raise positions.error(f"{topic_filter!r} shares among the replicas of {group!r}, but this node is {doc['id']!r}; "
-                       f"write '$share/{doc['id']}/<filter>' (a plain filter fans out to every subscriber)",
-                       at + ("config", "subscribe", index))
+                                  f"write '$share/{doc['id']}/<filter>' (a plain filter fans out to every subscriber)",
+                                  at + ("config", "subscribe", index))
 
 
 def _env_value(value: Any) -> str:
