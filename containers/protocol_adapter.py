@@ -135,9 +135,6 @@ class CoordinatorProtocolAdapter:
         except ProtocolError as exc:
             return self._error(exc)
 
-    # Kept for the stage report's tests and callers.
-    _process_message = handle
-
     def _handle_init(self, message: dict[str, Any]) -> dict[str, Any]:
         if self.initialized:
             raise ProtocolError("already_initialized", "INIT received twice")

@@ -142,7 +142,7 @@ class Coordinator:
         for members in self.barrier_groups.values():
             members.sort()
             for node_id in members:
-                self.nodes[node_id].members = members  # type: ignore[attr-defined]  (a ServiceNode: it declared a group)
+                self.nodes[node_id].join_barrier_group(members)
         self._always_publish = {node_id for node_id, node in self.nodes.items()
                                 if node.barrier_group is not None and not node.publishes_on_input_only}
         self.timings.init_s = time.monotonic() - started

@@ -49,6 +49,10 @@ class SimNode(Protocol):
 
     def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None: ...
 
+    def join_barrier_group(self, members: list[str]) -> None:
+        """The whole group (sorted) of the ``barrier_group`` the node declared; called once, after every INIT."""
+        ...
+
     def begin_advance(self, target_us: int, events: list[Event], peers: list[str] | None = None) -> None:
         """Start advancing to ``target_us``; ``peers``: the members of the node's barrier group advanced too."""
         ...
@@ -103,6 +107,9 @@ class ServiceNode:
         self.publishes_on_input_only = publishes == "on_input"
         if reply.get("protocol") != protocol.VERSION:
             raise self._failure(f"answered READY for protocol {reply.get('protocol')!r}; cosim speaks {protocol.VERSION}")
+
+    def join_barrier_group(self, members: list[str]) -> None:
+        self.members = members
 
     def begin_advance(self, target_us: int, events: list[Event], peers: list[str] | None = None) -> None:
         self._target_us = target_us
@@ -219,6 +226,9 @@ class SensorModel:
     def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
         self.rng = random.Random(seed)
 
+    def join_barrier_group(self, members: list[str]) -> None:
+        pass  # in-process models declare no group
+
     def severity_at(self, time_us: int) -> float:
         anomaly = self.node.anomaly_at(time_us)
         return anomaly.severity if anomaly is not None else 0.0
@@ -267,6 +277,9 @@ class SinkModel:
 
     def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
         pass
+
+    def join_barrier_group(self, members: list[str]) -> None:
+        pass  # in-process models declare no group
 
     def begin_advance(self, target_us: int, events: list[Event], peers: list[str] | None = None) -> None:
         self.received.extend(events)

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -25,6 +25,7 @@ from cosim import compose
 from cosim.run import run
 from cosim.runtimes.docker import remove_by_label
 from cosim.loading import load
+from cosim.trace import RunError, Sent, read
 from cosim.tracediff import trace_hash
 from cosim.paths import service_image
 from tests.conftest import ROOT, cosim_resources, invoke_up_session, wait_until
@@ -120,22 +121,18 @@ def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
     return process.returncode, out + err
 
 
-def records(trace: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in trace.read_text(encoding="utf-8").splitlines()]
-
-
 def assert_failed_cleanly(output: str, returncode: int, expected_code: int, trace: Path, label: str, *,
-                          node: str | None, error: str | tuple[str, ...], message: list[str]) -> dict[str, Any]:
+                          node: str | None, error: str | tuple[str, ...], message: list[str]) -> RunError:
     """The shared promises of every failure: message, exit code, no traceback, an error record last, no leftovers."""
     assert "Traceback" not in output, output
     assert returncode == expected_code, output
     assert "cosim: error:" in output, output
     for part in message:
         assert part in output, f"{part!r} not in:\n{output}"
-    last = records(trace)[-1]
-    assert last["record"] == "error", last
-    assert last["error"] in ((error,) if isinstance(error, str) else error), last
-    assert last["node"] == node, last
+    last = read(trace).error
+    assert last is not None, read(trace).end
+    assert last.error in ((error,) if isinstance(error, str) else error), last
+    assert last.node == node, last
     assert cosim_resources(label) == ([], []), f"left behind by the run with {label}"
     return last
 
@@ -161,13 +158,13 @@ def test_pipeline_with_replicas_matches_local_runtime(service_images: dict[str, 
     local_lines = (tmp_path / "local.jsonl").read_bytes().splitlines(keepends=True)
     assert docker_lines[1:] == local_lines[1:]
     assert trace_hash(tmp_path / "docker.jsonl") == trace_hash(tmp_path / "local.jsonl")
-    trace = records(tmp_path / "docker.jsonl")
-    environment = trace[0]["environment"]
+    trace = read(tmp_path / "docker.jsonl")
+    environment = trace.header.environment
     assert environment["runtime"] == "docker"
     assert environment["images"] == {service_image("echo"): service_images[service_image("echo")]}
-    assert trace[-1]["record"] == "footer" and trace[-1]["status"] == "ok"
-    assert trace[-1]["end_us"] == docker_run.scenario.duration_us
-    sources = {r["source"] for r in trace if r["record"] == "sent"}
+    assert trace.footer is not None and trace.footer.status == "ok"
+    assert trace.footer.end_us == docker_run.scenario.duration_us
+    sources = {r.source for r in trace.of(Sent)}
     assert {"echo-1", "echo-2", "echo-3", "relay", "sensor-a", "sensor-b"} <= sources  # every node took part
     assert docker_run.sinks["sink"] and docker_run.sinks == local_run.sinks
 
@@ -202,8 +199,8 @@ def test_misbehaving_service_fails_the_run_cleanly(service_images: dict[str, str
                                  error="node_failure",
                                  message=["node 'worker'", "while waiting for the reply to ADVANCE to 40000 us",
                                           "last lines of its log:", *message])
-    assert "ADVANCE to 40000 us" in last["detail"]
-    assert last["time_us"] == 39000
+    assert "ADVANCE to 40000 us" in last.detail
+    assert last.time_us == 39000
     if "hang" in scenario:
         assert "exit code" not in output  # it was still running: no exit code to report
 
@@ -224,8 +221,8 @@ def test_docker_kill_mid_run(service_images: dict[str, str], swept, tmp_path: Pa
                                  error="node_failure",
                                  message=["node 'worker'", "ended without answering", "exit code 137"])
     assert re.search(r"while waiting for the reply to ADVANCE to \d+ us", output), output
-    assert re.search(r"ADVANCE to \d+ us", last["detail"])
-    assert last["time_us"] > 0
+    assert re.search(r"ADVANCE to \d+ us", last.detail)
+    assert last.time_us > 0
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
@@ -244,7 +241,7 @@ def test_interrupt_mid_run_tears_down(service_images: dict[str, str], swept, tmp
             process.communicate()
     last = assert_failed_cleanly(output, returncode, INTERRUPTED, trace, label, node=None, error="interrupted",
                                  message=["interrupted at virtual time", "the trace so far is kept"])
-    assert last["time_us"] > 0
+    assert last.time_us > 0
 
 
 @pytest.mark.parametrize(
@@ -267,8 +264,8 @@ def test_service_that_cannot_start(service_images: dict[str, str], swept, tmp_pa
     # coordinator when the service does not answer INIT (node_failure): a race between the two is fine.
     last = assert_failed_cleanly(output, done.returncode, expected_code, trace, label, node="starter",
                                  error=("start_failed", "node_failure"), message=["node 'starter'", *message])
-    assert last["time_us"] == 0
-    assert [r["record"] for r in records(trace)] == ["header", "error"]  # nothing was simulated
+    assert last.time_us == 0
+    assert read(trace).records == ()  # nothing was simulated: a header and the error
 
 
 # -- leftovers and a missing engine ---------------------------------------------------------------------------
@@ -322,9 +319,10 @@ def test_missing_engine_is_one_clear_sentence(service_images: dict[str, str], sw
     errors = [line for line in output.splitlines() if line.strip()]
     assert errors == [errors[0]] and errors[0].startswith("cosim: error: Docker Engine is not running or not "
                                                           "reachable at DOCKER_HOST=unix:///nonexistent.sock"), output
-    assert [r["record"] for r in records(trace)] == ["header", "error"]
-    last = records(trace)[-1]
-    assert last["error"] == "start_failed" and last["node"] is None and "not reachable" in last["detail"]
+    parsed = read(trace)
+    assert parsed.records == () and parsed.error is not None  # a header and the error
+    last = parsed.error
+    assert last.error == "start_failed" and last.node is None and "not reachable" in last.detail
 
     down = subprocess.run([sys.executable, "-m", "invoke", "down"], cwd=ROOT, capture_output=True, text=True,
                           timeout=COMMAND_TIMEOUT_S, env={**os.environ, **no_engine})

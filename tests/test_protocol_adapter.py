@@ -65,7 +65,7 @@ def test_versions_agree() -> None:
 def test_init_answers_ready_and_keeps_what_init_carried() -> None:
     seen: list[Any] = []
     adapter = CoordinatorProtocolAdapter(Recorder(), on_init=seen.append, capabilities=["b", "a"])
-    reply = adapter._process_message(dict(INIT))
+    reply = adapter.handle(dict(INIT))
     assert reply == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["a", "b"]}
     assert (adapter.node_id, adapter.seed, adapter.config) == ("svc", 7, {"k": 1})
     assert adapter.endpoints == {"broker": {"host": "127.0.0.1", "port": 1883}}
@@ -81,7 +81,7 @@ def test_advance_answers_done_with_the_callbacks_events() -> None:
     assert reply == {"type": "DONE", "time_us": 1000, "events": [{"type": "out", "time_us": 700, "data": {"x": 1}}]}
     assert recorder.calls == [(0, 1000, [event(500)])]
     recorder.replies.append([])
-    assert adapter._process_message(advance(2000)) == {"type": "DONE", "time_us": 2000, "events": []}
+    assert adapter.handle(advance(2000)) == {"type": "DONE", "time_us": 2000, "events": []}
     assert recorder.calls[-1] == (1000, 2000, [])
     assert adapter.current_time_us == 2000
 
