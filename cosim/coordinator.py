@@ -74,6 +74,8 @@ class SimulationResult:
     counts: dict[str, int]
     unroutable: dict[tuple[str, str], int] = field(default_factory=dict)  # (source, type) -> count
     timings: StepTimings = field(default_factory=StepTimings)
+    dropped: dict[str, int] = field(default_factory=dict)  # reason (loss, partition, node_down) -> count
+    actions: list[dict[str, Any]] = field(default_factory=list)  # the schedule's action records, as traced
 
 
 class Coordinator:
@@ -116,6 +118,8 @@ class Coordinator:
         self.configs: dict[str, dict[str, Any]] = {}  # each node's config as of now (reconfigure merges into it)
         self.restarts: dict[str, int] = {}  # node -> restarts so far
         self.lost: dict[str, int] = {}  # node -> events dropped (node_down) since its crash
+        self.dropped: dict[str, int] = {}  # reason -> count, for the summary
+        self.actions: list[dict[str, Any]] = []  # the action records written, for the summary
 
     def run(self) -> SimulationResult:
         started = time.monotonic()
@@ -158,7 +162,8 @@ class Coordinator:
             self.trace.flush()
         self.trace.footer(self.now_us, self.scenario.steps, in_flight=len(self._pending))
         self.trace.flush()
-        return SimulationResult(self.now_us, self.scenario.steps, dict(self.trace.counts), dict(self.unroutable), self.timings)
+        return SimulationResult(self.now_us, self.scenario.steps, dict(self.trace.counts), dict(self.unroutable),
+                                self.timings, dict(sorted(self.dropped.items())), list(self.actions))
 
     # -- phases -----------------------------------------------------------------------------------
 
@@ -226,6 +231,7 @@ class Coordinator:
             time_us, source, seq, dest, event = heapq.heappop(self._pending)
             if dest in self.down:  # a crashed node: what reaches it is lost
                 self.lost[dest] = self.lost.get(dest, 0) + 1
+                self.dropped["node_down"] = self.dropped.get("node_down", 0) + 1
                 self.trace.write({"record": "dropped", "dest": dest, "reason": "node_down", "time_us": event["time_us"],
                                   "at_us": time_us, "source": source, "seq": seq, "type": event["type"],
                                   "data": event.get("data")})
@@ -261,6 +267,7 @@ class Coordinator:
             for dest in dests:
                 outcome = self.router.transmit(source, dest, time_us)
                 if isinstance(outcome, Drop):
+                    self.dropped[outcome.reason] = self.dropped.get(outcome.reason, 0) + 1
                     self.trace.write({"record": "dropped", "dest": dest, "reason": outcome.reason, **base})
                 else:
                     heapq.heappush(self._pending, (outcome.time_us, source, seq, dest, event))
@@ -289,6 +296,7 @@ class Coordinator:
             record = {"record": "action", "time_us": start_us, "action": action.kind, **action.fields()}
             record.update(self._apply(action, start_us))
             self.trace.write(record)
+            self.actions.append(record)
 
     def _apply(self, action: scheduling.Action, now_us: int) -> dict[str, Any]:
         """Carry out one action; what it observed for the trace (e.g. what a restarted node lost)."""

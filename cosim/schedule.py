@@ -132,6 +132,23 @@ class Schedule:
         return [action.record() for action in self.actions]
 
 
+def describe(record: Mapping[str, Any]) -> str:
+    """One line for people about an action record of the trace (run summary, report)."""
+    kind = record["action"]
+    if kind == "reconfigure":
+        return f"reconfigure {record['node']}: " + ", ".join(f"{k}={v}" for k, v in sorted(record["config"].items()))
+    if kind == "link":
+        return f"link {record['from']} -> {record['to']}: " + ", ".join(f"{k}={v}" for k, v in sorted(record["set"].items()))
+    if kind == "partition":
+        return "partition " + " | ".join(", ".join(group) for group in record["groups"])
+    if kind == "heal":
+        return "heal (every partition ends)"
+    if kind == "restart":
+        return (f"restart {record['node']} (restart {record['restart']}; {record['lost']} event(s) sent to it "
+                f"while it was down were lost)")
+    return f"{kind} {record.get('node', '')}".rstrip()
+
+
 # -- reading a scenario's `schedule:` ------------------------------------------------------------------
 
 
