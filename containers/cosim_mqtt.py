@@ -553,8 +553,9 @@ class MqttService:
     def _settings(self, config: Mapping[str, Any]) -> tuple[list[str], int, int]:
         """(subscribe filters, qos, broker_delay_us) from ``config``, checked (defaults: the current values)."""
         current = self.mqtt
-        filters = config.get("subscribe", [s if s.share is None else f"{SHARE_PREFIX}{s.share}/{s.topic_filter}"
-                                           for s in current.subscriptions] if current else self.default_filters)
+        kept = [s.topic_filter if s.share is None else f"{SHARE_PREFIX}{s.share}/{s.topic_filter}"
+                for s in current.subscriptions] if current else self.default_filters
+        filters = config.get("subscribe", kept)
         if not isinstance(filters, list) or not all(isinstance(f, str) and f for f in filters):
             raise ValueError(f"subscribe must be a list of topic filters, got {filters!r}")
         parse_subscriptions(filters)  # a bad $share filter fails with its own message

@@ -181,8 +181,8 @@ class CoordinatorProtocolAdapter:
                 raise ProtocolError("bad_message", f"INIT {name} must be {expected}, got {message[name]!r}")
         self.node_id = message.get("node_id")
         self.seed = message.get("seed")
-        self.config = config
-        self.endpoints = message.get("endpoints", {})
+        self.config = dict(config)  # copies: CONFIGURE merges into them
+        self.endpoints = dict(message.get("endpoints", {}))
         info: Mapping[str, Any] | None = None
         if self.on_init is not None:
             try:

@@ -18,6 +18,7 @@ from cosim.scenario import load
 from cosim.schedule import Crash, Heal, Restart
 
 from tests.conftest import CONTAINERS
+from tests.test_protocol_schema import check_trace_against_the_documentation
 
 ECHO = CONTAINERS / "echo"
 
@@ -174,6 +175,7 @@ def test_each_applied_action_is_one_record_at_its_virtual_time(every_action: tup
     assert header["schedule"][0] == {"at_us": 3_000, "action": "reconfigure", "node": "svc-1",
                                      "config": {"tick_us": 1_000}}
     assert trace[-1]["counts"]["action"] == 7
+    check_trace_against_the_documentation(every_action[0])  # every field of every record is in trace-format.md
 
 
 def test_actions_change_what_happens_from_their_time_on(every_action: tuple[Path, list[dict[str, Any]]]) -> None:
@@ -238,3 +240,34 @@ def test_a_config_the_service_refuses_fails_the_run_naming_node_and_key(tmp_path
     message = str(caught.value)
     assert "node 'svc-1'" in message and "configure_failed" in message and "unknown config keys ['tick']" in message
     assert "CONFIGURE at 5000 us" in message
+
+
+# -- infrastructure: the MQTT broker crashes and comes back (local Mosquitto) --------------------------------
+
+BROKER_CRASH = Path(__file__).parent / "scenarios_schedule" / "broker-crash.yaml"
+
+
+def check_broker_crash(trace: list[dict[str, Any]]) -> None:
+    """What tests/scenarios_schedule/broker-crash.yaml must show, on either runtime."""
+    actions = [(r["time_us"], r["action"]) for r in trace if r["record"] == "action"]
+    assert actions == [(300_000, "reconfigure"), (400_000, "reconfigure"), (400_000, "reconfigure"),
+                       (500_000, "crash"), (1_000_000, "restart")]
+    sent = [r for r in trace if r["record"] == "sent"]
+    forwarded = [r for r in sent if r["type"] == "mqtt_received"]
+    lost = [r for r in sent if r["type"] == "mqtt_lost"]
+    # The new topic from 0.3 s on; the broker delay is 2 ms from 0.4 s on (0.5 ms before).
+    assert {r["data"]["topic"] for r in forwarded if r["data"]["origin"]["time_us"] > 300_000} == {"site/pump-1"}
+    assert {r["time_us"] - r["data"]["origin"]["time_us"] for r in forwarded} == {500, 2_000}
+    # Down from 0.5 s to 1 s: each reading that reached the gateway then is reported lost, none forwarded.
+    assert lost and all(500_000 < r["time_us"] <= 1_000_000 and r["data"]["reason"] == "broker_down" for r in lost)
+    assert not [r for r in forwarded if 500_000 < r["data"]["origin"]["time_us"] <= 1_000_000]
+    assert [r for r in forwarded if r["data"]["origin"]["time_us"] > 1_000_000]  # back after the restart
+    verdicts = [r for r in trace if r["record"] == "delivered" and r["dest"] == "alerts"]
+    anomalies = {r["data"]["sampled_us"] for r in verdicts if r["data"]["label"] == "anomaly"}
+    assert not anomalies & set(range(600_000, 800_000)) and anomalies & set(range(1_500_000, 1_700_000))
+    assert trace[-1]["record"] == "footer"
+
+
+def test_the_broker_crashes_and_comes_back_and_the_gateway_resumes(tmp_path: Path) -> None:
+    completed = run(BROKER_CRASH, runtime="local", trace_path=tmp_path / "t.jsonl", watchdog_s=30.0)
+    check_broker_crash(records(completed.trace_path))
