@@ -144,8 +144,8 @@ def describe(record: Mapping[str, Any]) -> str:
     if kind == "heal":
         return "heal (every partition ends)"
     if kind == "restart":
-        return (f"restart {record['node']} (restart {record['restart']}; {record['lost']} event(s) sent to it "
-                f"while it was down were lost)")
+        lost = f"; {record['lost']} event(s) sent to it while it was down were lost" if record.get("lost") else ""
+        return f"restart {record['node']} (restart {record['restart']}{lost})"
     return f"{kind} {record.get('node', '')}".rstrip()
 
 
