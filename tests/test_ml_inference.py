@@ -64,7 +64,7 @@ def test_ready_advertises_inference_capability(service: ServiceProcess) -> None:
     import numpy
     import onnxruntime
 
-    assert service.init() == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["inference"],
+    assert service.init() == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["configure", "inference"],
                               "info": {"model_sha256": MODEL_SHA256, "onnxruntime": onnxruntime.__version__,
                                        "numpy": numpy.__version__}}
 
@@ -90,6 +90,26 @@ def test_results_are_stamped_after_the_processing_delay(service: ServiceProcess)
     second = service.advance(2_000)  # the result of the request at 900 us is due at 1150 us: next window
     assert [(e["time_us"], e["data"]["window"]) for e in second["events"]] == [(1_150, 2)]
     assert second["events"][0]["data"]["label"] == "normal"
+
+
+def test_configure_changes_threshold_and_delay_for_later_requests_and_refuses_unknown_keys(
+        service: ServiceProcess) -> None:
+    features = sample_features(random.Random(8), SignalParams(), 0.6)
+    service.init({"processing_delay_us": 100})
+    before = service.advance(1_000, [request(300, features, window=1)])["events"][0]
+    assert service.request({"type": "CONFIGURE", "time_us": 1_000, "config": {"threshold": 1.0,
+                                                                              "processing_delay_us": 10}}) == {
+        "type": "CONFIGURED", "time_us": 1_000}
+    after = service.advance(2_000, [request(1_300, features, window=2)])["events"][0]
+    assert (before["time_us"], after["time_us"]) == (400, 1_310)
+    assert after["data"]["score"] == before["data"]["score"] and after["data"]["label"] == "normal"  # nothing > 1.0
+    refused = service.request({"type": "CONFIGURE", "time_us": 2_000, "config": {"treshold": 0.2}})
+    assert refused["type"] == "ERROR" and refused["error"] == "configure_failed"
+    assert "unknown config keys ['treshold']" in refused["detail"]
+    bad = service.request({"type": "CONFIGURE", "time_us": 2_000, "config": {"threshold": 0.2, "processing_delay_us": -1}})
+    assert bad["error"] == "configure_failed"
+    third = service.advance(3_000, [request(2_300, features, window=3)])["events"][0]
+    assert third["time_us"] == 2_310 and third["data"]["label"] == "normal"  # the refused change changed nothing
 
 
 def test_same_input_gives_bitwise_identical_output() -> None:
