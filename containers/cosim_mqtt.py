@@ -409,12 +409,13 @@ class VirtualTimeClient:
             self.barriers.clear()
 
     def come_back(self, host: str, port: int) -> None:
-        """The broker is back (at ``host:port``): connect afresh and subscribe; a new epoch for the barriers."""
+        """The broker is back (at ``host:port``): connect afresh and subscribe. The barrier epoch stays: nothing was
+        pending when we let go (``go_offline`` settled first), so no older barrier can be mistaken for a new one,
+        and a member restarted meanwhile (epoch 0) still agrees with the others."""
         self.host, self.port = host, port
         with self.cond:
             self.connack, self.lost, self.suback, self.closing = None, None, {}, False
             self.offline = False
-            self.epoch += 1
         self.connect(again=True)
 
     def _share_groups(self) -> dict[str, list[str]]:
