@@ -24,8 +24,10 @@ DEFAULT_SCENARIO = "scenarios/default.yaml"
 def validate(path: str, out: TextIO = sys.stdout) -> None:
     loaded = scenarios.load(path)
     containers = len(loaded.containers)
+    actions = len(loaded.schedule.actions)
     out.write(f"{path}: valid scenario {loaded.name!r}: {len(loaded.nodes)} nodes ({containers} container), "
-              f"{len(loaded.routes)} routes, {loaded.steps} steps of {loaded.quantum_us} us\n")
+              f"{len(loaded.routes)} routes, {loaded.steps} steps of {loaded.quantum_us} us"
+              + (f", {actions} scheduled action(s)" if actions else "") + "\n")
 
 
 def render(path: str, out: TextIO = sys.stdout) -> Path:

@@ -184,6 +184,9 @@ def timeline_chart(trace: Trace) -> str:
     if trace.error is not None:
         axes.axvline(trace.error.time_us / 1e6, color=COLOURS["dropped"], linestyle="--", linewidth=1.5,
                      label=f"run failed ({trace.error.error})")
+    for index, action in enumerate(trace.of(Action)):  # the schedule's changes, so their effects line up
+        axes.axvline(action.time_us / 1e6, color="#7a5195", linestyle=":", linewidth=1.0,
+                     label="schedule action" if index == 0 else None)
     axes.set_yticks(list(rows.values()), list(rows.keys()))
     axes.set_ylim(-0.6, len(nodes) - 0.4)
     _seconds_axis(axes, trace.header.duration_us)

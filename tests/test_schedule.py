@@ -207,6 +207,14 @@ def test_a_run_with_a_schedule_is_reproducible_and_reads_back(every_action: tupl
     assert len(read.to_dataframe()) == len(read.records) - len(read.of(traces.Action))
 
 
+def test_the_report_lists_the_actions_and_the_drops_by_reason(every_action: tuple[Path, list[dict[str, Any]]]) -> None:
+    from cosim.report import write_report
+
+    html = write_report(every_action[0]).read_text(encoding="utf-8")
+    assert "<h2>Schedule</h2>" in html and "restart svc-2 (restart 1; " in html and "schedule action" in html
+    assert "partition sensor | svc-1, svc-2" in html and "node_down" in html
+
+
 def test_a_scenario_without_a_schedule_keeps_its_trace_format(tmp_path: Path) -> None:
     completed = run(write(tmp_path, ""), runtime="local", trace_path=tmp_path / "t.jsonl", watchdog_s=20.0)
     trace = records(completed.trace_path)
