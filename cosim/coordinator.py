@@ -30,9 +30,9 @@ from cosim.errors import InfrastructureExited, Interrupted, NodeFailure, Unsuppo
 from cosim.network import Drop, Router
 from cosim.nodes import Event, ServiceNode, SimNode
 from cosim.model import ContainerSpec, Scenario
-from cosim.transport import Transport
 from cosim.seeds import node_seed
 from cosim.trace import TraceWriter, header_environment
+from cosim.transport import Transport
 
 Progress = Callable[[int, int], None]  # (virtual time now, duration), both in us
 INFRASTRUCTURE_EXIT_WAIT_S = 1.0  # wall clock, on failure only: how long an infrastructure exit may take to show
