@@ -1,4 +1,5 @@
-"""The JSONL trace: a header, one record per event sent, delivered, dropped or unroutable, then a footer.
+"""The JSONL trace: a header, one record per event sent, delivered, dropped, unroutable or filtered and per action of
+the schedule, then a footer.
 
 Canonical JSON (sorted keys, fixed separators), so the same run gives the same bytes. Nothing measured on the
 wall clock belongs here (that goes to the metrics file). A run that fails ends with an ``error`` record

@@ -92,15 +92,14 @@ class LocalRuntime:
 
     def crash(self, node_id: str) -> None:
         transport = self._transports.get(node_id)
-        if transport is not None:
-            transport.close(grace_s=0.0)  # SIGKILL to its process group, at once
-            return
-        process = self._infrastructure[node_id]
+        process = transport.process if transport is not None else self._infrastructure[node_id]
         try:
             os.killpg(process.pid, signal.SIGKILL)  # its own session (start_new_session): the whole group
         except ProcessLookupError:
             pass
         process.wait()
+        if transport is not None:
+            transport.close(grace_s=0.0)  # killed before its stdin closed: no orderly shutdown, a crash
 
     def restart(self, node_id: str) -> Transport | None:
         node = next(node for node in self.scenario.containers if node.id == node_id)
