@@ -112,6 +112,18 @@ def test_configure_changes_threshold_and_delay_for_later_requests_and_refuses_un
     assert third["time_us"] == 2_310 and third["data"]["label"] == "normal"  # the refused change changed nothing
 
 
+def test_configure_switches_to_the_other_model_in_the_image(service: ServiceProcess) -> None:
+    mild = sample_features(random.Random(4), SignalParams(), 0.4)  # a mild fault: below what model.onnx flags
+    service.init()
+    before = service.advance(1_000, [request(500, mild, window=1)])["events"][0]["data"]
+    assert service.request({"type": "CONFIGURE", "time_us": 1_000, "config": {"model_path": "model-mild.onnx"}})[
+        "type"] == "CONFIGURED", service.stderr()
+    after = service.advance(2_000, [request(1_500, mild, window=2)])["events"][0]["data"]
+    assert (before["label"], after["label"]) == ("normal", "anomaly")
+    assert (before["model_sha256"], after["model_sha256"]) == (
+        MODEL_SHA256, hashlib.sha256((SERVICE_DIR / "model-mild.onnx").read_bytes()).hexdigest())
+
+
 def test_same_input_gives_bitwise_identical_output() -> None:
     rng = random.Random(9)
     rows = [sample_features(rng, SignalParams(), severity) for severity in (0.0, 0.3, 0.45, 0.6, 1.0)]
@@ -210,9 +222,10 @@ def test_bad_config_fails_init(config: dict[str, Any], message: str) -> None:
         assert proc.proc.wait(timeout=proc.timeout_s) == 1
 
 
-def test_train_model_regenerates_the_committed_model_bit_for_bit(tmp_path: Path) -> None:
-    output = tmp_path / "model.onnx"
-    completed = subprocess.run([sys.executable, str(SERVICE_DIR / "train_model.py"), "--no-eval", "--output", str(output)],
-                               cwd=ROOT, capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("name, options", [("model.onnx", []), ("model-mild.onnx", ["--min-severity", "0.3"])])
+def test_train_model_regenerates_the_committed_models_bit_for_bit(tmp_path: Path, name: str, options: list[str]) -> None:
+    output = tmp_path / name
+    completed = subprocess.run([sys.executable, str(SERVICE_DIR / "train_model.py"), "--no-eval", "--output", str(output),
+                                *options], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
-    assert hashlib.sha256(output.read_bytes()).hexdigest() == MODEL_SHA256
+    assert output.read_bytes() == (SERVICE_DIR / name).read_bytes()

@@ -8,7 +8,8 @@ label "anomaly"|"normal", score rounded to 6 decimals, model_sha256), stamped at
 Other event types are counted and ignored.
 
 Config (all optional):
-  model_path:           the ONNX model (default: model.onnx next to this file, i.e. /app/model.onnx in the image)
+  model_path:           the ONNX model; a relative path is taken beside this file, where the image has model.onnx
+                        (the default) and model-mild.onnx (trained on milder faults too; see train_model.py)
   threshold:            score above which a window is an anomaly (default 0.5)
   processing_delay_us:  modelled compute time added to each result's timestamp (default 0)
 
@@ -82,7 +83,9 @@ class InferenceService:
         if not isinstance(delay, int) or isinstance(delay, bool) or delay < 0:
             raise ValueError(f"config processing_delay_us must be an integer >= 0, got {delay!r}")
         if self.session is None or "model_path" in config:
-            self.session, self.model_sha256 = load_model(Path(config.get("model_path") or DEFAULT_MODEL_PATH))
+            # A relative path names a file beside this service: one of the models in the image (/app).
+            self.session, self.model_sha256 = load_model(DEFAULT_MODEL_PATH.parent / (config.get("model_path")
+                                                                                      or DEFAULT_MODEL_PATH))
         self.threshold = float(threshold)
         self.delay_us = delay
 
