@@ -212,8 +212,9 @@ def _action(kind: str, item: dict[str, Any], at: FieldPath, nodes: NodeFacts, qu
         if changes.get("latency_us", quantum_us) < quantum_us:
             raise fail(f"latency {changes['latency_us']} us is shorter than the quantum {quantum_us} us; every link "
                        f"needs latency_us >= quantum_us", at + ("set", "latency_us"))
-        if set(sources) & set(dests):
-            raise fail("a link joins two different nodes; `from` and `to` name the same one", at + ("link",))
+        shared = sorted(set(sources) & set(dests))
+        if shared:
+            raise fail(f"a link joins two different nodes; `from` and `to` both name {', '.join(shared)}", at + ("link",))
         return [SetLink(at_us, source, dest, changes) for source in sources for dest in dests]
     if kind == "partition":
         groups: list[tuple[str, ...]] = []

@@ -76,6 +76,9 @@ def records(path: Path) -> list[dict[str, Any]]:
     ("{at_us: 3_000, reconfigure: svc-1}", "a reconfigure action needs `config`"),
     ("{at_us: 3_000, heal: false}", "schedule[0].heal: expected True"),
     ("{at_us: 3_000, crashh: svc-1}", "unknown key 'crashh'; did you mean 'crash'?"),
+    ("{at_us: 3_000, reconfigure: svc-1, config: {}}", "schedule[0].config: must not be empty"),
+    ("{at_us: 3_000, link: {from: svc-1, to: svc}, set: {loss: 0.2}}", "`from` and `to` both name svc-1"),
+    ("{at_us: 3_000, partition: [[sensor]]}", "schedule[0].partition: needs at least 2 items"),
 ])
 def test_bad_schedules_are_refused_clearly(tmp_path: Path, item: str, expected: str) -> None:
     path = write(tmp_path, f"  - {item}\n")
