@@ -315,3 +315,16 @@ def test_four_mqtt_clients_survive_broker_restarts_and_a_member_restart_reproduc
                  and r["type"] == "mqtt_received"]
     assert [t for t in forwarded if t > 3_600_000]  # the restarted replica is back in the group after both
     assert trace[-1]["record"] == "footer"
+
+
+def test_an_unplanned_crash_still_fails_the_run_while_a_planned_one_does_not(tmp_path: Path) -> None:
+    from cosim.errors import NodeFailure
+
+    base = BASE.replace("replicas: 2, config: {tick_us: 5_000}", "replicas: 2, config: {exit_at_us: 6_000}")
+    path = write(tmp_path, "  - {at_us: 3_000, crash: svc-2}\n", base)  # svc-1 exits on its own at 6 ms
+    with pytest.raises(NodeFailure) as caught:
+        run(path, runtime="local", trace_path=tmp_path / "t.jsonl", watchdog_s=20.0)
+    assert caught.value.node == "svc-1" and caught.value.process_exit_code == 3
+    trace = records(tmp_path / "t.jsonl")
+    assert [r["action"] for r in trace if r["record"] == "action"] == ["crash"]
+    assert (trace[-1]["record"], trace[-1]["node"], trace[-1]["error"]) == ("error", "svc-1", "node_failure")
