@@ -128,7 +128,7 @@ class VirtualTimeClient:
         self.host, self.port = host, port
         self.subscriptions = parse_subscriptions(filters)
         self.qos = qos
-        self.delay_us = delay_us
+        self.delays: list[tuple[int, int]] = [(-1, delay_us)]  # (since_us, delay): for windows ending after since
         self.connect_timeout_s = connect_timeout_s
         self.barrier_timeout_s = barrier_timeout_s
         self.barrier_topic = BARRIER_PREFIX + node_id
@@ -154,6 +154,19 @@ class VirtualTimeClient:
         self.epoch = 0
         self.rejoined: dict[str, int] = {}  # member -> latest epoch it announced
         self.outbox: list[tuple[int, int, str, bytes | None]] = []  # (window current, target, topic, payload; None: barrier)
+        self.offline = False  # the broker is down by plan (CONFIGURE with its endpoint null) until it is back
+
+    @property
+    def delay_us(self) -> int:
+        return self.delays[-1][1]
+
+    def delay_for(self, window_us: int) -> int:
+        """broker_delay_us as it was when the window ending at ``window_us`` was published (a reconfigure changes it
+        for the windows after it; messages already published keep theirs)."""
+        for since, delay in reversed(self.delays):
+            if window_us > since:
+                return delay
+        return self.delays[0][1]
 
     @property
     def where(self) -> str:
@@ -205,9 +218,21 @@ class VirtualTimeClient:
                 raise BrokerError(f"{self.where} accepted TCP but sent no CONNACK within {self.connect_timeout_s:g}s")
             if self.connack is None or self.connack.is_failure:
                 raise BrokerError(f"{self.where} refused the connection: {self.connack or self.lost}")
+        subscriptions = self._subscribe(deadline)
+        log.info("connected to %s as cosim-%s; subscribed to %s", self.where, self.node_id, subscriptions)
+        if again:
+            return
+        # The broker's version, for the run's manifest: Mosquitto keeps it as a retained $SYS message.
+        client.subscribe(SYS_VERSION_TOPIC, 0)
+        with self.cond:
+            self.cond.wait_for(lambda: self.broker_version is not None, min(SYS_VERSION_WAIT_S, _left(deadline)))
+
+    def _subscribe(self, deadline: float) -> list[str]:
+        """Subscribe to our filters and the control topics; wait for the broker to confirm them."""
+        assert self.client is not None
         subscriptions = [(f, self.qos) for f in
                          sorted({s.topic_filter for s in self.subscriptions} | {BARRIER_FILTER, REJOIN_FILTER})]
-        rc, mid = client.subscribe(subscriptions)
+        rc, mid = self.client.subscribe(subscriptions)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise BrokerError(f"could not subscribe at {self.where}: {mqtt.error_string(rc)}")
         with self.cond:
@@ -218,13 +243,7 @@ class VirtualTimeClient:
             refused = [f for (f, _), code in zip(subscriptions, self.suback[mid]) if code.is_failure]
             if refused:
                 raise BrokerError(f"{self.where} refused subscriptions {refused}")
-        log.info("connected to %s as cosim-%s; subscribed to %s", self.where, self.node_id, [f for f, _ in subscriptions])
-        if again:
-            return
-        # The broker's version, for the run's manifest: Mosquitto keeps it as a retained $SYS message.
-        client.subscribe(SYS_VERSION_TOPIC, 0)
-        with self.cond:
-            self.cond.wait_for(lambda: self.broker_version is not None, min(SYS_VERSION_WAIT_S, _left(deadline)))
+        return [f for f, _ in subscriptions]
 
     # -- network-thread callbacks (paho VERSION2 signatures) --------------------------------------
 
@@ -285,10 +304,12 @@ class VirtualTimeClient:
         whole group.
         """
         assert self.client is not None
+        if self.offline:  # the broker is down (a planned crash): nothing gets through until it is back
+            return self._lost(outgoing) + self._due(target)
         if self.lost is not None:
             self._recover(current, target)
         # Our publications that a peer may still need after a broker restart: windows not yet consumed by all.
-        self.outbox = [entry for entry in self.outbox if entry[0] + self.delay_us >= current]
+        self.outbox = [entry for entry in self.outbox if entry[0] + self.delay_for(entry[1]) >= current]
         if peers is None:
             peers = [self.node_id] if outgoing else []
         peer_ids = tuple(sorted(set(peers)))
@@ -308,7 +329,7 @@ class VirtualTimeClient:
         if peer_ids:  # a window without publishers has nothing to wait for
             self.pending.append(PendingWindow(current, target, peer_ids))
         # Windows whose messages can be due by `target`: their earliest delivery is current + delay.
-        needed = [w for w in self.pending if w.current_us + self.delay_us < target]
+        needed = [w for w in self.pending if w.current_us + self.delay_for(w.target_us) < target]
         self._wait_for_barriers(needed, current, target)
         with self.cond:
             arrived, self.arrived = self.arrived, []
@@ -319,19 +340,83 @@ class VirtualTimeClient:
             if envelope["node"] not in self.members:  # enveloped, but by a client outside our group
                 external.append((topic, canonical(envelope)))
                 continue
-            heapq.heappush(self.queue, Delivery(envelope["time_us"] + self.delay_us, envelope["node"],
+            heapq.heappush(self.queue, Delivery(envelope["time_us"] + self.delay_for(envelope["window_us"]), envelope["node"],
                                                 envelope["node_seq"], topic, envelope))
+        due = self._due(target)
+        with self.cond:
+            # A window's messages are all due by its target + delay: its barriers are no longer needed then.
+            waiting = {w.target_us for w in self.pending}
+            for old in [t for t in self.barriers if t + self.delay_for(t) <= target and t not in waiting]:
+                del self.barriers[old]
+        return due + external_events(external, target)
+
+    def _due(self, target: int) -> list[dict[str, Any]]:
+        """The queued messages due by ``target`` (every barrier of their windows is in), as events."""
         due = []
         with self.cond:
             while self.queue and self.queue[0].time_us <= target:
-                delivery = heapq.heappop(self.queue)  # due: every barrier of its window is in
+                delivery = heapq.heappop(self.queue)
                 if self._keeps(delivery):
                     due.append(delivery.event())
-            # A window's messages are all due by its target + delay: its barriers are no longer needed then.
-            waiting = {w.target_us for w in self.pending}
-            for old in [t for t in self.barriers if t + self.delay_us <= target and t not in waiting]:
-                del self.barriers[old]
-        return due + external_events(external, target)
+        return due
+
+    def _lost(self, outgoing: list[tuple[str, str, int, str, int, Any]]) -> list[dict[str, Any]]:
+        """What could not be published while the broker is down, as ``mqtt_lost`` events (so the trace shows it)."""
+        return [{"type": "mqtt_lost", "time_us": time_us, "data": {"topic": topic, "source": source, "seq": seq,
+                                                                    "type": kind, "reason": "broker_down"}}
+                for topic, kind, time_us, source, seq, _ in outgoing]
+
+    # -- changes from the schedule (CONFIGURE) ----------------------------------------------------
+
+    def settle(self) -> None:
+        """Wait for the barriers of every window still pending: every message published so far has arrived (so
+        a change made now cannot race with one of them)."""
+        if self.offline or self.client is None:
+            return
+        self._wait_for_barriers(list(self.pending), -1, -1)
+        with self.cond:
+            arrived, self.arrived = self.arrived, []
+            self.pending.clear()
+        for topic, envelope in arrived:
+            if envelope["node"] in self.members:
+                heapq.heappush(self.queue, Delivery(envelope["time_us"] + self.delay_for(envelope["window_us"]),
+                                                    envelope["node"], envelope["node_seq"], topic, envelope))
+
+    def set_delay(self, since_us: int, delay_us: int) -> None:
+        """broker_delay_us for the windows ending after ``since_us``."""
+        self.delays.append((since_us, delay_us))
+
+    def resubscribe(self, filters: list[str], qos: int) -> None:
+        """New subscriptions (and QoS) from now on: drop the filters no longer wanted, subscribe the others."""
+        old = {s.topic_filter for s in self.subscriptions}
+        self.subscriptions = parse_subscriptions(filters)
+        self.share_members = {}  # recomputed at the next step
+        self.qos = qos
+        if self.offline or self.client is None:
+            return  # subscribed when the broker is back
+        gone = sorted(old - {s.topic_filter for s in self.subscriptions})
+        if gone:
+            self.client.unsubscribe(gone)
+        self._subscribe(time.monotonic() + self.connect_timeout_s)
+
+    def go_offline(self) -> None:
+        """The broker is about to go away (a planned crash): let go of it cleanly, after what is in flight."""
+        self.settle()
+        self.close()
+        with self.cond:
+            self.offline = True
+            self.outbox.clear()
+            self.barriers.clear()
+
+    def come_back(self, host: str, port: int) -> None:
+        """The broker is back (at ``host:port``): connect afresh and subscribe. The barrier epoch stays: nothing was
+        pending when we let go (``go_offline`` settled first), so no older barrier can be mistaken for a new one,
+        and a member restarted meanwhile (epoch 0) still agrees with the others."""
+        self.host, self.port = host, port
+        with self.cond:
+            self.connack, self.lost, self.suback, self.closing = None, None, {}, False
+            self.offline = False
+        self.connect(again=True)
 
     def _share_groups(self) -> dict[str, list[str]]:
         """Each share group's replicas among the barrier group's members; we must be one of them."""
@@ -441,6 +526,11 @@ class MqttService:
         self.broker = "mqtt-broker"
         self.node_id = "mqtt-client"
 
+    CONFIG_KEYS = frozenset({"broker", "topic", "subscribe", "qos", "broker_delay_us", "connect_timeout_s",
+                             "barrier_timeout_s"})
+    RECONFIGURABLE = frozenset({"topic", "subscribe", "qos", "broker_delay_us", "connect_timeout_s",
+                                "barrier_timeout_s"})  # a subclass adds its own keys
+
     def on_init(self, message: Mapping[str, Any]) -> dict[str, str]:
         config = message.get("config") or {}
         self.node_id = str(message.get("node_id") or self.node_id)
@@ -449,23 +539,64 @@ class MqttService:
         endpoint = endpoints.get(self.broker)
         if not isinstance(endpoint, Mapping) or not isinstance(endpoint.get("host"), str) or not isinstance(endpoint.get("port"), int):
             raise ValueError(f"no endpoint {{host, port}} for broker node {self.broker!r} in INIT endpoints (have {sorted(endpoints)})")
-        filters = config.get("subscribe", self.default_filters)
-        if not isinstance(filters, list) or not all(isinstance(f, str) and f for f in filters):
-            raise ValueError(f"subscribe must be a list of topic filters, got {filters!r}")
-        parse_subscriptions(filters)  # a bad $share filter fails INIT with its own message
-        qos = int(config.get("qos", 1))
-        if qos not in (0, 1, 2):
-            raise ValueError(f"qos must be 0, 1 or 2, got {qos}")
-        delay_us = int(config.get("broker_delay_us", 0))
-        if delay_us < 0:
-            raise ValueError(f"broker_delay_us must be >= 0, got {delay_us}")
+        filters, qos, delay_us = self._settings(config)
         self.configure(config)
         self.mqtt = VirtualTimeClient(
             self.node_id, endpoint["host"], endpoint["port"], list(filters), qos=qos, delay_us=delay_us,
             connect_timeout_s=float(config.get("connect_timeout_s", 10.0)),
             barrier_timeout_s=float(config.get("barrier_timeout_s", 10.0)))
+        # A restarted node numbers its messages afresh, past anything its earlier incarnation published, so that
+        # subscribers (who drop a message numbered at or below the last one seen) take them.
+        self.mqtt.node_seq = int(message.get("restart") or 0) << 32
         self.mqtt.connect()
         return self.mqtt.info
+
+    def _settings(self, config: Mapping[str, Any]) -> tuple[list[str], int, int]:
+        """(subscribe filters, qos, broker_delay_us) from ``config``, checked (defaults: the current values)."""
+        current = self.mqtt
+        kept = [s.topic_filter if s.share is None else f"{SHARE_PREFIX}{s.share}/{s.topic_filter}"
+                for s in current.subscriptions] if current else self.default_filters
+        filters = config.get("subscribe", kept)
+        if not isinstance(filters, list) or not all(isinstance(f, str) and f for f in filters):
+            raise ValueError(f"subscribe must be a list of topic filters, got {filters!r}")
+        parse_subscriptions(filters)  # a bad $share filter fails with its own message
+        qos = config.get("qos", current.qos if current else 1)
+        if qos not in (0, 1, 2) or isinstance(qos, bool):
+            raise ValueError(f"qos must be 0, 1 or 2, got {qos!r}")
+        delay_us = config.get("broker_delay_us", current.delay_us if current else 0)
+        if not isinstance(delay_us, int) or isinstance(delay_us, bool) or delay_us < 0:
+            raise ValueError(f"broker_delay_us must be an integer >= 0, got {delay_us!r}")
+        return filters, qos, delay_us
+
+    def on_configure(self, message: Mapping[str, Any]) -> None:
+        """The schedule's reconfigure (topic, subscribe, qos, broker_delay_us, timeouts), or the broker going
+        away (its endpoint null) and coming back. Everything is checked before anything changes."""
+        assert self.mqtt is not None
+        config = message.get("config") or {}
+        unknown = sorted(set(config) - self.RECONFIGURABLE)
+        if unknown:
+            fixed = sorted(set(unknown) & self.CONFIG_KEYS)
+            raise ValueError(f"config keys {unknown} cannot change during a run"
+                             + ("" if fixed else f"; reconfigurable: {', '.join(sorted(self.RECONFIGURABLE))}"))
+        filters, qos, delay_us = self._settings(config)
+        self.configure(config)  # the subclass's own keys (checked there)
+        client, now = self.mqtt, int(message["time_us"])
+        if "subscribe" in config or "qos" in config or "broker_delay_us" in config:
+            client.settle()  # what was published before the change arrives as before it
+        if delay_us != client.delay_us:
+            client.set_delay(now, delay_us)
+        if "subscribe" in config or qos != client.qos:
+            client.resubscribe(filters, qos)
+        for name in ("connect_timeout_s", "barrier_timeout_s"):
+            if name in config:
+                setattr(client, name, float(config[name]))
+        endpoints = message.get("endpoints") or {}
+        if self.broker in endpoints:
+            endpoint = endpoints[self.broker]
+            if endpoint is None:
+                client.go_offline()
+            else:
+                client.come_back(endpoint["host"], endpoint["port"])
 
     def configure(self, config: Mapping[str, Any]) -> None:
         """Service-specific config (called before connecting)."""
@@ -480,7 +611,7 @@ class MqttService:
     def serve(self, capabilities: list[str]) -> None:
         # Both bundled clients publish only what their input events carry: idle windows cost no broker traffic.
         serve(self.advance, on_init=self.on_init, on_shutdown=self.on_shutdown, capabilities=capabilities,
-              barrier_group=self.barrier_group, barrier_publishes="on_input")
+              barrier_group=self.barrier_group, barrier_publishes="on_input", on_configure=self.on_configure)
 
     def advance(self, current: int, target: int, events: list[dict[str, Any]],
                 peers: list[str] | None = None, members: list[str] | None = None) -> list[dict[str, Any]]:

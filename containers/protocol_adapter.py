@@ -7,6 +7,8 @@ One stdlib-only file that any image can copy next to its service. The service su
     INIT{protocol, time_us: 0, node_id,  READY{protocol, time_us: 0, capabilities}
          seed, config, endpoints}
     ADVANCE{time_us, events}             DONE{time_us, events}
+    CONFIGURE{time_us, config?,          CONFIGURED{time_us}   (only to a service with on_configure)
+              endpoints?}
     SHUTDOWN                             (flushes, exits 0; no reply)
                                          ERROR{error, detail, fatal}   on anything wrong
 
@@ -29,6 +31,13 @@ name a barrier group (e.g. the MQTT broker's node id); READY then declares it (w
 "always", or "on_input" for a service that publishes to its group only in windows with input events), every
 ADVANCE carries ``peers`` (the members that may publish in that window), the first one also ``members`` (the
 whole group), and the callback gets both as keywords (``members``: the latest list received).
+``on_configure(message)`` (optional; READY then declares the capability "configure") takes CONFIGURE, sent at the
+start of a window (its ``time_us``, the window's start, is not before the service's current time): ``config`` holds the keys to change (the
+adapter merges them into ``self.config``: top-level keys replace, others stay), ``endpoints`` the endpoints that
+changed (null: that infrastructure node is gone until it comes back). The hook should check before it changes
+anything: an exception is answered with a non-fatal ERROR (``configure_failed``), which fails the run.
+A node restarted by the schedule gets INIT again (same seed) with ``time_us`` the time it resumes at and
+``restart`` (1, 2, ...): the adapter starts its clock there.
 See docs/protocol.md for the full specification.
 """
 
@@ -47,6 +56,7 @@ Callback = Callable[[int, int, list[Event]], Iterable[Event]]
 InitHook = Callable[[Mapping[str, Any]], "Mapping[str, Any] | None"]  # may return READY's `info`
 ShutdownHook = Callable[[], None]
 GroupHook = Callable[[], "str | None"]  # the barrier group this service joins, if any
+ConfigureHook = Callable[[Mapping[str, Any]], None]  # takes CONFIGURE (new config keys, changed endpoints)
 
 log = logging.getLogger("cosim.adapter")
 
@@ -88,8 +98,12 @@ class CoordinatorProtocolAdapter:
         capabilities: Iterable[str] = (),
         barrier_group: GroupHook | None = None,
         barrier_publishes: str = "always",
+        on_configure: ConfigureHook | None = None,
     ) -> None:
         self.callback = callback
+        self.on_configure = on_configure
+        if on_configure is not None:
+            capabilities = [*capabilities, "configure"]
         self.barrier_publishes = barrier_publishes
         self.barrier_group_hook = barrier_group
         self.barrier_group: str | None = None
@@ -126,12 +140,14 @@ class CoordinatorProtocolAdapter:
                 return self._handle_init(message)
             if kind == "ADVANCE":
                 return self._handle_advance(message)
+            if kind == "CONFIGURE":
+                return self._handle_configure(message)
             if kind == "SHUTDOWN":
                 self._handle_shutdown()
                 return None
             if kind is None:
                 raise ProtocolError("bad_message", "message has no 'type' field")
-            raise ProtocolError("unknown_type", f"unknown message type {kind!r}; expected INIT, ADVANCE or SHUTDOWN")
+            raise ProtocolError("unknown_type", f"unknown message type {kind!r}; expected INIT, ADVANCE, CONFIGURE or SHUTDOWN")
         except ProtocolError as exc:
             return self._error(exc)
 
@@ -147,8 +163,12 @@ class CoordinatorProtocolAdapter:
                 fatal=True,
             )
         time_us = message.get("time_us", 0)
-        if time_us != 0:
+        restart = message.get("restart")
+        if restart is None and time_us != 0:
             raise ProtocolError("bad_message", f"INIT time_us must be 0, got {time_us!r}")
+        if restart is not None and not (_is_int(restart) and restart >= 1 and _is_int(time_us) and time_us >= 0):
+            raise ProtocolError("bad_message", f"INIT of a restart needs restart >= 1 and time_us >= 0 (integers), "
+                                               f"got restart {restart!r}, time_us {time_us!r}")
         config = message.get("config", {})
         if not isinstance(config, dict):
             raise ProtocolError("bad_message", f"INIT config must be an object, got {type(config).__name__}")
@@ -158,8 +178,8 @@ class CoordinatorProtocolAdapter:
                 raise ProtocolError("bad_message", f"INIT {name} must be {expected}, got {message[name]!r}")
         self.node_id = message.get("node_id")
         self.seed = message.get("seed")
-        self.config = config
-        self.endpoints = message.get("endpoints", {})
+        self.config = dict(config)  # copies: CONFIGURE merges into them
+        self.endpoints = dict(message.get("endpoints", {}))
         info: Mapping[str, Any] | None = None
         if self.on_init is not None:
             try:
@@ -172,6 +192,7 @@ class CoordinatorProtocolAdapter:
             except Exception as exc:
                 raise ProtocolError("init_failed", _describe_exception(exc), fatal=True) from exc
         self.initialized = True
+        self.current_time_us = time_us  # 0, or where a restarted node resumes
         ready = {"type": "READY", "time_us": 0, "protocol": PROTOCOL_VERSION, "capabilities": self.capabilities}
         if self.barrier_group is not None:
             ready["barrier_group"] = self.barrier_group
@@ -221,6 +242,26 @@ class CoordinatorProtocolAdapter:
         self._held = [event for event in stamped if event["time_us"] > target]
         self.current_time_us = target
         return {"type": "DONE", "time_us": target, "events": outputs}
+
+    def _handle_configure(self, message: dict[str, Any]) -> dict[str, Any]:
+        if not self.initialized:
+            raise ProtocolError("not_initialized", "CONFIGURE received before INIT")
+        if self.on_configure is None:
+            raise ProtocolError("unsupported", "this service takes no CONFIGURE (it did not declare 'configure')")
+        time_us = message.get("time_us")
+        if not _is_int(time_us) or time_us < self.current_time_us:
+            raise ProtocolError("bad_message", f"CONFIGURE time_us must be an integer not before the service's "
+                                               f"current time {self.current_time_us} us, got {time_us!r}")
+        for name in ("config", "endpoints"):
+            if not isinstance(message.get(name, {}), dict):
+                raise ProtocolError("bad_message", f"CONFIGURE {name} must be an object, got {message[name]!r}")
+        try:
+            self.on_configure(message)
+        except Exception as exc:  # e.g. an unknown or invalid key: the run fails with the service's words
+            raise ProtocolError("configure_failed", _describe_exception(exc)) from exc
+        self.config.update(message.get("config", {}))
+        self.endpoints.update(message.get("endpoints", {}))
+        return {"type": "CONFIGURED", "time_us": time_us}
 
     def _stamp(self, index: int, event: Any, target: int) -> Event:
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
@@ -307,6 +348,7 @@ def serve(
     capabilities: Iterable[str] = (),
     barrier_group: GroupHook | None = None,
     barrier_publishes: str = "always",
+    on_configure: ConfigureHook | None = None,
 ) -> None:
     """Entry point for a service's ``__main__``: log to stderr, serve stdin/stdout, exit with the code."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
@@ -315,5 +357,6 @@ def serve(
     stdout = open(sys.stdout.fileno(), "wb", closefd=False)
     sys.stdout = sys.stderr  # a stray print() in service code must not corrupt the protocol stream
     adapter = CoordinatorProtocolAdapter(callback, on_init=on_init, on_shutdown=on_shutdown, capabilities=capabilities,
-                                         barrier_group=barrier_group, barrier_publishes=barrier_publishes)
+                                         barrier_group=barrier_group, barrier_publishes=barrier_publishes,
+                                         on_configure=on_configure)
     sys.exit(adapter.run(stdin, stdout))

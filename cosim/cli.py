@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from cosim import compose, loading, options, plugins
+from cosim import compose, loading, options, plugins, schedule as scheduling
 from cosim.errors import CosimError, TracesDiffer, UsageError
 from cosim.metrics import RunMetrics
 from cosim.paths import REPO_ROOT
+from cosim.coordinator import SimulationResult
 from cosim.run import DEFAULT_WATCHDOG_S, CompletedRun, run
 
 DEFAULT_SCENARIO = "scenarios/default.yaml"
@@ -23,8 +24,10 @@ DEFAULT_SCENARIO = "scenarios/default.yaml"
 def validate(path: str, out: TextIO = sys.stdout) -> None:
     loaded = loading.load(path)
     containers = len(loaded.containers)
+    actions = len(loaded.schedule.actions)
     out.write(f"{path}: valid scenario {loaded.name!r}: {len(loaded.nodes)} nodes ({containers} container), "
-              f"{len(loaded.routes)} routes, {loaded.steps} steps of {loaded.quantum_us} us\n")
+              f"{len(loaded.routes)} routes, {loaded.steps} steps of {loaded.quantum_us} us"
+              + (f", {actions} scheduled action(s)" if actions else "") + "\n")
 
 
 def render(path: str, out: TextIO = sys.stdout) -> Path:
@@ -133,6 +136,7 @@ def print_summary(summary: CompletedRun, out: TextIO) -> None:
         f"  events: {counts['sent']} sent, {counts['delivered']} delivered, {counts['dropped']} dropped, "
         f"{counts['unroutable']} unroutable\n"
     )
+    print_schedule(result, out)
     for (source, event_type), count in sorted(result.unroutable.items()):
         out.write(f"  warning: {count} {event_type!r} event(s) from {source!r} matched no route (traced as unroutable)\n")
     for sink, events in sorted(summary.sinks.items()):
@@ -143,6 +147,18 @@ def print_summary(summary: CompletedRun, out: TextIO) -> None:
             plugin.summary(summary.scenario, sink_events, out)
     print_metrics(summary.metrics, out)
     out.write(f"  trace:   {summary.trace_path}\n  metrics: {summary.metrics_path}\n")
+
+
+def print_schedule(result: SimulationResult, out: TextIO) -> None:
+    """What the scenario's schedule did, and the drops by reason (only for a run where there is something to say)."""
+    if result.dropped and set(result.dropped) != {"loss"}:
+        out.write("  dropped by reason: " + ", ".join(f"{n} {reason}" for reason, n in result.dropped.items()) + "\n")
+    if counts_filtered := result.counts.get("filtered"):
+        out.write(f"  filtered: {counts_filtered} event(s) sent outside their route's `during:` windows\n")
+    if result.actions:
+        out.write(f"  schedule ({len(result.actions)} action(s) applied):\n")
+        for record in result.actions:
+            out.write(f"    {record['time_us'] / 1e6:7.3f} s  {scheduling.describe(record)}\n")
 
 
 def print_metrics(metrics: RunMetrics, out: TextIO) -> None:

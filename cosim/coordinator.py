@@ -11,6 +11,11 @@ It knows nothing about Docker or processes: it drives ``SimNode`` objects. Each 
 
 Links are at least one quantum long (the scenario checks this), so an event emitted in a window is always
 delivered in a later one, at its exact virtual time.
+
+The scenario's schedule (cosim.schedule) is applied by one call at the start of a window, ``apply_schedule``,
+before its deliveries: reconfigure (CONFIGURE to a service), link/partition/heal (the router), crash/restart
+(through the runtime's ``ProcessControl``). A crashed node is not advanced; events due to it are dropped
+(reason ``node_down``).
 """
 
 from __future__ import annotations
@@ -18,17 +23,32 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
-from cosim.errors import InfrastructureExited, Interrupted, NodeFailure
+from cosim import schedule as scheduling
+from cosim.errors import InfrastructureExited, Interrupted, NodeFailure, UnsupportedAction
 from cosim.network import Drop, Router
 from cosim.nodes import Event, ServiceNode, SimNode
 from cosim.model import ContainerSpec, Scenario
 from cosim.seeds import node_seed
 from cosim.trace import TraceWriter, header_environment
+from cosim.transport import Transport
 
 Progress = Callable[[int, int], None]  # (virtual time now, duration), both in us
 INFRASTRUCTURE_EXIT_WAIT_S = 1.0  # wall clock, on failure only: how long an infrastructure exit may take to show
+
+
+class ProcessControl(Protocol):
+    """What the schedule's crash and restart need from the runtime (both runtimes implement it)."""
+
+    def crash(self, node_id: str) -> None:
+        """Kill the node's process or container now (a planned crash: not a failure)."""
+        ...
+
+    def restart(self, node_id: str) -> Transport | None:
+        """Start a fresh process or container for a crashed node: a service's new transport (None for an
+        infrastructure node, reachable again at its old endpoint once this returns)."""
+        ...
 
 
 @dataclass
@@ -54,6 +74,8 @@ class SimulationResult:
     counts: dict[str, int]
     unroutable: dict[tuple[str, str], int] = field(default_factory=dict)  # (source, type) -> count
     timings: StepTimings = field(default_factory=StepTimings)
+    dropped: dict[str, int] = field(default_factory=dict)  # reason (loss, partition, node_down) -> count
+    actions: list[dict[str, Any]] = field(default_factory=list)  # the schedule's action records, as traced
 
 
 class Coordinator:
@@ -71,6 +93,7 @@ class Coordinator:
         environment: Mapping[str, Any] | None = None,
         progress: Progress | None = None,
         exited_infrastructure: Callable[[float], list[tuple[str, int | None]]] | None = None,
+        processes: ProcessControl | None = None,
     ) -> None:
         self.scenario = scenario
         self.nodes = dict(nodes)  # scenario order: the order ADVANCE goes out and DONE is collected
@@ -90,24 +113,37 @@ class Coordinator:
         self.unroutable: dict[tuple[str, str], int] = {}
         self.timings = StepTimings()
         self.barrier_groups: dict[str, list[str]] = {}  # group -> member ids (sorted), from the READY replies
+        self.processes = processes  # the runtime's crash/restart, for the schedule
+        self.down: set[str] = set()  # nodes crashed by the schedule and not restarted yet
+        self.configs: dict[str, dict[str, Any]] = {}  # each node's config as of now (reconfigure merges into it)
+        self.restarts: dict[str, int] = {}  # node -> restarts so far
+        self.lost: dict[str, int] = {}  # node -> events dropped (node_down) since its crash
+        self.dropped: dict[str, int] = {}  # reason -> count, for the summary
+        self.actions: list[dict[str, Any]] = []  # the action records written, for the summary
 
     def run(self) -> SimulationResult:
         started = time.monotonic()
         try:
             self._init_nodes()
+            self._check_schedule()
             services = {node_id: node.info for node_id, node in self.nodes.items() if node.info}
             self.trace.header(header_environment(self.environment, services), barrier_groups=self.barrier_groups)
             loop_started, loop_cpu_started = time.monotonic(), time.process_time()
             for self.step in range(1, self.scenario.steps + 1):
+                self.apply_schedule((self.step - 1) * self.scenario.quantum_us)
                 self._advance(self.step * self.scenario.quantum_us)
                 if self.progress is not None:
                     self.progress(self.now_us, self.scenario.duration_us)
             self.timings.loop_s = time.monotonic() - loop_started
             self.timings.loop_cpu_s = time.process_time() - loop_cpu_started
             self._shutdown_nodes()
+        except UnsupportedAction as refused:
+            self.trace.error(0, refused.node, "unsupported_action", str(refused))
+            raise
         except NodeFailure as symptom:
             # A service failing is often the symptom of infrastructure it used (the broker) dying: name that first.
             exited = self.exited_infrastructure(INFRASTRUCTURE_EXIT_WAIT_S) if self.exited_infrastructure else []
+            exited = [(node_id, code) for node_id, code in exited if node_id not in self.down]  # planned crashes
             failure = InfrastructureExited(exited, symptom) if exited else symptom
             self.trace.error(self.now_us, failure.node, "infrastructure_exited" if exited else "node_failure",
                              failure.problem + (f" (while waiting for the reply to {failure.in_flight})"
@@ -126,7 +162,8 @@ class Coordinator:
             self.trace.flush()
         self.trace.footer(self.now_us, self.scenario.steps, in_flight=len(self._pending))
         self.trace.flush()
-        return SimulationResult(self.now_us, self.scenario.steps, dict(self.trace.counts), dict(self.unroutable), self.timings)
+        return SimulationResult(self.now_us, self.scenario.steps, dict(self.trace.counts), dict(self.unroutable),
+                                self.timings, dict(sorted(self.dropped.items())), list(self.actions))
 
     # -- phases -----------------------------------------------------------------------------------
 
@@ -135,6 +172,7 @@ class Coordinator:
         for node_id, node in self.nodes.items():
             spec = self.scenario.node(node_id)
             config = spec.config if isinstance(spec, ContainerSpec) else {}
+            self.configs[node_id] = dict(config)
             node.init(node_seed(self.scenario.seed, node_id), config, self.endpoints)
             group = node.barrier_group
             if group is not None:
@@ -149,10 +187,10 @@ class Coordinator:
 
     def _window_peers(self, inputs: Mapping[str, list[Event]]) -> dict[str, list[str]]:
         """Per barrier-group member: the members that may publish to the group in this window (all are advanced
-        every step; an "on_input" member only when it has input events)."""
+        every step; an "on_input" member only when it has input events; a crashed one never)."""
         peers: dict[str, list[str]] = {}
         for members in self.barrier_groups.values():
-            active = [m for m in members if m in self._always_publish or m in inputs]
+            active = [m for m in members if (m in self._always_publish or m in inputs) and m not in self.down]
             for member in members:
                 peers[member] = active
         return peers
@@ -162,12 +200,14 @@ class Coordinator:
         peers = self._window_peers(inputs) if self.barrier_groups else {}
         for node_id in self._advance_order:
             node = self.nodes[node_id]
+            if node_id in self.down:
+                continue
             if node_id in peers:
                 node.begin_advance(target_us, inputs.get(node_id, []), peers[node_id])
             else:
                 node.begin_advance(target_us, inputs.get(node_id, []))
         waiting_started = time.monotonic()
-        outputs = [(node_id, node.end_advance()) for node_id, node in self.nodes.items()]
+        outputs = [(node_id, node.end_advance()) for node_id, node in self.nodes.items() if node_id not in self.down]
         self.timings.waiting_s += time.monotonic() - waiting_started
         self.timings.steps += 1
         self.now_us = target_us
@@ -175,9 +215,10 @@ class Coordinator:
 
     def _shutdown_nodes(self) -> None:
         started = time.monotonic()
-        for node in self.nodes.values():
+        running = [node for node_id, node in self.nodes.items() if node_id not in self.down]
+        for node in running:
             node.shutdown()
-        for node in self.nodes.values():
+        for node in running:
             node.wait_closed()
         self.timings.shutdown_s = time.monotonic() - started
 
@@ -188,6 +229,13 @@ class Coordinator:
         inputs: dict[str, list[Event]] = {}
         while self._pending and self._pending[0][0] <= target_us:
             time_us, source, seq, dest, event = heapq.heappop(self._pending)
+            if dest in self.down:  # a crashed node: what reaches it is lost
+                self.lost[dest] = self.lost.get(dest, 0) + 1
+                self.dropped["node_down"] = self.dropped.get("node_down", 0) + 1
+                self.trace.write({"record": "dropped", "dest": dest, "reason": "node_down", "time_us": event["time_us"],
+                                  "at_us": time_us, "source": source, "seq": seq, "type": event["type"],
+                                  "data": event.get("data")})
+                continue
             delivered = {"type": event["type"], "time_us": time_us, "source": source, "seq": seq,
                          "sent_us": event["time_us"], "data": event.get("data")}
             self.trace.write({"record": "delivered", "dest": dest, **delivered})
@@ -206,7 +254,11 @@ class Coordinator:
         for time_us, source, seq, event in numbered:
             base = {"time_us": time_us, "source": source, "seq": seq, "type": event["type"], "data": event.get("data")}
             self.trace.write({"record": "sent", **base})
-            dests = self.router.destinations(source, event["type"])
+            dests, filtered = self.router.split(source, event["type"], time_us)
+            for dest in filtered:  # a route whose `during:` windows leave this event out
+                self.trace.write({"record": "filtered", "dest": dest, **base})
+            if not dests and filtered:
+                continue
             if not dests:
                 key = (source, event["type"])
                 self.unroutable[key] = self.unroutable.get(key, 0) + 1
@@ -215,6 +267,85 @@ class Coordinator:
             for dest in dests:
                 outcome = self.router.transmit(source, dest, time_us)
                 if isinstance(outcome, Drop):
+                    self.dropped[outcome.reason] = self.dropped.get(outcome.reason, 0) + 1
                     self.trace.write({"record": "dropped", "dest": dest, "reason": outcome.reason, **base})
                 else:
                     heapq.heappush(self._pending, (outcome.time_us, source, seq, dest, event))
+
+    # -- the schedule -----------------------------------------------------------------------------
+
+    def _check_schedule(self) -> None:
+        """Before the first step: every service the schedule reconfigures must have declared it can be."""
+        for action in self.scenario.schedule.actions:
+            if isinstance(action, scheduling.Reconfigure):
+                node = self.nodes[action.node]
+                if isinstance(node, ServiceNode) and "configure" not in node.capabilities:
+                    raise UnsupportedAction(action.node, f"schedule: reconfigure of {action.node!r} at {action.at_us} us, "
+                                            f"but the service did not declare the 'configure' capability in READY "
+                                            f"(it declared {sorted(node.capabilities)}); it cannot take new config "
+                                            f"during a run")
+            elif isinstance(action, scheduling.Crash) and self.processes is None:
+                raise UnsupportedAction(action.node, f"schedule: {action.kind} of {action.node!r} at {action.at_us} us, "
+                                        f"but this runtime cannot crash or restart nodes")
+
+    def apply_schedule(self, start_us: int) -> None:
+        """Apply the actions due at the start of the window beginning at ``start_us`` (one trace record each)."""
+        if not self.scenario.schedule:
+            return
+        for action in self.scenario.schedule.due(start_us):
+            record = {"record": "action", "time_us": start_us, "action": action.kind, **action.fields()}
+            record.update(self._apply(action, start_us))
+            self.trace.write(record)
+            self.actions.append(record)
+
+    def _apply(self, action: scheduling.Action, now_us: int) -> dict[str, Any]:
+        """Carry out one action; what it observed for the trace (e.g. what a restarted node lost)."""
+        if isinstance(action, scheduling.Reconfigure):
+            self.configs[action.node].update(action.config)
+            if action.node not in self.down:  # else: a restart gets the merged config in its INIT
+                self.nodes[action.node].configure(now_us, dict(action.config))
+            return {}
+        if isinstance(action, scheduling.SetLink):
+            self.router.set_link(action.source, action.dest, action.changes)
+        elif isinstance(action, scheduling.Partition):
+            self.router.partition(action.groups)
+        elif isinstance(action, scheduling.Heal):
+            self.router.heal()
+        elif isinstance(action, scheduling.Restart):  # (a Restart is a kind of Crash: test it first)
+            return self._restart(action.node, now_us)
+        elif isinstance(action, scheduling.Crash):
+            self._crash(action.node, now_us)
+        return {}
+
+    def _configurable(self) -> list[ServiceNode]:
+        return [node for node_id, node in self.nodes.items()
+                if isinstance(node, ServiceNode) and node_id not in self.down and "configure" in node.capabilities]
+
+    def _crash(self, node_id: str, now_us: int) -> None:
+        assert self.processes is not None
+        node = self.nodes.get(node_id)
+        if node is None:  # infrastructure: its users hear first (they let go of it in order), then it dies
+            for user in self._configurable():
+                user.configure(now_us, endpoints={node_id: None})
+        self.processes.crash(node_id)
+        if isinstance(node, ServiceNode):
+            node.crashed()
+        self.down.add(node_id)
+        self.lost[node_id] = 0
+
+    def _restart(self, node_id: str, now_us: int) -> dict[str, Any]:
+        assert self.processes is not None
+        transport = self.processes.restart(node_id)
+        self.down.discard(node_id)
+        count = self.restarts[node_id] = self.restarts.get(node_id, 0) + 1
+        node = self.nodes.get(node_id)
+        if isinstance(node, ServiceNode) and transport is not None:
+            node.restarted(transport, now_us, node_seed(self.scenario.seed, node_id), self.configs[node_id],
+                           self.endpoints, count)
+            group = node.barrier_group
+            if group is not None:
+                node.members = self.barrier_groups.get(group, [node_id])  # sent again in its first ADVANCE
+        else:  # infrastructure, back at its endpoint: its users reconnect
+            for user in self._configurable():
+                user.configure(now_us, endpoints={node_id: self.endpoints.get(node_id)})
+        return {"restart": count, "lost": self.lost.pop(node_id, 0)}

@@ -2,7 +2,8 @@
 running cosim, not a stack trace.
 
 - the scenario file:            ScenarioError
-- a node (a service or infrastructure container): NodeError and its kinds (start, failure, image)
+- a node (a service or infrastructure container): NodeError and its kinds (start, failure, image, an action of
+  the schedule it does not support)
 - the engine (Docker, images):  EngineUnavailable, ImageBuildError, DockerCommandFailed, ComposeUpFailed
 - the command line / the user:  OptionError, UsageError, Interrupted, ToolError
 - trace files:                  TraceReadError, TraceWriteError, TracesDiffer, NotDeterministic
@@ -77,6 +78,13 @@ class NodeError(CosimError):
     def __init__(self, node: str | None, message: str) -> None:
         self.node: str | None = node
         super().__init__(message)
+
+
+class UnsupportedAction(NodeError):
+    """The scenario's schedule asks a node for something it did not declare it can do (e.g. reconfigure a service
+    without the 'configure' capability); found after INIT, before the first step."""
+
+    exit_code = 2
 
 
 class NodeStartError(NodeError):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cosim.schedule import Schedule
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ class Route:
     source: str
     targets: tuple[str, ...]  # declared ids: a replicated group or a single node
     events: tuple[str, ...] | None  # None: every event type
+    during: tuple[tuple[int, int], ...] | None = None  # windows [from_us, to_us) of sent time; None: always
+
+    def open_at(self, time_us: int) -> bool:
+        """Whether an event sent at ``time_us`` may take this route (`during:`)."""
+        return self.during is None or any(start <= time_us < end for start, end in self.during)
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,7 @@ class Scenario:
     sha256: str
     description: str = ""
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # replicated id -> replica ids
+    schedule: Schedule = field(default_factory=Schedule)  # changes at set virtual times (cosim.schedule)
 
     @property
     def steps(self) -> int:

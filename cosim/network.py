@@ -1,14 +1,18 @@
 """Routing and links: where an emitted event goes, when it arrives, and whether it is lost.
 
 Each (source, destination) link has its own random generator seeded from the scenario seed and the two node
-ids. Every event on a link draws exactly two numbers (jitter, then loss) whatever the link's settings, so
-changing one property does not shift the other's draws.
+ids. Every event on a link draws exactly two numbers (jitter, then loss) whatever the link's settings (and
+whether or not a partition cuts it), so changing one property does not shift the other's draws.
+
+The schedule changes links while a run goes on (``set_link``, ``partition``, ``heal``): a change applies to events
+sent after it; an event already on a link keeps the delivery time it was given when it was sent.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Mapping
 
 from cosim.model import LinkProperties, Route, Scenario
 from cosim.seeds import link_seed
@@ -38,6 +42,26 @@ class Router:
         self._group_of = {node.id: node.group for node in scenario.nodes}
         self._routes: dict[tuple[str, str], list[tuple[int, Route]]] = {}
         self._links: dict[tuple[str, str], LinkProperties] = {}
+        self._sides: list[dict[str, int]] = []  # per partition in force: node id -> its group's index
+
+    # -- changes from the schedule ------------------------------------------------------------------
+
+    def set_link(self, source: str, dest: str, changes: Mapping[str, Any]) -> None:
+        """Change some properties of the link source -> dest (the others stay) for events sent from now on."""
+        key = (source, dest)
+        current = self._links.get(key) or self.scenario.link(source, dest)
+        self._links[key] = replace(current, **{name: float(v) if name == "loss" else v for name, v in changes.items()})
+
+    def partition(self, groups: Iterable[Iterable[str]]) -> None:
+        """Links between nodes of different groups drop every event (reason ``partition``) until ``heal``."""
+        self._sides.append({node: index for index, group in enumerate(groups) for node in group})
+
+    def heal(self) -> None:
+        """End every partition."""
+        self._sides.clear()
+
+    def _cut(self, source: str, dest: str) -> bool:
+        return any(source in sides and dest in sides and sides[source] != sides[dest] for sides in self._sides)
 
     def _routes_for(self, source: str, event_type: str) -> list[tuple[int, Route]]:
         routes = self._routes.get((source, event_type))
@@ -52,8 +76,17 @@ class Router:
 
     def destinations(self, source: str, event_type: str) -> list[str]:
         """Node ids the event goes to, in route order; a replicated group picks its next replica round-robin."""
+        return self.split(source, event_type, None)[0]
+
+    def split(self, source: str, event_type: str, sent_us: int | None) -> tuple[list[str], list[str]]:
+        """(destinations, filtered): where an event sent at ``sent_us`` goes, and the targets (as the routes name
+        them) of the matching routes whose `during:` windows leave it out. ``sent_us`` None: windows ignored."""
         dests: list[str] = []
+        filtered: list[str] = []
         for index, route in self._routes_for(source, event_type):
+            if sent_us is not None and not route.open_at(sent_us):
+                filtered.extend(target for target in route.targets if target not in filtered)
+                continue
             for target in route.targets:
                 replicas = self.scenario.groups.get(target)
                 if replicas:
@@ -62,17 +95,19 @@ class Router:
                     target = replicas[turn % len(replicas)]
                 if target not in dests:
                     dests.append(target)
-        return dests
+        return dests, filtered
 
     def transmit(self, source: str, dest: str, sent_us: int) -> Delivery | Drop:
         """Send one event over the link source -> dest: its delivery, or its loss."""
         rng = self._rngs.get((source, dest))
         if rng is None:
             rng = self._rngs[(source, dest)] = random.Random(link_seed(self.scenario.seed, source, dest))
-            self._links[(source, dest)] = self.scenario.link(source, dest)
+            self._links.setdefault((source, dest), self.scenario.link(source, dest))
         link = self._links[(source, dest)]
         jitter_draw, loss_draw = rng.random(), rng.random()
         jitter = min(int(jitter_draw * (link.jitter_us + 1)), link.jitter_us)  # uniform over [0, jitter_us]
+        if self._sides and self._cut(source, dest):
+            return Drop(dest, "partition")
         lost = loss_draw < link.loss
         if lost:
             return Drop(dest, "loss")

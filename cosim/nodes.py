@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import replace
 from typing import Any, Mapping, Protocol
 
 from cosim import plugins, protocol
@@ -61,6 +62,11 @@ class SimNode(Protocol):
         """The events produced in the window just advanced, each with ``type``, ``time_us`` and ``data``."""
         ...
 
+    def configure(self, time_us: int, config: Mapping[str, Any] | None = None,
+                  endpoints: Mapping[str, Any] | None = None) -> None:
+        """The schedule's reconfigure (keys to change), or endpoints that went away (None) or came back."""
+        ...
+
     def shutdown(self) -> None:
         """Tell the node the run is over (all nodes are told before any is waited for)."""
         ...
@@ -89,12 +95,19 @@ class ServiceNode:
         self.barrier_group: str | None = None  # READY's barrier_group: its ADVANCEs then name the peers
         self.publishes_on_input_only = False  # READY's barrier_publishes == "on_input"
         self.members: list[str] | None = None  # the whole group, sent once, in the first ADVANCE
+        self.capabilities: frozenset[str] = frozenset()  # READY's capabilities (e.g. "configure")
 
     # -- protocol ---------------------------------------------------------------------------------
 
-    def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
-        self._send(protocol.init_message(self.id, seed, config, endpoints), "INIT")
+    def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any], *, time_us: int = 0,
+             restart: int | None = None) -> None:
+        self._send(protocol.init_message(self.id, seed, config, endpoints, time_us=time_us, restart=restart),
+                   "INIT" if restart is None else f"INIT (restart {restart} at {time_us} us)")
         reply = self._receive(expect="READY")
+        capabilities = reply.get("capabilities", [])
+        if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
+            raise self._failure(f"answered READY with capabilities {capabilities!r}; expected a list of strings")
+        self.capabilities = frozenset(capabilities)
         info = reply.get("info")
         self.info = info if isinstance(info, dict) else {}
         group = reply.get("barrier_group")
@@ -136,6 +149,27 @@ class ServiceNode:
         self.current_us = self._target_us
         self._in_flight = None
         return reply["events"]
+
+    def configure(self, time_us: int, config: Mapping[str, Any] | None = None,
+                  endpoints: Mapping[str, Any] | None = None) -> None:
+        """CONFIGURE at the start of a window (the service is at ``time_us``); it answers CONFIGURED."""
+        self._send(protocol.configure_message(time_us, config, endpoints), f"CONFIGURE at {time_us} us")
+        reply = self._receive(expect="CONFIGURED")
+        if reply.get("time_us") != time_us:
+            raise self._failure(f"answered CONFIGURED for {reply.get('time_us')!r} us, expected {time_us} us")
+        self._in_flight = None
+
+    def crashed(self) -> None:
+        """The schedule killed the service (the runtime closed its transport): nothing more is sent to it."""
+        self._in_flight = None
+
+    def restarted(self, transport: Transport, time_us: int, seed: int, config: Mapping[str, Any],
+                  endpoints: Mapping[str, Any], restart: int) -> None:
+        """A fresh process for the node: INIT again (same seed), resuming at ``time_us``."""
+        self.transport = transport
+        self.current_us = time_us
+        self.init(seed, config, endpoints, time_us=time_us, restart=restart)
+        self._in_flight = None
 
     def shutdown(self) -> None:
         """Ask the service to flush and exit (``wait_closed`` then checks that it did)."""
@@ -229,6 +263,19 @@ class SensorModel:
     def join_barrier_group(self, members: list[str]) -> None:
         pass  # in-process models declare no group
 
+    def configure(self, time_us: int, config: Mapping[str, Any] | None = None,
+                  endpoints: Mapping[str, Any] | None = None) -> None:
+        """The schedule's keys for a sensor (checked by the loader): ``period_us`` spaces the readings from the
+        next one on; ``event_type`` names what it emits."""
+        config = config or {}
+        if "period_us" in config:
+            next_at = self.node.offset_us + self._window * self.node.period_us
+            # Keep the window count: from the next reading on, readings are period_us apart.
+            self.node = replace(self.node, period_us=config["period_us"],
+                                offset_us=next_at - self._window * config["period_us"])
+        if "event_type" in config:
+            self.node = replace(self.node, event_type=config["event_type"])
+
     def severity_at(self, time_us: int) -> float:
         anomaly = self.node.anomaly_at(time_us)
         return anomaly.severity if anomaly is not None else 0.0
@@ -280,6 +327,10 @@ class SinkModel:
 
     def join_barrier_group(self, members: list[str]) -> None:
         pass  # in-process models declare no group
+
+    def configure(self, time_us: int, config: Mapping[str, Any] | None = None,
+                  endpoints: Mapping[str, Any] | None = None) -> None:
+        pass  # a sink takes no config (the loader refuses any key)
 
     def begin_advance(self, target_us: int, events: list[Event], peers: list[str] | None = None) -> None:
         self.received.extend(events)

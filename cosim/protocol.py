@@ -39,9 +39,26 @@ def encode(message: Mapping[str, Any]) -> bytes:
     return (canonical(message) + "\n").encode("utf-8")
 
 
-def init_message(node_id: str, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> dict[str, Any]:
-    return {"type": "INIT", "protocol": VERSION, "time_us": 0, "node_id": node_id, "seed": seed,
-            "config": dict(config), "endpoints": dict(endpoints)}
+def init_message(node_id: str, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any], *,
+                 time_us: int = 0, restart: int | None = None) -> dict[str, Any]:
+    """INIT; a node restarted by the schedule gets the time it resumes at and how many restarts it has had."""
+    message = {"type": "INIT", "protocol": VERSION, "time_us": time_us, "node_id": node_id, "seed": seed,
+               "config": dict(config), "endpoints": dict(endpoints)}
+    if restart is not None:
+        message["restart"] = restart
+    return message
+
+
+def configure_message(time_us: int, config: Mapping[str, Any] | None = None,
+                      endpoints: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """CONFIGURE (the schedule's reconfigure, or an infrastructure node going away or coming back): the config
+    keys to change and/or the endpoints that changed (null: gone)."""
+    message: dict[str, Any] = {"type": "CONFIGURE", "time_us": time_us}
+    if config is not None:
+        message["config"] = dict(config)
+    if endpoints is not None:
+        message["endpoints"] = dict(endpoints)
+    return message
 
 
 def advance_message(target_us: int, events: list[dict[str, Any]], peers: list[str] | None = None,

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from cosim import loading, plugins, trace as traces
+from cosim import loading, plugins, schedule as scheduling, trace as traces
 from cosim.errors import ScenarioError
 from cosim.model import Scenario
 from cosim.paths import REPO_ROOT
 from cosim.run import artifact_paths
-from cosim.trace import Delivered, Dropped, Footer, RunError, Sent, Trace, Unroutable
+from cosim.trace import Action, Delivered, Dropped, Filtered, Footer, RunError, Sent, Trace, Unroutable
 
 SUFFIX = ".report.html"
 PERCENTILES = (50, 95, 99)
@@ -186,6 +186,9 @@ def timeline_chart(trace: Trace) -> str:
     if trace.error is not None:
         axes.axvline(trace.error.time_us / 1e6, color=COLOURS["dropped"], linestyle="--", linewidth=1.5,
                      label=f"run failed ({trace.error.error})")
+    for index, action in enumerate(trace.of(Action)):  # the schedule's changes, so their effects line up
+        axes.axvline(action.time_us / 1e6, color="#7a5195", linestyle=":", linewidth=1.0,
+                     label="schedule action" if index == 0 else None)
     axes.set_yticks(list(rows.values()), list(rows.keys()))
     axes.set_ylim(-0.6, len(nodes) - 0.4)
     seconds_axis(axes, trace.header.duration_us)
@@ -306,6 +309,20 @@ def _counts(trace: Trace) -> dict[str, int]:
     return {kind: counts.get(kind, 0) for kind in ("sent", "delivered", "dropped", "unroutable")}
 
 
+def _schedule_section(trace: Trace) -> str:
+    """The schedule's actions as applied (one row each), and the drops by reason: what each change cost."""
+    actions = trace.of(Action)
+    reasons = Counter(record.reason for record in trace.of(Dropped))
+    filtered = len(trace.of(Filtered))
+    if not actions and not filtered and set(reasons) <= {"loss"}:
+        return ""
+    rows = [(f"{a.time_us / 1e6:.3f}", scheduling.describe({"action": a.action, "time_us": a.time_us, **a.details}))
+            for a in actions]
+    drops = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())) or "none"
+    return ("<h2>Schedule</h2>" + html_table(("at s", "action"), rows, numeric=(0,))
+            + f"<p>Dropped by reason: {_e(drops)}. Filtered by a route's <code>during</code> windows: {filtered}.</p>")
+
+
 def _metrics_section(metrics: Mapping[str, Any] | None) -> str:
     if metrics is None:
         return "<p class=note>No metrics file beside the trace.</p>"
@@ -354,6 +371,7 @@ def render(trace: Trace, metrics: Mapping[str, Any] | None, scenario: Scenario |
         parts.append("<h3>Environment (not hashed)</h3>" + _environment(header.environment))
     parts.append(f"<p class=note>{_e(scenario_note)}</p>" if scenario_note else "")
 
+    parts.append(_schedule_section(trace))
     parts.append("<h2>Metrics</h2>" + _metrics_section(metrics))
 
     parts.append("<h2>Event timeline</h2>")

@@ -146,7 +146,7 @@ def run(
                 nodes = build_nodes(scenario, backend, watchdog_s)
                 coordinator = Coordinator(scenario, nodes, writer, endpoints=backend.endpoints(),
                                           environment=backend.manifest(), progress=progress,
-                                          exited_infrastructure=backend.exited_infrastructure)
+                                          exited_infrastructure=backend.exited_infrastructure, processes=backend)
                 result = coordinator.run()
             except KeyboardInterrupt:
                 # The coordinator turns an interrupt during the run into Interrupted; this is one while starting.

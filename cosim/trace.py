@@ -1,4 +1,5 @@
-"""The JSONL trace: a header, one record per event sent, delivered, dropped or unroutable, then a footer.
+"""The JSONL trace: a header, one record per event sent, delivered, dropped, unroutable or filtered and per action of
+the schedule, then a footer.
 
 Canonical JSON (sorted keys, fixed separators), so the same run gives the same bytes. Nothing measured on the
 wall clock belongs here (that goes to the metrics file). A run that fails ends with an ``error`` record
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
     from cosim.model import Scenario
 
 FORMAT = "cosim-trace/1"
-RECORD_KINDS = ("header", "sent", "delivered", "dropped", "unroutable", "error", "footer")
+RECORD_KINDS = ("header", "sent", "delivered", "dropped", "unroutable", "filtered", "action", "error", "footer")
+OPTIONAL_COUNTS = ("filtered", "action")  # counted in the footer only once a run has one (older traces unchanged)
 
 
 class TraceWriter:
@@ -45,6 +47,8 @@ class TraceWriter:
         kind = record["record"]
         if kind in self.counts:
             self.counts[kind] += 1
+        elif kind in OPTIONAL_COUNTS:
+            self.counts[kind] = 1
         self._handle.write(protocol.canonical(record) + "\n")
 
     def header(self, environment: Mapping[str, Any] | None = None,
@@ -81,8 +85,11 @@ class TraceWriter:
 
 def scenario_manifest(scenario: Scenario, compose_sha256: str) -> dict[str, Any]:
     """The hashed part of a run's header, from its scenario and the hash of its rendered compose file."""
-    return base_manifest(scenario.name, scenario.sha256, scenario.seed, scenario.duration_us, scenario.quantum_us,
-                         {node.id: node.kind for node in scenario.nodes}, compose_sha256)
+    manifest = base_manifest(scenario.name, scenario.sha256, scenario.seed, scenario.duration_us, scenario.quantum_us,
+                             {node.id: node.kind for node in scenario.nodes}, compose_sha256)
+    if scenario.schedule:  # only when there is one: traces of scenarios without a schedule keep their bytes
+        manifest["schedule"] = scenario.schedule.manifest()
+    return manifest
 
 
 def header_environment(runtime: Mapping[str, Any], services: Mapping[str, Any]) -> dict[str, Any]:
@@ -168,6 +175,23 @@ class Unroutable(_Emission):
 
 
 @dataclass(frozen=True)
+class Filtered(_Emission):
+    """A route's `during:` windows left the event out for ``dest`` (the target as the route names it)."""
+
+    dest: str
+
+
+@dataclass(frozen=True)
+class Action:
+    """One action of the schedule, applied at ``time_us``: ``action`` is its kind, ``details`` the rest of the
+    record (node, config, link, groups; for a restart, its count and the events lost while it was down)."""
+
+    time_us: int
+    action: str
+    details: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Footer:
     status: str
     end_us: int
@@ -187,8 +211,9 @@ class RunError:
     counts: Mapping[str, int]
 
 
-EventRecord = Union[Sent, Delivered, Dropped, Unroutable]
-_EVENT_TYPES: dict[str, type] = {"sent": Sent, "delivered": Delivered, "dropped": Dropped, "unroutable": Unroutable}
+EventRecord = Union[Sent, Delivered, Dropped, Unroutable, Filtered, Action]
+_EVENT_TYPES: dict[str, type] = {"sent": Sent, "delivered": Delivered, "dropped": Dropped, "unroutable": Unroutable,
+                                 "filtered": Filtered}
 _INT_FIELDS = {"time_us", "sent_us", "seq", "seed", "duration_us", "quantum_us", "protocol", "end_us", "steps",
                "in_flight"}
 
@@ -224,6 +249,8 @@ class Trace:
         columns = ["record", "time_us", "source", "seq", "type", "dest", "sent_us", "latency_us", "reason", "data"]
         rows = []
         for record in self.records:
+            if isinstance(record, Action):
+                continue  # not an event (trace.of(Action) lists them)
             rows.append({
                 "record": _kind_of(record), "time_us": record.time_us, "source": record.source, "seq": record.seq,
                 "type": record.type, "dest": getattr(record, "dest", None), "sent_us": getattr(record, "sent_us", None),
@@ -296,6 +323,10 @@ def read(path: str | Path) -> Trace:
             header = _build(Header, record, where)
         elif kind in _EVENT_TYPES:
             records.append(_build(_EVENT_TYPES[kind], record, where))
+        elif kind == "action":
+            base = _build(Action, {**record, "details": {}}, where)
+            details = {k: v for k, v in record.items() if k not in ("record", "time_us", "action")}
+            records.append(Action(base.time_us, base.action, details))
         elif kind == "footer":
             end = _build(Footer, record, where)
         elif kind == "error":

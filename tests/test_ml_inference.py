@@ -64,7 +64,7 @@ def test_ready_advertises_inference_capability(service: ServiceProcess) -> None:
     import numpy
     import onnxruntime
 
-    assert service.init() == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["inference"],
+    assert service.init() == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["configure", "inference"],
                               "info": {"model_sha256": MODEL_SHA256, "onnxruntime": onnxruntime.__version__,
                                        "numpy": numpy.__version__}}
 
@@ -90,6 +90,38 @@ def test_results_are_stamped_after_the_processing_delay(service: ServiceProcess)
     second = service.advance(2_000)  # the result of the request at 900 us is due at 1150 us: next window
     assert [(e["time_us"], e["data"]["window"]) for e in second["events"]] == [(1_150, 2)]
     assert second["events"][0]["data"]["label"] == "normal"
+
+
+def test_configure_changes_threshold_and_delay_for_later_requests_and_refuses_unknown_keys(
+        service: ServiceProcess) -> None:
+    features = sample_features(random.Random(8), SignalParams(), 0.6)
+    service.init({"processing_delay_us": 100})
+    before = service.advance(1_000, [request(300, features, window=1)])["events"][0]
+    assert service.request({"type": "CONFIGURE", "time_us": 1_000, "config": {"threshold": 1.0,
+                                                                              "processing_delay_us": 10}}) == {
+        "type": "CONFIGURED", "time_us": 1_000}
+    after = service.advance(2_000, [request(1_300, features, window=2)])["events"][0]
+    assert (before["time_us"], after["time_us"]) == (400, 1_310)
+    assert after["data"]["score"] == before["data"]["score"] and after["data"]["label"] == "normal"  # nothing > 1.0
+    refused = service.request({"type": "CONFIGURE", "time_us": 2_000, "config": {"treshold": 0.2}})
+    assert refused["type"] == "ERROR" and refused["error"] == "configure_failed"
+    assert "unknown config keys ['treshold']" in refused["detail"]
+    bad = service.request({"type": "CONFIGURE", "time_us": 2_000, "config": {"threshold": 0.2, "processing_delay_us": -1}})
+    assert bad["error"] == "configure_failed"
+    third = service.advance(3_000, [request(2_300, features, window=3)])["events"][0]
+    assert third["time_us"] == 2_310 and third["data"]["label"] == "normal"  # the refused change changed nothing
+
+
+def test_configure_switches_to_the_other_model_in_the_image(service: ServiceProcess) -> None:
+    mild = sample_features(random.Random(4), SignalParams(), 0.4)  # a mild fault: below what model.onnx flags
+    service.init()
+    before = service.advance(1_000, [request(500, mild, window=1)])["events"][0]["data"]
+    assert service.request({"type": "CONFIGURE", "time_us": 1_000, "config": {"model_path": "model-mild.onnx"}})[
+        "type"] == "CONFIGURED", service.stderr()
+    after = service.advance(2_000, [request(1_500, mild, window=2)])["events"][0]["data"]
+    assert (before["label"], after["label"]) == ("normal", "anomaly")
+    assert (before["model_sha256"], after["model_sha256"]) == (
+        MODEL_SHA256, hashlib.sha256((SERVICE_DIR / "model-mild.onnx").read_bytes()).hexdigest())
 
 
 def test_same_input_gives_bitwise_identical_output() -> None:
@@ -190,9 +222,10 @@ def test_bad_config_fails_init(config: dict[str, Any], message: str) -> None:
         assert proc.proc.wait(timeout=proc.timeout_s) == 1
 
 
-def test_train_model_regenerates_the_committed_model_bit_for_bit(tmp_path: Path) -> None:
-    output = tmp_path / "model.onnx"
-    completed = subprocess.run([sys.executable, str(SERVICE_DIR / "train_model.py"), "--no-eval", "--output", str(output)],
-                               cwd=ROOT, capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("name, options", [("model.onnx", []), ("model-mild.onnx", ["--min-severity", "0.3"])])
+def test_train_model_regenerates_the_committed_models_bit_for_bit(tmp_path: Path, name: str, options: list[str]) -> None:
+    output = tmp_path / name
+    completed = subprocess.run([sys.executable, str(SERVICE_DIR / "train_model.py"), "--no-eval", "--output", str(output),
+                                *options], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
-    assert hashlib.sha256(output.read_bytes()).hexdigest() == MODEL_SHA256
+    assert output.read_bytes() == (SERVICE_DIR / name).read_bytes()

@@ -170,7 +170,7 @@ def received(time_us: int, source: str, seq: int, origin_us: int, kind: str = "t
 def gateway(broker: Broker, **config: Any) -> ServiceProcess:
     svc = ServiceProcess(SERVICE)
     ready = svc.init({"connect_timeout_s": 5, "barrier_timeout_s": 5, **config}, node_id="gw", endpoints=broker.endpoints)
-    assert ready == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["mqtt"], "barrier_group": "mqtt-broker", "barrier_publishes": "on_input",
+    assert ready == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["configure", "mqtt"], "barrier_group": "mqtt-broker", "barrier_publishes": "on_input",
                      "info": {"paho-mqtt": paho.mqtt.__version__, "broker": BROKER_VERSION}}, svc.stderr()
     return svc
 
@@ -198,6 +198,21 @@ def test_only_topics_matching_the_subscriptions_come_back(broker: Broker) -> Non
         assert done["events"] == [{"type": "mqtt_received", "time_us": 100, "data": {
             "topic": "sensors/a/temp", "payload": {"v": 1},
             "origin": {"node": "gw", "source": "a", "seq": 0, "time_us": 100, "type": "temp"}}}]
+        assert svc.shutdown() == 0
+
+
+@needs_mosquitto
+def test_configure_moves_topic_subscriptions_and_delay_from_then_on(broker: Broker) -> None:
+    with gateway(broker, subscribe=["sensors/#"], topic="sensors/{source}") as svc:
+        first = svc.advance(1000, [event(100, "a", 0, v=1)])
+        assert [(e["data"]["topic"], e["time_us"]) for e in first["events"]] == [("sensors/a", 100)]
+        reply = svc.request({"type": "CONFIGURE", "time_us": 1000,
+                             "config": {"topic": "plant/{source}", "subscribe": ["plant/#"], "broker_delay_us": 300}})
+        assert reply == {"type": "CONFIGURED", "time_us": 1000}, svc.stderr()
+        second = svc.advance(2000, [event(1100, "a", 1, v=2)])
+        assert [(e["data"]["topic"], e["time_us"]) for e in second["events"]] == [("plant/a", 1400)]
+        bad = svc.request({"type": "CONFIGURE", "time_us": 2000, "config": {"broker": "other"}})
+        assert bad["error"] == "configure_failed" and "cannot change during a run" in bad["detail"]
         assert svc.shutdown() == 0
 
 

@@ -39,8 +39,8 @@ ECHO = ROOT / "containers" / "echo" / "service.py"
 SCHEMA: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 REGISTRY = Registry().with_resource(SCHEMA["$id"], Resource.from_contents(SCHEMA))
 
-COORDINATOR_TYPES = ("INIT", "ADVANCE", "SHUTDOWN")
-SERVICE_TYPES = ("READY", "DONE", "ERROR")
+COORDINATOR_TYPES = ("INIT", "ADVANCE", "CONFIGURE", "SHUTDOWN")
+SERVICE_TYPES = ("READY", "DONE", "CONFIGURED", "ERROR")
 
 
 def validator(definition: str | None = None) -> Draft202012Validator:
@@ -178,6 +178,27 @@ def _raise(*args: Any) -> Any:
     raise RuntimeError("boom")
 
 
+def test_configure_merges_new_keys_and_a_restart_resumes_the_clock() -> None:
+    seen: list[Any] = []
+    adapter = _adapter(on_configure=seen.append)
+    ready = _wire(adapter.handle(INIT))
+    assert_valid(ready, FROM_SERVICE)
+    assert ready["capabilities"] == ["configure"]  # declared by the adapter when there is a hook
+    assert adapter.handle(protocol.advance_message(1000, []))["type"] == "DONE"
+    message = protocol.configure_message(1000, {"x": 3}, {"broker": None})
+    assert_valid(strict_line(protocol.encode(message)), FROM_COORDINATOR)
+    reply = _wire(adapter.handle(message))
+    assert_valid(reply, FROM_SERVICE)
+    assert reply == {"type": "CONFIGURED", "time_us": 1000}
+    assert seen == [message] and adapter.config == {"k": 1, "x": 3} and adapter.endpoints == {"broker": None}
+    restarted = _adapter()
+    init = protocol.init_message("svc", 7, {}, {}, time_us=6000, restart=1)
+    assert_valid(strict_line(protocol.encode(init)), FROM_COORDINATOR)
+    assert restarted.handle(init)["type"] == "READY" and restarted.current_time_us == 6000
+    late = restarted.handle({"type": "ADVANCE", "time_us": 7000, "events": [_delivered(5000, "s", 0, 1, None)]})
+    assert late is not None and late["error"] == "event_outside_window"  # its window starts at 6000 us
+
+
 def _backwards() -> dict[str, Any] | None:
     adapter = _ready()
     assert adapter.handle(protocol.advance_message(2000, []))["type"] == "DONE"
@@ -209,6 +230,12 @@ ERROR_CASES: list[tuple[str, str, Callable[[], dict[str, Any] | None]]] = [
         protocol.advance_message(1000, []))),
     ("bad_output", "no-type",
      lambda: _ready(lambda c, t, e: [{"data": {}}]).handle(protocol.advance_message(1000, []))),
+    ("configure_failed", "configure-hook-raises",
+     lambda: _ready(on_configure=_raise).handle(protocol.configure_message(0, {"k": 2}))),
+    ("unsupported", "configure-without-hook", lambda: _ready().handle(protocol.configure_message(0, {"k": 2}))),
+    ("bad_message", "configure-in-the-past",
+     lambda: _ready(on_configure=lambda m: None).handle(protocol.configure_message(-1, {}))),
+    ("bad_message", "restart-without-count", lambda: _adapter().handle({**INIT, "time_us": 5, "restart": 0})),
 ]
 
 
@@ -487,24 +514,27 @@ def test_every_line_of_a_coordinator_run_validates(tmp_path: Path) -> None:
 
 # -- the trace, against docs/trace-format.md -------------------------------------------------------------------
 
-def documented_trace_fields() -> dict[str, set[str]]:
-    """record kind -> its fields, from the tables under each ### `kind` heading of docs/trace-format.md."""
+def documented_trace_fields(optional: bool = False) -> dict[str, set[str]]:
+    """record kind -> its fields, from the tables under each ### `kind` heading of docs/trace-format.md; with
+    ``optional``, only the fields whose meaning starts "Only" (present in some records of that kind)."""
     fields: dict[str, set[str]] = {}
     text = TRACE_DOC.read_text(encoding="utf-8") + "\n##"
     for heading, body in re.findall(r"^### `([a-z]+)`[^\n]*\n(.*?)(?=^##)", text, re.MULTILINE | re.DOTALL):
-        rows = [line.split("|")[1] for line in body.splitlines() if line.startswith("| `")]
-        fields[heading] = {name for cell in rows for name in re.findall(r"`([a-z_0-9]+)`", cell)}
+        rows = [line.split("|") for line in body.splitlines() if line.startswith("| `")]
+        fields[heading] = {name for cells in rows if not optional or cells[3].strip().startswith("Only")
+                           for name in re.findall(r"`([a-z_0-9]+)`", cells[1])}
     return fields
 
 
 def check_trace_against_the_documentation(path: Path) -> list[dict[str, Any]]:
-    documented = documented_trace_fields()
+    documented, optional = documented_trace_fields(), documented_trace_fields(optional=True)
     assert set(documented) == set(RECORD_KINDS)
     lines = path.read_bytes().splitlines(keepends=True)
     records = [strict_line(line) for line in lines]
     for line, record in zip(lines, records):
         assert line == (protocol.canonical(record) + "\n").encode("utf-8"), "not canonical JSON"
-        assert set(record) == documented[record["record"]], record
+        kind = record["record"]
+        assert documented[kind] - optional[kind] <= set(record) <= documented[kind], record
     assert records[0]["record"] == "header" and records[-1]["record"] in ("footer", "error")
     return records
 

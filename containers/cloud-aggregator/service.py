@@ -30,6 +30,8 @@ class CloudAggregator(MqttService):
         self.latest_flagged: dict[str, int] = {}  # sensor -> latest sampled_us labelled anomaly
         self.episodes: dict[str, int] = {}  # sensor -> alerts so far
 
+    RECONFIGURABLE = MqttService.RECONFIGURABLE | {"quiet_us"}
+
     def configure(self, config: Mapping[str, Any]) -> None:
         self.quiet_us = int(config.get("quiet_us", self.quiet_us))
         if self.quiet_us < 0:

@@ -6,6 +6,9 @@ Config (all optional):
   hang_at_us:  stop answering when advanced past this time
   garbage_at_us: print a non-protocol line on stdout instead of DONE
   raise_at_us: raise an exception in the callback
+
+Reconfigurable during a run (the schedule's `reconfigure`): any of the keys above; e.g. a new tick_us takes
+effect from the window it arrives in (ticks stay on multiples of tick_us).
 """
 
 from __future__ import annotations
@@ -24,6 +27,20 @@ def on_init(message: Mapping[str, Any]) -> None:
     state["config"] = dict(message.get("config") or {})
     state["rng"] = random.Random(message.get("seed"))
     state["node"] = message.get("node_id")
+
+
+CONFIG_KEYS = ("tick_us", "exit_at_us", "exit_code", "hang_at_us", "garbage_at_us", "raise_at_us")
+
+
+def on_configure(message: Mapping[str, Any]) -> None:
+    changes = message.get("config") or {}
+    unknown = sorted(set(changes) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; echo takes {', '.join(CONFIG_KEYS)}")
+    tick = changes.get("tick_us", 1)
+    if tick is not None and (not isinstance(tick, int) or isinstance(tick, bool) or tick < 0):
+        raise ValueError(f"tick_us must be an integer >= 0 (0 or null: no ticks), got {tick!r}")
+    state["config"].update(changes)
 
 
 def _passes(key: str, current: int, target: int) -> bool:
@@ -55,4 +72,4 @@ def advance(current: int, target: int, events: list[dict[str, Any]]) -> list[dic
 
 
 if __name__ == "__main__":
-    serve(advance, on_init=on_init, capabilities=["echo"])
+    serve(advance, on_init=on_init, capabilities=["echo"], on_configure=on_configure)

@@ -8,9 +8,12 @@ label "anomaly"|"normal", score rounded to 6 decimals, model_sha256), stamped at
 Other event types are counted and ignored.
 
 Config (all optional):
-  model_path:           the ONNX model (default: model.onnx next to this file, i.e. /app/model.onnx in the image)
+  model_path:           the ONNX model; a relative path is taken beside this file, where the image has model.onnx
+                        (the default) and model-mild.onnx (trained on milder faults too; see train_model.py)
   threshold:            score above which a window is an anomaly (default 0.5)
   processing_delay_us:  modelled compute time added to each result's timestamp (default 0)
+
+All three can change during a run (the schedule's `reconfigure`, protocol CONFIGURE): for requests from then on.
 
 Inference runs one request at a time on one thread (CPUExecutionProvider, sequential), so a request's score
 does not depend on what else arrived in its window. Wall-clock latency is measured as a metric only and
@@ -58,19 +61,33 @@ class InferenceService:
 
     def on_init(self, message: Mapping[str, Any]) -> dict[str, str]:
         config = message.get("config") or {}
+        self._apply(config)
+        return {"onnxruntime": ort.__version__, "numpy": np.__version__, "model_sha256": self.model_sha256}
+
+    def on_configure(self, message: Mapping[str, Any]) -> None:
+        """The schedule's reconfigure: threshold, processing_delay_us (results of requests from now on) and
+        model_path (another model in the image, loaded now). Checked before anything changes."""
+        self._apply(message.get("config") or {})
+        log.info("reconfigured at %s us: threshold %s, processing delay %s us, model %s", message.get("time_us"),
+                 self.threshold, self.delay_us, self.model_sha256[:12])
+
+    def _apply(self, config: Mapping[str, Any]) -> None:
+        """Check ``config`` (keys absent keep their current values), then apply it."""
         unknown = sorted(set(config) - {"model_path", "threshold", "processing_delay_us"})
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; expected model_path, threshold, processing_delay_us")
-        threshold = config.get("threshold", 0.5)
+        threshold = config.get("threshold", self.threshold)
         if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
             raise ValueError(f"config threshold must be a number in [0, 1], got {threshold!r}")
-        delay = config.get("processing_delay_us", 0)
+        delay = config.get("processing_delay_us", self.delay_us)
         if not isinstance(delay, int) or isinstance(delay, bool) or delay < 0:
             raise ValueError(f"config processing_delay_us must be an integer >= 0, got {delay!r}")
+        if self.session is None or "model_path" in config:
+            # A relative path names a file beside this service: one of the models in the image (/app).
+            self.session, self.model_sha256 = load_model(DEFAULT_MODEL_PATH.parent / (config.get("model_path")
+                                                                                      or DEFAULT_MODEL_PATH))
         self.threshold = float(threshold)
         self.delay_us = delay
-        self.session, self.model_sha256 = load_model(Path(config.get("model_path") or DEFAULT_MODEL_PATH))
-        return {"onnxruntime": ort.__version__, "numpy": np.__version__, "model_sha256": self.model_sha256}
 
     def on_shutdown(self) -> None:
         summary = f"{self.results} results, {self.errors} errors, ignored {dict(sorted(self.ignored.items()))}"
@@ -179,7 +196,8 @@ def load_model(path: Path) -> tuple[ort.InferenceSession, str]:
 
 def main() -> None:
     service = InferenceService()
-    serve(service.advance, on_init=service.on_init, on_shutdown=service.on_shutdown, capabilities=["inference"])
+    serve(service.advance, on_init=service.on_init, on_shutdown=service.on_shutdown, capabilities=["inference"],
+          on_configure=service.on_configure)
 
 
 if __name__ == "__main__":

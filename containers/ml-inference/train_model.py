@@ -1,6 +1,10 @@
 """Train the vibration-anomaly classifier and export it as ONNX (with the Python that has cosim installed: .venv's).
 
-    .venv/bin/python containers/ml-inference/train_model.py [--output PATH] [--no-eval]
+    .venv/bin/python containers/ml-inference/train_model.py [--output PATH] [--no-eval] [--min-severity S]
+
+The image ships two: model.onnx (the default, faults of severity 0.6 to 1.0) and model-mild.onnx
+(``--min-severity 0.3 --output containers/ml-inference/model-mild.onnx``: trained on milder faults too, so it
+flags weaker anomalies), which a scenario can switch to during a run (`reconfigure` with `model_path`).
 
 A logistic regression on the logarithms of the four window features (rms, peak, crest factor, kurtosis)
 of synthetic windows from cosim.edge.vibration: healthy windows (severity 0) against bearing-fault windows
@@ -40,13 +44,14 @@ TRAIN_SEED = 20240611
 HELD_OUT_SEED = 20240612
 TRAIN_PER_CLASS = 2000
 HELD_OUT_PER_CLASS = 10000
-SEVERITY_RANGE = (0.6, 1.0)
+SEVERITY_RANGE = (0.6, 1.0)  # the default model's; --min-severity moves the lower end
 L2 = 1e-6  # keeps the weights finite on (nearly) separable data; small, so the fit approaches the max margin
 NEWTON_STEPS = 100
 LOG_FLOOR = 1e-6  # features are positive; the floor keeps log finite for a degenerate (e.g. all-zero) window
 
 
-def dataset(seed: int, per_class: int, params: SignalParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def dataset(seed: int, per_class: int, params: SignalParams,
+            faults: tuple[float, float] = SEVERITY_RANGE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features, labels (1 = anomaly) and severities; one seeded generator for signals, one for severities."""
     signal_rng = random.Random(seed)
     severity_rng = random.Random(seed + 1)
@@ -55,7 +60,7 @@ def dataset(seed: int, per_class: int, params: SignalParams) -> tuple[np.ndarray
         rows.append(sample_features(signal_rng, params, 0.0))
         labels.append(0.0)
         severities.append(0.0)
-        severity = severity_rng.uniform(*SEVERITY_RANGE)
+        severity = severity_rng.uniform(*faults)
         rows.append(sample_features(signal_rng, params, severity))
         labels.append(1.0)
         severities.append(severity)
@@ -93,7 +98,8 @@ def _param(values: np.ndarray | list[float]) -> np.ndarray:
     return np.array([float(f"{v:.6g}") for v in np.ravel(values)], dtype=np.float32).reshape(np.shape(values))
 
 
-def build_model(mean: np.ndarray, std: np.ndarray, weights: np.ndarray, bias: float) -> onnx.ModelProto:
+def build_model(mean: np.ndarray, std: np.ndarray, weights: np.ndarray, bias: float,
+                severities: tuple[float, float] = SEVERITY_RANGE) -> onnx.ModelProto:
     n_features = len(FEATURES)
     initializers = [
         numpy_helper.from_array(np.array([LOG_FLOOR], dtype=np.float32), "log_floor"),
@@ -133,33 +139,33 @@ def build_model(mean: np.ndarray, std: np.ndarray, weights: np.ndarray, bias: fl
     helper.set_model_props(model, {
         "features": ",".join(FEATURES),
         "train_seed": str(TRAIN_SEED),
-        "train_severity": f"{SEVERITY_RANGE[0]}..{SEVERITY_RANGE[1]}",
+        "train_severity": f"{severities[0]}..{severities[1]}",
     })
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def train() -> onnx.ModelProto:
-    x, y, _ = dataset(TRAIN_SEED, TRAIN_PER_CLASS, SignalParams())
+def train(severities: tuple[float, float] = SEVERITY_RANGE) -> onnx.ModelProto:
+    x, y, _ = dataset(TRAIN_SEED, TRAIN_PER_CLASS, SignalParams(), severities)
     x = log_features(x)
     mean, std = x.mean(axis=0), x.std(axis=0)
     weights, bias = fit_logistic((x - mean) / std, y)
-    return build_model(mean, std, weights, bias)
+    return build_model(mean, std, weights, bias, severities)
 
 
-def evaluate(model_bytes: bytes) -> None:
+def evaluate(model_bytes: bytes, severities: tuple[float, float] = SEVERITY_RANGE) -> None:
     """Held-out metrics of the exported file itself, run through onnxruntime."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     params = SignalParams()
-    x, y, severity = dataset(HELD_OUT_SEED, HELD_OUT_PER_CLASS, params)
+    x, y, severity = dataset(HELD_OUT_SEED, HELD_OUT_PER_CLASS, params, severities)
     score = session.run(["score"], {"features": x.astype(np.float32)})[0]
     predicted = score > 0.5
     healthy, anomalous = y == 0, y == 1
     false_positives = int(np.sum(predicted & healthy))
     missed = int(np.sum(~predicted & anomalous))
-    print(f"held-out: {healthy.sum()} healthy, {anomalous.sum()} anomalous (severity {SEVERITY_RANGE[0]}..{SEVERITY_RANGE[1]})")
+    print(f"held-out: {healthy.sum()} healthy, {anomalous.sum()} anomalous (severity {severities[0]}..{severities[1]})")
     print(f"  accuracy {np.mean(predicted == anomalous):.5f}; false positives {false_positives} "
           f"(rate {false_positives / healthy.sum():.5f}); missed anomalies {missed} (rate {missed / anomalous.sum():.5f})")
     print(f"  max healthy score {score[healthy].max():.6f}; min anomalous score {score[anomalous].min():.6f}")
@@ -175,12 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=HERE / "model.onnx", help="where to write the model")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation (needs onnxruntime)")
+    parser.add_argument("--min-severity", type=float, default=SEVERITY_RANGE[0],
+                        help=f"the mildest fault in the training set (default {SEVERITY_RANGE[0]})")
     args = parser.parse_args(argv)
-    model_bytes = train().SerializeToString(deterministic=True)
+    severities = (args.min_severity, SEVERITY_RANGE[1])
+    model_bytes = train(severities).SerializeToString(deterministic=True)
     args.output.write_bytes(model_bytes)
     print(f"wrote {args.output} ({len(model_bytes)} bytes, sha256 {hashlib.sha256(model_bytes).hexdigest()})")
     if not args.no_eval:
-        evaluate(model_bytes)
+        evaluate(model_bytes, severities)
     return 0
 
 

@@ -21,6 +21,12 @@ Config (all optional):
   broker_delay_us    virtual delay of the broker hop (0); >= the quantum lets windows overlap their round trips
   connect_timeout_s  wall-clock limit to connect and subscribe at INIT (10)
   barrier_timeout_s  wall-clock limit for the peers' barriers of a window (10)
+
+All but ``broker`` can change during a run (the schedule's `reconfigure`, protocol CONFIGURE): a new topic for
+what is published from then on, new subscriptions (unsubscribing and subscribing as needed), QoS, and a broker
+delay for the windows after the change. A broker that goes away by plan (CONFIGURE with its endpoint null) is
+let go of cleanly; what cannot be published meanwhile is emitted as ``mqtt_lost``; when it is back the gateway
+reconnects (cosim_mqtt.py).
 """
 
 from __future__ import annotations

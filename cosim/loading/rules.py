@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cosim import plugins
+from cosim.loading import schedule as scheduling
 from cosim.loading.positions import FieldPath, Positions
 from cosim.model import Anomaly, ContainerSpec, LinkProperties, NodeSpec, Route, Scenario, SensorSpec, SinkSpec
 from cosim.paths import service_image
@@ -73,12 +74,28 @@ def build(doc: dict[str, Any], positions: Positions, path: Path, sha256: str) ->
 
     by_id = {node.id: node for node in nodes}
     routes = [_route(route_doc, index, by_id, groups, positions) for index, route_doc in enumerate(doc.get("routes", []))]
+    routes = [_during(route, doc["routes"][index], index, positions) for index, route in enumerate(routes)]
     trace = doc.get("trace") or f"traces/{doc['name']}.jsonl"
+    schedule = scheduling.parse(doc.get("schedule", []), scheduling.NodeFacts({n.id: n.kind for n in nodes}, groups),
+                                quantum, duration, positions)
     return Scenario(
         name=doc["name"], seed=doc["seed"], duration_us=duration, quantum_us=quantum, nodes=tuple(nodes),
         routes=tuple(routes), default_link=default_link, trace=trace, path=path, sha256=sha256,
-        description=doc.get("description", ""), groups=groups,
+        description=doc.get("description", ""), groups=groups, schedule=schedule,
     )
+
+
+def _during(route: Route, doc: dict[str, Any], index: int, positions: Positions) -> Route:
+    """A route's `during:` windows: each [from_us, to_us) non-empty."""
+    if "during" not in doc:
+        return route
+    windows = []
+    for position, window in enumerate(doc["during"]):
+        if window["to_us"] <= window["from_us"]:
+            raise positions.error(f"window [{window['from_us']}, {window['to_us']}) us is empty: to_us must be after "
+                                  f"from_us", ("routes", index, "during", position))
+        windows.append((window["from_us"], window["to_us"]))
+    return replace(route, during=tuple(windows))
 
 
 def _lookahead_message(latency: int, quantum: int) -> str:

@@ -99,7 +99,7 @@ def _describe(error: jsonschema.ValidationError, document: Any) -> str:
             return (f"{_show(value)} is not allowed here: expected lowercase letters, digits and dashes, "
                     f"starting with a letter (pattern {expected})")
         return f"{_show(value)} does not match {expected}"
-    if kind in ("minItems", "minLength"):
+    if kind in ("minItems", "minLength", "minProperties"):
         return "must not be empty" if expected == 1 else f"needs at least {expected} items"
     if kind == "maxItems":
         return f"has more than {expected} items"

@@ -43,6 +43,16 @@ class Runtime(Protocol):
         still running is given up to ``wait_s`` to be seen exiting (its exit may be recorded a moment late)."""
         ...
 
+    def crash(self, node_id: str) -> None:
+        """Kill a service's or infrastructure node's process/container now (the schedule's planned crash); a
+        service's transport is closed. Nothing restarts it until ``restart``."""
+        ...
+
+    def restart(self, node_id: str) -> Transport | None:
+        """Start a fresh process/container for a crashed node and return once it is up: a service's new
+        transport (the caller sends INIT), None for an infrastructure node (listening again at its endpoint)."""
+        ...
+
     def stop(self) -> None:
         """Remove everything started; idempotent and safe to call after a partial start."""
         ...

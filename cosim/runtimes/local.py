@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -89,6 +90,25 @@ class LocalRuntime:
             exited.append((node_id, 128 - code if code < 0 else code))  # Popen says -n for signal n; shells 128 + n
         return exited
 
+    def crash(self, node_id: str) -> None:
+        transport = self._transports.get(node_id)
+        process = transport.process if transport is not None else self._infrastructure[node_id]
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # its own session (start_new_session): the whole group
+        except ProcessLookupError:
+            pass
+        process.wait()
+        if transport is not None:
+            transport.close(grace_s=0.0)  # killed before its stdin closed: no orderly shutdown, a crash
+
+    def restart(self, node_id: str) -> Transport | None:
+        node = next(node for node in self.scenario.containers if node.id == node_id)
+        if node.speaks_protocol:
+            self._start_service(node)
+            return self._transports[node_id]
+        self._start_infrastructure(node, port=self._endpoints[node_id]["port"])  # where its clients look
+        return None
+
     def stop(self) -> None:
         for transport in self._transports.values():
             transport.close(grace_s=1.0)
@@ -123,8 +143,8 @@ class LocalRuntime:
         return {**os.environ, **node.environment, "PYTHONPATH": pythonpath, "COSIM_NODE_ID": node.id,
                 "PYTHONUNBUFFERED": "1"}
 
-    def _start_infrastructure(self, node: ContainerSpec) -> None:
-        port = free_port()
+    def _start_infrastructure(self, node: ContainerSpec, port: int | None = None) -> None:
+        port = port if port is not None else free_port()
         command = self._command(node, port)
         # Daemons such as mosquitto live in sbin, which is not on every user's PATH.
         found = shutil.which(command[0]) or shutil.which(command[0], path=os.pathsep.join(SBIN_DIRS))

@@ -231,6 +231,39 @@ class DockerRuntime:
                 exited.append((node.id, code))  # (still running after wait_s: not the cause)
         return exited
 
+    @docker_errors()
+    def crash(self, node_id: str) -> None:
+        """SIGKILL the node's container (it stays, stopped, until its restart recreates it or the run ends)."""
+        container_id = self._containers[node_id]
+        try:
+            docker.container.kill(container_id)
+        except DockerException:
+            pass  # already dead: the crash happened anyway
+        wait_exit(container_id, STOP_TIMEOUT_S)
+        transport = self._transports.pop(node_id, None)
+        if transport is not None:
+            transport.close(grace_s=0.0)
+
+    @docker_errors()
+    def restart(self, node_id: str) -> Transport | None:
+        """A new container of the node's compose service (`compose up --force-recreate --no-deps`), attached."""
+        assert self.client is not None
+        try:
+            self.client.compose.up(services=[node_id], detach=True, force_recreate=True, dependencies=False,
+                                   build=False, pull="never", quiet=True)
+        except DockerException as exc:
+            raise ComposeUpFailed(f"docker compose could not restart node {node_id!r} of scenario "
+                                  f"{self.scenario.name!r}:\n{_error_text(exc)}") from None
+        for container in self.client.compose.ps(services=[node_id], all=True):
+            if (container.config.labels or {}).get(LABEL_NODE) == node_id:
+                self._containers[node_id] = container.id
+        node = next(node for node in self.scenario.containers if node.id == node_id)
+        container_id = self._containers[node_id]
+        if node.speaks_protocol:
+            self._transports[node_id] = self._attach(node, container_id)
+            return self._transports[node_id]
+        return None
+
     def stop(self) -> None:
         try:
             # `docker attach` ends when its container does (not when its stdin closes): stop the containers
