@@ -46,7 +46,8 @@ def render(c: Context, scenario: str | None = None) -> None:
     positional=["scenario"],
     help={
         "scenario": SCENARIO_HELP,
-        "runtime": "docker (default) or local (services as subprocesses, no Docker)",
+        "runtime": "docker (default), local (services as subprocesses, no Docker) or swarm (a stack on the Swarm of "
+                   "$COSIM_SWARM_CONTEXT, default the Docker engine)",
         "trace": "where the JSONL trace goes (default: the scenario's `trace`, else traces/<name>.jsonl)",
         "watchdog": WATCHDOG_HELP,
         "quiet": "no progress line",
@@ -62,8 +63,15 @@ def up(c: Context, scenario: str | None = None, runtime: str = "docker", trace: 
 
 @task
 def down(c: Context) -> None:
-    """Remove containers and networks that earlier (e.g. crashed) runs left behind."""
+    """Remove containers, networks (and Swarm stacks) that earlier (e.g. crashed) runs left behind."""
     _call(cli.down)
+
+
+@task(positional=["action"], help={"action": "up or down", "nodes": "how many engines (default 3; the first is the manager)",
+                                   "name": "the cluster's name (default cosim): its nodes and contexts are NAME-1 ..."})
+def cluster(c: Context, action: str, nodes: str = "3", name: str = "cosim") -> None:
+    """A local test Swarm of extra Docker engines (root): `cluster up --nodes 3`, `cluster down`."""
+    _call(cli.cluster, action, nodes=nodes, name=name)
 
 
 @optional_positional("scenario")

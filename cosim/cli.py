@@ -186,9 +186,33 @@ def images(path: str = DEFAULT_SCENARIO, *, force: bool = False, out: TextIO = s
 
 def down(out: TextIO = sys.stdout) -> None:
     from cosim.runtimes.docker import down_all
+    from cosim.runtimes.swarm import down_stacks
 
     containers, networks = down_all()
-    out.write(f"removed {containers} container(s) and {networks} network(s) left by cosim runs\n")
+    stacks = down_stacks()  # when the engine ($COSIM_SWARM_CONTEXT, else the default) is a Swarm manager
+    out.write(f"removed {containers} container(s) and {networks} network(s) left by cosim runs"
+              + (f", and {len(stacks)} stack(s): {', '.join(stacks)}" if stacks else "") + "\n")
+
+
+def cluster(action: str, *, nodes: int | str = 3, name: str = "cosim", out: TextIO = sys.stdout) -> None:
+    """`invoke cluster up|down`: the local test Swarm (cosim.runtimes.swarm.cluster)."""
+    from cosim.runtimes.swarm import cluster as clusters
+
+    if action == "up":
+        made = clusters.cluster_up(options.integer_at_least("--nodes", nodes, 1), name)
+        workers = ", ".join(made.contexts[1:]) or "none"
+        out.write(f"cosim: cluster {name!r} is up: {len(made.engines)} Docker engine(s) in namespaces of their own; "
+                  f"Swarm manager {made.manager.name}, workers {workers}; one Docker context per node, named "
+                  f"after it; node i is labelled site=site-<i>.\n"
+                  f"  run a scenario on it: COSIM_SWARM_CONTEXT={made.manager.name} ./inv up scenarios/distributed.yaml "
+                  f"--runtime swarm\n  remove it: ./inv cluster down{'' if name == 'cosim' else ' --name ' + name}\n")
+    elif action == "down":
+        removed = clusters.cluster_down(name)
+        out.write(f"cosim: cluster {name!r}: removed {removed} engine(s)\n" if removed else
+                  f"cosim: no cluster named {name!r} is up\n")
+    else:
+        raise UsageError(f"usage: invoke cluster up [--nodes N] [--name NAME] | invoke cluster down [--name NAME] "
+                         f"(not {action!r})")
 
 
 def determinism(path: str = DEFAULT_SCENARIO, *, runs: int | str = 3, runtime: str = "docker",

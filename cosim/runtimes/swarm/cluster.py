@@ -32,6 +32,7 @@ CLUSTERS_DIR = Path("/var/tmp/cosim-clusters")
 ENGINE_START_DEADLINE_S = 90.0
 ENGINE_STOP_DEADLINE_S = 60.0
 SUBNET_PREFIX = "10.231"  # each engine gets 10.231.<k>.0/30: .1 the host end, .2 the engine's end
+SITE_LABEL = "site"
 CLUSTER_NAME = re.compile(r"[a-z][a-z0-9-]{0,19}")
 
 
@@ -231,7 +232,7 @@ def engine(name: str, base: Path, **options: object) -> Iterator[Engine]:
 @dataclass
 class Cluster:
     """A local Swarm of extra engines: ``engines[0]`` is the manager; each engine is named by a Docker context of
-    the same name as its Swarm node (``<cluster>-1`` ...)."""
+    the same name as its Swarm node (``<cluster>-1`` ...), and node i carries the label ``site=site-<i>``."""
 
     name: str
     engines: list[Engine]
@@ -278,6 +279,10 @@ def cluster_up(nodes: int, name: str = "cosim") -> Cluster:
             _check(worker.docker("swarm", "join", "--token", token, "--advertise-addr", worker.address,
                                  f"{manager.address}:2377"), "swarm join", worker)
         _wait_ready(cluster)
+        for index, engine in enumerate(cluster.engines, start=1):
+            # Where placement constraints can point: node.labels.site == site-<i> (see scenarios/distributed.yaml).
+            _check(manager.docker("node", "update", "--label-add", f"{SITE_LABEL}=site-{index}", engine.name),
+                   "node update", manager)
         return cluster
     except BaseException:
         cluster_down(name)
