@@ -194,7 +194,7 @@ class SwarmRuntime:
         """{Swarm service id: cosim node id} of this run's stack."""
         assert self.manager is not None
         return {service.id: (service.spec.labels or {}).get(LABEL_NODE, "")
-                for service in self.manager.service.list(filters={"label": f"{STACK_LABEL}={self.stack}"})}
+                for service in self.manager.service.list(filters=[("label", f"{STACK_LABEL}={self.stack}")])}
 
     def _wait_running(self) -> None:
         """Until every node's task runs; at once a clear error when Swarm gives up on one; START_TIMEOUT_S at most."""
@@ -241,9 +241,14 @@ class SwarmRuntime:
             raise NodeStartError(node.id, f"cannot be placed: no Swarm node satisfies its placement {constraints} "
                                           f"(Swarm says: {error})")
         if state in FAILED_STATES:
-            where = self._engines[task.node_id].hostname if task.node_id in self._engines else "?"
-            raise NodeStartError(node.id, f"did not start: its task on Swarm node {where!r} is {state} "
-                                          f"(Swarm says: {error or 'no reason given'})")
+            engine = self._engines.get(task.node_id or "")
+            container = task.status.container_status
+            tail = ""
+            if engine is not None and container is not None and container.container_id:
+                tail = last_lines(_logs(engine, container.container_id), 5)
+            where = f"on Swarm node {engine.hostname!r} " if engine is not None else ""
+            raise NodeStartError(node.id, f"did not start: its task {where}{state} (Swarm says: "
+                                          f"{error or 'no reason given'})" + (f"; last lines of its log:\n{tail}" if tail else ""))
 
     def _attach_all(self) -> None:
         for node in self.scenario.containers:
@@ -296,6 +301,12 @@ def _exit_code(engine: NodeEngine, container_id: str) -> int | None:
     return int(code) if running != "true" else wait_exit(container_id, 3, context=engine.context)
 
 
+def _logs(engine: NodeEngine, container_id: str) -> str:
+    """The container's own log, stdout and stderr (also for one that never got to run)."""
+    done = run_bounded(["logs", "--tail", "20", container_id], 10, context=engine.context)
+    return (done.stdout + done.stderr) if done is not None and done.returncode == 0 else ""
+
+
 def _ids(engine: NodeEngine, kind: list[str], label: str) -> list[str] | None:
     done = run_bounded([*kind, "--filter", f"label={label}", "--quiet"], 10, context=engine.context)
     return done.stdout.split() if done is not None and done.returncode == 0 else None
@@ -318,7 +329,7 @@ def remove_stacks(manager: DockerClient) -> list[str]:
     """Remove the stacks of cosim runs that are over (their coordinator is gone), never one in progress; returns
     their names. What `invoke down` does on a Swarm manager, and what a Swarm run does before it starts."""
     stacks: dict[str, str | None] = {}
-    for service in manager.service.list(filters={"label": f"{LABEL_PROJECT}=cosim"}):
+    for service in manager.service.list(filters=[("label", f"{LABEL_PROJECT}=cosim")]):
         labels = service.spec.labels or {}
         if STACK_LABEL in labels:
             stacks[labels[STACK_LABEL]] = labels.get(LABEL_RUN)

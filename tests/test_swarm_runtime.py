@@ -1,0 +1,240 @@
+"""The Swarm runtime on local test clusters: real dockerd instances in namespaces of their own (cosim's
+cluster tool), never the host engine in Swarm mode.
+
+- one node: the default scenario on Swarm gives the compose runtime's trace records; the failures (placement no
+  node satisfies, a task that cannot start, a node engine that does not answer, no manager) are one clear error
+  each, within a deadline, and leave nothing behind;
+- three nodes: scenarios/distributed.yaml across them, the same records again and the header naming the node of
+  each service; then a worker whose engine stops mid-run.
+
+Each cluster is removed at the end of its module, and the test checks that nothing of it is left: no dockerd,
+network namespace, veth, mount, data directory or Docker context. Needs root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+from cosim.errors import NodeFailure, NodeStartError, SwarmError, SwarmNodeUnreachable
+from cosim.run import run
+from cosim.runtimes.swarm import cluster as clusters
+from cosim.runtimes.swarm.nodes import CONTEXT_ENV
+from tests.conftest import ROOT, assert_same_simulation
+
+pytestmark = [pytest.mark.docker, pytest.mark.swarm]
+
+DEFAULT_NETWORKS = ["docker_gwbridge", "host", "ingress", "none"]
+
+
+def assert_gone(cluster: clusters.Cluster) -> None:
+    """Nothing of the cluster is left on this machine."""
+    for engine in cluster.engines:
+        assert engine.pid is not None and not Path(f"/proc/{engine.pid}").exists(), f"dockerd {engine.name} still runs"
+        assert not Path(engine.base).exists()
+    assert not clusters.cluster_dir(cluster.name).exists()
+    assert not clusters.mounts_under(clusters.cluster_dir(cluster.name))
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    contexts = subprocess.run(["docker", "context", "ls", "--format", "{{.Name}}"], capture_output=True, text=True).stdout
+    for engine in cluster.engines:
+        assert engine.name not in contexts.split()
+        for command in engine.undo:
+            if command[:3] == ["ip", "netns", "del"]:
+                assert command[3] not in namespaces
+            if command[:3] == ["ip", "link", "del"]:
+                assert f" {command[3]}@" not in links and f" {command[3]}:" not in links
+
+
+@pytest.fixture(scope="module")
+def one_node(service_images: dict[str, str]) -> Iterator[clusters.Cluster]:
+    assert os.geteuid() == 0, "the Swarm tests need root (extra dockerd instances in network namespaces)"
+    cluster = clusters.cluster_up(1, f"t{os.getpid() % 100000}")
+    try:
+        yield cluster
+    finally:
+        clusters.cluster_down(cluster.name)
+    assert_gone(cluster)
+
+
+@pytest.fixture
+def on_swarm(one_node: clusters.Cluster, monkeypatch: pytest.MonkeyPatch) -> clusters.Cluster:
+    monkeypatch.setenv(CONTEXT_ENV, one_node.manager.name)
+    return one_node
+
+
+def assert_nothing_left(cluster: clusters.Cluster) -> None:
+    for engine in cluster.engines:
+        if engine.docker("version", timeout_s=10).returncode != 0:
+            continue  # stopped by the test
+        assert engine.docker("ps", "-aq").stdout.split() == [], f"containers left on {engine.name}"
+        networks = engine.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+        assert sorted(networks) == DEFAULT_NETWORKS, f"networks left on {engine.name}"
+    assert cluster.manager.docker("service", "ls", "-q").stdout.split() == []
+
+
+def variant(tmp_path: Path, source: str, name: str, change: dict[str, dict]) -> Path:
+    """A copy of a bundled scenario with some container nodes' fields changed."""
+    doc = yaml.safe_load((ROOT / source).read_text())
+    doc["name"] = name
+    for node in doc["nodes"]:
+        node.update(change.get(node["id"], {}))
+        if "build" in node:
+            node["build"] = str((ROOT / "scenarios" / node["build"]).resolve())
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def environment(trace: Path) -> dict:
+    return json.loads(trace.read_bytes().split(b"\n", 1)[0])["environment"]
+
+
+def test_default_scenario_on_one_node_swarm_gives_the_compose_records(on_swarm: clusters.Cluster,
+                                                                      tmp_path: Path) -> None:
+    swarm = run(ROOT / "scenarios/default.yaml", runtime="swarm", trace_path=tmp_path / "swarm.jsonl")
+    assert_nothing_left(on_swarm)
+    docker = run(ROOT / "scenarios/default.yaml", runtime="docker", trace_path=tmp_path / "docker.jsonl")
+    assert_same_simulation(docker.trace_path, swarm.trace_path)
+    header = environment(swarm.trace_path)
+    node = on_swarm.manager.name
+    assert header["runtime"] == "swarm"
+    assert header["nodes"] == {"gateway": node, "inference": node, "mqtt-broker": node}
+    facts = json.loads(swarm.metrics_path.read_text())["environment"]
+    assert facts["attach"] == {"gateway": "engine-api", "inference": "engine-api"}
+    # A second run copies nothing: the node has every image id already.
+    again = run(ROOT / "scenarios/default.yaml", runtime="swarm", trace_path=tmp_path / "again.jsonl")
+    assert json.loads(again.metrics_path.read_text())["environment"]["images_copied"] == {}
+    assert again.trace_path.read_bytes() == swarm.trace_path.read_bytes()
+    assert_nothing_left(on_swarm)
+
+
+def test_stack_deploy_keeps_the_lockdown_and_the_cluster_adds_no_new_privileges(on_swarm: clusters.Cluster,
+                                                                              tmp_path: Path) -> None:
+    """What a task's container gets: read-only root, no capabilities, non-root user, init, and no-new-privileges
+    (dropped by stack deploy, set daemon-wide by the cluster's engines), checked while a run is up."""
+    seen: dict[str, str] = {}
+
+    def look(now_us: int, duration_us: int) -> None:
+        if seen:
+            return
+        engine = on_swarm.manager
+        (container,) = engine.docker("ps", "-q", "--filter", "label=cosim.node=gateway").stdout.split()
+        seen["inspect"] = engine.docker("inspect", "--format", "{{.HostConfig.ReadonlyRootfs}} {{.HostConfig.CapDrop}} "
+                                        "{{.Config.User}} {{.HostConfig.Init}}", container).stdout.strip()
+        seen["status"] = engine.docker("exec", container, "cat", "/proc/1/status").stdout
+
+    run(ROOT / "scenarios/default.yaml", runtime="swarm", trace_path=tmp_path / "t.jsonl", progress=look)
+    assert seen["inspect"] == "true [ALL] 10001:10001 true"
+    assert "NoNewPrivs:\t1" in seen["status"] and "CapEff:\t0000000000000000" in seen["status"]
+    assert_nothing_left(on_swarm)
+
+
+def test_placement_no_node_satisfies_names_node_and_constraint(on_swarm: clusters.Cluster, tmp_path: Path) -> None:
+    path = variant(tmp_path, "scenarios/default.yaml", "unplaceable",
+                   {"inference": {"placement": ["node.labels.site == nowhere"]}})
+    with pytest.raises(NodeStartError) as failure:
+        run(path, runtime="swarm", trace_path=tmp_path / "t.jsonl")
+    message = str(failure.value)
+    assert message.startswith("node 'inference' cannot be placed: no Swarm node satisfies its placement "
+                              "`node.labels.site == nowhere`")
+    assert "no suitable node" in message  # Swarm's own words
+    last = json.loads((tmp_path / "t.jsonl").read_bytes().rstrip().rsplit(b"\n", 1)[-1])
+    assert last["record"] == "error" and last["node"] == "inference"
+    assert_nothing_left(on_swarm)
+
+
+def test_task_that_cannot_start_names_node_and_swarms_error(on_swarm: clusters.Cluster, tmp_path: Path) -> None:
+    path = variant(tmp_path, "scenarios/default.yaml", "nostart", {"gateway": {"command": ["/no/such/program"]}})
+    with pytest.raises(NodeStartError) as failure:
+        run(path, runtime="swarm", trace_path=tmp_path / "t.jsonl")
+    message = str(failure.value)
+    assert message.startswith(f"node 'gateway' did not start: its task on Swarm node '{on_swarm.manager.name}' failed "
+                              f"(Swarm says: task: non-zero exit (127))")
+    assert "/no/such/program" in message  # from the container's log
+    assert_nothing_left(on_swarm)
+
+
+def test_node_engine_that_does_not_answer(on_swarm: clusters.Cluster, tmp_path: Path) -> None:
+    manager = on_swarm.manager
+    context = f"{on_swarm.name}-nowhere"
+    subprocess.run(["docker", "context", "create", context, "--docker", f"host=unix://{tmp_path}/none.sock"],
+                   check=True, capture_output=True)
+    try:
+        assert manager.docker("node", "update", "--label-add", f"cosim.context={context}", manager.name).returncode == 0
+        with pytest.raises(SwarmNodeUnreachable) as failure:
+            run(ROOT / "scenarios/default.yaml", runtime="swarm", trace_path=tmp_path / "t.jsonl")
+        assert str(failure.value).startswith(f"the engine of Swarm node '{manager.name}' (context '{context}') "
+                                             f"does not answer")
+    finally:
+        manager.docker("node", "update", "--label-rm", "cosim.context", manager.name)
+        subprocess.run(["docker", "context", "rm", "-f", context], capture_output=True)
+    assert_nothing_left(on_swarm)
+
+
+def test_an_engine_that_is_no_swarm_manager(one_node: clusters.Cluster, monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    # The host engine is not in Swarm mode (and is never put in it): a clear sentence, nothing started.
+    monkeypatch.delenv(CONTEXT_ENV, raising=False)
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    info = subprocess.run(["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"], capture_output=True, text=True)
+    assert info.stdout.strip() == "inactive"
+    with pytest.raises(SwarmError, match=r"--runtime swarm needs a Swarm manager, and the default Docker engine"):
+        run(ROOT / "scenarios/default.yaml", runtime="swarm", trace_path=tmp_path / "t.jsonl")
+
+
+# -- three nodes ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def three_nodes(service_images: dict[str, str]) -> Iterator[clusters.Cluster]:
+    assert os.geteuid() == 0, "the Swarm tests need root (extra dockerd instances in network namespaces)"
+    cluster = clusters.cluster_up(3, f"t{os.getpid() % 100000}x")
+    try:
+        yield cluster
+    finally:
+        clusters.cluster_down(cluster.name)
+    assert_gone(cluster)
+
+
+def test_distributed_scenario_on_three_nodes(three_nodes: clusters.Cluster, monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    monkeypatch.setenv(CONTEXT_ENV, three_nodes.manager.name)
+    swarm = run(ROOT / "scenarios/distributed.yaml", runtime="swarm", trace_path=tmp_path / "swarm.jsonl")
+    assert_nothing_left(three_nodes)
+    docker = run(ROOT / "scenarios/distributed.yaml", runtime="docker", trace_path=tmp_path / "docker.jsonl")
+    assert_same_simulation(docker.trace_path, swarm.trace_path)
+    names = three_nodes.contexts
+    assert environment(swarm.trace_path)["nodes"] == {"mqtt-broker": names[0], "gateway": names[1],
+                                                      "inference": names[2]}
+
+
+def test_worker_whose_engine_stops_mid_run(three_nodes: clusters.Cluster, monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Path) -> None:
+    """The worker running inference goes away mid-run: the run fails naming the node and the Swarm node, the rest
+    is removed from the nodes still there. (Last in the module: that worker stays down.)"""
+    monkeypatch.setenv(CONTEXT_ENV, three_nodes.manager.name)
+    worker = three_nodes.engines[2]
+    stopped = threading.Event()
+
+    def stop_worker(now_us: int, duration_us: int) -> None:
+        if now_us >= 1_000_000 and not stopped.is_set():
+            stopped.set()
+            assert worker.pid is not None
+            os.kill(worker.pid, 15)  # dockerd stops its containers and exits
+
+    with pytest.raises(NodeFailure) as failure:
+        run(ROOT / "scenarios/distributed.yaml", runtime="swarm", trace_path=tmp_path / "t.jsonl",
+            progress=stop_worker, watchdog_s=20)
+    assert stopped.is_set()
+    message = str(failure.value)
+    assert message.startswith("node 'inference': ended without answering")
+    assert f"its Swarm node '{worker.name}' does not answer (context '{worker.name}')" in message
+    assert_nothing_left(three_nodes)
