@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -25,9 +27,9 @@ import yaml
 
 from cosim.errors import NodeFailure, NodeStartError, SwarmError, SwarmNodeUnreachable
 from cosim.run import run
-from cosim.runtimes.swarm import cluster as clusters
+from cosim.runtimes.swarm import cluster as clusters, down_stacks
 from cosim.runtimes.swarm.nodes import CONTEXT_ENV
-from tests.conftest import ROOT, assert_same_simulation
+from tests.conftest import ROOT, assert_same_simulation, invoke_up_session, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.swarm]
 
@@ -188,6 +190,37 @@ def test_an_engine_that_is_no_swarm_manager(one_node: clusters.Cluster, monkeypa
     assert info.stdout.strip() == "inactive"
     with pytest.raises(SwarmError, match=r"--runtime swarm needs a Swarm manager, and the default Docker engine"):
         run(ROOT / "scenarios/default.yaml", runtime="swarm", trace_path=tmp_path / "t.jsonl")
+
+
+def trace_grew(trace: Path) -> bool:
+    return trace.is_file() and trace.read_bytes().count(b"\n") > 50
+
+
+def test_ctrl_c_mid_run_leaves_nothing_on_the_node(on_swarm: clusters.Cluster, tmp_path: Path) -> None:
+    trace = tmp_path / "t.jsonl"
+    with invoke_up_session(ROOT / "scenarios/default.yaml", trace, "--runtime", "swarm") as process:
+        wait_until(lambda: trace_grew(trace), process, "the run reached its step loop")
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted at virtual time" in err
+    assert_nothing_left(on_swarm)
+
+
+def test_down_removes_the_stack_of_a_killed_run(on_swarm: clusters.Cluster, tmp_path: Path) -> None:
+    trace = tmp_path / "t.jsonl"
+    with invoke_up_session(ROOT / "scenarios/default.yaml", trace, "--runtime", "swarm") as process:
+        wait_until(lambda: trace_grew(trace), process, "the run reached its step loop")
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+    manager = on_swarm.manager
+    (stack,) = set(manager.docker("stack", "ls", "--format", "{{.Name}}").stdout.split())
+    assert down_stacks() == [stack]
+    deadline = time.monotonic() + 60
+    # `docker stack rm` returns at once; each check is a docker call, which paces the loop.
+    while manager.docker("ps", "-aq").stdout.strip() or len(manager.docker("network", "ls", "-q").stdout.split()) > 4:
+        assert time.monotonic() < deadline, "the stack's containers and network are still there after 60 s"
+    assert_nothing_left(on_swarm)
 
 
 # -- three nodes ----------------------------------------------------------------------------------------------
