@@ -105,10 +105,12 @@ def diff(c: Context, trace_a: str, trace_b: str) -> None:
 
 
 @task(help={"steps": "steps per measured run (default 2000)", "local_only": "skip the Docker measurements",
+            "no_swarm": "skip the local Swarm measurements (they need root)",
             "output": "where the JSON results go (default traces/bench.json)"})
-def bench(c: Context, steps: str = "2000", local_only: bool = False, output: str = "traces/bench.json") -> None:
+def bench(c: Context, steps: str = "2000", local_only: bool = False, no_swarm: bool = False,
+          output: str = "traces/bench.json") -> None:
     """Measure cosim's per-step cost, scaling and throughput against floors measured in the same run."""
-    _call(cli.bench, steps=steps, docker=not local_only, output=output)
+    _call(cli.bench, steps=steps, docker=not local_only, swarm=not no_swarm, output=output)
 
 
 @task

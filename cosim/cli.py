@@ -234,11 +234,12 @@ def diff(trace_a: str, trace_b: str, out: TextIO = sys.stdout) -> None:
         raise TracesDiffer("the traces differ (first divergent record above)")
 
 
-def bench(*, steps: int | str = 2000, docker: bool = True, output: str = "traces/bench.json",
+def bench(*, steps: int | str = 2000, docker: bool = True, swarm: bool = True, output: str = "traces/bench.json",
           out: TextIO = sys.stdout) -> None:
     from cosim.bench import bench as run_bench
 
-    run_bench(steps=options.integer_at_least("--steps", steps, 1), docker=docker, output=Path(output), out=out)
+    run_bench(steps=options.integer_at_least("--steps", steps, 1), docker=docker, swarm=swarm, output=Path(output),
+              out=out)
 
 
 def lock(*, upgrade: bool = False, out: TextIO = sys.stdout) -> None:
