@@ -51,14 +51,15 @@ def render(c: Context, scenario: str | None = None) -> None:
         "trace": "where the JSONL trace goes (default: the scenario's `trace`, else traces/<name>.jsonl)",
         "watchdog": WATCHDOG_HELP,
         "quiet": "no progress line",
+        "registry": "swarm: push the images to this registry (HOST:PORT) for the nodes to pull, instead of copying",
     }
 )
 def up(c: Context, scenario: str | None = None, runtime: str = "docker", trace: str | None = None,
-       watchdog: str | None = None, quiet: bool = False) -> None:
+       watchdog: str | None = None, quiet: bool = False, registry: str | None = None) -> None:
     """Run a scenario in virtual time and write its trace."""
     # Numeric options arrive as text: cosim checks them and names the option in its error.
     _call(cli.up, scenario or DEFAULT, runtime=runtime, trace=trace, watchdog_s=watchdog or DEFAULT_WATCHDOG_S,
-          progress=not quiet)
+          progress=not quiet, registry=registry)
 
 
 @task

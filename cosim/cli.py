@@ -6,6 +6,7 @@ message and a non-zero exit (no traceback).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -92,7 +93,12 @@ class ProgressLine:
 
 
 def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | None = None,
-       watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, out: TextIO = sys.stdout) -> CompletedRun:
+       watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, registry: str | None = None,
+       out: TextIO = sys.stdout) -> CompletedRun:
+    if registry:  # --registry is $COSIM_REGISTRY for this one run (the swarm runtime reads it)
+        from cosim.runtimes.swarm.images import REGISTRY_ENV
+
+        os.environ[REGISTRY_ENV] = registry
     progress_line = ProgressLine() if progress else None
     try:
         summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line)
