@@ -89,7 +89,7 @@ def images(c: Context, scenario: str | None = None, force: bool = False) -> None
     help={
         "scenario": SCENARIO_HELP,
         "runs": "how many runs (default 3)",
-        "runtime": "docker (default), local, or both (each runtime N times; all must agree)",
+        "runtime": "docker (default), local, swarm, or both (docker and local, N times each; all must agree)",
         "watchdog": WATCHDOG_HELP,
     },
 )

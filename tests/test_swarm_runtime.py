@@ -271,3 +271,29 @@ def test_worker_whose_engine_stops_mid_run(three_nodes: clusters.Cluster, monkey
     assert message.startswith("node 'inference': ended without answering")
     assert f"its Swarm node '{worker.name}' does not answer (context '{worker.name}')" in message
     assert_nothing_left(three_nodes)
+
+
+def test_worker_that_leaves_the_swarm_mid_run(three_nodes: clusters.Cluster, monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    """`docker swarm leave` on the worker running the gateway, mid-run: the failure says the node left. (After
+    the test above: its stopped worker is drained, and inference runs on the manager's node.)"""
+    monkeypatch.setenv(CONTEXT_ENV, three_nodes.manager.name)
+    manager, worker, stopped = three_nodes.engines
+    assert manager.docker("node", "update", "--availability", "drain", stopped.name).returncode == 0
+    path = variant(tmp_path, "scenarios/distributed.yaml", "leaving",
+                   {"inference": {"placement": ["node.labels.site == site-1"]}})
+    left = threading.Event()
+
+    def leave(now_us: int, duration_us: int) -> None:
+        if now_us >= 1_000_000 and not left.is_set():
+            left.set()
+            done = worker.docker("swarm", "leave", "--force")
+            assert done.returncode == 0, done.stderr
+
+    with pytest.raises(NodeFailure) as failure:
+        run(path, runtime="swarm", trace_path=tmp_path / "t.jsonl", progress=leave, watchdog_s=20)
+    assert left.is_set()
+    message = str(failure.value)
+    assert message.startswith("node 'gateway': ended without answering")
+    assert f"its Swarm node '{worker.name}' left the Swarm (its engine reports Swarm state 'inactive')" in message
+    assert_nothing_left(three_nodes)
