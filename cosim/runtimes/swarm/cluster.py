@@ -204,10 +204,20 @@ def stop_engine(engine: Engine) -> None:
                 os.killpg(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.1)
+    _kill_namespace_processes(engine)
     for mount in sorted(mounts_under(Path(engine.base)), key=len, reverse=True):
         sh("umount", "-l", mount, check=False)
     for command in reversed(engine.undo):
         sh(*command, check=False)
+
+
+def _kill_namespace_processes(engine: Engine) -> None:
+    """What a dockerd that was killed outright leaves in its namespace (its containerd, container shims)."""
+    for command in engine.undo:
+        if command[:3] == ["ip", "netns", "del"]:
+            for pid in sh("ip", "netns", "pids", command[3], check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
 
 
 def mounts_under(directory: Path) -> list[str]:

@@ -26,8 +26,8 @@ from cosim.model import ContainerSpec, Scenario
 from cosim.runtimes.docker.attach import EngineAttachTransport
 from cosim.runtimes.docker.engine import (check_engine, docker_command, docker_errors, run_bounded, run_cli, stderr_tail,
                                           wait_exit)
-from cosim.runtimes.docker.runtime import (LABEL_NODE, LABEL_PROJECT, LABEL_RUN, RunLock, endpoints_by_service_name,
-                                           prepare_images, run_alive)
+from cosim.runtimes.docker.runtime import (LABEL_NODE, LABEL_PROJECT, LABEL_RUN, RUNS_DIR, RunLock,
+                                           endpoints_by_service_name, prepare_images, run_alive)
 from cosim.runtimes.swarm import images as swarm_images, stack as stack_file
 from cosim.runtimes.swarm.nodes import NodeEngine, check_manager, manager_client, manager_context, node_engines
 from cosim.tails import file_tail, last_lines
@@ -109,7 +109,7 @@ class SwarmRuntime:
         check_engine()  # the engine the images are built on
         self.manager = manager_client()
         info = check_manager(self.manager)
-        for stack in remove_stacks(self.manager):
+        for stack in remove_stacks(self.manager, orphans_only=True):
             sys.stderr.write(f"cosim: removed stack {stack}, whose coordinator is gone\n")
         self._engines = node_engines(self.manager, info.swarm.node_id)
         self._image_ids = prepare_images(self.scenario)
@@ -206,7 +206,7 @@ class SwarmRuntime:
             latest: dict[str, Any] = {}
             for task in self.manager.stack.ps(self.stack):
                 node_id = services.get(task.service_id or "")
-                if node_id and (node_id not in latest or task.created_at > latest[node_id].created_at):
+                if node_id and (node_id not in latest or _created(task) > _created(latest[node_id])):
                     latest[node_id] = task
             waiting = []
             for node_id, node in nodes.items():
@@ -292,6 +292,10 @@ class SwarmRuntime:
             time.sleep(POLL_S)  # a watchdog poll on the engines (teardown, not the simulation path)
 
 
+def _created(task: Any) -> float:
+    return task.created_at.timestamp() if task.created_at is not None else 0.0
+
+
 def _exit_code(engine: NodeEngine, container_id: str) -> int | None:
     done = run_bounded(["inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", container_id], 10,
                        context=engine.context)
@@ -325,18 +329,29 @@ def _force_remove(engine: NodeEngine, label: str) -> None:
         run_bounded(["network", "rm", *networks], 30, context=engine.context)
 
 
-def remove_stacks(manager: DockerClient) -> list[str]:
+def remove_stacks(manager: DockerClient, *, orphans_only: bool = False) -> list[str]:
     """Remove the stacks of cosim runs that are over (their coordinator is gone), never one in progress; returns
-    their names. What `invoke down` does on a Swarm manager, and what a Swarm run does before it starts."""
+    their names. What `invoke down` does on a Swarm manager. With ``orphans_only`` (what a Swarm run does before
+    it starts) only those of runs started on this machine whose coordinator was killed (their lock file is still
+    here, and free): a shared Swarm's stacks of runs coordinated elsewhere are left alone."""
     stacks: dict[str, str | None] = {}
     for service in manager.service.list(filters=[("label", f"{LABEL_PROJECT}=cosim")]):
         labels = service.spec.labels or {}
         if STACK_LABEL in labels:
             stacks[labels[STACK_LABEL]] = labels.get(LABEL_RUN)
-    over = sorted(stack for stack, run in stacks.items() if run is None or not run_alive(run))
-    if over:
-        manager.stack.remove(over)
-    return over
+
+    def over(run: str | None) -> bool:
+        if orphans_only:
+            return run is not None and (RUNS_DIR / f"{run}.lock").exists() and not run_alive(run)
+        return run is None or not run_alive(run)
+
+    ended = sorted(stack for stack, run in stacks.items() if over(run))
+    if ended:
+        manager.stack.remove(ended)
+        for stack in ended:
+            if (run := stacks[stack]) is not None:
+                (RUNS_DIR / f"{run}.lock").unlink(missing_ok=True)
+    return ended
 
 
 @docker_errors()
