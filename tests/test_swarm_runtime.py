@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ DEFAULT_NETWORKS = ["docker_gwbridge", "host", "ingress", "none"]
 def assert_gone(cluster: clusters.Cluster) -> None:
     """Nothing of the cluster is left on this machine."""
     for engine in cluster.engines:
-        assert engine.pid is not None and not Path(f"/proc/{engine.pid}").exists(), f"dockerd {engine.name} still runs"
+        assert engine.pid is not None and not clusters.alive(engine.pid), f"dockerd {engine.name} still runs"
         assert not Path(engine.base).exists()
     assert not clusters.cluster_dir(cluster.name).exists()
     assert not clusters.mounts_under(clusters.cluster_dir(cluster.name))
@@ -292,3 +293,33 @@ def test_worker_that_leaves_the_swarm_mid_run(three_nodes: clusters.Cluster, mon
     assert message.startswith("node 'gateway': ended without answering")
     assert f"its Swarm node '{worker.name}' left the Swarm (its engine reports Swarm state 'inactive')" in message
     assert_nothing_left(three_nodes)
+
+
+def test_invoke_cluster_up_and_down(tmp_path: Path) -> None:
+    """The tool as a person uses it: up prints how to run on it; a second up with the same name, or an unknown
+    action, is one clear line; down removes everything."""
+    name = f"t{os.getpid() % 100000}c"
+
+    def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "invoke", "cluster", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+
+    up = invoke("up", "--nodes", "2", "--name", name)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert up.stdout.startswith(f"cosim: cluster '{name}' is up: 2 Docker engine(s)")
+        assert f"COSIM_SWARM_CONTEXT={name}-1 ./inv up scenarios/distributed.yaml --runtime swarm" in up.stdout
+        made = clusters.load_cluster(name)
+        assert made is not None and made.contexts == [f"{name}-1", f"{name}-2"]
+        nodes = made.manager.docker("node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}").stdout.split("\n")
+        assert sorted(line.strip() for line in nodes if line) == [f"{name}-1 Leader", f"{name}-2"]
+        again = invoke("up", "--nodes", "1", "--name", name)
+        assert again.returncode != 0 and again.stderr.strip().startswith(
+            f"cosim: error: a cluster named '{name}' is already up")
+        wrong = invoke("sideways")
+        assert wrong.returncode != 0 and "usage: invoke cluster up [--nodes N]" in wrong.stderr
+    finally:
+        down = invoke("down", "--name", name)
+    assert down.returncode == 0 and down.stdout == f"cosim: cluster '{name}': removed 2 engine(s)\n"
+    assert_gone(made)
+    assert invoke("down", "--name", name).stdout == f"cosim: no cluster named '{name}' is up\n"

@@ -165,7 +165,8 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting for its parent, init, to reap it, does not)."""
     try:
         if os.waitpid(pid, os.WNOHANG) != (0, 0):
             return False  # our child, and now reaped
@@ -194,15 +195,15 @@ def _is_dockerd(pid: int, base: str) -> bool:
 def stop_engine(engine: Engine) -> None:
     """Stop the daemon (it stops its containers), unmount what is left under its directory and undo the rest."""
     pid = engine.pid
-    if pid is not None and _alive(pid) and _is_dockerd(pid, engine.base):
+    if pid is not None and alive(pid) and _is_dockerd(pid, engine.base):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + ENGINE_STOP_DEADLINE_S
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)  # a watchdog on another process's exit (no simulation path)
-        if _alive(pid):
+        if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            while _alive(pid):
+            while alive(pid):
                 time.sleep(0.1)
     _kill_namespace_processes(engine)
     for mount in sorted(mounts_under(Path(engine.base)), key=len, reverse=True):
