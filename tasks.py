@@ -46,24 +46,33 @@ def render(c: Context, scenario: str | None = None) -> None:
     positional=["scenario"],
     help={
         "scenario": SCENARIO_HELP,
-        "runtime": "docker (default) or local (services as subprocesses, no Docker)",
+        "runtime": "docker (default), local (services as subprocesses, no Docker) or swarm (a stack on the Swarm of "
+                   "$COSIM_SWARM_CONTEXT, default the Docker engine)",
         "trace": "where the JSONL trace goes (default: the scenario's `trace`, else traces/<name>.jsonl)",
         "watchdog": WATCHDOG_HELP,
         "quiet": "no progress line",
+        "registry": "swarm: push the images to this registry (HOST:PORT) for the nodes to pull, instead of copying",
     }
 )
 def up(c: Context, scenario: str | None = None, runtime: str = "docker", trace: str | None = None,
-       watchdog: str | None = None, quiet: bool = False) -> None:
+       watchdog: str | None = None, quiet: bool = False, registry: str | None = None) -> None:
     """Run a scenario in virtual time and write its trace."""
     # Numeric options arrive as text: cosim checks them and names the option in its error.
     _call(cli.up, scenario or DEFAULT, runtime=runtime, trace=trace, watchdog_s=watchdog or DEFAULT_WATCHDOG_S,
-          progress=not quiet)
+          progress=not quiet, registry=registry)
 
 
 @task
 def down(c: Context) -> None:
-    """Remove containers and networks that earlier (e.g. crashed) runs left behind."""
+    """Remove containers, networks (and Swarm stacks) that earlier (e.g. crashed) runs left behind."""
     _call(cli.down)
+
+
+@task(positional=["action"], help={"action": "up or down", "nodes": "how many engines (default 3; the first is the manager)",
+                                   "name": "the cluster's name (default cosim): its nodes and contexts are NAME-1 ..."})
+def cluster(c: Context, action: str, nodes: str = "3", name: str = "cosim") -> None:
+    """A local test Swarm of extra Docker engines (root): `cluster up --nodes 3`, `cluster down`."""
+    _call(cli.cluster, action, nodes=nodes, name=name)
 
 
 @optional_positional("scenario")
@@ -80,7 +89,7 @@ def images(c: Context, scenario: str | None = None, force: bool = False) -> None
     help={
         "scenario": SCENARIO_HELP,
         "runs": "how many runs (default 3)",
-        "runtime": "docker (default), local, or both (each runtime N times; all must agree)",
+        "runtime": "docker (default), local, swarm, or both (docker and local, N times each; all must agree)",
         "watchdog": WATCHDOG_HELP,
     },
 )
@@ -97,10 +106,12 @@ def diff(c: Context, trace_a: str, trace_b: str) -> None:
 
 
 @task(help={"steps": "steps per measured run (default 2000)", "local_only": "skip the Docker measurements",
+            "no_swarm": "skip the local Swarm measurements (they need root)",
             "output": "where the JSON results go (default traces/bench.json)"})
-def bench(c: Context, steps: str = "2000", local_only: bool = False, output: str = "traces/bench.json") -> None:
+def bench(c: Context, steps: str = "2000", local_only: bool = False, no_swarm: bool = False,
+          output: str = "traces/bench.json") -> None:
     """Measure cosim's per-step cost, scaling and throughput against floors measured in the same run."""
-    _call(cli.bench, steps=steps, docker=not local_only, output=output)
+    _call(cli.bench, steps=steps, docker=not local_only, swarm=not no_swarm, output=output)
 
 
 @task

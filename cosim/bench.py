@@ -8,6 +8,8 @@
 4. Throughput: events per second routed through the coordinator, and through the MQTT gateway and broker; and
    the same MQTT load through two gateways on one broker (each sees every message: fan-out, barriers of both),
    with its step time against the single gateway's, measured in the same run.
+5. Swarm (as root): step time on a local one-node Swarm (one echo service) and on a three-node one (three echo
+   services, one per node), against the container attach floor; each cluster is started and removed here.
 
 Wall-clock numbers only; nothing here enters a trace. Results are printed as a table and written as JSON.
 """
@@ -47,6 +49,7 @@ class BenchResult:
     scaling_step_us: dict[str, float] = field(default_factory=dict)
     throughput_events_per_s: dict[str, float] = field(default_factory=dict)
     mqtt_step_us: dict[str, float] = field(default_factory=dict)  # "<runtime>_<n>_gateway(s)" -> step time
+    swarm_step_us: dict[str, float] = field(default_factory=dict)  # "<n>_node(s)" -> step time
     ratios: dict[str, float] = field(default_factory=dict)
 
 
@@ -148,7 +151,8 @@ def container_floor(count: int, image: str, containers: int = 1, *, attach: str 
 
 
 def _scenario(directory: Path, name: str, *, services: int, steps: int, quantum_us: int = 1000,
-              tick_us: int | None = None, through_gateway: bool = False, gateways: int = 1) -> Path:
+              tick_us: int | None = None, through_gateway: bool = False, gateways: int = 1,
+              one_per_site: bool = False) -> Path:
     """A benchmark scenario: ``services`` echo nodes; with ``tick_us``, echo-1 emits a tick every tick_us that
     goes to a sink (through the MQTT gateway and broker if asked: ``gateways`` replicas, ticks spread over them
     round-robin, every gateway subscribed to all of them)."""
@@ -156,6 +160,8 @@ def _scenario(directory: Path, name: str, *, services: int, steps: int, quantum_
     echo = (CONTAINERS / "echo").as_posix()
     for index in range(services):
         config = f", config: {{tick_us: {tick_us}}}" if tick_us is not None and index == 0 else ""
+        if one_per_site:  # a Swarm node each (the local test cluster labels node i site=site-<i>)
+            config += f", placement: ['node.labels.site == site-{index + 1}']"
         lines.append(f"  - {{id: echo-{index + 1}, kind: service, build: {echo}{config}}}")
     routes = []
     if tick_us is not None:
@@ -182,7 +188,7 @@ def _step_us(scenario: Path, runtime: str, directory: Path) -> float:
     return run(scenario, runtime=runtime, trace_path=directory / f"{scenario.stem}-{runtime}.jsonl").metrics.step_us
 
 
-def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: TextIO = sys.stdout,
+def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: bool = True, out: TextIO = sys.stdout,
           output: Path | None = None, progress: Callable[[str], None] | None = None) -> BenchResult:
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
     result = BenchResult(settings={
@@ -219,6 +225,10 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: Te
                 result.scaling_step_us[str(count)] = step
             result.per_node_step_us["docker"] = result.scaling_step_us["1"]
             _mqtt_rows(result, directory, steps, "docker", say)
+            if swarm and os.geteuid() == 0:
+                _swarm_rows(result, directory, steps, say)
+            elif swarm:
+                say("swarm: skipped (the local test clusters need root)")
     result.ratios["local_vs_pipe_floor"] = result.per_node_step_us["local"] / result.floors_us["pipe"]
     if docker:
         result.ratios["docker_vs_container_floor"] = result.per_node_step_us["docker"] / result.floors_us["container"]
@@ -226,6 +236,8 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, out: Te
         # The machine's own scaling, for reading the one above: 8 bare containers against one.
         result.ratios["floor_scaling_8_vs_1"] = result.floors_us["container_x8"] / result.floors_us["container"]
         result.ratios["docker_8_vs_container_floor_x8"] = result.scaling_step_us["8"] / result.floors_us["container_x8"]
+        for name, step in result.swarm_step_us.items():
+            result.ratios[f"swarm_{name}_vs_container_floor"] = step / result.floors_us["container"]
     print_table(result, out)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -257,6 +269,27 @@ def _mqtt_rows(result: BenchResult, directory: Path, steps: int, runtime: str, s
     result.ratios[f"mqtt_{runtime}_2gw_vs_1gw_step"] = result.mqtt_step_us[f"{runtime}_2gw"] / result.mqtt_step_us[f"{runtime}_1gw"]
 
 
+def _swarm_rows(result: BenchResult, directory: Path, steps: int, say: Callable[[str], None]) -> None:
+    """Step time on a local Swarm of one node (one echo) and of three (three echoes, one per node)."""
+    from cosim.runtimes.swarm import cluster as clusters
+    from cosim.runtimes.swarm.nodes import CONTEXT_ENV
+
+    for nodes in (1, 3):
+        say(f"cosim: {nodes} echo container(s) on a local {nodes}-node Swarm (cluster up, run, cluster down)")
+        made = clusters.cluster_up(nodes, f"bench{os.getpid() % 100000}-{nodes}")
+        previous = os.environ.get(CONTEXT_ENV)
+        try:
+            os.environ[CONTEXT_ENV] = made.manager.name
+            scenario = _scenario(directory, f"bench-swarm-{nodes}", services=nodes, steps=steps, one_per_site=nodes > 1)
+            result.swarm_step_us[f"{nodes}_node{'s' if nodes > 1 else ''}"] = _step_us(scenario, "swarm", directory)
+        finally:
+            if previous is None:
+                os.environ.pop(CONTEXT_ENV, None)
+            else:
+                os.environ[CONTEXT_ENV] = previous
+            clusters.cluster_down(made.name)
+
+
 def _local_mosquitto() -> bool:
     from cosim.runtimes.local import SBIN_DIRS
 
@@ -284,6 +317,10 @@ def print_table(result: BenchResult, out: TextIO) -> None:
                          f"<= {TARGETS['scaling_8_vs_1']}x" if count == "8" else ""))
         rows.append(("step with 8 container nodes vs 8-container floor", "",
                      f"{result.ratios['docker_8_vs_container_floor_x8']:.2f}x", ""))
+    for name, step in result.swarm_step_us.items():
+        count = name.split("_")[0]
+        rows.append((f"step on a local Swarm of {count} node(s), {count} echo(s)", f"{step:.0f} us",
+                     f"{result.ratios[f'swarm_{name}_vs_container_floor']:.2f}x container floor", ""))
     for name, rate in result.throughput_events_per_s.items():
         rows.append((f"throughput: {name.replace('_', ' ')}", f"{rate:,.0f} events/s", "", ""))
     for name, step in result.mqtt_step_us.items():

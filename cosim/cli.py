@@ -6,6 +6,7 @@ message and a non-zero exit (no traceback).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -95,7 +96,12 @@ class ProgressLine:
 
 
 def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | None = None,
-       watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, out: TextIO = sys.stdout) -> CompletedRun:
+       watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, registry: str | None = None,
+       out: TextIO = sys.stdout) -> CompletedRun:
+    if registry:  # --registry is $COSIM_REGISTRY for this one run (the swarm runtime reads it)
+        from cosim.runtimes.swarm.images import REGISTRY_ENV
+
+        os.environ[REGISTRY_ENV] = registry
     progress_line = ProgressLine() if progress else None
     try:
         summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line)
@@ -204,9 +210,33 @@ def images(path: str = DEFAULT_SCENARIO, *, force: bool = False, out: TextIO = s
 
 def down(out: TextIO = sys.stdout) -> None:
     from cosim.runtimes.docker import down_all
+    from cosim.runtimes.swarm import down_stacks
 
     containers, networks = down_all()
-    out.write(f"removed {containers} container(s) and {networks} network(s) left by cosim runs\n")
+    stacks = down_stacks()  # when the engine ($COSIM_SWARM_CONTEXT, else the default) is a Swarm manager
+    out.write(f"removed {containers} container(s) and {networks} network(s) left by cosim runs"
+              + (f", and {len(stacks)} stack(s): {', '.join(stacks)}" if stacks else "") + "\n")
+
+
+def cluster(action: str, *, nodes: int | str = 3, name: str = "cosim", out: TextIO = sys.stdout) -> None:
+    """`invoke cluster up|down`: the local test Swarm (cosim.runtimes.swarm.cluster)."""
+    from cosim.runtimes.swarm import cluster as clusters
+
+    if action == "up":
+        made = clusters.cluster_up(options.integer_at_least("--nodes", nodes, 1), name)
+        workers = ", ".join(made.contexts[1:]) or "none"
+        out.write(f"cosim: cluster {name!r} is up: {len(made.engines)} Docker engine(s) in namespaces of their own; "
+                  f"Swarm manager {made.manager.name}, workers {workers}; one Docker context per node, named "
+                  f"after it; node i is labelled site=site-<i>.\n"
+                  f"  run a scenario on it: COSIM_SWARM_CONTEXT={made.manager.name} ./inv up scenarios/distributed.yaml "
+                  f"--runtime swarm\n  remove it: ./inv cluster down{'' if name == 'cosim' else ' --name ' + name}\n")
+    elif action == "down":
+        removed = clusters.cluster_down(name)
+        out.write(f"cosim: cluster {name!r}: removed {removed} engine(s)\n" if removed else
+                  f"cosim: no cluster named {name!r} is up\n")
+    else:
+        raise UsageError(f"usage: invoke cluster up [--nodes N] [--name NAME] | invoke cluster down [--name NAME] "
+                         f"(not {action!r})")
 
 
 def determinism(path: str = DEFAULT_SCENARIO, *, runs: int | str = 3, runtime: str = "docker",
@@ -228,11 +258,12 @@ def diff(trace_a: str, trace_b: str, out: TextIO = sys.stdout) -> None:
         raise TracesDiffer("the traces differ (first divergent record above)")
 
 
-def bench(*, steps: int | str = 2000, docker: bool = True, output: str = "traces/bench.json",
+def bench(*, steps: int | str = 2000, docker: bool = True, swarm: bool = True, output: str = "traces/bench.json",
           out: TextIO = sys.stdout) -> None:
     from cosim.bench import bench as run_bench
 
-    run_bench(steps=options.integer_at_least("--steps", steps, 1), docker=docker, output=Path(output), out=out)
+    run_bench(steps=options.integer_at_least("--steps", steps, 1), docker=docker, swarm=swarm, output=Path(output),
+              out=out)
 
 
 def lock(*, upgrade: bool = False, out: TextIO = sys.stdout) -> None:

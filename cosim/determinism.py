@@ -12,7 +12,7 @@ from cosim.errors import NotDeterministic
 from cosim.run import DEFAULT_WATCHDOG_S, run
 from cosim.tracediff import compare, print_comparison, trace_hash
 
-RUNTIME_CHOICES = ("docker", "local", "both")
+RUNTIME_CHOICES = ("docker", "local", "swarm", "both")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ running cosim, not a stack trace.
 - a node (a service or infrastructure container): NodeError and its kinds (start, failure, image, an action of
   the schedule it does not support)
 - the engine (Docker, images):  EngineUnavailable, ImageBuildError, DockerCommandFailed, ComposeUpFailed
+- a Swarm and its nodes:        SwarmError, SwarmNodeUnreachable, ClusterError (the local test cluster)
 - the command line / the user:  OptionError, UsageError, Interrupted, ToolError
 - trace files:                  TraceReadError, TraceWriteError, TracesDiffer, NotDeterministic
 
@@ -67,6 +68,23 @@ class DockerCommandFailed(CosimError):
 
 class ComposeUpFailed(CosimError):
     """``docker compose up`` could not start a scenario's project (names the scenario and the compose file)."""
+
+
+class SwarmError(CosimError):
+    """The Swarm cannot run the scenario: the engine is no manager, a context is missing, a task cannot be placed
+    or did not start (names the node, the Swarm node and Swarm's own words)."""
+
+    exit_code = 3
+
+
+class SwarmNodeUnreachable(SwarmError):
+    """The engine of a Swarm node does not answer, or the node left the Swarm (names the node and its context)."""
+
+
+class ClusterError(CosimError):
+    """The local test cluster (`invoke cluster up/down`) could not be set up or removed."""
+
+    exit_code = 3
 
 
 # -- a node ---------------------------------------------------------------------------------------------------

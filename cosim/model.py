@@ -50,6 +50,7 @@ class ContainerSpec(NodeSpec):
     environment: dict[str, str] = field(default_factory=dict)
     read_only: bool = True
     port: int | None = None  # infrastructure only
+    placement: tuple[str, ...] = ()  # Swarm placement constraints (the swarm runtime only)
 
     @property
     def speaks_protocol(self) -> bool:

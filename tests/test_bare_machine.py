@@ -13,18 +13,16 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from cosim.runtimes.swarm import cluster as clusters
+
 ROOT = Path(__file__).resolve().parent.parent
-ENGINE_START_DEADLINE_S = 90.0
 UP_TIMEOUT_S = 30 * 60
 MTU = 1400
 
@@ -35,83 +33,16 @@ def sh(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, check=check)
 
 
-@dataclass
-class Engine:
-    host: str  # DOCKER_HOST for the empty engine
-    log: Path
-
-    def docker(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["docker", *args], capture_output=True, text=True, env={**os.environ, "DOCKER_HOST": self.host})
-
-
-def _mounts_under(directory: Path) -> list[str]:
-    prefix = str(directory.resolve()) + "/"
-    return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-            if line.split()[4].startswith(prefix)]
-
-
 @contextlib.contextmanager
-def empty_engine() -> Iterator[Engine]:
+def empty_engine(tmp_path: Path) -> Iterator[clusters.Engine]:
     """A second dockerd in a network namespace of its own (NAT to the outside, for the builds' apt-get), with
-    its own data root, exec root, socket and an empty configuration. Everything is removed afterwards."""
-    tag = f"{os.getpid() % 100000}"
-    namespace, host_end, inner_end = f"cosim-bare-{tag}", f"cbh{tag}", f"cbn{tag}"
-    subnet_byte = 16 + os.getpid() % 200
-    host_ip, inner_ip, subnet = f"10.231.{subnet_byte}.1", f"10.231.{subnet_byte}.2", f"10.231.{subnet_byte}.0/30"
+    its own data root, exec root, socket and an empty configuration: cosim's own extra-engine code (the local
+    Swarm test cluster is made of the same). Everything is removed afterwards."""
     base = Path(tempfile.mkdtemp(prefix="cosim-bare-engine-", dir="/var/tmp"))
-    socket = base / "docker.sock"
-    config = base / "daemon.json"
-    config.write_text("{}\n")
-    driver = sh("docker", "info", "--format", "{{.Driver}}").stdout.strip() or "overlay2"  # what works on this host
-    rules = [("FORWARD", "-i", host_end, "-j", "ACCEPT"), ("FORWARD", "-o", host_end, "-j", "ACCEPT")]
-    nat_rule = ("POSTROUTING", "-s", subnet, "-j", "MASQUERADE")
-    undo: list[list[str]] = []
-    daemon: subprocess.Popen[bytes] | None = None
-    try:
-        sh("ip", "netns", "add", namespace)
-        undo.append(["ip", "netns", "del", namespace])
-        sh("ip", "link", "add", host_end, "mtu", str(MTU), "type", "veth", "peer", "name", inner_end, "mtu", str(MTU))
-        undo.append(["ip", "link", "del", host_end])
-        sh("ip", "link", "set", inner_end, "netns", namespace)
-        sh("ip", "addr", "add", f"{host_ip}/30", "dev", host_end)
-        sh("ip", "link", "set", host_end, "up")
-        for command in (["ip", "addr", "add", f"{inner_ip}/30", "dev", inner_end], ["ip", "link", "set", inner_end, "up"],
-                        ["ip", "link", "set", "lo", "up"], ["ip", "route", "add", "default", "via", host_ip]):
-            sh("ip", "netns", "exec", namespace, *command)
-        for rule in rules:
-            sh("iptables", "-I", *rule)
-            undo.append(["iptables", "-D", *rule])
-        sh("iptables", "-t", "nat", "-I", *nat_rule)
-        undo.append(["iptables", "-t", "nat", "-D", *nat_rule])
-        sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-        log = base / "dockerd.log"
-        with log.open("wb") as log_handle:
-            # nsenter, not `ip netns exec`: that one also remounts /sys, which dockerd must see as the host's.
-            daemon = subprocess.Popen(
-                ["nsenter", f"--net=/var/run/netns/{namespace}", "dockerd", "--data-root", str(base / "data"),
-                 "--exec-root", str(base / "exec"), "--pidfile", str(base / "dockerd.pid"), "-H", f"unix://{socket}",
-                 "--config-file", str(config), "--storage-driver", driver, "--mtu", str(MTU)],
-                stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        engine = Engine(f"unix://{socket}", log)
-        deadline = time.monotonic() + ENGINE_START_DEADLINE_S
-        while engine.docker("version", "--format", "{{.Server.Version}}").returncode != 0:
-            assert daemon.poll() is None, f"the second dockerd exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"the second dockerd did not answer: {log.read_text()[-2000:]}"
-            time.sleep(0.2)
+    base.rmdir()  # start_engine creates it (and removes it again)
+    with clusters.engine("cosim-bare", base, nat=True, mtu=MTU) as engine:
         yield engine
-    finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)  # dockerd stops its containers and its containerd
-            try:
-                daemon.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
-                daemon.wait()
-        for mount in sorted(_mounts_under(base), key=len, reverse=True):
-            sh("umount", "-l", mount, check=False)
-        for command in reversed(undo):
-            sh(*command, check=False)
-        shutil.rmtree(base, ignore_errors=True)
+    assert not base.exists() and not clusters.mounts_under(base.parent / base.name)
 
 
 def have_debootstrap() -> bool:
@@ -138,7 +69,7 @@ def test_fresh_clone_up_on_a_bare_machine(tmp_path: Path, without_debootstrap: N
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
     docker_config = tmp_path / "docker-config"  # no Compose plugin there: ./inv installs it
     docker_config.mkdir()
-    with empty_engine() as engine:
+    with empty_engine(tmp_path) as engine:
         assert engine.docker("images", "-q").stdout.strip() == "", "the second engine is not empty"
         environment = {key: value for key, value in os.environ.items()
                        if not key.startswith(("COSIM_", "PYTEST", "VIRTUAL_ENV", "INV_"))}

@@ -137,12 +137,12 @@ def test_an_unwritable_trace_path_is_one_clear_line(tmp_path: Path) -> None:
 # -- option errors: one line naming the option, the value and what is allowed; nothing started --------------------
 
 OPTION_ERRORS = [
-    (("up", "--runtime", "podman"), "--runtime 'podman': expected one of docker, local"),
+    (("up", "--runtime", "podman"), "--runtime 'podman': expected one of docker, local, swarm"),
     (("up", "--runtime", "local", "--watchdog", "-1"), "--watchdog '-1': expected a number of seconds greater than 0"),
     (("up", "--runtime", "local", "--watchdog", "0"), "--watchdog '0': expected a number of seconds greater than 0"),
     (("up", "--runtime", "local", "--watchdog", "soon"), "--watchdog 'soon': expected a number of seconds greater than 0"),
     (("up", "--runtime", "local", "--watchdog", "nan"), "--watchdog 'nan': expected a number of seconds greater than 0"),
-    (("determinism", "--runtime", "podman"), "--runtime 'podman': expected one of docker, local, both"),
+    (("determinism", "--runtime", "podman"), "--runtime 'podman': expected one of docker, local, swarm, both"),
     (("determinism", "--runtime", "local", "--runs", "1"),
      "--runs '1': expected a whole number of at least 2 (two runs to compare)"),
     (("determinism", "--runtime", "local", "--runs", "0"),

@@ -32,7 +32,7 @@ def test_plan_alternates_runtimes_for_both_and_refuses_nonsense() -> None:
     assert plan(1, "both") == ["local", "docker"]  # one run on each runtime is a comparison
     with pytest.raises(OptionError, match="^--runs 1: expected a whole number of at least 2"):
         plan(1, "local")
-    with pytest.raises(OptionError, match="^--runtime 'podman': expected one of docker, local, both$"):
+    with pytest.raises(OptionError, match="^--runtime 'podman': expected one of docker, local, swarm, both$"):
         plan(3, "podman")
 
 

@@ -240,6 +240,9 @@ CASES: list[tuple[str, str, str | None, tuple[str, ...]]] = [
                                                              "        - $share/other/plant/#  # HERE\n"),
      "nodes[1].config.subscribe[1]", ("'$share/other/plant/#' shares among the replicas of 'other', but this node is "
                                       "'svc'; write '$share/svc/<filter>'",)),
+    ("placement-not-a-constraint", PIPELINE.replace("    build: svc\n", "    build: svc\n    placement:\n"
+                                                    "      - tier edge  # HERE\n"), "nodes[1].placement[0]",
+     ("'tier edge' is not a Swarm placement constraint: expected `<attribute> == <value>`",)),
     ("infrastructure-without-build-or-image", HEAD + "  - id: broker  # HERE\n    kind: infrastructure\n    port: 1883\n",
      "nodes[0]", ("needs `build` (a service directory with a Dockerfile) or `image` (a prebuilt image)",)),
 ]

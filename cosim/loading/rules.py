@@ -141,6 +141,7 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
             config=doc.get("config", {}),
             environment={k: _env_value(v) for k, v in doc.get("environment", {}).items()},
             read_only=doc.get("read_only", True), port=doc.get("port"),
+            placement=tuple(doc.get("placement", ())),
         )
     if kind == "sensor":
         model = _sensor_model(doc, at, positions)

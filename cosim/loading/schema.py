@@ -98,6 +98,9 @@ def _describe(error: jsonschema.ValidationError, document: Any) -> str:
         if "a-z0-9-" in expected:
             return (f"{_show(value)} is not allowed here: expected lowercase letters, digits and dashes, "
                     f"starting with a letter (pattern {expected})")
+        if "(==|!=)" in expected:  # a node's `placement`
+            return (f"{_show(value)} is not a Swarm placement constraint: expected `<attribute> == <value>` or "
+                    f"`<attribute> != <value>`, e.g. `node.labels.tier == edge`")
         return f"{_show(value)} does not match {expected}"
     if kind in ("minItems", "minLength", "minProperties"):
         return "must not be empty" if expected == 1 else f"needs at least {expected} items"

@@ -1,8 +1,9 @@
 """Runtimes bring a scenario's container nodes to life and hand the coordinator a Transport per service.
 
 ``local`` runs each service as a subprocess on this machine; ``docker`` renders the compose file, brings
-the project up through python-on-whales and attaches to each container's main process. Both implement
-``Runtime``; the coordinator never sees the difference.
+the project up through python-on-whales and attaches to each container's main process; ``swarm`` deploys the
+same compose file (plus `deploy:` sections) as a stack on a Docker Swarm and attaches through each node's
+engine. All implement ``Runtime``; the coordinator never sees the difference.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from cosim.errors import OptionError
 from cosim.model import Scenario
 from cosim.transport import Transport
 
-RUNTIMES = ("docker", "local")
+RUNTIMES = ("docker", "local", "swarm")
 
 
 class Runtime(Protocol):
@@ -67,4 +68,8 @@ def create(name: str, scenario: Scenario, log_dir: Path) -> Runtime:
         from cosim.runtimes.docker import DockerRuntime
 
         return DockerRuntime(scenario, log_dir)
+    if name == "swarm":
+        from cosim.runtimes.swarm import SwarmRuntime
+
+        return SwarmRuntime(scenario, log_dir)
     raise OptionError("--runtime", name, "one of " + ", ".join(RUNTIMES))

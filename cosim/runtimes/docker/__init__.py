@@ -10,6 +10,6 @@
 The compose file itself is rendered by cosim.compose: its hash identifies every run (local ones too).
 """
 
-from cosim.runtimes.docker.runtime import DockerRuntime, down_all, image_specs, remove_by_label
+from cosim.runtimes.docker.runtime import DockerRuntime, down_all, image_specs, prepare_images, remove_by_label
 
-__all__ = ["DockerRuntime", "down_all", "image_specs", "remove_by_label"]
+__all__ = ["DockerRuntime", "down_all", "image_specs", "prepare_images", "remove_by_label"]

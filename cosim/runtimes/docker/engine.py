@@ -87,21 +87,21 @@ def docker_errors() -> Iterator[None]:
         raise DockerCommandFailed(last_lines(str(exc), 6)) from None
 
 
-def docker_command(*args: str) -> list[str]:
-    """The argv of a docker CLI command, as python-on-whales runs it."""
-    return [str(part) for part in docker.docker_cmd] + list(args)
+def docker_command(*args: str, context: str | None = None) -> list[str]:
+    """The argv of a docker CLI command, as python-on-whales runs it; ``context``: through that Docker context."""
+    return [str(part) for part in docker.docker_cmd] + (["--context", context] if context else []) + list(args)
 
 
-def run_cli(args: list[str], *, env: Mapping[str, str] | None = None) -> str:
+def run_cli(args: list[str], *, env: Mapping[str, str] | None = None, context: str | None = None) -> str:
     """A docker command that python-on-whales offers no suitable method for, run the way it runs its own (its
     stdout; raises DockerException with the command's output when it fails). No timeout: for builds."""
-    return str(docker_run(docker_command(*args), env=dict(env or {})))
+    return str(docker_run(docker_command(*args, context=context), env=dict(env or {})))
 
 
-def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str] | None:
+def run_bounded(args: list[str], timeout_s: float, *, context: str | None = None) -> subprocess.CompletedProcess[str] | None:
     """A docker command's outcome within ``timeout_s``; None when it could not run or did not answer in time."""
     try:
-        return subprocess.run(docker_command(*args), capture_output=True, text=True, errors="replace",
+        return subprocess.run(docker_command(*args, context=context), capture_output=True, text=True, errors="replace",
                               timeout=timeout_s, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -109,15 +109,15 @@ def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str] 
 
 def pull(image: str, timeout_s: float) -> tuple[bool, str]:
     """Pull ``image`` within ``timeout_s``: (succeeded, docker's last words)."""
-    done = _run(["pull", "--quiet", image], timeout_s)
+    done = run_bounded(["pull", "--quiet", image], timeout_s)
     if done is None:
         return False, f"no answer within {timeout_s:.0f} s"
     return done.returncode == 0, (done.stderr or done.stdout).strip()
 
 
-def wait_exit(container_id: str, timeout_s: float) -> int | None:
+def wait_exit(container_id: str, timeout_s: float, *, context: str | None = None) -> int | None:
     """The container's exit code once it has exited, waiting up to ``timeout_s``; None while it still runs."""
-    done = _run(["wait", container_id], timeout_s)
+    done = run_bounded(["wait", container_id], timeout_s, context=context)
     if done is None or done.returncode != 0 or not done.stdout.strip().isdigit():
         return None
     return int(done.stdout.strip())
@@ -126,15 +126,16 @@ def wait_exit(container_id: str, timeout_s: float) -> int | None:
 _LOG_SCAN_LINES = 2000  # `docker logs --tail` counts stdout and stderr lines together
 
 
-def stderr_tail(container_id: str, lines: int) -> str:
+def stderr_tail(container_id: str, lines: int, *, context: str | None = None) -> str:
     """The last lines the container wrote on stderr ("" when there are none or the engine cannot say)."""
-    done = _run(["logs", "--tail", str(_LOG_SCAN_LINES), container_id], 10)
+    done = run_bounded(["logs", "--tail", str(_LOG_SCAN_LINES), container_id], 10, context=context)
     if done is None or done.returncode != 0:
         return ""
     return last_lines(done.stderr, lines)
 
 
-def context_host() -> str:
-    """The engine endpoint of the current docker context (e.g. ``unix:///var/run/docker.sock``); "" if unknown."""
-    done = _run(["context", "inspect", "--format", "{{.Endpoints.docker.Host}}"], 10)
+def context_host(context: str | None = None) -> str:
+    """The engine endpoint of a docker context (default: the current one), e.g. ``unix:///var/run/docker.sock``;
+    "" if unknown."""
+    done = run_bounded(["context", "inspect", "--format", "{{.Endpoints.docker.Host}}", *([context] if context else [])], 10)
     return done.stdout.strip() if done is not None and done.returncode == 0 else ""

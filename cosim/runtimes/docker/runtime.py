@@ -142,6 +142,32 @@ def ensure_pulled(images: list[str]) -> dict[str, str]:
     return ids
 
 
+def endpoints_by_service_name(scenario: Scenario) -> dict[str, dict[str, Any]]:
+    """Inside the scenario network (a compose project's, or a stack's overlay) each infrastructure node is
+    reachable by its service name."""
+    return {node.id: {"host": node.id, "port": node.port} for node in scenario.containers if not node.speaks_protocol}
+
+
+def prepare_images(scenario: Scenario) -> dict[str, str]:
+    """Every image the scenario's containers use, on this engine: built when missing or stale (one at a time, so
+    that a failure can name the nodes that need it), prebuilt ones pulled when missing; {tag: image id}."""
+    def users(image: str) -> list[str]:
+        return [node.id for node in scenario.containers if node.image == image]
+
+    ids: dict[str, str] = {}
+    for spec in image_specs(scenario):
+        try:
+            ids.update(ensure_images([spec]))
+        except ImageBuildError as error:
+            raise NodeImageError(users(spec.tag), error) from None
+    for image in prebuilt_images(scenario):
+        try:
+            ids.update(ensure_pulled([image]))
+        except ImageBuildError as error:
+            raise NodeImageError(users(image), error) from None
+    return ids
+
+
 def _error_text(exc: DockerException) -> str:
     return last_lines(exc.stderr or exc.stdout or str(exc), 8)
 
@@ -177,13 +203,7 @@ class DockerRuntime:
             sys.stderr.write(f"cosim: removed {containers} container(s) and {networks} network(s) of run {run_id}, "
                              f"whose coordinator is gone\n")
         self.compose_file = compose.render(self.scenario)
-        specs = image_specs(self.scenario)
-        self._image_ids = self._ensure_images(specs)
-        for image in prebuilt_images(self.scenario):
-            try:
-                self._image_ids.update(ensure_pulled([image]))
-            except ImageBuildError as error:
-                raise NodeImageError(self._users(image), error) from None
+        self._image_ids = prepare_images(self.scenario)
         self._lock.acquire()
         env_file = self.log_dir / "compose.env"
         env_file.parent.mkdir(parents=True, exist_ok=True)
@@ -201,9 +221,7 @@ class DockerRuntime:
         return self._transports[node_id]
 
     def endpoints(self) -> dict[str, dict[str, Any]]:
-        # Inside the scenario network each node is reachable by its compose service name.
-        return {node.id: {"host": node.id, "port": node.port} for node in self.scenario.containers
-                if not node.speaks_protocol}
+        return endpoints_by_service_name(self.scenario)
 
     def manifest(self) -> dict[str, Any]:
         return {"runtime": "docker", "images": dict(sorted(self._image_ids.items()))}
@@ -285,20 +303,6 @@ class DockerRuntime:
                     pass  # the engine went away; `invoke down` removes what is left once it is back
         finally:
             self._lock.release()
-
-    def _ensure_images(self, specs: list[ImageSpec]) -> dict[str, str]:
-        """Build what is missing, one image at a time so that a failure can name the nodes that need it."""
-        ids: dict[str, str] = {}
-        for spec in specs:
-            try:
-                ids.update(ensure_images([spec]))
-            except ImageBuildError as error:
-                raise NodeImageError(self._users(spec.tag), error) from None
-        return ids
-
-    def _users(self, image: str) -> list[str]:
-        """The nodes that run ``image``."""
-        return [node.id for node in self.scenario.containers if node.image == image]
 
     # -- bring-up ---------------------------------------------------------------------------------
 
