@@ -50,14 +50,15 @@ def render(c: Context, scenario: str | None = None) -> None:
         "trace": "where the JSONL trace goes (default: the scenario's `trace`, else traces/<name>.jsonl)",
         "watchdog": WATCHDOG_HELP,
         "quiet": "no progress line",
+        "advance": "next-event or fixed: overrides the scenario's `advance` (default: the scenario's, next-event)",
     }
 )
 def up(c: Context, scenario: str | None = None, runtime: str = "docker", trace: str | None = None,
-       watchdog: str | None = None, quiet: bool = False) -> None:
+       watchdog: str | None = None, quiet: bool = False, advance: str | None = None) -> None:
     """Run a scenario in virtual time and write its trace."""
     # Numeric options arrive as text: cosim checks them and names the option in its error.
     _call(cli.up, scenario or DEFAULT, runtime=runtime, trace=trace, watchdog_s=watchdog or DEFAULT_WATCHDOG_S,
-          progress=not quiet)
+          progress=not quiet, advance=advance)
 
 
 @task
@@ -82,12 +83,14 @@ def images(c: Context, scenario: str | None = None, force: bool = False) -> None
         "runs": "how many runs (default 3)",
         "runtime": "docker (default), local, or both (each runtime N times; all must agree)",
         "watchdog": WATCHDOG_HELP,
+        "advance": "next-event, fixed, or both (each mode N times; records identical, headers differ only in the mode)",
     },
 )
 def determinism(c: Context, scenario: str | None = None, runs: str = "3", runtime: str = "docker",
-                watchdog: str | None = None) -> None:
+                watchdog: str | None = None, advance: str | None = None) -> None:
     """Run a scenario N times with fresh containers and prove the traces are identical."""
-    _call(cli.determinism, scenario or DEFAULT, runs=runs, runtime=runtime, watchdog_s=watchdog or DEFAULT_WATCHDOG_S)
+    _call(cli.determinism, scenario or DEFAULT, runs=runs, runtime=runtime, watchdog_s=watchdog or DEFAULT_WATCHDOG_S,
+          advance=advance)
 
 
 @task(positional=["trace_a", "trace_b"])

@@ -29,7 +29,14 @@ name a barrier group (e.g. the MQTT broker's node id); READY then declares it (w
 "always", or "on_input" for a service that publishes to its group only in windows with input events), every
 ADVANCE carries ``peers`` (the members that may publish in that window), the first one also ``members`` (the
 whole group), and the callback gets both as keywords (``members``: the latest list received).
-See docs/protocol.md for the full specification.
+
+Next-event time advance (negotiated): a service created with ``next_event=True`` or a ``wakeup`` hook declares
+``next_event`` in READY, and every DONE then carries ``next_us``, the earliest virtual time after the window at
+which the service will emit something on its own. The adapter computes it: the earliest of its held outputs and
+of ``wakeup(target_time)`` (the service's own timers; None: none). The coordinator may then skip the windows in
+between: the next ADVANCE may jump straight to the window of the next input or of that time. Without a promise
+the service answers only to input. The promise is checked: an output before it that no input explains fails
+the run. See docs/protocol.md for the full specification.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ Callback = Callable[[int, int, list[Event]], Iterable[Event]]
 InitHook = Callable[[Mapping[str, Any]], "Mapping[str, Any] | None"]  # may return READY's `info`
 ShutdownHook = Callable[[], None]
 GroupHook = Callable[[], "str | None"]  # the barrier group this service joins, if any
+WakeupHook = Callable[[int], "int | None"]  # after a window ending at target: the next own output time, or None
 
 log = logging.getLogger("cosim.adapter")
 
@@ -69,6 +77,7 @@ _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=
 
 
 _EMPTY_DONE = '{"events":[],"time_us":%d,"type":"DONE"}\n'
+_PROMISE_DONE = '{"events":[],"next_us":%d,"time_us":%d,"type":"DONE"}\n'
 
 
 def encode(message: Mapping[str, Any]) -> str:
@@ -88,8 +97,12 @@ class CoordinatorProtocolAdapter:
         capabilities: Iterable[str] = (),
         barrier_group: GroupHook | None = None,
         barrier_publishes: str = "always",
+        next_event: bool = False,
+        wakeup: WakeupHook | None = None,
     ) -> None:
         self.callback = callback
+        self.next_event = next_event or wakeup is not None  # DONE carries next_us (READY says so)
+        self.wakeup = wakeup
         self.barrier_publishes = barrier_publishes
         self.barrier_group_hook = barrier_group
         self.barrier_group: str | None = None
@@ -179,6 +192,8 @@ class CoordinatorProtocolAdapter:
         if self.barrier_group is not None:
             ready["barrier_group"] = self.barrier_group
             ready["barrier_publishes"] = self.barrier_publishes
+        if self.next_event:
+            ready["next_event"] = True
         if info:
             ready["info"] = dict(info)  # e.g. library versions, for the run's manifest (never in the trace)
         return ready
@@ -223,7 +238,27 @@ class CoordinatorProtocolAdapter:
         outputs = [event for event in stamped if event["time_us"] <= target]
         self._held = [event for event in stamped if event["time_us"] > target]
         self.current_time_us = target
-        return {"type": "DONE", "time_us": target, "events": outputs}
+        done = {"type": "DONE", "time_us": target, "events": outputs}
+        if self.next_event:
+            promise = self._promise(target)
+            if promise is not None:
+                done["next_us"] = promise
+        return done
+
+    def _promise(self, target: int) -> int | None:
+        """The earliest time after ``target`` at which this service emits on its own: a held output or a wake-up."""
+        times = [event["time_us"] for event in self._held]
+        if self.wakeup is not None:
+            try:
+                wake = self.wakeup(target)
+            except Exception as exc:
+                raise ProtocolError("callback_failed", _describe_exception(exc), fatal=True) from exc
+            if wake is not None:
+                if not _is_int(wake) or wake <= target:
+                    raise ProtocolError("bad_wakeup", f"wake-up time {wake!r} is not an integer after the window "
+                                                      f"end {target} us", fatal=True)
+                times.append(wake)
+        return min(times) if times else None
 
     def _stamp(self, index: int, event: Any, target: int) -> Event:
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
@@ -274,8 +309,9 @@ class CoordinatorProtocolAdapter:
             if reply is not None:
                 try:
                     # Most windows produce nothing: their DONE is formatted directly (canonical, and cheaper).
-                    text = (_EMPTY_DONE % reply["time_us"] if reply["type"] == "DONE" and not reply["events"]
-                            else encode(reply))
+                    text = (encode(reply) if reply["type"] != "DONE" or reply["events"]
+                            else _EMPTY_DONE % reply["time_us"] if "next_us" not in reply
+                            else _PROMISE_DONE % (reply["next_us"], reply["time_us"]))
                 except ValueError:  # NaN or Infinity in the callback's events: not JSON
                     text = encode(self._error(ProtocolError(
                         "bad_output", "output events contain NaN or Infinity, which JSON cannot carry", fatal=True)))
@@ -310,13 +346,19 @@ def serve(
     capabilities: Iterable[str] = (),
     barrier_group: GroupHook | None = None,
     barrier_publishes: str = "always",
+    next_event: bool = False,
+    wakeup: WakeupHook | None = None,
 ) -> None:
-    """Entry point for a service's ``__main__``: log to stderr, serve stdin/stdout, exit with the code."""
+    """Entry point for a service's ``__main__``: log to stderr, serve stdin/stdout, exit with the code.
+
+    ``next_event=True``: the service emits only in response to input (and its held outputs); ``wakeup``: it also
+    emits on its own, at the times this hook returns (see the module docstring)."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
     # Binary lines, decoded as strict UTF-8 per line whatever the container's locale.
     stdin = open(sys.stdin.fileno(), "rb", closefd=False)
     stdout = open(sys.stdout.fileno(), "wb", closefd=False)
     sys.stdout = sys.stderr  # a stray print() in service code must not corrupt the protocol stream
     adapter = CoordinatorProtocolAdapter(callback, on_init=on_init, on_shutdown=on_shutdown, capabilities=capabilities,
-                                         barrier_group=barrier_group, barrier_publishes=barrier_publishes)
+                                         barrier_group=barrier_group, barrier_publishes=barrier_publishes,
+                                         next_event=next_event, wakeup=wakeup)
     sys.exit(adapter.run(stdin, stdout))

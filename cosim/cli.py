@@ -92,10 +92,12 @@ class ProgressLine:
 
 
 def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | None = None,
-       watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, out: TextIO = sys.stdout) -> CompletedRun:
+       watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, advance: str | None = None,
+       out: TextIO = sys.stdout) -> CompletedRun:
     progress_line = ProgressLine() if progress else None
     try:
-        summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line)
+        summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line,
+                      advance=advance)
     except CosimError:
         if progress_line is not None:
             progress_line.close()
@@ -129,7 +131,8 @@ def print_summary(summary: CompletedRun, out: TextIO) -> None:
     out.write(
         f"cosim: scenario {summary.scenario.name!r} ran on the {summary.runtime} runtime: "
         f"{virtual_s:g} s virtual in {wall:.2f} s wall ({virtual_s / wall if wall else 0:.1f}x real time), "
-        f"{result.steps} steps\n"
+        f"{result.timings.steps} of {result.steps} steps executed ({summary.scenario.advance}), "
+        f"{result.timings.advances} ADVANCE messages\n"
         f"  events: {counts['sent']} sent, {counts['delivered']} delivered, {counts['dropped']} dropped, "
         f"{counts['unroutable']} unroutable\n"
     )
@@ -192,10 +195,11 @@ def down(out: TextIO = sys.stdout) -> None:
 
 
 def determinism(path: str = DEFAULT_SCENARIO, *, runs: int | str = 3, runtime: str = "docker",
-                watchdog_s: float | str = DEFAULT_WATCHDOG_S, out: TextIO = sys.stdout) -> None:
+                watchdog_s: float | str = DEFAULT_WATCHDOG_S, advance: str | None = None,
+                out: TextIO = sys.stdout) -> None:
     from cosim.determinism import gate
 
-    gate(path, runs=runs, runtime=runtime, watchdog_s=watchdog_s, out=out)
+    gate(path, runs=runs, runtime=runtime, watchdog_s=watchdog_s, advance=advance, out=out)
 
 
 def diff(trace_a: str, trace_b: str, out: TextIO = sys.stdout) -> None:

@@ -1,13 +1,23 @@
-"""The coordinator: owns virtual time, advances every node a quantum at a time, routes events, writes the trace.
+"""The coordinator: owns virtual time, advances the nodes on the quantum grid, routes events, writes the trace.
 
-It knows nothing about Docker or processes: it drives ``SimNode`` objects. Each step:
+It knows nothing about Docker or processes: it drives ``SimNode`` objects. Each executed step, for the window
+(now, target] (target on the quantum grid):
 
-1. hand every node the events whose delivery time lies in the window (t - quantum, t], in the total order
+1. hand every node the events whose delivery time lies in the window, in the total order
    (delivery time, source, per-source sequence number, destination);
-2. send ADVANCE to all nodes (services first, so they compute while the in-process models do), then collect
-   every DONE in scenario order (services compute concurrently);
+2. send ADVANCE to the window's active nodes (services first, so they compute while the in-process models do),
+   then collect their DONE replies in scenario order (services compute concurrently);
 3. number each node's outputs (per-source sequence), order them by (time, source, seq), and route them:
    each destination's link adds latency and seeded jitter and may drop the event.
+
+Advance modes (the scenario's ``advance``): ``fixed`` executes every quantum and advances every node in it.
+``next-event`` executes only the windows in which something can happen: the earliest quantum-aligned window
+holding a pending delivery, a node's promised wake-up (DONE's ``next_us``) or another wake-up source's time, and
+advances in it only the nodes with input, with a wake-up due, or without the capability (those are stepped
+every quantum, as in fixed mode); the members of a barrier group move together. A skipped node's next ADVANCE
+jumps straight to the window it is needed in. Windows stay on the grid, so every event gets the same virtual
+time in both modes and the trace records are identical. A promise is checked: an output stamped before it that
+no input of its window explains fails the node.
 
 Links are at least one quantum long (the scenario checks this), so an event emitted in a window is always
 delivered in a later one, at its exact virtual time.
@@ -18,9 +28,9 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-from cosim.errors import InfrastructureExited, Interrupted, NodeFailure
+from cosim.errors import BrokenPromise, InfrastructureExited, Interrupted, NodeFailure
 from cosim.network import Drop, Router
 from cosim.nodes import Event, ServiceNode, SimNode
 from cosim.model import ContainerSpec, Scenario
@@ -28,6 +38,10 @@ from cosim.seeds import node_seed
 from cosim.trace import TraceWriter, header_environment
 
 Progress = Callable[[int, int], None]  # (virtual time now, duration), both in us
+# Another source of wake-ups for the next-event loop (e.g. a schedule of actions): given the virtual time reached,
+# the earliest later time at which it acts, or None. The window holding that time is executed.
+WakeupSource = Callable[[int], "int | None"]
+NEVER = 1 << 62  # a time after every run (2**62 us: about 146,000 years); also cosim.errors.BrokenPromise's
 INFRASTRUCTURE_EXIT_WAIT_S = 1.0  # wall clock, on failure only: how long an infrastructure exit may take to show
 
 
@@ -35,7 +49,9 @@ INFRASTRUCTURE_EXIT_WAIT_S = 1.0  # wall clock, on failure only: how long an inf
 class StepTimings:
     """Wall-clock costs (metrics only; never in the trace)."""
 
-    steps: int = 0
+    steps: int = 0  # steps executed
+    advances: int = 0  # ADVANCE messages sent to services
+    skipped: int = 0  # quanta in which nothing could happen (next-event mode)
     wall_s: float = 0.0
     waiting_s: float = 0.0  # time spent waiting for DONE replies
     loop_s: float = 0.0  # the step loop, wall clock
@@ -71,6 +87,7 @@ class Coordinator:
         environment: Mapping[str, Any] | None = None,
         progress: Progress | None = None,
         exited_infrastructure: Callable[[float], list[tuple[str, int | None]]] | None = None,
+        wakeup_sources: Iterable[WakeupSource] = (),
     ) -> None:
         self.scenario = scenario
         self.nodes = dict(nodes)  # scenario order: the order ADVANCE goes out and DONE is collected
@@ -90,6 +107,18 @@ class Coordinator:
         self.unroutable: dict[tuple[str, str], int] = {}
         self.timings = StepTimings()
         self.barrier_groups: dict[str, list[str]] = {}  # group -> member ids (sorted), from the READY replies
+        self.next_event = scenario.advance == "next-event"
+        self.wakeup_sources = list(wakeup_sources)
+        self._index = {node_id: index for index, node_id in enumerate(self.nodes)}
+        self._services = {node_id for node_id, node in self.nodes.items() if isinstance(node, ServiceNode)}
+        # Next-event bookkeeping (filled once READY has said who declares the capability):
+        self._stepped: list[str] = []  # nodes without the capability: advanced every quantum
+        self._promise: dict[str, int] = {}  # capable node -> its promised wake-up (NEVER: only on input)
+        self._wakes: list[tuple[int, str]] = []  # heap of (promised time, node); stale entries are skipped
+        self._extra_wakes: list[tuple[int, str]] = []  # heap of (time, node) from ``wake``: outside the nodes
+        self._group_of: dict[str, list[str]] = {}  # barrier-group member -> the group's members
+        self._woken: dict[str, int] = {}  # node -> earliest ``wake`` time of the window being executed
+        self._all = list(self.nodes)
 
     def run(self) -> SimulationResult:
         started = time.monotonic()
@@ -98,10 +127,7 @@ class Coordinator:
             services = {node_id: node.info for node_id, node in self.nodes.items() if node.info}
             self.trace.header(header_environment(self.environment, services), barrier_groups=self.barrier_groups)
             loop_started, loop_cpu_started = time.monotonic(), time.process_time()
-            for self.step in range(1, self.scenario.steps + 1):
-                self._advance(self.step * self.scenario.quantum_us)
-                if self.progress is not None:
-                    self.progress(self.now_us, self.scenario.duration_us)
+            self._step_loop()
             self.timings.loop_s = time.monotonic() - loop_started
             self.timings.loop_cpu_s = time.process_time() - loop_cpu_started
             self._shutdown_nodes()
@@ -124,9 +150,51 @@ class Coordinator:
         finally:
             self.timings.wall_s = time.monotonic() - started
             self.trace.flush()
-        self.trace.footer(self.now_us, self.scenario.steps, in_flight=len(self._pending))
+        self.trace.footer(self.now_us, self.scenario.steps, in_flight=len(self._pending), executed={
+            "steps": self.timings.steps, "advances": self.timings.advances, "skipped": self.timings.skipped})
         self.trace.flush()
         return SimulationResult(self.now_us, self.scenario.steps, dict(self.trace.counts), dict(self.unroutable), self.timings)
+
+    def wake(self, node_id: str, time_us: int) -> None:
+        """Advance ``node_id`` in the window holding ``time_us`` (> the time reached), as if an input reached it
+        then: for what acts on a node from outside (e.g. a scheduled action), in either advance mode."""
+        heapq.heappush(self._extra_wakes, (time_us, node_id))
+
+    def _step_loop(self) -> None:
+        """Execute windows until the end of the run: every quantum (fixed), or only those in which something can
+        happen (next-event). Every node is advanced in the first window, whose DONE carries its first promise."""
+        quantum, end = self.scenario.quantum_us, self.scenario.duration_us
+        target = quantum
+        while target <= end:
+            self.step += 1
+            self._advance(target, first=target == quantum)
+            if self.progress is not None:
+                self.progress(self.now_us, end)
+            following = self._next_window() if self.next_event else target + quantum
+            self.timings.skipped += (min(following, end + quantum) - target) // quantum - 1
+            target = following
+        self.now_us = end  # the quanta after the last executed window passed without anything happening
+
+    def _next_window(self) -> int:
+        """The target of the earliest quantum-aligned window after the one just executed that holds a pending
+        delivery, a promised wake-up or another source's wake-up (every quantum while a node lacks the capability)."""
+        quantum = self.scenario.quantum_us
+        following = self.now_us + quantum
+        if self._stepped:
+            return following
+        earliest = self._pending[0][0] if self._pending else NEVER
+        wakes = self._wakes
+        while wakes and self._promise.get(wakes[0][1]) != wakes[0][0]:
+            heapq.heappop(wakes)  # a promise replaced by a later DONE
+        if wakes and wakes[0][0] < earliest:
+            earliest = wakes[0][0]
+        if self._extra_wakes and self._extra_wakes[0][0] < earliest:
+            earliest = self._extra_wakes[0][0]
+        for source in self.wakeup_sources:
+            at = source(self.now_us)
+            if at is not None and at < earliest:
+                earliest = at
+        return max(following, -(-earliest // quantum) * quantum)
 
     # -- phases -----------------------------------------------------------------------------------
 
@@ -145,6 +213,10 @@ class Coordinator:
                 self.nodes[node_id].members = members  # type: ignore[attr-defined]  (a ServiceNode: it declared a group)
         self._always_publish = {node_id for node_id, node in self.nodes.items()
                                 if node.barrier_group is not None and not node.publishes_on_input_only}
+        if self.next_event:
+            self._stepped = [node_id for node_id, node in self.nodes.items() if not node.next_event]
+            self._promise = {node_id: 0 for node_id, node in self.nodes.items() if node.next_event}  # 0: not yet
+        self._group_of = {node_id: members for members in self.barrier_groups.values() for node_id in members}
         self.timings.init_s = time.monotonic() - started
 
     def _window_peers(self, inputs: Mapping[str, list[Event]]) -> dict[str, list[str]]:
@@ -157,21 +229,90 @@ class Coordinator:
                 peers[member] = active
         return peers
 
-    def _advance(self, target_us: int) -> None:
+    def _advance(self, target_us: int, *, first: bool = False) -> None:
+        # The quanta before this window passed without anything happening: virtual time has reached its start.
+        self.now_us = target_us - self.scenario.quantum_us
         inputs = self._due(target_us)
+        if self.next_event and not first:
+            active, order = self._active(target_us, inputs)
+        else:
+            active, order = self._all, self._advance_order
         peers = self._window_peers(inputs) if self.barrier_groups else {}
-        for node_id in self._advance_order:
+        services = self._services
+        for node_id in order:
             node = self.nodes[node_id]
             if node_id in peers:
                 node.begin_advance(target_us, inputs.get(node_id, []), peers[node_id])
             else:
                 node.begin_advance(target_us, inputs.get(node_id, []))
+            if node_id in services:
+                self.timings.advances += 1
         waiting_started = time.monotonic()
-        outputs = [(node_id, node.end_advance()) for node_id, node in self.nodes.items()]
+        outputs = [(node_id, self.nodes[node_id].end_advance()) for node_id in active]
         self.timings.waiting_s += time.monotonic() - waiting_started
         self.timings.steps += 1
+        if self._promise:
+            self._keep_promises(target_us, outputs, inputs)
         self.now_us = target_us
         self._route(outputs)
+
+    def _active(self, target_us: int, inputs: Mapping[str, list[Event]]) -> tuple[list[str], list[str]]:
+        """The nodes to advance in the window ending at ``target_us``, in scenario order and in ADVANCE order: those
+        with input, a wake-up due, or no capability; a barrier group's members all, when one of them is."""
+        chosen = set(inputs)
+        chosen.update(self._stepped)
+        wakes = self._wakes
+        while wakes and wakes[0][0] <= target_us:
+            at, node_id = heapq.heappop(wakes)
+            if self._promise.get(node_id) == at:
+                chosen.add(node_id)
+        self._woken.clear()
+        while self._extra_wakes and self._extra_wakes[0][0] <= target_us:
+            at, node_id = heapq.heappop(self._extra_wakes)
+            self._woken[node_id] = min(at, self._woken.get(node_id, at))
+            chosen.add(node_id)
+        if self._group_of:
+            for node_id in [n for n in chosen if n in self._group_of]:
+                chosen.update(self._group_of[node_id])
+        if len(chosen) == len(self.nodes):
+            return self._all, self._advance_order
+        active = sorted(chosen, key=self._index.__getitem__)
+        return active, [n for n in active if n in self._services] + [n for n in active if n not in self._services]
+
+    def _keep_promises(self, target_us: int, outputs: list[tuple[str, list[Event]]],
+                       inputs: Mapping[str, list[Event]]) -> None:
+        """Check each capable node's outputs against the promise it made before this window (next-event mode),
+        then record its new one."""
+        promises = self._promise
+        for node_id, events in outputs:
+            if events and node_id in promises:
+                cause = min(promises[node_id], self._earliest_cause(node_id, target_us, inputs))
+                for event in events:
+                    if event["time_us"] < cause:
+                        raise BrokenPromise(node_id, promises[node_id], event, target_us)
+        for node_id, _ in outputs:
+            promised = promises.get(node_id)
+            if promised is None:
+                continue  # stepped every quantum: it promises nothing
+            promise = self.nodes[node_id].next_us
+            promise = NEVER if promise is None else promise
+            if promise != promised:
+                promises[node_id] = promise
+                if promise != NEVER:
+                    heapq.heappush(self._wakes, (promise, node_id))
+
+    def _earliest_cause(self, node_id: str, target_us: int, inputs: Mapping[str, list[Event]]) -> int:
+        """The earliest time in this window that explains an output of ``node_id``: its earliest input, or a wake-up
+        from ``wake``. The members of a barrier group share a medium: their inputs and due promises count too."""
+        earliest = self._woken.get(node_id, NEVER)
+        for member in self._group_of.get(node_id, (node_id,)):
+            events = inputs.get(member)
+            if events and events[0]["time_us"] < earliest:
+                earliest = events[0]["time_us"]
+            promised = self._promise.get(member, NEVER)
+            if member != node_id and promised <= target_us:
+                earliest = min(earliest, promised)
+        return earliest
 
     def _shutdown_nodes(self) -> None:
         started = time.monotonic()

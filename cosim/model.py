@@ -85,6 +85,9 @@ class Route:
     events: tuple[str, ...] | None  # None: every event type
 
 
+ADVANCE_MODES = ("next-event", "fixed")
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A loaded, validated scenario (frozen): its nodes (replicas expanded), routes and links, and the seed,
@@ -102,6 +105,7 @@ class Scenario:
     sha256: str
     description: str = ""
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # replicated id -> replica ids
+    advance: str = "next-event"  # "next-event": skip quanta in which nothing can happen; "fixed": step every quantum
 
     @property
     def steps(self) -> int:

@@ -70,6 +70,27 @@ def empty_done(target_us: int) -> bytes:
     return b'{"events":[],"time_us":%d,"type":"DONE"}' % target_us
 
 
+_PROMISE_PREFIX = b'{"events":[],"next_us":'
+
+
+def empty_done_promise(raw: bytes, target_us: int) -> int | None:
+    """The ``next_us`` of a canonical DONE without outputs that carries a promise (the common reply of a next-event
+    service), read without a JSON parse; None when ``raw`` is not exactly such a line."""
+    suffix = b',"time_us":%d,"type":"DONE"}' % target_us
+    if raw.startswith(_PROMISE_PREFIX) and raw.endswith(suffix):
+        digits = raw[len(_PROMISE_PREFIX):len(raw) - len(suffix)]
+        if digits.isdigit() and not digits.startswith(b"0"):
+            return int(digits)
+    return None
+
+
+def check_promise(next_us: Any, target_us: int) -> str | None:
+    """Why a DONE's ``next_us`` (the node's next self-initiated time, or null) breaks the protocol, or None."""
+    if next_us is None or (isinstance(next_us, int) and not isinstance(next_us, bool) and next_us > target_us):
+        return None
+    return f"answered DONE with next_us {next_us!r}; expected null or an integer time after {target_us} us"
+
+
 def check_outputs(events: Any, current_us: int, target_us: int) -> str | None:
     """Why a DONE's event list breaks the protocol, or None when it is fine."""
     if not isinstance(events, list):

@@ -381,7 +381,7 @@ def _build(doc: dict[str, Any], lines: dict[FieldPath, int], source: str, path: 
     return Scenario(
         name=doc["name"], seed=doc["seed"], duration_us=duration, quantum_us=quantum, nodes=tuple(nodes),
         routes=tuple(routes), default_link=default_link, trace=trace, path=path, sha256=sha256,
-        description=doc.get("description", ""), groups=groups,
+        description=doc.get("description", ""), groups=groups, advance=doc.get("advance", "next-event"),
     )
 
 

@@ -59,10 +59,14 @@ class TraceWriter:
         self.write(record)
         self.header_written = True
 
-    def footer(self, end_us: int, steps: int, in_flight: int) -> None:
-        """``in_flight``: events still on a link when the run ended (delivery after the end)."""
-        self.write({"record": "footer", "status": "ok", "end_us": end_us, "steps": steps, "in_flight": in_flight,
-                    "counts": dict(self.counts)})
+    def footer(self, end_us: int, steps: int, in_flight: int, executed: Mapping[str, int] | None = None) -> None:
+        """``in_flight``: events still on a link when the run ended (delivery after the end). ``executed``: what the
+        step loop did (steps executed, ADVANCE messages sent, quanta skipped); it depends on the advance mode."""
+        record = {"record": "footer", "status": "ok", "end_us": end_us, "steps": steps, "in_flight": in_flight,
+                  "counts": dict(self.counts)}
+        if executed is not None:
+            record["executed"] = dict(executed)
+        self.write(record)
 
     def error(self, time_us: int, node: str | None, error: str, detail: str) -> None:
         if not self.header_written:
@@ -82,7 +86,7 @@ class TraceWriter:
 def scenario_manifest(scenario: Scenario, compose_sha256: str) -> dict[str, Any]:
     """The hashed part of a run's header, from its scenario and the hash of its rendered compose file."""
     return base_manifest(scenario.name, scenario.sha256, scenario.seed, scenario.duration_us, scenario.quantum_us,
-                         {node.id: node.kind for node in scenario.nodes}, compose_sha256)
+                         {node.id: node.kind for node in scenario.nodes}, compose_sha256, advance=scenario.advance)
 
 
 def header_environment(runtime: Mapping[str, Any], services: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,9 +96,10 @@ def header_environment(runtime: Mapping[str, Any], services: Mapping[str, Any]) 
 
 
 def base_manifest(scenario_name: str, scenario_sha256: str, seed: int, duration_us: int, quantum_us: int,
-                  nodes: Mapping[str, str], compose_sha256: str) -> dict[str, Any]:
+                  nodes: Mapping[str, str], compose_sha256: str, *, advance: str = "next-event") -> dict[str, Any]:
     """The hashed part of the header: identical for the local and the Docker runtime, on any machine."""
     return {
+        "advance": advance,
         "scenario": scenario_name,
         "scenario_sha256": scenario_sha256,
         "compose_sha256": compose_sha256,
@@ -127,6 +132,7 @@ class Header:
     protocol: int
     cosim: str
     environment: Mapping[str, Any] | None  # None: the run failed before INIT completed
+    advance: str = "fixed"  # "next-event" or "fixed"; traces written before the mode existed stepped every quantum
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,7 @@ class Footer:
     steps: int
     in_flight: int
     counts: Mapping[str, int]
+    executed: Mapping[str, int] | None = None  # {"steps", "advances", "skipped"}; None in older traces
 
 
 @dataclass(frozen=True)
@@ -241,6 +248,7 @@ def _kind_of(record: EventRecord) -> str:
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_OPTIONAL = {"environment", "advance", "executed"}  # fields a valid record may lack (older traces, failed starts)
 
 
 def _build(cls: type, record: dict[str, Any], where: str) -> Any:
@@ -251,6 +259,8 @@ def _build(cls: type, record: dict[str, Any], where: str) -> Any:
             if name == "environment":
                 values[name] = None
                 continue
+            if name in _OPTIONAL:
+                continue  # the dataclass default
             raise TraceReadError(f"{where}: {record['record']!r} record has no {name!r} field")
         value = record[name]
         if name in _INT_FIELDS and (type(value) is not int):  # bool is not an integer here

@@ -179,7 +179,9 @@ def load_model(path: Path) -> tuple[ort.InferenceSession, str]:
 
 def main() -> None:
     service = InferenceService()
-    serve(service.advance, on_init=service.on_init, on_shutdown=service.on_shutdown, capabilities=["inference"])
+    # Next-event: it emits only in response to requests (results due later are held, and the adapter promises them).
+    serve(service.advance, on_init=service.on_init, on_shutdown=service.on_shutdown, capabilities=["inference"],
+          next_event=True)
 
 
 if __name__ == "__main__":
