@@ -131,8 +131,7 @@ def print_summary(summary: CompletedRun, out: TextIO) -> None:
     out.write(
         f"cosim: scenario {summary.scenario.name!r} ran on the {summary.runtime} runtime: "
         f"{virtual_s:g} s virtual in {wall:.2f} s wall ({virtual_s / wall if wall else 0:.1f}x real time), "
-        f"{result.timings.steps} of {result.steps} steps executed ({summary.scenario.advance}), "
-        f"{result.timings.advances} ADVANCE messages\n"
+        f"{result.steps} steps\n"
         f"  events: {counts['sent']} sent, {counts['delivered']} delivered, {counts['dropped']} dropped, "
         f"{counts['unroutable']} unroutable\n"
     )
@@ -148,6 +147,8 @@ def print_summary(summary: CompletedRun, out: TextIO) -> None:
 
 def print_metrics(metrics: RunMetrics, out: TextIO) -> None:
     """The wall-clock side of a run: round trips and cosim's own overhead."""
+    out.write(f"  advance: {metrics.advance}: {metrics.steps} steps executed, {metrics.quanta_skipped} quanta skipped, "
+              f"{metrics.advances} ADVANCE messages\n")
     if metrics.overhead_share is not None and metrics.overhead_per_step_us is not None:
         out.write(f"  coordinator overhead: {metrics.overhead_share * 100:.1f}% of the step loop, "
                   f"{metrics.overhead_per_step_us:.1f} us CPU per step\n")
