@@ -63,6 +63,24 @@ def write_scenario(tmp_path: Path, name: str, body: str) -> Path:
     return path
 
 
+def sensor_to_promiser(tmp_path: Path, name: str, duration_us: int, sensor: str, latency_us: int, config: str) -> Path:
+    """sensor -> a promiser service (tests/services/promiser.py, with ``config``) -> sink."""
+    return write_scenario(tmp_path, name, f"""duration_us: {duration_us}
+quantum_us: 1000
+nodes:
+  - {{id: sensor, kind: sensor, {sensor}, links: [{{to: promiser, latency_us: {latency_us}}}]}}
+  - id: promiser
+    kind: service
+    build: ECHO
+    local_command: ["{{python}}", "-u", "SERVICES/promiser.py"]
+    config: {config}
+  - {{id: sink, kind: sink}}
+routes:
+  - {{from: sensor, to: [promiser]}}
+  - {{from: promiser, to: [sink]}}
+""")
+
+
 def data_of(trace: Path, kind: str, event_type: str) -> list[tuple[int, Any]]:
     return [(r["time_us"], r["data"]) for r in map(json.loads, trace.read_text(encoding="utf-8").splitlines())
             if r["record"] == kind and r.get("type") == event_type]
@@ -100,28 +118,16 @@ def test_a_node_without_the_capability_is_stepped_every_quantum_beside_ones_that
 
 
 def test_an_idle_node_jumps_straight_to_the_window_of_its_next_input(tmp_path: Path) -> None:
-    scenario = write_scenario(tmp_path, "jumps", """duration_us: 400000
-quantum_us: 1000
-nodes:
-  - {id: sensor, kind: sensor, period_us: 90000, offset_us: 20500, links: [{to: watcher, latency_us: 3000}]}
-  - id: watcher
-    kind: service
-    build: ECHO
-    local_command: ["{python}", "-u", "SERVICES/promiser.py"]
-    config: {report_windows: true}
-  - {id: sink, kind: sink}
-routes:
-  - {from: sensor, to: [watcher]}
-  - {from: watcher, to: [sink]}
-""")
+    scenario = sensor_to_promiser(tmp_path, "jumps", 400000, "period_us: 90000, offset_us: 20500", 3000,
+                                  "{report_windows: true}")
     completed = run(scenario, runtime="local", trace_path=tmp_path / "jumps.jsonl")
     seen = [data for _, data in data_of(completed.trace_path, "sent", "seen")]
     # Readings at 20500 + k * 90000 arrive 3000 us later: windows ending 24000, 114000, 204000, 294000, 384000.
-    # The watcher was advanced in the first window, then straight to each of those: one ADVANCE per reading.
+    # The promiser was advanced in the first window, then straight to each of those: one ADVANCE per reading.
     assert [(d["current"], d["target"]) for d in seen] == [
         (1000, 24000), (24000, 114000), (114000, 204000), (204000, 294000), (294000, 384000)]
-    assert completed.metrics.round_trip["watcher"]["count"] == 1 + len(seen)
-    # Executed: the first window, the five sampling windows, the five deliveries to the watcher and the five of its
+    assert completed.metrics.round_trip["promiser"]["count"] == 1 + len(seen)
+    # Executed: the first window, the five sampling windows, the five deliveries to the promiser and the five of its
     # outputs to the sink; nothing else.
     assert completed.result.timings.steps == 1 + 5 + 5 + 5
     footer = read(completed.trace_path).footer
@@ -130,26 +136,14 @@ routes:
 
 
 def test_a_held_output_survives_a_long_skip(tmp_path: Path) -> None:
-    scenario = write_scenario(tmp_path, "held", """duration_us: 2000000
-quantum_us: 1000
-nodes:
-  - {id: sensor, kind: sensor, period_us: 500000, offset_us: 100000, links: [{to: delay, latency_us: 1000}]}
-  - id: delay
-    kind: service
-    build: ECHO
-    local_command: ["{python}", "-u", "SERVICES/promiser.py"]
-    config: {delay_us: 700001}
-  - {id: sink, kind: sink}
-routes:
-  - {from: sensor, to: [delay]}
-  - {from: delay, to: [sink]}
-""")
+    scenario = sensor_to_promiser(tmp_path, "held", 2000000, "period_us: 500000, offset_us: 100000", 1000,
+                                  "{delay_us: 700001}")
     runs = both_modes(scenario, tmp_path)
     assert_same_records(runs["fixed"].trace_path, runs["next-event"].trace_path)
     late = [time for time, _ in data_of(runs["next-event"].trace_path, "sent", "late")]
     assert late == [801001, 1301001, 1801001]  # readings at 100000 + k * 500000, delivered 1000 us later, + 700001
     # Woken for each input and each held output only (the adapter promised the held outputs' times).
-    assert runs["next-event"].metrics.round_trip["delay"]["count"] == 1 + 4 + 3
+    assert runs["next-event"].metrics.round_trip["promiser"]["count"] == 1 + 4 + 3
     # The first window, the readings, their deliveries, the held outputs and their deliveries to the sink.
     assert runs["next-event"].result.timings.steps == 1 + 4 + 4 + 3 + 3
 
