@@ -100,10 +100,12 @@ def diff(c: Context, trace_a: str, trace_b: str) -> None:
 
 
 @task(help={"steps": "steps per measured run (default 2000)", "local_only": "skip the Docker measurements",
-            "output": "where the JSON results go (default traces/bench.json)"})
-def bench(c: Context, steps: str = "2000", local_only: bool = False, output: str = "traces/bench.json") -> None:
+            "output": "where the JSON results go (default traces/bench.json)",
+            "sparse_s": "virtual seconds of the sparse next-event workload (default 600)"})
+def bench(c: Context, steps: str = "2000", local_only: bool = False, output: str = "traces/bench.json",
+          sparse_s: str = "600") -> None:
     """Measure cosim's per-step cost, scaling and throughput against floors measured in the same run."""
-    _call(cli.bench, steps=steps, docker=not local_only, output=output)
+    _call(cli.bench, steps=steps, docker=not local_only, output=output, sparse_s=sparse_s)
 
 
 @task

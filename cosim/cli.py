@@ -216,10 +216,11 @@ def diff(trace_a: str, trace_b: str, out: TextIO = sys.stdout) -> None:
 
 
 def bench(*, steps: int | str = 2000, docker: bool = True, output: str = "traces/bench.json",
-          out: TextIO = sys.stdout) -> None:
+          sparse_s: int | str = 600, out: TextIO = sys.stdout) -> None:
     from cosim.bench import bench as run_bench
 
-    run_bench(steps=options.integer_at_least("--steps", steps, 1), docker=docker, output=Path(output), out=out)
+    run_bench(steps=options.integer_at_least("--steps", steps, 1), docker=docker, output=Path(output), out=out,
+              sparse_s=options.integer_at_least("--sparse-s", sparse_s, 1))
 
 
 def lock(*, upgrade: bool = False, out: TextIO = sys.stdout) -> None:
