@@ -30,8 +30,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from cosim import protocol
 from cosim.errors import BrokenPromise, InfrastructureExited, Interrupted, NodeFailure
-from cosim.network import Drop, Router
+from cosim.network import Router
 from cosim.nodes import Event, ServiceNode, SimNode
 from cosim.model import ContainerSpec, Scenario
 from cosim.seeds import node_seed
@@ -99,7 +100,9 @@ class Coordinator:
         self.router = Router(scenario)
         self.now_us = 0
         self.step = 0
-        self._pending: list[tuple[int, str, int, str, Event]] = []  # heap: (time, source, seq, dest, event)
+        # heap: (time, source, seq, dest, event, its data as JSON); (time, source, seq, dest) is unique
+        self._pending: list[tuple[int, str, int, str, Event, str]] = []
+        self._types: dict[str, str] = {}  # event type -> its JSON
         self._next_seq: dict[str, int] = {node_id: 0 for node_id in self.nodes}
         self._always_publish: set[str] = set()
         # ADVANCE goes to the services first, so that they compute while the in-process models (sensors) do.
@@ -327,35 +330,53 @@ class Coordinator:
     def _due(self, target_us: int) -> dict[str, list[Event]]:
         """Pop every pending delivery with time <= target, record it, and group it by destination."""
         inputs: dict[str, list[Event]] = {}
-        while self._pending and self._pending[0][0] <= target_us:
-            time_us, source, seq, dest, event = heapq.heappop(self._pending)
+        pending, delivered_record = self._pending, self.trace.delivered
+        while pending and pending[0][0] <= target_us:
+            time_us, source, seq, dest, event, data_json = heapq.heappop(pending)
             delivered = {"type": event["type"], "time_us": time_us, "source": source, "seq": seq,
                          "sent_us": event["time_us"], "data": event.get("data")}
-            self.trace.write({"record": "delivered", "dest": dest, **delivered})
+            delivered_record(data_json, dest, event["time_us"], seq, source, time_us, self._type_json(event["type"]))
             inputs.setdefault(dest, []).append(delivered)
         return inputs
+
+    def _type_json(self, event_type: str) -> str:
+        """An event type as JSON, encoded once per type (the trace lines are built around it)."""
+        encoded = self._types.get(event_type)
+        if encoded is None:
+            encoded = self._types[event_type] = protocol.canonical(event_type)
+        return encoded
 
     def _route(self, outputs: list[tuple[str, list[Event]]]) -> None:
         numbered: list[tuple[int, str, int, Event]] = []
         for source, events in outputs:
             # A node's events are numbered in time order; same-time events keep the order the node gave them.
-            for event in sorted(events, key=lambda e: e["time_us"]):
+            for event in sorted(events, key=_time_of) if len(events) > 1 else events:
                 seq = self._next_seq[source]
                 self._next_seq[source] = seq + 1
                 numbered.append((event["time_us"], source, seq, event))
-        numbered.sort(key=lambda item: item[:3])
+        numbered.sort(key=_emission_order)
+        trace, router, pending = self.trace, self.router, self._pending
         for time_us, source, seq, event in numbered:
-            base = {"time_us": time_us, "source": source, "seq": seq, "type": event["type"], "data": event.get("data")}
-            self.trace.write({"record": "sent", **base})
-            dests = self.router.destinations(source, event["type"])
+            # The payload is encoded once: the sent, delivered and dropped records are built around it.
+            data_json, type_json = protocol.canonical(event.get("data")), self._type_json(event["type"])
+            trace.emission("sent", data_json, seq, source, time_us, type_json)
+            dests = router.destinations(source, event["type"])
             if not dests:
                 key = (source, event["type"])
                 self.unroutable[key] = self.unroutable.get(key, 0) + 1
-                self.trace.write({"record": "unroutable", **base})
+                trace.emission("unroutable", data_json, seq, source, time_us, type_json)
                 continue
             for dest in dests:
-                outcome = self.router.transmit(source, dest, time_us)
-                if isinstance(outcome, Drop):
-                    self.trace.write({"record": "dropped", "dest": dest, "reason": outcome.reason, **base})
+                at = router.delivery_time(source, dest, time_us)
+                if at is None:
+                    trace.dropped(data_json, dest, "loss", seq, source, time_us, type_json)
                 else:
-                    heapq.heappush(self._pending, (outcome.time_us, source, seq, dest, event))
+                    heapq.heappush(pending, (at, source, seq, dest, event, data_json))
+
+
+def _time_of(event: Event) -> int:
+    return event["time_us"]
+
+
+def _emission_order(item: tuple[int, str, int, Event]) -> tuple[int, str, int]:
+    return item[0], item[1], item[2]

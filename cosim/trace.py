@@ -47,6 +47,28 @@ class TraceWriter:
             self.counts[kind] += 1
         self._handle.write(protocol.canonical(record) + "\n")
 
+    # Event records in canonical form (keys sorted), built around a payload encoded once (``data_json``). Node ids
+    # need no escaping (the scenario allows only [a-z0-9-]); ``type_json`` is the event type already as JSON.
+    _EMISSION = '{"data":%s,"record":"%s","seq":%d,"source":"%s","time_us":%d,"type":%s}\n'
+    _DROPPED = '{"data":%s,"dest":"%s","reason":"%s","record":"dropped","seq":%d,"source":"%s","time_us":%d,"type":%s}\n'
+    _DELIVERED = ('{"data":%s,"dest":"%s","record":"delivered","sent_us":%d,"seq":%d,"source":"%s","time_us":%d,'
+                  '"type":%s}\n')
+
+    def emission(self, kind: str, data_json: str, seq: int, source: str, time_us: int, type_json: str) -> None:
+        """A ``sent`` or ``unroutable`` record."""
+        self.counts[kind] += 1
+        self._handle.write(self._EMISSION % (data_json, kind, seq, source, time_us, type_json))
+
+    def dropped(self, data_json: str, dest: str, reason: str, seq: int, source: str, time_us: int,
+                type_json: str) -> None:
+        self.counts["dropped"] += 1
+        self._handle.write(self._DROPPED % (data_json, dest, reason, seq, source, time_us, type_json))
+
+    def delivered(self, data_json: str, dest: str, sent_us: int, seq: int, source: str, time_us: int,
+                  type_json: str) -> None:
+        self.counts["delivered"] += 1
+        self._handle.write(self._DELIVERED % (data_json, dest, sent_us, seq, source, time_us, type_json))
+
     def header(self, environment: Mapping[str, Any] | None = None,
                barrier_groups: Mapping[str, list[str]] | None = None) -> None:
         """The reproducibility manifest. ``environment`` holds what may differ between machines and runtimes
