@@ -223,8 +223,9 @@ class Coordinator:
         self.timings.init_s = time.monotonic() - started
 
     def _window_peers(self, inputs: Mapping[str, list[Event]]) -> dict[str, list[str]]:
-        """Per barrier-group member: the members that may publish to the group in this window (all are advanced
-        every step; an "on_input" member only when it has input events)."""
+        """Per barrier-group member: the members that may publish to the group in this window (the members are
+        advanced together, in every executed step where one of them is; an "on_input" member may publish only when
+        it has input events)."""
         peers: dict[str, list[str]] = {}
         for members in self.barrier_groups.values():
             active = [m for m in members if m in self._always_publish or m in inputs]
