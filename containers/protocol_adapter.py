@@ -194,6 +194,9 @@ class CoordinatorProtocolAdapter:
             ready["barrier_publishes"] = self.barrier_publishes
         if self.next_event:
             ready["next_event"] = True
+            promise = self._promise(0)  # the first time it acts on its own (e.g. its first timer)
+            if promise is not None:
+                ready["next_us"] = promise
         if info:
             ready["info"] = dict(info)  # e.g. library versions, for the run's manifest (never in the trace)
         return ready

@@ -165,12 +165,13 @@ class Coordinator:
 
     def _step_loop(self) -> None:
         """Execute windows until the end of the run: every quantum (fixed), or only those in which something can
-        happen (next-event). Every node is advanced in the first window, whose DONE carries its first promise."""
+        happen (next-event: READY carried each node's first promise, so an idle node is never advanced)."""
         quantum, end = self.scenario.quantum_us, self.scenario.duration_us
-        target = quantum
+        target = self._next_window() if self.next_event else quantum
+        self.timings.skipped += (min(target, end + quantum) - quantum) // quantum
         while target <= end:
             self.step += 1
-            self._advance(target, first=target == quantum)
+            self._advance(target)
             if self.progress is not None:
                 self.progress(self.now_us, end)
             following = self._next_window() if self.next_event else target + quantum
@@ -218,7 +219,11 @@ class Coordinator:
                                 if node.barrier_group is not None and not node.publishes_on_input_only}
         if self.next_event:
             self._stepped = [node_id for node_id, node in self.nodes.items() if not node.next_event]
-            self._promise = {node_id: 0 for node_id, node in self.nodes.items() if node.next_event}  # 0: not yet
+            # The first promises, from READY (in-process models: their first sample, or none).
+            self._promise = {node_id: NEVER if node.next_us is None else node.next_us
+                             for node_id, node in self.nodes.items() if node.next_event}
+            self._wakes = [(at, node_id) for node_id, at in self._promise.items() if at != NEVER]
+            heapq.heapify(self._wakes)
         self._group_of = {node_id: members for members in self.barrier_groups.values() for node_id in members}
         self.timings.init_s = time.monotonic() - started
 
@@ -233,11 +238,11 @@ class Coordinator:
                 peers[member] = active
         return peers
 
-    def _advance(self, target_us: int, *, first: bool = False) -> None:
+    def _advance(self, target_us: int) -> None:
         # The quanta before this window passed without anything happening: virtual time has reached its start.
         self.now_us = target_us - self.scenario.quantum_us
         inputs = self._due(target_us)
-        if self.next_event and not first:
+        if self.next_event:
             active, order = self._active(target_us, inputs)
         else:
             active, order = self._all, self._advance_order

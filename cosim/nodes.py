@@ -120,6 +120,11 @@ class ServiceNode:
         self.barrier_group = group
         self.publishes_on_input_only = publishes == "on_input"
         self.next_event = next_event
+        if next_event:  # its first promise: nothing before then, unless an input comes
+            self.next_us = reply.get("next_us")
+            problem = protocol.check_promise(self.next_us, 0, "READY")
+            if problem:
+                raise self._failure(problem)
         if reply.get("protocol") != protocol.VERSION:
             raise self._failure(f"answered READY for protocol {reply.get('protocol')!r}; cosim speaks {protocol.VERSION}")
 

@@ -93,11 +93,11 @@ def empty_done_promise(raw: bytes, target_us: int) -> int | None:
     return None
 
 
-def check_promise(next_us: Any, target_us: int) -> str | None:
-    """Why a DONE's ``next_us`` (the node's next self-initiated time, or null) breaks the protocol, or None."""
+def check_promise(next_us: Any, target_us: int, reply: str = "DONE") -> str | None:
+    """Why a DONE's (or READY's) ``next_us`` (the node's next self-initiated time, or null) breaks the protocol."""
     if next_us is None or (isinstance(next_us, int) and not isinstance(next_us, bool) and next_us > target_us):
         return None
-    return f"answered DONE with next_us {next_us!r}; expected null or an integer time after {target_us} us"
+    return f"answered {reply} with next_us {next_us!r}; expected null or an integer time after {target_us} us"
 
 
 def check_outputs(events: Any, current_us: int, target_us: int) -> str | None:

@@ -123,16 +123,16 @@ def test_an_idle_node_jumps_straight_to_the_window_of_its_next_input(tmp_path: P
     completed = run(scenario, runtime="local", trace_path=tmp_path / "jumps.jsonl")
     seen = [data for _, data in data_of(completed.trace_path, "sent", "seen")]
     # Readings at 20500 + k * 90000 arrive 3000 us later: windows ending 24000, 114000, 204000, 294000, 384000.
-    # The promiser was advanced in the first window, then straight to each of those: one ADVANCE per reading.
+    # The promiser promised nothing in READY: its first ADVANCE goes from 0 straight to the window of its first
+    # input, and each later one straight to the next: one ADVANCE per reading, none in between.
     assert [(d["current"], d["target"]) for d in seen] == [
-        (1000, 24000), (24000, 114000), (114000, 204000), (204000, 294000), (294000, 384000)]
-    assert completed.metrics.round_trip["promiser"]["count"] == 1 + len(seen)
-    # Executed: the first window, the five sampling windows, the five deliveries to the promiser and the five of its
-    # outputs to the sink; nothing else.
-    assert completed.result.timings.steps == 1 + 5 + 5 + 5
+        (0, 24000), (24000, 114000), (114000, 204000), (204000, 294000), (294000, 384000)]
+    assert completed.metrics.round_trip["promiser"]["count"] == len(seen)
+    # Executed: the five sampling windows, the five deliveries to the promiser and the five of its outputs to the
+    # sink; nothing else.
+    assert completed.result.timings.steps == 5 + 5 + 5
     footer = read(completed.trace_path).footer
-    assert footer is not None and footer.executed == {"steps": completed.result.timings.steps, "advances": 6,
-                                                      "skipped": 400 - completed.result.timings.steps}
+    assert footer is not None and footer.executed == {"steps": 15, "advances": 5, "skipped": 400 - 15}
 
 
 def test_a_held_output_survives_a_long_skip(tmp_path: Path) -> None:
@@ -143,9 +143,9 @@ def test_a_held_output_survives_a_long_skip(tmp_path: Path) -> None:
     late = [time for time, _ in data_of(runs["next-event"].trace_path, "sent", "late")]
     assert late == [801001, 1301001, 1801001]  # readings at 100000 + k * 500000, delivered 1000 us later, + 700001
     # Woken for each input and each held output only (the adapter promised the held outputs' times).
-    assert runs["next-event"].metrics.round_trip["promiser"]["count"] == 1 + 4 + 3
-    # The first window, the readings, their deliveries, the held outputs and their deliveries to the sink.
-    assert runs["next-event"].result.timings.steps == 1 + 4 + 4 + 3 + 3
+    assert runs["next-event"].metrics.round_trip["promiser"]["count"] == 4 + 3
+    # The readings, their deliveries, the held outputs and their deliveries to the sink.
+    assert runs["next-event"].result.timings.steps == 4 + 4 + 3 + 3
 
 
 # -- the promise is checked ------------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def test_a_broken_promise_on_the_command_line_is_one_message_and_exit_4(tmp_path
 
 
 def test_a_service_promising_a_time_inside_its_window_is_refused(tmp_path: Path) -> None:
-    adapter = CoordinatorProtocolAdapter(lambda current, target, events: [], wakeup=lambda target: target)
+    adapter = CoordinatorProtocolAdapter(lambda current, target, events: [], wakeup=lambda target: target or None)
     assert adapter.handle(protocol.init_message("n", 1, {}, {}))["next_event"] is True
     reply = adapter.handle(protocol.advance_message(1000, []))
     assert reply is not None and reply["error"] == "bad_wakeup" and reply["fatal"] is True
@@ -203,11 +203,12 @@ def test_a_service_promising_a_time_inside_its_window_is_refused(tmp_path: Path)
 
 
 def test_the_adapter_folds_held_outputs_and_wakeups_into_the_promise() -> None:
-    wakes = {1000: 5000, 2000: None}
+    wakes = {0: 7000, 1000: 5000, 2000: None}
     adapter = CoordinatorProtocolAdapter(
         lambda current, target, events: [{"type": "late", "time_us": e["time_us"] + 2500} for e in events],
         wakeup=lambda target: wakes.get(target))
-    adapter.handle(protocol.init_message("n", 1, {}, {}))
+    ready = adapter.handle(protocol.init_message("n", 1, {}, {}))
+    assert ready is not None and ready["next_event"] is True and ready["next_us"] == 7000  # the first promise
     event = {"type": "x", "time_us": 900, "source": "s", "seq": 0, "sent_us": 1, "data": None}
     done = adapter.handle(protocol.advance_message(1000, [event]))
     assert done == {"type": "DONE", "time_us": 1000, "events": [], "next_us": 3400}  # held 3400 < wake-up 5000
@@ -236,7 +237,7 @@ def test_the_mode_comes_from_the_scenario_and_the_option_overrides_it(tmp_path: 
     fixed = write_scenario(tmp_path, "fixed", "advance: fixed\n" + body)
     assert load(fixed).advance == "fixed"
     completed = run(fixed, runtime="local", trace_path=tmp_path / "t.jsonl", advance="next-event")
-    assert read(completed.trace_path).header.advance == "next-event" and completed.result.timings.steps == 1 + 5
+    assert read(completed.trace_path).header.advance == "next-event" and completed.result.timings.steps == 5
     with pytest.raises(ScenarioError, match=r"advance"):
         load(write_scenario(tmp_path, "bad", "advance: sometimes\n" + body))
     with pytest.raises(OptionError, match=r"^--advance 'sometimes': expected one of next-event, fixed$"):
@@ -259,8 +260,8 @@ nodes:
     coordinator.wake("sink", 90000)
     coordinator.run()
     writer.close()
-    # The first window, the sensor's readings (10000, 50000, 90000), the schedule's windows and the sink's wake-up.
-    assert reached == [1000, 10000, 50000, 56000, 71000, 90000]
+    # The sensor's readings (10000, 50000, 90000), the schedule's windows and the sink's wake-up.
+    assert reached == [10000, 50000, 56000, 71000, 90000]
 
 
 # -- the determinism gate --------------------------------------------------------------------------------------

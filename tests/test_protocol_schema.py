@@ -211,7 +211,7 @@ ERROR_CASES: list[tuple[str, str, Callable[[], dict[str, Any] | None]]] = [
     ("bad_output", "no-type",
      lambda: _ready(lambda c, t, e: [{"data": {}}]).handle(protocol.advance_message(1000, []))),
     ("bad_wakeup", "wakeup-in-the-window",
-     lambda: _ready(wakeup=lambda target: target).handle(protocol.advance_message(1000, []))),
+     lambda: _ready(wakeup=lambda target: target or None).handle(protocol.advance_message(1000, []))),
 ]
 
 
