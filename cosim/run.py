@@ -8,6 +8,7 @@ left running.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import threading
 import time
@@ -20,7 +21,7 @@ from cosim import compose, metrics as run_metrics, options, runtimes, trace as t
 from cosim.coordinator import Coordinator, SimulationResult
 from cosim.errors import Interrupted, NodeError, TraceWriteError
 from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
-from cosim.model import Scenario, SensorSpec, SinkSpec
+from cosim.model import ADVANCE_MODES, Scenario, SensorSpec, SinkSpec
 from cosim.loading import load
 from cosim.trace import TraceWriter
 
@@ -119,11 +120,16 @@ def run(
     trace_path: str | Path | None = None,
     watchdog_s: float | str = DEFAULT_WATCHDOG_S,
     progress: Callable[[int, int], None] | None = None,
+    advance: str | None = None,
 ) -> CompletedRun:
     # Option errors first: nothing is loaded, started or written for a run that cannot go ahead.
     options.choice("--runtime", runtime, runtimes.RUNTIMES)
+    if advance is not None:
+        options.choice("--advance", advance, ADVANCE_MODES)
     watchdog_s = options.positive_seconds("--watchdog", watchdog_s)
     scenario = load(scenario_path)
+    if advance is not None:  # `--advance` overrides the scenario's mode (and so the trace header's)
+        scenario = dataclasses.replace(scenario, advance=advance)
     trace_file = Path(trace_path if trace_path is not None else scenario.trace)
     metrics_path, log_dir = artifact_paths(trace_file)
     clear_logs(log_dir)

@@ -196,8 +196,9 @@ def load_model(path: Path) -> tuple[ort.InferenceSession, str]:
 
 def main() -> None:
     service = InferenceService()
+    # Next-event: it emits only in response to requests (results due later are held, and the adapter promises them).
     serve(service.advance, on_init=service.on_init, on_shutdown=service.on_shutdown, capabilities=["inference"],
-          on_configure=service.on_configure)
+          on_configure=service.on_configure, next_event=True)
 
 
 if __name__ == "__main__":
