@@ -18,7 +18,7 @@ from cosim.determinism import gate, plan_modes
 from cosim.errors import BrokenPromise, OptionError, ScenarioError
 from cosim.nodes import SensorModel, SinkModel
 from cosim.run import CompletedRun, run
-from cosim.scenario import load
+from cosim.loading import load
 from cosim.trace import TraceWriter, read
 from cosim.tracediff import trace_hash
 
