@@ -219,7 +219,10 @@ class Coordinator:
             following = self._next_window() if self.next_event else target + quantum
             self.timings.skipped += (min(following, end + quantum) - target) // quantum - 1
             target = following
-        self.now_us = end  # the quanta after the last executed window passed without anything happening
+        if self.now_us < end:  # the quanta after the last executed window passed without anything happening
+            self.now_us = end
+            if self.progress is not None:
+                self.progress(end, end)  # the progress line ends at 100%
 
     def _next_window(self) -> int:
         """The target of the earliest quantum-aligned window after the one just executed that holds a pending

@@ -260,8 +260,8 @@ nodes:
     coordinator.wake("sink", 90000)
     coordinator.run()
     writer.close()
-    # The sensor's readings (10000, 50000, 90000), the schedule's windows and the sink's wake-up.
-    assert reached == [10000, 50000, 56000, 71000, 90000]
+    # The sensor's readings (10000, 50000, 90000), the schedule's windows and the sink's wake-up; then the end.
+    assert reached == [10000, 50000, 56000, 71000, 90000, 100000]
 
 
 # -- the determinism gate --------------------------------------------------------------------------------------
