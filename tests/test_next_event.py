@@ -30,6 +30,7 @@ LOCAL = ROOT / "tests" / "scenarios_local"
 MIXED = LOCAL / "mixed.yaml"
 SERVICES = ROOT / "tests" / "services"
 BUNDLED = sorted((ROOT / "scenarios").glob("*.yaml"))
+SCHEDULED = sorted((ROOT / "tests" / "scenarios_schedule").glob("*.yaml"))  # the schedule acting on idle nodes
 
 
 def both_modes(scenario: Path, tmp_path: Path, runtime: str = "local") -> dict[str, CompletedRun]:
@@ -88,7 +89,8 @@ def data_of(trace: Path, kind: str, event_type: str) -> list[tuple[int, Any]]:
 
 # -- equivalence: the same records in both modes ---------------------------------------------------------------
 
-@pytest.mark.parametrize("scenario", [*BUNDLED, LOCAL / "pipeline.yaml", LOCAL / "cross-gateways.yaml", MIXED],
+@pytest.mark.parametrize("scenario", [*BUNDLED, LOCAL / "pipeline.yaml", LOCAL / "cross-gateways.yaml", MIXED,
+                                      *SCHEDULED],
                          ids=lambda path: path.stem)
 def test_both_modes_give_the_same_records_locally(scenario: Path, tmp_path: Path) -> None:
     runs = both_modes(scenario, tmp_path)
@@ -282,7 +284,8 @@ def test_the_gate_runs_both_modes_and_compares_records(tmp_path: Path) -> None:
 # -- Docker ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.docker
-@pytest.mark.parametrize("scenario", [*BUNDLED, ROOT / "tests" / "scenarios_docker" / "docker-pipeline.yaml"],
+@pytest.mark.parametrize("scenario", [*BUNDLED, ROOT / "tests" / "scenarios_docker" / "docker-pipeline.yaml",
+                                      *SCHEDULED],
                          ids=lambda path: path.stem)
 def test_both_modes_give_the_same_records_in_docker(scenario: Path, tmp_path: Path,
                                                      service_images: dict[str, str]) -> None:
