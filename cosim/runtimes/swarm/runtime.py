@@ -268,16 +268,18 @@ class SwarmRuntime:
                         self._tasks[node_id] = (self._engine_of(task), container.container_id)
                         self._task_ids[node_id] = task.id
                         continue
-                if task is not None:
-                    self._check_task(node, task)
+                if task is not None and (problem := self._task_problem(node, task)) is not None:
+                    # Mid-run, a node that does not come back fails the run under its name, as one that dies does.
+                    raise NodeFailure(node_id, f"restart failed: {problem}") if replacing else \
+                        NodeStartError(node_id, problem)
                 waiting.append(f"{node_id} ({state}{': ' + task.status.err if task and task.status.err else ''})")
             if not waiting:
                 return
             if time.monotonic() > deadline:
                 if replacing:
                     (node_id,) = nodes
-                    raise NodeStartError(node_id, f"did not come back within {START_TIMEOUT_S:g} s of its restart: the "
-                                                  f"new task of service {self.stack}_{waiting[0]} is not running")
+                    raise NodeFailure(node_id, f"restart failed: the new task of service {self.stack}_{waiting[0]} "
+                                               f"did not run within {START_TIMEOUT_S:g} s")
                 raise SwarmError(f"the tasks of stack {self.stack} did not all start within {START_TIMEOUT_S:g} s; "
                                  f"still waiting for: {', '.join(waiting)}")
             time.sleep(POLL_S)  # a watchdog poll on Swarm's state (bring-up, not the simulation path)
@@ -289,12 +291,12 @@ class SwarmRuntime:
                              f"when the run started: cosim has no engine for it")
         return engine
 
-    def _check_task(self, node: ContainerSpec, task: Any) -> None:
+    def _task_problem(self, node: ContainerSpec, task: Any) -> str | None:
+        """Why Swarm gave up on the node's task ("cannot be placed: ..." or "did not start: ..."); None: not (yet)."""
         state, error = task.status.state, task.status.err or task.status.message or ""
         if state == "pending" and "no suitable node" in error:
             constraints = " and ".join(f"`{c}`" for c in node.placement) or "(none)"
-            raise NodeStartError(node.id, f"cannot be placed: no Swarm node satisfies its placement {constraints} "
-                                          f"(Swarm says: {error})")
+            return f"cannot be placed: no Swarm node satisfies its placement {constraints} (Swarm says: {error})"
         if state in FAILED_STATES:
             engine = self._engines.get(task.node_id or "")
             container = task.status.container_status
@@ -302,8 +304,9 @@ class SwarmRuntime:
             if engine is not None and container is not None and container.container_id:
                 tail = last_lines(_logs(engine, container.container_id), 5)
             where = f"on Swarm node {engine.hostname!r} " if engine is not None else ""
-            raise NodeStartError(node.id, f"did not start: its task {where}{state} (Swarm says: "
-                                          f"{error or 'no reason given'})" + (f"; last lines of its log:\n{tail}" if tail else ""))
+            return f"did not start: its task {where}{state} (Swarm says: {error or 'no reason given'})" + \
+                (f"; last lines of its log:\n{tail}" if tail else "")
+        return None
 
     def _attach_all(self) -> None:
         for node in self.scenario.containers:
