@@ -171,6 +171,8 @@ def test_chaos_on_one_node_swarm_kills_and_replaces_the_gateway_task_like_the_lo
     assert restart["node"] == "gateway" and restart["restart"] == 1 and restart["lost"] > 0
     log = (tmp_path / "swarm.logs" / "gateway.log").read_text(encoding="utf-8")
     assert log.count("connected to MQTT broker") == 2  # two task containers, each connected once
+    facts = json.loads(swarm.metrics_path.read_text())["environment"]
+    assert facts["restarted_on"] == {"gateway": [engine.name]}  # where each restart's task ran (metrics only)
 
 
 def test_broker_crash_on_one_node_swarm_new_task_reachable_at_its_service_name(on_swarm: clusters.Cluster,

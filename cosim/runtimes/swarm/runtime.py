@@ -103,7 +103,7 @@ class SwarmRuntime:
         self._engines: dict[str, NodeEngine] = {}  # Swarm node id -> engine
         self._services: dict[str, str] = {}  # Swarm service id -> cosim node id
         self._tasks: dict[str, tuple[NodeEngine, str]] = {}  # cosim node id -> (its node's engine, container id)
-        self._task_ids: dict[str, str] = {}  # cosim node id -> its running task's id
+        self._restarted_on: dict[str, list[str]] = {}  # cosim node id -> the Swarm node of each restart's task
         self._transports: dict[str, Transport] = {}
         self._attach_modes: dict[str, str] = {}  # node id -> engine-api | docker-cli (for the metrics)
         self._image_ids: dict[str, str] = {}
@@ -149,7 +149,8 @@ class SwarmRuntime:
     def run_facts(self) -> dict[str, Any]:
         return {"stack": self.stack, "run_id": self.run_id, "stack_file": str(self.stack_path) if self.stack_path else None,
                 "images_copied": self._copied, "registry": swarm_images.registry(),
-                "attach": dict(sorted(self._attach_modes.items()))}
+                "attach": dict(sorted(self._attach_modes.items())),
+                "restarted_on": dict(sorted(self._restarted_on.items()))}
 
     def exited_infrastructure(self, wait_s: float = 0.0) -> list[tuple[str, int | None]]:
         exited = []
@@ -187,22 +188,26 @@ class SwarmRuntime:
     def restart(self, node_id: str) -> Transport | None:
         """A new task of the node's Swarm service, running (START_TIMEOUT_S at most) and attached through the engine
         of the node Swarm put it on. `docker service update --force` makes it: a dead task of a service with
-        restart condition none is replaced only when the service changes, and the update also removes the dead
-        task and its container."""
+        restart condition none is replaced only when the service changes. (Swarm may keep the dead tasks, and their
+        containers, until the stack is removed: the teardown waits for those too.)"""
         assert self.manager is not None
         node = next(node for node in self.scenario.containers if node.id == node_id)
         service = f"{self.stack}_{node_id}"
+        services = self._service_nodes()
+        old_tasks = {task.id for task in self.manager.stack.ps(self.stack)
+                     if services.get(task.service_id or "") == node_id}
         try:
             # The spec's image as deployed (--no-resolve-image: no registry is asked); the CLI's chatter captured.
             run_cli(["service", "update", "--force", "--detach", "--quiet", "--no-resolve-image", service],
                     context=manager_context())
         except DockerException as exc:
-            raise NodeStartError(node_id, f"could not be restarted: `docker service update --force {service}` "
-                                          f"failed:\n{last_lines(exc.stderr or str(exc), 4)}") from None
-        self._wait_running([node], replacing=True)
+            raise NodeFailure(node_id, f"restart failed: `docker service update --force {service}` failed:\n"
+                                       f"{last_lines(exc.stderr or str(exc), 4)}") from None
+        self._wait_running([node], old_tasks=old_tasks)
+        engine, container_id = self._tasks[node_id]
+        self._restarted_on.setdefault(node_id, []).append(engine.hostname)  # maybe not where it ran before
         if not node.speaks_protocol:
             return None  # reachable again at its service name: dnsrr resolves it to the new task's address
-        engine, container_id = self._tasks[node_id]
         self._transports[node_id] = TaskTransport(self._attach(node, engine, container_id), engine)
         return self._transports[node_id]
 
@@ -243,12 +248,12 @@ class SwarmRuntime:
                               self.manager.service.list(filters=[("label", f"{STACK_LABEL}={self.stack}")])}
         return self._services
 
-    def _wait_running(self, wanted: Sequence[ContainerSpec], *, replacing: bool = False) -> None:
+    def _wait_running(self, wanted: Sequence[ContainerSpec], *, old_tasks: set[str] | None = None) -> None:
         """Until each wanted node's task runs; at once a clear error when Swarm gives up on one; START_TIMEOUT_S at
-        most. ``replacing``: a restart, whose task must be a new one (not the dead task it replaces)."""
+        most. ``old_tasks``: a restart's, whose task must be none of these (the dead ones it replaces)."""
         assert self.manager is not None
         nodes = {node.id: node for node in wanted}
-        stale = {self._task_ids[node_id] for node_id in nodes if node_id in self._task_ids} if replacing else set()
+        replacing, stale = old_tasks is not None, old_tasks or set()
         services = self._service_nodes()
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -266,7 +271,6 @@ class SwarmRuntime:
                     container = task.status.container_status
                     if container is not None and container.container_id:
                         self._tasks[node_id] = (self._engine_of(task), container.container_id)
-                        self._task_ids[node_id] = task.id
                         continue
                 if task is not None and (problem := self._task_problem(node, task)) is not None:
                     # Mid-run, a node that does not come back fails the run under its name, as one that dies does.
