@@ -234,7 +234,7 @@ CASES: list[tuple[str, str, str | None, tuple[str, ...]]] = [
      ("first reading at 20000 us is after the end of the run (10000 us)",)),
     ("unknown-sensor-model", PIPELINE.replace("    period_us: 1000\n", "    period_us: 1000\n"
                                               "    model: thermal  # HERE\n"), "nodes[0].model",
-     ("unknown sensor model 'thermal'; known: vibration",)),
+     ("unknown sensor model 'thermal'; known: uniform, vibration",)),
     ("shared-subscription-of-another-group", PIPELINE.replace("    build: svc\n", "    build: svc\n    replicas: 2\n"
                                                              "    config:\n      subscribe:\n        - plain/#\n"
                                                              "        - $share/other/plant/#  # HERE\n"),
