@@ -51,6 +51,18 @@ class ProcessControl(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Checkpoints:
+    """A run's checkpoints (cosim.checkpoint): the window ends to checkpoint at (``write`` gets each state), whether
+    to stop after the last one, and the checkpoint content to resume from (with a fork's config changes)."""
+
+    at_us: frozenset[int] = frozenset()
+    write: Callable[[int, dict[str, Any]], None] | None = None
+    stop_after: bool = False
+    resume: Mapping[str, Any] | None = None
+    config_changes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # a fork's, applied at resume
+
+
 @dataclass
 class StepTimings:
     """Wall-clock costs (metrics only; never in the trace)."""
@@ -94,6 +106,7 @@ class Coordinator:
         progress: Progress | None = None,
         exited_infrastructure: Callable[[float], list[tuple[str, int | None]]] | None = None,
         processes: ProcessControl | None = None,
+        checkpoints: Checkpoints | None = None,
     ) -> None:
         self.scenario = scenario
         self.nodes = dict(nodes)  # scenario order: the order ADVANCE goes out and DONE is collected
@@ -120,20 +133,30 @@ class Coordinator:
         self.lost: dict[str, int] = {}  # node -> events dropped (node_down) since its crash
         self.dropped: dict[str, int] = {}  # reason -> count, for the summary
         self.actions: list[dict[str, Any]] = []  # the action records written, for the summary
+        self.checkpoints = checkpoints or Checkpoints()  # where to checkpoint, or what to resume from
+        self.stopped = False  # stopped after its last checkpoint (--stop-after-checkpoint)
 
     def run(self) -> SimulationResult:
         started = time.monotonic()
         try:
+            resume = self.checkpoints.resume
+            if resume is not None:  # INIT gets each service's config as it was at the checkpoint
+                self.configs = {node_id: dict(config) for node_id, config in resume["coordinator"]["configs"].items()}
             self._init_nodes()
             self._check_schedule()
+            self._check_checkpoints()
             services = {node_id: node.info for node_id, node in self.nodes.items() if node.info}
             self.trace.header(header_environment(self.environment, services), barrier_groups=self.barrier_groups)
+            if resume is not None:
+                self.restore(resume)
             loop_started, loop_cpu_started = time.monotonic(), time.process_time()
-            for self.step in range(1, self.scenario.steps + 1):
+            for self.step in range(self.step + 1, self.scenario.steps + 1):
                 self.apply_schedule((self.step - 1) * self.scenario.quantum_us)
                 self._advance(self.step * self.scenario.quantum_us)
                 if self.progress is not None:
                     self.progress(self.now_us, self.scenario.duration_us)
+                if self.now_us in self.checkpoints.at_us and self._checkpoint():
+                    break
             self.timings.loop_s = time.monotonic() - loop_started
             self.timings.loop_cpu_s = time.process_time() - loop_cpu_started
             self._shutdown_nodes()
@@ -160,9 +183,9 @@ class Coordinator:
         finally:
             self.timings.wall_s = time.monotonic() - started
             self.trace.flush()
-        self.trace.footer(self.now_us, self.scenario.steps, in_flight=len(self._pending))
+        self.trace.footer(self.now_us, self.step, in_flight=len(self._pending), status="stopped" if self.stopped else "ok")
         self.trace.flush()
-        return SimulationResult(self.now_us, self.scenario.steps, dict(self.trace.counts), dict(self.unroutable),
+        return SimulationResult(self.now_us, self.step, dict(self.trace.counts), dict(self.unroutable),
                                 self.timings, dict(sorted(self.dropped.items())), list(self.actions))
 
     # -- phases -----------------------------------------------------------------------------------
@@ -171,7 +194,7 @@ class Coordinator:
         started = time.monotonic()
         for node_id, node in self.nodes.items():
             spec = self.scenario.node(node_id)
-            config = spec.config if isinstance(spec, ContainerSpec) else {}
+            config = self.configs.get(node_id, spec.config if isinstance(spec, ContainerSpec) else {})
             self.configs[node_id] = dict(config)
             node.init(node_seed(self.scenario.seed, node_id), config, self.endpoints)
             group = node.barrier_group
@@ -271,6 +294,72 @@ class Coordinator:
                     self.trace.write({"record": "dropped", "dest": dest, "reason": outcome.reason, **base})
                 else:
                     heapq.heappush(self._pending, (outcome.time_us, source, seq, dest, event))
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def _check_checkpoints(self) -> None:
+        """Before the first step: every service must be able to checkpoint (SNAPSHOT) or be restored (RESTORE)."""
+        if not self.checkpoints.at_us and self.checkpoints.resume is None:
+            return
+        for node_id, node in self.nodes.items():
+            if isinstance(node, ServiceNode) and "snapshot" not in node.capabilities:
+                what = "--checkpoint-at" if self.checkpoints.at_us else "resume"
+                raise UnsupportedAction(node_id, f"{what}: service {node_id!r} did not declare the 'snapshot' "
+                                        f"capability in READY (it declared {sorted(node.capabilities)}); it cannot be "
+                                        f"checkpointed or restored")
+        for node_id in self.checkpoints.config_changes:
+            if "configure" not in self.nodes[node_id].capabilities:  # type: ignore[attr-defined]
+                raise UnsupportedAction(node_id, f"fork: the variant changes the config of {node_id!r}, but the "
+                                        f"service did not declare the 'configure' capability in READY")
+
+    def _checkpoint(self) -> bool:
+        """At the end of the window ending now: hand the run's state to the writer; True to stop here."""
+        assert self.checkpoints.write is not None
+        self.checkpoints.write(self.now_us, self.snapshot())
+        if self.checkpoints.stop_after and self.now_us == max(self.checkpoints.at_us):
+            self.stopped = True
+        return self.stopped
+
+    def snapshot(self) -> dict[str, Any]:
+        """The run's state between two windows: the coordinator's, each node's, and the trace so far."""
+        return {
+            "time_us": self.now_us,
+            "step": self.step,
+            "coordinator": {
+                "pending": [list(entry) for entry in sorted(self._pending)],
+                "next_seq": dict(self._next_seq),
+                "router": self.router.snapshot(),
+                "configs": self.configs,
+                "restarts": self.restarts,
+                "lost": self.lost,
+                "dropped": self.dropped,
+                "unroutable": [[source, kind, count] for (source, kind), count in sorted(self.unroutable.items())],
+                "actions": self.actions,
+                # The schedule's actions already applied (those of the windows before now); the rest apply after.
+                "schedule_position": sum(1 for action in self.scenario.schedule.actions if action.at_us < self.now_us),
+            },
+            "nodes": {node_id: node.snapshot() for node_id, node in self.nodes.items()},
+            "trace": {"records": self.trace.records_so_far(), "counts": dict(self.trace.counts)},
+        }
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Resume from ``snapshot``'s state (after INIT and the header): RESTORE every node, take the coordinator's
+        state back, replay the trace so far, then apply a fork's config changes (CONFIGURE at the checkpoint)."""
+        self.now_us, self.step = saved["time_us"], saved["step"]
+        for node_id, node in self.nodes.items():
+            node.restore(saved["nodes"][node_id])
+        state = saved["coordinator"]
+        self._pending = [(time_us, source, seq, dest, event) for time_us, source, seq, dest, event in state["pending"]]
+        heapq.heapify(self._pending)
+        self._next_seq = dict(state["next_seq"])
+        self.router.restore(state["router"])
+        self.restarts, self.lost, self.dropped = dict(state["restarts"]), dict(state["lost"]), dict(state["dropped"])
+        self.unroutable = {(source, kind): count for source, kind, count in state["unroutable"]}
+        self.actions = list(state["actions"])
+        self.trace.replay(saved["trace"]["records"], saved["trace"]["counts"])
+        for node_id, changes in sorted(self.checkpoints.config_changes.items()):
+            self.configs[node_id].update(changes)
+            self.nodes[node_id].configure(self.now_us, dict(changes))
 
     # -- the schedule -----------------------------------------------------------------------------
 

@@ -60,6 +60,35 @@ class Router:
         """End every partition."""
         self._sides.clear()
 
+    # -- checkpoints ------------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Each used link's generator state and changed properties, the round-robin turns, the partitions."""
+        links = []
+        for source, dest in sorted(set(self._rngs) | set(self._links)):
+            rng = self._rngs.get((source, dest))
+            props = self._links.get((source, dest), self.scenario.link(source, dest))
+            changed = props != self.scenario.link(source, dest)  # a fork's own links apply where not changed
+            links.append({"from": source, "to": dest,
+                          "rng": None if rng is None else [rng.getstate()[0], list(rng.getstate()[1]), rng.getstate()[2]],
+                          "set": {"latency_us": props.latency_us, "jitter_us": props.jitter_us, "loss": props.loss}
+                          if changed else None})
+        return {"links": links, "round_robin": [[index, target, turn] for (index, target), turn
+                                                in sorted(self._round_robin.items())],
+                "partitions": [dict(sorted(sides.items())) for sides in self._sides]}
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        for link in saved["links"]:
+            key = (link["from"], link["to"])
+            if link["rng"] is not None:
+                version, internal, gauss = link["rng"]
+                self._rngs[key] = random.Random()
+                self._rngs[key].setstate((version, tuple(internal), gauss))
+            self._links[key] = (LinkProperties(**link["set"]) if link["set"] is not None
+                                else self.scenario.link(*key))
+        self._round_robin = {(index, target): turn for index, target, turn in saved["round_robin"]}
+        self._sides = [dict(sides) for sides in saved["partitions"]]
+
     def _cut(self, source: str, dest: str) -> bool:
         return any(source in sides and dest in sides and sides[source] != sides[dest] for sides in self._sides)
 

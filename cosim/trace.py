@@ -63,9 +63,21 @@ class TraceWriter:
         self.write(record)
         self.header_written = True
 
-    def footer(self, end_us: int, steps: int, in_flight: int) -> None:
-        """``in_flight``: events still on a link when the run ended (delivery after the end)."""
-        self.write({"record": "footer", "status": "ok", "end_us": end_us, "steps": steps, "in_flight": in_flight,
+    def records_so_far(self) -> str:
+        """Every record written after the header (for a checkpoint), as the file's text."""
+        self.flush()
+        text = self.path.read_text(encoding="utf-8")
+        return text[text.index("\n") + 1:]
+
+    def replay(self, records: str, counts: Mapping[str, int]) -> None:
+        """A resumed run: the records of the run up to its checkpoint, as they were written, after the header."""
+        self._handle.write(records)
+        self.counts = dict(counts)
+
+    def footer(self, end_us: int, steps: int, in_flight: int, status: str = "ok") -> None:
+        """``in_flight``: events still on a link when the run ended (delivery after the end). ``status``: "ok", or
+        "stopped" for a run stopped after its checkpoint (--stop-after-checkpoint)."""
+        self.write({"record": "footer", "status": status, "end_us": end_us, "steps": steps, "in_flight": in_flight,
                     "counts": dict(self.counts)})
 
     def error(self, time_us: int, node: str | None, error: str, detail: str) -> None:
