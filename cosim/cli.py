@@ -97,6 +97,7 @@ class ProgressLine:
 
 def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | None = None,
        watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, registry: str | None = None,
+       checkpoint_at: str | None = None, stop_after_checkpoint: bool = False,
        out: TextIO = sys.stdout) -> CompletedRun:
     if registry:  # --registry is $COSIM_REGISTRY for this one run (the swarm runtime reads it)
         from cosim.runtimes.swarm.images import REGISTRY_ENV
@@ -104,7 +105,9 @@ def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | No
         os.environ[REGISTRY_ENV] = registry
     progress_line = ProgressLine() if progress else None
     try:
-        summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line)
+        summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line,
+                      checkpoint_at=checkpoint_at, stop_after_checkpoint=stop_after_checkpoint,
+                      checkpoint_written=_checkpoint_line(progress_line, out))
     except CosimError:
         if progress_line is not None:
             progress_line.close()
@@ -112,6 +115,33 @@ def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | No
         raise
     print_summary(summary, out)
     out.write(f"  report:  {report(str(summary.trace_path), out=None)}\n")
+    return summary
+
+
+def _checkpoint_line(progress_line: ProgressLine | None, out: TextIO) -> Any:
+    def written(path: Path, size: int, seconds: float) -> None:
+        if progress_line is not None:
+            progress_line.close()  # the line goes above the progress bar, which starts again at the next step
+        out.write(f"  checkpoint: {path} ({size / 1e6:.2f} MB, written in {seconds:.2f} s)\n")
+        out.flush()
+    return written
+
+
+def resume(checkpoint: str, *, runtime: str = "docker", trace: str | None = None, scenario: str | None = None,
+           watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, out: TextIO = sys.stdout) -> CompletedRun:
+    """`invoke resume CHECKPOINT`: continue a checkpointed run (fork it with --scenario VARIANT)."""
+    from cosim.run import resume as resume_run
+
+    if not checkpoint:
+        raise UsageError("usage: invoke resume CHECKPOINT [--trace PATH] [--runtime local|docker] [--scenario VARIANT]")
+    progress_line = ProgressLine() if progress else None
+    try:
+        summary = resume_run(checkpoint, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s,
+                             progress=progress_line, scenario_path=scenario)
+    finally:
+        if progress_line is not None:
+            progress_line.close()
+    print_summary(summary, out)
     return summary
 
 
