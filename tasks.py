@@ -111,12 +111,15 @@ def images(c: Context, scenario: str | None = None, force: bool = False) -> None
         "runs": "how many runs (default 3)",
         "runtime": "docker (default), local, swarm, or both (docker and local, N times each; all must agree)",
         "watchdog": WATCHDOG_HELP,
+        "checkpoint_at": "also checkpoint every run at T[,T2] us and resume each checkpoint (with `both`: on the other "
+                         "runtime); the resumed traces must be identical too",
     },
 )
 def determinism(c: Context, scenario: str | None = None, runs: str = "3", runtime: str = "docker",
-                watchdog: str | None = None) -> None:
+                watchdog: str | None = None, checkpoint_at: str | None = None) -> None:
     """Run a scenario N times with fresh containers and prove the traces are identical."""
-    _call(cli.determinism, scenario or DEFAULT, runs=runs, runtime=runtime, watchdog_s=watchdog or DEFAULT_WATCHDOG_S)
+    _call(cli.determinism, scenario or DEFAULT, runs=runs, runtime=runtime, watchdog_s=watchdog or DEFAULT_WATCHDOG_S,
+          checkpoint_at=checkpoint_at)
 
 
 @task(positional=["trace_a", "trace_b"])

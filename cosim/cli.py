@@ -270,10 +270,11 @@ def cluster(action: str, *, nodes: int | str = 3, name: str = "cosim", out: Text
 
 
 def determinism(path: str = DEFAULT_SCENARIO, *, runs: int | str = 3, runtime: str = "docker",
-                watchdog_s: float | str = DEFAULT_WATCHDOG_S, out: TextIO = sys.stdout) -> None:
+                watchdog_s: float | str = DEFAULT_WATCHDOG_S, checkpoint_at: str | None = None,
+                out: TextIO = sys.stdout) -> None:
     from cosim.determinism import gate
 
-    gate(path, runs=runs, runtime=runtime, watchdog_s=watchdog_s, out=out)
+    gate(path, runs=runs, runtime=runtime, watchdog_s=watchdog_s, checkpoint_at=checkpoint_at, out=out)
 
 
 def diff(trace_a: str, trace_b: str, out: TextIO = sys.stdout) -> None:

@@ -4,6 +4,7 @@ before anything starts; a fork continues from T with its variant's config and na
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -221,3 +222,11 @@ def test_invoke_resume_of_an_edited_checkpoint_is_one_line(taken: Path, tmp_path
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "edited or damaged" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "r.jsonl").exists()
+
+
+def test_determinism_gate_resumes_each_checkpoint(tmp_path: Path) -> None:
+    from cosim.determinism import gate
+
+    results = gate(str(PIPELINE), runs=2, runtime="local", out_dir=tmp_path, checkpoint_at="50000", out=io.StringIO())
+    assert [result.runtime for result in results] == ["local", "local from local checkpoint at 50000 us"] * 2
+    assert len({result.hash for result in results}) == 1
