@@ -6,6 +6,7 @@ message and a non-zero exit (no traceback).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -142,6 +143,10 @@ def resume(checkpoint: str, *, runtime: str = "docker", trace: str | None = None
         if progress_line is not None:
             progress_line.close()
     print_summary(summary, out)
+    parent = summary.trace_path.read_text(encoding="utf-8").split("\n", 1)[0]
+    forked = json.loads(parent).get("forked_from")
+    out.write(f"  resumed from {checkpoint}" + (f" (a fork of checkpoint {forked['checkpoint_sha256'][:12]})"
+                                                 if forked else "") + "\n")
     return summary
 
 
