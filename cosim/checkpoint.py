@@ -14,6 +14,7 @@ protocol and cosim versions it was written by, then (``check_scenario``) the sce
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -38,11 +39,16 @@ def path_for(scenario: Scenario, time_us: int, directory: Path = DIRECTORY) -> P
 def write(path: Path, content: Mapping[str, Any]) -> str:
     """Write a checkpoint (atomically: a file that exists is complete); return its hash."""
     digest = content_sha256(content)
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(protocol.canonical({"format": FORMAT, "sha256": digest, "content": content}) + "\n",
-                       encoding="utf-8")
-    partial.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(protocol.canonical({"format": FORMAT, "sha256": digest, "content": content}) + "\n",
+                           encoding="utf-8")
+        partial.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write the checkpoint to {path}: {exc.strerror}") from None
     return digest
 
 

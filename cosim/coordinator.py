@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
 from cosim import schedule as scheduling
-from cosim.errors import InfrastructureExited, Interrupted, NodeFailure, UnsupportedAction
+from cosim.errors import CheckpointError, InfrastructureExited, Interrupted, NodeFailure, UnsupportedAction
 from cosim.network import Drop, Router
 from cosim.nodes import Event, ServiceNode, SimNode
 from cosim.model import ContainerSpec, Scenario
@@ -177,6 +177,9 @@ class Coordinator:
         except KeyboardInterrupt:
             self.trace.error(self.now_us, None, "interrupted", "the run was interrupted (Ctrl-C or SIGTERM)")
             raise Interrupted(f"interrupted at virtual time {self.now_us} us; the trace so far is kept") from None
+        except CheckpointError as failed:  # e.g. the disk is full: the run so far is kept
+            self.trace.error(self.now_us, None, "checkpoint_failed", str(failed))
+            raise
         except Exception as exc:  # a bug in cosim itself: still end the trace with what happened
             self.trace.error(self.now_us, None, "internal_error", f"{type(exc).__name__}: {exc}")
             raise

@@ -74,14 +74,24 @@ def test_checkpoint_then_resume_is_the_uninterrupted_run(tmp_path: Path) -> None
                                       ("replicas", 2_500_000), ("multi-site-stress", 2_500_000),
                                       ("distributed", 3_000_000)])
 def test_every_bundled_scenario_resumes_byte_identical(tmp_path: Path, name: str, at: int) -> None:
-    """Through the MQTT broker (a fresh one on resume), ONNX Runtime, the schedule's changes before T."""
+    """Through the MQTT broker (a fresh one on resume), ONNX Runtime, the schedule's changes before T. The run
+    that takes the checkpoint goes on to the end (that taking one changes nothing is checked above and by
+    `invoke determinism --checkpoint-at`): the resumed run must give its trace."""
     scenario = ROOT / "scenarios" / f"{name}.yaml"
-    plain = run(scenario, runtime="local", trace_path=tmp_path / "plain.jsonl")
-    stopped, written = checkpointed(scenario, tmp_path, str(at), stop=True)
-    footer = read(stopped.trace_path).footer
-    assert footer is not None and footer.status == "stopped" and footer.end_us == at
+    whole, written = checkpointed(scenario, tmp_path, str(at))
+    footer = read(whole.trace_path).footer
+    assert footer is not None and footer.status == "ok" and footer.end_us == whole.scenario.duration_us
     resumed = resume(written[0], runtime="local", trace_path=tmp_path / "resumed.jsonl")
-    assert_same_simulation(plain.trace_path, resumed.trace_path)
+    assert_same_simulation(whole.trace_path, resumed.trace_path)
+
+
+def test_a_run_stopped_after_its_checkpoint(tmp_path: Path) -> None:
+    plain = run(PIPELINE, runtime="local", trace_path=tmp_path / "plain.jsonl")
+    stopped, written = checkpointed(PIPELINE, tmp_path, "60000,90000", stop=True)
+    trace = read(stopped.trace_path)
+    assert trace.footer is not None and (trace.footer.status, trace.footer.end_us, trace.footer.steps) == ("stopped", 90000, 90)
+    assert len(written) == 2
+    assert_same_simulation(plain.trace_path, resume(written[1], runtime="local", trace_path=tmp_path / "r.jsonl").trace_path)
 
 
 def test_chaos_checkpoint_after_the_restart(tmp_path: Path) -> None:
@@ -230,3 +240,12 @@ def test_determinism_gate_resumes_each_checkpoint(tmp_path: Path) -> None:
     results = gate(str(PIPELINE), runs=2, runtime="local", out_dir=tmp_path, checkpoint_at="50000", out=io.StringIO())
     assert [result.runtime for result in results] == ["local", "local from local checkpoint at 50000 us"] * 2
     assert len({result.hash for result in results}) == 1
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_with_one_message(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the checkpoint directory should be")
+    with pytest.raises(CheckpointError, match=f"cannot write the checkpoint to {blocker}/"):
+        run(PIPELINE, runtime="local", trace_path=tmp_path / "t.jsonl", checkpoint_at="50000", checkpoint_dir=blocker)
+    trace = read(tmp_path / "t.jsonl")
+    assert trace.error is not None and trace.error.error == "checkpoint_failed" and trace.error.time_us == 50000
