@@ -25,7 +25,8 @@ ECHO = ROOT / "containers" / "echo"
 BURST = ROOT / "tests" / "services" / "burst.py"
 
 
-def checkpointed(scenario: Path, tmp_path: Path, at: str, *, stop: bool = False, name: str = "ck") -> tuple[CompletedRun, list[Path]]:
+def checkpointed(scenario: Path, tmp_path: Path, at: str, *, stop: bool = False,
+                 name: str = "ck") -> tuple[CompletedRun, list[Path]]:
     written: list[Path] = []
     done = run(scenario, runtime="local", trace_path=tmp_path / f"{name}.jsonl", checkpoint_at=at,
                stop_after_checkpoint=stop, checkpoint_dir=tmp_path / "checkpoints",
@@ -89,9 +90,11 @@ def test_a_run_stopped_after_its_checkpoint(tmp_path: Path) -> None:
     plain = run(PIPELINE, runtime="local", trace_path=tmp_path / "plain.jsonl")
     stopped, written = checkpointed(PIPELINE, tmp_path, "60000,90000", stop=True)
     trace = read(stopped.trace_path)
-    assert trace.footer is not None and (trace.footer.status, trace.footer.end_us, trace.footer.steps) == ("stopped", 90000, 90)
+    assert trace.footer is not None
+    assert (trace.footer.status, trace.footer.end_us, trace.footer.steps) == ("stopped", 90000, 90)
     assert len(written) == 2
-    assert_same_simulation(plain.trace_path, resume(written[1], runtime="local", trace_path=tmp_path / "r.jsonl").trace_path)
+    resumed = resume(written[1], runtime="local", trace_path=tmp_path / "r.jsonl")
+    assert_same_simulation(plain.trace_path, resumed.trace_path)
 
 
 def test_chaos_checkpoint_after_the_restart(tmp_path: Path) -> None:
