@@ -52,17 +52,18 @@ def render(c: Context, scenario: str | None = None) -> None:
         "watchdog": WATCHDOG_HELP,
         "quiet": "no progress line",
         "registry": "swarm: push the images to this registry (HOST:PORT) for the nodes to pull, instead of copying",
+        "advance": "next-event or fixed: overrides the scenario's `advance` (default: the scenario's, next-event)",
         "checkpoint_at": "write a checkpoint at the end of the window ending at T us (T[,T2,...]) under checkpoints/",
         "stop_after_checkpoint": "stop the run after its last checkpoint",
     }
 )
 def up(c: Context, scenario: str | None = None, runtime: str = "docker", trace: str | None = None,
        watchdog: str | None = None, quiet: bool = False, registry: str | None = None,
-       checkpoint_at: str | None = None, stop_after_checkpoint: bool = False) -> None:
+       advance: str | None = None, checkpoint_at: str | None = None, stop_after_checkpoint: bool = False) -> None:
     """Run a scenario in virtual time and write its trace."""
     # Numeric options arrive as text: cosim checks them and names the option in its error.
     _call(cli.up, scenario or DEFAULT, runtime=runtime, trace=trace, watchdog_s=watchdog or DEFAULT_WATCHDOG_S,
-          progress=not quiet, registry=registry, checkpoint_at=checkpoint_at,
+          progress=not quiet, registry=registry, advance=advance, checkpoint_at=checkpoint_at,
           stop_after_checkpoint=stop_after_checkpoint)
 
 
@@ -111,15 +112,16 @@ def images(c: Context, scenario: str | None = None, force: bool = False) -> None
         "runs": "how many runs (default 3)",
         "runtime": "docker (default), local, swarm, or both (docker and local, N times each; all must agree)",
         "watchdog": WATCHDOG_HELP,
-        "checkpoint_at": "also checkpoint every run at T[,T2] us and resume each checkpoint (with `both`: on the other "
-                         "runtime); the resumed traces must be identical too",
+        "advance": "next-event, fixed, or both (each mode N times; records identical, headers differ only in the mode)",
+        "checkpoint_at": "also checkpoint every run at T[,T2] us and resume each checkpoint (with `both` runtimes: on "
+                         "the other runtime); the resumed traces must be identical too",
     },
 )
 def determinism(c: Context, scenario: str | None = None, runs: str = "3", runtime: str = "docker",
-                watchdog: str | None = None, checkpoint_at: str | None = None) -> None:
+                watchdog: str | None = None, advance: str | None = None, checkpoint_at: str | None = None) -> None:
     """Run a scenario N times with fresh containers and prove the traces are identical."""
     _call(cli.determinism, scenario or DEFAULT, runs=runs, runtime=runtime, watchdog_s=watchdog or DEFAULT_WATCHDOG_S,
-          checkpoint_at=checkpoint_at)
+          advance=advance, checkpoint_at=checkpoint_at)
 
 
 @task(positional=["trace_a", "trace_b"])
@@ -130,11 +132,12 @@ def diff(c: Context, trace_a: str, trace_b: str) -> None:
 
 @task(help={"steps": "steps per measured run (default 2000)", "local_only": "skip the Docker measurements",
             "no_swarm": "skip the local Swarm measurements (they need root)",
-            "output": "where the JSON results go (default traces/bench.json)"})
+            "output": "where the JSON results go (default traces/bench.json)",
+            "sparse_s": "virtual seconds of the sparse next-event workload (default 600)"})
 def bench(c: Context, steps: str = "2000", local_only: bool = False, no_swarm: bool = False,
-          output: str = "traces/bench.json") -> None:
+          output: str = "traces/bench.json", sparse_s: str = "600") -> None:
     """Measure cosim's per-step cost, scaling and throughput against floors measured in the same run."""
-    _call(cli.bench, steps=steps, docker=not local_only, swarm=not no_swarm, output=output)
+    _call(cli.bench, steps=steps, docker=not local_only, swarm=not no_swarm, output=output, sparse_s=sparse_s)
 
 
 @task

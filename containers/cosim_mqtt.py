@@ -440,6 +440,15 @@ class VirtualTimeClient:
             self.offline = False
         self.connect(again=True)
 
+    def next_due(self, target: int) -> int | None:
+        """After the window ending at ``target``: the earliest time at which a message we know of, or one of a
+        window whose barriers we still wait for, can be due (the next-event promise); None: nothing pending."""
+        times = [w.current_us + self.delay_for(w.target_us) + 1 for w in self.pending]  # origin > window start
+        if self.queue:
+            times.append(self.queue[0].time_us)
+        due = min(times, default=None)
+        return None if due is None else max(due, target + 1)
+
     def _share_groups(self) -> dict[str, list[str]]:
         """Each share group's replicas among the barrier group's members; we must be one of them."""
         groups = {}
@@ -652,9 +661,13 @@ class MqttService:
 
     def serve(self, capabilities: list[str]) -> None:
         # Both bundled clients publish only what their input events carry: idle windows cost no broker traffic.
+        # Next-event: they wake up when a message of the group is due (the coordinator advances the group together).
         serve(self.advance, on_init=self.on_init, on_shutdown=self.on_shutdown, capabilities=capabilities,
               barrier_group=self.barrier_group, barrier_publishes="on_input", on_configure=self.on_configure,
-              on_snapshot=self.on_snapshot, on_restore=self.on_restore)
+              wakeup=self.wakeup, on_snapshot=self.on_snapshot, on_restore=self.on_restore)
+
+    def wakeup(self, target: int) -> int | None:
+        return self.mqtt.next_due(target) if self.mqtt is not None else None
 
     def advance(self, current: int, target: int, events: list[dict[str, Any]],
                 peers: list[str] | None = None, members: list[str] | None = None) -> list[dict[str, Any]]:

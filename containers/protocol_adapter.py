@@ -44,7 +44,14 @@ A node restarted by the schedule gets INIT again (same seed) with ``time_us`` th
 serve checkpoints: SNAPSHOT{time_us} at a window boundary is answered by SNAPSHOT_STATE{time_us, state} (the
 adapter's own state, its held outputs, config and clock, around the service's), and RESTORE{time_us, state}
 right after INIT (of a fresh process) puts it back and sets the clock to ``time_us``: answered by RESTORED.
-See docs/protocol.md for the full specification.
+
+Next-event time advance (negotiated): a service created with ``next_event=True`` or a ``wakeup`` hook declares
+``next_event`` in READY, and every DONE then carries ``next_us``, the earliest virtual time after the window at
+which the service will emit something on its own. The adapter computes it: the earliest of its held outputs and
+of ``wakeup(target_time)`` (the service's own timers; None: none). The coordinator may then skip the windows in
+between: the next ADVANCE may jump straight to the window of the next input or of that time. Without a promise
+the service answers only to input. The promise is checked: an output before it that no input explains fails
+the run. See docs/protocol.md for the full specification.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ InitHook = Callable[[Mapping[str, Any]], "Mapping[str, Any] | None"]  # may retu
 ShutdownHook = Callable[[], None]
 GroupHook = Callable[[], "str | None"]  # the barrier group this service joins, if any
 ConfigureHook = Callable[[Mapping[str, Any]], None]  # takes CONFIGURE (new config keys, changed endpoints)
+WakeupHook = Callable[[int], "int | None"]  # after a window ending at target: the next own output time, or None
 SnapshotHook = Callable[[], Any]  # the service's state at a window boundary, JSON-able
 RestoreHook = Callable[[Any], None]  # takes what on_snapshot returned (in a fresh process, after INIT)
 
@@ -87,6 +95,7 @@ _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=
 
 
 _EMPTY_DONE = '{"events":[],"time_us":%d,"type":"DONE"}\n'
+_PROMISE_DONE = '{"events":[],"next_us":%d,"time_us":%d,"type":"DONE"}\n'
 
 
 def encode(message: Mapping[str, Any]) -> str:
@@ -107,6 +116,8 @@ class CoordinatorProtocolAdapter:
         barrier_group: GroupHook | None = None,
         barrier_publishes: str = "always",
         on_configure: ConfigureHook | None = None,
+        next_event: bool = False,
+        wakeup: WakeupHook | None = None,
         on_snapshot: SnapshotHook | None = None,
         on_restore: RestoreHook | None = None,
     ) -> None:
@@ -114,6 +125,8 @@ class CoordinatorProtocolAdapter:
         self.on_configure = on_configure
         if on_configure is not None:
             capabilities = [*capabilities, "configure"]
+        self.next_event = next_event or wakeup is not None  # DONE carries next_us (READY says so)
+        self.wakeup = wakeup
         self.on_snapshot = on_snapshot
         self.on_restore = on_restore
         if on_snapshot is not None and on_restore is not None:
@@ -216,6 +229,11 @@ class CoordinatorProtocolAdapter:
         if self.barrier_group is not None:
             ready["barrier_group"] = self.barrier_group
             ready["barrier_publishes"] = self.barrier_publishes
+        if self.next_event:
+            ready["next_event"] = True
+            promise = self._promise(time_us)  # the first time it acts on its own (e.g. its first timer)
+            if promise is not None:
+                ready["next_us"] = promise
         if info:
             ready["info"] = dict(info)  # e.g. library versions, for the run's manifest (never in the trace)
         return ready
@@ -260,7 +278,27 @@ class CoordinatorProtocolAdapter:
         outputs = [event for event in stamped if event["time_us"] <= target]
         self._held = [event for event in stamped if event["time_us"] > target]
         self.current_time_us = target
-        return {"type": "DONE", "time_us": target, "events": outputs}
+        done = {"type": "DONE", "time_us": target, "events": outputs}
+        if self.next_event:
+            promise = self._promise(target)
+            if promise is not None:
+                done["next_us"] = promise
+        return done
+
+    def _promise(self, target: int) -> int | None:
+        """The earliest time after ``target`` at which this service emits on its own: a held output or a wake-up."""
+        times = [event["time_us"] for event in self._held]
+        if self.wakeup is not None:
+            try:
+                wake = self.wakeup(target)
+            except Exception as exc:
+                raise ProtocolError("callback_failed", _describe_exception(exc), fatal=True) from exc
+            if wake is not None:
+                if not _is_int(wake) or wake <= target:
+                    raise ProtocolError("bad_wakeup", f"wake-up time {wake!r} is not an integer after the window "
+                                                      f"end {target} us", fatal=True)
+                times.append(wake)
+        return min(times) if times else None
 
     def _handle_configure(self, message: dict[str, Any]) -> dict[str, Any]:
         if not self.initialized:
@@ -280,7 +318,15 @@ class CoordinatorProtocolAdapter:
             raise ProtocolError("configure_failed", _describe_exception(exc)) from exc
         self.config.update(message.get("config", {}))
         self.endpoints.update(message.get("endpoints", {}))
-        return {"type": "CONFIGURED", "time_us": time_us}
+        # The service had nothing to do between its clock and time_us (else it would have been advanced), so its
+        # clock moves there: the change applies from that window on, as in a run that steps it every quantum.
+        self.current_time_us = time_us
+        configured = {"type": "CONFIGURED", "time_us": time_us}
+        if self.next_event:  # the change may move its next own output (e.g. a new timer period)
+            promise = self._promise(time_us)
+            if promise is not None:
+                configured["next_us"] = promise
+        return configured
 
     def _snapshot_hooks(self, kind: str) -> None:
         if not self.initialized:
@@ -369,8 +415,9 @@ class CoordinatorProtocolAdapter:
             if reply is not None:
                 try:
                     # Most windows produce nothing: their DONE is formatted directly (canonical, and cheaper).
-                    text = (_EMPTY_DONE % reply["time_us"] if reply["type"] == "DONE" and not reply["events"]
-                            else encode(reply))
+                    text = (encode(reply) if reply["type"] != "DONE" or reply["events"]
+                            else _EMPTY_DONE % reply["time_us"] if "next_us" not in reply
+                            else _PROMISE_DONE % (reply["next_us"], reply["time_us"]))
                 except ValueError:  # NaN or Infinity in the callback's events: not JSON
                     text = encode(self._error(ProtocolError(
                         "bad_output", "output events contain NaN or Infinity, which JSON cannot carry", fatal=True)))
@@ -406,10 +453,15 @@ def serve(
     barrier_group: GroupHook | None = None,
     barrier_publishes: str = "always",
     on_configure: ConfigureHook | None = None,
+    next_event: bool = False,
+    wakeup: WakeupHook | None = None,
     on_snapshot: SnapshotHook | None = None,
     on_restore: RestoreHook | None = None,
 ) -> None:
-    """Entry point for a service's ``__main__``: log to stderr, serve stdin/stdout, exit with the code."""
+    """Entry point for a service's ``__main__``: log to stderr, serve stdin/stdout, exit with the code.
+
+    ``next_event=True``: the service emits only in response to input (and its held outputs); ``wakeup``: it also
+    emits on its own, at the times this hook returns (see the module docstring)."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
     # Binary lines, decoded as strict UTF-8 per line whatever the container's locale.
     stdin = open(sys.stdin.fileno(), "rb", closefd=False)
@@ -417,6 +469,6 @@ def serve(
     sys.stdout = sys.stderr  # a stray print() in service code must not corrupt the protocol stream
     adapter = CoordinatorProtocolAdapter(callback, on_init=on_init, on_shutdown=on_shutdown, capabilities=capabilities,
                                          barrier_group=barrier_group, barrier_publishes=barrier_publishes,
-                                         on_configure=on_configure, on_snapshot=on_snapshot,
-                                         on_restore=on_restore)
+                                         on_configure=on_configure, next_event=next_event, wakeup=wakeup,
+                                         on_snapshot=on_snapshot, on_restore=on_restore)
     sys.exit(adapter.run(stdin, stdout))

@@ -10,6 +10,11 @@
    with its step time against the single gateway's, measured in the same run.
 5. Swarm (as root): step time on a local one-node Swarm (one echo service) and on a three-node one (three echo
    services, one per node), against the container attach floor; each cluster is started and removed here.
+6. Next-event advance: a sparse workload (a 1 Hz sensor -> echo -> sink, 600 s virtual) with fixed steps and with
+   next-event advance; idle nodes (16 echo containers of which one gets traffic, against one); a dense workload
+   (every node busy every quantum) in both modes; the default scenario's real-time factor on Docker.
+
+Rows 1-5 step every quantum (``advance: fixed``): they measure the cost of a step.
 
 Wall-clock numbers only; nothing here enters a trace. Results are printed as a table and written as JSON.
 """
@@ -38,7 +43,13 @@ CONTAINERS = REPO_ROOT / "containers"
 BARE_ECHO = "import sys\nfor line in sys.stdin:\n    sys.stdout.write(line)\n    sys.stdout.flush()\n"
 PROBE_LINE = (json.dumps({"type": "ADVANCE", "time_us": 123456000, "events": []}, separators=(",", ":")) + "\n").encode()
 
-TARGETS = {"local_vs_pipe_floor": 1.5, "docker_vs_container_floor": 1.2, "scaling_8_vs_1": 3.0}
+TARGETS = {"local_vs_pipe_floor": 1.5, "docker_vs_container_floor": 1.2, "scaling_8_vs_1": 3.0,
+           # next-event advance: sparse wall time against fixed steps (lower is better), idle and dense ratios
+           "sparse_local_next_vs_fixed": 1 / 50, "sparse_docker_next_vs_fixed": 1 / 50,
+           "idle_16_vs_1": 1.5, "dense_local_next_vs_fixed": 1.05, "dense_docker_next_vs_fixed": 1.05}
+SPARSE_S = 600  # virtual seconds of the sparse workload
+SPARSE_LOOP_TARGET_S = 0.15  # its next-event step loop, local runtime (mosaik 3.6: 0.17 s for the same shape)
+DEFAULT_RTF_TARGET = 15.0  # the default scenario on Docker, next-event
 
 
 @dataclass
@@ -50,6 +61,9 @@ class BenchResult:
     throughput_events_per_s: dict[str, float] = field(default_factory=dict)
     mqtt_step_us: dict[str, float] = field(default_factory=dict)  # "<runtime>_<n>_gateway(s)" -> step time
     swarm_step_us: dict[str, float] = field(default_factory=dict)  # "<n>_node(s)" -> step time
+    # next-event advance: "<workload>_<runtime>_<mode>" -> {"loop_s", "steps", "advances", "events", "us_per_event"}
+    advance: dict[str, dict[str, float]] = field(default_factory=dict)
+    default_rtf: dict[str, float] = field(default_factory=dict)  # "<runtime>_<mode>" -> virtual s / step-loop s
     ratios: dict[str, float] = field(default_factory=dict)
 
 
@@ -184,16 +198,73 @@ def _scenario(directory: Path, name: str, *, services: int, steps: int, quantum_
 
 
 def _step_us(scenario: Path, runtime: str, directory: Path) -> float:
-    """Mean wall time of one step of the step loop (us)."""
-    return run(scenario, runtime=runtime, trace_path=directory / f"{scenario.stem}-{runtime}.jsonl").metrics.step_us
+    """Mean wall time of one step of the step loop (us), stepping every quantum."""
+    return run(scenario, runtime=runtime, trace_path=directory / f"{scenario.stem}-{runtime}.jsonl",
+               advance="fixed").metrics.step_us
+
+
+def _workload(directory: Path, name: str, *, services: int, duration_us: int, period_us: int | None,
+              tick_us: int | None = None) -> Path:
+    """A next-event workload: ``services`` echo nodes; a sensor every ``period_us`` to echo-1, whose echoes go to a
+    sink; with ``tick_us``, every echo node also ticks to the sink (busy every quantum when tick_us = quantum)."""
+    echo = (CONTAINERS / "echo").as_posix()
+    lines = [f"name: {name}", "seed: 1", f"duration_us: {duration_us}", "quantum_us: 1000", "nodes:"]
+    for index in range(services):
+        config = f", config: {{tick_us: {tick_us}}}" if tick_us else ""
+        lines.append(f"  - {{id: echo-{index + 1}, kind: service, build: {echo}{config}}}")
+    lines.append("  - {id: sink, kind: sink}")
+    routes = [f"  - {{from: echo-{index + 1}, to: [sink]}}" for index in range(services)]
+    if period_us is not None:
+        lines.append(f"  - {{id: sensor, kind: sensor, period_us: {period_us}}}")
+        routes.append("  - {from: sensor, to: [echo-1]}")
+    path = directory / f"{name}.yaml"
+    path.write_text("\n".join(lines + ["routes:", *routes]) + "\n", encoding="utf-8")
+    return path
+
+
+def _measure(result: BenchResult, key: str, scenario: Path, runtime: str, mode: str, directory: Path) -> dict[str, float]:
+    summary = run(scenario, runtime=runtime, trace_path=directory / f"{scenario.stem}-{runtime}-{mode}.jsonl",
+                  advance=mode)
+    events = summary.result.counts["sent"]
+    row = {"loop_s": summary.metrics.step_loop_s, "steps": summary.metrics.steps, "advances": summary.metrics.advances,
+           "events": events, "us_per_event": summary.metrics.step_loop_s / events * 1e6 if events else 0.0,
+           "wall_s": summary.metrics.wall_s}
+    result.advance[f"{key}_{runtime}_{mode}"] = row
+    return row
+
+
+def _advance_rows(result: BenchResult, directory: Path, steps: int, runtime: str, say: Callable[[str], None],
+                  sparse_s: int) -> None:
+    """Next-event advance against fixed steps: sparse, idle nodes (Docker), dense; within one run."""
+    sparse = _workload(directory, "bench-sparse", services=1, duration_us=sparse_s * 1_000_000, period_us=1_000_000)
+    for mode in ("fixed", "next-event"):
+        say(f"next-event: sparse 1 Hz sensor -> echo -> sink, {sparse_s} s virtual, {mode} ({runtime})")
+        _measure(result, "sparse", sparse, runtime, mode, directory)
+    result.ratios[f"sparse_{runtime}_next_vs_fixed"] = (result.advance[f"sparse_{runtime}_next-event"]["loop_s"]
+                                                        / result.advance[f"sparse_{runtime}_fixed"]["loop_s"])
+    if runtime == "docker":
+        for count in (1, 16):
+            say(f"next-event: {count} echo container(s), one receiving a 100 Hz sensor ({runtime})")
+            _measure(result, f"idle{count}", _workload(directory, f"bench-idle-{count}", services=count,
+                                                       duration_us=steps * 1000, period_us=10_000),
+                     runtime, "next-event", directory)
+        result.ratios["idle_16_vs_1"] = (result.advance["idle16_docker_next-event"]["loop_s"]
+                                         / result.advance["idle1_docker_next-event"]["loop_s"])
+    dense = _workload(directory, "bench-dense", services=4, duration_us=steps * 1000, period_us=None, tick_us=1000)
+    for mode in ("fixed", "next-event"):
+        say(f"next-event: dense, 4 echo nodes ticking every quantum, {mode} ({runtime})")
+        _measure(result, "dense", dense, runtime, mode, directory)
+    result.ratios[f"dense_{runtime}_next_vs_fixed"] = (result.advance[f"dense_{runtime}_next-event"]["loop_s"]
+                                                       / result.advance[f"dense_{runtime}_fixed"]["loop_s"])
 
 
 def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: bool = True, out: TextIO = sys.stdout,
-          output: Path | None = None, progress: Callable[[str], None] | None = None) -> BenchResult:
+          output: Path | None = None, progress: Callable[[str], None] | None = None,
+          sparse_s: int = SPARSE_S) -> BenchResult:
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
     result = BenchResult(settings={
         "cosim": __version__, "python": platform.python_version(), "machine": platform.machine(),
-        "cpus": os.cpu_count(), "steps": steps, "probes": probes, "docker": docker,
+        "cpus": os.cpu_count(), "steps": steps, "probes": probes, "docker": docker, "sparse_s": sparse_s,
     })
     with tempfile.TemporaryDirectory(prefix="cosim-bench-") as temporary:
         directory = Path(temporary)
@@ -206,6 +277,7 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
         result.throughput_events_per_s["coordinator_local"] = events
         if _local_mosquitto():
             _mqtt_rows(result, directory, steps, "local", say)
+        _advance_rows(result, directory, steps, "local", say, sparse_s)
         if docker:
             from cosim.runtimes.docker.service_images import ensure_images
             from cosim.runtimes.docker import image_specs
@@ -225,6 +297,13 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
                 result.scaling_step_us[str(count)] = step
             result.per_node_step_us["docker"] = result.scaling_step_us["1"]
             _mqtt_rows(result, directory, steps, "docker", say)
+            _advance_rows(result, directory, steps, "docker", say, sparse_s)
+            for mode in ("fixed", "next-event"):
+                say(f"the default scenario, {mode} (docker)")
+                summary = run(REPO_ROOT / "scenarios" / "default.yaml", runtime="docker", advance=mode,
+                              trace_path=directory / f"default-{mode}.jsonl")
+                result.default_rtf[f"docker_{mode}"] = summary.metrics.virtual_s / summary.metrics.step_loop_s
+                result.default_rtf[f"docker_{mode}_wall"] = summary.metrics.real_time_factor or 0.0
             if swarm and os.geteuid() == 0:
                 _swarm_rows(result, directory, steps, say)
             elif swarm:
@@ -253,7 +332,7 @@ def _throughput(directory: Path, name: str, steps: int, runtime: str, *, through
     from one echo node to a sink (and, through the gateways, each tick once more per gateway as mqtt_received)."""
     scenario = _scenario(directory, name, services=1, steps=steps, tick_us=20, through_gateway=through_gateway,
                          gateways=gateways)
-    summary = run(scenario, runtime=runtime, trace_path=directory / f"{name}-{runtime}.jsonl")
+    summary = run(scenario, runtime=runtime, trace_path=directory / f"{name}-{runtime}.jsonl", advance="fixed")
     return summary.result.counts["sent"] / summary.metrics.step_loop_s, summary.metrics.step_us
 
 
@@ -327,11 +406,42 @@ def print_table(result: BenchResult, out: TextIO) -> None:
         runtime, gateways = name.split("_")
         ratio = f"{result.ratios[f'mqtt_{runtime}_2gw_vs_1gw_step']:.2f}x one gateway" if gateways == "2gw" else ""
         rows.append((f"step, MQTT load through {gateways[0]} gateway(s), {runtime}", f"{step:.0f} us", ratio, ""))
+    rows += _advance_table(result)
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for index, row in enumerate(rows):
         out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() + "\n")
         if index == 0:
             out.write("  ".join("-" * width for width in widths) + "\n")
     verdicts = [f"{name}: {'met' if result.ratios[name] <= target else 'NOT met'} "
-                f"({result.ratios[name]:.2f} vs {target})" for name, target in TARGETS.items() if name in result.ratios]
+                f"({result.ratios[name]:.3g} vs {target:.3g})" for name, target in TARGETS.items() if name in result.ratios]
+    sparse = result.advance.get("sparse_local_next-event")
+    if sparse is not None:
+        verdicts.append(f"sparse local step loop: {'met' if sparse['loop_s'] <= SPARSE_LOOP_TARGET_S else 'NOT met'} "
+                        f"({sparse['loop_s']:.3f} s vs {SPARSE_LOOP_TARGET_S} s)")
+    if "docker_next-event" in result.default_rtf:
+        rtf = result.default_rtf["docker_next-event"]
+        verdicts.append(f"default scenario on Docker: {'met' if rtf >= DEFAULT_RTF_TARGET else 'NOT met'} "
+                        f"({rtf:.1f}x real time in the step loop vs >= {DEFAULT_RTF_TARGET:g}x)")
     out.write("targets: " + "; ".join(verdicts) + "\n")
+
+
+def _advance_table(result: BenchResult) -> list[Sequence[str]]:
+    """The next-event rows: each workload in both modes, with the ratio next-event / fixed."""
+    rows: list[Sequence[str]] = []
+    for key, row in result.advance.items():
+        workload, runtime, mode = key.split("_")
+        fixed = result.advance.get(f"{workload}_{runtime}_fixed")
+        ratio = f"{row['loop_s'] / fixed['loop_s']:.4f}x fixed" if mode == "next-event" and fixed else ""
+        target = {"sparse": "<= 0.02x", "dense": "<= 1.05x"}.get(workload, "") if ratio else ""
+        if workload == "idle16":
+            ratio = f"{result.ratios['idle_16_vs_1']:.2f}x one container"
+            target = f"<= {TARGETS['idle_16_vs_1']}x"
+        rows.append((f"{workload}, {runtime}, {mode}: step loop ({int(row['steps'])} steps, "
+                     f"{int(row['advances'])} ADVANCEs)",
+                     f"{row['loop_s']:.3f} s, {row['us_per_event']:.0f} us/event", ratio, target))
+    for key, rtf in result.default_rtf.items():
+        if not key.endswith("_wall"):
+            rows.append((f"default scenario, {key.replace('_', ', ')}: real-time factor (step loop / whole run)",
+                         f"{rtf:.1f}x / {result.default_rtf[key + '_wall']:.1f}x", "",
+                         f">= {DEFAULT_RTF_TARGET:g}x" if key.endswith("next-event") else ""))
+    return rows

@@ -98,7 +98,7 @@ class ProgressLine:
 
 def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | None = None,
        watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, registry: str | None = None,
-       checkpoint_at: str | None = None, stop_after_checkpoint: bool = False,
+       checkpoint_at: str | None = None, stop_after_checkpoint: bool = False, advance: str | None = None,
        out: TextIO = sys.stdout) -> CompletedRun:
     if registry:  # --registry is $COSIM_REGISTRY for this one run (the swarm runtime reads it)
         from cosim.runtimes.swarm.images import REGISTRY_ENV
@@ -108,7 +108,7 @@ def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | No
     try:
         summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line,
                       checkpoint_at=checkpoint_at, stop_after_checkpoint=stop_after_checkpoint,
-                      checkpoint_written=_checkpoint_line(progress_line, out))
+                      checkpoint_written=_checkpoint_line(progress_line, out), advance=advance)
     except CosimError:
         if progress_line is not None:
             progress_line.close()
@@ -204,6 +204,8 @@ def print_schedule(result: SimulationResult, out: TextIO) -> None:
 
 def print_metrics(metrics: RunMetrics, out: TextIO) -> None:
     """The wall-clock side of a run: round trips and cosim's own overhead."""
+    out.write(f"  advance: {metrics.advance}: {metrics.steps} steps executed, {metrics.quanta_skipped} quanta skipped, "
+              f"{metrics.advances} ADVANCE messages\n")
     if metrics.overhead_share is not None and metrics.overhead_per_step_us is not None:
         out.write(f"  coordinator overhead: {metrics.overhead_share * 100:.1f}% of the step loop, "
                   f"{metrics.overhead_per_step_us:.1f} us CPU per step\n")
@@ -275,11 +277,12 @@ def cluster(action: str, *, nodes: int | str = 3, name: str = "cosim", out: Text
 
 
 def determinism(path: str = DEFAULT_SCENARIO, *, runs: int | str = 3, runtime: str = "docker",
-                watchdog_s: float | str = DEFAULT_WATCHDOG_S, checkpoint_at: str | None = None,
-                out: TextIO = sys.stdout) -> None:
+                watchdog_s: float | str = DEFAULT_WATCHDOG_S, advance: str | None = None,
+                checkpoint_at: str | None = None, out: TextIO = sys.stdout) -> None:
     from cosim.determinism import gate
 
-    gate(path, runs=runs, runtime=runtime, watchdog_s=watchdog_s, checkpoint_at=checkpoint_at, out=out)
+    gate(path, runs=runs, runtime=runtime, watchdog_s=watchdog_s, advance=advance, checkpoint_at=checkpoint_at,
+         out=out)
 
 
 def diff(trace_a: str, trace_b: str, out: TextIO = sys.stdout) -> None:
@@ -295,11 +298,11 @@ def diff(trace_a: str, trace_b: str, out: TextIO = sys.stdout) -> None:
 
 
 def bench(*, steps: int | str = 2000, docker: bool = True, swarm: bool = True, output: str = "traces/bench.json",
-          out: TextIO = sys.stdout) -> None:
+          sparse_s: int | str = 600, out: TextIO = sys.stdout) -> None:
     from cosim.bench import bench as run_bench
 
     run_bench(steps=options.integer_at_least("--steps", steps, 1), docker=docker, swarm=swarm, output=Path(output),
-              out=out)
+              out=out, sparse_s=options.integer_at_least("--sparse-s", sparse_s, 1))
 
 
 def lock(*, upgrade: bool = False, out: TextIO = sys.stdout) -> None:

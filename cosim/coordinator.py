@@ -1,13 +1,23 @@
-"""The coordinator: owns virtual time, advances every node a quantum at a time, routes events, writes the trace.
+"""The coordinator: owns virtual time, advances the nodes on the quantum grid, routes events, writes the trace.
 
-It knows nothing about Docker or processes: it drives ``SimNode`` objects. Each step:
+It knows nothing about Docker or processes: it drives ``SimNode`` objects. Each executed step, for the window
+(now, target] (target on the quantum grid):
 
-1. hand every node the events whose delivery time lies in the window (t - quantum, t], in the total order
+1. hand every node the events whose delivery time lies in the window, in the total order
    (delivery time, source, per-source sequence number, destination);
-2. send ADVANCE to all nodes (services first, so they compute while the in-process models do), then collect
-   every DONE in scenario order (services compute concurrently);
+2. send ADVANCE to the window's active nodes (services first, so they compute while the in-process models do),
+   then collect their DONE replies in scenario order (services compute concurrently);
 3. number each node's outputs (per-source sequence), order them by (time, source, seq), and route them:
    each destination's link adds latency and seeded jitter and may drop the event.
+
+Advance modes (the scenario's ``advance``): ``fixed`` executes every quantum and advances every node in it.
+``next-event`` executes only the windows in which something can happen: the earliest quantum-aligned window
+holding a pending delivery, a node's promised wake-up (DONE's ``next_us``) or another wake-up source's time, and
+advances in it only the nodes with input, with a wake-up due, or without the capability (those are stepped
+every quantum, as in fixed mode); the members of a barrier group move together. A skipped node's next ADVANCE
+jumps straight to the window it is needed in. Windows stay on the grid, so every event gets the same virtual
+time in both modes and the trace records are identical. A promise is checked: an output stamped before it that
+no input of its window explains fails the node.
 
 Links are at least one quantum long (the scenario checks this), so an event emitted in a window is always
 delivered in a later one, at its exact virtual time.
@@ -15,7 +25,8 @@ delivered in a later one, at its exact virtual time.
 The scenario's schedule (cosim.schedule) is applied by one call at the start of a window, ``apply_schedule``,
 before its deliveries: reconfigure (CONFIGURE to a service), link/partition/heal (the router), crash/restart
 (through the runtime's ``ProcessControl``). A crashed node is not advanced; events due to it are dropped
-(reason ``node_down``).
+(reason ``node_down``). In next-event mode each action's window is a wake-up, and a node whose promise an
+action changes (a new config, a restart) is held to its new promise.
 """
 
 from __future__ import annotations
@@ -23,11 +34,11 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
-from cosim import schedule as scheduling
-from cosim.errors import CheckpointError, InfrastructureExited, Interrupted, NodeFailure, UnsupportedAction
-from cosim.network import Drop, Router
+from cosim import protocol, schedule as scheduling
+from cosim.errors import BrokenPromise, CheckpointError, InfrastructureExited, Interrupted, NodeFailure, UnsupportedAction
+from cosim.network import Router
 from cosim.nodes import Event, ServiceNode, SimNode
 from cosim.model import ContainerSpec, Scenario
 from cosim.seeds import node_seed
@@ -35,6 +46,10 @@ from cosim.trace import TraceWriter, header_environment
 from cosim.transport import Transport
 
 Progress = Callable[[int, int], None]  # (virtual time now, duration), both in us
+# Another source of wake-ups for the next-event loop (e.g. a schedule of actions): given the virtual time reached,
+# the earliest later time at which it acts, or None. The window holding that time is executed.
+WakeupSource = Callable[[int], "int | None"]
+NEVER = 1 << 62  # a time after every run (2**62 us: about 146,000 years); also cosim.errors.BrokenPromise's
 INFRASTRUCTURE_EXIT_WAIT_S = 1.0  # wall clock, on failure only: how long an infrastructure exit may take to show
 
 
@@ -67,7 +82,9 @@ class Checkpoints:
 class StepTimings:
     """Wall-clock costs (metrics only; never in the trace)."""
 
-    steps: int = 0
+    steps: int = 0  # steps executed
+    advances: int = 0  # ADVANCE messages sent to services
+    skipped: int = 0  # quanta in which nothing could happen (next-event mode)
     wall_s: float = 0.0
     waiting_s: float = 0.0  # time spent waiting for DONE replies
     loop_s: float = 0.0  # the step loop, wall clock
@@ -106,6 +123,7 @@ class Coordinator:
         progress: Progress | None = None,
         exited_infrastructure: Callable[[float], list[tuple[str, int | None]]] | None = None,
         processes: ProcessControl | None = None,
+        wakeup_sources: Iterable[WakeupSource] = (),
         checkpoints: Checkpoints | None = None,
     ) -> None:
         self.scenario = scenario
@@ -118,7 +136,9 @@ class Coordinator:
         self.router = Router(scenario)
         self.now_us = 0
         self.step = 0
-        self._pending: list[tuple[int, str, int, str, Event]] = []  # heap: (time, source, seq, dest, event)
+        # heap: (time, source, seq, dest, event, its data as JSON); (time, source, seq, dest) is unique
+        self._pending: list[tuple[int, str, int, str, Event, str]] = []
+        self._types: dict[str, str] = {}  # event type -> its JSON
         self._next_seq: dict[str, int] = {node_id: 0 for node_id in self.nodes}
         self._always_publish: set[str] = set()
         # ADVANCE goes to the services first, so that they compute while the in-process models (sensors) do.
@@ -133,6 +153,20 @@ class Coordinator:
         self.lost: dict[str, int] = {}  # node -> events dropped (node_down) since its crash
         self.dropped: dict[str, int] = {}  # reason -> count, for the summary
         self.actions: list[dict[str, Any]] = []  # the action records written, for the summary
+        self.next_event = scenario.advance == "next-event"
+        self.wakeup_sources = list(wakeup_sources)
+        if scenario.schedule:  # an action at t applies at the start of the window (t, t + quantum]: wake in it
+            self.wakeup_sources.append(_action_wakeup(scenario.schedule))
+        self._index = {node_id: index for index, node_id in enumerate(self.nodes)}
+        self._services = {node_id for node_id, node in self.nodes.items() if isinstance(node, ServiceNode)}
+        # Next-event bookkeeping (filled once READY has said who declares the capability):
+        self._stepped: list[str] = []  # nodes without the capability: advanced every quantum
+        self._promise: dict[str, int] = {}  # capable node -> its promised wake-up (NEVER: only on input)
+        self._wakes: list[tuple[int, str]] = []  # heap of (promised time, node); stale entries are skipped
+        self._extra_wakes: list[tuple[int, str]] = []  # heap of (time, node) from ``wake``: outside the nodes
+        self._group_of: dict[str, list[str]] = {}  # barrier-group member -> the group's members
+        self._woken: dict[str, int] = {}  # node -> earliest ``wake`` time of the window being executed
+        self._all = list(self.nodes)
         self.checkpoints = checkpoints or Checkpoints()  # where to checkpoint, or what to resume from
         self.stopped = False  # stopped after its last checkpoint (--stop-after-checkpoint)
 
@@ -150,13 +184,7 @@ class Coordinator:
             if resume is not None:
                 self.restore(resume)
             loop_started, loop_cpu_started = time.monotonic(), time.process_time()
-            for self.step in range(self.step + 1, self.scenario.steps + 1):
-                self.apply_schedule((self.step - 1) * self.scenario.quantum_us)
-                self._advance(self.step * self.scenario.quantum_us)
-                if self.progress is not None:
-                    self.progress(self.now_us, self.scenario.duration_us)
-                if self.now_us in self.checkpoints.at_us and self._checkpoint():
-                    break
+            self._step_loop()
             self.timings.loop_s = time.monotonic() - loop_started
             self.timings.loop_cpu_s = time.process_time() - loop_cpu_started
             self._shutdown_nodes()
@@ -186,10 +214,69 @@ class Coordinator:
         finally:
             self.timings.wall_s = time.monotonic() - started
             self.trace.flush()
-        self.trace.footer(self.now_us, self.step, in_flight=len(self._pending), status="stopped" if self.stopped else "ok")
+        steps = self.now_us // self.scenario.quantum_us if self.stopped else self.scenario.steps
+        self.trace.footer(self.now_us, steps, in_flight=len(self._pending), executed={
+            "steps": self.timings.steps, "advances": self.timings.advances, "skipped": self.timings.skipped},
+            status="stopped" if self.stopped else "ok")
         self.trace.flush()
-        return SimulationResult(self.now_us, self.step, dict(self.trace.counts), dict(self.unroutable),
+        return SimulationResult(self.now_us, steps, dict(self.trace.counts), dict(self.unroutable),
                                 self.timings, dict(sorted(self.dropped.items())), list(self.actions))
+
+    def wake(self, node_id: str, time_us: int) -> None:
+        """Advance ``node_id`` in the window holding ``time_us`` (> the time reached), as if an input reached it
+        then: for what acts on a node from outside (e.g. a scheduled action), in either advance mode."""
+        heapq.heappush(self._extra_wakes, (time_us, node_id))
+
+    def _step_loop(self) -> None:
+        """Execute windows until the end of the run: every quantum (fixed), or only those in which something can
+        happen (next-event: READY carried each node's first promise, so an idle node is never advanced)."""
+        quantum, end = self.scenario.quantum_us, self.scenario.duration_us
+        start = self.now_us  # 0, or a resumed checkpoint's time
+        target = self._next_window() if self.next_event else start + quantum
+        self.timings.skipped += (min(target, end + quantum) - start) // quantum - 1
+        schedule = self.scenario.schedule
+        while target <= end:
+            if self._checkpoints_before(target):
+                return
+            self.step += 1
+            if schedule:
+                self.now_us = target - quantum
+                self.apply_schedule(self.now_us)
+            self._advance(target)
+            if self.progress is not None:
+                self.progress(self.now_us, end)
+            if self.now_us in self.checkpoints.at_us and self._checkpoint(self.now_us, 0):
+                return
+            following = self._next_window() if self.next_event else target + quantum
+            self.timings.skipped += (min(following, end + quantum) - target) // quantum - 1
+            target = following
+        if self._checkpoints_before(end + quantum):
+            return
+        if self.now_us < end:  # the quanta after the last executed window passed without anything happening
+            self.now_us = end
+            if self.progress is not None:
+                self.progress(end, end)  # the progress line ends at 100%
+
+    def _next_window(self) -> int:
+        """The target of the earliest quantum-aligned window after the one just executed that holds a pending
+        delivery, a promised wake-up or another source's wake-up (every quantum while a node lacks the capability)."""
+        quantum = self.scenario.quantum_us
+        following = self.now_us + quantum
+        if self._stepped:
+            return following
+        earliest = self._pending[0][0] if self._pending else NEVER
+        wakes = self._wakes
+        while wakes and self._promise.get(wakes[0][1]) != wakes[0][0]:
+            heapq.heappop(wakes)  # a promise replaced by a later DONE
+        if wakes and wakes[0][0] < earliest:
+            earliest = wakes[0][0]
+        if self._extra_wakes and self._extra_wakes[0][0] < earliest:
+            earliest = self._extra_wakes[0][0]
+        for source in self.wakeup_sources:
+            at = source(self.now_us)
+            if at is not None and at < earliest:
+                earliest = at
+        return max(following, -(-earliest // quantum) * quantum)
 
     # -- phases -----------------------------------------------------------------------------------
 
@@ -209,11 +296,20 @@ class Coordinator:
                 self.nodes[node_id].join_barrier_group(members)
         self._always_publish = {node_id for node_id, node in self.nodes.items()
                                 if node.barrier_group is not None and not node.publishes_on_input_only}
+        if self.next_event:
+            self._stepped = [node_id for node_id, node in self.nodes.items() if not node.next_event]
+            # The first promises, from READY (in-process models: their first sample, or none).
+            self._promise = {node_id: NEVER if node.next_us is None else node.next_us
+                             for node_id, node in self.nodes.items() if node.next_event}
+            self._wakes = [(at, node_id) for node_id, at in self._promise.items() if at != NEVER]
+            heapq.heapify(self._wakes)
+        self._group_of = {node_id: members for members in self.barrier_groups.values() for node_id in members}
         self.timings.init_s = time.monotonic() - started
 
     def _window_peers(self, inputs: Mapping[str, list[Event]]) -> dict[str, list[str]]:
-        """Per barrier-group member: the members that may publish to the group in this window (all are advanced
-        every step; an "on_input" member only when it has input events; a crashed one never)."""
+        """Per barrier-group member: the members that may publish to the group in this window (the members are
+        advanced together, in every executed step where one of them is; an "on_input" member may publish only when
+        it has input events; a crashed one never)."""
         peers: dict[str, list[str]] = {}
         for members in self.barrier_groups.values():
             active = [m for m in members if (m in self._always_publish or m in inputs) and m not in self.down]
@@ -222,22 +318,92 @@ class Coordinator:
         return peers
 
     def _advance(self, target_us: int) -> None:
+        # The quanta before this window passed without anything happening: virtual time has reached its start.
+        self.now_us = target_us - self.scenario.quantum_us
         inputs = self._due(target_us)
+        if self.next_event:
+            active, order = self._active(target_us, inputs)
+        else:
+            active, order = self._all, self._advance_order
+        if self.down:  # crashed by the schedule: not advanced until restarted
+            active = [node_id for node_id in active if node_id not in self.down]
+            order = [node_id for node_id in order if node_id not in self.down]
         peers = self._window_peers(inputs) if self.barrier_groups else {}
-        for node_id in self._advance_order:
+        services = self._services
+        for node_id in order:
             node = self.nodes[node_id]
-            if node_id in self.down:
-                continue
             if node_id in peers:
                 node.begin_advance(target_us, inputs.get(node_id, []), peers[node_id])
             else:
                 node.begin_advance(target_us, inputs.get(node_id, []))
+            if node_id in services:
+                self.timings.advances += 1
         waiting_started = time.monotonic()
-        outputs = [(node_id, node.end_advance()) for node_id, node in self.nodes.items() if node_id not in self.down]
+        outputs = [(node_id, self.nodes[node_id].end_advance()) for node_id in active]
         self.timings.waiting_s += time.monotonic() - waiting_started
         self.timings.steps += 1
+        if self._promise:
+            self._keep_promises(target_us, outputs, inputs)
         self.now_us = target_us
         self._route(outputs)
+
+    def _active(self, target_us: int, inputs: Mapping[str, list[Event]]) -> tuple[list[str], list[str]]:
+        """The nodes to advance in the window ending at ``target_us``, in scenario order and in ADVANCE order: those
+        with input, a wake-up due, or no capability; a barrier group's members all, when one of them is."""
+        chosen = set(inputs)
+        chosen.update(self._stepped)
+        wakes = self._wakes
+        while wakes and wakes[0][0] <= target_us:
+            at, node_id = heapq.heappop(wakes)
+            if self._promise.get(node_id) == at:
+                chosen.add(node_id)
+        self._woken.clear()
+        while self._extra_wakes and self._extra_wakes[0][0] <= target_us:
+            at, node_id = heapq.heappop(self._extra_wakes)
+            self._woken[node_id] = min(at, self._woken.get(node_id, at))
+            chosen.add(node_id)
+        if self._group_of:
+            for node_id in [n for n in chosen if n in self._group_of]:
+                chosen.update(self._group_of[node_id])
+        if len(chosen) == len(self.nodes):
+            return self._all, self._advance_order
+        active = sorted(chosen, key=self._index.__getitem__)
+        return active, [n for n in active if n in self._services] + [n for n in active if n not in self._services]
+
+    def _keep_promises(self, target_us: int, outputs: list[tuple[str, list[Event]]],
+                       inputs: Mapping[str, list[Event]]) -> None:
+        """Check each capable node's outputs against the promise it made before this window (next-event mode),
+        then record its new one."""
+        promises = self._promise
+        for node_id, events in outputs:
+            if events and node_id in promises:
+                cause = min(promises[node_id], self._earliest_cause(node_id, target_us, inputs))
+                for event in events:
+                    if event["time_us"] < cause:
+                        raise BrokenPromise(node_id, promises[node_id], event, target_us)
+        for node_id, _ in outputs:
+            promised = promises.get(node_id)
+            if promised is None:
+                continue  # stepped every quantum: it promises nothing
+            promise = self.nodes[node_id].next_us
+            promise = NEVER if promise is None else promise
+            if promise != promised:
+                promises[node_id] = promise
+                if promise != NEVER:
+                    heapq.heappush(self._wakes, (promise, node_id))
+
+    def _earliest_cause(self, node_id: str, target_us: int, inputs: Mapping[str, list[Event]]) -> int:
+        """The earliest time in this window that explains an output of ``node_id``: its earliest input, or a wake-up
+        from ``wake``. The members of a barrier group share a medium: their inputs and due promises count too."""
+        earliest = self._woken.get(node_id, NEVER)
+        for member in self._group_of.get(node_id, (node_id,)):
+            events = inputs.get(member)
+            if events and events[0]["time_us"] < earliest:
+                earliest = events[0]["time_us"]
+            promised = self._promise.get(member, NEVER)
+            if member != node_id and promised <= target_us:
+                earliest = min(earliest, promised)
+        return earliest
 
     def _shutdown_nodes(self) -> None:
         started = time.monotonic()
@@ -253,8 +419,9 @@ class Coordinator:
     def _due(self, target_us: int) -> dict[str, list[Event]]:
         """Pop every pending delivery with time <= target, record it, and group it by destination."""
         inputs: dict[str, list[Event]] = {}
-        while self._pending and self._pending[0][0] <= target_us:
-            time_us, source, seq, dest, event = heapq.heappop(self._pending)
+        pending, delivered_record = self._pending, self.trace.delivered
+        while pending and pending[0][0] <= target_us:
+            time_us, source, seq, dest, event, data_json = heapq.heappop(pending)
             if dest in self.down:  # a crashed node: what reaches it is lost
                 self.lost[dest] = self.lost.get(dest, 0) + 1
                 self.dropped["node_down"] = self.dropped.get("node_down", 0) + 1
@@ -264,39 +431,49 @@ class Coordinator:
                 continue
             delivered = {"type": event["type"], "time_us": time_us, "source": source, "seq": seq,
                          "sent_us": event["time_us"], "data": event.get("data")}
-            self.trace.write({"record": "delivered", "dest": dest, **delivered})
+            delivered_record(data_json, dest, event["time_us"], seq, source, time_us, self._type_json(event["type"]))
             inputs.setdefault(dest, []).append(delivered)
         return inputs
+
+    def _type_json(self, event_type: str) -> str:
+        """An event type as JSON, encoded once per type (the trace lines are built around it)."""
+        encoded = self._types.get(event_type)
+        if encoded is None:
+            encoded = self._types[event_type] = protocol.canonical(event_type)
+        return encoded
 
     def _route(self, outputs: list[tuple[str, list[Event]]]) -> None:
         numbered: list[tuple[int, str, int, Event]] = []
         for source, events in outputs:
             # A node's events are numbered in time order; same-time events keep the order the node gave them.
-            for event in sorted(events, key=lambda e: e["time_us"]):
+            for event in sorted(events, key=_time_of) if len(events) > 1 else events:
                 seq = self._next_seq[source]
                 self._next_seq[source] = seq + 1
                 numbered.append((event["time_us"], source, seq, event))
-        numbered.sort(key=lambda item: item[:3])
+        numbered.sort(key=_emission_order)
+        trace, router, pending = self.trace, self.router, self._pending
         for time_us, source, seq, event in numbered:
-            base = {"time_us": time_us, "source": source, "seq": seq, "type": event["type"], "data": event.get("data")}
-            self.trace.write({"record": "sent", **base})
-            dests, filtered = self.router.split(source, event["type"], time_us)
+            # The payload is encoded once: the sent, delivered and dropped records are built around it.
+            data_json, type_json = protocol.canonical(event.get("data")), self._type_json(event["type"])
+            trace.emission("sent", data_json, seq, source, time_us, type_json)
+            dests, filtered = router.split(source, event["type"], time_us)
             for dest in filtered:  # a route whose `during:` windows leave this event out
-                self.trace.write({"record": "filtered", "dest": dest, **base})
+                self.trace.write({"record": "filtered", "dest": dest, "time_us": time_us, "source": source, "seq": seq,
+                                  "type": event["type"], "data": event.get("data")})
             if not dests and filtered:
                 continue
             if not dests:
                 key = (source, event["type"])
                 self.unroutable[key] = self.unroutable.get(key, 0) + 1
-                self.trace.write({"record": "unroutable", **base})
+                trace.emission("unroutable", data_json, seq, source, time_us, type_json)
                 continue
             for dest in dests:
-                outcome = self.router.transmit(source, dest, time_us)
-                if isinstance(outcome, Drop):
-                    self.dropped[outcome.reason] = self.dropped.get(outcome.reason, 0) + 1
-                    self.trace.write({"record": "dropped", "dest": dest, "reason": outcome.reason, **base})
+                at = router.delivery_time(source, dest, time_us)
+                if isinstance(at, str):  # the reason it is dropped
+                    self.dropped[at] = self.dropped.get(at, 0) + 1
+                    trace.dropped(data_json, dest, at, seq, source, time_us, type_json)
                 else:
-                    heapq.heappush(self._pending, (outcome.time_us, source, seq, dest, event))
+                    heapq.heappush(pending, (at, source, seq, dest, event, data_json))
 
     # -- checkpoints ------------------------------------------------------------------------------
 
@@ -315,21 +492,40 @@ class Coordinator:
                 raise UnsupportedAction(node_id, f"fork: the variant changes the config of {node_id!r}, but the "
                                         f"service did not declare the 'configure' capability in READY")
 
-    def _checkpoint(self) -> bool:
-        """At the end of the window ending now: hand the run's state to the writer; True to stop here."""
+    def _checkpoints_before(self, target_us: int) -> bool:
+        """Next-event: the checkpoints in the quanta skipped before the window ending at ``target_us`` (nothing happens
+        in them: the state at their end is the state now). True to stop there."""
+        quantum = self.scenario.quantum_us
+        for time_us in sorted(t for t in self.checkpoints.at_us if self.now_us < t < target_us):
+            # The skipped count already covers the whole gap; the checkpoint's covers it only up to its time.
+            if self._checkpoint(time_us, (min(target_us, self.scenario.duration_us + quantum) - time_us) // quantum - 1):
+                return True
+        return False
+
+    def _checkpoint(self, time_us: int, skipped_after: int) -> bool:
+        """At the end of the window ending at ``time_us``: hand the run's state to the writer; True to stop here."""
         assert self.checkpoints.write is not None
-        self.checkpoints.write(self.now_us, self.snapshot())
-        if self.checkpoints.stop_after and self.now_us == max(self.checkpoints.at_us):
+        self.checkpoints.write(time_us, self.snapshot(time_us, skipped_after))
+        if self.checkpoints.stop_after and time_us == max(self.checkpoints.at_us):
             self.stopped = True
+            self.now_us = time_us
         return self.stopped
 
-    def snapshot(self) -> dict[str, Any]:
-        """The run's state between two windows: the coordinator's, each node's, and the trace so far."""
+    def snapshot(self, time_us: int, skipped_after: int = 0) -> dict[str, Any]:
+        """The run's state at the end of the window ending at ``time_us`` (the last executed one, or a skipped one
+        after it): the coordinator's, each node's, and the trace so far. ``skipped_after``: quanta already counted
+        as skipped that lie after ``time_us`` (next-event)."""
         return {
-            "time_us": self.now_us,
+            "time_us": time_us,
             "step": self.step,
             "coordinator": {
                 "pending": [list(entry) for entry in sorted(self._pending)],
+                "executed": {"steps": self.timings.steps, "advances": self.timings.advances,
+                             "skipped": self.timings.skipped - skipped_after},
+                # Next-event: each capable node's promised wake-up and the other wake-ups requested (their last
+                # advanced time is the node's own, in ``nodes``).
+                "promises": dict(self._promise),
+                "extra_wakes": [list(wake) for wake in sorted(self._extra_wakes)],
                 "next_seq": dict(self._next_seq),
                 "router": self.router.snapshot(),
                 "configs": self.configs,
@@ -339,7 +535,7 @@ class Coordinator:
                 "unroutable": [[source, kind, count] for (source, kind), count in sorted(self.unroutable.items())],
                 "actions": self.actions,
                 # The schedule's actions already applied (those of the windows before now); the rest apply after.
-                "schedule_position": sum(1 for action in self.scenario.schedule.actions if action.at_us < self.now_us),
+                "schedule_position": sum(1 for action in self.scenario.schedule.actions if action.at_us < time_us),
             },
             "nodes": {node_id: node.snapshot() for node_id, node in self.nodes.items()},
             "trace": {"records": self.trace.records_so_far(), "counts": dict(self.trace.counts)},
@@ -352,8 +548,17 @@ class Coordinator:
         for node_id, node in self.nodes.items():
             node.restore(saved["nodes"][node_id])
         state = saved["coordinator"]
-        self._pending = [(time_us, source, seq, dest, event) for time_us, source, seq, dest, event in state["pending"]]
+        self._pending = [tuple(entry) for entry in state["pending"]]  # type: ignore[misc]
         heapq.heapify(self._pending)
+        executed = state["executed"]
+        self.timings.steps, self.timings.advances = executed["steps"], executed["advances"]
+        self.timings.skipped = executed["skipped"]
+        if self._promise:  # next-event (the same mode as the checkpointed run's)
+            self._promise = dict(state["promises"])
+            self._wakes = [(at, node_id) for node_id, at in self._promise.items() if at != NEVER]
+            heapq.heapify(self._wakes)
+        self._extra_wakes = [(at, node_id) for at, node_id in state["extra_wakes"]]
+        heapq.heapify(self._extra_wakes)
         self._next_seq = dict(state["next_seq"])
         self.router.restore(state["router"])
         self.restarts, self.lost, self.dropped = dict(state["restarts"]), dict(state["lost"]), dict(state["dropped"])
@@ -396,6 +601,7 @@ class Coordinator:
             self.configs[action.node].update(action.config)
             if action.node not in self.down:  # else: a restart gets the merged config in its INIT
                 self.nodes[action.node].configure(now_us, dict(action.config))
+                self._renew_promise(action.node)
             return {}
         if isinstance(action, scheduling.SetLink):
             self.router.set_link(action.source, action.dest, action.changes)
@@ -419,10 +625,13 @@ class Coordinator:
         if node is None:  # infrastructure: its users hear first (they let go of it in order), then it dies
             for user in self._configurable():
                 user.configure(now_us, endpoints={node_id: None})
+                self._renew_promise(user.id)
         self.processes.crash(node_id)
         if isinstance(node, ServiceNode):
             node.crashed()
         self.down.add(node_id)
+        if node_id in self._promise:
+            self._promise[node_id] = NEVER  # a crashed node acts on nothing; its restart promises anew
         self.lost[node_id] = 0
 
     def _restart(self, node_id: str, now_us: int) -> dict[str, Any]:
@@ -434,10 +643,42 @@ class Coordinator:
         if isinstance(node, ServiceNode) and transport is not None:
             node.restarted(transport, now_us, node_seed(self.scenario.seed, node_id), self.configs[node_id],
                            self.endpoints, count)
+            self._renew_promise(node_id)  # READY's first promise, from where it resumes
             group = node.barrier_group
             if group is not None:
-                node.members = self.barrier_groups.get(group, [node_id])  # sent again in its first ADVANCE
+                node.join_barrier_group(self.barrier_groups.get(group, [node_id]))  # sent again in its first ADVANCE
         else:  # infrastructure, back at its endpoint: its users reconnect
             for user in self._configurable():
                 user.configure(now_us, endpoints={node_id: self.endpoints.get(node_id)})
+                self._renew_promise(user.id)
         return {"restart": count, "lost": self.lost.pop(node_id, 0)}
+
+    def _renew_promise(self, node_id: str) -> None:
+        """After an action changed a capable node (new config, restart): hold it to the promise it now makes."""
+        if node_id not in self._promise:
+            return  # fixed mode, or a node stepped every quantum
+        promise = self.nodes[node_id].next_us
+        promise = NEVER if promise is None else promise
+        if promise != self._promise[node_id]:
+            self._promise[node_id] = promise
+            if promise != NEVER:
+                heapq.heappush(self._wakes, (promise, node_id))
+
+
+def _time_of(event: Event) -> int:
+    return event["time_us"]
+
+
+def _emission_order(item: tuple[int, str, int, Event]) -> tuple[int, str, int]:
+    return item[0], item[1], item[2]
+
+
+def _action_wakeup(schedule: scheduling.Schedule) -> WakeupSource:
+    """The schedule as a wake-up source: an action at t (on the grid) needs the window (t, t + quantum] executed,
+    so after reaching ``now`` the next wake-up is one microsecond after the next action at or after ``now``."""
+
+    def next_wakeup(now_us: int) -> int | None:
+        at = schedule.next_time(now_us)
+        return None if at is None else at + 1
+
+    return next_wakeup

@@ -150,6 +150,19 @@ class NodeFailure(NodeError):
         super().__init__(node, text)
 
 
+class BrokenPromise(NodeFailure):
+    """A next-event node emitted an output before the time it promised (DONE ``next_us``) that no input of its
+    window explains: the coordinator would have skipped the windows it acted in, so the run cannot be trusted."""
+
+    def __init__(self, node: str, promised_us: int, event: dict[str, object], target_us: int) -> None:
+        self.promised_us = promised_us
+        promise = ("to emit only in response to input" if promised_us >= 1 << 62
+                   else f"nothing of its own before {promised_us} us")
+        super().__init__(node, f"broke its next-event promise: it promised {promise} (DONE next_us), but emitted "
+                               f"{event.get('type')!r} at {event.get('time_us')} us in the window ending {target_us} us "
+                               f"with no input at or before that time to explain it")
+
+
 _SIGNAL_WORDS = {6: "aborted", 9: "killed", 11: "segmentation fault", 15: "terminated"}
 
 

@@ -38,7 +38,10 @@ class RunMetrics:
     wall_s: float
     virtual_s: float
     real_time_factor: float | None
-    steps: int
+    steps: int  # steps executed
+    advance: str  # the advance mode: "next-event" or "fixed"
+    advances: int  # ADVANCE messages sent to services
+    quanta_skipped: int  # quanta in which nothing could happen (next-event mode)
     step_loop_s: float
     # cosim's own cost: CPU time of the coordinator process in the step loop (in-process models included); the
     # rest of the loop's wall time is the services computing and the transport.
@@ -66,6 +69,9 @@ class RunMetrics:
             virtual_s=virtual_s,
             real_time_factor=round(virtual_s / wall_s, 6) if wall_s > 0 else None,
             steps=steps,
+            advance=scenario.advance,
+            advances=timings.advances if timings else 0,
+            quanta_skipped=timings.skipped if timings else 0,
             step_loop_s=round(loop_s, 6),
             overhead_cpu_s=round(overhead_s, 6),
             overhead_share=round(overhead_s / loop_s, 6) if loop_s > 0 else None,
@@ -78,8 +84,8 @@ class RunMetrics:
 
     @property
     def step_us(self) -> float:
-        """Mean wall time of one step of the step loop, in us."""
-        return self.step_loop_s / self.steps * 1e6
+        """Mean wall time of one executed step of the step loop, in us."""
+        return self.step_loop_s / self.steps * 1e6 if self.steps else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +97,9 @@ class RunMetrics:
             "virtual_s": self.virtual_s,
             "real_time_factor": self.real_time_factor,
             "steps": self.steps,
+            "advance": self.advance,
+            "advances": self.advances,
+            "quanta_skipped": self.quanta_skipped,
             "step_loop_s": self.step_loop_s,
             "coordinator_overhead": {
                 "cpu_s": self.overhead_cpu_s,

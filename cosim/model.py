@@ -93,6 +93,9 @@ class Route:
         return self.during is None or any(start <= time_us < end for start, end in self.during)
 
 
+ADVANCE_MODES = ("next-event", "fixed")
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A loaded, validated scenario (frozen): its nodes (replicas expanded), routes and links, and the seed,
@@ -111,6 +114,7 @@ class Scenario:
     description: str = ""
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # replicated id -> replica ids
     schedule: Schedule = field(default_factory=Schedule)  # changes at set virtual times (cosim.schedule)
+    advance: str = "next-event"  # "next-event": skip quanta in which nothing can happen; "fixed": step every quantum
 
     @property
     def steps(self) -> int:

@@ -33,7 +33,7 @@ class Drop:
 class Router:
     """Where the events of one run go: the routes that match an event (replicated targets taken round-robin) and,
     per link, its delivery time or its loss, drawn from the link's own seeded generator. Routes per (source,
-    type) and links per (source, destination) are looked up once: the scenario is immutable."""
+    type) and links per (source, destination) are looked up once; the schedule's changes replace a link's entry."""
 
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
@@ -42,6 +42,11 @@ class Router:
         self._group_of = {node.id: node.group for node in scenario.nodes}
         self._routes: dict[tuple[str, str], list[tuple[int, Route]]] = {}
         self._links: dict[tuple[str, str], LinkProperties] = {}
+        # Per (source, type) without a replicated target: the destinations never change, so they are kept.
+        self._fixed_dests: dict[tuple[str, str], list[str]] = {}
+        # Per link: (its generator's random(), latency, jitter, loss), looked up once (the per-event hot path).
+        self._draws: dict[tuple[str, str], tuple[Any, int, int, float]] = {}
+        self._windowed = any(route.during is not None for route in scenario.routes)  # some route has `during:`
         self._sides: list[dict[str, int]] = []  # per partition in force: node id -> its group's index
 
     # -- changes from the schedule ------------------------------------------------------------------
@@ -50,7 +55,11 @@ class Router:
         """Change some properties of the link source -> dest (the others stay) for events sent from now on."""
         key = (source, dest)
         current = self._links.get(key) or self.scenario.link(source, dest)
-        self._links[key] = replace(current, **{name: float(v) if name == "loss" else v for name, v in changes.items()})
+        link = self._links[key] = replace(current, **{name: float(v) if name == "loss" else v
+                                                      for name, v in changes.items()})
+        rng = self._rngs.get(key)
+        if rng is not None:  # the link's generator goes on where it was
+            self._draws[key] = (rng.random, link.latency_us, link.jitter_us, link.loss)
 
     def partition(self, groups: Iterable[Iterable[str]]) -> None:
         """Links between nodes of different groups drop every event (reason ``partition``) until ``heal``."""
@@ -70,7 +79,7 @@ class Router:
             props = self._links.get((source, dest), self.scenario.link(source, dest))
             changed = props != self.scenario.link(source, dest)  # a fork's own links apply where not changed
             links.append({"from": source, "to": dest,
-                          "rng": None if rng is None else [rng.getstate()[0], list(rng.getstate()[1]), rng.getstate()[2]],
+                          "rng": None if rng is None else _state(rng),
                           "set": {"latency_us": props.latency_us, "jitter_us": props.jitter_us, "loss": props.loss}
                           if changed else None})
         return {"links": links, "round_robin": [[index, target, turn] for (index, target), turn
@@ -80,17 +89,20 @@ class Router:
     def restore(self, saved: Mapping[str, Any]) -> None:
         for link in saved["links"]:
             key = (link["from"], link["to"])
-            if link["rng"] is not None:
+            props = self._links[key] = (LinkProperties(**link["set"]) if link["set"] is not None
+                                        else self.scenario.link(*key))
+            if link["rng"] is not None:  # a link already used: its generator goes on where it was
                 version, internal, gauss = link["rng"]
-                self._rngs[key] = random.Random()
-                self._rngs[key].setstate((version, tuple(internal), gauss))
-            self._links[key] = (LinkProperties(**link["set"]) if link["set"] is not None
-                                else self.scenario.link(*key))
+                rng = self._rngs[key] = random.Random()
+                rng.setstate((version, tuple(internal), gauss))
+                self._draws[key] = (rng.random, props.latency_us, props.jitter_us, props.loss)
         self._round_robin = {(index, target): turn for index, target, turn in saved["round_robin"]}
         self._sides = [dict(sides) for sides in saved["partitions"]]
 
     def _cut(self, source: str, dest: str) -> bool:
         return any(source in sides and dest in sides and sides[source] != sides[dest] for sides in self._sides)
+
+    # -- routing ------------------------------------------------------------------------------------
 
     def _routes_for(self, source: str, event_type: str) -> list[tuple[int, Route]]:
         routes = self._routes.get((source, event_type))
@@ -104,12 +116,25 @@ class Router:
         return routes
 
     def destinations(self, source: str, event_type: str) -> list[str]:
-        """Node ids the event goes to, in route order; a replicated group picks its next replica round-robin."""
-        return self.split(source, event_type, None)[0]
+        """Node ids the event goes to, in route order; a replicated group picks its next replica round-robin
+        (`during:` windows ignored: see ``split``)."""
+        fixed = self._fixed_dests.get((source, event_type))
+        if fixed is not None:
+            return fixed
+        if not any(self.scenario.groups.get(target) for _, route in self._routes_for(source, event_type)
+                   for target in route.targets):
+            fixed = self._fixed_dests[(source, event_type)] = self._split(source, event_type, None)[0]
+            return fixed
+        return self._split(source, event_type, None)[0]
 
-    def split(self, source: str, event_type: str, sent_us: int | None) -> tuple[list[str], list[str]]:
+    def split(self, source: str, event_type: str, sent_us: int) -> tuple[list[str], list[str]]:
         """(destinations, filtered): where an event sent at ``sent_us`` goes, and the targets (as the routes name
-        them) of the matching routes whose `during:` windows leave it out. ``sent_us`` None: windows ignored."""
+        them) of the matching routes whose `during:` windows leave it out."""
+        if not self._windowed:
+            return self.destinations(source, event_type), []
+        return self._split(source, event_type, sent_us)
+
+    def _split(self, source: str, event_type: str, sent_us: int | None) -> tuple[list[str], list[str]]:
         dests: list[str] = []
         filtered: list[str] = []
         for index, route in self._routes_for(source, event_type):
@@ -126,18 +151,33 @@ class Router:
                     dests.append(target)
         return dests, filtered
 
+    # -- links --------------------------------------------------------------------------------------
+
     def transmit(self, source: str, dest: str, sent_us: int) -> Delivery | Drop:
         """Send one event over the link source -> dest: its delivery, or its loss."""
-        rng = self._rngs.get((source, dest))
-        if rng is None:
-            rng = self._rngs[(source, dest)] = random.Random(link_seed(self.scenario.seed, source, dest))
-            self._links.setdefault((source, dest), self.scenario.link(source, dest))
-        link = self._links[(source, dest)]
-        jitter_draw, loss_draw = rng.random(), rng.random()
-        jitter = min(int(jitter_draw * (link.jitter_us + 1)), link.jitter_us)  # uniform over [0, jitter_us]
+        at = self.delivery_time(source, dest, sent_us)
+        return Drop(dest, at) if isinstance(at, str) else Delivery(dest, at)
+
+    def delivery_time(self, source: str, dest: str, sent_us: int) -> int | str:
+        """``transmit`` without the objects (the coordinator's hot path): the delivery time, or the reason the
+        event is dropped (``loss``, ``partition``)."""
+        key = (source, dest)
+        draws = self._draws.get(key)
+        if draws is None:
+            rng = self._rngs[key] = random.Random(link_seed(self.scenario.seed, source, dest))
+            link = self._links.get(key) or self.scenario.link(source, dest)
+            self._links[key] = link
+            draws = self._draws[key] = (rng.random, link.latency_us, link.jitter_us, link.loss)
+        draw, latency_us, jitter_us, loss = draws
+        jitter_draw, loss_draw = draw(), draw()  # always both, whatever the link's settings or a partition
         if self._sides and self._cut(source, dest):
-            return Drop(dest, "partition")
-        lost = loss_draw < link.loss
-        if lost:
-            return Drop(dest, "loss")
-        return Delivery(dest, sent_us + link.latency_us + jitter)
+            return "partition"
+        if loss_draw < loss:
+            return "loss"
+        return sent_us + latency_us + min(int(jitter_draw * (jitter_us + 1)), jitter_us)  # jitter uniform over [0, jitter_us]
+
+
+def _state(rng: random.Random) -> list[Any]:
+    """A generator's state as JSON (``getstate()``'s tuple as lists)."""
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]

@@ -48,6 +48,18 @@ class SimNode(Protocol):
         """Wall-clock ADVANCE->DONE per step, for the metrics only; None for a node with nothing to measure."""
         ...
 
+    @property
+    def next_event(self) -> bool:
+        """The node says when it next needs time (READY's ``next_event``; the in-process models always do): it
+        is then advanced only in windows with input for it or its promised wake-up. False: every quantum."""
+        ...
+
+    @property
+    def next_us(self) -> int | None:
+        """After ``end_advance``: the node's promise, the earliest time after the window at which it will emit
+        something on its own (a timer, a held output, a sensor's next sample); None: only in response to input."""
+        ...
+
     def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None: ...
 
     def join_barrier_group(self, members: list[str]) -> None:
@@ -104,6 +116,8 @@ class ServiceNode:
         self.publishes_on_input_only = False  # READY's barrier_publishes == "on_input"
         self.members: list[str] | None = None  # the whole group, sent once, in the first ADVANCE
         self.capabilities: frozenset[str] = frozenset()  # READY's capabilities (e.g. "configure")
+        self.next_event = False  # READY's next_event: its DONEs carry next_us, a promise the coordinator checks
+        self.next_us: int | None = None  # the promise of the latest DONE
 
     # -- protocol ---------------------------------------------------------------------------------
 
@@ -124,8 +138,17 @@ class ServiceNode:
         publishes = reply.get("barrier_publishes", "always")
         if publishes not in ("always", "on_input"):
             raise self._failure(f"answered READY with barrier_publishes {publishes!r}; expected 'always' or 'on_input'")
+        next_event = reply.get("next_event", False)
+        if not isinstance(next_event, bool):
+            raise self._failure(f"answered READY with next_event {next_event!r}; expected true or false")
         self.barrier_group = group
         self.publishes_on_input_only = publishes == "on_input"
+        self.next_event = next_event
+        if next_event:  # its first promise: nothing before then, unless an input comes
+            self.next_us = reply.get("next_us")
+            problem = protocol.check_promise(self.next_us, time_us, "READY")
+            if problem:
+                raise self._failure(problem)
         if reply.get("protocol") != protocol.VERSION:
             raise self._failure(f"answered READY for protocol {reply.get('protocol')!r}; cosim speaks {protocol.VERSION}")
 
@@ -147,6 +170,8 @@ class ServiceNode:
         self.round_trips_s.append(time.monotonic() - self._sent_at)
         if raw == protocol.empty_done(self._target_us):
             reply: dict[str, Any] = {"time_us": self._target_us, "events": []}  # most windows: nothing to parse
+        elif self.next_event and (promise := protocol.empty_done_promise(raw, self._target_us)) is not None:
+            reply = {"time_us": self._target_us, "events": [], "next_us": promise}  # nothing but a promise
         else:
             reply = self._parse(raw, expect="DONE")
         if reply.get("time_us") != self._target_us:
@@ -154,6 +179,11 @@ class ServiceNode:
         problem = protocol.check_outputs(reply.get("events"), self.current_us, self._target_us)
         if problem:
             raise self._failure(problem)
+        if self.next_event:
+            self.next_us = reply.get("next_us")
+            problem = protocol.check_promise(self.next_us, self._target_us)
+            if problem:
+                raise self._failure(problem)
         self.current_us = self._target_us
         self._in_flight = None
         return reply["events"]
@@ -165,6 +195,12 @@ class ServiceNode:
         reply = self._receive(expect="CONFIGURED")
         if reply.get("time_us") != time_us:
             raise self._failure(f"answered CONFIGURED for {reply.get('time_us')!r} us, expected {time_us} us")
+        self.current_us = time_us  # it had nothing to do before then; the change applies from this window on
+        if self.next_event:  # the change may move its promise (e.g. a new timer period)
+            self.next_us = reply.get("next_us")
+            problem = protocol.check_promise(self.next_us, time_us, "CONFIGURED")
+            if problem:
+                raise self._failure(problem)
         self._in_flight = None
 
     def snapshot(self) -> dict[str, Any]:
@@ -176,7 +212,7 @@ class ServiceNode:
             raise self._failure(f"answered SNAPSHOT_STATE for {reply.get('time_us')!r} us with {type(state).__name__}; "
                                 f"expected {self.current_us} us and a state object")
         self._in_flight = None
-        return {"current_us": self.current_us, "service": state}
+        return {"current_us": self.current_us, "next_us": self.next_us, "service": state}
 
     def restore(self, saved: Mapping[str, Any]) -> None:
         """Resume from a checkpoint (right after INIT): RESTORE, answered by RESTORED; the clock is then there."""
@@ -186,6 +222,7 @@ class ServiceNode:
         if reply.get("time_us") != time_us:
             raise self._failure(f"answered RESTORED for {reply.get('time_us')!r} us, expected {time_us} us")
         self.current_us = time_us
+        self.next_us = saved.get("next_us")  # the promise it had made (next-event); the coordinator holds it to it
         self._in_flight = None
 
     def crashed(self) -> None:
@@ -282,6 +319,7 @@ class SensorModel:
         self.publishes_on_input_only = False
         self.round_trips_s: list[float] | None = None
         self.reading = plugins.sensor_model(node.model).reading
+        self.next_event = True
         self.rng = random.Random(0)
         self._outputs: list[Event] = []
         self._window = 0  # index of the next reading
@@ -340,6 +378,11 @@ class SensorModel:
             self._window += 1
         self._outputs = outputs
 
+    @property
+    def next_us(self) -> int:
+        """The time of the next reading: exact, so the sensor is advanced only in windows where it samples."""
+        return self.node.offset_us + self._window * self.node.period_us
+
     def end_advance(self) -> list[Event]:
         return self._outputs
 
@@ -363,6 +406,8 @@ class SinkModel:
         self.barrier_group: str | None = None
         self.publishes_on_input_only = False
         self.round_trips_s: list[float] | None = None
+        self.next_event = True
+        self.next_us: int | None = None  # a sink never emits
 
     def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
         pass

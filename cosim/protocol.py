@@ -18,9 +18,18 @@ SHUTDOWN: dict[str, Any] = {"type": "SHUTDOWN"}
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+# The C encoder behind _ENCODER, built once: JSONEncoder.encode builds a new one on every call, which costs more
+# than encoding a small payload (the coordinator encodes one per event). Same options, same bytes.
+_C_ENCODE = (json.encoder.c_make_encoder(None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",",
+                                         True, False, False)
+             if json.encoder.c_make_encoder is not None else None)
+
+
 def canonical(value: Any) -> str:
     """Canonical JSON: sorted keys, fixed separators, UTF-8 kept as is. Used on the wire and in traces."""
-    return _ENCODER.encode(value)
+    if _C_ENCODE is None or isinstance(value, str):
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODE(value, 0))
 
 
 def _refuse_constant(name: str) -> Any:
@@ -95,6 +104,27 @@ def encode_advance(target_us: int, events: list[dict[str, Any]], peers: list[str
 def empty_done(target_us: int) -> bytes:
     """The canonical DONE of a window without outputs: a reply equal to it needs no parsing."""
     return b'{"events":[],"time_us":%d,"type":"DONE"}' % target_us
+
+
+_PROMISE_PREFIX = b'{"events":[],"next_us":'
+
+
+def empty_done_promise(raw: bytes, target_us: int) -> int | None:
+    """The ``next_us`` of a canonical DONE without outputs that carries a promise (the common reply of a next-event
+    service), read without a JSON parse; None when ``raw`` is not exactly such a line."""
+    suffix = b',"time_us":%d,"type":"DONE"}' % target_us
+    if raw.startswith(_PROMISE_PREFIX) and raw.endswith(suffix):
+        digits = raw[len(_PROMISE_PREFIX):len(raw) - len(suffix)]
+        if digits.isdigit() and not digits.startswith(b"0"):
+            return int(digits)
+    return None
+
+
+def check_promise(next_us: Any, target_us: int, reply: str = "DONE") -> str | None:
+    """Why a DONE's (or READY's) ``next_us`` (the node's next self-initiated time, or null) breaks the protocol."""
+    if next_us is None or (isinstance(next_us, int) and not isinstance(next_us, bool) and next_us > target_us):
+        return None
+    return f"answered {reply} with next_us {next_us!r}; expected null or an integer time after {target_us} us"
 
 
 def check_outputs(events: Any, current_us: int, target_us: int) -> str | None:

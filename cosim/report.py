@@ -291,8 +291,10 @@ def _outcome(trace: Trace) -> str:
     header = trace.header
     end = trace.end
     if isinstance(end, Footer):
-        return (f'<p class=ok>Completed: {header.duration_us / 1e6:g} s of virtual time in {end.steps} steps; '
-                f'{end.in_flight} event(s) still on a link at the end.</p>')
+        executed = (f" ({end.executed['steps']} executed, {end.executed['skipped']} skipped: {header.advance} advance)"
+                    if end.executed else "")
+        return (f'<p class=ok>Completed: {header.duration_us / 1e6:g} s of virtual time in {end.steps} steps'
+                f'{executed}; {end.in_flight} event(s) still on a link at the end.</p>')
     if isinstance(end, RunError):
         node = f" at node <b>{_e(end.node)}</b>" if end.node else ""
         step = end.time_us // header.quantum_us
@@ -329,7 +331,9 @@ def _metrics_section(metrics: Mapping[str, Any] | None) -> str:
     overhead = metrics.get("coordinator_overhead") or {}
     rows = [("real-time factor", f"{metrics['real_time_factor']:.2f}x" if metrics.get("real_time_factor") else "n/a"),
             ("wall time", f"{metrics.get('wall_s', 0):.2f} s ({metrics.get('step_loop_s', 0):.2f} s in the step loop)"),
-            ("steps", _e(metrics.get("steps")))]
+            ("steps executed", _e(metrics.get("steps"))
+             + (f" ({_e(metrics['advance'])} advance: {_e(metrics.get('quanta_skipped'))} quanta skipped, "
+                f"{_e(metrics.get('advances'))} ADVANCE messages)" if metrics.get("advance") else ""))]
     if overhead.get("share") is not None:
         rows.append(("coordinator overhead", f"{overhead['share'] * 100:.1f}% of the step loop, "
                                              f"{overhead['per_step_us']:.1f} µs CPU per step"))
@@ -364,6 +368,7 @@ def render(trace: Trace, metrics: Mapping[str, Any] | None, scenario: Scenario |
         ("compose SHA-256", f"<code>{_e(header.compose_sha256)}</code>"), ("seed", _e(header.seed)),
         ("duration", f"{header.duration_us / 1e6:g} s virtual ({header.duration_us} µs)"),
         ("quantum", f"{header.quantum_us} µs ({header.duration_us // header.quantum_us} steps)"),
+        ("advance", _e(header.advance)),
         ("nodes", _e(", ".join(f"{node} ({kind})" for node, kind in header.nodes.items()))),
         ("versions", f"cosim {_e(header.cosim)}, protocol {_e(header.protocol)}, trace format {_e(header.format)}"),
     ]))

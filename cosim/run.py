@@ -8,6 +8,7 @@ left running.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import threading
 import time
@@ -21,7 +22,7 @@ from cosim import trace as tracing
 from cosim.coordinator import Checkpoints, Coordinator, SimulationResult
 from cosim.errors import Interrupted, NodeError, TraceWriteError, UsageError
 from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
-from cosim.model import Scenario, SensorSpec, SinkSpec
+from cosim.model import ADVANCE_MODES, Scenario, SensorSpec, SinkSpec
 from cosim.loading import load
 from cosim.trace import TraceWriter
 
@@ -120,6 +121,7 @@ def run(
     trace_path: str | Path | None = None,
     watchdog_s: float | str = DEFAULT_WATCHDOG_S,
     progress: Callable[[int, int], None] | None = None,
+    advance: str | None = None,
     checkpoint_at: str | Sequence[int] | None = None,
     stop_after_checkpoint: bool = False,
     checkpoint_dir: Path = checkpointing.DIRECTORY,
@@ -130,8 +132,12 @@ def run(
     with ``stop_after_checkpoint``."""
     # Option errors first: nothing is loaded, started or written for a run that cannot go ahead.
     options.choice("--runtime", runtime, runtimes.RUNTIMES)
+    if advance is not None:
+        options.choice("--advance", advance, ADVANCE_MODES)
     watchdog_s = options.positive_seconds("--watchdog", watchdog_s)
     scenario = load(scenario_path)
+    if advance is not None:  # `--advance` overrides the scenario's mode (and so the trace header's)
+        scenario = dataclasses.replace(scenario, advance=advance)
     times = checkpointing.parse_times("--checkpoint-at", checkpoint_at, scenario)
     if stop_after_checkpoint and not times:
         raise UsageError("--stop-after-checkpoint needs --checkpoint-at T")
@@ -157,7 +163,9 @@ def resume(
     watchdog_s = options.positive_seconds("--watchdog", watchdog_s)
     content, digest = checkpointing.read(checkpoint_path)
     fork = scenario_path is not None
-    scenario = load(scenario_path if fork else content["scenario"]["path"])
+    # The checkpointed run's advance mode (a `--advance` override included): its state is that mode's.
+    scenario = dataclasses.replace(load(scenario_path if fork else content["scenario"]["path"]),
+                                   advance=content["advance"])
     checkpointing.check_scenario(Path(checkpoint_path), content, scenario, fork=fork)
     manifest = dict(content["manifest"])
     changes: dict[str, dict[str, Any]] = {}
@@ -177,7 +185,7 @@ def _checkpoint_writer(scenario: Scenario, manifest: Mapping[str, Any], director
         started = time.monotonic()  # wall clock: reported only
         path = checkpointing.path_for(scenario, time_us, directory)
         checkpointing.write(path, {
-            "protocol": protocol.VERSION, "cosim": __version__, "time_us": time_us,
+            "protocol": protocol.VERSION, "cosim": __version__, "time_us": time_us, "advance": scenario.advance,
             "scenario": {"name": scenario.name, "path": str(scenario.path), "sha256": scenario.sha256,
                          "structure": checkpointing.structure(scenario)},
             "declared_configs": checkpointing.declared_configs(scenario),

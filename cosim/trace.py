@@ -51,6 +51,28 @@ class TraceWriter:
             self.counts[kind] = 1
         self._handle.write(protocol.canonical(record) + "\n")
 
+    # Event records in canonical form (keys sorted), built around a payload encoded once (``data_json``). Node ids
+    # need no escaping (the scenario allows only [a-z0-9-]); ``type_json`` is the event type already as JSON.
+    _EMISSION = '{"data":%s,"record":"%s","seq":%d,"source":"%s","time_us":%d,"type":%s}\n'
+    _DROPPED = '{"data":%s,"dest":"%s","reason":"%s","record":"dropped","seq":%d,"source":"%s","time_us":%d,"type":%s}\n'
+    _DELIVERED = ('{"data":%s,"dest":"%s","record":"delivered","sent_us":%d,"seq":%d,"source":"%s","time_us":%d,'
+                  '"type":%s}\n')
+
+    def emission(self, kind: str, data_json: str, seq: int, source: str, time_us: int, type_json: str) -> None:
+        """A ``sent`` or ``unroutable`` record."""
+        self.counts[kind] += 1
+        self._handle.write(self._EMISSION % (data_json, kind, seq, source, time_us, type_json))
+
+    def dropped(self, data_json: str, dest: str, reason: str, seq: int, source: str, time_us: int,
+                type_json: str) -> None:
+        self.counts["dropped"] += 1
+        self._handle.write(self._DROPPED % (data_json, dest, reason, seq, source, time_us, type_json))
+
+    def delivered(self, data_json: str, dest: str, sent_us: int, seq: int, source: str, time_us: int,
+                  type_json: str) -> None:
+        self.counts["delivered"] += 1
+        self._handle.write(self._DELIVERED % (data_json, dest, sent_us, seq, source, time_us, type_json))
+
     def header(self, environment: Mapping[str, Any] | None = None,
                barrier_groups: Mapping[str, list[str]] | None = None) -> None:
         """The reproducibility manifest. ``environment`` holds what may differ between machines and runtimes
@@ -74,11 +96,16 @@ class TraceWriter:
         self._handle.write(records)
         self.counts = dict(counts)
 
-    def footer(self, end_us: int, steps: int, in_flight: int, status: str = "ok") -> None:
-        """``in_flight``: events still on a link when the run ended (delivery after the end). ``status``: "ok", or
-        "stopped" for a run stopped after its checkpoint (--stop-after-checkpoint)."""
-        self.write({"record": "footer", "status": status, "end_us": end_us, "steps": steps, "in_flight": in_flight,
-                    "counts": dict(self.counts)})
+    def footer(self, end_us: int, steps: int, in_flight: int, executed: Mapping[str, int] | None = None,
+               status: str = "ok") -> None:
+        """``in_flight``: events still on a link when the run ended (delivery after the end). ``executed``: what the
+        step loop did (steps executed, ADVANCE messages sent, quanta skipped); it depends on the advance mode.
+        ``status``: "ok", or "stopped" for a run stopped after its checkpoint (--stop-after-checkpoint)."""
+        record = {"record": "footer", "status": status, "end_us": end_us, "steps": steps, "in_flight": in_flight,
+                  "counts": dict(self.counts)}
+        if executed is not None:
+            record["executed"] = dict(executed)
+        self.write(record)
 
     def error(self, time_us: int, node: str | None, error: str, detail: str) -> None:
         if not self.header_written:
@@ -98,7 +125,7 @@ class TraceWriter:
 def scenario_manifest(scenario: Scenario, compose_sha256: str) -> dict[str, Any]:
     """The hashed part of a run's header, from its scenario and the hash of its rendered compose file."""
     manifest = base_manifest(scenario.name, scenario.sha256, scenario.seed, scenario.duration_us, scenario.quantum_us,
-                             {node.id: node.kind for node in scenario.nodes}, compose_sha256)
+                             {node.id: node.kind for node in scenario.nodes}, compose_sha256, advance=scenario.advance)
     if scenario.schedule:  # only when there is one: traces of scenarios without a schedule keep their bytes
         manifest["schedule"] = scenario.schedule.manifest()
     return manifest
@@ -111,9 +138,10 @@ def header_environment(runtime: Mapping[str, Any], services: Mapping[str, Any]) 
 
 
 def base_manifest(scenario_name: str, scenario_sha256: str, seed: int, duration_us: int, quantum_us: int,
-                  nodes: Mapping[str, str], compose_sha256: str) -> dict[str, Any]:
+                  nodes: Mapping[str, str], compose_sha256: str, *, advance: str = "next-event") -> dict[str, Any]:
     """The hashed part of the header: identical for the local and the Docker runtime, on any machine."""
     return {
+        "advance": advance,
         "scenario": scenario_name,
         "scenario_sha256": scenario_sha256,
         "compose_sha256": compose_sha256,
@@ -146,6 +174,7 @@ class Header:
     protocol: int
     cosim: str
     environment: Mapping[str, Any] | None  # None: the run failed before INIT completed
+    advance: str = "fixed"  # "next-event" or "fixed"; traces written before the mode existed stepped every quantum
 
 
 @dataclass(frozen=True)
@@ -210,6 +239,7 @@ class Footer:
     steps: int
     in_flight: int
     counts: Mapping[str, int]
+    executed: Mapping[str, int] | None = None  # {"steps", "advances", "skipped"}; None in older traces
 
 
 @dataclass(frozen=True)
@@ -280,6 +310,7 @@ def _kind_of(record: EventRecord) -> str:
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_OPTIONAL = {"environment", "advance", "executed"}  # fields a valid record may lack (older traces, failed starts)
 
 
 def _build(cls: type, record: dict[str, Any], where: str) -> Any:
@@ -290,6 +321,8 @@ def _build(cls: type, record: dict[str, Any], where: str) -> Any:
             if name == "environment":
                 values[name] = None
                 continue
+            if name in _OPTIONAL:
+                continue  # the dataclass default
             raise TraceReadError(f"{where}: {record['record']!r} record has no {name!r} field")
         value = record[name]
         if name in _INT_FIELDS and (type(value) is not int):  # bool is not an integer here

@@ -3,6 +3,8 @@
 A trace's identity (its hash) covers every byte of every record except the header's ``environment`` block:
 facts that legitimately differ between machines and runtimes (image ids, library versions, which runtime
 ran it). The diff reports those separately, so "the traces differ" always means the simulation differed.
+Compared *across advance modes* (fixed vs next-event), the header's ``advance`` and the footer's ``executed``
+counts (what the step loop did) are left out too: every other byte must be the same.
 
 Both follow the file's bytes: records are split on LF (0x0A) only (never on U+2028, U+2029, U+0085 or CR, which
 may appear raw inside a record's strings), and a CR before the LF or a missing final LF is a difference.
@@ -56,29 +58,40 @@ def _parse(path: Path, number: int, line: bytes) -> dict[str, Any]:
     return record
 
 
-def hashed_line(line: bytes, index: int) -> bytes:
-    """The line as it enters the hash: the header without its environment block. A header that is not
-    canonical JSON enters as it is, so that re-encoding cannot hide a difference in its bytes."""
-    if index == 0 and ENVIRONMENT.encode() in line:
-        try:
-            header = json.loads(line.decode("utf-8"))
-        except ValueError:
-            return line
-        if not isinstance(header, dict) or protocol.canonical(header).encode("utf-8") != line:
-            return line
-        header.pop(ENVIRONMENT, None)
-        return protocol.canonical(header).encode("utf-8")
-    return line
+MODE_FIELDS = {"header": ("advance",), "footer": ("executed",)}  # what may differ between advance modes
+_FOOTER_MARK = b'"record":"footer"'
 
 
-def trace_hash(path: Path) -> str:
-    """SHA-256 of the file's bytes with the header's environment block removed."""
+def hashed_line(line: bytes, index: int, *, across_modes: bool = False) -> bytes:
+    """The line as it enters the hash: the header without its environment block (and, ``across_modes``, the
+    header without its advance mode and the footer without its executed counts). A record that is not canonical
+    JSON enters as it is, so that re-encoding cannot hide a difference in its bytes."""
+    if index == 0 and (ENVIRONMENT.encode() in line or across_modes):
+        drop: tuple[str, ...] = (ENVIRONMENT, *MODE_FIELDS["header"]) if across_modes else (ENVIRONMENT,)
+    elif across_modes and _FOOTER_MARK in line:
+        drop = MODE_FIELDS["footer"]
+    else:
+        return line
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except ValueError:
+        return line
+    if not isinstance(record, dict) or protocol.canonical(record).encode("utf-8") != line:
+        return line
+    for name in drop:
+        record.pop(name, None)
+    return protocol.canonical(record).encode("utf-8")
+
+
+def trace_hash(path: Path, *, across_modes: bool = False) -> str:
+    """SHA-256 of the file's bytes with the header's environment block removed (``across_modes``: and the fields
+    that depend on the advance mode)."""
     trace = read_lines(path)
     digest = hashlib.sha256()
     for index, line in enumerate(trace.lines):
         if index:
             digest.update(b"\n")
-        digest.update(hashed_line(line, index))
+        digest.update(hashed_line(line, index, across_modes=across_modes))
     if trace.final_newline:
         digest.update(b"\n")
     return digest.hexdigest()
@@ -127,7 +140,7 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def compare(path_a: Path, path_b: Path, context: int = 3) -> Comparison:
+def compare(path_a: Path, path_b: Path, context: int = 3, *, across_modes: bool = False) -> Comparison:
     trace_a, trace_b = read_lines(path_a), read_lines(path_b)
     lines_a, lines_b = trace_a.lines, trace_b.lines
     env_a = _parse(path_a, 1, lines_a[0]).get(ENVIRONMENT, {}) if lines_a else {}
@@ -138,12 +151,13 @@ def compare(path_a: Path, path_b: Path, context: int = 3) -> Comparison:
 
     def before(index: int) -> list[str]:
         start = max(0, index - context)
-        return [hashed_line(line, i).decode("utf-8", "replace") for i, line in enumerate(lines_a[start:index], start)]
+        return [hashed_line(line, i, across_modes=across_modes).decode("utf-8", "replace")
+                for i, line in enumerate(lines_a[start:index], start)]
 
     divergence = None
     for index in range(max(len(lines_a), len(lines_b))):
-        a = hashed_line(lines_a[index], index) if index < len(lines_a) else None
-        b = hashed_line(lines_b[index], index) if index < len(lines_b) else None
+        a = hashed_line(lines_a[index], index, across_modes=across_modes) if index < len(lines_a) else None
+        b = hashed_line(lines_b[index], index, across_modes=across_modes) if index < len(lines_b) else None
         if a != b:
             record_a = _parse(path_a, index + 1, lines_a[index]) if a is not None else None
             record_b = _parse(path_b, index + 1, lines_b[index]) if b is not None else None

@@ -12,9 +12,10 @@ from cosim.bench import TARGETS, bench
 def test_local_bench_reports_floors_costs_and_ratios(tmp_path: Path) -> None:
     out = io.StringIO()
     output = tmp_path / "bench.json"
-    result = bench(steps=100, probes=100, docker=False, out=out, output=output, progress=lambda _: None)
+    result = bench(steps=100, probes=100, docker=False, out=out, output=output, progress=lambda _: None, sparse_s=5)
     saved = json.loads(output.read_text(encoding="utf-8"))
-    assert set(saved) >= {"settings", "floors_us", "per_node_step_us", "throughput_events_per_s", "ratios", "targets"}
+    assert set(saved) >= {"settings", "floors_us", "per_node_step_us", "throughput_events_per_s", "ratios", "targets",
+                          "advance"}
     assert saved["targets"] == TARGETS
     assert saved["settings"]["steps"] == 100 and saved["settings"]["docker"] is False
     assert result.floors_us["pipe"] > 0 and result.per_node_step_us["local"] > 0
@@ -28,3 +29,12 @@ def test_local_bench_reports_floors_costs_and_ratios(tmp_path: Path) -> None:
         assert result.throughput_events_per_s["mqtt_local_2gw"] > 0
         assert result.ratios["mqtt_local_2gw_vs_1gw_step"] == result.mqtt_step_us["local_2gw"] / result.mqtt_step_us["local_1gw"]
         assert "step, MQTT load through 2 gateway(s), local" in table
+    # Next-event advance: the sparse and the dense workloads in both modes, compared within the run.
+    assert set(result.advance) == {"sparse_local_fixed", "sparse_local_next-event", "dense_local_fixed",
+                                   "dense_local_next-event"}
+    sparse_fixed, sparse_next = result.advance["sparse_local_fixed"], result.advance["sparse_local_next-event"]
+    assert sparse_fixed["steps"] == 5000 and sparse_next["steps"] < 5000 / 50
+    assert sparse_next["events"] == sparse_fixed["events"] > 0 and sparse_next["advances"] < sparse_fixed["advances"]
+    assert result.advance["dense_local_next-event"]["steps"] == result.advance["dense_local_fixed"]["steps"] == 100
+    assert result.ratios["sparse_local_next_vs_fixed"] == sparse_next["loop_s"] / sparse_fixed["loop_s"]
+    assert "sparse, local, next-event: step loop" in table and "sparse local step loop:" in table

@@ -252,3 +252,26 @@ def test_a_checkpoint_that_cannot_be_written_ends_the_run_with_one_message(tmp_p
         run(PIPELINE, runtime="local", trace_path=tmp_path / "t.jsonl", checkpoint_at="50000", checkpoint_dir=blocker)
     trace = read(tmp_path / "t.jsonl")
     assert trace.error is not None and trace.error.error == "checkpoint_failed" and trace.error.time_us == 50000
+
+
+@pytest.mark.parametrize("advance", ["next-event", "fixed"])
+def test_a_checkpoint_at_every_window_end_in_both_advance_modes(tmp_path: Path, advance: str) -> None:
+    """Next-event skips windows: a checkpoint at the end of a skipped one holds the promises, each node's own clock
+    and the counts of the quanta skipped so far; resumed, it goes on exactly as the uninterrupted run."""
+    times = ",".join(str(t) for t in range(1000, 13000, 1000))
+    plain = run(PIPELINE, runtime="local", trace_path=tmp_path / "plain.jsonl", advance=advance)
+    written: list[Path] = []
+    run(PIPELINE, runtime="local", trace_path=tmp_path / "ck.jsonl", advance=advance, checkpoint_at=times,
+        checkpoint_dir=tmp_path / "checkpoints", checkpoint_written=lambda path, size, seconds: written.append(path))
+    assert_same_simulation(plain.trace_path, tmp_path / "ck.jsonl")
+    assert len(written) == 12
+    in_gaps = 0
+    for index, path in enumerate(written):
+        content = json.loads(path.read_text())["content"]
+        assert content["advance"] == advance
+        executed = content["state"]["coordinator"]["executed"]
+        assert executed["steps"] + executed["skipped"] == content["time_us"] // 1000  # every quantum up to T
+        in_gaps += content["state"]["step"] < content["time_us"] // 1000 and executed["steps"] == content["state"]["step"]
+        resumed = resume(path, runtime="local", trace_path=tmp_path / f"resumed-{index}.jsonl")
+        assert_same_simulation(plain.trace_path, resumed.trace_path)
+    assert (in_gaps > 0) == (advance == "next-event")

@@ -112,7 +112,7 @@ def test_trace_header_identifies_the_run(first_run: CompletedRun) -> None:
         "scenario_sha256": hashlib.sha256(PIPELINE.read_bytes()).hexdigest(), "seed": 42,
         "compose_sha256": hashlib.sha256(compose_text.encode("utf-8")).hexdigest(),
         "duration_us": 200_000, "quantum_us": 1000, "protocol": protocol.VERSION, "cosim": __version__,
-        "barrier_groups": {},
+        "barrier_groups": {}, "advance": "next-event",
         "nodes": {"echo-1": "service", "echo-2": "service", "sensor-a": "sensor", "sensor-b": "sensor",
                   "sink": "sink"},
         # Not hashed: what may differ between machines and runtimes.
@@ -145,7 +145,10 @@ def test_metrics_sit_beside_the_trace_and_stay_apart_from_it(first_run: Complete
     metrics_path = first_run.trace_path.with_name("pipeline.metrics.json")
     assert first_run.metrics_path == metrics_path and metrics_path.is_file()
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    assert metrics["scenario"] == "local-pipeline" and metrics["runtime"] == "local" and metrics["steps"] == 200
+    assert metrics["scenario"] == "local-pipeline" and metrics["runtime"] == "local"
+    # Next-event advance (the default): the executed steps and the skipped quanta make up the run's 200 quanta.
+    assert metrics["advance"] == "next-event" and metrics["steps"] + metrics["quanta_skipped"] == 200
+    assert 0 < metrics["steps"] < 200 and metrics["advances"] < 2 * 200
     assert set(metrics["round_trip"]) == {"echo-1", "echo-2"}
     assert not set(keys(metrics)) & TRACE_FIELDS  # no trace records or event content in the metrics
     trace_keys = set(keys(records(first_run.trace_path)))

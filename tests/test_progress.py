@@ -62,8 +62,8 @@ def test_without_a_terminal_periodic_lines(tmp_path: Path) -> None:
                           timeout=DEADLINE_S)
     assert done.returncode == 0, done.stderr
     lines = [line.strip() for line in done.stderr.splitlines()]
-    # the first step, then each tenth of the run
-    assert lines == ["0.001 / 0.200 s virtual (0%)"] + [f"{step * 0.02:.3f} / 0.200 s virtual ({step * 10}%)"
+    # the first executed step (next-event advance: the window of the first sample, at 3 ms), then each tenth
+    assert lines == ["0.003 / 0.200 s virtual (0%)"] + [f"{step * 0.02:.3f} / 0.200 s virtual ({step * 10}%)"
                                                          for step in range(1, 11)]
     assert "\x1b[" not in done.stderr and "\r" not in done.stderr
 

@@ -113,7 +113,7 @@ CASES: list[tuple[str, str, str | None, tuple[str, ...]]] = [
      ("missing required key 'duration_us'",)),
     ("unknown-top-level-key", PIPELINE + "sede: 3  # HERE\n", "(top level)", ("unknown key 'sede'", "did you mean 'seed'?")),
     ("unknown-top-level-key-no-match", PIPELINE + "zzz: 3  # HERE\n", "(top level)",
-     ("unknown key 'zzz'", "allowed: description, duration_us, name")),
+     ("unknown key 'zzz'", "allowed: advance, description, duration_us, name")),
     ("non-string-top-level-key", PIPELINE + "1: x  # HERE\nfoo: y\n", "(top level)", ("unknown key 1",)),
     ("misspelt-node-key", HEAD + "  - id: a\n    kind: service\n    build: svc\n    replica: 2  # HERE\n", "nodes[0]",
      ("unknown key 'replica'", "did you mean 'replicas'?")),

@@ -1,9 +1,10 @@
 """The Swarm runtime on local test clusters: real dockerd instances in namespaces of their own (cosim's
 cluster tool), never the host engine in Swarm mode.
 
-- one node: the default scenario on Swarm gives the compose runtime's trace records; the failures (placement no
-  node satisfies, a task that cannot start, a node engine that does not answer, no manager) are one clear error
-  each, within a deadline, and leave nothing behind;
+- one node: the default scenario on Swarm gives the compose runtime's trace records; a schedule's crashes and
+  restarts (scenarios/chaos.yaml: the gateway; tests/scenarios_schedule/broker-crash.yaml: the broker) give the
+  local runtime's; the failures (placement no node satisfies, a task that cannot start or restart, a node engine
+  that does not answer, no manager) are one clear error each, within a deadline, and leave nothing behind;
 - three nodes: scenarios/distributed.yaml across them, the same records again and the header naming the node of
   each service; then a worker whose engine stops mid-run.
 
@@ -31,6 +32,7 @@ from cosim.run import run
 from cosim.runtimes.swarm import cluster as clusters, down_stacks
 from cosim.runtimes.swarm.nodes import CONTEXT_ENV
 from tests.conftest import ROOT, assert_same_simulation, invoke_up_session, wait_until
+from tests.test_schedule import BROKER_CRASH, check_broker_crash, records
 
 pytestmark = [pytest.mark.docker, pytest.mark.swarm]
 
@@ -132,6 +134,87 @@ def test_default_scenario_on_one_node_swarm_gives_the_compose_records(on_swarm: 
     again = run(ROOT / "scenarios/default.yaml", runtime="swarm", trace_path=tmp_path / "again.jsonl")
     assert json.loads(again.metrics_path.read_text())["environment"]["images_copied"] == {}
     assert again.trace_path.read_bytes() == swarm.trace_path.read_bytes()
+    assert_nothing_left(on_swarm)
+
+
+def containers_of(engine: clusters.Engine, node_id: str) -> list[tuple[str, str]]:
+    """(container id, status) of each container of a cosim node on a Swarm node's engine, running or not."""
+    listed = engine.docker("ps", "-a", "--no-trunc", "--filter", f"label=cosim.node={node_id}",
+                           "--format", "{{.ID}} {{.Status}}").stdout
+    return [(line.split(" ", 1)[0], line.split(" ", 1)[1]) for line in listed.splitlines() if line]
+
+
+def test_chaos_on_one_node_swarm_kills_and_replaces_the_gateway_task_like_the_local_run(
+        on_swarm: clusters.Cluster, tmp_path: Path) -> None:
+    """scenarios/chaos.yaml (a gateway crash at 6 s and its restart at 6.5 s among link, partition and reconfigure
+    actions): while down, the gateway's task container is there, killed (exit 137); after the restart a new one runs;
+    the records are the local run's, and the killed container is gone with the rest at the end."""
+    engine = on_swarm.manager
+    seen: dict[str, list[tuple[str, str]]] = {}
+
+    def look(now_us: int, duration_us: int) -> None:
+        if "down" not in seen and 6_000_000 < now_us < 6_500_000:
+            seen["down"] = containers_of(engine, "gateway")
+        elif "back" not in seen and now_us > 6_500_000:
+            seen["back"] = containers_of(engine, "gateway")
+
+    swarm = run(ROOT / "scenarios/chaos.yaml", runtime="swarm", trace_path=tmp_path / "swarm.jsonl", progress=look,
+                watchdog_s=60.0)
+    assert_nothing_left(on_swarm)
+    ((killed, status),) = seen["down"]
+    assert status.startswith("Exited (137)")
+    assert [status.split()[0] for container, status in seen["back"] if container != killed] == ["Up"]
+    local = run(ROOT / "scenarios/chaos.yaml", runtime="local", trace_path=tmp_path / "local.jsonl", watchdog_s=60.0)
+    assert_same_simulation(local.trace_path, swarm.trace_path)
+    trace = records(swarm.trace_path)
+    restart = next(r for r in trace if r["record"] == "action" and r["action"] == "restart")
+    assert restart["node"] == "gateway" and restart["restart"] == 1 and restart["lost"] > 0
+    log = (tmp_path / "swarm.logs" / "gateway.log").read_text(encoding="utf-8")
+    assert log.count("connected to MQTT broker") == 2  # two task containers, each connected once
+    facts = json.loads(swarm.metrics_path.read_text())["environment"]
+    assert facts["restarted_on"] == {"gateway": [engine.name]}  # where each restart's task ran (metrics only)
+
+
+def test_broker_crash_on_one_node_swarm_new_task_reachable_at_its_service_name(on_swarm: clusters.Cluster,
+                                                                                tmp_path: Path) -> None:
+    """Infrastructure too: the broker's task is killed, a new task (a new address) answers at the service name
+    mqtt-broker (dnsrr), the gateway reconnects to it, and the records are the local run's."""
+    swarm = run(BROKER_CRASH, runtime="swarm", trace_path=tmp_path / "swarm.jsonl", watchdog_s=60.0)
+    assert_nothing_left(on_swarm)
+    check_broker_crash(records(swarm.trace_path))
+    local = run(BROKER_CRASH, runtime="local", trace_path=tmp_path / "local.jsonl", watchdog_s=60.0)
+    assert_same_simulation(local.trace_path, swarm.trace_path)
+    log = (tmp_path / "swarm.logs" / "gateway.log").read_text(encoding="utf-8")
+    assert log.count("connected to MQTT broker mqtt-broker:1883") == 2  # at INIT, and to the new task
+
+
+def test_restart_whose_new_task_cannot_start_names_node_and_swarms_error(on_swarm: clusters.Cluster,
+                                                                         tmp_path: Path) -> None:
+    """The broker's image is untagged on the node while the broker is down: its new task is rejected, and the run
+    fails at the restart with one message naming the node and Swarm's words, leaving nothing behind."""
+    engine = on_swarm.manager
+    untagged: dict[str, str] = {}
+
+    def untag(now_us: int, duration_us: int) -> None:
+        if not untagged and 500_000 < now_us < 1_000_000:
+            ((killed, _),) = containers_of(engine, "mqtt-broker")
+            reference = engine.docker("inspect", "--format", "{{.Config.Image}} {{.Image}}", killed).stdout.split()
+            untagged.update(tag=reference[0], id=reference[1])
+            assert engine.docker("rmi", "--force", untagged["tag"]).returncode == 0  # the id stays: the killed uses it
+
+    try:
+        with pytest.raises(NodeFailure) as failure:
+            run(BROKER_CRASH, runtime="swarm", trace_path=tmp_path / "t.jsonl", progress=untag, watchdog_s=60.0)
+    finally:
+        if untagged:  # the image back under its tag, so that no later test copies it again
+            engine.docker("tag", untagged["id"], untagged["tag"])
+    message = str(failure.value)
+    assert message.startswith(f"node 'mqtt-broker': restart failed: did not start: its task on Swarm node "
+                              f"'{engine.name}' rejected (Swarm says: "), message
+    assert "No such image" in message
+    last = records(tmp_path / "t.jsonl")[-1]
+    assert (last["record"], last["node"], last["error"], last["time_us"]) == ("error", "mqtt-broker", "node_failure",
+                                                                             1_000_000)
     assert_nothing_left(on_swarm)
 
 

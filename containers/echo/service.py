@@ -1,5 +1,8 @@
 """echo: a small test service. Echoes every input event and, when asked, misbehaves on cue.
 
+It declares next-event time advance: its wake-ups are its next tick and its next cue, so a run skips the windows
+in which it has nothing to do, with the same trace as one that steps it every quantum.
+
 Config (all optional):
   tick_us:     emit a ``tick`` event every tick_us of virtual time, with a seeded random value
   exit_at_us:  exit with code ``exit_code`` (default 3) when advanced past this time
@@ -61,6 +64,19 @@ def _passes(key: str, current: int, target: int) -> bool:
     return at is not None and current < at <= target
 
 
+CUES = ("exit_at_us", "hang_at_us", "garbage_at_us", "raise_at_us")
+
+
+def wakeup(target: int) -> int | None:
+    """The next time after ``target`` at which echo acts on its own: its next tick or its next cue."""
+    config = state["config"]
+    times = [config[key] for key in CUES if config.get(key) is not None and config[key] > target]
+    tick = config.get("tick_us")
+    if tick:
+        times.append((target // tick + 1) * tick)
+    return min(times, default=None)
+
+
 def advance(current: int, target: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     config = state["config"]
     if _passes("exit_at_us", current, target):
@@ -85,5 +101,5 @@ def advance(current: int, target: int, events: list[dict[str, Any]]) -> list[dic
 
 
 if __name__ == "__main__":
-    serve(advance, on_init=on_init, capabilities=["echo"], on_configure=on_configure, on_snapshot=on_snapshot,
-          on_restore=on_restore)
+    serve(advance, on_init=on_init, capabilities=["echo"], on_configure=on_configure, wakeup=wakeup,
+          on_snapshot=on_snapshot, on_restore=on_restore)

@@ -210,8 +210,10 @@ def load_model(path: Path) -> tuple[ort.InferenceSession, str]:
 
 def main() -> None:
     service = InferenceService()
+    # Next-event: it emits only in response to requests (results due later are held, and the adapter promises them).
     serve(service.advance, on_init=service.on_init, on_shutdown=service.on_shutdown, capabilities=["inference"],
-          on_configure=service.on_configure, on_snapshot=service.on_snapshot, on_restore=service.on_restore)
+          on_configure=service.on_configure, next_event=True, on_snapshot=service.on_snapshot,
+          on_restore=service.on_restore)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ def build(doc: dict[str, Any], positions: Positions, path: Path, sha256: str) ->
         name=doc["name"], seed=doc["seed"], duration_us=duration, quantum_us=quantum, nodes=tuple(nodes),
         routes=tuple(routes), default_link=default_link, trace=trace, path=path, sha256=sha256,
         description=doc.get("description", ""), groups=groups, schedule=schedule,
+        advance=doc.get("advance", "next-event"),
     )
 
 

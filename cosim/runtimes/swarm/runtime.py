@@ -9,6 +9,11 @@ engine's attach endpoint on a unix socket, ``docker --context <node> attach`` ot
 Starting waits (up to START_TIMEOUT_S) until every task runs, and fails at once, naming the node, when Swarm
 says a task cannot be placed or did not start. Teardown: ``docker stack rm``, then wait until no container and no
 network of the stack is left on any node's engine.
+
+The schedule's crash kills the task's container through its node's engine; with restart condition ``none`` Swarm
+leaves the task dead. Its restart is a new task of the same service (``docker service update --force``), waited
+for like the first, and attached through the engine of the node Swarm put it on; its service name resolves to
+the new task's address (dnsrr), so a restarted broker is reachable where its clients look.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import secrets
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from python_on_whales import DockerClient, DockerException
 
@@ -26,10 +31,11 @@ from cosim.model import ContainerSpec, Scenario
 from cosim.runtimes.docker.attach import EngineAttachTransport
 from cosim.runtimes.docker.engine import (check_engine, docker_command, docker_errors, run_bounded, run_cli, stderr_tail,
                                           wait_exit)
-from cosim.runtimes.docker.runtime import (LABEL_NODE, LABEL_PROJECT, LABEL_RUN, RUNS_DIR, RunLock,
+from cosim.runtimes.docker.runtime import (LABEL_NODE, LABEL_PROJECT, LABEL_RUN, RUNS_DIR, STOP_TIMEOUT_S, RunLock,
                                            endpoints_by_service_name, prepare_images, run_alive)
 from cosim.runtimes.swarm import images as swarm_images, stack as stack_file
-from cosim.runtimes.swarm.nodes import NodeEngine, check_manager, manager_client, manager_context, node_engines
+from cosim.runtimes.swarm.nodes import (ANSWER_TIMEOUT_S, NodeEngine, check_manager, manager_client, manager_context,
+                                        node_engines)
 from cosim.tails import file_tail, last_lines
 from cosim.transport import PipeTransport, Transport, TransportClosed
 
@@ -95,7 +101,9 @@ class SwarmRuntime:
         self.manager: DockerClient | None = None
         self._deployed = False
         self._engines: dict[str, NodeEngine] = {}  # Swarm node id -> engine
+        self._services: dict[str, str] = {}  # Swarm service id -> cosim node id
         self._tasks: dict[str, tuple[NodeEngine, str]] = {}  # cosim node id -> (its node's engine, container id)
+        self._restarted_on: dict[str, list[str]] = {}  # cosim node id -> the Swarm node of each restart's task
         self._transports: dict[str, Transport] = {}
         self._attach_modes: dict[str, str] = {}  # node id -> engine-api | docker-cli (for the metrics)
         self._image_ids: dict[str, str] = {}
@@ -122,7 +130,7 @@ class SwarmRuntime:
         self._lock.acquire()
         try:
             self._deploy(resolve_image="always" if references else "never")
-            self._wait_running()
+            self._wait_running(self.scenario.containers)
             self._attach_all()
         except BaseException:
             self.stop()
@@ -141,7 +149,8 @@ class SwarmRuntime:
     def run_facts(self) -> dict[str, Any]:
         return {"stack": self.stack, "run_id": self.run_id, "stack_file": str(self.stack_path) if self.stack_path else None,
                 "images_copied": self._copied, "registry": swarm_images.registry(),
-                "attach": dict(sorted(self._attach_modes.items()))}
+                "attach": dict(sorted(self._attach_modes.items())),
+                "restarted_on": dict(sorted(self._restarted_on.items()))}
 
     def exited_infrastructure(self, wait_s: float = 0.0) -> list[tuple[str, int | None]]:
         exited = []
@@ -160,6 +169,47 @@ class SwarmRuntime:
             elif wait_s > 0 and (waited := wait_exit(container_id, wait_s, context=engine.context)) is not None:
                 exited.append((node.id, waited))
         return exited
+
+    def crash(self, node_id: str) -> None:
+        """SIGKILL the task's container through the engine of its Swarm node. Swarm does not replace the task
+        (restart condition none); the dead container stays, labelled with the stack, until the restart's new task
+        replaces it or the teardown removes the stack."""
+        engine, container_id = self._tasks[node_id]
+        killed = run_bounded(["kill", container_id], ANSWER_TIMEOUT_S, context=engine.context)
+        if wait_exit(container_id, STOP_TIMEOUT_S, context=engine.context) is None:  # (dead already: its exit code)
+            why = engine.diagnose() or (last_lines(killed.stderr, 2) if killed is not None else "") or "it still runs"
+            raise NodeFailure(node_id, f"the schedule's crash could not kill its task's container {container_id[:12]} "
+                                       f"on Swarm node {engine.hostname!r}: {why}")
+        transport = self._transports.pop(node_id, None)
+        if transport is not None:
+            transport.close(grace_s=0.0)  # killed before its stdin closed: no orderly shutdown, a crash
+
+    @docker_errors()
+    def restart(self, node_id: str) -> Transport | None:
+        """A new task of the node's Swarm service, running (START_TIMEOUT_S at most) and attached through the engine
+        of the node Swarm put it on. `docker service update --force` makes it: a dead task of a service with
+        restart condition none is replaced only when the service changes. (Swarm may keep the dead tasks, and their
+        containers, until the stack is removed: the teardown waits for those too.)"""
+        assert self.manager is not None
+        node = next(node for node in self.scenario.containers if node.id == node_id)
+        service = f"{self.stack}_{node_id}"
+        services = self._service_nodes()
+        old_tasks = {task.id for task in self.manager.stack.ps(self.stack)
+                     if services.get(task.service_id or "") == node_id}
+        try:
+            # The spec's image as deployed (--no-resolve-image: no registry is asked); the CLI's chatter captured.
+            run_cli(["service", "update", "--force", "--detach", "--quiet", "--no-resolve-image", service],
+                    context=manager_context())
+        except DockerException as exc:
+            raise NodeFailure(node_id, f"restart failed: `docker service update --force {service}` failed:\n"
+                                       f"{last_lines(exc.stderr or str(exc), 4)}") from None
+        self._wait_running([node], old_tasks=old_tasks)
+        engine, container_id = self._tasks[node_id]
+        self._restarted_on.setdefault(node_id, []).append(engine.hostname)  # maybe not where it ran before
+        if not node.speaks_protocol:
+            return None  # reachable again at its service name: dnsrr resolves it to the new task's address
+        self._transports[node_id] = TaskTransport(self._attach(node, engine, container_id), engine)
+        return self._transports[node_id]
 
     def stop(self) -> None:
         try:
@@ -191,22 +241,27 @@ class SwarmRuntime:
                              f"(stack file {self.stack_path}):\n{last_lines(exc.stderr or str(exc), 8)}") from None
 
     def _service_nodes(self) -> dict[str, str]:
-        """{Swarm service id: cosim node id} of this run's stack."""
+        """{Swarm service id: cosim node id} of this run's stack (fixed once deployed: updates keep the ids)."""
         assert self.manager is not None
-        return {service.id: (service.spec.labels or {}).get(LABEL_NODE, "")
-                for service in self.manager.service.list(filters=[("label", f"{STACK_LABEL}={self.stack}")])}
+        if not self._services:
+            self._services = {service.id: (service.spec.labels or {}).get(LABEL_NODE, "") for service in
+                              self.manager.service.list(filters=[("label", f"{STACK_LABEL}={self.stack}")])}
+        return self._services
 
-    def _wait_running(self) -> None:
-        """Until every node's task runs; at once a clear error when Swarm gives up on one; START_TIMEOUT_S at most."""
+    def _wait_running(self, wanted: Sequence[ContainerSpec], *, old_tasks: set[str] | None = None) -> None:
+        """Until each wanted node's task runs; at once a clear error when Swarm gives up on one; START_TIMEOUT_S at
+        most. ``old_tasks``: a restart's, whose task must be none of these (the dead ones it replaces)."""
         assert self.manager is not None
-        nodes = {node.id: node for node in self.scenario.containers}
+        nodes = {node.id: node for node in wanted}
+        replacing, stale = old_tasks is not None, old_tasks or set()
         services = self._service_nodes()
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             latest: dict[str, Any] = {}
             for task in self.manager.stack.ps(self.stack):
                 node_id = services.get(task.service_id or "")
-                if node_id and (node_id not in latest or _created(task) > _created(latest[node_id])):
+                if node_id in nodes and task.id not in stale and \
+                        (node_id not in latest or _created(task) > _created(latest[node_id])):
                     latest[node_id] = task
             waiting = []
             for node_id, node in nodes.items():
@@ -217,12 +272,18 @@ class SwarmRuntime:
                     if container is not None and container.container_id:
                         self._tasks[node_id] = (self._engine_of(task), container.container_id)
                         continue
-                if task is not None:
-                    self._check_task(node, task)
+                if task is not None and (problem := self._task_problem(node, task)) is not None:
+                    # Mid-run, a node that does not come back fails the run under its name, as one that dies does.
+                    raise NodeFailure(node_id, f"restart failed: {problem}") if replacing else \
+                        NodeStartError(node_id, problem)
                 waiting.append(f"{node_id} ({state}{': ' + task.status.err if task and task.status.err else ''})")
             if not waiting:
                 return
             if time.monotonic() > deadline:
+                if replacing:
+                    (node_id,) = nodes
+                    raise NodeFailure(node_id, f"restart failed: the new task of service {self.stack}_{waiting[0]} "
+                                               f"did not run within {START_TIMEOUT_S:g} s")
                 raise SwarmError(f"the tasks of stack {self.stack} did not all start within {START_TIMEOUT_S:g} s; "
                                  f"still waiting for: {', '.join(waiting)}")
             time.sleep(POLL_S)  # a watchdog poll on Swarm's state (bring-up, not the simulation path)
@@ -234,12 +295,12 @@ class SwarmRuntime:
                              f"when the run started: cosim has no engine for it")
         return engine
 
-    def _check_task(self, node: ContainerSpec, task: Any) -> None:
+    def _task_problem(self, node: ContainerSpec, task: Any) -> str | None:
+        """Why Swarm gave up on the node's task ("cannot be placed: ..." or "did not start: ..."); None: not (yet)."""
         state, error = task.status.state, task.status.err or task.status.message or ""
         if state == "pending" and "no suitable node" in error:
             constraints = " and ".join(f"`{c}`" for c in node.placement) or "(none)"
-            raise NodeStartError(node.id, f"cannot be placed: no Swarm node satisfies its placement {constraints} "
-                                          f"(Swarm says: {error})")
+            return f"cannot be placed: no Swarm node satisfies its placement {constraints} (Swarm says: {error})"
         if state in FAILED_STATES:
             engine = self._engines.get(task.node_id or "")
             container = task.status.container_status
@@ -247,8 +308,9 @@ class SwarmRuntime:
             if engine is not None and container is not None and container.container_id:
                 tail = last_lines(_logs(engine, container.container_id), 5)
             where = f"on Swarm node {engine.hostname!r} " if engine is not None else ""
-            raise NodeStartError(node.id, f"did not start: its task {where}{state} (Swarm says: "
-                                          f"{error or 'no reason given'})" + (f"; last lines of its log:\n{tail}" if tail else ""))
+            return f"did not start: its task {where}{state} (Swarm says: {error or 'no reason given'})" + \
+                (f"; last lines of its log:\n{tail}" if tail else "")
+        return None
 
     def _attach_all(self) -> None:
         for node in self.scenario.containers:
