@@ -568,6 +568,7 @@ class Coordinator:
         for node_id, changes in sorted(self.checkpoints.config_changes.items()):
             self.configs[node_id].update(changes)
             self.nodes[node_id].configure(self.now_us, dict(changes))
+            self._renew_promise(node_id)  # CONFIGURED's promise (e.g. a new timer period)
 
     # -- the schedule -----------------------------------------------------------------------------
 
