@@ -215,7 +215,8 @@ def _workload(directory: Path, name: str, *, services: int, duration_us: int, pe
     lines.append("  - {id: sink, kind: sink}")
     routes = [f"  - {{from: echo-{index + 1}, to: [sink]}}" for index in range(services)]
     if period_us is not None:
-        lines.append(f"  - {{id: sensor, kind: sensor, period_us: {period_us}}}")
+        # The generic `uniform` model: the workload measures the step loop, not the synthesis of a signal.
+        lines.append(f"  - {{id: sensor, kind: sensor, model: uniform, period_us: {period_us}}}")
         routes.append("  - {from: sensor, to: [echo-1]}")
     path = directory / f"{name}.yaml"
     path.write_text("\n".join(lines + ["routes:", *routes]) + "\n", encoding="utf-8")

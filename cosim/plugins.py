@@ -79,3 +79,12 @@ def used_by(scenario: Scenario) -> list[SensorPlugin]:
     """The sensor models a scenario's sensors use, each once, by name."""
     names = {node.model for node in scenario.nodes if isinstance(node, SensorSpec)}
     return [sensor_model(name) for name in sorted(names)]
+
+
+def _uniform_reading(rng: random.Random, severity: float) -> dict[str, Any]:
+    return {"value": rng.random(), "severity": severity}
+
+
+# A generic model that is part of cosim itself: one seeded uniform value per reading (and the injected severity).
+# For workloads that need a sensor's timing but no application signal, such as the benchmark's sparse workload.
+register(SensorPlugin(name="uniform", event_type="reading", reading=_uniform_reading))

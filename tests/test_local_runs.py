@@ -298,3 +298,22 @@ def test_a_sensor_model_is_a_plug_in_that_makes_the_readings_and_adds_to_the_sum
     print_summary(completed, out)
     assert "  ramp: 4 level(s) reached a sink\n" in out.getvalue() and seen == [4]
     assert "detections" not in out.getvalue() and "anomalies:" not in out.getvalue()  # vibration is not used
+
+
+def test_the_built_in_uniform_sensor_model_sends_one_seeded_value_per_reading(tmp_path: Path) -> None:
+    """`model: uniform` (part of cosim, no application): a `reading` event per period with one seeded value in
+    [0, 1); the same seed gives the same values, another seed others."""
+    def values(seed: int) -> list[float]:
+        path = tmp_path / f"uniform-{seed}.yaml"
+        path.write_text(
+            f"name: uniform\nseed: {seed}\nduration_us: 20000\nquantum_us: 1000\nnodes:\n"
+            "  - {id: probe, kind: sensor, model: uniform, period_us: 4000, links: [{to: out, latency_us: 1000}]}\n"
+            "  - {id: out, kind: sink}\nroutes:\n  - {from: probe, to: [out]}\n")
+        received = run(str(path), runtime="local", trace_path=str(tmp_path / f"uniform-{seed}.jsonl")).sinks["out"]
+        assert [e["type"] for e in received] == ["reading"] * 4  # read at 4, 8, 12, 16 ms
+        assert all(set(e["data"]) == {"sensor", "window", "sampled_us", "value", "severity", "truth"} for e in received)
+        return [e["data"]["value"] for e in received]
+
+    first = values(5)
+    assert all(0.0 <= value < 1.0 for value in first) and len(set(first)) == 4
+    assert values(5) == first and values(6) != first
