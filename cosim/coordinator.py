@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from cosim import protocol, schedule as scheduling
-from cosim.errors import BrokenPromise, CheckpointError, InfrastructureExited, Interrupted, NodeFailure, UnsupportedAction
+from cosim.errors import (BrokenPromise, CheckpointError, InfrastructureExited, Interrupted, NodeFailure,
+                          UnsupportedAction)
 from cosim.network import Router
 from cosim.nodes import Event, ServiceNode, SimNode
 from cosim.model import ContainerSpec, Scenario
@@ -509,6 +510,7 @@ class Coordinator:
         if self.checkpoints.stop_after and time_us == max(self.checkpoints.at_us):
             self.stopped = True
             self.now_us = time_us
+            self.timings.skipped -= skipped_after  # the run ends here: the quanta after it were not skipped
         return self.stopped
 
     def snapshot(self, time_us: int, skipped_after: int = 0) -> dict[str, Any]:
