@@ -53,15 +53,34 @@ def render(c: Context, scenario: str | None = None) -> None:
         "quiet": "no progress line",
         "registry": "swarm: push the images to this registry (HOST:PORT) for the nodes to pull, instead of copying",
         "advance": "next-event or fixed: overrides the scenario's `advance` (default: the scenario's, next-event)",
+        "checkpoint_at": "write a checkpoint at the end of the window ending at T us (T[,T2,...]) under checkpoints/",
+        "stop_after_checkpoint": "stop the run after its last checkpoint",
     }
 )
 def up(c: Context, scenario: str | None = None, runtime: str = "docker", trace: str | None = None,
        watchdog: str | None = None, quiet: bool = False, registry: str | None = None,
-       advance: str | None = None) -> None:
+       advance: str | None = None, checkpoint_at: str | None = None, stop_after_checkpoint: bool = False) -> None:
     """Run a scenario in virtual time and write its trace."""
     # Numeric options arrive as text: cosim checks them and names the option in its error.
     _call(cli.up, scenario or DEFAULT, runtime=runtime, trace=trace, watchdog_s=watchdog or DEFAULT_WATCHDOG_S,
-          progress=not quiet, registry=registry, advance=advance)
+          progress=not quiet, registry=registry, advance=advance, checkpoint_at=checkpoint_at,
+          stop_after_checkpoint=stop_after_checkpoint)
+
+
+@task(positional=["checkpoint"], help={
+    "checkpoint": "a checkpoint file written by `invoke up --checkpoint-at T`",
+    "runtime": "docker (default) or local: where the fresh services run (need not be where the checkpoint was taken)",
+    "trace": "where the trace goes (default: the scenario's)",
+    "scenario": "fork: a variant of the checkpointed scenario (other config, links, schedule after T; same nodes, "
+                "seed and quantum)",
+    "watchdog": WATCHDOG_HELP,
+    "quiet": "no progress line",
+})
+def resume(c: Context, checkpoint: str, runtime: str = "docker", trace: str | None = None,
+           scenario: str | None = None, watchdog: str | None = None, quiet: bool = False) -> None:
+    """Continue a checkpointed run with fresh containers (or fork it with --scenario)."""
+    _call(cli.resume, checkpoint, runtime=runtime, trace=trace, scenario=scenario,
+          watchdog_s=watchdog or DEFAULT_WATCHDOG_S, progress=not quiet)
 
 
 @task
@@ -94,13 +113,15 @@ def images(c: Context, scenario: str | None = None, force: bool = False) -> None
         "runtime": "docker (default), local, swarm, or both (docker and local, N times each; all must agree)",
         "watchdog": WATCHDOG_HELP,
         "advance": "next-event, fixed, or both (each mode N times; records identical, headers differ only in the mode)",
+        "checkpoint_at": "also checkpoint every run at T[,T2] us and resume each checkpoint (with `both` runtimes: on "
+                         "the other runtime); the resumed traces must be identical too",
     },
 )
 def determinism(c: Context, scenario: str | None = None, runs: str = "3", runtime: str = "docker",
-                watchdog: str | None = None, advance: str | None = None) -> None:
+                watchdog: str | None = None, advance: str | None = None, checkpoint_at: str | None = None) -> None:
     """Run a scenario N times with fresh containers and prove the traces are identical."""
     _call(cli.determinism, scenario or DEFAULT, runs=runs, runtime=runtime, watchdog_s=watchdog or DEFAULT_WATCHDOG_S,
-          advance=advance)
+          advance=advance, checkpoint_at=checkpoint_at)
 
 
 @task(positional=["trace_a", "trace_b"])

@@ -382,6 +382,28 @@ class VirtualTimeClient:
                 heapq.heappush(self.queue, Delivery(envelope["time_us"] + self.delay_for(envelope["window_us"]),
                                                     envelope["node"], envelope["node_seq"], topic, envelope))
 
+    def snapshot(self) -> dict[str, Any]:
+        """A checkpoint at a window boundary: settle first (every message published so far has arrived and is
+        queued: nothing is left in flight in the broker), then what the next windows depend on."""
+        self.settle()
+        with self.cond:
+            return {"node_seq": self.node_seq, "members": sorted(self.members), "delays": [list(d) for d in self.delays],
+                    "queue": [[d.time_us, d.node, d.node_seq, d.topic, d.envelope] for d in sorted(self.queue)],
+                    "last_seq": dict(sorted(self.last_seq.items())), "epoch": self.epoch,
+                    "outbox": [[c, t, topic, None if p is None else p.decode("utf-8")] for c, t, topic, p in self.outbox]}
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Put a snapshot back (in a fresh process, connected to a fresh broker at INIT)."""
+        with self.cond:
+            self.node_seq = int(saved["node_seq"])
+            self.members = set(saved["members"])
+            self.delays = [(int(since), int(delay)) for since, delay in saved["delays"]]
+            self.queue = [Delivery(t, node, seq, topic, envelope) for t, node, seq, topic, envelope in saved["queue"]]
+            heapq.heapify(self.queue)
+            self.last_seq = {node: int(seq) for node, seq in saved["last_seq"].items()}
+            self.epoch = int(saved["epoch"])
+            self.outbox = [(c, t, topic, None if p is None else p.encode("utf-8")) for c, t, topic, p in saved["outbox"]]
+
     def set_delay(self, since_us: int, delay_us: int) -> None:
         """broker_delay_us for the windows ending after ``since_us``."""
         self.delays.append((since_us, delay_us))
@@ -617,12 +639,32 @@ class MqttService:
         if self.mqtt is not None:
             self.mqtt.close()
 
+    def on_snapshot(self) -> dict[str, Any]:
+        """A checkpoint: the client's state (config and subscriptions are in INIT's config on resume) and the
+        subclass's own (``snapshot_own``)."""
+        assert self.mqtt is not None
+        if self.mqtt.offline:
+            raise ValueError(f"the broker {self.broker!r} is down (a planned crash): no checkpoint until it is back")
+        return {"client": self.mqtt.snapshot(), "own": self.snapshot_own()}
+
+    def on_restore(self, saved: Mapping[str, Any]) -> None:
+        assert self.mqtt is not None
+        self.mqtt.restore(saved["client"])
+        self.restore_own(saved["own"])
+
+    def snapshot_own(self) -> Any:
+        """What a subclass keeps between windows beyond its config (JSON-able)."""
+        return None
+
+    def restore_own(self, saved: Any) -> None:
+        pass
+
     def serve(self, capabilities: list[str]) -> None:
         # Both bundled clients publish only what their input events carry: idle windows cost no broker traffic.
         # Next-event: they wake up when a message of the group is due (the coordinator advances the group together).
         serve(self.advance, on_init=self.on_init, on_shutdown=self.on_shutdown, capabilities=capabilities,
               barrier_group=self.barrier_group, barrier_publishes="on_input", on_configure=self.on_configure,
-              wakeup=self.wakeup)
+              wakeup=self.wakeup, on_snapshot=self.on_snapshot, on_restore=self.on_restore)
 
     def wakeup(self, target: int) -> int | None:
         return self.mqtt.next_due(target) if self.mqtt is not None else None

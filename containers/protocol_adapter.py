@@ -9,6 +9,8 @@ One stdlib-only file that any image can copy next to its service. The service su
     ADVANCE{time_us, events}             DONE{time_us, events}
     CONFIGURE{time_us, config?,          CONFIGURED{time_us}   (only to a service with on_configure)
               endpoints?}
+    SNAPSHOT{time_us}                    SNAPSHOT_STATE{time_us, state}  (only to a service with on_snapshot)
+    RESTORE{time_us, state}              RESTORED{time_us}     (after INIT; a checkpoint's resume)
     SHUTDOWN                             (flushes, exits 0; no reply)
                                          ERROR{error, detail, fatal}   on anything wrong
 
@@ -38,6 +40,10 @@ changed (null: that infrastructure node is gone until it comes back). The hook s
 anything: an exception is answered with a non-fatal ERROR (``configure_failed``), which fails the run.
 A node restarted by the schedule gets INIT again (same seed) with ``time_us`` the time it resumes at and
 ``restart`` (1, 2, ...): the adapter starts its clock there.
+``on_snapshot() -> JSON-able`` and ``on_restore(state)`` (both given: READY declares the capability "snapshot")
+serve checkpoints: SNAPSHOT{time_us} at a window boundary is answered by SNAPSHOT_STATE{time_us, state} (the
+adapter's own state, its held outputs, config and clock, around the service's), and RESTORE{time_us, state}
+right after INIT (of a fresh process) puts it back and sets the clock to ``time_us``: answered by RESTORED.
 
 Next-event time advance (negotiated): a service created with ``next_event=True`` or a ``wakeup`` hook declares
 ``next_event`` in READY, and every DONE then carries ``next_us``, the earliest virtual time after the window at
@@ -65,6 +71,8 @@ ShutdownHook = Callable[[], None]
 GroupHook = Callable[[], "str | None"]  # the barrier group this service joins, if any
 ConfigureHook = Callable[[Mapping[str, Any]], None]  # takes CONFIGURE (new config keys, changed endpoints)
 WakeupHook = Callable[[int], "int | None"]  # after a window ending at target: the next own output time, or None
+SnapshotHook = Callable[[], Any]  # the service's state at a window boundary, JSON-able
+RestoreHook = Callable[[Any], None]  # takes what on_snapshot returned (in a fresh process, after INIT)
 
 log = logging.getLogger("cosim.adapter")
 
@@ -110,6 +118,8 @@ class CoordinatorProtocolAdapter:
         on_configure: ConfigureHook | None = None,
         next_event: bool = False,
         wakeup: WakeupHook | None = None,
+        on_snapshot: SnapshotHook | None = None,
+        on_restore: RestoreHook | None = None,
     ) -> None:
         self.callback = callback
         self.on_configure = on_configure
@@ -117,6 +127,10 @@ class CoordinatorProtocolAdapter:
             capabilities = [*capabilities, "configure"]
         self.next_event = next_event or wakeup is not None  # DONE carries next_us (READY says so)
         self.wakeup = wakeup
+        self.on_snapshot = on_snapshot
+        self.on_restore = on_restore
+        if on_snapshot is not None and on_restore is not None:
+            capabilities = [*capabilities, "snapshot"]
         self.barrier_publishes = barrier_publishes
         self.barrier_group_hook = barrier_group
         self.barrier_group: str | None = None
@@ -155,12 +169,17 @@ class CoordinatorProtocolAdapter:
                 return self._handle_advance(message)
             if kind == "CONFIGURE":
                 return self._handle_configure(message)
+            if kind == "SNAPSHOT":
+                return self._handle_snapshot(message)
+            if kind == "RESTORE":
+                return self._handle_restore(message)
             if kind == "SHUTDOWN":
                 self._handle_shutdown()
                 return None
             if kind is None:
                 raise ProtocolError("bad_message", "message has no 'type' field")
-            raise ProtocolError("unknown_type", f"unknown message type {kind!r}; expected INIT, ADVANCE, CONFIGURE or SHUTDOWN")
+            raise ProtocolError("unknown_type", f"unknown message type {kind!r}; expected INIT, ADVANCE, CONFIGURE, "
+                                                 f"SNAPSHOT, RESTORE or SHUTDOWN")
         except ProtocolError as exc:
             return self._error(exc)
 
@@ -309,6 +328,44 @@ class CoordinatorProtocolAdapter:
                 configured["next_us"] = promise
         return configured
 
+    def _snapshot_hooks(self, kind: str) -> None:
+        if not self.initialized:
+            raise ProtocolError("not_initialized", f"{kind} received before INIT")
+        if self.on_snapshot is None or self.on_restore is None:
+            raise ProtocolError("unsupported", f"this service takes no {kind} (it did not declare 'snapshot')")
+
+    def _handle_snapshot(self, message: dict[str, Any]) -> dict[str, Any]:
+        self._snapshot_hooks("SNAPSHOT")
+        time_us = message.get("time_us")
+        if time_us != self.current_time_us:
+            raise ProtocolError("bad_message", f"SNAPSHOT time_us must be the service's current time "
+                                               f"{self.current_time_us} us, got {time_us!r}")
+        try:
+            service = self.on_snapshot()  # type: ignore[misc]
+            state = {"held": self._held, "members": self.members, "config": self.config,
+                     "endpoints": self.endpoints, "service": service}
+            encode(state)  # JSON-able, without NaN: checked here, so the failure names the hook
+        except Exception as exc:
+            raise ProtocolError("snapshot_failed", _describe_exception(exc)) from exc
+        return {"type": "SNAPSHOT_STATE", "time_us": time_us, "state": state}
+
+    def _handle_restore(self, message: dict[str, Any]) -> dict[str, Any]:
+        self._snapshot_hooks("RESTORE")
+        time_us, state = message.get("time_us"), message.get("state")
+        if not _is_int(time_us) or time_us < 0 or not isinstance(state, dict):
+            raise ProtocolError("bad_message", f"RESTORE needs an integer time_us >= 0 and a state object, "
+                                               f"got time_us {time_us!r}")
+        try:
+            self.on_restore(state.get("service"))  # type: ignore[misc]
+        except Exception as exc:
+            raise ProtocolError("restore_failed", _describe_exception(exc), fatal=True) from exc
+        self._held = list(state.get("held") or [])
+        self.members = list(state.get("members") or [])
+        self.config = dict(state.get("config") or self.config)
+        self.endpoints = dict(state.get("endpoints") or self.endpoints)
+        self.current_time_us = time_us
+        return {"type": "RESTORED", "time_us": time_us}
+
     def _stamp(self, index: int, event: Any, target: int) -> Event:
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             raise ProtocolError("bad_output", f"output events[{index}] must be an object with a string 'type'", fatal=True)
@@ -398,6 +455,8 @@ def serve(
     on_configure: ConfigureHook | None = None,
     next_event: bool = False,
     wakeup: WakeupHook | None = None,
+    on_snapshot: SnapshotHook | None = None,
+    on_restore: RestoreHook | None = None,
 ) -> None:
     """Entry point for a service's ``__main__``: log to stderr, serve stdin/stdout, exit with the code.
 
@@ -410,5 +469,6 @@ def serve(
     sys.stdout = sys.stderr  # a stray print() in service code must not corrupt the protocol stream
     adapter = CoordinatorProtocolAdapter(callback, on_init=on_init, on_shutdown=on_shutdown, capabilities=capabilities,
                                          barrier_group=barrier_group, barrier_publishes=barrier_publishes,
-                                         on_configure=on_configure, next_event=next_event, wakeup=wakeup)
+                                         on_configure=on_configure, next_event=next_event, wakeup=wakeup,
+                                         on_snapshot=on_snapshot, on_restore=on_restore)
     sys.exit(adapter.run(stdin, stdout))

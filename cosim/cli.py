@@ -6,6 +6,7 @@ message and a non-zero exit (no traceback).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -97,7 +98,8 @@ class ProgressLine:
 
 def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | None = None,
        watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, registry: str | None = None,
-       advance: str | None = None, out: TextIO = sys.stdout) -> CompletedRun:
+       checkpoint_at: str | None = None, stop_after_checkpoint: bool = False, advance: str | None = None,
+       out: TextIO = sys.stdout) -> CompletedRun:
     if registry:  # --registry is $COSIM_REGISTRY for this one run (the swarm runtime reads it)
         from cosim.runtimes.swarm.images import REGISTRY_ENV
 
@@ -105,7 +107,8 @@ def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | No
     progress_line = ProgressLine() if progress else None
     try:
         summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line,
-                      advance=advance)
+                      checkpoint_at=checkpoint_at, stop_after_checkpoint=stop_after_checkpoint,
+                      checkpoint_written=_checkpoint_line(progress_line, out), advance=advance)
     except CosimError:
         if progress_line is not None:
             progress_line.close()
@@ -113,6 +116,37 @@ def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | No
         raise
     print_summary(summary, out)
     out.write(f"  report:  {report(str(summary.trace_path), out=None)}\n")
+    return summary
+
+
+def _checkpoint_line(progress_line: ProgressLine | None, out: TextIO) -> Any:
+    def written(path: Path, size: int, seconds: float) -> None:
+        if progress_line is not None:
+            progress_line.close()  # the line goes above the progress bar, which starts again at the next step
+        out.write(f"  checkpoint: {path} ({size / 1e6:.2f} MB, written in {seconds:.2f} s)\n")
+        out.flush()
+    return written
+
+
+def resume(checkpoint: str, *, runtime: str = "docker", trace: str | None = None, scenario: str | None = None,
+           watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, out: TextIO = sys.stdout) -> CompletedRun:
+    """`invoke resume CHECKPOINT`: continue a checkpointed run (fork it with --scenario VARIANT)."""
+    from cosim.run import resume as resume_run
+
+    if not checkpoint:
+        raise UsageError("usage: invoke resume CHECKPOINT [--trace PATH] [--runtime local|docker] [--scenario VARIANT]")
+    progress_line = ProgressLine() if progress else None
+    try:
+        summary = resume_run(checkpoint, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s,
+                             progress=progress_line, scenario_path=scenario)
+    finally:
+        if progress_line is not None:
+            progress_line.close()
+    print_summary(summary, out)
+    parent = summary.trace_path.read_text(encoding="utf-8").split("\n", 1)[0]
+    forked = json.loads(parent).get("forked_from")
+    out.write(f"  resumed from {checkpoint}" + (f" (a fork of checkpoint {forked['checkpoint_sha256'][:12]})"
+                                                 if forked else "") + "\n")
     return summary
 
 
@@ -244,10 +278,11 @@ def cluster(action: str, *, nodes: int | str = 3, name: str = "cosim", out: Text
 
 def determinism(path: str = DEFAULT_SCENARIO, *, runs: int | str = 3, runtime: str = "docker",
                 watchdog_s: float | str = DEFAULT_WATCHDOG_S, advance: str | None = None,
-                out: TextIO = sys.stdout) -> None:
+                checkpoint_at: str | None = None, out: TextIO = sys.stdout) -> None:
     from cosim.determinism import gate
 
-    gate(path, runs=runs, runtime=runtime, watchdog_s=watchdog_s, advance=advance, out=out)
+    gate(path, runs=runs, runtime=runtime, watchdog_s=watchdog_s, advance=advance, checkpoint_at=checkpoint_at,
+         out=out)
 
 
 def diff(trace_a: str, trace_b: str, out: TextIO = sys.stdout) -> None:

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from cosim import protocol, schedule as scheduling
-from cosim.errors import BrokenPromise, InfrastructureExited, Interrupted, NodeFailure, UnsupportedAction
+from cosim.errors import (BrokenPromise, CheckpointError, InfrastructureExited, Interrupted, NodeFailure,
+                          UnsupportedAction)
 from cosim.network import Router
 from cosim.nodes import Event, ServiceNode, SimNode
 from cosim.model import ContainerSpec, Scenario
@@ -64,6 +65,18 @@ class ProcessControl(Protocol):
         """Start a fresh process or container for a crashed node: a service's new transport (None for an
         infrastructure node, reachable again at its old endpoint once this returns)."""
         ...
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """A run's checkpoints (cosim.checkpoint): the window ends to checkpoint at (``write`` gets each state), whether
+    to stop after the last one, and the checkpoint content to resume from (with a fork's config changes)."""
+
+    at_us: frozenset[int] = frozenset()
+    write: Callable[[int, dict[str, Any]], None] | None = None
+    stop_after: bool = False
+    resume: Mapping[str, Any] | None = None
+    config_changes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # a fork's, applied at resume
 
 
 @dataclass
@@ -112,6 +125,7 @@ class Coordinator:
         exited_infrastructure: Callable[[float], list[tuple[str, int | None]]] | None = None,
         processes: ProcessControl | None = None,
         wakeup_sources: Iterable[WakeupSource] = (),
+        checkpoints: Checkpoints | None = None,
     ) -> None:
         self.scenario = scenario
         self.nodes = dict(nodes)  # scenario order: the order ADVANCE goes out and DONE is collected
@@ -154,14 +168,22 @@ class Coordinator:
         self._group_of: dict[str, list[str]] = {}  # barrier-group member -> the group's members
         self._woken: dict[str, int] = {}  # node -> earliest ``wake`` time of the window being executed
         self._all = list(self.nodes)
+        self.checkpoints = checkpoints or Checkpoints()  # where to checkpoint, or what to resume from
+        self.stopped = False  # stopped after its last checkpoint (--stop-after-checkpoint)
 
     def run(self) -> SimulationResult:
         started = time.monotonic()
         try:
+            resume = self.checkpoints.resume
+            if resume is not None:  # INIT gets each service's config as it was at the checkpoint
+                self.configs = {node_id: dict(config) for node_id, config in resume["coordinator"]["configs"].items()}
             self._init_nodes()
             self._check_schedule()
+            self._check_checkpoints()
             services = {node_id: node.info for node_id, node in self.nodes.items() if node.info}
             self.trace.header(header_environment(self.environment, services), barrier_groups=self.barrier_groups)
+            if resume is not None:
+                self.restore(resume)
             loop_started, loop_cpu_started = time.monotonic(), time.process_time()
             self._step_loop()
             self.timings.loop_s = time.monotonic() - loop_started
@@ -184,16 +206,21 @@ class Coordinator:
         except KeyboardInterrupt:
             self.trace.error(self.now_us, None, "interrupted", "the run was interrupted (Ctrl-C or SIGTERM)")
             raise Interrupted(f"interrupted at virtual time {self.now_us} us; the trace so far is kept") from None
+        except CheckpointError as failed:  # e.g. the disk is full: the run so far is kept
+            self.trace.error(self.now_us, None, "checkpoint_failed", str(failed))
+            raise
         except Exception as exc:  # a bug in cosim itself: still end the trace with what happened
             self.trace.error(self.now_us, None, "internal_error", f"{type(exc).__name__}: {exc}")
             raise
         finally:
             self.timings.wall_s = time.monotonic() - started
             self.trace.flush()
-        self.trace.footer(self.now_us, self.scenario.steps, in_flight=len(self._pending), executed={
-            "steps": self.timings.steps, "advances": self.timings.advances, "skipped": self.timings.skipped})
+        steps = self.now_us // self.scenario.quantum_us if self.stopped else self.scenario.steps
+        self.trace.footer(self.now_us, steps, in_flight=len(self._pending), executed={
+            "steps": self.timings.steps, "advances": self.timings.advances, "skipped": self.timings.skipped},
+            status="stopped" if self.stopped else "ok")
         self.trace.flush()
-        return SimulationResult(self.now_us, self.scenario.steps, dict(self.trace.counts), dict(self.unroutable),
+        return SimulationResult(self.now_us, steps, dict(self.trace.counts), dict(self.unroutable),
                                 self.timings, dict(sorted(self.dropped.items())), list(self.actions))
 
     def wake(self, node_id: str, time_us: int) -> None:
@@ -205,10 +232,13 @@ class Coordinator:
         """Execute windows until the end of the run: every quantum (fixed), or only those in which something can
         happen (next-event: READY carried each node's first promise, so an idle node is never advanced)."""
         quantum, end = self.scenario.quantum_us, self.scenario.duration_us
-        target = self._next_window() if self.next_event else quantum
-        self.timings.skipped += (min(target, end + quantum) - quantum) // quantum
+        start = self.now_us  # 0, or a resumed checkpoint's time
+        target = self._next_window() if self.next_event else start + quantum
+        self.timings.skipped += (min(target, end + quantum) - start) // quantum - 1
         schedule = self.scenario.schedule
         while target <= end:
+            if self._checkpoints_before(target):
+                return
             self.step += 1
             if schedule:
                 self.now_us = target - quantum
@@ -216,9 +246,13 @@ class Coordinator:
             self._advance(target)
             if self.progress is not None:
                 self.progress(self.now_us, end)
+            if self.now_us in self.checkpoints.at_us and self._checkpoint(self.now_us, 0):
+                return
             following = self._next_window() if self.next_event else target + quantum
             self.timings.skipped += (min(following, end + quantum) - target) // quantum - 1
             target = following
+        if self._checkpoints_before(end + quantum):
+            return
         if self.now_us < end:  # the quanta after the last executed window passed without anything happening
             self.now_us = end
             if self.progress is not None:
@@ -251,7 +285,7 @@ class Coordinator:
         started = time.monotonic()
         for node_id, node in self.nodes.items():
             spec = self.scenario.node(node_id)
-            config = spec.config if isinstance(spec, ContainerSpec) else {}
+            config = self.configs.get(node_id, spec.config if isinstance(spec, ContainerSpec) else {})
             self.configs[node_id] = dict(config)
             node.init(node_seed(self.scenario.seed, node_id), config, self.endpoints)
             group = node.barrier_group
@@ -441,6 +475,102 @@ class Coordinator:
                     trace.dropped(data_json, dest, at, seq, source, time_us, type_json)
                 else:
                     heapq.heappush(pending, (at, source, seq, dest, event, data_json))
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def _check_checkpoints(self) -> None:
+        """Before the first step: every service must be able to checkpoint (SNAPSHOT) or be restored (RESTORE)."""
+        if not self.checkpoints.at_us and self.checkpoints.resume is None:
+            return
+        for node_id, node in self.nodes.items():
+            if isinstance(node, ServiceNode) and "snapshot" not in node.capabilities:
+                what = "--checkpoint-at" if self.checkpoints.at_us else "resume"
+                raise UnsupportedAction(node_id, f"{what}: service {node_id!r} did not declare the 'snapshot' "
+                                        f"capability in READY (it declared {sorted(node.capabilities)}); it cannot be "
+                                        f"checkpointed or restored")
+        for node_id in self.checkpoints.config_changes:
+            if "configure" not in self.nodes[node_id].capabilities:  # type: ignore[attr-defined]
+                raise UnsupportedAction(node_id, f"fork: the variant changes the config of {node_id!r}, but the "
+                                        f"service did not declare the 'configure' capability in READY")
+
+    def _checkpoints_before(self, target_us: int) -> bool:
+        """Next-event: the checkpoints in the quanta skipped before the window ending at ``target_us`` (nothing happens
+        in them: the state at their end is the state now). True to stop there."""
+        quantum = self.scenario.quantum_us
+        for time_us in sorted(t for t in self.checkpoints.at_us if self.now_us < t < target_us):
+            # The skipped count already covers the whole gap; the checkpoint's covers it only up to its time.
+            if self._checkpoint(time_us, (min(target_us, self.scenario.duration_us + quantum) - time_us) // quantum - 1):
+                return True
+        return False
+
+    def _checkpoint(self, time_us: int, skipped_after: int) -> bool:
+        """At the end of the window ending at ``time_us``: hand the run's state to the writer; True to stop here."""
+        assert self.checkpoints.write is not None
+        self.checkpoints.write(time_us, self.snapshot(time_us, skipped_after))
+        if self.checkpoints.stop_after and time_us == max(self.checkpoints.at_us):
+            self.stopped = True
+            self.now_us = time_us
+            self.timings.skipped -= skipped_after  # the run ends here: the quanta after it were not skipped
+        return self.stopped
+
+    def snapshot(self, time_us: int, skipped_after: int = 0) -> dict[str, Any]:
+        """The run's state at the end of the window ending at ``time_us`` (the last executed one, or a skipped one
+        after it): the coordinator's, each node's, and the trace so far. ``skipped_after``: quanta already counted
+        as skipped that lie after ``time_us`` (next-event)."""
+        return {
+            "time_us": time_us,
+            "step": self.step,
+            "coordinator": {
+                "pending": [list(entry) for entry in sorted(self._pending)],
+                "executed": {"steps": self.timings.steps, "advances": self.timings.advances,
+                             "skipped": self.timings.skipped - skipped_after},
+                # Next-event: each capable node's promised wake-up and the other wake-ups requested (their last
+                # advanced time is the node's own, in ``nodes``).
+                "promises": dict(self._promise),
+                "extra_wakes": [list(wake) for wake in sorted(self._extra_wakes)],
+                "next_seq": dict(self._next_seq),
+                "router": self.router.snapshot(),
+                "configs": self.configs,
+                "restarts": self.restarts,
+                "lost": self.lost,
+                "dropped": self.dropped,
+                "unroutable": [[source, kind, count] for (source, kind), count in sorted(self.unroutable.items())],
+                "actions": self.actions,
+                # The schedule's actions already applied (those of the windows before now); the rest apply after.
+                "schedule_position": sum(1 for action in self.scenario.schedule.actions if action.at_us < time_us),
+            },
+            "nodes": {node_id: node.snapshot() for node_id, node in self.nodes.items()},
+            "trace": {"records": self.trace.records_so_far(), "counts": dict(self.trace.counts)},
+        }
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Resume from ``snapshot``'s state (after INIT and the header): RESTORE every node, take the coordinator's
+        state back, replay the trace so far, then apply a fork's config changes (CONFIGURE at the checkpoint)."""
+        self.now_us, self.step = saved["time_us"], saved["step"]
+        for node_id, node in self.nodes.items():
+            node.restore(saved["nodes"][node_id])
+        state = saved["coordinator"]
+        self._pending = [tuple(entry) for entry in state["pending"]]  # type: ignore[misc]
+        heapq.heapify(self._pending)
+        executed = state["executed"]
+        self.timings.steps, self.timings.advances = executed["steps"], executed["advances"]
+        self.timings.skipped = executed["skipped"]
+        if self._promise:  # next-event (the same mode as the checkpointed run's)
+            self._promise = dict(state["promises"])
+            self._wakes = [(at, node_id) for node_id, at in self._promise.items() if at != NEVER]
+            heapq.heapify(self._wakes)
+        self._extra_wakes = [(at, node_id) for at, node_id in state["extra_wakes"]]
+        heapq.heapify(self._extra_wakes)
+        self._next_seq = dict(state["next_seq"])
+        self.router.restore(state["router"])
+        self.restarts, self.lost, self.dropped = dict(state["restarts"]), dict(state["lost"]), dict(state["dropped"])
+        self.unroutable = {(source, kind): count for source, kind, count in state["unroutable"]}
+        self.actions = list(state["actions"])
+        self.trace.replay(saved["trace"]["records"], saved["trace"]["counts"])
+        for node_id, changes in sorted(self.checkpoints.config_changes.items()):
+            self.configs[node_id].update(changes)
+            self.nodes[node_id].configure(self.now_us, dict(changes))
+            self._renew_promise(node_id)  # CONFIGURED's promise (e.g. a new timer period)
 
     # -- the schedule -----------------------------------------------------------------------------
 

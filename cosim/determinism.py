@@ -1,7 +1,11 @@
 """The determinism gate: run a scenario N times (fresh containers each time) and prove the traces identical.
 
 With ``advance="both"`` the runs alternate between the fixed and the next-event advance: their records must be
-byte-identical, and their headers and footers may differ only in the advance mode and the executed counts."""
+byte-identical, and their headers and footers may differ only in the advance mode and the executed counts.
+
+With ``checkpoint_at`` (``invoke determinism --checkpoint-at T``) every run also writes a checkpoint at T, and each
+checkpoint is resumed with fresh containers (with ``--runtime both``, on the other runtime): the resumed runs'
+traces must be identical to the others too."""
 
 from __future__ import annotations
 
@@ -10,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from cosim import loading, options
+from cosim import checkpoint as checkpointing, loading, options
 from cosim.errors import NotDeterministic
 from cosim.model import ADVANCE_MODES
-from cosim.run import DEFAULT_WATCHDOG_S, run
+from cosim.run import DEFAULT_WATCHDOG_S, resume, run
 from cosim.tracediff import compare, print_comparison, trace_hash
 
 RUNTIME_CHOICES = ("docker", "local", "swarm", "both")
@@ -52,22 +56,37 @@ def plan_modes(runs: int | str, runtime: str, advance: str | None) -> list[tuple
 
 
 def gate(scenario_path: str, *, runs: int | str = 3, runtime: str = "docker", out_dir: Path | None = None,
-         watchdog_s: float | str = DEFAULT_WATCHDOG_S, advance: str | None = None,
+         watchdog_s: float | str = DEFAULT_WATCHDOG_S, advance: str | None = None, checkpoint_at: str | None = None,
          out: TextIO = sys.stdout) -> list[GateRun]:
     """Run and compare; raises NotDeterministic (after printing the first divergence) on FAIL."""
     planned = plan_modes(runs, runtime, advance)
     across_modes = advance == "both"
     watchdog_s = options.positive_seconds("--watchdog", watchdog_s)
-    name = loading.load(scenario_path).name
+    scenario = loading.load(scenario_path)
+    name = scenario.name
+    times = checkpointing.parse_times("--checkpoint-at", checkpoint_at, scenario)
     directory = out_dir if out_dir is not None else Path("traces") / "determinism"
     results: list[GateRun] = []
+
+    def record(label: str, trace: Path, mode: str | None) -> None:
+        results.append(GateRun(len(results) + 1, label.strip(), trace, trace_hash(trace, across_modes=across_modes), mode))
+        out.write(f"run {results[-1].number} ({label}): sha256 {results[-1].hash}  {trace}\n")
+        out.flush()
+
     for number, (runtime_name, mode) in enumerate(planned, start=1):
         trace = directory / f"{name}-{number}-{runtime_name}{f'-{mode}' if mode else ''}.jsonl"
-        run(scenario_path, runtime=runtime_name, trace_path=trace, watchdog_s=watchdog_s, advance=mode)
-        results.append(GateRun(number, runtime_name, trace, trace_hash(trace, across_modes=across_modes), mode))
-        label = f"{runtime_name:>6}{f', {mode}' if mode else ''}"
-        out.write(f"run {number} ({label}): sha256 {results[-1].hash}  {trace}\n")
-        out.flush()
+        written: list[Path] = []
+        run(scenario_path, runtime=runtime_name, trace_path=trace, watchdog_s=watchdog_s, advance=mode,
+            checkpoint_at=times, checkpoint_dir=directory / f"{name}-{number}-checkpoints",
+            checkpoint_written=lambda path, size, seconds: written.append(path))
+        record(f"{runtime_name:>6}{f', {mode}' if mode else ''}", trace, mode)
+        for checkpoint, time_us in zip(written, times):
+            # A resume in fresh containers; with `both` runtimes, on the other runtime than the one checkpointed.
+            again = {"local": "docker", "docker": "local"}[runtime_name] if runtime == "both" else runtime_name
+            resumed = directory / f"{name}-{number}-{runtime_name}-resumed-{time_us}us-{again}.jsonl"
+            resume(checkpoint, runtime=again, trace_path=resumed, watchdog_s=watchdog_s)
+            record(f"{again} from {runtime_name} checkpoint at {time_us} us{f', {mode}' if mode else ''}", resumed,
+                   mode)
     reference = results[0]
     different = [result for result in results[1:] if result.hash != reference.hash]
     if not different:

@@ -7,7 +7,7 @@ running cosim, not a stack trace.
 - the engine (Docker, images):  EngineUnavailable, ImageBuildError, DockerCommandFailed, ComposeUpFailed
 - a Swarm and its nodes:        SwarmError, SwarmNodeUnreachable, ClusterError (the local test cluster)
 - the command line / the user:  OptionError, UsageError, Interrupted, ToolError
-- trace files:                  TraceReadError, TraceWriteError, TracesDiffer, NotDeterministic
+- trace and checkpoint files:   TraceReadError, TraceWriteError, CheckpointError, TracesDiffer, NotDeterministic
 
 The CLI and the invoke tasks print ``str(error)`` and exit with ``error.exit_code``; anything that is *not* a
 CosimError is a bug in cosim and keeps its traceback.
@@ -232,6 +232,13 @@ class TraceReadError(CosimError):
 
 class TraceWriteError(CosimError):
     """The trace cannot be written where it should go (names the path and the system's reason)."""
+
+
+class CheckpointError(CosimError):
+    """A checkpoint cannot be resumed: missing, damaged or edited (hash mismatch), of another format or cosim
+    version, of another scenario, or a fork that changes the structure (names the file and the difference)."""
+
+    exit_code = 2
 
 
 class TracesDiffer(CosimError):

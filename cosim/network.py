@@ -69,6 +69,36 @@ class Router:
         """End every partition."""
         self._sides.clear()
 
+    # -- checkpoints ------------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Each used link's generator state and changed properties, the round-robin turns, the partitions."""
+        links = []
+        for source, dest in sorted(set(self._rngs) | set(self._links)):
+            rng = self._rngs.get((source, dest))
+            props = self._links.get((source, dest), self.scenario.link(source, dest))
+            changed = props != self.scenario.link(source, dest)  # a fork's own links apply where not changed
+            links.append({"from": source, "to": dest,
+                          "rng": None if rng is None else _state(rng),
+                          "set": {"latency_us": props.latency_us, "jitter_us": props.jitter_us, "loss": props.loss}
+                          if changed else None})
+        return {"links": links, "round_robin": [[index, target, turn] for (index, target), turn
+                                                in sorted(self._round_robin.items())],
+                "partitions": [dict(sorted(sides.items())) for sides in self._sides]}
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        for link in saved["links"]:
+            key = (link["from"], link["to"])
+            props = self._links[key] = (LinkProperties(**link["set"]) if link["set"] is not None
+                                        else self.scenario.link(*key))
+            if link["rng"] is not None:  # a link already used: its generator goes on where it was
+                version, internal, gauss = link["rng"]
+                rng = self._rngs[key] = random.Random()
+                rng.setstate((version, tuple(internal), gauss))
+                self._draws[key] = (rng.random, props.latency_us, props.jitter_us, props.loss)
+        self._round_robin = {(index, target): turn for index, target, turn in saved["round_robin"]}
+        self._sides = [dict(sides) for sides in saved["partitions"]]
+
     def _cut(self, source: str, dest: str) -> bool:
         return any(source in sides and dest in sides and sides[source] != sides[dest] for sides in self._sides)
 
@@ -145,3 +175,9 @@ class Router:
         if loss_draw < loss:
             return "loss"
         return sent_us + latency_us + min(int(jitter_draw * (jitter_us + 1)), jitter_us)  # jitter uniform over [0, jitter_us]
+
+
+def _state(rng: random.Random) -> list[Any]:
+    """A generator's state as JSON (``getstate()``'s tuple as lists)."""
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]

@@ -79,6 +79,14 @@ class SimNode(Protocol):
         """The schedule's reconfigure (keys to change), or endpoints that went away (None) or came back."""
         ...
 
+    def snapshot(self) -> dict[str, Any]:
+        """The node's state at a window boundary (a checkpoint), JSON-able."""
+        ...
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Put ``snapshot``'s state back, right after INIT."""
+        ...
+
     def shutdown(self) -> None:
         """Tell the node the run is over (all nodes are told before any is waited for)."""
         ...
@@ -193,6 +201,28 @@ class ServiceNode:
             problem = protocol.check_promise(self.next_us, time_us, "CONFIGURED")
             if problem:
                 raise self._failure(problem)
+        self._in_flight = None
+
+    def snapshot(self) -> dict[str, Any]:
+        """A checkpoint at a window boundary: SNAPSHOT, answered by SNAPSHOT_STATE with the service's state."""
+        self._send(protocol.snapshot_message(self.current_us), f"SNAPSHOT at {self.current_us} us")
+        reply = self._receive(expect="SNAPSHOT_STATE")
+        state = reply.get("state")
+        if reply.get("time_us") != self.current_us or not isinstance(state, dict):
+            raise self._failure(f"answered SNAPSHOT_STATE for {reply.get('time_us')!r} us with {type(state).__name__}; "
+                                f"expected {self.current_us} us and a state object")
+        self._in_flight = None
+        return {"current_us": self.current_us, "next_us": self.next_us, "service": state}
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Resume from a checkpoint (right after INIT): RESTORE, answered by RESTORED; the clock is then there."""
+        time_us = int(saved["current_us"])
+        self._send(protocol.restore_message(time_us, saved["service"]), f"RESTORE at {time_us} us")
+        reply = self._receive(expect="RESTORED")
+        if reply.get("time_us") != time_us:
+            raise self._failure(f"answered RESTORED for {reply.get('time_us')!r} us, expected {time_us} us")
+        self.current_us = time_us
+        self.next_us = saved.get("next_us")  # the promise it had made (next-event); the coordinator holds it to it
         self._in_flight = None
 
     def crashed(self) -> None:
@@ -313,6 +343,19 @@ class SensorModel:
         if "event_type" in config:
             self.node = replace(self.node, event_type=config["event_type"])
 
+    def snapshot(self) -> dict[str, Any]:
+        """A checkpoint: the generator, the next reading's index, and what a reconfigure changed."""
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss], "window": self._window, "period_us": self.node.period_us,
+                "offset_us": self.node.offset_us, "event_type": self.node.event_type}
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        version, internal, gauss = saved["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self._window = int(saved["window"])
+        self.node = replace(self.node, period_us=int(saved["period_us"]), offset_us=int(saved["offset_us"]),
+                            event_type=str(saved["event_type"]))
+
     def severity_at(self, time_us: int) -> float:
         anomaly = self.node.anomaly_at(time_us)
         return anomaly.severity if anomaly is not None else 0.0
@@ -375,6 +418,12 @@ class SinkModel:
     def configure(self, time_us: int, config: Mapping[str, Any] | None = None,
                   endpoints: Mapping[str, Any] | None = None) -> None:
         pass  # a sink takes no config (the loader refuses any key)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"received": self.received}
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        self.received = list(saved["received"])
 
     def begin_advance(self, target_us: int, events: list[Event], peers: list[str] | None = None) -> None:
         self.received.extend(events)

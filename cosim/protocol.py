@@ -70,6 +70,16 @@ def configure_message(time_us: int, config: Mapping[str, Any] | None = None,
     return message
 
 
+def snapshot_message(time_us: int) -> dict[str, Any]:
+    """SNAPSHOT at a window boundary (the service is at ``time_us``): answered by SNAPSHOT_STATE with its state."""
+    return {"type": "SNAPSHOT", "time_us": time_us}
+
+
+def restore_message(time_us: int, state: Any) -> dict[str, Any]:
+    """RESTORE right after INIT of a fresh process: the state a SNAPSHOT_STATE gave, the clock set to ``time_us``."""
+    return {"type": "RESTORE", "time_us": time_us, "state": state}
+
+
 def advance_message(target_us: int, events: list[dict[str, Any]], peers: list[str] | None = None,
                     members: list[str] | None = None) -> dict[str, Any]:
     message: dict[str, Any] = {"type": "ADVANCE", "time_us": target_us, "events": events}

@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from cosim import compose, metrics as run_metrics, options, runtimes, trace as tracing
-from cosim.coordinator import Coordinator, SimulationResult
-from cosim.errors import Interrupted, NodeError, TraceWriteError
+from cosim import __version__, checkpoint as checkpointing, compose, metrics as run_metrics, options, protocol, runtimes
+from cosim import trace as tracing
+from cosim.coordinator import Checkpoints, Coordinator, SimulationResult
+from cosim.errors import Interrupted, NodeError, TraceWriteError, UsageError
 from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
 from cosim.model import ADVANCE_MODES, Scenario, SensorSpec, SinkSpec
 from cosim.loading import load
@@ -121,7 +122,14 @@ def run(
     watchdog_s: float | str = DEFAULT_WATCHDOG_S,
     progress: Callable[[int, int], None] | None = None,
     advance: str | None = None,
+    checkpoint_at: str | Sequence[int] | None = None,
+    stop_after_checkpoint: bool = False,
+    checkpoint_dir: Path = checkpointing.DIRECTORY,
+    checkpoint_written: Callable[[Path, int, float], None] | None = None,
 ) -> CompletedRun:
+    """Run a scenario; ``checkpoint_at`` (us, comma-separated) writes a checkpoint at the end of each of those windows
+    (``checkpoint_written`` is told its path, size and how long writing it took), and stops after the last one
+    with ``stop_after_checkpoint``."""
     # Option errors first: nothing is loaded, started or written for a run that cannot go ahead.
     options.choice("--runtime", runtime, runtimes.RUNTIMES)
     if advance is not None:
@@ -130,6 +138,66 @@ def run(
     scenario = load(scenario_path)
     if advance is not None:  # `--advance` overrides the scenario's mode (and so the trace header's)
         scenario = dataclasses.replace(scenario, advance=advance)
+    times = checkpointing.parse_times("--checkpoint-at", checkpoint_at, scenario)
+    if stop_after_checkpoint and not times:
+        raise UsageError("--stop-after-checkpoint needs --checkpoint-at T")
+    manifest = tracing.scenario_manifest(scenario, compose.sha256(scenario))
+    writer = _checkpoint_writer(scenario, manifest, checkpoint_dir, checkpoint_written) if times else None
+    checkpoints = Checkpoints(frozenset(times), writer, stop_after_checkpoint)
+    return _run(scenario, runtime, trace_path, watchdog_s, progress, manifest, checkpoints)
+
+
+def resume(
+    checkpoint_path: str | Path,
+    *,
+    runtime: str = "docker",
+    trace_path: str | Path | None = None,
+    watchdog_s: float | str = DEFAULT_WATCHDOG_S,
+    progress: Callable[[int, int], None] | None = None,
+    scenario_path: str | Path | None = None,
+) -> CompletedRun:
+    """Continue a checkpointed run with fresh processes or containers; with ``scenario_path`` (a variant of the
+    checkpointed scenario: other config, links, schedule after T), fork it. Every check comes before anything
+    starts."""
+    options.choice("--runtime", runtime, runtimes.RUNTIMES)
+    watchdog_s = options.positive_seconds("--watchdog", watchdog_s)
+    content, digest = checkpointing.read(checkpoint_path)
+    fork = scenario_path is not None
+    # The checkpointed run's advance mode (a `--advance` override included): its state is that mode's.
+    scenario = dataclasses.replace(load(scenario_path if fork else content["scenario"]["path"]),
+                                   advance=content["advance"])
+    checkpointing.check_scenario(Path(checkpoint_path), content, scenario, fork=fork)
+    manifest = dict(content["manifest"])
+    changes: dict[str, dict[str, Any]] = {}
+    if fork:
+        manifest = tracing.scenario_manifest(scenario, compose.sha256(scenario))
+        # Hashed: a fork's trace says which checkpoint it continues (its records up to T are the parent's).
+        manifest["forked_from"] = {"checkpoint_sha256": digest, "time_us": content["time_us"],
+                                   "scenario_sha256": content["scenario"]["sha256"]}
+        changes = checkpointing.config_changes(content, scenario)
+    checkpoints = Checkpoints(resume=content["state"], config_changes=changes)
+    return _run(scenario, runtime, trace_path, watchdog_s, progress, manifest, checkpoints)
+
+
+def _checkpoint_writer(scenario: Scenario, manifest: Mapping[str, Any], directory: Path,
+                       written: Callable[[Path, int, float], None] | None) -> Callable[[int, dict[str, Any]], None]:
+    def write(time_us: int, state: dict[str, Any]) -> None:
+        started = time.monotonic()  # wall clock: reported only
+        path = checkpointing.path_for(scenario, time_us, directory)
+        checkpointing.write(path, {
+            "protocol": protocol.VERSION, "cosim": __version__, "time_us": time_us, "advance": scenario.advance,
+            "scenario": {"name": scenario.name, "path": str(scenario.path), "sha256": scenario.sha256,
+                         "structure": checkpointing.structure(scenario)},
+            "declared_configs": checkpointing.declared_configs(scenario),
+            "manifest": dict(manifest), "state": state})
+        if written is not None:
+            written(path, path.stat().st_size, time.monotonic() - started)
+    return write
+
+
+def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchdog_s: float,
+         progress: Callable[[int, int], None] | None, manifest: Mapping[str, Any],
+         checkpoints: Checkpoints) -> CompletedRun:
     trace_file = Path(trace_path if trace_path is not None else scenario.trace)
     metrics_path, log_dir = artifact_paths(trace_file)
     clear_logs(log_dir)
@@ -140,7 +208,7 @@ def run(
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(trace_file) else ""
         raise TraceWriteError(f"cannot write the trace to {trace_file}: {exc.strerror}{where}") from None
-    writer = TraceWriter(trace_file, tracing.scenario_manifest(scenario, compose.sha256(scenario)))
+    writer = TraceWriter(trace_file, manifest)
     nodes: dict[str, SimNode] = {}
     result: SimulationResult | None = None
     coordinator: Coordinator | None = None
@@ -152,7 +220,8 @@ def run(
                 nodes = build_nodes(scenario, backend, watchdog_s)
                 coordinator = Coordinator(scenario, nodes, writer, endpoints=backend.endpoints(),
                                           environment=backend.manifest(), progress=progress,
-                                          exited_infrastructure=backend.exited_infrastructure, processes=backend)
+                                          exited_infrastructure=backend.exited_infrastructure, processes=backend,
+                                          checkpoints=checkpoints)
                 result = coordinator.run()
             except KeyboardInterrupt:
                 # The coordinator turns an interrupt during the run into Interrupted; this is one while starting.

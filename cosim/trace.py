@@ -85,10 +85,23 @@ class TraceWriter:
         self.write(record)
         self.header_written = True
 
-    def footer(self, end_us: int, steps: int, in_flight: int, executed: Mapping[str, int] | None = None) -> None:
+    def records_so_far(self) -> str:
+        """Every record written after the header (for a checkpoint), as the file's text."""
+        self.flush()
+        text = self.path.read_text(encoding="utf-8")
+        return text[text.index("\n") + 1:]
+
+    def replay(self, records: str, counts: Mapping[str, int]) -> None:
+        """A resumed run: the records of the run up to its checkpoint, as they were written, after the header."""
+        self._handle.write(records)
+        self.counts = dict(counts)
+
+    def footer(self, end_us: int, steps: int, in_flight: int, executed: Mapping[str, int] | None = None,
+               status: str = "ok") -> None:
         """``in_flight``: events still on a link when the run ended (delivery after the end). ``executed``: what the
-        step loop did (steps executed, ADVANCE messages sent, quanta skipped); it depends on the advance mode."""
-        record = {"record": "footer", "status": "ok", "end_us": end_us, "steps": steps, "in_flight": in_flight,
+        step loop did (steps executed, ADVANCE messages sent, quanta skipped); it depends on the advance mode.
+        ``status``: "ok", or "stopped" for a run stopped after its checkpoint (--stop-after-checkpoint)."""
+        record = {"record": "footer", "status": status, "end_us": end_us, "steps": steps, "in_flight": in_flight,
                   "counts": dict(self.counts)}
         if executed is not None:
             record["executed"] = dict(executed)

@@ -64,7 +64,8 @@ def test_ready_advertises_inference_capability(service: ServiceProcess) -> None:
     import numpy
     import onnxruntime
 
-    assert service.init() == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["configure", "inference"], "next_event": True,
+    assert service.init() == {"type": "READY", "time_us": 0, "protocol": 1,
+                              "capabilities": ["configure", "inference", "snapshot"], "next_event": True,
                               "info": {"model_sha256": MODEL_SHA256, "onnxruntime": onnxruntime.__version__,
                                        "numpy": numpy.__version__}}
 

@@ -170,7 +170,7 @@ def received(time_us: int, source: str, seq: int, origin_us: int, kind: str = "t
 def gateway(broker: Broker, **config: Any) -> ServiceProcess:
     svc = ServiceProcess(SERVICE)
     ready = svc.init({"connect_timeout_s": 5, "barrier_timeout_s": 5, **config}, node_id="gw", endpoints=broker.endpoints)
-    assert ready == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["configure", "mqtt"], "barrier_group": "mqtt-broker", "barrier_publishes": "on_input", "next_event": True,
+    assert ready == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["configure", "mqtt", "snapshot"], "barrier_group": "mqtt-broker", "barrier_publishes": "on_input", "next_event": True,
                      "info": {"paho-mqtt": paho.mqtt.__version__, "broker": BROKER_VERSION}}, svc.stderr()
     return svc
 

@@ -296,7 +296,8 @@ def test_replies_are_canonical_lines() -> None:
 def test_echo_subprocess_speaks_the_protocol_and_exits_zero_on_shutdown() -> None:
     with ServiceProcess(ECHO) as service:
         ready = service.init({"tick_us": 400}, node_id="echo-1", seed=5)
-        assert ready == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["configure", "echo"], "next_event": True,
+        assert ready == {"type": "READY", "time_us": 0, "protocol": 1, "capabilities": ["configure", "echo", "snapshot"],
+                         "next_event": True,
                          "next_us": 400}  # its first tick
         done = service.advance(1000, [event(700, "ping", n=1)])
         assert done["type"] == "DONE" and done["time_us"] == 1000

@@ -40,8 +40,8 @@ ECHO = ROOT / "containers" / "echo" / "service.py"
 SCHEMA: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 REGISTRY = Registry().with_resource(SCHEMA["$id"], Resource.from_contents(SCHEMA))
 
-COORDINATOR_TYPES = ("INIT", "ADVANCE", "CONFIGURE", "SHUTDOWN")
-SERVICE_TYPES = ("READY", "DONE", "CONFIGURED", "ERROR")
+COORDINATOR_TYPES = ("INIT", "ADVANCE", "CONFIGURE", "SNAPSHOT", "RESTORE", "SHUTDOWN")
+SERVICE_TYPES = ("READY", "DONE", "CONFIGURED", "SNAPSHOT_STATE", "RESTORED", "ERROR")
 
 
 def validator(definition: str | None = None) -> Draft202012Validator:
@@ -239,7 +239,44 @@ ERROR_CASES: list[tuple[str, str, Callable[[], dict[str, Any] | None]]] = [
     ("bad_message", "restart-without-count", lambda: _adapter().handle({**INIT, "time_us": 5, "restart": 0})),
     ("bad_wakeup", "wakeup-in-the-window",
      lambda: _ready(wakeup=lambda target: target or None).handle(protocol.advance_message(1000, []))),
+    ("snapshot_failed", "snapshot-hook-raises",
+     lambda: _ready(on_snapshot=_raise, on_restore=lambda s: None).handle(protocol.snapshot_message(0))),
+    ("restore_failed", "restore-hook-raises",
+     lambda: _ready(on_snapshot=lambda: {}, on_restore=_raise).handle(protocol.restore_message(5000, {"service": 1}))),
+    ("unsupported", "snapshot-without-hooks", lambda: _ready().handle(protocol.snapshot_message(0))),
+    ("bad_message", "snapshot-at-another-time",
+     lambda: _ready(on_snapshot=lambda: {}, on_restore=lambda s: None).handle(protocol.snapshot_message(1000))),
 ]
+
+
+def test_snapshot_and_restore_carry_the_state_into_a_fresh_adapter() -> None:
+    """SNAPSHOT_STATE holds the adapter's held outputs, config and the hook's state; RESTORE after INIT puts them
+    back and sets the clock: the fresh adapter then answers the next window as the old one would have."""
+    kept: dict[str, Any] = {}
+
+    def delayed(current: int, target: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"type": "late", "time_us": target + 1500}]  # held past the window
+
+    old = _adapter(delayed, on_snapshot=lambda: {"n": 7}, on_restore=kept.update, on_configure=lambda m: None)
+    ready = old.handle(INIT)
+    assert_valid(ready, FROM_SERVICE)
+    assert ready["capabilities"] == ["configure", "snapshot"]
+    old.handle(protocol.configure_message(0, {"x": 1}))
+    assert old.handle(protocol.advance_message(1000, []))["events"] == []
+    request = protocol.snapshot_message(1000)
+    assert_valid(strict_line(protocol.encode(request)), FROM_COORDINATOR)
+    state = _wire(old.handle(request))
+    assert_valid(state, FROM_SERVICE)
+    assert state["state"]["service"] == {"n": 7} and state["state"]["held"] == [{"type": "late", "time_us": 2500}]
+    fresh = _adapter(delayed, on_snapshot=lambda: {}, on_restore=kept.update, on_configure=lambda m: None)
+    fresh.handle(INIT)
+    restore = protocol.restore_message(1000, state["state"])
+    assert_valid(strict_line(protocol.encode(restore)), FROM_COORDINATOR)
+    restored = _wire(fresh.handle(restore))
+    assert_valid(restored, FROM_SERVICE)
+    assert restored == {"type": "RESTORED", "time_us": 1000}
+    assert kept == {"n": 7} and fresh.current_time_us == 1000 and fresh.config == old.config
+    assert fresh.handle(protocol.advance_message(3000, [])) == old.handle(protocol.advance_message(3000, []))
 
 
 def documented_error_codes() -> dict[str, bool]:

@@ -37,6 +37,13 @@ class CloudAggregator(MqttService):
         if self.quiet_us < 0:
             raise ValueError(f"quiet_us must be >= 0, got {self.quiet_us}")
 
+    def snapshot_own(self) -> Any:
+        return {"latest_flagged": dict(sorted(self.latest_flagged.items())), "episodes": dict(sorted(self.episodes.items()))}
+
+    def restore_own(self, saved: Any) -> None:
+        self.latest_flagged = dict(saved["latest_flagged"])
+        self.episodes = dict(saved["episodes"])
+
     def advance(self, current: int, target: int, events: list[dict[str, Any]],
                 peers: list[str] | None = None, members: list[str] | None = None) -> list[dict[str, Any]]:
         assert self.mqtt is not None

@@ -12,6 +12,7 @@ Config (all optional):
 
 Reconfigurable during a run (the schedule's `reconfigure`): any of the keys above; e.g. a new tick_us takes
 effect from the window it arrives in (ticks stay on multiples of tick_us).
+Checkpoints (SNAPSHOT/RESTORE): its config and its random generator.
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ def on_configure(message: Mapping[str, Any]) -> None:
     if tick is not None and (not isinstance(tick, int) or isinstance(tick, bool) or tick < 0):
         raise ValueError(f"tick_us must be an integer >= 0 (0 or null: no ticks), got {tick!r}")
     state["config"].update(changes)
+
+
+def on_snapshot() -> dict[str, Any]:
+    """A checkpoint: the config as it is now and the random generator's state (the ticks' values)."""
+    version, internal, gauss = state["rng"].getstate()
+    return {"config": state["config"], "rng": [version, list(internal), gauss]}
+
+
+def on_restore(saved: Mapping[str, Any]) -> None:
+    version, internal, gauss = saved["rng"]
+    state["rng"].setstate((version, tuple(internal), gauss))
+    state["config"] = dict(saved["config"])
 
 
 def _passes(key: str, current: int, target: int) -> bool:
@@ -88,4 +101,5 @@ def advance(current: int, target: int, events: list[dict[str, Any]]) -> list[dic
 
 
 if __name__ == "__main__":
-    serve(advance, on_init=on_init, capabilities=["echo"], on_configure=on_configure, wakeup=wakeup)
+    serve(advance, on_init=on_init, capabilities=["echo"], on_configure=on_configure, wakeup=wakeup,
+          on_snapshot=on_snapshot, on_restore=on_restore)

@@ -89,6 +89,20 @@ class InferenceService:
         self.threshold = float(threshold)
         self.delay_us = delay
 
+    def on_snapshot(self) -> dict[str, Any]:
+        """A checkpoint: the config as it is now (INIT of the resumed process gets it too) and the counters; the
+        outputs held for a processing delay are the adapter's (it carries them)."""
+        return {"threshold": self.threshold, "processing_delay_us": self.delay_us, "model_sha256": self.model_sha256,
+                "results": self.results, "errors": self.errors, "ignored": dict(sorted(self.ignored.items()))}
+
+    def on_restore(self, saved: Mapping[str, Any]) -> None:
+        if saved["model_sha256"] != self.model_sha256:  # INIT's config names the model: it must be the same one
+            raise ValueError(f"the checkpoint was taken with model {saved['model_sha256'][:12]}, this process loaded "
+                             f"{self.model_sha256[:12]}")
+        self.threshold, self.delay_us = float(saved["threshold"]), int(saved["processing_delay_us"])
+        self.results, self.errors = int(saved["results"]), int(saved["errors"])
+        self.ignored = Counter(saved["ignored"])
+
     def on_shutdown(self) -> None:
         summary = f"{self.results} results, {self.errors} errors, ignored {dict(sorted(self.ignored.items()))}"
         if self.latencies_ns:
@@ -198,7 +212,8 @@ def main() -> None:
     service = InferenceService()
     # Next-event: it emits only in response to requests (results due later are held, and the adapter promises them).
     serve(service.advance, on_init=service.on_init, on_shutdown=service.on_shutdown, capabilities=["inference"],
-          on_configure=service.on_configure, next_event=True)
+          on_configure=service.on_configure, next_event=True, on_snapshot=service.on_snapshot,
+          on_restore=service.on_restore)
 
 
 if __name__ == "__main__":
