@@ -236,8 +236,9 @@ class Coordinator:
         target = self._next_window() if self.next_event else start + quantum
         self.timings.skipped += (min(target, end + quantum) - start) // quantum - 1
         schedule = self.scenario.schedule
+        checkpoints = self.checkpoints.at_us  # usually none: the per-step checks then cost nothing
         while target <= end:
-            if self._checkpoints_before(target):
+            if checkpoints and self._checkpoints_before(target):
                 return
             self.step += 1
             if schedule:
@@ -246,7 +247,7 @@ class Coordinator:
             self._advance(target)
             if self.progress is not None:
                 self.progress(self.now_us, end)
-            if self.now_us in self.checkpoints.at_us and self._checkpoint(self.now_us, 0):
+            if checkpoints and self.now_us in checkpoints and self._checkpoint(self.now_us, 0):
                 return
             following = self._next_window() if self.next_event else target + quantum
             self.timings.skipped += (min(following, end + quantum) - target) // quantum - 1

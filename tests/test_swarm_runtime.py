@@ -58,15 +58,20 @@ def assert_gone(cluster: clusters.Cluster) -> None:
                 assert f" {command[3]}@" not in links and f" {command[3]}:" not in links
 
 
-@pytest.fixture(scope="module")
-def one_node(service_images: dict[str, str]) -> Iterator[clusters.Cluster]:
+def _module_cluster(nodes: int, suffix: str) -> Iterator[clusters.Cluster]:
+    """A local test Swarm of ``nodes`` engines for one test module, checked gone afterwards."""
     assert os.geteuid() == 0, "the Swarm tests need root (extra dockerd instances in network namespaces)"
-    cluster = clusters.cluster_up(1, f"t{os.getpid() % 100000}")
+    cluster = clusters.cluster_up(nodes, f"t{os.getpid() % 100000}{suffix}")
     try:
         yield cluster
     finally:
         clusters.cluster_down(cluster.name)
     assert_gone(cluster)
+
+
+@pytest.fixture(scope="module")
+def one_node(service_images: dict[str, str]) -> Iterator[clusters.Cluster]:
+    yield from _module_cluster(1, "")
 
 
 @pytest.fixture
@@ -307,13 +312,7 @@ def test_down_removes_the_stack_of_a_killed_run(on_swarm: clusters.Cluster, tmp_
 
 @pytest.fixture(scope="module")
 def three_nodes(service_images: dict[str, str]) -> Iterator[clusters.Cluster]:
-    assert os.geteuid() == 0, "the Swarm tests need root (extra dockerd instances in network namespaces)"
-    cluster = clusters.cluster_up(3, f"t{os.getpid() % 100000}x")
-    try:
-        yield cluster
-    finally:
-        clusters.cluster_down(cluster.name)
-    assert_gone(cluster)
+    yield from _module_cluster(3, "x")
 
 
 def test_distributed_scenario_on_three_nodes(three_nodes: clusters.Cluster, monkeypatch: pytest.MonkeyPatch,
