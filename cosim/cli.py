@@ -205,7 +205,8 @@ def print_schedule(result: SimulationResult, out: TextIO) -> None:
 def print_metrics(metrics: RunMetrics, out: TextIO) -> None:
     """The wall-clock side of a run: round trips and cosim's own overhead."""
     out.write(f"  advance: {metrics.advance}: {metrics.steps} steps executed, {metrics.quanta_skipped} quanta skipped, "
-              f"{metrics.advances} ADVANCE messages\n")
+              f"{metrics.advances} ADVANCE messages"
+              + (f" ({metrics.advances_ahead} sent a window ahead)" if metrics.advances_ahead else "") + "\n")
     if metrics.overhead_share is not None and metrics.overhead_per_step_us is not None:
         out.write(f"  coordinator overhead: {metrics.overhead_share * 100:.1f}% of the step loop, "
                   f"{metrics.overhead_per_step_us:.1f} us CPU per step\n")

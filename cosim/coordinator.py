@@ -22,6 +22,11 @@ no input of its window explains fails the node.
 Links are at least one quantum long (the scenario checks this), so an event emitted in a window is always
 delivered in a later one, at its exact virtual time.
 
+Two things overlap the coordinator's work with the services' and change no record: the trace records of a window
+are formatted (``TraceWriter.drain``) after the next window's ADVANCEs are out; and a service that no route leads
+to (a pure source) gets its next ADVANCE as soon as its DONE is in (lookahead, ``_advance_ahead``): it can receive
+nothing, so that ADVANCE depends on nothing routed in between, and it computes while the coordinator routes.
+
 The scenario's schedule (cosim.schedule) is applied by one call at the start of a window, ``apply_schedule``,
 before its deliveries: reconfigure (CONFIGURE to a service), link/partition/heal (the router), crash/restart
 (through the runtime's ``ProcessControl``). A crashed node is not advanced; events due to it are dropped
@@ -31,19 +36,21 @@ action changes (a new config, a restart) is held to its new promise.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
-from cosim import protocol, schedule as scheduling
+from cosim import protocol, schedule as scheduling, trace as tracing
 from cosim.errors import (BrokenPromise, CheckpointError, InfrastructureExited, Interrupted, NodeFailure,
                           UnsupportedAction)
 from cosim.network import Router
 from cosim.nodes import Event, ServiceNode, SimNode
 from cosim.model import ContainerSpec, Scenario
 from cosim.seeds import node_seed
-from cosim.trace import TraceWriter, header_environment
+from cosim.trace import PayloadCell, TraceWriter, header_environment
 from cosim.transport import Transport
 
 Progress = Callable[[int, int], None]  # (virtual time now, duration), both in us
@@ -85,6 +92,7 @@ class StepTimings:
 
     steps: int = 0  # steps executed
     advances: int = 0  # ADVANCE messages sent to services
+    ahead: int = 0  # of those, sent a window ahead (lookahead)
     skipped: int = 0  # quanta in which nothing could happen (next-event mode)
     wall_s: float = 0.0
     waiting_s: float = 0.0  # time spent waiting for DONE replies
@@ -126,6 +134,7 @@ class Coordinator:
         processes: ProcessControl | None = None,
         wakeup_sources: Iterable[WakeupSource] = (),
         checkpoints: Checkpoints | None = None,
+        lookahead: bool = True,
     ) -> None:
         self.scenario = scenario
         self.nodes = dict(nodes)  # scenario order: the order ADVANCE goes out and DONE is collected
@@ -137,8 +146,8 @@ class Coordinator:
         self.router = Router(scenario)
         self.now_us = 0
         self.step = 0
-        # heap: (time, source, seq, dest, event, its data as JSON); (time, source, seq, dest) is unique
-        self._pending: list[tuple[int, str, int, str, Event, str]] = []
+        # heap: (time, source, seq, dest, event, its payload cell for the trace); (time, source, seq, dest) is unique
+        self._pending: list[tuple[int, str, int, str, Event, PayloadCell]] = []
         self._types: dict[str, str] = {}  # event type -> its JSON
         self._next_seq: dict[str, int] = {node_id: 0 for node_id in self.nodes}
         self._always_publish: set[str] = set()
@@ -168,7 +177,12 @@ class Coordinator:
         self._group_of: dict[str, list[str]] = {}  # barrier-group member -> the group's members
         self._woken: dict[str, int] = {}  # node -> earliest ``wake`` time of the window being executed
         self._all = list(self.nodes)
+        # Lookahead (``_advance_ahead``): the services that run a window ahead, and where each was sent (with the
+        # failure of that send, reported when its window comes).
+        self._runs_ahead: frozenset[str] = frozenset()
+        self._ahead: dict[str, tuple[int, NodeFailure | None]] = {}
         self.checkpoints = checkpoints or Checkpoints()  # where to checkpoint, or what to resume from
+        self.lookahead = lookahead  # let the services nothing sends to run a window ahead (same trace either way)
         self.stopped = False  # stopped after its last checkpoint (--stop-after-checkpoint)
 
     def run(self) -> SimulationResult:
@@ -185,7 +199,8 @@ class Coordinator:
             if resume is not None:
                 self.restore(resume)
             loop_started, loop_cpu_started = time.monotonic(), time.process_time()
-            self._step_loop()
+            with _no_full_collections():
+                self._step_loop()
             self.timings.loop_s = time.monotonic() - loop_started
             self.timings.loop_cpu_s = time.process_time() - loop_cpu_started
             self._shutdown_nodes()
@@ -306,7 +321,19 @@ class Coordinator:
             self._wakes = [(at, node_id) for node_id, at in self._promise.items() if at != NEVER]
             heapq.heapify(self._wakes)
         self._group_of = {node_id: members for members in self.barrier_groups.values() for node_id in members}
+        self._runs_ahead = self._lookahead_nodes()
         self.timings.init_s = time.monotonic() - started
+
+    def _lookahead_nodes(self) -> frozenset[str]:
+        """The services that may run a window ahead: no route leads to them (they can get no input, so their next
+        ADVANCE depends on nothing routed in this window) and they share no barrier group. Not in a run with a
+        schedule (its actions talk to services between windows) or checkpoints (taken at window boundaries)."""
+        if not self.lookahead or self.scenario.schedule or self.checkpoints.at_us:
+            return frozenset()
+        fed = {replica for route in self.scenario.routes for target in route.targets
+               for replica in self.scenario.groups.get(target, (target,))}
+        return frozenset(node_id for node_id in self._services
+                         if node_id not in fed and self.nodes[node_id].barrier_group is None)
 
     def _window_peers(self, inputs: Mapping[str, list[Event]]) -> dict[str, list[str]]:
         """Per barrier-group member: the members that may publish to the group in this window (the members are
@@ -331,23 +358,63 @@ class Coordinator:
             active = [node_id for node_id in active if node_id not in self.down]
             order = [node_id for node_id in order if node_id not in self.down]
         peers = self._window_peers(inputs) if self.barrier_groups else {}
-        services = self._services
+        services, ahead = self._services, self._ahead
         for node_id in order:
             node = self.nodes[node_id]
+            if ahead and node_id in ahead:  # already computing this window (lookahead)
+                self._take_ahead(node_id, target_us)
+                continue
             if node_id in peers:
                 node.begin_advance(target_us, inputs.get(node_id, []), peers[node_id])
             else:
                 node.begin_advance(target_us, inputs.get(node_id, []))
             if node_id in services:
                 self.timings.advances += 1
+        self.trace.drain()  # the records of the windows so far are formatted while the services compute this one
         waiting_started = time.monotonic()
-        outputs = [(node_id, self.nodes[node_id].end_advance()) for node_id in active]
+        outputs = []
+        runs_ahead = self._runs_ahead
+        for node_id in active:
+            outputs.append((node_id, self.nodes[node_id].end_advance()))
+            if node_id in runs_ahead:
+                self._advance_ahead(node_id, target_us)
         self.timings.waiting_s += time.monotonic() - waiting_started
         self.timings.steps += 1
         if self._promise:
             self._keep_promises(target_us, outputs, inputs)
         self.now_us = target_us
         self._route(outputs)
+
+    def _advance_ahead(self, node_id: str, target_us: int) -> None:
+        """Lookahead: send a node that nothing can send to its next ADVANCE as soon as its DONE for the window ending
+        at ``target_us`` is in, so that it computes the next window it is needed in while this one is routed. That
+        window is known now: the next quantum (fixed mode, or a node without the capability), or the one holding its
+        promise. Never past the end of the run."""
+        node = self.nodes[node_id]
+        if self.next_event and node.next_event:
+            if node.next_us is None:
+                return  # only on input, and it gets none: never again
+            following = -(-node.next_us // self.scenario.quantum_us) * self.scenario.quantum_us
+        else:
+            following = target_us + self.scenario.quantum_us
+        if following > self.scenario.duration_us:
+            return
+        try:
+            node.begin_advance(following, [])
+        except NodeFailure as failure:  # (e.g. its stdin closed): reported in that window, as without lookahead
+            self._ahead[node_id] = (following, failure)
+            return
+        self.timings.advances += 1
+        self.timings.ahead += 1
+        self._ahead[node_id] = (following, None)
+
+    def _take_ahead(self, node_id: str, target_us: int) -> None:
+        """The window a node was sent ahead to has come: its DONE is collected with the others'."""
+        following, failure = self._ahead.pop(node_id)
+        if following != target_us:  # the promise the lookahead relied on is the one the loop executes: a bug if not
+            raise RuntimeError(f"lookahead sent {node_id!r} to {following} us, but the window ends at {target_us} us")
+        if failure is not None:
+            raise failure
 
     def _active(self, target_us: int, inputs: Mapping[str, list[Event]]) -> tuple[list[str], list[str]]:
         """The nodes to advance in the window ending at ``target_us``, in scenario order and in ADVANCE order: those
@@ -421,20 +488,26 @@ class Coordinator:
     def _due(self, target_us: int) -> dict[str, list[Event]]:
         """Pop every pending delivery with time <= target, record it, and group it by destination."""
         inputs: dict[str, list[Event]] = {}
-        pending, delivered_record = self._pending, self.trace.delivered
+        pending, types, down = self._pending, self._types, self.down
+        pop, record, delivered_kind = heapq.heappop, self.trace.queue.append, tracing.DELIVERED
         while pending and pending[0][0] <= target_us:
-            time_us, source, seq, dest, event, data_json = heapq.heappop(pending)
-            if dest in self.down:  # a crashed node: what reaches it is lost
+            time_us, source, seq, dest, event, payload = pop(pending)
+            kind, sent_us = event["type"], event["time_us"]
+            if down and dest in down:  # a crashed node: what reaches it is lost
                 self.lost[dest] = self.lost.get(dest, 0) + 1
                 self.dropped["node_down"] = self.dropped.get("node_down", 0) + 1
-                self.trace.write({"record": "dropped", "dest": dest, "reason": "node_down", "time_us": event["time_us"],
-                                  "at_us": time_us, "source": source, "seq": seq, "type": event["type"],
-                                  "data": event.get("data")})
+                self.trace.write({"record": "dropped", "dest": dest, "reason": "node_down", "time_us": sent_us,
+                                  "at_us": time_us, "source": source, "seq": seq, "type": kind,
+                                  "data": payload[0]})
                 continue
-            delivered = {"type": event["type"], "time_us": time_us, "source": source, "seq": seq,
-                         "sent_us": event["time_us"], "data": event.get("data")}
-            delivered_record(data_json, dest, event["time_us"], seq, source, time_us, self._type_json(event["type"]))
-            inputs.setdefault(dest, []).append(delivered)
+            record((delivered_kind, payload, (dest, sent_us, seq, source, time_us, types.get(kind) or self._type_json(kind))))
+            delivered = {"type": kind, "time_us": time_us, "source": source, "seq": seq, "sent_us": sent_us,
+                         "data": payload[0]}
+            received = inputs.get(dest)
+            if received is None:
+                inputs[dest] = [delivered]
+            else:
+                received.append(delivered)
         return inputs
 
     def _type_json(self, event_type: str) -> str:
@@ -446,36 +519,48 @@ class Coordinator:
 
     def _route(self, outputs: list[tuple[str, list[Event]]]) -> None:
         numbered: list[tuple[int, str, int, Event]] = []
+        sources = 0
+        next_seq = self._next_seq
         for source, events in outputs:
-            # A node's events are numbered in time order; same-time events keep the order the node gave them.
-            for event in sorted(events, key=_time_of) if len(events) > 1 else events:
-                seq = self._next_seq[source]
-                self._next_seq[source] = seq + 1
-                numbered.append((event["time_us"], source, seq, event))
-        numbered.sort(key=_emission_order)
-        trace, router, pending = self.trace, self.router, self._pending
-        for time_us, source, seq, event in numbered:
-            # The payload is encoded once: the sent, delivered and dropped records are built around it.
-            data_json, type_json = protocol.canonical(event.get("data")), self._type_json(event["type"])
-            trace.emission("sent", data_json, seq, source, time_us, type_json)
-            dests, filtered = router.split(source, event["type"], time_us)
-            for dest in filtered:  # a route whose `during:` windows leave this event out
-                self.trace.write({"record": "filtered", "dest": dest, "time_us": time_us, "source": source, "seq": seq,
-                                  "type": event["type"], "data": event.get("data")})
-            if not dests and filtered:
+            if not events:
                 continue
+            sources += 1
+            # A node's events are numbered in time order; same-time events keep the order the node gave them.
+            if len(events) > 1:
+                events = sorted(events, key=_time_of)
+            first = next_seq[source]
+            next_seq[source] = first + len(events)
+            numbered += [(event["time_us"], source, first + offset, event) for offset, event in enumerate(events)]
+        if sources > 1:  # (time, source, seq) is unique: the events themselves are never compared
+            numbered.sort()
+        trace, router, pending, types = self.trace, self.router, self._pending, self._types
+        record, split, delivery_time, push = trace.queue.append, router.split, router.delivery_time, heapq.heappush
+        sent_kind, dropped_kind = tracing.SENT, tracing.DROPPED
+        for time_us, source, seq, event in numbered:
+            kind = event["type"]
+            type_json = types.get(kind) or self._type_json(kind)
+            # The payload is encoded once (when the trace drains): its sent, delivered and dropped records share it.
+            payload = [event.get("data"), None]
+            record((sent_kind, payload, (seq, source, time_us, type_json)))
+            dests, filtered = split(source, kind, time_us)
+            if filtered:  # routes whose `during:` windows leave this event out
+                for dest in filtered:
+                    trace.write({"record": "filtered", "dest": dest, "time_us": time_us, "source": source, "seq": seq,
+                                 "type": kind, "data": payload[0]})
+                if not dests:
+                    continue
             if not dests:
-                key = (source, event["type"])
+                key = (source, kind)
                 self.unroutable[key] = self.unroutable.get(key, 0) + 1
-                trace.emission("unroutable", data_json, seq, source, time_us, type_json)
+                record((tracing.UNROUTABLE, payload, (seq, source, time_us, type_json)))
                 continue
             for dest in dests:
-                at = router.delivery_time(source, dest, time_us)
-                if isinstance(at, str):  # the reason it is dropped
-                    self.dropped[at] = self.dropped.get(at, 0) + 1
-                    trace.dropped(data_json, dest, at, seq, source, time_us, type_json)
-                else:
-                    heapq.heappush(pending, (at, source, seq, dest, event, data_json))
+                at = delivery_time(source, dest, time_us)
+                if at.__class__ is int:
+                    push(pending, (at, source, seq, dest, event, payload))
+                else:  # the reason it is dropped
+                    self.dropped[at] = self.dropped.get(at, 0) + 1  # type: ignore[index]
+                    record((dropped_kind, payload, (dest, at, seq, source, time_us, type_json)))
 
     # -- checkpoints ------------------------------------------------------------------------------
 
@@ -522,7 +607,7 @@ class Coordinator:
             "time_us": time_us,
             "step": self.step,
             "coordinator": {
-                "pending": [list(entry) for entry in sorted(self._pending)],
+                "pending": [[*entry[:5], tracing.payload_json(entry[5])] for entry in sorted(self._pending)],
                 "executed": {"steps": self.timings.steps, "advances": self.timings.advances,
                              "skipped": self.timings.skipped - skipped_after},
                 # Next-event: each capable node's promised wake-up and the other wake-ups requested (their last
@@ -551,7 +636,7 @@ class Coordinator:
         for node_id, node in self.nodes.items():
             node.restore(saved["nodes"][node_id])
         state = saved["coordinator"]
-        self._pending = [tuple(entry) for entry in state["pending"]]  # type: ignore[misc]
+        self._pending = [(*entry[:5], [entry[4].get("data"), entry[5]]) for entry in state["pending"]]  # type: ignore[misc]
         heapq.heapify(self._pending)
         executed = state["executed"]
         self.timings.steps, self.timings.advances = executed["steps"], executed["advances"]
@@ -669,12 +754,22 @@ class Coordinator:
                 heapq.heappush(self._wakes, (promise, node_id))
 
 
+@contextlib.contextmanager
+def _no_full_collections() -> Iterator[None]:
+    """No automatic full garbage collection during the step loop: the loop makes no reference cycles worth collecting
+    (its events are plain dicts, lists and tuples, freed by reference counting), while the heap it scans grows with
+    everything the sinks keep, so full collections would cost about a tenth of the loop. The young generations are
+    still collected; the thresholds are restored afterwards."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(thresholds[0], thresholds[1], 1 << 30)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+
+
 def _time_of(event: Event) -> int:
     return event["time_us"]
-
-
-def _emission_order(item: tuple[int, str, int, Event]) -> tuple[int, str, int]:
-    return item[0], item[1], item[2]
 
 
 def _action_wakeup(schedule: scheduling.Schedule) -> WakeupSource:

@@ -41,6 +41,7 @@ class RunMetrics:
     steps: int  # steps executed
     advance: str  # the advance mode: "next-event" or "fixed"
     advances: int  # ADVANCE messages sent to services
+    advances_ahead: int  # of those, sent a window ahead to services nothing sends to (lookahead)
     quanta_skipped: int  # quanta in which nothing could happen (next-event mode)
     step_loop_s: float
     # cosim's own cost: CPU time of the coordinator process in the step loop (in-process models included); the
@@ -71,6 +72,7 @@ class RunMetrics:
             steps=steps,
             advance=scenario.advance,
             advances=timings.advances if timings else 0,
+            advances_ahead=timings.ahead if timings else 0,
             quanta_skipped=timings.skipped if timings else 0,
             step_loop_s=round(loop_s, 6),
             overhead_cpu_s=round(overhead_s, 6),
@@ -99,6 +101,7 @@ class RunMetrics:
             "steps": self.steps,
             "advance": self.advance,
             "advances": self.advances,
+            "advances_ahead": self.advances_ahead,
             "quanta_skipped": self.quanta_skipped,
             "step_loop_s": self.step_loop_s,
             "coordinator_overhead": {

@@ -17,6 +17,8 @@ from typing import Any, Iterable, Mapping
 from cosim.model import LinkProperties, Route, Scenario
 from cosim.seeds import link_seed
 
+NONE_FILTERED: list[str] = []  # ``split``'s filtered targets when no route has `during:` windows (never mutated)
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -131,7 +133,8 @@ class Router:
         """(destinations, filtered): where an event sent at ``sent_us`` goes, and the targets (as the routes name
         them) of the matching routes whose `during:` windows leave it out."""
         if not self._windowed:
-            return self.destinations(source, event_type), []
+            fixed = self._fixed_dests.get((source, event_type))  # the hot path: no replicas, no windows
+            return (fixed if fixed is not None else self.destinations(source, event_type)), NONE_FILTERED
         return self._split(source, event_type, sent_us)
 
     def _split(self, source: str, event_type: str, sent_us: int | None) -> tuple[list[str], list[str]]:
@@ -174,6 +177,8 @@ class Router:
             return "partition"
         if loss_draw < loss:
             return "loss"
+        if not jitter_us:
+            return sent_us + latency_us
         return sent_us + latency_us + min(int(jitter_draw * (jitter_us + 1)), jitter_us)  # jitter uniform over [0, jitter_us]
 
 

@@ -126,10 +126,12 @@ def run(
     stop_after_checkpoint: bool = False,
     checkpoint_dir: Path = checkpointing.DIRECTORY,
     checkpoint_written: Callable[[Path, int, float], None] | None = None,
+    lookahead: bool = True,
 ) -> CompletedRun:
     """Run a scenario; ``checkpoint_at`` (us, comma-separated) writes a checkpoint at the end of each of those windows
     (``checkpoint_written`` is told its path, size and how long writing it took), and stops after the last one
-    with ``stop_after_checkpoint``."""
+    with ``stop_after_checkpoint``. ``lookahead=False`` keeps every service in lockstep (the trace is the same;
+    for comparisons)."""
     # Option errors first: nothing is loaded, started or written for a run that cannot go ahead.
     options.choice("--runtime", runtime, runtimes.RUNTIMES)
     if advance is not None:
@@ -144,7 +146,7 @@ def run(
     manifest = tracing.scenario_manifest(scenario, compose.sha256(scenario))
     writer = _checkpoint_writer(scenario, manifest, checkpoint_dir, checkpoint_written) if times else None
     checkpoints = Checkpoints(frozenset(times), writer, stop_after_checkpoint)
-    return _run(scenario, runtime, trace_path, watchdog_s, progress, manifest, checkpoints)
+    return _run(scenario, runtime, trace_path, watchdog_s, progress, manifest, checkpoints, lookahead)
 
 
 def resume(
@@ -197,7 +199,7 @@ def _checkpoint_writer(scenario: Scenario, manifest: Mapping[str, Any], director
 
 def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchdog_s: float,
          progress: Callable[[int, int], None] | None, manifest: Mapping[str, Any],
-         checkpoints: Checkpoints) -> CompletedRun:
+         checkpoints: Checkpoints, lookahead: bool = True) -> CompletedRun:
     trace_file = Path(trace_path if trace_path is not None else scenario.trace)
     metrics_path, log_dir = artifact_paths(trace_file)
     clear_logs(log_dir)
@@ -221,7 +223,7 @@ def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchd
                 coordinator = Coordinator(scenario, nodes, writer, endpoints=backend.endpoints(),
                                           environment=backend.manifest(), progress=progress,
                                           exited_infrastructure=backend.exited_infrastructure, processes=backend,
-                                          checkpoints=checkpoints)
+                                          checkpoints=checkpoints, lookahead=lookahead)
                 result = coordinator.run()
             except KeyboardInterrupt:
                 # The coordinator turns an interrupt during the run into Interrupted; this is one while starting.

@@ -12,7 +12,9 @@ documented in docs/trace-format.md), and ``Trace.to_dataframe()`` a pandas DataF
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, fields
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Mapping, Union
 
@@ -30,48 +32,90 @@ RECORD_KINDS = ("header", "sent", "delivered", "dropped", "unroutable", "filtere
 OPTIONAL_COUNTS = ("filtered", "action")  # counted in the footer only once a run has one (older traces unchanged)
 
 
+# The event records' kinds, for ``TraceWriter.queue``: (kind, payload cell, the record's other values), with values
+#   SENT, UNROUTABLE: (seq, source, time_us, type as JSON)
+#   DROPPED:          (dest, reason, seq, source, time_us, type as JSON)
+#   DELIVERED:        (dest, sent_us, seq, source, time_us (of delivery), type as JSON)
+SENT, UNROUTABLE, DROPPED, DELIVERED = "sent", "unroutable", "dropped", "delivered"
+
+# An event's payload as the trace holds it until its records are written: [data, its canonical JSON or None]. The
+# JSON is encoded once, by the first ``drain`` that needs it; the event's sent, delivered and dropped records share
+# it. (A list, not an object: the coordinator makes one per event.)
+PayloadCell = list
+
+
+def payload_json(cell: PayloadCell) -> str:
+    """The cell's payload as canonical JSON (encoded now if no record has needed it yet)."""
+    if cell[1] is None:
+        cell[1] = protocol.canonical(cell[0])
+    return cell[1]
+
+
 class TraceWriter:
     """Writes one trace. The header goes out once the run knows its environment (after INIT); a run that
-    fails before that still gets a header (without environment) ahead of its error record."""
+    fails before that still gets a header (without environment) ahead of its error record.
+
+    Event records are appended to ``queue`` as (kind, payload cell, values): the coordinator's hot path, a list
+    append each. ``drain`` formats and counts them; the coordinator calls it once the services are computing the
+    next window, so the formatting overlaps with their work. Every other write, ``counts``, ``flush`` and ``close``
+    drain first: the order of the records never changes."""
 
     def __init__(self, path: Path, manifest: Mapping[str, Any]) -> None:
         self.path = path
         self.manifest = dict(manifest)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._handle: IO[str] = path.open("w", encoding="utf-8", newline="\n")
-        self.counts = {kind: 0 for kind in ("sent", "delivered", "dropped", "unroutable")}
+        self._counts = {kind: 0 for kind in ("sent", "delivered", "dropped", "unroutable")}
         self.header_written = False
         self.closed = False
+        self.queue: list[tuple[str, PayloadCell, tuple[Any, ...]]] = []  # event records not written yet
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Records written so far, per kind (the footer's and the error record's ``counts``)."""
+        self.drain()
+        return self._counts
 
     def write(self, record: Mapping[str, Any]) -> None:
+        self.drain()
         kind = record["record"]
-        if kind in self.counts:
-            self.counts[kind] += 1
+        if kind in self._counts:
+            self._counts[kind] += 1
         elif kind in OPTIONAL_COUNTS:
-            self.counts[kind] = 1
+            self._counts[kind] = 1
         self._handle.write(protocol.canonical(record) + "\n")
 
-    # Event records in canonical form (keys sorted), built around a payload encoded once (``data_json``). Node ids
-    # need no escaping (the scenario allows only [a-z0-9-]); ``type_json`` is the event type already as JSON.
-    _EMISSION = '{"data":%s,"record":"%s","seq":%d,"source":"%s","time_us":%d,"type":%s}\n'
-    _DROPPED = '{"data":%s,"dest":"%s","reason":"%s","record":"dropped","seq":%d,"source":"%s","time_us":%d,"type":%s}\n'
-    _DELIVERED = ('{"data":%s,"dest":"%s","record":"delivered","sent_us":%d,"seq":%d,"source":"%s","time_us":%d,'
-                  '"type":%s}\n')
+    def drain(self) -> None:
+        """Format, count and write the queued event records, in the order they were queued.
 
-    def emission(self, kind: str, data_json: str, seq: int, source: str, time_us: int, type_json: str) -> None:
-        """A ``sent`` or ``unroutable`` record."""
-        self.counts[kind] += 1
-        self._handle.write(self._EMISSION % (data_json, kind, seq, source, time_us, type_json))
-
-    def dropped(self, data_json: str, dest: str, reason: str, seq: int, source: str, time_us: int,
-                type_json: str) -> None:
-        self.counts["dropped"] += 1
-        self._handle.write(self._DROPPED % (data_json, dest, reason, seq, source, time_us, type_json))
-
-    def delivered(self, data_json: str, dest: str, sent_us: int, seq: int, source: str, time_us: int,
-                  type_json: str) -> None:
-        self.counts["delivered"] += 1
-        self._handle.write(self._DELIVERED % (data_json, dest, sent_us, seq, source, time_us, type_json))
+        Each line is the record's canonical JSON (keys sorted, no spaces), written out by hand around the payload's
+        JSON: node ids need no escaping (the scenario allows only [a-z0-9-]), the type is JSON already, and times and
+        sequence numbers are ints. tests/test_trace_writer.py checks every kind against the canonical encoder."""
+        queue = self.queue
+        if not queue:
+            return
+        lines = []
+        append = lines.append
+        for kind, cell, values in queue:
+            data = cell[1]
+            if data is None:
+                data = cell[1] = protocol.canonical(cell[0])
+            if kind == DELIVERED:
+                dest, sent_us, seq, source, time_us, type_json = values
+                append(f'{{"data":{data},"dest":"{dest}","record":"delivered","sent_us":{sent_us},"seq":{seq},'
+                       f'"source":"{source}","time_us":{time_us},"type":{type_json}}}\n')
+            elif kind == DROPPED:
+                dest, reason, seq, source, time_us, type_json = values
+                append(f'{{"data":{data},"dest":"{dest}","reason":"{reason}","record":"dropped","seq":{seq},'
+                       f'"source":"{source}","time_us":{time_us},"type":{type_json}}}\n')
+            else:  # SENT, UNROUTABLE
+                seq, source, time_us, type_json = values
+                append(f'{{"data":{data},"record":"{kind}","seq":{seq},"source":"{source}","time_us":{time_us},'
+                       f'"type":{type_json}}}\n')
+        for kind, count in Counter(map(itemgetter(0), queue)).items():
+            self._counts[kind] += count
+        queue.clear()
+        self._handle.write("".join(lines))
 
     def header(self, environment: Mapping[str, Any] | None = None,
                barrier_groups: Mapping[str, list[str]] | None = None) -> None:
@@ -93,8 +137,9 @@ class TraceWriter:
 
     def replay(self, records: str, counts: Mapping[str, int]) -> None:
         """A resumed run: the records of the run up to its checkpoint, as they were written, after the header."""
+        self.drain()
         self._handle.write(records)
-        self.counts = dict(counts)
+        self._counts = dict(counts)
 
     def footer(self, end_us: int, steps: int, in_flight: int, executed: Mapping[str, int] | None = None,
                status: str = "ok") -> None:
@@ -114,10 +159,12 @@ class TraceWriter:
                     "counts": dict(self.counts)})
 
     def flush(self) -> None:
+        self.drain()
         self._handle.flush()
 
     def close(self) -> None:
         if not self.closed:
+            self.drain()
             self._handle.close()
             self.closed = True
 

@@ -21,6 +21,7 @@ def test_local_bench_reports_floors_costs_and_ratios(tmp_path: Path) -> None:
     assert result.floors_us["pipe"] > 0 and result.per_node_step_us["local"] > 0
     assert result.ratios["local_vs_pipe_floor"] == result.per_node_step_us["local"] / result.floors_us["pipe"]
     assert result.throughput_events_per_s["coordinator_local"] > 0
+    assert result.throughput_events_per_s["coordinator_local_lockstep"] > 0  # the same, without lookahead
     table = out.getvalue()
     assert "floor: bare echo, local pipe (round trip)" in table and "cosim node-step, local runtime" in table
     assert "targets: local_vs_pipe_floor:" in table and f"results: {output}" in table
@@ -38,3 +39,4 @@ def test_local_bench_reports_floors_costs_and_ratios(tmp_path: Path) -> None:
     assert result.advance["dense_local_next-event"]["steps"] == result.advance["dense_local_fixed"]["steps"] == 100
     assert result.ratios["sparse_local_next_vs_fixed"] == sparse_next["loop_s"] / sparse_fixed["loop_s"]
     assert "sparse, local, next-event: step loop" in table and "sparse local step loop:" in table
+    assert "coordinator throughput (local):" in table
