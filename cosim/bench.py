@@ -5,19 +5,22 @@
    container and eight at once; and, for reference, through a `docker attach` process.
 2. cosim's per node-step cost (one echo service, empty windows) with the local and the Docker runtime.
 3. Scaling: step time with 1, 4 and 8 container nodes advancing concurrently.
-4. Throughput: events per second routed through the coordinator (best of 3 runs; its source runs a window ahead,
-   as nothing sends to it, and once more with every service in lockstep), and through the MQTT gateway and broker;
+4. Throughput: events per second routed through the coordinator (5 runs: the best and the median; its source runs a
+   window ahead, as nothing sends to it, and again with every service in lockstep), and through the MQTT gateway
+   and broker;
    and the same MQTT load through two gateways on one broker (each sees every message: fan-out, barriers of both),
    with its step time against the single gateway's, measured in the same run.
 5. Swarm (as root): step time on a local one-node Swarm (one echo service) and on a three-node one (three echo
    services, one per node), against the container attach floor; each cluster is started and removed here.
 6. Next-event advance: a sparse workload (a 1 Hz sensor -> echo -> sink, 600 s virtual) with fixed steps and with
    next-event advance; idle nodes (16 echo containers of which one gets traffic, against one); a dense workload
-   (every node busy every quantum) in both modes, best of 3 runs each; the default scenario's real-time factor on
-   Docker.
+   (every node busy every quantum) in both modes, 5 runs of each taken in turn, the median run of each compared;
+   the default scenario's real-time factor on Docker.
 
-Best of N: the host's own noise (other tenants, frequency) only ever slows a run down, so the fastest of a few
-runs is the closest to what cosim itself costs (as timeit reports).
+Repeated runs: on a small shared machine a run's speed depends on where the kernel places its processes and on
+what else the host runs, and that noise only ever slows a run down. So the throughput rows give the fastest of 5
+runs (the closest to what cosim itself costs, as timeit reports) beside the median; a ratio of two modes compares
+the medians of runs taken in turn, so that drift in the machine's speed affects both alike.
 
 Rows 1-5 step every quantum (``advance: fixed``): they measure the cost of a step.
 
@@ -41,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
 from cosim import __version__
-from cosim.run import run
+from cosim.run import CompletedRun, run
 from cosim.paths import REPO_ROOT, service_image
 
 CONTAINERS = REPO_ROOT / "containers"
@@ -56,7 +59,7 @@ SPARSE_S = 600  # virtual seconds of the sparse workload
 SPARSE_LOOP_TARGET_S = 0.15  # its next-event step loop, local runtime (mosaik 3.6: 0.17 s for the same shape)
 DEFAULT_RTF_TARGET = 15.0  # the default scenario on Docker, next-event
 THROUGHPUT_TARGET = 150_000  # events/s routed through the coordinator, local runtime
-REPEATS = 3  # runs of the throughput and dense measurements; the best counts
+REPEATS = 5  # runs of the throughput and dense measurements
 
 
 @dataclass
@@ -65,7 +68,8 @@ class BenchResult:
     floors_us: dict[str, float] = field(default_factory=dict)
     per_node_step_us: dict[str, float] = field(default_factory=dict)
     scaling_step_us: dict[str, float] = field(default_factory=dict)
-    throughput_events_per_s: dict[str, float] = field(default_factory=dict)
+    throughput_events_per_s: dict[str, float] = field(default_factory=dict)  # the best of REPEATS where repeated
+    throughput_median_events_per_s: dict[str, float] = field(default_factory=dict)  # and their median
     mqtt_step_us: dict[str, float] = field(default_factory=dict)  # "<runtime>_<n>_gateway(s)" -> step time
     swarm_step_us: dict[str, float] = field(default_factory=dict)  # "<n>_node(s)" -> step time
     # next-event advance: "<workload>_<runtime>_<mode>" -> {"loop_s", "steps", "advances", "events", "us_per_event"}
@@ -230,11 +234,13 @@ def _workload(directory: Path, name: str, *, services: int, duration_us: int, pe
     return path
 
 
-def _measure(result: BenchResult, key: str, scenario: Path, runtime: str, mode: str, directory: Path,
-             repeats: int = 1) -> dict[str, float]:
-    """One workload in one mode: the run with the shortest step loop of ``repeats``."""
-    summary = min((run(scenario, runtime=runtime, trace_path=directory / f"{scenario.stem}-{runtime}-{mode}.jsonl",
-                       advance=mode) for _ in range(repeats)), key=lambda completed: completed.metrics.step_loop_s)
+def _measure(result: BenchResult, key: str, scenario: Path, runtime: str, mode: str, directory: Path) -> dict[str, float]:
+    summary = run(scenario, runtime=runtime, trace_path=directory / f"{scenario.stem}-{runtime}-{mode}.jsonl",
+                  advance=mode)
+    return _record(result, key, runtime, mode, summary)
+
+
+def _record(result: BenchResult, key: str, runtime: str, mode: str, summary: CompletedRun) -> dict[str, float]:
     events = summary.result.counts["sent"]
     row = {"loop_s": summary.metrics.step_loop_s, "steps": summary.metrics.steps, "advances": summary.metrics.advances,
            "events": events, "us_per_event": summary.metrics.step_loop_s / events * 1e6 if events else 0.0,
@@ -261,9 +267,14 @@ def _advance_rows(result: BenchResult, directory: Path, steps: int, runtime: str
         result.ratios["idle_16_vs_1"] = (result.advance["idle16_docker_next-event"]["loop_s"]
                                          / result.advance["idle1_docker_next-event"]["loop_s"])
     dense = _workload(directory, "bench-dense", services=4, duration_us=steps * 1000, period_us=None, tick_us=1000)
-    for mode in ("fixed", "next-event"):
-        say(f"next-event: dense, 4 echo nodes ticking every quantum, {mode} ({runtime}), best of {REPEATS}")
-        _measure(result, "dense", dense, runtime, mode, directory, repeats=REPEATS)
+    say(f"next-event: dense, 4 echo nodes ticking every quantum, fixed and next-event in turn, {REPEATS} runs each "
+        f"({runtime})")
+    runs: dict[str, list[CompletedRun]] = {"fixed": [], "next-event": []}
+    for _ in range(REPEATS):
+        for mode, done in runs.items():
+            done.append(run(dense, runtime=runtime, trace_path=directory / f"dense-{runtime}-{mode}.jsonl", advance=mode))
+    for mode, done in runs.items():  # the median run of each mode
+        _record(result, "dense", runtime, mode, sorted(done, key=lambda c: c.metrics.step_loop_s)[len(done) // 2])
     result.ratios[f"dense_{runtime}_next_vs_fixed"] = (result.advance[f"dense_{runtime}_next-event"]["loop_s"]
                                                        / result.advance[f"dense_{runtime}_fixed"]["loop_s"])
 
@@ -282,13 +293,19 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
         result.floors_us["pipe"] = pipe_floor(probes)
         say("cosim: one echo node, local runtime")
         result.per_node_step_us["local"] = _step_us(_scenario(directory, "bench-one", services=1, steps=steps), "local", directory)
-        say(f"throughput: echo -> sink through the coordinator (local), best of {REPEATS}")
-        events, _ = _throughput(directory, "bench-events", steps, "local", through_gateway=False, repeats=REPEATS)
-        result.throughput_events_per_s["coordinator_local"] = events
-        say(f"throughput: the same, every service in lockstep (no lookahead), best of {REPEATS}")
-        events, _ = _throughput(directory, "bench-events", steps, "local", through_gateway=False, repeats=REPEATS,
-                                lookahead=False)
-        result.throughput_events_per_s["coordinator_local_lockstep"] = events
+        say(f"throughput: echo -> sink through the coordinator (local), with and without lookahead in turn, "
+            f"{REPEATS} runs each")
+        scenario = _scenario(directory, "bench-events", services=1, steps=steps, tick_us=20)
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(REPEATS):
+            for lookahead, measured in rates.items():
+                completed = run(scenario, runtime="local", trace_path=directory / "bench-events-local.jsonl",
+                                advance="fixed", lookahead=lookahead)
+                measured.append(completed.result.counts["sent"] / completed.metrics.step_loop_s)
+        for lookahead, measured in rates.items():
+            name = "coordinator_local" if lookahead else "coordinator_local_lockstep"
+            result.throughput_events_per_s[name] = max(measured)
+            result.throughput_median_events_per_s[name] = statistics.median(measured)
         if _local_mosquitto():
             _mqtt_rows(result, directory, steps, "local", say)
         _advance_rows(result, directory, steps, "local", say, sparse_s)
@@ -341,15 +358,12 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
 
 
 def _throughput(directory: Path, name: str, steps: int, runtime: str, *, through_gateway: bool,
-                gateways: int = 1, repeats: int = 1, lookahead: bool = True) -> tuple[float, float]:
-    """Events per wall second routed through the coordinator, and the mean step time (us), of the fastest of
-    ``repeats`` runs: 50 ticks per step from one echo node to a sink (and, through the gateways, each tick once more
-    per gateway as mqtt_received)."""
+                gateways: int = 1) -> tuple[float, float]:
+    """Events per wall second routed through the coordinator, and the mean step time (us): 50 ticks per step
+    from one echo node to a sink (and, through the gateways, each tick once more per gateway as mqtt_received)."""
     scenario = _scenario(directory, name, services=1, steps=steps, tick_us=20, through_gateway=through_gateway,
                          gateways=gateways)
-    summary = min((run(scenario, runtime=runtime, trace_path=directory / f"{name}-{runtime}.jsonl", advance="fixed",
-                       lookahead=lookahead) for _ in range(repeats)),
-                  key=lambda completed: completed.metrics.step_loop_s)
+    summary = run(scenario, runtime=runtime, trace_path=directory / f"{name}-{runtime}.jsonl", advance="fixed")
     return summary.result.counts["sent"] / summary.metrics.step_loop_s, summary.metrics.step_us
 
 
@@ -418,7 +432,9 @@ def print_table(result: BenchResult, out: TextIO) -> None:
         rows.append((f"step on a local Swarm of {count} node(s), {count} echo(s)", f"{step:.0f} us",
                      f"{result.ratios[f'swarm_{name}_vs_container_floor']:.2f}x container floor", ""))
     for name, rate in result.throughput_events_per_s.items():
-        rows.append((f"throughput: {name.replace('_', ' ')}", f"{rate:,.0f} events/s", "",
+        median = result.throughput_median_events_per_s.get(name)
+        value = f"{rate:,.0f} events/s" + (f" (best; median {median:,.0f})" if median is not None else "")
+        rows.append((f"throughput: {name.replace('_', ' ')}", value, "",
                      f">= {THROUGHPUT_TARGET:,}" if name == "coordinator_local" else ""))
     for name, step in result.mqtt_step_us.items():
         runtime, gateways = name.split("_")

@@ -443,23 +443,29 @@ class Coordinator:
                        inputs: Mapping[str, list[Event]]) -> None:
         """Check each capable node's outputs against the promise it made before this window (next-event mode),
         then record its new one."""
-        promises = self._promise
+        promises, nodes, wakes = self._promise, self.nodes, self._wakes
         for node_id, events in outputs:
-            if events and node_id in promises:
-                cause = min(promises[node_id], self._earliest_cause(node_id, target_us, inputs))
-                for event in events:
-                    if event["time_us"] < cause:
-                        raise BrokenPromise(node_id, promises[node_id], event, target_us)
-        for node_id, _ in outputs:
             promised = promises.get(node_id)
             if promised is None:
                 continue  # stepped every quantum: it promises nothing
-            promise = self.nodes[node_id].next_us
-            promise = NEVER if promise is None else promise
+            cause = None  # looked for only when an output comes before the promise (a node that kept it: never)
+            for event in events:
+                if event["time_us"] < promised:
+                    if cause is None:
+                        cause = min(promised, self._earliest_cause(node_id, target_us, inputs))
+                    if event["time_us"] < cause:
+                        raise BrokenPromise(node_id, promised, event, target_us)
+        for node_id, _ in outputs:
+            promised = promises.get(node_id)
+            if promised is None:
+                continue
+            promise = nodes[node_id].next_us
+            if promise is None:
+                promise = NEVER
             if promise != promised:
                 promises[node_id] = promise
                 if promise != NEVER:
-                    heapq.heappush(self._wakes, (promise, node_id))
+                    heapq.heappush(wakes, (promise, node_id))
 
     def _earliest_cause(self, node_id: str, target_us: int, inputs: Mapping[str, list[Event]]) -> int:
         """The earliest time in this window that explains an output of ``node_id``: its earliest input, or a wake-up
