@@ -391,7 +391,7 @@ class CoordinatorProtocolAdapter:
                                     fatal=True)
             event = dict(event)
             time_us = event.setdefault("time_us", target)
-            if type(time_us) is not int and not _is_int(time_us) or time_us <= current:
+            if not (type(time_us) is int or _is_int(time_us)) or time_us <= current:
                 raise ProtocolError(
                     "bad_output",
                     f"output events[{index}] stamped at {time_us!r} us, not after the window start {current} us",
