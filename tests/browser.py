@@ -8,10 +8,12 @@ and failed loads (Log.entryAdded, e.g. a missing image) are collected; a full-pa
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -92,12 +94,13 @@ def open_page(url: str, screenshot: Path | None = None, width: int = 1200) -> Pa
         os.set_inheritable(3, True)
         os.set_inheritable(4, True)
 
-    with tempfile.TemporaryDirectory(prefix="cosim-chromium-") as profile:
+    # Removed below, once Chromium's helpers are gone (one writing into it after the browser exits fails a removal).
+    with tempfile.TemporaryDirectory(prefix="cosim-chromium-", ignore_cleanup_errors=True) as profile:
         arguments = [chromium(), "--headless", "--disable-gpu", "--remote-debugging-pipe", f"--user-data-dir={profile}",
                      "--no-first-run", "--hide-scrollbars", f"--window-size={width},900", "about:blank"]
         if os.geteuid() == 0:
             arguments.insert(1, "--no-sandbox")  # Chromium refuses to run its sandbox as root
-        process = subprocess.Popen(arguments, preexec_fn=onto_fds_3_and_4, close_fds=False,
+        process = subprocess.Popen(arguments, preexec_fn=onto_fds_3_and_4, close_fds=False, start_new_session=True,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(commands_read)
         os.close(replies_write)
@@ -140,6 +143,18 @@ def open_page(url: str, screenshot: Path | None = None, width: int = 1200) -> Pa
             if process.poll() is None:
                 process.kill()
             process.wait(timeout=30)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # its helpers (renderer, crash handler), if still running
+            _remove_profile(Path(profile))
+
+
+def _remove_profile(profile: Path, timeout_s: float = 30.0) -> None:
+    """Remove Chromium's profile directory; a killed helper may still finish a write, so try until it is gone."""
+    deadline = time.monotonic() + timeout_s
+    while profile.exists():
+        shutil.rmtree(profile, ignore_errors=True)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"cannot remove Chromium's profile directory {profile} within {timeout_s:g} s")
 
 
 def assert_report_renders(report: Path, screenshot: Path, *, charts: int) -> PageResult:
