@@ -123,6 +123,20 @@ def structure(scenario: Scenario) -> dict[str, Any]:
             "quantum_us": scenario.quantum_us}
 
 
+def scenario_file(content: Mapping[str, Any]) -> Path:
+    """The checkpointed run's scenario file: its path as the run was given it (from the working directory), else
+    where that was then (``absolute_path``; checkpoints written before it was kept have only ``path``), so a
+    checkpoint resumes from any directory. ``check_scenario`` then refuses the file if it changed."""
+    scenario = content["scenario"]
+    candidates = [Path(scenario["path"])]
+    if scenario.get("absolute_path"):
+        candidates.append(Path(scenario["absolute_path"]))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return candidates[-1]  # missing: loading it names the file
+
+
 def check_scenario(path: Path, content: Mapping[str, Any], scenario: Scenario, *, fork: bool) -> None:
     """Resume: the scenario file must be the one checkpointed (same hash). Fork (``--scenario``): the variant may
     change config, links, the schedule after T and the duration, not the structure (named when it does)."""

@@ -166,7 +166,7 @@ def resume(
     content, digest = checkpointing.read(checkpoint_path)
     fork = scenario_path is not None
     # The checkpointed run's advance mode (a `--advance` override included): its state is that mode's.
-    scenario = dataclasses.replace(load(scenario_path if fork else content["scenario"]["path"]),
+    scenario = dataclasses.replace(load(scenario_path if fork else checkpointing.scenario_file(content)),
                                    advance=content["advance"])
     checkpointing.check_scenario(Path(checkpoint_path), content, scenario, fork=fork)
     manifest = dict(content["manifest"])
@@ -189,7 +189,7 @@ def _checkpoint_writer(scenario: Scenario, manifest: Mapping[str, Any], director
         checkpointing.write(path, {
             "protocol": protocol.VERSION, "cosim": __version__, "time_us": time_us, "advance": scenario.advance,
             "scenario": {"name": scenario.name, "path": str(scenario.path), "sha256": scenario.sha256,
-                         "structure": checkpointing.structure(scenario)},
+                         "absolute_path": str(scenario.path.resolve()), "structure": checkpointing.structure(scenario)},
             "declared_configs": checkpointing.declared_configs(scenario),
             "manifest": dict(manifest), "state": state})
         if written is not None:

@@ -71,6 +71,19 @@ def test_checkpoint_then_resume_is_the_uninterrupted_run(tmp_path: Path) -> None
     assert set(document["content"]["state"]["nodes"]) == {"sensor-a", "sensor-b", "echo-1", "echo-2", "sink"}
 
 
+def test_a_checkpoint_resumes_from_another_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    relative = PIPELINE.relative_to(ROOT)  # as a user types it, from the project's directory
+    plain = run(relative, runtime="local", trace_path=tmp_path / "plain.jsonl")
+    _, written = checkpointed(relative, tmp_path, "60000")
+    assert json.loads(written[0].read_text())["content"]["scenario"]["path"] == str(relative)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # where `tests/scenarios_local/pipeline.yaml` means nothing
+    resumed = resume(written[0], runtime="local", trace_path=tmp_path / "resumed.jsonl")
+    assert_same_simulation(plain.trace_path, resumed.trace_path)
+
+
 @pytest.mark.parametrize("name, at", [("default", 5_000_000), ("chaos", 4_700_000), ("multi-site", 2_500_000),
                                       ("replicas", 2_500_000), ("multi-site-stress", 2_500_000),
                                       ("distributed", 3_000_000)])
