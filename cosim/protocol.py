@@ -36,11 +36,21 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_INFINITIES = (float("inf"), float("-inf"))
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in _INFINITIES:  # e.g. 1E400: valid syntax, but no JSON encoder can write it back
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def decode(line: bytes) -> Any:
-    """Strict JSON: NaN and Infinity are refused (they would make traces non-canonical)."""
+    """Strict JSON: NaN, Infinity and numbers out of a float's range are refused (the trace could not carry them)."""
     return _DECODER.decode(line.decode("utf-8"))
 
 

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, fields
 from operator import itemgetter
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Mapping, Union
+from typing import IO, TYPE_CHECKING, Any, Callable, Mapping, Union
 
 from cosim import __version__, protocol
 from cosim.environment import dependency_versions
@@ -94,8 +94,18 @@ class TraceWriter:
         queue = self.queue
         if not queue:
             return
-        lines = []
+        lines: list[str] = []
         append = lines.append
+        try:
+            self._format(queue, append)
+        finally:  # a record that cannot be written (a payload JSON cannot carry) ends the batch; the ones before stay
+            for kind, count in Counter(map(itemgetter(0), queue[:len(lines)])).items():
+                self._counts[kind] += count
+            queue.clear()
+            self._handle.write("".join(lines))
+
+    @staticmethod
+    def _format(queue: list[tuple[str, PayloadCell, tuple[Any, ...]]], append: Callable[[str], None]) -> None:
         for kind, cell, values in queue:
             data = cell[1]
             if data is None:
@@ -112,10 +122,6 @@ class TraceWriter:
                 seq, source, time_us, type_json = values
                 append(f'{{"data":{data},"record":"{kind}","seq":{seq},"source":"{source}","time_us":{time_us},'
                        f'"type":{type_json}}}\n')
-        for kind, count in Counter(map(itemgetter(0), queue)).items():
-            self._counts[kind] += count
-        queue.clear()
-        self._handle.write("".join(lines))
 
     def header(self, environment: Mapping[str, Any] | None = None,
                barrier_groups: Mapping[str, list[str]] | None = None) -> None:

@@ -33,6 +33,7 @@ RULES = {
     "events-not-list": "answered DONE whose events is not a list: dict",
     "non-object-line": "wrote a JSON value that is not a message object: '[1,2,3]'",
     "not-json": "wrote a line on stdout that is not protocol JSON: 'tick at 1000'",
+    "number-out-of-range": "wrote a line on stdout that is not protocol JSON: '{\"events\":[{\"data\":{\"value\":1E400}",
     "wrong-reply-type": "answered 'READY' out of protocol, expected DONE",
     "no-exit-after-shutdown": f"did not exit within {WATCHDOG_S:g} s of SHUTDOWN",
     "exit-code-after-shutdown": "exited with code 5 after SHUTDOWN; while waiting for the reply to SHUTDOWN; exit code 5",
