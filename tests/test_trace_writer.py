@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from cosim import protocol, trace as tracing
 from cosim.trace import TraceWriter
 
@@ -65,3 +67,17 @@ def test_a_payload_is_encoded_once_for_all_its_records(tmp_path: Path) -> None:
     writer.close()
     lines = (tmp_path / "t.jsonl").read_text(encoding="utf-8").split("\n")[:-1]
     assert [json.loads(line)["data"] for line in lines] == [{"a": 1, "b": 2}] * 2
+
+
+def test_a_record_the_trace_cannot_carry_ends_its_batch_and_the_error_record_follows(tmp_path: Path) -> None:
+    writer = TraceWriter(tmp_path / "t.jsonl", {})
+    writer.header()
+    for value in (1.0, float("nan"), 3.0):  # e.g. an in-process model's reading: NaN is not JSON
+        writer.queue.append((tracing.SENT, [{"value": value}, None], (0, "sensor", 10, '"reading"')))
+    with pytest.raises(ValueError):
+        writer.drain()
+    writer.error(1000, "sensor", "internal_error", "ValueError: Out of range float values are not JSON compliant")
+    writer.close()
+    records = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text(encoding="utf-8").split("\n")[:-1]]
+    assert [record["record"] for record in records] == ["header", "sent", "error"]
+    assert records[1]["data"] == {"value": 1.0} and records[-1]["counts"]["sent"] == 1
