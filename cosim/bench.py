@@ -13,7 +13,8 @@
 5. Swarm (as root): step time on a local one-node Swarm (one echo service) and on a three-node one (three echo
    services, one per node), against the container attach floor; each cluster is started and removed here.
 6. Next-event advance: a sparse workload (a 1 Hz sensor -> echo -> sink, 600 s virtual) with fixed steps and with
-   next-event advance; idle nodes (16 echo containers of which one gets traffic, against one); a dense workload
+   next-event advance; idle nodes (16 echo containers of which one gets traffic, against one, 9 pairs of runs, the
+   median of the pairs' ratios); a dense workload
    (every node busy every quantum) in both modes, 9 pairs of runs (fixed, then next-event), the median of the pairs'
    ratios; the default scenario's real-time factor on Docker.
 
@@ -60,7 +61,7 @@ SPARSE_LOOP_TARGET_S = 0.15  # its next-event step loop, local runtime (mosaik 3
 DEFAULT_RTF_TARGET = 15.0  # the default scenario on Docker, next-event
 THROUGHPUT_TARGET = 150_000  # events/s routed through the coordinator, local runtime
 REPEATS = 5  # runs of each throughput measurement
-DENSE_PAIRS = 9  # (fixed, next-event) pairs of runs of the dense workload
+PAIRS = 9  # pairs of runs behind a ratio of two measurements (dense: fixed and next-event; idle: 1 and 16)
 
 
 @dataclass
@@ -260,25 +261,29 @@ def _advance_rows(result: BenchResult, directory: Path, steps: int, runtime: str
     result.ratios[f"sparse_{runtime}_next_vs_fixed"] = (result.advance[f"sparse_{runtime}_next-event"]["loop_s"]
                                                         / result.advance[f"sparse_{runtime}_fixed"]["loop_s"])
     if runtime == "docker":
-        for count in (1, 16):
-            say(f"next-event: {count} echo container(s), one receiving a 100 Hz sensor ({runtime})")
-            _measure(result, f"idle{count}", _workload(directory, f"bench-idle-{count}", services=count,
-                                                       duration_us=steps * 1000, period_us=10_000),
-                     runtime, "next-event", directory)
-        result.ratios["idle_16_vs_1"] = (result.advance["idle16_docker_next-event"]["loop_s"]
-                                         / result.advance["idle1_docker_next-event"]["loop_s"])
+        say(f"next-event: 1 echo container, then 16 of which one receives a 100 Hz sensor, {PAIRS} pairs ({runtime})")
+        result.ratios["idle_16_vs_1"] = _paired(result, runtime, directory, [
+            (f"idle{count}", _workload(directory, f"bench-idle-{count}", services=count, duration_us=steps * 1000,
+                                       period_us=10_000), "next-event") for count in (1, 16)])
     dense = _workload(directory, "bench-dense", services=4, duration_us=steps * 1000, period_us=None, tick_us=1000)
-    say(f"next-event: dense, 4 echo nodes ticking every quantum, fixed then next-event, {DENSE_PAIRS} pairs ({runtime})")
-    runs: dict[str, list[CompletedRun]] = {"fixed": [], "next-event": []}
-    for _ in range(DENSE_PAIRS):
-        for mode, done in runs.items():
-            done.append(run(dense, runtime=runtime, trace_path=directory / f"dense-{runtime}-{mode}.jsonl", advance=mode))
-    for mode, done in runs.items():  # the median run of each mode
-        _record(result, "dense", runtime, mode, sorted(done, key=lambda c: c.metrics.step_loop_s)[len(done) // 2])
-    # Each next-event run against the fixed one just before it: the machine's drift cancels within a pair.
-    result.ratios[f"dense_{runtime}_next_vs_fixed"] = statistics.median(
-        next_event.metrics.step_loop_s / fixed.metrics.step_loop_s
-        for fixed, next_event in zip(runs["fixed"], runs["next-event"]))
+    say(f"next-event: dense, 4 echo nodes ticking every quantum, fixed then next-event, {PAIRS} pairs ({runtime})")
+    result.ratios[f"dense_{runtime}_next_vs_fixed"] = _paired(
+        result, runtime, directory, [("dense", dense, "fixed"), ("dense", dense, "next-event")])
+
+
+def _paired(result: BenchResult, runtime: str, directory: Path, sides: list[tuple[str, Path, str]]) -> float:
+    """The second side's step loop against the first's, (workload key, scenario, advance mode) each: ``PAIRS`` pairs of
+    runs, one right after the other, so that the machine's drift cancels within a pair; the median of the pairs'
+    ratios. Each side's row is its median run."""
+    runs: list[list[CompletedRun]] = [[], []]
+    for _ in range(PAIRS):
+        for (key, scenario, mode), done in zip(sides, runs):
+            done.append(run(scenario, runtime=runtime, trace_path=directory / f"{key}-{runtime}-{mode}.jsonl",
+                            advance=mode))
+    for (key, _, mode), done in zip(sides, runs):
+        _record(result, key, runtime, mode, sorted(done, key=lambda c: c.metrics.step_loop_s)[len(done) // 2])
+    return statistics.median(second.metrics.step_loop_s / first.metrics.step_loop_s
+                             for first, second in zip(*runs))
 
 
 def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: bool = True, out: TextIO = sys.stdout,
@@ -476,7 +481,7 @@ def _advance_table(result: BenchResult) -> list[Sequence[str]]:
             ratio = f"{result.ratios[f'dense_{runtime}_next_vs_fixed']:.4f}x fixed (pairs)"
         target = {"sparse": "<= 0.02x", "dense": "<= 1.05x"}.get(workload, "") if ratio else ""
         if workload == "idle16":
-            ratio = f"{result.ratios['idle_16_vs_1']:.2f}x one container"
+            ratio = f"{result.ratios['idle_16_vs_1']:.2f}x one container (pairs)"
             target = f"<= {TARGETS['idle_16_vs_1']}x"
         rows.append((f"{workload}, {runtime}, {mode}: step loop ({int(row['steps'])} steps, "
                      f"{int(row['advances'])} ADVANCEs)",
