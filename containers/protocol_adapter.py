@@ -381,36 +381,24 @@ class CoordinatorProtocolAdapter:
         return {"type": "RESTORED", "time_us": time_us}
 
     def _stamp(self, produced: list[Any], target: int) -> tuple[list[Event], bool]:
-        """The callback's outputs, copied (the callback may reuse its objects), each stamped (default: the window end)
-        and checked; and whether any is stamped after the window (to be held)."""
+        """The callback's outputs, copied (the callback may reuse its objects), each checked and stamped (default: the
+        window end); and whether any is stamped after the window (to be held)."""
         current, stamped, beyond = self.current_time_us, [], False
-        for event in produced:  # the hot path: well-formed outputs
-            if type(event) is not dict:
-                break
-            event = event.copy()
-            time_us = event.setdefault("time_us", target)
-            if type(time_us) is not int or time_us <= current or type(event.get("type")) is not str:
-                break
-            beyond = beyond or time_us > target
-            stamped.append(event)
-        else:
-            return stamped, beyond
-        for index, event in enumerate(produced):  # something is off: name the first offending output
+        for index, event in enumerate(produced):
             if not isinstance(event, dict) or not isinstance(event.get("type"), str):
                 raise ProtocolError("bad_output", f"output events[{index}] must be an object with a string 'type'",
                                     fatal=True)
-            time_us = event.get("time_us", target)
+            event = dict(event)
+            time_us = event.setdefault("time_us", target)
             if not _is_int(time_us) or time_us <= current:
                 raise ProtocolError(
                     "bad_output",
                     f"output events[{index}] stamped at {time_us!r} us, not after the window start {current} us",
                     fatal=True,
                 )
-        # Only int subclasses or dict subclasses left the hot path: accepted as before.
-        stamped = [dict(event) for event in produced]
-        for event in stamped:
-            event.setdefault("time_us", target)
-        return stamped, any(event["time_us"] > target for event in stamped)
+            beyond = beyond or time_us > target
+            stamped.append(event)
+        return stamped, beyond
 
     def _handle_shutdown(self) -> None:
         if self._held:

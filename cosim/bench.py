@@ -302,13 +302,11 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
         result.per_node_step_us["local"] = _step_us(_scenario(directory, "bench-one", services=1, steps=steps), "local", directory)
         say(f"throughput: echo -> sink through the coordinator (local), with and without lookahead in turn, "
             f"{REPEATS} runs each")
-        scenario = _scenario(directory, "bench-events", services=1, steps=steps, tick_us=20)
         rates: dict[bool, list[float]] = {True: [], False: []}
         for _ in range(REPEATS):
             for lookahead, measured in rates.items():
-                completed = run(scenario, runtime="local", trace_path=directory / "bench-events-local.jsonl",
-                                advance="fixed", lookahead=lookahead)
-                measured.append(completed.result.counts["sent"] / completed.metrics.step_loop_s)
+                measured.append(_throughput(directory, "bench-events", steps, "local", through_gateway=False,
+                                            lookahead=lookahead)[0])
         for lookahead, measured in rates.items():
             name = "coordinator_local" if lookahead else "coordinator_local_lockstep"
             result.throughput_events_per_s[name] = max(measured)
@@ -365,12 +363,13 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
 
 
 def _throughput(directory: Path, name: str, steps: int, runtime: str, *, through_gateway: bool,
-                gateways: int = 1) -> tuple[float, float]:
+                gateways: int = 1, lookahead: bool = True) -> tuple[float, float]:
     """Events per wall second routed through the coordinator, and the mean step time (us): 50 ticks per step
     from one echo node to a sink (and, through the gateways, each tick once more per gateway as mqtt_received)."""
     scenario = _scenario(directory, name, services=1, steps=steps, tick_us=20, through_gateway=through_gateway,
                          gateways=gateways)
-    summary = run(scenario, runtime=runtime, trace_path=directory / f"{name}-{runtime}.jsonl", advance="fixed")
+    summary = run(scenario, runtime=runtime, trace_path=directory / f"{name}-{runtime}.jsonl", advance="fixed",
+                  lookahead=lookahead)
     return summary.result.counts["sent"] / summary.metrics.step_loop_s, summary.metrics.step_us
 
 

@@ -133,8 +133,7 @@ class Router:
         """(destinations, filtered): where an event sent at ``sent_us`` goes, and the targets (as the routes name
         them) of the matching routes whose `during:` windows leave it out."""
         if not self._windowed:
-            fixed = self._fixed_dests.get((source, event_type))  # the hot path: no replicas, no windows
-            return (fixed if fixed is not None else self.destinations(source, event_type)), NONE_FILTERED
+            return self.destinations(source, event_type), NONE_FILTERED
         return self._split(source, event_type, sent_us)
 
     def _split(self, source: str, event_type: str, sent_us: int | None) -> tuple[list[str], list[str]]:

@@ -107,9 +107,7 @@ class TraceWriter:
     @staticmethod
     def _format(queue: list[tuple[str, PayloadCell, tuple[Any, ...]]], append: Callable[[str], None]) -> None:
         for kind, cell, values in queue:
-            data = cell[1]
-            if data is None:
-                data = cell[1] = protocol.canonical(cell[0])
+            data = cell[1] or payload_json(cell)  # canonical JSON is never empty
             if kind == DELIVERED:
                 dest, sent_us, seq, source, time_us, type_json = values
                 append(f'{{"data":{data},"dest":"{dest}","record":"delivered","sent_us":{sent_us},"seq":{seq},'
