@@ -41,6 +41,7 @@ import gc
 import heapq
 import time
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
 from cosim import protocol, schedule as scheduling, trace as tracing
@@ -533,7 +534,7 @@ class Coordinator:
             sources += 1
             # A node's events are numbered in time order; same-time events keep the order the node gave them.
             if len(events) > 1:
-                events = sorted(events, key=_time_of)
+                events = sorted(events, key=_TIME_OF)
             first = next_seq[source]
             next_seq[source] = first + len(events)
             numbered += [(event["time_us"], source, first + offset, event) for offset, event in enumerate(events)]
@@ -774,8 +775,7 @@ def _no_full_collections() -> Iterator[None]:
         gc.set_threshold(*thresholds)
 
 
-def _time_of(event: Event) -> int:
-    return event["time_us"]
+_TIME_OF = itemgetter("time_us")  # an event's time (a C function: the sort key of every window's outputs)
 
 
 def _action_wakeup(schedule: scheduling.Schedule) -> WakeupSource:

@@ -122,8 +122,10 @@ _PROMISE_PREFIX = b'{"events":[],"next_us":'
 def empty_done_promise(raw: bytes, target_us: int) -> int | None:
     """The ``next_us`` of a canonical DONE without outputs that carries a promise (the common reply of a next-event
     service), read without a JSON parse; None when ``raw`` is not exactly such a line."""
+    if not raw.startswith(_PROMISE_PREFIX):  # (first: a DONE with events is told apart without building the suffix)
+        return None
     suffix = b',"time_us":%d,"type":"DONE"}' % target_us
-    if raw.startswith(_PROMISE_PREFIX) and raw.endswith(suffix):
+    if raw.endswith(suffix):
         digits = raw[len(_PROMISE_PREFIX):len(raw) - len(suffix)]
         if digits.isdigit() and not digits.startswith(b"0"):
             return int(digits)
@@ -132,7 +134,7 @@ def empty_done_promise(raw: bytes, target_us: int) -> int | None:
 
 def check_promise(next_us: Any, target_us: int, reply: str = "DONE") -> str | None:
     """Why a DONE's (or READY's) ``next_us`` (the node's next self-initiated time, or null) breaks the protocol."""
-    if next_us is None or (isinstance(next_us, int) and not isinstance(next_us, bool) and next_us > target_us):
+    if next_us is None or (next_us.__class__ is int and next_us > target_us):  # (not a bool: a bool's class is bool)
         return None
     return f"answered {reply} with next_us {next_us!r}; expected null or an integer time after {target_us} us"
 

@@ -12,9 +12,7 @@ documented in docs/trace-format.md), and ``Trace.to_dataframe()`` a pandas DataF
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, fields
-from operator import itemgetter
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Mapping, Union
 
@@ -95,31 +93,41 @@ class TraceWriter:
         if not queue:
             return
         lines: list[str] = []
-        append = lines.append
         try:
-            self._format(queue, append)
+            self._format(queue, lines.append, self._counts)
         finally:  # a record that cannot be written (a payload JSON cannot carry) ends the batch; the ones before stay
-            for kind, count in Counter(map(itemgetter(0), queue[:len(lines)])).items():
-                self._counts[kind] += count
             queue.clear()
             self._handle.write("".join(lines))
 
     @staticmethod
-    def _format(queue: list[tuple[str, PayloadCell, tuple[Any, ...]]], append: Callable[[str], None]) -> None:
-        for kind, cell, values in queue:
-            data = cell[1] or payload_json(cell)  # canonical JSON is never empty
-            if kind == DELIVERED:
-                dest, sent_us, seq, source, time_us, type_json = values
-                append(f'{{"data":{data},"dest":"{dest}","record":"delivered","sent_us":{sent_us},"seq":{seq},'
-                       f'"source":"{source}","time_us":{time_us},"type":{type_json}}}\n')
-            elif kind == DROPPED:
-                dest, reason, seq, source, time_us, type_json = values
-                append(f'{{"data":{data},"dest":"{dest}","reason":"{reason}","record":"dropped","seq":{seq},'
-                       f'"source":"{source}","time_us":{time_us},"type":{type_json}}}\n')
-            else:  # SENT, UNROUTABLE
-                seq, source, time_us, type_json = values
-                append(f'{{"data":{data},"record":"{kind}","seq":{seq},"source":"{source}","time_us":{time_us},'
-                       f'"type":{type_json}}}\n')
+    def _format(queue: list[tuple[str, PayloadCell, tuple[Any, ...]]], append: Callable[[str], None],
+                counts: dict[str, int]) -> None:
+        """Append each record's line and count it (up to a record that cannot be written: that one raises)."""
+        sent = delivered = 0  # the kinds of nearly every record, counted here; the others in ``counts`` directly
+        try:
+            for kind, cell, values in queue:
+                data = cell[1] or payload_json(cell)  # canonical JSON is never empty
+                if kind == DELIVERED:
+                    dest, sent_us, seq, source, time_us, type_json = values
+                    append(f'{{"data":{data},"dest":"{dest}","record":"delivered","sent_us":{sent_us},"seq":{seq},'
+                           f'"source":"{source}","time_us":{time_us},"type":{type_json}}}\n')
+                    delivered += 1
+                elif kind == DROPPED:
+                    dest, reason, seq, source, time_us, type_json = values
+                    append(f'{{"data":{data},"dest":"{dest}","reason":"{reason}","record":"dropped","seq":{seq},'
+                           f'"source":"{source}","time_us":{time_us},"type":{type_json}}}\n')
+                    counts[DROPPED] += 1
+                else:  # SENT, UNROUTABLE
+                    seq, source, time_us, type_json = values
+                    append(f'{{"data":{data},"record":"{kind}","seq":{seq},"source":"{source}","time_us":{time_us},'
+                           f'"type":{type_json}}}\n')
+                    if kind == SENT:
+                        sent += 1
+                    else:
+                        counts[UNROUTABLE] += 1
+        finally:
+            counts[SENT] += sent
+            counts[DELIVERED] += delivered
 
     def header(self, environment: Mapping[str, Any] | None = None,
                barrier_groups: Mapping[str, list[str]] | None = None) -> None:
