@@ -174,6 +174,9 @@ class Coordinator:
         self._stepped: list[str] = []  # nodes without the capability: advanced every quantum
         self._promise: dict[str, int] = {}  # capable node -> its promised wake-up (NEVER: only on input)
         self._wakes: list[tuple[int, str]] = []  # heap of (promised time, node); stale entries are skipped
+        # The nodes whose DONE promised a time in the very next window (a node busy every quantum: no heap for them).
+        # Stale entries (a promise an action changed since) are skipped: their promise is no longer due.
+        self._soon: list[str] = []
         self._extra_wakes: list[tuple[int, str]] = []  # heap of (time, node) from ``wake``: outside the nodes
         self._group_of: dict[str, list[str]] = {}  # barrier-group member -> the group's members
         self._woken: dict[str, int] = {}  # node -> earliest ``wake`` time of the window being executed
@@ -280,7 +283,7 @@ class Coordinator:
         delivery, a promised wake-up or another source's wake-up (every quantum while a node lacks the capability)."""
         quantum = self.scenario.quantum_us
         following = self.now_us + quantum
-        if self._stepped:
+        if self._stepped or self._soon:
             return following
         earliest = self._pending[0][0] if self._pending else NEVER
         wakes = self._wakes
@@ -422,6 +425,12 @@ class Coordinator:
         with input, a wake-up due, or no capability; a barrier group's members all, when one of them is."""
         chosen = set(inputs)
         chosen.update(self._stepped)
+        if self._soon:
+            if self.scenario.schedule:  # an action may have moved a promise since (``_renew_promise``, ``_crash``)
+                chosen.update(node_id for node_id in self._soon if self._promise[node_id] <= target_us)
+            else:
+                chosen.update(self._soon)
+            self._soon.clear()
         wakes = self._wakes
         while wakes and wakes[0][0] <= target_us:
             at, node_id = heapq.heappop(wakes)
@@ -443,30 +452,47 @@ class Coordinator:
     def _keep_promises(self, target_us: int, outputs: list[tuple[str, list[Event]]],
                        inputs: Mapping[str, list[Event]]) -> None:
         """Check each capable node's outputs against the promise it made before this window (next-event mode),
-        then record its new one."""
-        promises, nodes, wakes = self._promise, self.nodes, self._wakes
+        then record its new one: in ``_soon`` when it lies in the next window (a node busy every quantum), else on
+        the heap. With barrier groups every check comes first: a member's check reads the others' promises."""
+        promises, nodes, wakes, soon = self._promise, self.nodes, self._wakes, self._soon
+        next_window_end = target_us + self.scenario.quantum_us
+        checked = bool(self._group_of)
+        if checked:
+            for node_id, events in outputs:
+                self._check_promise(node_id, events, target_us, inputs)
         for node_id, events in outputs:
             promised = promises.get(node_id)
             if promised is None:
                 continue  # stepped every quantum: it promises nothing
-            cause = None  # looked for only when an output comes before the promise (a node that kept it: never)
-            for event in events:
-                if event["time_us"] < promised:
-                    if cause is None:
-                        cause = min(promised, self._earliest_cause(node_id, target_us, inputs))
-                    if event["time_us"] < cause:
-                        raise BrokenPromise(node_id, promised, event, target_us)
-        for node_id, _ in outputs:
-            promised = promises.get(node_id)
-            if promised is None:
-                continue
+            if not checked:
+                for event in events:
+                    if event["time_us"] < promised:  # (a node that kept its promise never gets here)
+                        self._check_promise(node_id, events, target_us, inputs)
+                        break
             promise = nodes[node_id].next_us
             if promise is None:
                 promise = NEVER
             if promise != promised:
                 promises[node_id] = promise
-                if promise != NEVER:
+                if promise <= next_window_end:
+                    soon.append(node_id)
+                elif promise != NEVER:
                     heapq.heappush(wakes, (promise, node_id))
+
+    def _check_promise(self, node_id: str, events: list[Event], target_us: int,
+                       inputs: Mapping[str, list[Event]]) -> None:
+        """An output stamped before the node's promise must follow an input of its window (or a wake-up, see
+        ``_earliest_cause``); else the node broke its promise."""
+        promised = self._promise.get(node_id)
+        if promised is None:
+            return  # stepped every quantum: it promises nothing
+        cause = None  # looked for only when an output comes before the promise
+        for event in events:
+            if event["time_us"] < promised:
+                if cause is None:
+                    cause = min(promised, self._earliest_cause(node_id, target_us, inputs))
+                if event["time_us"] < cause:
+                    raise BrokenPromise(node_id, promised, event, target_us)
 
     def _earliest_cause(self, node_id: str, target_us: int, inputs: Mapping[str, list[Event]]) -> int:
         """The earliest time in this window that explains an output of ``node_id``: its earliest input, or a wake-up
@@ -652,6 +678,7 @@ class Coordinator:
             self._promise = dict(state["promises"])
             self._wakes = [(at, node_id) for node_id, at in self._promise.items() if at != NEVER]
             heapq.heapify(self._wakes)
+            self._soon = []  # (the heap holds every promise now)
         self._extra_wakes = [(at, node_id) for at, node_id in state["extra_wakes"]]
         heapq.heapify(self._extra_wakes)
         self._next_seq = dict(state["next_seq"])

@@ -137,6 +137,32 @@ def test_an_idle_node_jumps_straight_to_the_window_of_its_next_input(tmp_path: P
     assert footer is not None and footer.executed == {"steps": 15, "advances": 5, "skipped": 400 - 15}
 
 
+def test_a_node_busy_every_quantum_is_not_woken_once_an_action_moves_its_promise(tmp_path: Path) -> None:
+    # echo-1 ticks every quantum (its promise always lies in the next window: the coordinator's short list, no
+    # heap); at 5 ms the schedule slows it to a tick every 4 ms: CONFIGURED promises 8 ms, so the window ending at
+    # 6 ms, which its last DONE had promised, must not advance it. echo-2, also busy, crashes at 5 ms.
+    scenario = write_scenario(tmp_path, "busy-moved", """duration_us: 20000
+quantum_us: 1000
+nodes:
+  - {id: echo-1, kind: service, build: ECHO, config: {tick_us: 1000}}
+  - {id: echo-2, kind: service, build: ECHO, config: {tick_us: 1000}}
+  - {id: sink, kind: sink}
+routes:
+  - {from: echo-1, to: [sink]}
+  - {from: echo-2, to: [sink]}
+schedule:
+  - {at_us: 5000, reconfigure: echo-1, config: {tick_us: 4000}}
+  - {at_us: 5000, crash: echo-2}
+""")
+    runs = both_modes(scenario, tmp_path)
+    assert_same_records(runs["fixed"].trace_path, runs["next-event"].trace_path)
+    ticks = [time for time, _ in data_of(runs["next-event"].trace_path, "sent", "tick")]
+    assert ticks == [1000, 1000, 2000, 2000, 3000, 3000, 4000, 4000, 5000, 5000, 8000, 12000, 16000, 20000]
+    # echo-1: the five windows up to 5 ms, then only 8, 12, 16 and 20 ms; echo-2: the five windows before its crash.
+    assert runs["next-event"].metrics.round_trip["echo-1"]["count"] == 5 + 4
+    assert runs["next-event"].result.timings.advances == (5 + 4) + 5
+
+
 def test_a_held_output_survives_a_long_skip(tmp_path: Path) -> None:
     scenario = sensor_to_promiser(tmp_path, "held", 2000000, "period_us: 500000, offset_us: 100000", 1000,
                                   "{delay_us: 700001}")
