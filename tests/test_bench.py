@@ -38,5 +38,9 @@ def test_local_bench_reports_floors_costs_and_ratios(tmp_path: Path) -> None:
     assert sparse_next["events"] == sparse_fixed["events"] > 0 and sparse_next["advances"] < sparse_fixed["advances"]
     assert result.advance["dense_local_next-event"]["steps"] == result.advance["dense_local_fixed"]["steps"] == 100
     assert result.ratios["sparse_local_next_vs_fixed"] == sparse_next["loop_s"] / sparse_fixed["loop_s"]
+    # The dense ratio: the fastest runs of each mode (the verdict), and the median of the pairs' ratios beside it.
+    dense, pairs = result.ratios["dense_local_next_vs_fixed"], result.ratios["dense_local_next_vs_fixed_pairs"]
+    assert dense > 0 and pairs > 0 and f"{dense:.3f}x fixed (fastest runs; pairs' median {pairs:.3f}x)" in table
+    assert "dense_local_next_vs_fixed: " in table
     assert "sparse, local, next-event: step loop" in table and "sparse local step loop:" in table
     assert "coordinator throughput (local):" in table
