@@ -19,10 +19,11 @@
 
 Repeated runs: on a small shared machine a run's speed depends on where the kernel places its processes and on
 what else the host runs, and that noise only ever slows a run down. So the throughput rows give the fastest of 5
-runs (the closest to what cosim itself costs, as timeit reports) beside the median. A ratio of two workloads or
-modes comes from pairs of runs taken one right after the other, which of the two goes first alternating (a bias of
-the second run of a pair, a few per cent here, cancels): the fastest run of each side against each other, on the
-same principle (the verdict), beside the median of the pairs' ratios (single pairs swing by 20% on two cores).
+runs (the closest to what cosim itself costs, as timeit reports) beside the median. Repeated runs are taken in turn
+with their counterpart (lookahead and lockstep, fixed and next-event, 1 and 16 containers), which goes first
+alternating (``_in_turn``: a bias of a round's later run, a few per cent here, cancels). A ratio of two workloads
+or modes is the fastest run of each side against each other, on the same principle (the verdict), beside the median
+of the pairs' ratios (single pairs swing by 20% on two cores).
 
 Rows 1-5 step every quantum (``advance: fixed``): they measure the cost of a step.
 
@@ -43,7 +44,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO, TypeVar
 
 from cosim import __version__
 from cosim.run import CompletedRun, run
@@ -68,6 +69,8 @@ REPEATS = 5  # runs of each throughput measurement
 PAIRS = 10
 DENSE_PAIRS = 20
 DEFAULT_RUNS = 3  # runs of the default scenario on Docker in each advance mode, taken in turn
+
+Measured = TypeVar("Measured")
 
 
 @dataclass
@@ -278,6 +281,17 @@ def _advance_rows(result: BenchResult, directory: Path, steps: int, runtime: str
             [("dense", dense, "fixed"), ("dense", dense, "next-event")], DENSE_PAIRS)
 
 
+def _in_turn(count: int, measurements: Sequence[Callable[[], Measured]]) -> list[list[Measured]]:
+    """``count`` results of each measurement, taken in turn so that drift in the machine's speed affects them alike,
+    the one that goes first alternating from round to round (a bias of a round's later runs cancels too)."""
+    results: list[list[Measured]] = [[] for _ in measurements]
+    for index in range(count):
+        order = range(len(measurements)) if index % 2 == 0 else reversed(range(len(measurements)))
+        for which in order:
+            results[which].append(measurements[which]())
+    return results
+
+
 def _paired(result: BenchResult, name: str, runtime: str, directory: Path, sides: list[tuple[str, Path, str]],
             pairs: int = PAIRS) -> None:
     """The second side's step loop against the first's, (workload key, scenario, advance mode) each, from ``pairs``
@@ -286,13 +300,10 @@ def _paired(result: BenchResult, name: str, runtime: str, directory: Path, sides
     noise only ever slows a run down, as for the throughput rows), and the median of the pairs' ratios (drift
     cancels within a pair, but a pair whose one run the kernel placed badly swings by 20%). Each side's row is its
     median run."""
-    runs: list[list[CompletedRun]] = [[], []]
-    for index in range(pairs):
-        order = [0, 1] if index % 2 == 0 else [1, 0]  # (ABBA: which side runs second alternates)
-        for side in order:
-            key, scenario, mode = sides[side]
-            runs[side].append(run(scenario, runtime=runtime, trace_path=directory / f"{key}-{runtime}-{mode}.jsonl",
-                                  advance=mode))
+    runs = _in_turn(pairs, [
+        lambda key=key, scenario=scenario, mode=mode: run(
+            scenario, runtime=runtime, trace_path=directory / f"{key}-{runtime}-{mode}.jsonl", advance=mode)
+        for key, scenario, mode in sides])
     for (key, _, mode), done in zip(sides, runs):
         _record(result, key, runtime, mode, sorted(done, key=lambda c: c.metrics.step_loop_s)[len(done) // 2])
     first, second = ([summary.metrics.step_loop_s for summary in done] for done in runs)
@@ -316,13 +327,11 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
         result.per_node_step_us["local"] = _step_us(_scenario(directory, "bench-one", services=1, steps=steps), "local", directory)
         say(f"throughput: echo -> sink through the coordinator (local), with and without lookahead in turn, "
             f"{REPEATS} runs each")
-        rates: dict[bool, list[float]] = {True: [], False: []}
-        for _ in range(REPEATS):
-            for lookahead, measured in rates.items():
-                measured.append(_throughput(directory, "bench-events", steps, "local", through_gateway=False,
-                                            lookahead=lookahead)[0])
-        for lookahead, measured in rates.items():
-            name = "coordinator_local" if lookahead else "coordinator_local_lockstep"
+        rates = _in_turn(REPEATS, [
+            lambda lookahead=lookahead: _throughput(
+                directory, "bench-events", steps, "local", through_gateway=False, lookahead=lookahead)[0]
+            for lookahead in (True, False)])
+        for name, measured in zip(("coordinator_local", "coordinator_local_lockstep"), rates):
             result.throughput_events_per_s[name] = max(measured)
             result.throughput_median_events_per_s[name] = statistics.median(measured)
         if _local_mosquitto():
@@ -373,20 +382,22 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
 
 
 def _default_rtf(result: BenchResult, directory: Path) -> None:
-    """The default scenario's real-time factor on Docker in each mode: of the step loop (the best of DEFAULT_RUNS, as
-    the throughput rows, and the median) and of the whole run (start and teardown included, of the best run)."""
-    runs: dict[str, list[CompletedRun]] = {"fixed": [], "next-event": []}
-    for _ in range(DEFAULT_RUNS):
-        for mode, done in runs.items():
-            done.append(run(REPO_ROOT / "scenarios" / "default.yaml", runtime="docker", advance=mode,
-                            trace_path=directory / f"default-{mode}.jsonl"))
-    for mode, done in runs.items():
-        factors = sorted((summary.metrics.virtual_s / summary.metrics.step_loop_s, index)
-                         for index, summary in enumerate(done))
-        best, index = factors[-1]
-        result.default_rtf[f"docker_{mode}"] = best
-        result.default_rtf[f"docker_{mode}_median"] = statistics.median(factor for factor, _ in factors)
-        result.default_rtf[f"docker_{mode}_wall"] = done[index].metrics.real_time_factor or 0.0
+    """The default scenario's real-time factor on Docker in each mode, the modes in turn: of the step loop (the best of
+    DEFAULT_RUNS, as the throughput rows, and the median) and of the whole run (start and teardown included, of the
+    best run)."""
+    modes = ("fixed", "next-event")
+    runs = _in_turn(DEFAULT_RUNS, [
+        lambda mode=mode: run(REPO_ROOT / "scenarios" / "default.yaml", runtime="docker",
+                              advance=mode, trace_path=directory / f"default-{mode}.jsonl") for mode in modes])
+
+    def step_loop_factor(summary: CompletedRun) -> float:
+        return summary.metrics.virtual_s / summary.metrics.step_loop_s
+
+    for mode, done in zip(modes, runs):
+        best = max(done, key=step_loop_factor)
+        result.default_rtf[f"docker_{mode}"] = step_loop_factor(best)
+        result.default_rtf[f"docker_{mode}_median"] = statistics.median(map(step_loop_factor, done))
+        result.default_rtf[f"docker_{mode}_wall"] = best.metrics.real_time_factor or 0.0
 
 
 def _throughput(directory: Path, name: str, steps: int, runtime: str, *, through_gateway: bool,
@@ -503,7 +514,7 @@ def _advance_table(result: BenchResult) -> list[Sequence[str]]:
         workload, runtime, mode = key.split("_")
         fixed = result.advance.get(f"{workload}_{runtime}_fixed")
         ratio = f"{row['loop_s'] / fixed['loop_s']:.4f}x fixed" if mode == "next-event" and fixed else ""
-        if workload == "dense" and ratio:  # the median of the pairs' ratios (the rows are each mode's median run)
+        if workload == "dense" and ratio:  # the paired ratio, not the ratio of the rows (each mode's median run)
             name = f"dense_{runtime}_next_vs_fixed"
             ratio = f"{result.ratios[name]:.3f}x fixed (fastest runs; pairs' median {result.ratios[name + '_pairs']:.3f}x)"
         target = {"sparse": "<= 0.02x", "dense": "<= 1.05x"}.get(workload, "") if ratio else ""
