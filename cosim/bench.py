@@ -22,8 +22,11 @@ what else the host runs, and that noise only ever slows a run down. So the throu
 runs (the closest to what cosim itself costs, as timeit reports) beside the median. Repeated runs are taken in turn
 with their counterpart (lookahead and lockstep, fixed and next-event, 1 and 16 containers), which goes first
 alternating (``_in_turn``: a bias of a round's later run, a few per cent here, cancels). A ratio of two workloads
-or modes is the fastest run of each side against each other, on the same principle (the verdict), beside the median
-of the pairs' ratios (single pairs swing by 20% on two cores).
+or modes is the median of the pairs' ratios (the verdict), with a distribution-free 95% confidence interval for it:
+a pair's two runs see the same drift, and the median ignores the pair whose one run the kernel placed unusually well
+or badly. The fastest runs of each side are printed beside it, but they are no verdict: on two cores a run now and
+then finds a placement 15% faster than the rest, and min-against-min then measures which side got lucky (1.04x to
+1.20x in three runs of identical code).
 
 Rows 1-5 step every quantum (``advance: fixed``): they measure the cost of a step.
 
@@ -44,6 +47,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from math import comb
 from typing import Any, Callable, Sequence, TextIO, TypeVar
 
 from cosim import __version__
@@ -64,10 +68,11 @@ DEFAULT_RTF_TARGET = 15.0  # the default scenario on Docker, next-event
 THROUGHPUT_TARGET = 150_000  # events/s routed through the coordinator, local runtime
 REPEATS = 5  # runs of each throughput measurement
 # Pairs of runs behind a ratio of two measurements (idle: 1 and 16 containers; dense: fixed and next-event, whose
-# difference is a few per cent against single runs that swing by 10%: more pairs). Even: half the pairs run one side
-# first, half the other, so that a bias of the second run of a pair cancels too.
+# difference is a few per cent against single runs that swing by 20%: more pairs, and more again where a run is
+# short). Even: half the pairs run one side first, half the other, so that a bias of the second run of a pair cancels.
 PAIRS = 10
-DENSE_PAIRS = 20
+DENSE_PAIRS = {"local": 30, "docker": 20}
+CONFIDENCE = 0.95  # of the interval printed with a paired ratio
 DEFAULT_RUNS = 3  # runs of the default scenario on Docker in each advance mode, taken in turn
 
 Measured = TypeVar("Measured")
@@ -87,6 +92,9 @@ class BenchResult:
     advance: dict[str, dict[str, float]] = field(default_factory=dict)
     default_rtf: dict[str, float] = field(default_factory=dict)  # "<runtime>_<mode>" -> virtual s / step-loop s
     ratios: dict[str, float] = field(default_factory=dict)
+    # a paired ratio's CONFIDENCE interval, and the fastest run of each side against each other: name -> value
+    ratio_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    ratio_fastest: dict[str, float] = field(default_factory=dict)
 
 
 class _Echo:
@@ -275,10 +283,10 @@ def _advance_rows(result: BenchResult, directory: Path, steps: int, runtime: str
             (f"idle{count}", _workload(directory, f"bench-idle-{count}", services=count, duration_us=steps * 1000,
                                        period_us=10_000), "next-event") for count in (1, 16)])
     dense = _workload(directory, "bench-dense", services=4, duration_us=steps * 1000, period_us=None, tick_us=1000)
-    say(f"next-event: dense, 4 echo nodes ticking every quantum, fixed and next-event, {DENSE_PAIRS} pairs "
+    say(f"next-event: dense, 4 echo nodes ticking every quantum, fixed and next-event, {DENSE_PAIRS[runtime]} pairs "
         f"(alternating which goes first) ({runtime})")
     _paired(result, f"dense_{runtime}_next_vs_fixed", runtime, directory,
-            [("dense", dense, "fixed"), ("dense", dense, "next-event")], DENSE_PAIRS)
+            [("dense", dense, "fixed"), ("dense", dense, "next-event")], DENSE_PAIRS[runtime])
 
 
 def _in_turn(count: int, measurements: Sequence[Callable[[], Measured]]) -> list[list[Measured]]:
@@ -295,11 +303,9 @@ def _in_turn(count: int, measurements: Sequence[Callable[[], Measured]]) -> list
 def _paired(result: BenchResult, name: str, runtime: str, directory: Path, sides: list[tuple[str, Path, str]],
             pairs: int = PAIRS) -> None:
     """The second side's step loop against the first's, (workload key, scenario, advance mode) each, from ``pairs``
-    pairs of runs taken one right after the other, the side that runs first alternating from pair to pair. Two
-    readings, as ratios ``name`` and ``<name>_pairs``: the fastest run of each side against each other (the verdict:
-    noise only ever slows a run down, as for the throughput rows), and the median of the pairs' ratios (drift
-    cancels within a pair, but a pair whose one run the kernel placed badly swings by 20%). Each side's row is its
-    median run."""
+    pairs of runs taken one right after the other, the side that runs first alternating from pair to pair. The ratio
+    ``name`` is the median of the pairs' ratios (the verdict), with its confidence interval; the fastest run of each
+    side against each other is kept too (see the module docstring). Each side's row is its median run."""
     runs = _in_turn(pairs, [
         lambda key=key, scenario=scenario, mode=mode: run(
             scenario, runtime=runtime, trace_path=directory / f"{key}-{runtime}-{mode}.jsonl", advance=mode)
@@ -307,8 +313,24 @@ def _paired(result: BenchResult, name: str, runtime: str, directory: Path, sides
     for (key, _, mode), done in zip(sides, runs):
         _record(result, key, runtime, mode, sorted(done, key=lambda c: c.metrics.step_loop_s)[len(done) // 2])
     first, second = ([summary.metrics.step_loop_s for summary in done] for done in runs)
-    result.ratios[name] = min(second) / min(first)
-    result.ratios[f"{name}_pairs"] = statistics.median(b / a for a, b in zip(first, second))
+    ratios = [b / a for a, b in zip(first, second)]
+    result.ratios[name] = statistics.median(ratios)
+    result.ratio_intervals[name] = median_interval(ratios)
+    result.ratio_fastest[name] = min(second) / min(first)
+
+
+def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median of ``values``: the k-th smallest and the k-th largest,
+    k the largest rank that a Binomial(n, 1/2) count falls below with probability at most (1 - confidence) / 2 (for
+    20 values: the 6th and the 15th). Assumes only that the values are independent; with too few values for the
+    confidence, the smallest and the largest."""
+    ordered, n = sorted(values), len(values)
+    tail, below, k = (1 - confidence) / 2, 0.0, 0
+    while k < n // 2 and below + comb(n, k) / 2 ** n <= tail:
+        below += comb(n, k) / 2 ** n  # P(count < k + 1)
+        k += 1
+    k = max(k, 1)
+    return ordered[k - 1], ordered[n - k]
 
 
 def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: bool = True, out: TextIO = sys.stdout,
@@ -491,7 +513,8 @@ def print_table(result: BenchResult, out: TextIO) -> None:
         if index == 0:
             out.write("  ".join("-" * width for width in widths) + "\n")
     verdicts = [f"{name}: {'met' if result.ratios[name] <= target else 'NOT met'} "
-                f"({result.ratios[name]:.3g} vs {target:.3g})" for name, target in TARGETS.items() if name in result.ratios]
+                f"({result.ratios[name]:.3g} vs {target:.3g}{_interval_text(result, name)})"
+                for name, target in TARGETS.items() if name in result.ratios]
     sparse = result.advance.get("sparse_local_next-event")
     if sparse is not None:
         verdicts.append(f"sparse local step loop: {'met' if sparse['loop_s'] <= SPARSE_LOOP_TARGET_S else 'NOT met'} "
@@ -507,6 +530,18 @@ def print_table(result: BenchResult, out: TextIO) -> None:
     out.write("targets: " + "; ".join(verdicts) + "\n")
 
 
+def _interval_text(result: BenchResult, name: str) -> str:
+    interval = result.ratio_intervals.get(name)
+    return f"; {CONFIDENCE:.0%} CI {interval[0]:.3g}-{interval[1]:.3g}" if interval else ""
+
+
+def _paired_text(result: BenchResult, name: str, against: str) -> str:
+    """A paired ratio for the table: the pairs' median, its interval, and the fastest runs' ratio."""
+    low, high = result.ratio_intervals[name]
+    return (f"{result.ratios[name]:.3f}x {against} (pairs' median, {CONFIDENCE:.0%} CI {low:.3f}-{high:.3f}; "
+            f"fastest runs {result.ratio_fastest[name]:.3f}x)")
+
+
 def _advance_table(result: BenchResult) -> list[Sequence[str]]:
     """The next-event rows: each workload in both modes, with the ratio next-event / fixed."""
     rows: list[Sequence[str]] = []
@@ -515,12 +550,10 @@ def _advance_table(result: BenchResult) -> list[Sequence[str]]:
         fixed = result.advance.get(f"{workload}_{runtime}_fixed")
         ratio = f"{row['loop_s'] / fixed['loop_s']:.4f}x fixed" if mode == "next-event" and fixed else ""
         if workload == "dense" and ratio:  # the paired ratio, not the ratio of the rows (each mode's median run)
-            name = f"dense_{runtime}_next_vs_fixed"
-            ratio = f"{result.ratios[name]:.3f}x fixed (fastest runs; pairs' median {result.ratios[name + '_pairs']:.3f}x)"
+            ratio = _paired_text(result, f"dense_{runtime}_next_vs_fixed", "fixed")
         target = {"sparse": "<= 0.02x", "dense": "<= 1.05x"}.get(workload, "") if ratio else ""
         if workload == "idle16":
-            ratio = (f"{result.ratios['idle_16_vs_1']:.2f}x one container (fastest runs; pairs' median "
-                     f"{result.ratios['idle_16_vs_1_pairs']:.2f}x)")
+            ratio = _paired_text(result, "idle_16_vs_1", "one container")
             target = f"<= {TARGETS['idle_16_vs_1']}x"
         rows.append((f"{workload}, {runtime}, {mode}: step loop ({int(row['steps'])} steps, "
                      f"{int(row['advances'])} ADVANCEs)",

@@ -145,6 +145,9 @@ class Coordinator:
         self.progress = progress
         self.exited_infrastructure = exited_infrastructure  # the runtime's: which infrastructure nodes have died
         self.router = Router(scenario)
+        # The scenario's constants the step loop reads every window, at hand.
+        self._quantum_us, self._end_us = scenario.quantum_us, scenario.duration_us
+        self._has_schedule = bool(scenario.schedule)
         self.now_us = 0
         self.step = 0
         # heap: (time, source, seq, dest, event, its payload cell for the trace); (time, source, seq, dest) is unique
@@ -281,10 +284,10 @@ class Coordinator:
     def _next_window(self) -> int:
         """The target of the earliest quantum-aligned window after the one just executed that holds a pending
         delivery, a promised wake-up or another source's wake-up (every quantum while a node lacks the capability)."""
-        quantum = self.scenario.quantum_us
-        following = self.now_us + quantum
         if self._stepped or self._soon:
-            return following
+            return self.now_us + self._quantum_us
+        quantum = self._quantum_us
+        following = self.now_us + quantum
         earliest = self._pending[0][0] if self._pending else NEVER
         wakes = self._wakes
         while wakes and self._promise.get(wakes[0][1]) != wakes[0][0]:
@@ -352,7 +355,7 @@ class Coordinator:
 
     def _advance(self, target_us: int) -> None:
         # The quanta before this window passed without anything happening: virtual time has reached its start.
-        self.now_us = target_us - self.scenario.quantum_us
+        self.now_us = target_us - self._quantum_us
         inputs = self._due(target_us)
         if self.next_event:
             active, order = self._active(target_us, inputs)
@@ -394,14 +397,15 @@ class Coordinator:
         at ``target_us`` is in, so that it computes the next window it is needed in while this one is routed. That
         window is known now: the next quantum (fixed mode, or a node without the capability), or the one holding its
         promise. Never past the end of the run."""
-        node = self.nodes[node_id]
+        node, quantum = self.nodes[node_id], self._quantum_us
         if self.next_event and node.next_event:
-            if node.next_us is None:
+            promise = node.next_us
+            if promise is None:
                 return  # only on input, and it gets none: never again
-            following = -(-node.next_us // self.scenario.quantum_us) * self.scenario.quantum_us
+            following = -(-promise // quantum) * quantum
         else:
-            following = target_us + self.scenario.quantum_us
-        if following > self.scenario.duration_us:
+            following = target_us + quantum
+        if following > self._end_us:
             return
         try:
             node.begin_advance(following, [])
@@ -424,19 +428,22 @@ class Coordinator:
         """The nodes to advance in the window ending at ``target_us``, in scenario order and in ADVANCE order: those
         with input, a wake-up due, or no capability; a barrier group's members all, when one of them is."""
         chosen = set(inputs)
-        chosen.update(self._stepped)
-        if self._soon:
-            if self.scenario.schedule:  # an action may have moved a promise since (``_renew_promise``, ``_crash``)
-                chosen.update(node_id for node_id in self._soon if self._promise[node_id] <= target_us)
+        if self._stepped:
+            chosen.update(self._stepped)
+        soon = self._soon
+        if soon:
+            if self._has_schedule:  # an action may have moved a promise since (``_renew_promise``, ``_crash``)
+                chosen.update(node_id for node_id in soon if self._promise[node_id] <= target_us)
             else:
-                chosen.update(self._soon)
-            self._soon.clear()
+                chosen.update(soon)
+            soon.clear()
         wakes = self._wakes
         while wakes and wakes[0][0] <= target_us:
             at, node_id = heapq.heappop(wakes)
             if self._promise.get(node_id) == at:
                 chosen.add(node_id)
-        self._woken.clear()
+        if self._woken:
+            self._woken.clear()
         while self._extra_wakes and self._extra_wakes[0][0] <= target_us:
             at, node_id = heapq.heappop(self._extra_wakes)
             self._woken[node_id] = min(at, self._woken.get(node_id, at))
@@ -454,30 +461,31 @@ class Coordinator:
         """Check each capable node's outputs against the promise it made before this window (next-event mode),
         then record its new one: in ``_soon`` when it lies in the next window (a node busy every quantum), else on
         the heap. With barrier groups every check comes first: a member's check reads the others' promises."""
-        promises, nodes, wakes, soon = self._promise, self.nodes, self._wakes, self._soon
-        next_window_end = target_us + self.scenario.quantum_us
-        checked = bool(self._group_of)
-        if checked:
+        promises, nodes, soon = self._promise, self.nodes, self._soon
+        next_window_end = target_us + self._quantum_us
+        grouped = bool(self._group_of)
+        if grouped:
             for node_id, events in outputs:
                 self._check_promise(node_id, events, target_us, inputs)
         for node_id, events in outputs:
             promised = promises.get(node_id)
             if promised is None:
                 continue  # stepped every quantum: it promises nothing
-            if not checked:
+            if events and not grouped:
                 for event in events:
                     if event["time_us"] < promised:  # (a node that kept its promise never gets here)
                         self._check_promise(node_id, events, target_us, inputs)
                         break
             promise = nodes[node_id].next_us
             if promise is None:
-                promise = NEVER
-            if promise != promised:
+                if promised != NEVER:
+                    promises[node_id] = NEVER
+            elif promise != promised:
                 promises[node_id] = promise
                 if promise <= next_window_end:
                     soon.append(node_id)
-                elif promise != NEVER:
-                    heapq.heappush(wakes, (promise, node_id))
+                else:
+                    heapq.heappush(self._wakes, (promise, node_id))
 
     def _check_promise(self, node_id: str, events: list[Event], target_us: int,
                        inputs: Mapping[str, list[Event]]) -> None:

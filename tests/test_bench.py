@@ -6,7 +6,7 @@ import io
 import json
 from pathlib import Path
 
-from cosim.bench import TARGETS, bench
+from cosim.bench import TARGETS, bench, median_interval
 
 
 def test_local_bench_reports_floors_costs_and_ratios(tmp_path: Path) -> None:
@@ -38,9 +38,23 @@ def test_local_bench_reports_floors_costs_and_ratios(tmp_path: Path) -> None:
     assert sparse_next["events"] == sparse_fixed["events"] > 0 and sparse_next["advances"] < sparse_fixed["advances"]
     assert result.advance["dense_local_next-event"]["steps"] == result.advance["dense_local_fixed"]["steps"] == 100
     assert result.ratios["sparse_local_next_vs_fixed"] == sparse_next["loop_s"] / sparse_fixed["loop_s"]
-    # The dense ratio: the fastest runs of each mode (the verdict), and the median of the pairs' ratios beside it.
-    dense, pairs = result.ratios["dense_local_next_vs_fixed"], result.ratios["dense_local_next_vs_fixed_pairs"]
-    assert dense > 0 and pairs > 0 and f"{dense:.3f}x fixed (fastest runs; pairs' median {pairs:.3f}x)" in table
-    assert "dense_local_next_vs_fixed: " in table
+    # The dense ratio: the median of the pairs' ratios (the verdict) inside its confidence interval, and the fastest
+    # runs of each mode beside it.
+    dense, fastest = result.ratios["dense_local_next_vs_fixed"], result.ratio_fastest["dense_local_next_vs_fixed"]
+    low, high = result.ratio_intervals["dense_local_next_vs_fixed"]
+    assert 0 < low <= dense <= high and fastest > 0
+    assert (f"{dense:.3f}x fixed (pairs' median, 95% CI {low:.3f}-{high:.3f}; fastest runs {fastest:.3f}x)"
+            in table)
+    assert f"dense_local_next_vs_fixed: {'met' if dense <= 1.05 else 'NOT met'} ({dense:.3g} vs 1.05; 95% CI" in table
+    assert saved["ratio_intervals"]["dense_local_next_vs_fixed"] == [low, high]
     assert "sparse, local, next-event: step loop" in table and "sparse local step loop:" in table
     assert "coordinator throughput (local):" in table
+
+
+def test_median_interval_is_the_binomial_order_statistics() -> None:
+    """The interval for a median: the ranks a Binomial(n, 1/2) count leaves at most 2.5% outside on each side."""
+    assert median_interval([float(v) for v in range(20, 0, -1)]) == (6.0, 15.0)  # any order in, ranks out
+    assert median_interval([float(v) for v in range(1, 31)]) == (10.0, 21.0)
+    assert median_interval([float(v) for v in range(1, 11)]) == (2.0, 9.0)
+    assert median_interval([1.0, 2.0, 3.0]) == (1.0, 3.0)  # too few values for 95%: the whole range
+    assert median_interval([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], confidence=0.5) == (2.0, 5.0)
