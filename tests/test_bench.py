@@ -38,6 +38,10 @@ def test_local_bench_reports_floors_costs_and_ratios(tmp_path: Path) -> None:
     assert sparse_next["events"] == sparse_fixed["events"] > 0 and sparse_next["advances"] < sparse_fixed["advances"]
     assert result.advance["dense_local_next-event"]["steps"] == result.advance["dense_local_fixed"]["steps"] == 100
     assert result.ratios["sparse_local_next_vs_fixed"] == sparse_next["loop_s"] / sparse_fixed["loop_s"]
+    # The next-event sparse loop is short: the best of its runs (the verdict), the median beside it.
+    assert 0 < sparse_next["loop_s"] <= sparse_next["loop_median_s"] and "loop_median_s" not in sparse_fixed
+    assert f"{sparse_next['loop_s']:.3f} s (best of 5; median {sparse_next['loop_median_s']:.3f} s)" in table
+    assert f"sparse local step loop: {'met' if sparse_next['loop_s'] <= 0.15 else 'NOT met'} (" in table
     # The dense ratio: the median of the pairs' ratios (the verdict) inside its confidence interval, and the fastest
     # runs of each mode beside it.
     dense, fastest = result.ratios["dense_local_next_vs_fixed"], result.ratio_fastest["dense_local_next_vs_fixed"]
