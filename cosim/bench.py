@@ -19,15 +19,16 @@
    in each mode: the best and the median).
 
 Repeated runs: on a small shared machine a run's speed depends on where the kernel places its processes and on
-what else the host runs, and that noise only ever slows a run down. So the throughput rows give the fastest of 5
-runs (the closest to what cosim itself costs, as timeit reports) beside the median. Repeated runs are taken in turn
-with their counterpart (lookahead and lockstep, fixed and next-event, 1 and 16 containers), which goes first
-alternating (``_in_turn``: a bias of a round's later run, a few per cent here, cancels). A ratio of two workloads
-or modes is the median of the pairs' ratios (the verdict), with a distribution-free 95% confidence interval for it:
-a pair's two runs see the same drift, and the median ignores the pair whose one run the kernel placed unusually well
-or badly. The fastest runs of each side are printed beside it, but they are no verdict: on two cores a run now and
-then finds a placement 15% faster than the rest, and min-against-min then measures which side got lucky (1.04x to
-1.20x in three runs of identical code).
+what else the host runs, and that noise mostly slows a run down. So a measurement of one thing (the throughput
+rows, the sparse workload's next-event loop, the default scenario) gives the fastest of its runs (the closest to
+what cosim itself costs, as timeit reports) beside the median. Repeated runs are taken in turn with their
+counterpart (lookahead and lockstep, fixed and next-event, 1 and 16 containers), which goes first alternating
+(``_in_turn``: a bias of a round's later run, a few per cent here, cancels). A ratio of two workloads or modes is
+the median of the pairs' ratios (the verdict), with a distribution-free 95% confidence interval for it: a pair's two
+runs see the same drift, and the median ignores the pair whose one run the kernel placed unusually well or badly.
+The fastest runs of each side are printed beside it, but they are no verdict: on two cores a run now and then finds
+a placement 15% to 30% faster than the rest, and min-against-min then measures which side got that run (1.009x to
+1.435x for the dense comparison in four runs of identical code, whose pairs' medians read 1.023x to 1.036x).
 
 Rows 1-5 step every quantum (``advance: fixed``): they measure the cost of a step.
 
