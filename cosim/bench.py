@@ -48,8 +48,8 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from math import comb
+from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO, TypeVar
 
 from cosim import __version__
