@@ -98,11 +98,17 @@ def run_cli(args: list[str], *, env: Mapping[str, str] | None = None, context: s
     return str(docker_run(docker_command(*args, context=context), env=dict(env or {})))
 
 
-def run_bounded(args: list[str], timeout_s: float, *, context: str | None = None) -> subprocess.CompletedProcess[str] | None:
-    """A docker command's outcome within ``timeout_s``; None when it could not run or did not answer in time."""
+def run_bounded(args: list[str], timeout_s: float, *, context: str | None = None,
+                host: str | None = None) -> subprocess.CompletedProcess[str] | None:
+    """A docker command's outcome within ``timeout_s``; None when it could not run or did not answer in time.
+    ``host``: the socket of a daemon that has no context yet (DOCKER_HOST; the current context does not apply)."""
+    environment = None
+    if host is not None:
+        environment = {key: value for key, value in os.environ.items() if key != "DOCKER_CONTEXT"}
+        environment["DOCKER_HOST"] = host
     try:
         return subprocess.run(docker_command(*args, context=context), capture_output=True, text=True, errors="replace",
-                              timeout=timeout_s, check=False)
+                              timeout=timeout_s, check=False, env=environment)
     except (OSError, subprocess.TimeoutExpired):
         return None
 

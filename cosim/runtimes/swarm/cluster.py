@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from cosim.errors import ClusterError
+from cosim.runtimes.docker.engine import run_bounded
 
 CLUSTERS_DIR = Path("/var/tmp/cosim-clusters")
 ENGINE_START_DEADLINE_S = 90.0
@@ -63,9 +64,12 @@ class Engine:
         return Path(self.base) / "dockerd.log"
 
     def docker(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-        environment = {key: value for key, value in os.environ.items() if key != "DOCKER_CONTEXT"}
-        return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout_s,
-                              env={**environment, "DOCKER_HOST": self.host})
+        """A docker command against this engine, by its socket; one that cannot run or does not answer within
+        ``timeout_s`` fails like a command that timed out (exit code 124, the reason on stderr)."""
+        done = run_bounded(list(args), timeout_s, host=self.host)
+        if done is None:
+            return subprocess.CompletedProcess(["docker", *args], 124, "", f"no answer within {timeout_s:g} s")
+        return done
 
     def save(self) -> None:
         (Path(self.base) / "state.json").write_text(json.dumps(asdict(self), indent=1) + "\n")
