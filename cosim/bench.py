@@ -520,7 +520,8 @@ def print_table(result: BenchResult, out: TextIO) -> None:
         if index == 0:
             out.write("  ".join("-" * width for width in widths) + "\n")
     verdicts = [f"{name}: {'met' if result.ratios[name] <= target else 'NOT met'} "
-                f"({result.ratios[name]:.3g} vs {target:.3g}{_interval_text(result, name)})"
+                f"({result.ratios[name]:.3g} vs {target:.3g}"
+                + (f"; {_interval_text(result, name)})" if name in result.ratio_intervals else ")")
                 for name, target in TARGETS.items() if name in result.ratios]
     sparse = result.advance.get("sparse_local_next-event")
     if sparse is not None:
@@ -537,15 +538,15 @@ def print_table(result: BenchResult, out: TextIO) -> None:
     out.write("targets: " + "; ".join(verdicts) + "\n")
 
 
-def _interval_text(result: BenchResult, name: str) -> str:
-    interval = result.ratio_intervals.get(name)
-    return f"; {CONFIDENCE:.0%} CI {interval[0]:.3g}-{interval[1]:.3g}" if interval else ""
+def _interval_text(result: BenchResult, name: str, digits: str = ".3g") -> str:
+    """A paired ratio's confidence interval, as "95% CI low-high"."""
+    low, high = result.ratio_intervals[name]
+    return f"{CONFIDENCE:.0%} CI {low:{digits}}-{high:{digits}}"
 
 
 def _paired_text(result: BenchResult, name: str, against: str) -> str:
     """A paired ratio for the table: the pairs' median, its interval, and the fastest runs' ratio."""
-    low, high = result.ratio_intervals[name]
-    return (f"{result.ratios[name]:.3f}x {against} (pairs' median, {CONFIDENCE:.0%} CI {low:.3f}-{high:.3f}; "
+    return (f"{result.ratios[name]:.3f}x {against} (pairs' median, {_interval_text(result, name, '.3f')}; "
             f"fastest runs {result.ratio_fastest[name]:.3f}x)")
 
 
