@@ -92,6 +92,15 @@ def test_a_broken_anchor_fails_the_build(tmp_path: Path) -> None:
     assert "no-such-section" in done.stdout + done.stderr
 
 
+def test_readme_links_resolve() -> None:
+    """The README is not part of the site, so mkdocs does not check it: its relative links must name files."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = [target for target in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:", target)]
+    assert targets, "the README links to the docs pages"
+    missing = [target for target in targets if target.split("#")[0] and not (ROOT / target.split("#")[0]).exists()]
+    assert missing == []
+
+
 def test_tutorial_blocks_are_found() -> None:
     """What the tutorial test runs: it starts from an empty directory with `cosim new experiment`, and only the
     installation and the choice of directory are skipped."""
