@@ -35,7 +35,7 @@ class RunMetrics:
     scenario_file: str  # where `invoke report` finds the injected anomalies
     runtime: str
     environment: dict[str, Any]  # the runtime's manifest and this run's facts (project, run id, attach path)
-    wall_s: float  # the whole run: starting the services, the step loop, the teardown
+    wall_s: float  # the whole run: starting the services (image builds included), the step loop, the teardown
     virtual_s: float
     # Speed-ups: virtual seconds per wall second (>1: faster than real time), of the step loop and of the whole run
     speedup_step_loop: float | None
