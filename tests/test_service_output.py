@@ -1,5 +1,6 @@
-"""A failing node's log tail keeps the start of its stack trace: a real Node.js process and a real Python one crash
-with a trace longer than the tail, and the error shows where (file and line) as well as what."""
+"""What a service writes besides the protocol, with real Node.js and Python processes: a stray line on stdout fails
+the run naming the node and the line, except a Python service's print() on the adapter, which goes to its log; and
+a failing node's log tail keeps the start of its stack trace (where, as well as what)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from cosim.runtimes.docker.base_image import LOCAL_BASE_IMAGE
 from cosim.runtimes.docker.engine import stderr_tail
 from cosim.run import run
 from cosim.tails import LINE_CHARS, TRACE_TAIL_LINES, log_tail
+
+from .conftest import ROOT
 
 NODE = shutil.which("node") or "/usr/bin/node"
 
@@ -63,46 +66,89 @@ for line in sys.stdin:
 """
 
 
-def crash(tmp_path: Path, script: str, text: str, command: list[str]) -> NodeFailure:
-    service = tmp_path / "crash"
+def one_service(tmp_path: Path, script: str, text: str, command: list[str]) -> Path:
+    """A scenario of one service (node "svc", run locally as ``command`` + the script) and a sink. A Python script
+    finds protocol_adapter.py beside it, copied as a user's own service would."""
+    service = tmp_path / "svc"
     service.mkdir()
+    shutil.copy(ROOT / "containers" / "protocol_adapter.py", service)
     (service / script).write_text(text, encoding="utf-8")
     (service / "Dockerfile").write_text("FROM scratch\n", encoding="utf-8")  # a service folder has one
-    scenario = tmp_path / "crash.yaml"
+    scenario = tmp_path / "svc.yaml"
     scenario.write_text(textwrap.dedent(f"""\
-        name: crash
+        name: svc
         seed: 1
         duration_us: 3000
         quantum_us: 1000
         nodes:
-          - {{id: crash, kind: service, build: {service}, local_command: {command + [str(service / script)]}}}
+          - {{id: svc, kind: service, build: {service}, local_command: {command + [str(service / script)]}}}
           - {{id: sink, kind: sink}}
         routes:
-          - {{from: crash, to: [sink]}}
+          - {{from: svc, to: [sink]}}
         """), encoding="utf-8")
+    return scenario
+
+
+def failure(scenario: Path) -> NodeFailure:
     with pytest.raises(NodeFailure) as caught:
-        run(scenario, runtime="local", trace_path=tmp_path / "crash.jsonl", watchdog_s=10)
-    assert caught.value.node == "crash"
+        run(scenario, runtime="local", trace_path=scenario.with_suffix(".jsonl"), watchdog_s=10)
+    assert caught.value.node == "svc"
     return caught.value
 
 
+def crash(tmp_path: Path, script: str, text: str, command: list[str]) -> NodeFailure:
+    return failure(one_service(tmp_path, script, text, command))
+
+
+# -- stray output on stdout -----------------------------------------------------------------------------------
+
+NODE_CHATTY = NODE_SERVICE.replace("    a(20);", '''    console.log("got " + message.type);
+    process.stdout.write(JSON.stringify({ type: "DONE", time_us: message.time_us, events: [] }) + "\\n");''')
+
+
+def test_a_stray_line_on_stdout_fails_the_run_naming_the_node_and_the_line(tmp_path: Path) -> None:
+    failed = failure(one_service(tmp_path, "chatty.js", NODE_CHATTY, [NODE]))
+    assert str(failed).startswith("node 'svc': wrote a line on stdout that is not protocol JSON: 'got ADVANCE'; "
+                                  "while waiting for the reply to ADVANCE to 1000 us"), str(failed)
+
+
+def test_print_in_a_python_service_on_the_adapter_goes_to_its_log(tmp_path: Path) -> None:
+    chatty = (ROOT / "tests" / "services" / "chatty.py").read_text(encoding="utf-8")
+    scenario = one_service(tmp_path, "chatty.py", chatty, ["{python}", "-u"])
+    completed = run(scenario, runtime="local", trace_path=tmp_path / "svc.jsonl")
+    # the run went on: its outputs at 1 and 2 ms reached the sink (the one at 3 ms would arrive after the end)
+    assert [event["type"] for event in completed.sinks["sink"]] == ["said"] * 2
+    log = (tmp_path / "svc.logs" / "svc.log").read_text(encoding="utf-8")
+    assert "chatty: stray print in on_init for svc" in log and "chatty: stray print while advancing to 3000" in log
+
+
+def test_a_print_before_the_adapter_runs_still_fails_the_run(tmp_path: Path) -> None:
+    early = "print('early banner')\nfrom protocol_adapter import serve\nserve(lambda current, target, events: [])\n"
+    scenario = one_service(tmp_path, "early.py", early, ["{python}", "-u"])
+    assert str(failure(scenario)).startswith(
+        "node 'svc': wrote a line on stdout that is not protocol JSON: 'early banner'; while waiting for the reply to INIT")
+
+
+# -- the log tail of a crash ----------------------------------------------------------------------------------
+
+
 def test_a_node_crash_shows_its_file_line_source_and_error(tmp_path: Path) -> None:
-    failure = crash(tmp_path, "crash.js", NODE_SERVICE, [NODE])
-    lines = failure.log_tail.splitlines()
-    location = f"{tmp_path / 'crash' / 'crash.js'}:6"
-    assert lines[0] == location, failure.log_tail  # the trace's first line: where it was thrown
+    failed = crash(tmp_path, "crash.js", NODE_SERVICE, [NODE])
+    lines = failed.log_tail.splitlines()
+    location = f"{tmp_path / 'svc' / 'crash.js'}:6"
+    assert lines[0] == location, failed.log_tail  # the trace's first line: where it was thrown
     assert lines[1].strip() == 'throw new Error("sensor value out of range");'
     assert lines[2].strip() == "^"
     assert "Error: sensor value out of range" in lines and lines[-1].startswith("Node.js v")
     assert "crash.js: started" not in lines  # what came before the trace stays out
     assert len(lines) <= TRACE_TAIL_LINES
-    assert f"last lines of its log:\n    {location}\n" in str(failure)
+    assert f"last lines of its log:\n    {location}\n" in str(failed)
 
 
 def test_a_python_crash_shows_its_traceback_from_the_start(tmp_path: Path) -> None:
-    failure = crash(tmp_path, "crash.py", PYTHON_SERVICE, ["{python}", "-u"])
-    lines = failure.log_tail.splitlines()
-    assert lines[0] == "Traceback (most recent call last):", failure.log_tail
+    failed = crash(tmp_path, "crash.py", PYTHON_SERVICE, ["{python}", "-u"])
+    lines = failed.log_tail.splitlines()
+    assert lines[0] == "Traceback (most recent call last):", failed.log_tail
     assert lines[-1] == "ValueError: sensor value out of range"
     assert len(lines) <= TRACE_TAIL_LINES and "crash.py: started" not in lines
 
