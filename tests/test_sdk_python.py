@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from cosim_service.mqtt.checkpoint import ClientState
 from cosim_service.mqtt.envelope import Delivery, Outgoing, envelope
 from cosim_service.mqtt.recovery import Published
 from tests.service_process import PYTHONPATH, ServiceProcess, advance, converse
+from tests.test_protocol_schema import FROM_SERVICE, assert_valid, documented_error_codes
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO = ROOT / "containers" / "echo" / "service.py"
@@ -289,6 +291,26 @@ def test_shutdown_and_end_of_input_call_the_hook_and_exit_0() -> None:
         assert service.serve(stdin, stdout) == 0
         assert service.calls[-1] == ("shutdown",)
         assert [json.loads(line)["type"] for line in stdout.getvalue().splitlines()] == replies
+
+
+def test_every_error_code_of_the_session_is_documented() -> None:
+    source = (ROOT / "sdk" / "python" / "cosim_service" / "session.py").read_text(encoding="utf-8")
+    codes = set(re.findall(r'(?:ProtocolError|_hook)\(\s*"([a-z_]+)"', source))
+    assert codes == set(documented_error_codes())
+
+
+def test_every_reply_of_a_conversation_validates_against_the_schema() -> None:
+    service = Recorder()
+    service.wake = 2500
+    service.replies = [[{"type": "out", "time_us": 900, "data": {"x": [1.5, "é"]}}, {"type": "held", "time_us": 2200}]]
+    session = service.protocol_session
+    messages = [INIT, advance(1000, [event(500)]), {"type": "CONFIGURE", "time_us": 1000, "config": {"rate": 2}},
+                {"type": "CONFIGURE", "time_us": 1000, "config": {"nope": 1}}, {"type": "SNAPSHOT", "time_us": 1000},
+                advance(500), {"type": "HELLO"}, advance(3000)]
+    for message in messages:
+        reply = session.receive(json.dumps(message))
+        assert reply is not None and reply.endswith("\n") and reply.count("\n") == 1
+        assert_valid(wire.decode(reply.encode()), FROM_SERVICE)
 
 
 # -- real processes ---------------------------------------------------------------------------------------
