@@ -356,7 +356,7 @@ def render_template(target: Path, name: str) -> Path:
 
 
 def test_the_template_renders_a_service_whose_own_test_passes(tmp_path: Path) -> None:
-    folder = render_template(tmp_path / "alarm", "alarm")
+    folder = render_template(tmp_path / "heat-alarm", "heat-alarm")
     assert sorted(p.name for p in folder.iterdir()) == ["Dockerfile", "requirements.txt", "service.py",
                                                         "test_service.py"]
     for path in folder.iterdir():
