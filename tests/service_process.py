@@ -12,16 +12,18 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
+PYTHONPATH = os.pathsep.join([str(ROOT / "containers"), str(ROOT / "sdk" / "python")])
 
 
 class ServiceProcess:
-    """Start ``command`` (default: ``python -u SERVICE``) with containers/ on PYTHONPATH; send and receive lines."""
+    """Start ``command`` (default: ``python -u SERVICE``) with containers/ (protocol_adapter) and sdk/python
+    (cosim_service; TEMPORARY until cosim installs it) on PYTHONPATH; send and receive lines."""
 
     def __init__(self, service: str | Path | None = None, *, command: Sequence[str] | None = None,
                  env: Mapping[str, str] | None = None, timeout_s: float = 20.0) -> None:
         if command is None:
             command = [sys.executable, "-u", str(service)]
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT / "containers"), **(env or {})}
+        full_env = {**os.environ, "PYTHONPATH": PYTHONPATH, **(env or {})}
         self.timeout_s = timeout_s
         self.proc = subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=full_env)
@@ -90,3 +92,13 @@ class ServiceProcess:
 def advance(time_us: int, events: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
     """An ADVANCE message; ``fields`` adds optional ones (peers, members)."""
     return {"type": "ADVANCE", "time_us": time_us, "events": events or [], **fields}
+
+
+def converse(service: str | Path, messages: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """Run ``service`` with ``messages`` on its stdin (a minimal environment: PYTHONPATH and PATH only); it must exit
+    0. Its replies (every stdout line must be protocol JSON) and its stderr."""
+    done = subprocess.run([sys.executable, "-u", str(service)], capture_output=True, text=True, timeout=20,
+                          input="".join(json.dumps(m) + "\n" for m in messages),
+                          env={"PYTHONPATH": PYTHONPATH, "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()], done.stderr
