@@ -202,12 +202,14 @@ def node_path() -> Path | None:
     return target
 
 
-def write_tree(target: Path, files: dict[str, bytes]) -> None:
-    """Create the directory ``target`` holding ``files`` ({relative path: bytes}), atomically: another process
-    sees either nothing or all of it."""
+def write_tree(target: Path, files: dict[str, bytes], directories: tuple[str, ...] = ()) -> None:
+    """Create the directory ``target`` holding ``files`` ({relative path: bytes}) and the (maybe empty)
+    ``directories``, atomically: another process sees either nothing or all of it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        for directory in directories:
+            (staging / directory).mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
             path = staging / name
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -161,9 +161,7 @@ def stage_context(spec: ImageSpec, *, log: Log = stderr_log) -> tuple[Path, str]
     if source_hash(spec.service_dir, sdk) != digest:
         raise ImageBuildError(f"Cannot build image {spec.tag}: the files of {spec.service_dir} changed while cosim "
                               f"was copying them; run the command again.")
-    write_tree(target, files)
-    for directory in (WHEELS, NODE_MODULES):
-        (target / directory).mkdir(parents=True, exist_ok=True)  # Dockerfiles COPY them unconditionally
+    write_tree(target, files, directories=(WHEELS, NODE_MODULES))  # Dockerfiles COPY them unconditionally
     return target, digest
 
 
