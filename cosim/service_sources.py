@@ -32,6 +32,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from cosim import wheel
 from cosim.paths import REPO_ROOT
@@ -202,9 +203,10 @@ def node_path() -> Path | None:
     return target
 
 
-def write_tree(target: Path, files: dict[str, bytes], directories: tuple[str, ...] = ()) -> None:
-    """Create the directory ``target`` holding ``files`` ({relative path: bytes}) and the (maybe empty)
-    ``directories``, atomically: another process sees either nothing or all of it."""
+def write_tree(target: Path, files: Mapping[str, bytes | Path], directories: tuple[str, ...] = ()) -> None:
+    """Create the directory ``target`` holding ``files`` ({relative path: bytes, or a file in cosim's cache to
+    hard-link, e.g. a downloaded wheel}) and the (maybe empty) ``directories``, atomically: another process sees
+    either nothing or all of it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -213,7 +215,13 @@ def write_tree(target: Path, files: dict[str, bytes], directories: tuple[str, ..
         for name, data in files.items():
             path = staging / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            if isinstance(data, Path):
+                try:
+                    os.link(data, path)
+                except OSError:  # another file system
+                    shutil.copyfile(data, path)
+            else:
+                path.write_bytes(data)
         os.chmod(staging, 0o755)
         try:
             staging.rename(target)

@@ -43,6 +43,12 @@ class Log(list[str]):
         return [line.split(": ", 1)[1] for line in self if line.startswith(f"image {tag}: ")]
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Staged contexts and wheelhouses of these tests go to a temporary cache, removed with it."""
+    monkeypatch.setenv(service_sources.CACHE_ENV, str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def echo_folder(tmp_path: Path) -> Path:
     """A user's own service folder named like a bundled one: echo."""
@@ -69,8 +75,7 @@ def test_tag() -> Iterator[Callable[[str], str]]:
 
 @pytest.fixture
 def fake_pip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[list[str]]:
-    """`pip download` replaced by one that writes pkg-<n>-py3-none-any.whl; cosim's cache in tmp_path."""
-    monkeypatch.setenv(service_sources.CACHE_ENV, str(tmp_path / "cache"))
+    """`pip download` replaced by one that writes pkg-<n>-py3-none-any.whl."""
     calls: list[list[str]] = []
     real_run = subprocess.run
 

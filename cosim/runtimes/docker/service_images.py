@@ -153,10 +153,10 @@ def stage_context(spec: ImageSpec, *, log: Log = stderr_log) -> tuple[Path, str]
     target = context_dir(spec.service_dir, digest)
     if target.is_dir():
         return target, digest
-    files = {relative: path.read_bytes() for relative, path in folder_files(spec.service_dir)}
+    files: dict[str, bytes | Path] = {relative: path.read_bytes() for relative, path in folder_files(spec.service_dir)}
     wheelhouse = ensure_wheelhouse(spec, log=log)
-    if wheelhouse is not None:
-        files.update({f"{WHEELS}/{path.name}": path.read_bytes() for path in sorted(wheelhouse.glob("*.whl"))})
+    if wheelhouse is not None:  # hard links into the wheelhouse: nothing there is ever modified in place
+        files.update({f"{WHEELS}/{path.name}": path for path in sorted(wheelhouse.glob("*.whl"))})
     files.update(sdk.files)
     if source_hash(spec.service_dir, sdk) != digest:
         raise ImageBuildError(f"Cannot build image {spec.tag}: the files of {spec.service_dir} changed while cosim "
