@@ -45,7 +45,12 @@ class Log(list[str]):
 
 @pytest.fixture(autouse=True)
 def _own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Staged contexts and wheelhouses of these tests go to a temporary cache, removed with it."""
+    """Staged contexts and wheelhouses of these tests go to a temporary cache, removed with it (which knows the
+    base image pulls that failed recently, as the real one does: no pull attempt per test)."""
+    memo = service_sources.cache_dir() / "base-image-pulls.json"
+    (tmp_path / "cache").mkdir()
+    if memo.is_file():
+        shutil.copyfile(memo, tmp_path / "cache" / memo.name)
     monkeypatch.setenv(service_sources.CACHE_ENV, str(tmp_path / "cache"))
 
 
