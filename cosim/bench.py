@@ -54,7 +54,8 @@ from typing import Any, Callable, Sequence, TextIO, TypeVar
 
 from cosim import __version__
 from cosim.run import CompletedRun, run
-from cosim.paths import REPO_ROOT, service_image
+from cosim.paths import REPO_ROOT
+from cosim.service_sources import service_image
 
 CONTAINERS = REPO_ROOT / "containers"
 BARE_ECHO = "import sys\nfor line in sys.stdin:\n    sys.stdout.write(line)\n    sys.stdout.flush()\n"

@@ -222,6 +222,7 @@ def print_metrics(metrics: RunMetrics, out: TextIO) -> None:
 
 
 GOLDEN = REPO_ROOT / "tests" / "golden"
+GOLDEN_CACHE = Path("/cosim-cache")  # the golden files' build contexts: the same path on every machine
 
 
 def golden(out: TextIO = sys.stdout) -> list[Path]:
@@ -231,7 +232,7 @@ def golden(out: TextIO = sys.stdout) -> list[Path]:
     for scenario_path in sorted((GOLDEN / "scenarios").glob("*.yaml")):
         loaded = loading.load(scenario_path)
         target = compose.compose_path(loaded, GOLDEN / "compose")
-        text = compose.render_text(loaded, compose_dir=GOLDEN / "compose")
+        text = compose.render_text(loaded, GOLDEN_CACHE)
         if not target.is_file() or target.read_text(encoding="utf-8") != text:
             target.write_text(text, encoding="utf-8")
             changed.append(target)
@@ -241,14 +242,14 @@ def golden(out: TextIO = sys.stdout) -> list[Path]:
 
 def images(path: str = DEFAULT_SCENARIO, *, force: bool = False, out: TextIO = sys.stdout) -> dict[str, str]:
     from cosim.runtimes.docker.engine import check_engine
-    from cosim.runtimes.docker.service_images import ensure_images
+    from cosim.runtimes.docker.service_images import build_images
     from cosim.runtimes.docker import image_specs
 
     check_engine()
-    built = ensure_images(image_specs(loading.load(path)), force=force)
-    for tag, image_id in sorted(built.items()):
+    built = build_images(image_specs(loading.load(path)), force=force)
+    for tag, image_id in [*built.bases.items(), *sorted(built.images.items())]:
         out.write(f"{tag}  {image_id}\n")
-    return built
+    return {**built.bases, **built.images}
 
 
 def down(out: TextIO = sys.stdout) -> None:

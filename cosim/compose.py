@@ -7,6 +7,13 @@ the scenario says otherwise, and never the Docker socket. Values that change per
 base image) are compose variables, so the file itself never changes between runs. Everything that comes from
 the scenario is written with ``$`` doubled (``literal``), so Compose never interpolates it: a service sees its
 environment and command exactly as the scenario wrote them, as it does on the local runtime.
+
+A service with ``build:`` is built from its staged context (cosim.service_sources): ``build.context`` is that
+directory's absolute path in cosim's cache (so ``docker compose -f compose/X.yaml build`` works by hand once
+``invoke images`` or ``invoke up`` has staged it), with build args ``BASE_IMAGE`` and ``NODE_BASE_IMAGE``. That
+path is the only machine-specific part of the file; the trace header's ``compose_sha256`` (``sha256``) hashes the
+spec with each ``build`` section replaced by the folder's source hash, so the same scenario and services in any
+two directories, on any two machines, give the same hash. Rendering reads files only: no Docker, no network.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ import yaml
 
 from cosim.paths import REPO_ROOT
 from cosim.model import ContainerSpec, Scenario
+from cosim.service_sources import cache_dir, context_dir
 
 COMPOSE_DIR = REPO_ROOT / "compose"
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
+DEFAULT_NODE_BASE_IMAGE = "cosim/node-base:bookworm"
 SERVICE_USER = "10001:10001"
 NETWORK = "sim"
 LABEL_PREFIX = "cosim"
@@ -49,14 +58,23 @@ def labels(scenario: Scenario, node_id: str | None = None) -> dict[str, str]:
     return out
 
 
-def _service(scenario: Scenario, node: ContainerSpec, compose_dir: Path) -> dict[str, Any]:
+def _build(node: ContainerSpec, cache: Path | None) -> dict[str, Any]:
+    """The service's ``build`` section; with ``cache`` None, what stands for it in the hash: the source hash."""
+    assert node.build is not None
+    if cache is None:
+        return {"source_sha256": node.source_sha256}
+    return {
+        "context": literal(context_dir(node.build, node.source_sha256, cache).as_posix()),
+        "dockerfile": "Dockerfile",
+        "args": {"BASE_IMAGE": "${COSIM_BASE_IMAGE:-" + DEFAULT_BASE_IMAGE + "}",
+                 "NODE_BASE_IMAGE": "${COSIM_NODE_BASE_IMAGE:-" + DEFAULT_NODE_BASE_IMAGE + "}"},
+    }
+
+
+def _service(scenario: Scenario, node: ContainerSpec, cache: Path | None) -> dict[str, Any]:
     service: dict[str, Any] = {"image": literal(node.image)}
     if node.build is not None:
-        service["build"] = {
-            "context": literal(Path(os.path.relpath(node.build.parent, compose_dir)).as_posix()),
-            "dockerfile": literal(f"{node.build.name}/Dockerfile"),
-            "args": {"BASE_IMAGE": "${COSIM_BASE_IMAGE:-" + DEFAULT_BASE_IMAGE + "}"},
-        }
+        service["build"] = _build(node, cache)
         service["pull_policy"] = "never"  # built by `invoke images`; there may be no registry
     else:
         service["pull_policy"] = "missing"  # a prebuilt image, pulled by cosim before `up` when missing
@@ -84,34 +102,43 @@ def _service(scenario: Scenario, node: ContainerSpec, compose_dir: Path) -> dict
     return service
 
 
-def compose_spec(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> dict[str, Any]:
+def compose_spec(scenario: Scenario, cache: Path | None = None) -> dict[str, Any]:
+    """The compose file as a dict; build contexts under ``cache`` (default: cosim's cache directory)."""
+    return _spec(scenario, cache if cache is not None else cache_dir())
+
+
+def _spec(scenario: Scenario, cache: Path | None) -> dict[str, Any]:
     return {
         "name": f"cosim-{scenario.name}",
-        "services": {node.id: _service(scenario, node, compose_dir) for node in scenario.containers},
+        "services": {node.id: _service(scenario, node, cache) for node in scenario.containers},
         "networks": {NETWORK: {"internal": True, "labels": labels(scenario)}},
     }
 
 
-def render_text(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> str:
+def _text(scenario: Scenario, spec: dict[str, Any]) -> str:
     header = (
         f"# Rendered by cosim from scenario {scenario.name!r} (sha256 {scenario.sha256}).\n"
         "# Do not edit: edit the scenario and run `invoke render`. Inspect with `docker compose -f <this file> config`.\n"
     )
-    body = yaml.safe_dump(compose_spec(scenario, compose_dir), sort_keys=False, default_flow_style=False, width=120)
-    return header + body
+    return header + yaml.safe_dump(spec, sort_keys=False, default_flow_style=False, width=120)
+
+
+def render_text(scenario: Scenario, cache: Path | None = None) -> str:
+    return _text(scenario, compose_spec(scenario, cache))
 
 
 def sha256(scenario: Scenario) -> str:
-    """The hash of the scenario's rendered compose file, for the trace header: the same for every runtime (the
-    local runtime renders no file, yet its trace names the compose file a Docker run of it would use)."""
-    return hashlib.sha256(render_text(scenario).encode("utf-8")).hexdigest()
+    """The hash of the scenario's compose spec without its machine-specific parts (each build context's path is
+    replaced by its folder's source hash), for the trace header: the same for every runtime (the local runtime
+    renders no file, yet its trace names the compose file a Docker run of it would use) and every directory."""
+    return hashlib.sha256(_text(scenario, _spec(scenario, None)).encode("utf-8")).hexdigest()
 
 
 def render(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> Path:
     """Write the compose file (atomically) and return its path."""
     path = compose_path(scenario, compose_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = render_text(scenario, compose_dir)
+    text = render_text(scenario)
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return path
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # unique per writer

@@ -42,6 +42,7 @@ class ContainerSpec(NodeSpec):
     """A declared service (speaks the protocol) or infrastructure node (e.g. the broker): one container each."""
 
     build: Path | None = None  # the service directory (with its Dockerfile); None: a prebuilt `image`
+    source_sha256: str = ""  # the content hash of `build` (cosim.service_sources.source_hash); "" without one
     base_dir: Path = Path()  # the scenario file's directory (where a local_command runs without `build`)
     image: str = ""
     command: tuple[str, ...] | None = None

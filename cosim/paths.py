@@ -1,26 +1,7 @@
-"""Where cosim's checkout is, and how the images it builds from containers/ are named."""
+"""Where cosim's checkout is."""
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-# Several checkouts sharing one engine (worktrees, CI jobs) each set their own tag, so that one checkout's
-# build never replaces the image another checkout's run is using.
-IMAGE_TAG_ENV = "COSIM_IMAGE_TAG"
-DEFAULT_IMAGE_TAG = "dev"
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-
-
-def service_image(name: str) -> str:
-    """The tag of the image cosim builds from ``containers/<name>``: ``cosim/<name>:dev`` unless
-    ``$COSIM_IMAGE_TAG`` names another tag."""
-    tag = os.environ.get(IMAGE_TAG_ENV) or DEFAULT_IMAGE_TAG
-    if not _TAG.fullmatch(tag):
-        from cosim.errors import OptionError
-
-        raise OptionError(IMAGE_TAG_ENV, tag, "a Docker tag: letters, digits, '_', '.', '-', at most 128")
-    return f"cosim/{name}:{tag}"

@@ -103,3 +103,27 @@ def invoke_up_session(scenario: Path, trace: Path, *extra: str) -> Iterator[subp
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
+
+
+OWN_ECHO_DOCKERFILE = """\
+# A user's own service folder: the echo service beside a copy of the protocol adapter, and the SDK's wheel.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+COPY .cosim/wheels/ /wheels/
+RUN python3 -m venv /opt/venv \\
+    && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheels cosim-service \\
+    && /opt/venv/bin/python -c "import cosim_service" && rm -rf /wheels
+COPY service.py protocol_adapter.py /app/
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1
+ENTRYPOINT ["python3", "-u", "/app/service.py"]
+"""
+
+
+def own_echo_service(folder: Path) -> Path:
+    """A self-contained service folder at ``folder`` (its name is the image's): containers/echo's service with a copy
+    of protocol_adapter.py, as a user who copies the adapter has it. Returns ``folder``."""
+    folder.mkdir(parents=True)
+    (folder / "service.py").write_bytes((CONTAINERS / "echo" / "service.py").read_bytes())
+    (folder / "protocol_adapter.py").write_bytes((CONTAINERS / "protocol_adapter.py").read_bytes())
+    (folder / "Dockerfile").write_text(OWN_ECHO_DOCKERFILE, encoding="utf-8")
+    return folder

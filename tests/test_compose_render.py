@@ -1,9 +1,11 @@
-"""Compose rendering: golden files, determinism, atomic writes, the locked-down spec, and `docker compose config`.
+"""Compose rendering: golden files, determinism, atomic writes, the locked-down spec, `docker compose config`, and
+a hash that does not depend on where the files sit.
 
-Golden files: each scenario in tests/golden/scenarios/ renders (with compose_dir=tests/golden/compose, so the
-relative build contexts in the golden files resolve from where they are committed) to
+Golden files: each scenario in tests/golden/scenarios/ renders (with its build contexts under the fixed cache
+directory cosim.cli.GOLDEN_CACHE, so that they are the same on every machine) to
 tests/golden/compose/<scenario name>.yaml, byte for byte. The tests only compare; after an intended change to
-the rendering, regenerate the files with `invoke golden` and review the diff before committing it.
+the rendering, or to what goes into an image name (containers/echo, containers/mqtt-broker, the SDKs), regenerate
+the files with `invoke golden` and review the diff before committing it.
 """
 
 from __future__ import annotations
@@ -19,18 +21,18 @@ import yaml
 
 from cosim import compose
 from cosim import loading
+from cosim.cli import GOLDEN_CACHE
 from cosim.model import Scenario
+from cosim.run import run
+from cosim.service_sources import context_dir, service_image
+from cosim.tracediff import trace_hash
+
+from .conftest import own_echo_service
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 GOLDEN_SCENARIOS = sorted((GOLDEN / "scenarios").glob("*.yaml"))
 GOLDEN_COMPOSE = GOLDEN / "compose"
-
-
-@pytest.fixture(autouse=True)
-def _default_image_tag(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The golden files name the default tag; a checkout with its own $COSIM_IMAGE_TAG renders the same files.
-    monkeypatch.delenv("COSIM_IMAGE_TAG", raising=False)
 
 
 def golden_ids() -> list[str]:
@@ -47,7 +49,7 @@ def test_there_are_golden_scenarios() -> None:
 
 
 def test_matches_golden_file(golden_scenario: Scenario) -> None:
-    text = compose.render_text(golden_scenario, compose_dir=GOLDEN_COMPOSE)
+    text = compose.render_text(golden_scenario, GOLDEN_CACHE)
     golden = compose.compose_path(golden_scenario, GOLDEN_COMPOSE)
     assert golden.is_file(), f"{golden} is missing: create it with `invoke golden`"
     assert golden.read_bytes() == text.encode("utf-8"), (
@@ -60,29 +62,30 @@ def test_no_stray_golden_files() -> None:
 
 
 def test_rendering_is_deterministic(golden_scenario: Scenario) -> None:
-    first = compose.render_text(golden_scenario, compose_dir=GOLDEN_COMPOSE)
-    again = compose.render_text(loading.load(golden_scenario.path), compose_dir=GOLDEN_COMPOSE)
+    first = compose.render_text(golden_scenario, GOLDEN_CACHE)
+    again = compose.render_text(loading.load(golden_scenario.path), GOLDEN_CACHE)
     assert first == again
 
 
-def test_build_context_is_the_containers_dir(golden_scenario: Scenario, tmp_path: Path) -> None:
-    # Relative to the compose file wherever it goes, so the rendered file can move with the checkout.
-    (tmp_path / "elsewhere").mkdir()
-    for compose_dir in (GOLDEN_COMPOSE, tmp_path / "elsewhere"):
-        spec = yaml.safe_load(compose.render_text(golden_scenario, compose_dir=compose_dir))
-        for node in golden_scenario.containers:
-            build = spec["services"][node.id]["build"]
-            assert not Path(build["context"]).is_absolute()
-            assert (compose_dir / build["context"]).resolve() == ROOT / "containers"
-            assert build["dockerfile"] == f"{node.build.name}/Dockerfile"
-            assert (compose_dir / build["context"] / build["dockerfile"]).is_file()
+def test_build_context_is_the_staged_service_folder(golden_scenario: Scenario, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # An absolute path in cosim's cache ($COSIM_CACHE_DIR), so the rendered file works from anywhere.
+    monkeypatch.setenv("COSIM_CACHE_DIR", str(tmp_path / "cache"))
+    spec = yaml.safe_load(compose.render_text(golden_scenario))
+    for node in golden_scenario.containers:
+        build = spec["services"][node.id]["build"]
+        assert node.build is not None
+        assert build["context"] == context_dir(node.build, node.source_sha256).as_posix()
+        assert build["context"] == f"{tmp_path}/cache/contexts/{node.build.name}-{node.source_sha256[:12]}"
+        assert build["dockerfile"] == "Dockerfile"
+        assert set(build["args"]) == {"BASE_IMAGE", "NODE_BASE_IMAGE"}
 
 
 # -- the spec is locked down ---------------------------------------------------------------------------------------
 
 
 def rendered_spec(scenario: Scenario) -> dict[str, Any]:
-    return yaml.safe_load(compose.render_text(scenario, compose_dir=GOLDEN_COMPOSE))
+    return yaml.safe_load(compose.render_text(scenario, GOLDEN_CACHE))
 
 
 def test_services_are_the_container_nodes(golden_scenario: Scenario) -> None:
@@ -92,7 +95,7 @@ def test_services_are_the_container_nodes(golden_scenario: Scenario) -> None:
 
 
 def test_security_defaults(golden_scenario: Scenario) -> None:
-    text = compose.render_text(golden_scenario, compose_dir=GOLDEN_COMPOSE)
+    text = compose.render_text(golden_scenario, GOLDEN_CACHE)
     assert "docker.sock" not in text
     spec = yaml.safe_load(text)
     for node in golden_scenario.containers:
@@ -142,7 +145,7 @@ def test_replicas_become_services() -> None:
     assert list(spec["services"]) == ["worker-1", "worker-2", "worker-3"]
     for node_id, service in spec["services"].items():
         assert service["environment"] == {"COSIM_NODE_ID": node_id}
-        assert service["image"] == "cosim/echo:dev"
+        assert service["image"] == service_image("echo")
 
 
 def test_infrastructure_command() -> None:
@@ -173,7 +176,7 @@ def test_render_writes_atomically_and_returns_the_path(tmp_path: Path) -> None:
     out = tmp_path / "compose"  # does not exist yet
     path = compose.render(loaded, compose_dir=out)
     assert path == out / "golden-replicas.yaml"
-    expected = compose.render_text(loaded, compose_dir=out)
+    expected = compose.render_text(loaded)
     assert path.read_text(encoding="utf-8") == expected
     assert sorted(p.name for p in out.iterdir()) == ["golden-replicas.yaml"]  # no temporary file left
 
@@ -220,7 +223,7 @@ def test_docker_compose_config_accepts_golden(scenario_path: Path, tmp_path: Pat
     resolved = yaml.safe_load(result.stdout)
     assert set(resolved["services"]) == set(yaml.safe_load(golden.read_text())["services"])
     for service in resolved["services"].values():
-        assert Path(service["build"]["context"]) == ROOT / "containers"
+        assert Path(service["build"]["context"]).parent == GOLDEN_CACHE / "contexts"
         assert service["build"]["args"]["BASE_IMAGE"] == compose.DEFAULT_BASE_IMAGE
         assert service["labels"]["cosim.run"] == "manual"
         assert "ports" not in service
@@ -239,3 +242,51 @@ def test_invoke_golden_rewrites_nothing_when_the_rendering_matches() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(done.stdout.splitlines()) == sorted(f"unchanged tests/golden/compose/{path.name}" for path in before)
     assert {path: path.read_bytes() for path in GOLDEN_COMPOSE.glob("*.yaml")} == before
+
+
+# -- the identity of a scenario does not depend on where its files sit ------------------------------------------
+
+
+def _experiment(directory: Path) -> Path:
+    """A scenario and its own service folder (named like the bundled echo) under ``directory``."""
+    own_echo_service(directory / "services" / "echo")
+    scenario = directory / "scenarios" / "own.yaml"
+    scenario.parent.mkdir(parents=True)
+    scenario.write_text("""\
+name: own-echo
+seed: 7
+duration_us: 20000
+quantum_us: 1000
+nodes:
+  - {id: sensor, kind: sensor, period_us: 5000, links: [{to: echo, latency_us: 1000}]}
+  - {id: echo, kind: service, build: ../services/echo, config: {tick_us: 3000}}
+  - {id: out, kind: sink}
+routes:
+  - {from: sensor, to: [echo]}
+  - {from: echo, to: [out]}
+""", encoding="utf-8")
+    return scenario
+
+
+def test_the_same_experiment_in_two_directories_has_one_compose_hash(tmp_path: Path) -> None:
+    first, second = loading.load(_experiment(tmp_path / "a")), loading.load(_experiment(tmp_path / "x" / "y" / "b"))
+    assert compose.sha256(first) == compose.sha256(second)
+    assert compose.render_text(first) == compose.render_text(second)  # the context is named by content too
+    assert compose.render_text(first, tmp_path / "one") != compose.render_text(first, tmp_path / "two")
+    assert compose.sha256(first) != compose.sha256(loading.load(ROOT / "tests" / "golden" / "scenarios"
+                                                                 / "replicas.yaml"))
+    assert first.node("echo").image != service_image("echo")  # never the bundled image
+    service = tmp_path / "a" / "services" / "echo" / "service.py"
+    service.write_text(service.read_text() + "\n# changed\n")
+    changed = loading.load(tmp_path / "a" / "scenarios" / "own.yaml")
+    assert compose.sha256(changed) != compose.sha256(second)  # what a service is made of is part of the identity
+
+
+def test_the_same_experiment_in_two_directories_gives_one_trace_hash(tmp_path: Path) -> None:
+    traces = []
+    for where in ("a", "elsewhere/b"):
+        scenario = _experiment(tmp_path / where)
+        traces.append(tmp_path / where / "trace.jsonl")
+        run(scenario, runtime="local", trace_path=traces[-1])
+    assert trace_hash(traces[0]) == trace_hash(traces[1])
+    assert traces[0].read_bytes().split(b"\n", 1)[1] == traces[1].read_bytes().split(b"\n", 1)[1]

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from cosim.runtimes.docker import remove_by_label
 from cosim.loading import load
 from cosim.trace import RunError, Sent, read
 from cosim.tracediff import trace_hash
-from cosim.paths import service_image
+from cosim.service_sources import service_image
 from tests.conftest import ROOT, cosim_resources, invoke_up_session, wait_until
 
 pytestmark = pytest.mark.docker
@@ -60,9 +59,8 @@ def swept() -> Iterator[Callable[[str], str]]:
 
 @pytest.fixture(scope="module", autouse=True)
 def _no_test_images_left() -> Iterator[None]:
-    # The test-only images (and the empty wheelhouse their build creates beside them) go when the module ends.
+    # The test-only images go when the module ends.
     yield
-    shutil.rmtree(SCENARIOS / "services" / ".wheelhouse", ignore_errors=True)
     subprocess.run(["docker", "rmi", "-f", "cosim/test-nocmd:dev", "cosim/does-not-exist:dev"], capture_output=True)
 
 

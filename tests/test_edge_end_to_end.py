@@ -26,7 +26,7 @@ from cosim.edge import detections
 from cosim.run import CompletedRun, run
 from cosim.loading import load
 from cosim.model import Scenario
-from cosim.paths import service_image
+from cosim.service_sources import service_image
 
 from .conftest import assert_same_simulation, cosim_resources, invoke_up_session
 

@@ -1,14 +1,18 @@
-"""Image builder and engine check: builds only when inputs change, clear errors, no leftovers.
+"""Image builder and engine check: services from any folder, named by content, built only when inputs change,
+clear errors, no leftovers.
 
-Docker tests build from a temporary copy of containers/ (never the real tree) under unique cosim-test/ tags
-and remove every tag they create.
+Docker tests build from temporary service folders (never the real tree) and remove every image they create (the
+bundled echo image and the Node base image, shared with the rest of the suite, stay).
 """
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
+import sys
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -16,10 +20,15 @@ import pytest
 from python_on_whales import docker
 from python_on_whales.exceptions import DockerException
 
+from cosim import service_sources, wheel
 from cosim.runtimes.docker import base_image, service_images as images
 from cosim.runtimes.docker.engine import check_engine
 from cosim.errors import EngineUnavailable, ImageBuildError
-from cosim.runtimes.docker.service_images import ImageSpec, ensure_images, ensure_wheelhouse
+from cosim.runtimes.docker.service_images import (ImageSpec, build_images, ensure_images, ensure_wheelhouse,
+                                                  service_spec, stage_context)
+from cosim.service_sources import image_name
+
+from .conftest import own_echo_service
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,23 +43,30 @@ class Log(list[str]):
         return [line.split(": ", 1)[1] for line in self if line.startswith(f"image {tag}: ")]
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Staged contexts and wheelhouses of these tests go to a temporary cache, removed with it (which knows the
+    base image pulls that failed recently, as the real one does: no pull attempt per test)."""
+    memo = service_sources.cache_dir() / "base-image-pulls.json"
+    (tmp_path / "cache").mkdir()
+    if memo.is_file():
+        shutil.copyfile(memo, tmp_path / "cache" / memo.name)
+    monkeypatch.setenv(service_sources.CACHE_ENV, str(tmp_path / "cache"))
+
+
 @pytest.fixture
-def containers_copy(tmp_path: Path) -> Path:
-    """A throwaway containers/ with the protocol adapter and the echo service."""
-    copy = tmp_path / "containers"
-    copy.mkdir()
-    shutil.copy2(ROOT / "containers" / "protocol_adapter.py", copy / "protocol_adapter.py")
-    shutil.copytree(ROOT / "containers" / "echo", copy / "echo", ignore=shutil.ignore_patterns("__pycache__"))
-    return copy
+def echo_folder(tmp_path: Path) -> Path:
+    """A user's own service folder named like a bundled one: echo."""
+    return own_echo_service(tmp_path / "elsewhere" / "echo")
 
 
 @pytest.fixture
 def test_tag() -> Iterator[Callable[[str], str]]:
-    """Hands out unique cosim-test/ tags and removes them (and their dangling layers) afterwards."""
+    """Hands out unique cosim-test/ tags (or registers a given tag) and removes them afterwards."""
     created: list[str] = []
 
     def make(name: str) -> str:
-        tag = f"cosim-test/{name}:{uuid.uuid4().hex[:12]}"
+        tag = name if ":" in name else f"cosim-test/{name}:{uuid.uuid4().hex[:12]}"
         created.append(tag)
         return tag
 
@@ -62,13 +78,31 @@ def test_tag() -> Iterator[Callable[[str], str]]:
             pass  # never built (e.g. the build failed)
 
 
+@pytest.fixture
+def fake_pip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[list[str]]:
+    """`pip download` replaced by one that writes pkg-<n>-py3-none-any.whl."""
+    calls: list[list[str]] = []
+    real_run = subprocess.run
+
+    def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        if command[1:4] != ["-m", "pip", "download"]:
+            return real_run(command, **kwargs)
+        calls.append(command)
+        target = Path(command[command.index("-d") + 1])
+        (target / f"pkg-{len(calls)}-py3-none-any.whl").write_bytes(b"wheel")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(images.subprocess, "run", run)
+    return calls
+
+
 def _status(log: Log, tag: str) -> str:
     return log.statuses(tag)[-1].split(" in ")[0]  # "built in 3.1 s" -> "built"
 
 
 @pytest.mark.docker
-def test_builds_once_then_up_to_date(containers_copy: Path, test_tag: Callable[[str], str]) -> None:
-    spec = ImageSpec(tag=test_tag("echo"), service_dir=containers_copy / "echo")
+def test_builds_once_then_up_to_date(echo_folder: Path, test_tag: Callable[[str], str]) -> None:
+    spec = ImageSpec(tag=test_tag("echo"), service_dir=echo_folder)
     log = Log()
     first = ensure_images([spec], log=log)
     assert _status(log, spec.tag) == "built"
@@ -76,8 +110,8 @@ def test_builds_once_then_up_to_date(containers_copy: Path, test_tag: Callable[[
     assert labels.get(images.PROJECT_LABEL) == "cosim" and labels.get(images.BUILD_HASH_LABEL)
 
     # A second call does not build; a __pycache__ (made when the service runs locally) changes nothing.
-    (containers_copy / "echo" / "__pycache__").mkdir()
-    (containers_copy / "echo" / "__pycache__" / "service.cpython-311.pyc").write_bytes(b"stale")
+    (echo_folder / "__pycache__").mkdir()
+    (echo_folder / "__pycache__" / "service.cpython-311.pyc").write_bytes(b"stale")
     log.clear()
     second = ensure_images([spec], log=log)
     assert log.statuses(spec.tag) == ["up to date"]
@@ -104,11 +138,11 @@ def _run_echo(tag: str) -> str:
 
 
 @pytest.mark.docker
-def test_change_in_service_dir_rebuilds(containers_copy: Path, test_tag: Callable[[str], str]) -> None:
-    spec = ImageSpec(tag=test_tag("echo"), service_dir=containers_copy / "echo")
+def test_change_in_service_dir_rebuilds(echo_folder: Path, test_tag: Callable[[str], str]) -> None:
+    spec = ImageSpec(tag=test_tag("echo"), service_dir=echo_folder)
     log = Log()
     first = ensure_images([spec], log=log)[spec.tag]
-    service = containers_copy / "echo" / "service.py"
+    service = echo_folder / "service.py"
     service.write_text(service.read_text() + "\n# changed\n")
     log.clear()
     second = ensure_images([spec], log=log)[spec.tag]
@@ -120,11 +154,11 @@ def test_change_in_service_dir_rebuilds(containers_copy: Path, test_tag: Callabl
 
 
 @pytest.mark.docker
-def test_broken_dockerfile_names_the_image(containers_copy: Path, test_tag: Callable[[str], str]) -> None:
+def test_broken_dockerfile_names_the_image(echo_folder: Path, test_tag: Callable[[str], str]) -> None:
     marker = f"cosim-test-broken-{uuid.uuid4().hex[:8]}"
-    dockerfile = containers_copy / "echo" / "Dockerfile"
+    dockerfile = echo_folder / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text() + f"RUN echo {marker} && exit 7\n")
-    spec = ImageSpec(tag=test_tag("broken"), service_dir=containers_copy / "echo")
+    spec = ImageSpec(tag=test_tag("broken"), service_dir=echo_folder)
     with pytest.raises(ImageBuildError) as caught:
         ensure_images([spec], log=Log())
     message = str(caught.value)
@@ -134,9 +168,9 @@ def test_broken_dockerfile_names_the_image(containers_copy: Path, test_tag: Call
 
 
 @pytest.mark.docker
-def test_unusable_base_image_override_is_reported(monkeypatch: pytest.MonkeyPatch, containers_copy: Path) -> None:
+def test_unusable_base_image_override_is_reported(monkeypatch: pytest.MonkeyPatch, echo_folder: Path) -> None:
     monkeypatch.setenv(base_image.BASE_IMAGE_ENV, "cosim-test/no-such-base:none")
-    spec = ImageSpec(tag="cosim-test/never:built", service_dir=containers_copy / "echo")
+    spec = ImageSpec(tag="cosim-test/never:built", service_dir=echo_folder)
     with pytest.raises(ImageBuildError, match="COSIM_BASE_IMAGE=cosim-test/no-such-base:none is neither present"):
         ensure_images([spec], log=Log())
 
@@ -153,42 +187,153 @@ def test_check_engine_reports_unreachable_daemon(monkeypatch: pytest.MonkeyPatch
         check_engine()
 
 
-def test_wheelhouse_directory_exists_without_requirements(containers_copy: Path) -> None:
-    spec = ImageSpec(tag="cosim-test/echo:unused", service_dir=containers_copy / "echo")
+def test_no_wheelhouse_without_requirements(echo_folder: Path, fake_pip: list[list[str]]) -> None:
+    spec = ImageSpec(tag="cosim-test/echo:unused", service_dir=echo_folder)
     assert ensure_wheelhouse(spec, log=Log()) is None
-    assert (containers_copy / ".wheelhouse" / "echo").is_dir()
+    assert fake_pip == []
 
 
-def test_wheelhouse_downloads_only_when_requirements_change(
-    containers_copy: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[list[str]] = []
-    real_run = subprocess.run
-
-    def fake_pip(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        if command[1:4] != ["-m", "pip", "download"]:
-            return real_run(command, **kwargs)
-        calls.append(command)
-        target = Path(command[command.index("-d") + 1])
-        (target / f"pkg-{len(calls)}-py3-none-any.whl").write_bytes(b"wheel")
-        return subprocess.CompletedProcess(command, 0, "", "")
-
-    monkeypatch.setattr(images.subprocess, "run", fake_pip)
-    requirements = containers_copy / "echo" / "requirements.txt"
+def test_wheelhouse_downloads_once_per_requirements_content(echo_folder: Path, tmp_path: Path,
+                                                           fake_pip: list[list[str]]) -> None:
+    requirements = echo_folder / "requirements.txt"
     requirements.write_text("pkg==1\n")
-    spec = ImageSpec(tag="cosim-test/echo:unused", service_dir=containers_copy / "echo")
+    spec = ImageSpec(tag="cosim-test/echo:unused", service_dir=echo_folder)
 
     wheelhouse = ensure_wheelhouse(spec, log=Log())
-    assert wheelhouse is not None and len(calls) == 1
-    assert "--only-binary=:all:" in calls[0] and "manylinux2014_x86_64" in calls[0]
-    ensure_wheelhouse(spec, log=Log())
-    assert len(calls) == 1  # unchanged requirements: no download
+    assert wheelhouse is not None and len(fake_pip) == 1
+    assert wheelhouse.is_relative_to(tmp_path / "cache")
+    assert "--only-binary=:all:" in fake_pip[0] and "manylinux2014_x86_64" in fake_pip[0]
+    assert ensure_wheelhouse(spec, log=Log()) == wheelhouse
+    # Another folder with the same requirements shares the download.
+    other = own_echo_service(tmp_path / "other" / "svc")
+    (other / "requirements.txt").write_text("pkg==1\n")
+    assert ensure_wheelhouse(ImageSpec(tag="cosim-test/svc:unused", service_dir=other), log=Log()) == wheelhouse
+    assert len(fake_pip) == 1
 
     requirements.write_text("pkg==2\n")
-    ensure_wheelhouse(spec, log=Log())
-    assert len(calls) == 2
-    assert sorted(p.name for p in wheelhouse.iterdir()) == ["pkg-2-py3-none-any.whl"]  # old wheels are gone
+    again = ensure_wheelhouse(spec, log=Log())
+    assert len(fake_pip) == 2 and again != wheelhouse
+    assert sorted(p.name for p in again.iterdir()) == ["pkg-2-py3-none-any.whl"]
 
-    (wheelhouse / "pkg-2-py3-none-any.whl").unlink()  # a wiped wheelhouse is refilled
-    ensure_wheelhouse(spec, log=Log())
-    assert len(calls) == 3
+
+def test_staged_context_is_the_folder_and_cosims_additions(tmp_path: Path, fake_pip: list[list[str]]) -> None:
+    folder = own_echo_service(tmp_path / "services" / "echo")
+    (folder / "requirements.txt").write_text("pkg==1\n")
+    (folder / "data").mkdir()
+    (folder / "data" / "table.csv").write_text("a,b\n")
+    for leftover in ("__pycache__", ".git", ".pytest_cache", ".cosim"):
+        (folder / leftover).mkdir()
+        (folder / leftover / "junk").write_text("not in the image")
+    sibling = own_echo_service(tmp_path / "services" / "big")
+    (sibling / "blob.bin").write_bytes(b"\0" * 1024)
+    before = sorted(path.relative_to(folder) for path in folder.rglob("*"))
+
+    context, digest = stage_context(ImageSpec(tag="cosim-test/echo:unused", service_dir=folder), log=Log())
+    assert context == tmp_path / "cache" / "contexts" / f"echo-{digest[:12]}"
+    staged = sorted(path.relative_to(context).as_posix() for path in context.rglob("*") if path.is_file())
+    sdk = sorted(service_sources.sdk_content().files)
+    assert staged == sorted(["Dockerfile", "data/table.csv", "protocol_adapter.py", "requirements.txt", "service.py",
+                             ".cosim/wheels/pkg-1-py3-none-any.whl", *sdk])
+    assert ".cosim/wheels/cosim_service-0.1.0-py3-none-any.whl" in sdk
+    assert (context / ".cosim" / "node_modules").is_dir()
+    assert sorted(path.relative_to(folder) for path in folder.rglob("*")) == before  # nothing written into it
+    assert image_name(folder) == f"cosim/echo:{digest[:12]}"
+    # Staged once per content: a second call copies nothing.
+    (context / "marker").write_text("kept")
+    assert stage_context(ImageSpec(tag="cosim-test/echo:unused", service_dir=folder), log=Log())[0] == context
+    assert (context / "marker").is_file()
+
+
+def test_image_names_come_from_content_not_paths(tmp_path: Path) -> None:
+    one = own_echo_service(tmp_path / "a" / "echo")
+    two = own_echo_service(tmp_path / "b" / "c" / "echo")
+    assert image_name(one) == image_name(two) != service_sources.service_image("echo")
+    assert image_name(one).startswith("cosim/echo:") and len(image_name(one).split(":")[1]) == 12
+    (two / "service.py").write_text((two / "service.py").read_text() + "\n# changed\n")
+    assert image_name(one) != image_name(two)
+    (one / "__pycache__").mkdir()
+    (one / "__pycache__" / "x.pyc").write_bytes(b"x")
+    assert image_name(one) == image_name(own_echo_service(tmp_path / "d" / "echo"))
+    assert image_name(own_echo_service(tmp_path / "My Service_2")).startswith("cosim/my-service-2:")
+
+
+# -- the SDK wheel ------------------------------------------------------------------------------------------
+
+
+def _package(directory: Path) -> Path:
+    package = directory / "demo_pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text('__version__ = "1.2"\nVALUE = 42\n')
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "__pycache__").mkdir()
+    (package / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"x")
+    (directory / "pyproject.toml").write_text('[project]\nname = "demo-pkg"\nversion = "1.2"\n'
+                                              'description = "A demo"\nrequires-python = ">=3.11"\n'
+                                              'dependencies = []\n[project.optional-dependencies]\n'
+                                              'mqtt = ["paho-mqtt>=2.0"]\n')
+    return package
+
+
+def test_the_wheel_is_reproducible_and_installable(tmp_path: Path) -> None:
+    package = _package(tmp_path / "src")
+    project = wheel.Project.from_pyproject(tmp_path / "src" / "pyproject.toml")
+    name, data = wheel.build(package, project)
+    assert name == "demo_pkg-1.2-py3-none-any.whl"
+    (package / "__init__.py").touch()  # a new mtime changes nothing
+    shutil.copytree(tmp_path / "src", tmp_path / "copy")
+    assert wheel.build(tmp_path / "copy" / "demo_pkg", project) == (name, data)
+    members = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert members == ["demo_pkg/__init__.py", "demo_pkg/sub/__init__.py", "demo_pkg-1.2.dist-info/METADATA",
+                       "demo_pkg-1.2.dist-info/WHEEL", "demo_pkg-1.2.dist-info/RECORD"]
+    metadata = zipfile.ZipFile(io.BytesIO(data)).read("demo_pkg-1.2.dist-info/METADATA").decode()
+    assert 'Provides-Extra: mqtt\nRequires-Dist: paho-mqtt>=2.0; extra == "mqtt"' in metadata
+
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / name).write_bytes(data)
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                           "--no-index", "--find-links", str(tmp_path / "wheels"), "--target", str(tmp_path / "site"),
+                           "demo-pkg"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    imported = subprocess.run([sys.executable, "-c", "import demo_pkg; print(demo_pkg.VALUE)"],
+                              cwd=tmp_path / "site", capture_output=True, text=True, timeout=60)
+    assert imported.stdout.strip() == "42", imported.stderr
+
+
+# -- the real engine: names that cannot clash, the Node base ------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_a_folder_named_echo_never_touches_the_bundled_echo(echo_folder: Path,
+                                                             test_tag: Callable[[str], str]) -> None:
+    bundled = service_spec("echo")
+    bundled_id = ensure_images([bundled], log=Log())[bundled.tag]
+    own = ImageSpec(tag=test_tag(image_name(echo_folder)), service_dir=echo_folder)
+    assert own.tag.startswith("cosim/echo:") and own.tag != bundled.tag
+    own_id = ensure_images([own], log=Log())[own.tag]
+    assert own_id != bundled_id
+    assert docker.image.inspect(bundled.tag).id == bundled_id
+    replies = _run_echo(own.tag)
+    assert '"type":"READY"' in replies and '"type":"DONE"' in replies
+
+
+@pytest.mark.docker
+def test_the_node_base_image_is_built_on_demand(tmp_path: Path, test_tag: Callable[[str], str]) -> None:
+    folder = tmp_path / "hello-node"
+    folder.mkdir()
+    (folder / "index.js").write_text('console.log("node " + process.version);\n')
+    (folder / "Dockerfile").write_text("ARG NODE_BASE_IMAGE=cosim/node-base:bookworm\nFROM ${NODE_BASE_IMAGE}\n"
+                                       "COPY .cosim/node_modules/ /app/node_modules/\nCOPY index.js /app/\n"
+                                       'ENTRYPOINT ["node", "/app/index.js"]\n')
+    spec = ImageSpec(tag=test_tag(image_name(folder)), service_dir=folder)
+    built = build_images([spec], log=Log())
+    assert images.NODE_BASE_IMAGE in built.bases
+    labels = docker.image.inspect(images.NODE_BASE_IMAGE).config.labels or {}
+    assert labels.get(images.BUILD_HASH_LABEL) and labels.get(images.PROJECT_LABEL) == "cosim"
+    done = subprocess.run(["docker", "run", "--rm", "--user", "10001:10001", "--read-only", spec.tag],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("node v"), done.stdout + done.stderr
+    log = Log()
+    assert build_images([spec], log=log).images == built.images
+    assert log.statuses(images.NODE_BASE_IMAGE) == ["up to date"] and log.statuses(spec.tag) == ["up to date"]
+    # A Python-only scenario does not need it.
+    assert images.NODE_BASE_IMAGE not in build_images([service_spec("echo")], log=Log()).bases

@@ -9,6 +9,7 @@ import json
 import platform
 import random
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -107,11 +108,10 @@ COSIM_DEPENDENCIES = ("invoke", "jsonschema", "matplotlib", "onnxruntime", "paho
 
 def test_trace_header_identifies_the_run(first_run: CompletedRun) -> None:
     header = records(first_run.trace_path)[0]
-    compose_text = compose.render_text(loading.load(PIPELINE))
     assert header == {
         "record": "header", "format": "cosim-trace/1", "scenario": "local-pipeline",
         "scenario_sha256": hashlib.sha256(PIPELINE.read_bytes()).hexdigest(), "seed": 42,
-        "compose_sha256": hashlib.sha256(compose_text.encode("utf-8")).hexdigest(),
+        "compose_sha256": compose.sha256(loading.load(PIPELINE)),  # the machine-free identity
         "duration_us": 200_000, "quantum_us": 1000, "protocol": protocol.VERSION, "cosim": __version__,
         "barrier_groups": {}, "advance": "next-event",
         "nodes": {"echo-1": "service", "echo-2": "service", "sensor-a": "sensor", "sensor-b": "sensor",
@@ -320,3 +320,58 @@ def test_the_built_in_uniform_sensor_model_sends_one_seeded_value_per_reading(tm
     first = values(5)
     assert all(0.0 <= value < 1.0 for value in first) and len(set(first)) == 4
     assert values(5) == first and values(6) != first
+
+
+# -- where a service runs, and how it finds the SDKs ------------------------------------------------------------
+
+
+NODE_SERVICE = """\
+// A protocol echo that needs the Node SDK and a file beside it (read relative to its working directory).
+const sdk = require("cosim-service");
+const tag = require("fs").readFileSync("tag.txt", "utf8").trim();
+const readline = require("readline");
+const send = (msg) => process.stdout.write(JSON.stringify(msg) + "\\n");
+readline.createInterface({ input: process.stdin }).on("line", (line) => {
+  const msg = JSON.parse(line);
+  if (msg.type === "INIT") send({ type: "READY", protocol: 1, time_us: 0, capabilities: [sdk.name, tag] });
+  else if (msg.type === "ADVANCE") send({ type: "DONE", time_us: msg.time_us, events: msg.events.map((e) =>
+    ({ type: "echo", time_us: e.time_us, data: { sdk: sdk.name, tag } })) });
+  else if (msg.type === "SHUTDOWN") process.exit(0);
+});
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node on the host")
+def test_a_local_command_runs_in_its_folder_and_finds_the_node_sdk(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from cosim import service_sources
+
+    sdk = tmp_path / "sdk"
+    (sdk / "node").mkdir(parents=True)
+    (sdk / "node" / "package.json").write_text('{"name": "cosim-service", "main": "index.js"}\n')
+    (sdk / "node" / "index.js").write_text('module.exports = { name: "fake-node-sdk" };\n')
+    monkeypatch.setattr(service_sources, "sdk_dir", lambda: sdk)
+    monkeypatch.setenv(service_sources.CACHE_ENV, str(tmp_path / "cache"))
+    folder = tmp_path / "services" / "js"
+    folder.mkdir(parents=True)
+    (folder / "echo.js").write_text(NODE_SERVICE)
+    (folder / "tag.txt").write_text("from-its-folder\n")
+    (folder / "Dockerfile").write_text("FROM scratch\n")
+    scenario = tmp_path / "scenarios" / "js.yaml"
+    scenario.parent.mkdir()
+    scenario.write_text("""\
+name: js-local
+seed: 1
+duration_us: 10000
+nodes:
+  - {id: sensor, kind: sensor, period_us: 5000}
+  - {id: js, kind: service, build: ../services/js, local_command: [node, echo.js]}
+  - {id: out, kind: sink}
+routes:
+  - {from: sensor, to: [js]}
+  - {from: js, to: [out]}
+""")
+    done = run_local(scenario, tmp_path / "trace.jsonl")
+    received = [event["data"] for event in done.sinks["out"]]
+    assert received and all(data == {"sdk": "fake-node-sdk", "tag": "from-its-folder"} for data in received)
+    assert not (folder / "node_modules").exists()  # nothing written into the service folder

@@ -15,7 +15,7 @@ from cosim import compose
 from cosim import loading
 from cosim.errors import ScenarioError
 from cosim.run import run
-from cosim.paths import service_image
+from cosim.service_sources import service_image
 
 from .conftest import ROOT, cosim_resources
 

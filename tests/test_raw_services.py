@@ -14,7 +14,7 @@ import pytest
 
 from cosim.errors import NodeFailure
 from cosim.run import run
-from cosim.paths import service_image
+from cosim.service_sources import image_name
 
 from .conftest import ROOT, cosim_resources
 
@@ -42,11 +42,10 @@ RULES = {
 
 @pytest.fixture(scope="module", autouse=True)
 def _no_test_image_left() -> Iterator[None]:
-    # The test-only image (and the empty wheelhouse its build creates beside it) go when the module ends.
+    # The test-only image goes when the module ends.
     yield
-    shutil.rmtree(RAW.parent / ".wheelhouse", ignore_errors=True)
     if shutil.which("docker"):
-        subprocess.run(["docker", "rmi", "-f", service_image("raw")], capture_output=True)
+        subprocess.run(["docker", "rmi", "-f", image_name(RAW)], capture_output=True)
 
 
 def raw_scenario(directory: Path, rule: str) -> Path:

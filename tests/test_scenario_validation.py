@@ -15,7 +15,7 @@ import pytest
 from cosim.errors import ScenarioError
 from cosim.loading import load, reading
 from cosim.model import ContainerSpec, LinkProperties, Scenario, SensorSpec, SinkSpec
-from cosim.paths import service_image
+from cosim.service_sources import image_name
 
 MARK = "# HERE"
 
@@ -392,7 +392,7 @@ def test_replicas_are_expanded_with_their_group(valid: Scenario, workdir: Path) 
         assert isinstance(replica, ContainerSpec)
         assert replica.group == "worker"
         assert replica.build == (workdir / "svc").resolve()
-        assert replica.image == service_image("svc")
+        assert replica.image == image_name(workdir / "svc")
         assert replica.read_only is True
         assert replica.command is None and replica.environment == {} and replica.config == {}
     assert valid.node("out").group is None

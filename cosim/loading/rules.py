@@ -14,7 +14,7 @@ from cosim import plugins
 from cosim.loading import schedule as scheduling
 from cosim.loading.positions import FieldPath, Positions
 from cosim.model import Anomaly, ContainerSpec, LinkProperties, NodeSpec, Route, Scenario, SensorSpec, SinkSpec
-from cosim.paths import service_image
+from cosim.service_sources import image_name, source_hash
 
 MAX_STEPS = 50_000_000
 DEFAULT_QUANTUM_US = 1000
@@ -127,16 +127,18 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
     kind = doc["kind"]
     if kind in ("service", "infrastructure"):
         service_dir: Path | None = None
+        digest = ""
         if "build" in doc:
             service_dir = (base_dir / doc["build"]).resolve()
             if not (service_dir / "Dockerfile").is_file():
                 raise positions.error(f"no Dockerfile in {doc['build']!r} (looked for {service_dir / 'Dockerfile'})", at + ("build",))
+            digest = source_hash(service_dir)
         elif "image" not in doc:
             raise positions.error("needs `build` (a service directory with a Dockerfile) or `image` (a prebuilt image)", at)
         _check_shared_subscriptions(doc, at, positions)
         return ContainerSpec(
-            id=doc["id"], kind=kind, links=links, build=service_dir, base_dir=base_dir,
-            image=doc["image"] if "image" in doc else service_image(service_dir.name),  # type: ignore[union-attr]
+            id=doc["id"], kind=kind, links=links, build=service_dir, source_sha256=digest, base_dir=base_dir,
+            image=doc["image"] if "image" in doc else image_name(service_dir, digest),  # type: ignore[arg-type]
             command=tuple(doc["command"]) if "command" in doc else None,
             local_command=tuple(doc["local_command"]) if "local_command" in doc else None,
             config=doc.get("config", {}),

@@ -2,6 +2,11 @@
 
 Fast tests, and a way to develop a service before containerising it. Infrastructure nodes (e.g. the MQTT
 broker) run from their ``local_command`` with ``{port}`` replaced by a free local port.
+
+Where and how a service runs: its ``local_command`` (``{python}`` is this Python) in its ``build`` folder, or in the
+scenario file's folder without one; a ``build`` service without ``local_command`` runs ``python -u service.py`` in
+its folder. Every process finds the SDKs as in an image: ``PYTHONPATH`` names the directory of the ``cosim_service``
+package, and ``NODE_PATH`` a directory holding ``cosim-service`` (the Node SDK, staged in cosim's cache).
 """
 
 from __future__ import annotations
@@ -18,11 +23,9 @@ from typing import Any
 
 from cosim.errors import NodeStartError
 from cosim.model import ContainerSpec, Scenario
+from cosim.service_sources import node_path, python_sdk_package
 from cosim.tails import file_tail
 from cosim.transport import PipeTransport, Transport
-
-# The checkout's Python SDK (TEMPORARY: see LocalRuntime._environment).
-SDK_PYTHON = Path(__file__).resolve().parents[2] / "sdk" / "python"
 
 INFRA_START_TIMEOUT_S = 15.0
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
@@ -58,6 +61,7 @@ class LocalRuntime:
         self._transports: dict[str, PipeTransport] = {}
         self._infrastructure: dict[str, subprocess.Popen[bytes]] = {}
         self._endpoints: dict[str, dict[str, Any]] = {}
+        self._sdk_paths: dict[str, str] | None = None
 
     def start(self) -> None:
         try:
@@ -136,18 +140,20 @@ class LocalRuntime:
             if node.build is None:
                 raise NodeStartError(node.id, "uses a prebuilt image and has no local_command, so "
                                               "--runtime local cannot start it; add one or use --runtime docker")
-            return [sys.executable, "-u", str(node.build / "service.py")]
+            return [sys.executable, "-u", "service.py"]  # in its folder
         return [part.replace("{python}", sys.executable).replace("{port}", str(port)) for part in node.local_command]
 
     def _environment(self, node: ContainerSpec) -> dict[str, str]:
-        # The services import the SDK (cosim_service), which images install from the wheelhouse. TEMPORARY, until
-        # cosim's own distribution ships cosim_service: the checkout's sdk/python. protocol_adapter.py lives in the
-        # services' parent directory, for services that copy it.
-        containers_dir = str(node.build.parent) if node.build is not None else None
-        sdk = str(SDK_PYTHON) if SDK_PYTHON.is_dir() else None
-        pythonpath = os.pathsep.join(filter(None, [sdk, containers_dir, os.environ.get("PYTHONPATH")]))
-        return {**os.environ, **node.environment, "PYTHONPATH": pythonpath, "COSIM_NODE_ID": node.id,
-                "PYTHONUNBUFFERED": "1"}
+        if self._sdk_paths is None:  # the same for every node: found (and the Node SDK staged) once per run
+            package, modules = python_sdk_package(), node_path()
+            self._sdk_paths = {
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(package.parent) if package else None,
+                                                            os.environ.get("PYTHONPATH")])),
+                "NODE_PATH": os.pathsep.join(filter(None, [str(modules) if modules else None,
+                                                           os.environ.get("NODE_PATH")])),
+            }
+        return {**os.environ, **node.environment, **{k: v for k, v in self._sdk_paths.items() if v},
+                "COSIM_NODE_ID": node.id, "PYTHONUNBUFFERED": "1"}
 
     def _start_infrastructure(self, node: ContainerSpec, port: int | None = None) -> None:
         port = port if port is not None else free_port()

@@ -1,8 +1,9 @@
 """The base image every service image is built on, present locally on return from ``resolve_base_image``.
 
 In order: ``$COSIM_BASE_IMAGE`` if set (present, or pulled); else ``python:3.11-slim-bookworm`` (present, or
-pulled; a failed pull is remembered for a day in ``.cache/``); else, for engines without a registry,
-``cosim/base:bookworm`` built locally with debootstrap (root only) and ``docker import``-ed.
+pulled; a failed pull is remembered for a day in cosim's cache directory, cosim.service_sources.cache_dir());
+else, for engines without a registry, ``cosim/base:bookworm`` built locally with debootstrap (root only) and
+``docker import``-ed. Builds are serialised between cosim processes by a lock file in that directory too.
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ from python_on_whales import docker
 from python_on_whales.exceptions import NoSuchImage
 
 from cosim.errors import ImageBuildError
-from cosim.paths import REPO_ROOT
 from cosim.runtimes.docker.engine import docker_command, pull
+from cosim.service_sources import cache_dir as default_cache_dir
 from cosim.tails import build_output_tail, last_lines
 
-CACHE_DIR = REPO_ROOT / ".cache"
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
 LOCAL_BASE_IMAGE = "cosim/base:bookworm"
 BASE_IMAGE_ENV = "COSIM_BASE_IMAGE"
@@ -66,8 +66,8 @@ _lock_depth = 0
 
 
 @contextlib.contextmanager
-def build_lock(cache_dir: Path = CACHE_DIR) -> Iterator[None]:
-    """Serialise builds between cosim processes on this checkout (re-entrant within one process)."""
+def build_lock(cache_dir: Path | None = None) -> Iterator[None]:
+    """Serialise builds between cosim processes sharing a cache directory (re-entrant within one process)."""
     global _lock_depth
     if _lock_depth:
         _lock_depth += 1
@@ -76,6 +76,7 @@ def build_lock(cache_dir: Path = CACHE_DIR) -> Iterator[None]:
         finally:
             _lock_depth -= 1
         return
+    cache_dir = cache_dir or default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     with (cache_dir / "images.lock").open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -125,12 +126,13 @@ def try_pull(image: str, *, timeout_s: float = PULL_TIMEOUT_S, log: Log = stderr
 
 def resolve_base_image(
     *,
-    cache_dir: Path = CACHE_DIR,
+    cache_dir: Path | None = None,
     local_tag: str = LOCAL_BASE_IMAGE,
     pull_timeout_s: float = PULL_TIMEOUT_S,
     log: Log = stderr_log,
 ) -> str:
     """The base image to build on (see the module docstring for the order); it exists locally on return."""
+    cache_dir = cache_dir or default_cache_dir()
     chosen = os.environ.get(BASE_IMAGE_ENV, "").strip()
     if chosen:
         if image_id(chosen) is None:

@@ -1,24 +1,30 @@
 """Build the service images, only when something that goes into them changed.
 
-Every service lives in ``containers/<name>/`` with its ``Dockerfile``; the build context is ``containers/`` so
-each Dockerfile can ``COPY protocol_adapter.py``. Python dependencies are pinned in
-``containers/<name>/requirements.txt`` and downloaded on the host into ``containers/.wheelhouse/<name>/``
-(builds cannot reach PyPI on every machine); the Dockerfile copies that directory and installs from it offline.
+A service is a folder with a ``Dockerfile``, anywhere. Its build context is the folder itself, staged by cosim
+into its cache with the SDKs and the wheels of the folder's ``requirements.txt`` (see cosim.service_sources for
+the layout and for the image name rule, ``cosim/<folder name>:<hash12>`` from content only). Python packages never
+come from the network inside a build: ``requirements.txt`` is downloaded on the host with ``pip download`` (for
+Python 3.11 on x86_64) into ``<cache>/wheelhouses/<hash of the requirements>/``, once per distinct content, and
+its wheels go into the context's ``.cosim/wheels/`` beside the ``cosim_service`` wheel; a Dockerfile installs from
+there with ``pip install --no-index --find-links``.
 
-An image carries the label ``cosim.build-hash``: a hash of everything that goes into it (service directory,
-protocol adapter, the shared modules its Dockerfile names, wheel files, base image id). ``ensure_images``
-compares it with what is on disk and does not even start ``docker build`` when nothing changed. The base image
-comes from cosim.runtimes.docker.base_image.
+Build args: ``BASE_IMAGE`` (the Python base, cosim.runtimes.docker.base_image) and, for a Dockerfile that names
+it, ``NODE_BASE_IMAGE``: ``cosim/node-base:bookworm``, the Python base plus Debian's ``nodejs`` (apt inside the
+build), built on demand the first time a Dockerfile uses it.
+
+Every image carries the label ``cosim.build-hash``: a hash of the source hash, the staged wheels and the ids of
+the base images it is built on. ``ensure_images`` compares it with what is on disk and does not even start
+``docker build`` when nothing changed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,32 +34,37 @@ from python_on_whales import docker
 from python_on_whales.exceptions import DockerException
 
 from cosim.errors import ImageBuildError
-from cosim.paths import REPO_ROOT, service_image
 from cosim.runtimes.docker.base_image import (PROJECT, PROJECT_LABEL, Log, build_lock, image_id, image_label,
                                               resolve_base_image, stderr_log)
 from cosim.runtimes.docker.engine import docker_errors, run_cli
+from cosim.service_sources import (NODE_MODULES, WHEELS, cache_dir, containers_dir, context_dir, folder_files, sdk_content,
+                                   service_image, source_hash, write_tree)
 from cosim.tails import build_output_tail
 
-CONTAINERS = REPO_ROOT / "containers"
 BUILD_HASH_LABEL = "cosim.build-hash"
+NODE_BASE_IMAGE = "cosim/node-base:bookworm"
+NODE_BASE_ARG = "NODE_BASE_IMAGE"
 # Changing how images are built (hash inputs, build flags) must invalidate existing images: bump this.
-_HASH_SCHEME = "cosim-image-v1"
+_HASH_SCHEME = "cosim-image-v2"
 _PIP_PLATFORM_ARGS = (
     "--only-binary=:all:",
     "--python-version", "3.11",
     "--platform", "manylinux2014_x86_64",
     "--platform", "manylinux_2_28_x86_64",
 )  # fmt: skip
-_IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".mypy_cache"}
+_NODE_BASE_DOCKERFILE = f"""\
+# cosim/node-base: the Python base image plus Debian's Node.js, for services written in JavaScript.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${{BASE_IMAGE}}
+RUN apt-get update \\
+    && apt-get install -y --no-install-recommends nodejs \\
+    && rm -rf /var/lib/apt/lists/*
+"""
 
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """One service image: ``tag`` built from ``service_dir/Dockerfile`` with ``service_dir.parent`` as context.
-
-    What goes into it (and so into its build hash): the service directory, protocol_adapter.py and the shared
-    ``containers/*.py`` modules its Dockerfile names.
-    """
+    """One service image: ``tag`` built from the folder ``service_dir`` (its ``Dockerfile``), staged."""
 
     tag: str
     service_dir: Path
@@ -61,10 +72,6 @@ class ImageSpec:
     @property
     def name(self) -> str:
         return self.service_dir.name
-
-    @property
-    def context(self) -> Path:
-        return self.service_dir.parent
 
     @property
     def dockerfile(self) -> Path:
@@ -76,16 +83,13 @@ class ImageSpec:
         return path if path.is_file() else None
 
     @property
-    def wheelhouse(self) -> Path:
-        return self.context / ".wheelhouse" / self.name
+    def uses_node_base(self) -> bool:
+        return self.dockerfile.is_file() and NODE_BASE_ARG in self.dockerfile.read_text(encoding="utf-8")
 
 
-def service_spec(name: str, tag: str | None = None, *, containers: Path = CONTAINERS) -> ImageSpec:
-    """The spec of ``containers/<name>``, tagged as :func:`cosim.paths.service_image` says unless told otherwise."""
-    return ImageSpec(tag=tag or service_image(name), service_dir=containers / name)
-
-
-# -- small helpers
+def service_spec(name: str, tag: str | None = None) -> ImageSpec:
+    """The spec of the bundled service ``containers/<name>``, named by the rule unless told otherwise."""
+    return ImageSpec(tag=tag or service_image(name), service_dir=containers_dir() / name)
 
 
 def _sha256_file(path: Path) -> str:
@@ -96,80 +100,82 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _files_under(path: Path) -> list[Path]:
-    """Every file under ``path`` (or ``path`` itself), sorted, skipping caches that do not go into images."""
-    if path.is_file():
-        return [path]
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if d not in _IGNORED_NAMES)
-        found.extend(Path(dirpath) / f for f in filenames if not f.endswith((".pyc", ".pyo")))
-    return sorted(found)
+# -- wheelhouse and staged context ------------------------------------------------------------------------------
 
 
-# -- wheelhouse -------------------------------------------------------------------------------------------------
-
-
-def _wheelhouse_stamp(spec: ImageSpec) -> Path:
-    # Kept next to (not inside) the wheelhouse, which the Dockerfile copies into the image.
-    return spec.wheelhouse.parent / f".{spec.name}.stamp.json"
+def wheelhouse_dir(requirements: Path) -> Path:
+    """Where the wheels of ``requirements`` go: keyed by its content (and the target platform), so each distinct
+    requirements file is downloaded once, whichever folder it sits in."""
+    key = hashlib.sha256(requirements.read_bytes() + "\0".join(_PIP_PLATFORM_ARGS).encode()).hexdigest()
+    return cache_dir() / "wheelhouses" / key[:16]
 
 
 def ensure_wheelhouse(spec: ImageSpec, *, log: Log = stderr_log) -> Path | None:
-    """Make ``containers/.wheelhouse/<name>/`` hold the wheels of requirements.txt (for Python 3.11, x86_64).
-
-    The directory is created even without requirements (Dockerfiles COPY it unconditionally); returns it, or
-    None when the service has no requirements.txt. Skipped when requirements.txt is unchanged since the last
-    download and the wheels are still there.
-    """
-    spec.wheelhouse.mkdir(parents=True, exist_ok=True)
+    """The directory holding the wheels of the service's requirements.txt (for Python 3.11, x86_64), downloaded
+    with ``pip download`` unless an earlier download of the same content is there; None without requirements."""
     requirements = spec.requirements
     if requirements is None:
         return None
-    key = hashlib.sha256(requirements.read_bytes() + "\0".join(_PIP_PLATFORM_ARGS).encode()).hexdigest()
-    stamp = _wheelhouse_stamp(spec)
-    try:
-        recorded = json.loads(stamp.read_text())
-        if recorded.get("key") == key and all((spec.wheelhouse / name).is_file() for name in recorded["files"]):
-            return spec.wheelhouse
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
+    wheelhouse = wheelhouse_dir(requirements)
+    if wheelhouse.is_dir():
+        return wheelhouse
     log(f"wheelhouse {spec.name}: downloading the wheels of {requirements.name} (pip download)")
-    staging = spec.wheelhouse.with_name(spec.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet", *_PIP_PLATFORM_ARGS,
-         "-d", str(staging), "-r", str(requirements)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
+    wheelhouse.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{wheelhouse.name}.", dir=wheelhouse.parent))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet", *_PIP_PLATFORM_ARGS,
+             "-d", str(staging), "-r", str(requirements)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise ImageBuildError(
+                f"Cannot prepare the wheels for image {spec.tag}: `pip download` failed for {requirements}; "
+                f"last lines:\n{build_output_tail(done.stdout + done.stderr)}"
+            )
+        os.chmod(staging, 0o755)
+        try:
+            staging.rename(wheelhouse)  # complete or absent: never half a download
+        except OSError:
+            if not wheelhouse.is_dir():
+                raise
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise ImageBuildError(
-            f"Cannot prepare the wheels for image {spec.tag}: `pip download` failed for {requirements}; "
-            f"last lines:\n{build_output_tail(done.stdout + done.stderr)}"
-        )
-    shutil.rmtree(spec.wheelhouse)  # old versions must not linger next to the new ones
-    staging.rename(spec.wheelhouse)
-    files = sorted(p.name for p in spec.wheelhouse.iterdir() if p.is_file())
-    stamp.write_text(json.dumps({"key": key, "files": files}, indent=1) + "\n")
-    return spec.wheelhouse
+    return wheelhouse
+
+
+def stage_context(spec: ImageSpec, *, log: Log = stderr_log) -> tuple[Path, str]:
+    """The staged build context of ``spec`` and its source hash: the folder's files, ``.cosim/wheels/`` (the
+    requirements' wheels and the cosim_service wheel) and ``.cosim/node_modules/`` (the Node SDK). Made once per
+    source hash, atomically; nothing is written into the service folder."""
+    sdk = sdk_content()
+    digest = source_hash(spec.service_dir, sdk)
+    target = context_dir(spec.service_dir, digest)
+    if target.is_dir():
+        return target, digest
+    files: dict[str, bytes | Path] = {relative: path.read_bytes() for relative, path in folder_files(spec.service_dir)}
+    wheelhouse = ensure_wheelhouse(spec, log=log)
+    if wheelhouse is not None:  # hard links into the wheelhouse: nothing there is ever modified in place
+        files.update({f"{WHEELS}/{path.name}": path for path in sorted(wheelhouse.glob("*.whl"))})
+    files.update(sdk.files)
+    if source_hash(spec.service_dir, sdk) != digest:
+        raise ImageBuildError(f"Cannot build image {spec.tag}: the files of {spec.service_dir} changed while cosim "
+                              f"was copying them; run the command again.")
+    write_tree(target, files, directories=(WHEELS, NODE_MODULES))  # Dockerfiles COPY them unconditionally
+    return target, digest
 
 
 # -- images -----------------------------------------------------------------------------------------------------
 
 
-def build_hash(spec: ImageSpec, base_image_id: str) -> str:
-    """sha256 over everything that goes into the image: files (relative paths + contents), wheels, base id."""
-    digest = hashlib.sha256()
-    digest.update(f"{_HASH_SCHEME}\0base={base_image_id}\0".encode())
-    # Shared modules next to the services count for the images whose Dockerfile copies them (cosim_mqtt.py).
-    dockerfile = spec.dockerfile.read_text(encoding="utf-8") if spec.dockerfile.is_file() else ""
-    shared = [path for path in sorted(spec.context.glob("*.py")) if path.name in dockerfile]
-    inputs = [spec.service_dir, spec.context / "protocol_adapter.py", *shared, spec.wheelhouse]
-    for path in sorted({f for p in inputs if p.exists() for f in _files_under(p)}):
-        digest.update(f"{path.relative_to(spec.context).as_posix()}\0{_sha256_file(path)}\0".encode())
-    return digest.hexdigest()
+def build_hash(context: Path, digest: str, base_ids: Iterable[str]) -> str:
+    """sha256 over the source hash, the staged wheels (names + contents) and the ids of the base images."""
+    hashed = hashlib.sha256(f"{_HASH_SCHEME}\0source={digest}\0".encode())
+    for base_id in base_ids:
+        hashed.update(f"base={base_id}\0".encode())
+    for path in sorted((context / WHEELS).glob("*")):
+        hashed.update(f"{path.name}\0{_sha256_file(path)}\0".encode())
+    return hashed.hexdigest()
 
 
 _buildx: bool | None = None
@@ -186,47 +192,64 @@ def _has_buildx() -> bool:
     return _buildx
 
 
-def _build(spec: ImageSpec, base_image: str, digest: str, *, no_cache: bool) -> str:
-    """``docker build`` one image; returns its id. Works with and without the buildx plugin."""
+def _build(tag: str, context: Path, args: dict[str, str], digest: str, *, no_cache: bool, source: Path) -> str:
+    """``docker build`` one image from ``context``/Dockerfile; returns its id. Works with and without buildx."""
     # `docker build` is buildx when the plugin is installed and the classic builder otherwise; python-on-whales'
     # build() needs buildx and its legacy_build() cannot --force-rm (a failed step would leave a container).
-    command = ["build", "--quiet", "--force-rm", "--file", str(spec.dockerfile), "--tag", spec.tag,
-               "--build-arg", f"BASE_IMAGE={base_image}",
+    command = ["build", "--quiet", "--force-rm", "--file", str(context / "Dockerfile"), "--tag", tag,
+               *[part for name, value in args.items() for part in ("--build-arg", f"{name}={value}")],
                "--label", f"{BUILD_HASH_LABEL}={digest}", "--label", f"{PROJECT_LABEL}={PROJECT}",
-               *(["--no-cache"] if no_cache else []), str(spec.context)]
+               *(["--no-cache"] if no_cache else []), str(context)]
     # Without buildx, DOCKER_BUILDKIT=1 in the user's environment would make `docker build` refuse to run.
     env = {} if _has_buildx() else {"DOCKER_BUILDKIT": "0"}
     try:
         output = run_cli(command, env=env)
     except DockerException as exc:
         raise ImageBuildError(
-            f"Cannot build image {spec.tag} from {spec.dockerfile}: docker build failed (exit {exc.return_code}); "
+            f"Cannot build image {tag} from {source}: docker build failed (exit {exc.return_code}); "
             f"last lines:\n{build_output_tail((exc.stdout or '') + (exc.stderr or ''))}"
         ) from None
-    built = output.strip().splitlines()[-1].strip() if output.strip() else image_id(spec.tag)
+    built = output.strip().splitlines()[-1].strip() if output.strip() else image_id(tag)
     if not built:
-        raise ImageBuildError(f"Cannot build image {spec.tag}: docker build reported success but no image id.")
+        raise ImageBuildError(f"Cannot build image {tag}: docker build reported success but no image id.")
     return built
 
 
-def ensure_image(
-    spec: ImageSpec, base_image: str, base_image_id: str, *, force: bool = False, log: Log = stderr_log
-) -> tuple[str, bool]:
-    """Build ``spec`` unless an image with the same build hash exists; (image id, whether it was built)."""
-    if not spec.dockerfile.is_file():
-        raise ImageBuildError(f"Cannot build image {spec.tag}: {spec.dockerfile} does not exist.")
-    ensure_wheelhouse(spec, log=log)
-    digest = build_hash(spec, base_image_id)
-    old_id, old_digest = image_label(spec.tag, BUILD_HASH_LABEL)
+def _ensure_built(tag: str, context: Path, args: dict[str, str], digest: str, *, force: bool, log: Log,
+                  source: Path) -> str:
+    """Build ``tag`` unless an image with the build hash ``digest`` exists; returns its id."""
+    old_id, old_digest = image_label(tag, BUILD_HASH_LABEL)
     if old_id is not None and old_digest == digest and not force:
-        log(f"image {spec.tag}: up to date")
-        return old_id, False
+        log(f"image {tag}: up to date")
+        return old_id
     started = time.monotonic()
-    new_id = _build(spec, base_image, digest, no_cache=force)
-    log(f"image {spec.tag}: built in {time.monotonic() - started:.1f} s")
+    new_id = _build(tag, context, args, digest, no_cache=force, source=source)
+    log(f"image {tag}: built in {time.monotonic() - started:.1f} s")
     if old_id is not None and old_id != new_id:
         _drop_if_untagged(old_id)
-    return new_id, True
+    return new_id
+
+
+def ensure_node_base(base_image: str, base_image_id: str, *, force: bool = False, log: Log = stderr_log) -> str:
+    """``cosim/node-base:bookworm`` on ``base_image`` (Debian's nodejs through apt in the build); returns its id."""
+    digest = hashlib.sha256(f"{_HASH_SCHEME}\0node-base\0{_NODE_BASE_DOCKERFILE}\0base={base_image_id}\0"
+                            .encode()).hexdigest()
+    context = cache_dir() / "node-base" / digest[:12]
+    if not context.is_dir():
+        write_tree(context, {"Dockerfile": _NODE_BASE_DOCKERFILE.encode()})
+    return _ensure_built(NODE_BASE_IMAGE, context, {"BASE_IMAGE": base_image}, digest, force=force, log=log,
+                         source=context / "Dockerfile")
+
+
+def ensure_image(spec: ImageSpec, args: dict[str, str], base_ids: list[str], *, force: bool = False,
+                 log: Log = stderr_log) -> str:
+    """Build ``spec`` (staged) with the build ``args`` (its base images, whose ids are ``base_ids``) unless an
+    image with the same build hash exists; returns its id."""
+    if not spec.dockerfile.is_file():
+        raise ImageBuildError(f"Cannot build image {spec.tag}: {spec.dockerfile} does not exist.")
+    context, source = stage_context(spec, log=log)
+    return _ensure_built(spec.tag, context, args, build_hash(context, source, base_ids), force=force, log=log,
+                         source=spec.dockerfile)
 
 
 def _drop_if_untagged(image_id: str) -> None:
@@ -238,24 +261,40 @@ def _drop_if_untagged(image_id: str) -> None:
         pass  # still used by a container or another image: leave it
 
 
+@dataclass(frozen=True)
+class Built:
+    """What ``build_images`` made sure of: {tag: image id} of the service images, and of the base images used."""
+
+    images: dict[str, str]
+    bases: dict[str, str]
+
+
 @docker_errors()
-def ensure_images(
-    specs: Iterable[ImageSpec], *, force: bool = False, log: Log = stderr_log
-) -> dict[str, str]:
-    """Make every image in ``specs`` exist and match its sources; returns {tag: image id}.
+def build_images(specs: Iterable[ImageSpec], *, force: bool = False, log: Log = stderr_log) -> Built:
+    """Make every image in ``specs`` exist and match its sources, and the base images they need.
 
     Idempotent and cheap when nothing changed (no ``docker build`` at all). ``force`` rebuilds without the
-    layer cache. Raises ImageBuildError naming the image when one cannot be built.
+    layer cache (the Node base too, when used). Raises ImageBuildError naming the image when one cannot be built.
     """
     specs = list(specs)
-    result: dict[str, str] = {}
     if not specs:
-        return result
+        return Built({}, {})
+    images: dict[str, str] = {}
     with build_lock():
         base_image = resolve_base_image(log=log)
         base_image_id = image_id(base_image)
         if base_image_id is None:
             raise ImageBuildError(f"The base image {base_image} disappeared while building; run the command again.")
+        bases = {base_image: base_image_id}
+        if any(spec.uses_node_base for spec in specs):
+            bases[NODE_BASE_IMAGE] = ensure_node_base(base_image, base_image_id, force=force, log=log)
         for spec in specs:
-            result[spec.tag], _ = ensure_image(spec, base_image, base_image_id, force=force, log=log)
-    return result
+            args = {"BASE_IMAGE": base_image, **({NODE_BASE_ARG: NODE_BASE_IMAGE} if spec.uses_node_base else {})}
+            images[spec.tag] = ensure_image(spec, args, [bases[image] for image in args.values()], force=force,
+                                            log=log)
+    return Built(images, bases)
+
+
+def ensure_images(specs: Iterable[ImageSpec], *, force: bool = False, log: Log = stderr_log) -> dict[str, str]:
+    """:func:`build_images`' service images: {tag: image id}."""
+    return build_images(specs, force=force, log=log).images
