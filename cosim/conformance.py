@@ -200,10 +200,16 @@ class ServiceSession:
 
     @staticmethod
     def _what(message: dict[str, Any] | bytes) -> str:
-        if isinstance(message, dict):
-            kind = message.get("type")
-            return f"{kind} {message['time_us']} us" if isinstance(message.get("time_us"), int) else str(kind)
-        return f"the line {_short(message.rstrip(), 40)}"
+        """How a request is named in a failure: "ADVANCE 1000 us", or the line itself when it is not a message."""
+        if isinstance(message, bytes):
+            try:
+                message = json.loads(message)
+            except ValueError:
+                return f"the line {_short(message.rstrip(), 40)}"
+        if not isinstance(message, dict):
+            return f"the line {_short(message, 40)}"
+        kind = message.get("type")
+        return f"{kind} {message['time_us']} us" if isinstance(message.get("time_us"), int) else str(kind)
 
     # -- the protocol's requests
 
@@ -402,7 +408,7 @@ def case_error_bad_json(probe: Probe) -> None:
 
 def case_error_unknown_type(probe: Probe) -> None:
     session = probe.started()
-    session.expect_error({"type": "CONFORMANCE_PROBE", "time_us": 0}, "unknown_type")
+    session.expect_error({"type": "CONFORMANCE_PROBE"}, "unknown_type")
     session.advance(1000, [])
 
 
