@@ -79,6 +79,16 @@ def test_the_node_template_passes_every_case(node: str, tmp_path: Path, monkeypa
     assert_all_pass(conformance.check([node, "service.js"], watchdog_s=WATCHDOG_S))
 
 
+def test_the_node_templates_own_tests_pass(node: str, tmp_path: Path) -> None:
+    """The test_service.py that `cosim new service NAME --lang node` writes, run by pytest as a user would (without
+    its conformance test, run above)."""
+    render_node_template(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not conformance",
+                           "test_service.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 passed" in done.stdout
+
+
 def test_the_correct_base_of_the_broken_services_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", str(BROKEN))
     assert_all_pass(conformance.check([sys.executable, str(BROKEN / "base.py")], watchdog_s=WATCHDOG_S))

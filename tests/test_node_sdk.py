@@ -171,3 +171,30 @@ def test_the_package_is_complete_and_dependency_free() -> None:
         ("cosim-service", "0.1.0", "MIT", "index.js")
     assert "dependencies" not in package
     assert (SDK / "README.md").is_file()
+
+
+ASYNC_SERVICE = """
+"use strict";
+const { Service, run } = require(process.env.COSIM_SDK);
+const later = () => new Promise((resolve) => setImmediate(resolve));
+class Slow extends Service {
+  async init() { await later(); return { sdk: "node" }; }
+  async advance(current, target, events) { await later(); return [{ type: "t", data: { n: events.length } }]; }
+  async wakeup(target) { await later(); return target + 500; }
+}
+run(new Slow());
+"""
+
+
+def test_hooks_may_be_async_and_requests_are_answered_in_order(node: str, tmp_path: Path) -> None:
+    path = tmp_path / "slow.js"
+    path.write_text(ASYNC_SERVICE, encoding="utf-8")
+    with _session([node, str(path)]) as service:
+        init = {"type": "INIT", "protocol": 1, "time_us": 0, "node_id": "s", "seed": 1, "config": {}, "endpoints": {}}
+        # every request written at once: each is answered only after the previous one's hooks have finished
+        service.send("\n".join(json.dumps(m) for m in [init, *({"type": "ADVANCE", "time_us": t, "events": []}
+                                                                for t in (1000, 2000, 3000))]))
+        replies = [service.receive() for _ in range(4)]
+        assert replies[0]["info"] == {"sdk": "node"} and replies[0]["next_us"] == 500
+        assert [(r["time_us"], r["next_us"], r["events"]) for r in replies[1:]] == [
+            (t, t + 500, [{"type": "t", "time_us": t, "data": {"n": 0}}]) for t in (1000, 2000, 3000)]
