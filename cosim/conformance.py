@@ -2,7 +2,8 @@
 
 A target is a command (``cosim conformance -- node service.js``, run as a subprocess in the current directory) or
 an image (``cosim conformance IMAGE``, run with ``docker run -i --rm --network none`` under a name and cosim's
-labels, and removed at the end of each case). Each case starts a fresh process and drives it over the real
+labels, and removed at the end of each case). A command finds cosim's Node SDK with ``require("cosim-service")``
+(NODE_PATH), as a service in an image does. Each case starts a fresh process and drives it over the real
 protocol, every reply under a wall-clock watchdog (no sleeps); the process is killed at the end of the case.
 
 Cases: the READY's shape and capabilities; ADVANCE/DONE times and windows; nothing but protocol on stdout; ERROR
@@ -128,6 +129,16 @@ class Target:
             run_bounded(["rm", "-f", name], 30)
 
 
+def node_environment(workdir: Path) -> dict[str, str]:
+    """The environment of a command: this one, with cosim's Node SDK on NODE_PATH (``require("cosim-service")``
+    finds it as in an image, whose Dockerfile copies it to /app/node_modules/), staged once under ``workdir``."""
+    modules = workdir / "node_modules"
+    if not (modules / "cosim-service").is_dir():
+        shutil.copytree(_data_path("sdk", "node"), modules / "cosim-service")
+    paths = [str(modules), *filter(None, os.environ.get("NODE_PATH", "").split(os.pathsep))]
+    return {**os.environ, "NODE_PATH": os.pathsep.join(paths)}
+
+
 class ServiceSession:
     """One fresh process of the target, spoken to over the protocol: every reply strict JSON, valid against the
     schema, and under the watchdog. Tracks the service's time and its promise (``next_us``)."""
@@ -139,7 +150,8 @@ class ServiceSession:
         self.validator = validator or Validator()
         self.name = f"cosim-conformance-{os.getpid()}-{index}-{os.urandom(3).hex()}"
         self.log_path = workdir / f"{index}.log"
-        self.transport = PipeTransport(self.name, target.argv(self.name), log_path=self.log_path)
+        self.transport = PipeTransport(self.name, target.argv(self.name), log_path=self.log_path,
+                                       env=None if target.image else node_environment(workdir))
         self.started = False  # the first reply may take longer (a container starting)
         self.now = 0
         self.next_event = False

@@ -7,34 +7,19 @@ from pathlib import Path
 
 import pytest
 
-import cosim
 from cosim.conformance import ServiceSession, Target, check
 
 HERE = Path(__file__).resolve().parent
+SERVICE = ("node", str(HERE / "service.js"))
 
-
-def sdk_node() -> Path:
-    """cosim's Node SDK (sdk/node), installed as package data or in cosim's checkout."""
-    try:
-        from cosim.resources import data_path
-    except ImportError:
-        return Path(cosim.__file__).resolve().parent.parent / "sdk" / "node"
-    return Path(data_path("sdk", "node"))
-
-
-@pytest.fixture(autouse=True)
-def node_path(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`require("cosim-service")` finds the SDK: a node_modules/cosim-service copy on NODE_PATH, as in the image."""
-    if shutil.which("node") is None:
-        pytest.skip("needs `node` on the host (apt-get install nodejs)")
-    modules = tmp_path_factory.mktemp("sdk") / "node_modules"
-    shutil.copytree(sdk_node(), modules / "cosim-service")
-    monkeypatch.setenv("NODE_PATH", str(modules))
+if shutil.which("node") is None:
+    pytest.skip("needs `node` on the host (apt-get install nodejs)", allow_module_level=True)
 
 
 @pytest.fixture
 def service(tmp_path: Path):
-    session = ServiceSession(Target(command=("node", str(HERE / "service.js"))), tmp_path, 0)
+    """service.js as a fresh process; `require("cosim-service")` finds cosim's Node SDK (NODE_PATH, set by cosim)."""
+    session = ServiceSession(Target(command=SERVICE), tmp_path, 0)
     yield session
     session.close()
 
@@ -68,6 +53,6 @@ def test_the_threshold_can_change_during_a_run_and_other_keys_are_refused(servic
 
 
 def test_it_passes_cosim_conformance() -> None:
-    results = check(["node", str(HERE / "service.js")])
+    results = check(SERVICE)
     assert [(r.case, r.detail) for r in results if r.failed] == []
     assert not [r.case for r in results if r.status != "pass"], "every capability is declared"
