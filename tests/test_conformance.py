@@ -45,13 +45,20 @@ def node() -> str:
     return host_tool("node")
 
 
-def render_node_template(directory: Path, name: str = "threshold") -> Path:
-    """cosim/templates/service-node/ with {{name}} filled in, as `cosim new service NAME --lang node` writes it."""
-    for source in (ROOT / "cosim" / "templates" / "service-node").iterdir():
-        if source.is_file():
-            (directory / source.name).write_text(source.read_text(encoding="utf-8").replace("{{name}}", name),
-                                                 encoding="utf-8")
-    return directory
+def render_node_template(experiment: Path, name: str = "threshold") -> Path:
+    """cosim/templates/service-node/ filled in as `cosim new service NAME --lang node` writes it into an experiment:
+    services/NAME/ (the template's files) and tests/ (its tests/ folder); returns the service's folder."""
+    template = ROOT / "cosim" / "templates" / "service-node"
+    identifier = name.replace("-", "_")
+    for source in template.rglob("*"):
+        if source.is_file() and "__pycache__" not in source.parts:
+            relative = source.relative_to(template)
+            base = experiment if relative.parts[0] == "tests" else experiment / "services" / name
+            target = base / str(relative).replace("{{identifier}}", identifier)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(source.read_text(encoding="utf-8").replace("{{name}}", name)
+                              .replace("{{identifier}}", identifier), encoding="utf-8")
+    return experiment / "services" / name
 
 
 def assert_all_pass(results: list[conformance.CaseResult]) -> None:
@@ -72,13 +79,12 @@ def test_the_node_template_passes_every_case(node: str, tmp_path: Path, monkeypa
 
 
 def test_the_node_templates_own_tests_pass(node: str, tmp_path: Path) -> None:
-    """The test_service.py that `cosim new service NAME --lang node` writes, run by pytest as a user would (without
-    its conformance test, run above)."""
+    """The tests that `cosim new service NAME --lang node` writes into the experiment's tests/, run as a user would."""
     render_node_template(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not conformance",
-                           "test_service.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "3 passed" in done.stdout
+    assert "4 passed" in done.stdout
 
 
 def test_the_correct_base_of_the_broken_services_passes(monkeypatch: pytest.MonkeyPatch) -> None:
