@@ -169,3 +169,19 @@ def lock(c: Context, upgrade: bool = False) -> None:
 def report(c: Context, trace: str) -> None:
     """Write a self-contained HTML report of a run (charts, manifest, metrics) and print its path."""
     _call(cli.report, trace)
+
+
+# TEMPORARY (branch conformance-node): the real `cosim conformance` task goes into cosim/tasks.py; drop this one
+# when merging.
+@optional_positional("image")
+@task(positional=["image"], help={
+    "image": "an image to check (or give a command after --: `invoke conformance -- node service.js`)",
+    "config": "the INIT config as a JSON object (default {})",
+})
+def conformance(c: Context, image: str | None = None, config: str | None = None) -> None:
+    """Check a service (an image, or a command after --) against the protocol, case by case."""
+    from cosim import conformance as checker
+
+    code = _call(checker.main, image, shlex.split(c.remainder), sys.stdout, config=config)
+    if code:
+        raise Exit(code=code)
