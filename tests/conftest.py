@@ -22,6 +22,9 @@ SDK_PYTHON = ROOT / "sdk" / "python"
 for _path in (CONTAINERS, SDK_PYTHON):  # protocol_adapter as in an image; cosim_service (TEMPORARY: until cosim
     if str(_path) not in sys.path:       # installs it, see sdk/python)
         sys.path.insert(0, str(_path))
+# The test services under tests/services/ copy nothing: they import the single-file adapter from containers/, in
+# this process and in the services a local run starts (the local runtime keeps PYTHONPATH's entries).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CONTAINERS), os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture
