@@ -22,7 +22,8 @@ import yaml
 from cosim.paths import REPO_ROOT
 from cosim.model import ContainerSpec, Scenario
 
-COMPOSE_DIR = REPO_ROOT / "compose"
+COMPOSE_DIR = REPO_ROOT / "compose"  # what the hash is computed against
+OUTPUT_DIR = Path("compose")  # rendered files go under the current directory
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
 SERVICE_USER = "10001:10001"
 NETWORK = "sim"
@@ -34,7 +35,7 @@ def literal(text: str) -> str:
     return text.replace("$", "$$")
 
 
-def compose_path(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> Path:
+def compose_path(scenario: Scenario, compose_dir: Path = OUTPUT_DIR) -> Path:
     return compose_dir / f"{scenario.name}.yaml"
 
 
@@ -107,7 +108,7 @@ def sha256(scenario: Scenario) -> str:
     return hashlib.sha256(render_text(scenario).encode("utf-8")).hexdigest()
 
 
-def render(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> Path:
+def render(scenario: Scenario, compose_dir: Path = OUTPUT_DIR) -> Path:
     """Write the compose file (atomically) and return its path."""
     path = compose_path(scenario, compose_dir)
     path.parent.mkdir(parents=True, exist_ok=True)

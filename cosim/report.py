@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from cosim import loading, plugins, schedule as scheduling, trace as traces
 from cosim.errors import ScenarioError
 from cosim.model import Scenario
-from cosim.paths import REPO_ROOT
+from cosim.resources import data_path
 from cosim.run import artifact_paths
 from cosim.trace import Action, Delivered, Dropped, Filtered, Footer, RunError, Sent, Trace, Unroutable
 
@@ -71,8 +71,8 @@ def find_scenario(trace: Trace, metrics: Mapping[str, Any] | None,
         candidates.append(explicit)
     if metrics and isinstance(metrics.get("scenario_file"), str):
         candidates.append(Path(metrics["scenario_file"]))
-    candidates.append(REPO_ROOT / "scenarios" / f"{trace.header.scenario}.yaml")
-    candidates += sorted((REPO_ROOT / "scenarios").glob("*.yaml")) + sorted(trace.path.parent.glob("*.yaml"))
+    candidates.append(data_path("scenarios", f"{trace.header.scenario}.yaml"))
+    candidates += sorted(data_path("scenarios").glob("*.yaml")) + sorted(trace.path.parent.glob("*.yaml"))
     for candidate in dict.fromkeys(candidates):
         try:
             if hashlib.sha256(candidate.read_bytes()).hexdigest() != trace.header.scenario_sha256:

@@ -28,13 +28,14 @@ from python_on_whales import docker
 from python_on_whales.exceptions import DockerException
 
 from cosim.errors import ImageBuildError
-from cosim.paths import REPO_ROOT, service_image
+from cosim.paths import service_image
+from cosim.resources import data_path
 from cosim.runtimes.docker.base_image import (PROJECT, PROJECT_LABEL, Log, build_lock, image_id, image_label,
                                               resolve_base_image, stderr_log)
 from cosim.runtimes.docker.engine import docker_errors, run_cli
 from cosim.tails import build_output_tail
 
-CONTAINERS = REPO_ROOT / "containers"
+CONTAINERS = data_path("containers")
 BUILD_HASH_LABEL = "cosim.build-hash"
 # Changing how images are built (hash inputs, build flags) must invalidate existing images: bump this.
 _HASH_SCHEME = "cosim-image-v1"
