@@ -1,4 +1,5 @@
-"""The coordinator's side of the JSON-lines protocol (the service side is containers/protocol_adapter.py).
+"""The coordinator's side of the JSON-lines protocol (the service side: the SDK in sdk/python, cosim_service, and
+the single-file containers/protocol_adapter.py). The canonical encoder and strict decoder are cosim_service.wire's.
 
 Both sides must agree on VERSION; a test checks they do. The full specification is docs/protocol.md and the
 machine-readable one schemas/protocol.schema.json.
@@ -6,56 +7,19 @@ machine-readable one schemas/protocol.schema.json.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping
+
+from cosim_service import wire
+from cosim_service.wire import canonical, decode  # noqa: F401  (cosim.protocol.canonical/decode: the one codec)
 
 VERSION = 1
 
 SHUTDOWN: dict[str, Any] = {"type": "SHUTDOWN"}
 
 
-# Built once: json.dumps/json.loads with options construct a new encoder/decoder on every call (hot path).
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-# The C encoder behind _ENCODER, built once: JSONEncoder.encode builds a new one on every call, which costs more
-# than encoding a small payload (the coordinator encodes one per event). Same options, same bytes.
-_C_ENCODE = (json.encoder.c_make_encoder(None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",",
-                                         True, False, False)
-             if json.encoder.c_make_encoder is not None else None)
-
-
-def canonical(value: Any) -> str:
-    """Canonical JSON: sorted keys, fixed separators, UTF-8 kept as is. Used on the wire and in traces."""
-    if _C_ENCODE is None or isinstance(value, str):
-        return _ENCODER.encode(value)
-    return "".join(_C_ENCODE(value, 0))
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_INFINITIES = (float("inf"), float("-inf"))
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in _INFINITIES:  # e.g. 1E400: valid syntax, but no JSON encoder can write it back
-        raise ValueError(f"{text} is out of range")
-    return value
-
-
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
-
-
-def decode(line: bytes) -> Any:
-    """Strict JSON: NaN, Infinity and numbers out of a float's range are refused (the trace could not carry them)."""
-    return _DECODER.decode(line.decode("utf-8"))
-
-
 def encode(message: Mapping[str, Any]) -> bytes:
-    return (canonical(message) + "\n").encode("utf-8")
+    """One canonical line as UTF-8 bytes (cosim_service.wire's encoder, the one of both sides)."""
+    return wire.encode(message).encode("utf-8")
 
 
 def init_message(node_id: str, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any], *,

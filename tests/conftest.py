@@ -18,8 +18,10 @@ pytest_plugins = ["tests.skip_policy"]  # CI=true or COSIM_NO_SKIP=1: a skip fai
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINERS = ROOT / "containers"
-if str(CONTAINERS) not in sys.path:
-    sys.path.insert(0, str(CONTAINERS))  # protocol_adapter is importable as in an image
+SDK_PYTHON = ROOT / "sdk" / "python"
+for _path in (CONTAINERS, SDK_PYTHON):  # protocol_adapter as in an image; cosim_service (TEMPORARY: until cosim
+    if str(_path) not in sys.path:       # installs it, see sdk/python)
+        sys.path.insert(0, str(_path))
 
 
 @pytest.fixture

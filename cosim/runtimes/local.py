@@ -21,6 +21,9 @@ from cosim.model import ContainerSpec, Scenario
 from cosim.tails import file_tail
 from cosim.transport import PipeTransport, Transport
 
+# The checkout's Python SDK (TEMPORARY: see LocalRuntime._environment).
+SDK_PYTHON = Path(__file__).resolve().parents[2] / "sdk" / "python"
+
 INFRA_START_TIMEOUT_S = 15.0
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
@@ -137,9 +140,12 @@ class LocalRuntime:
         return [part.replace("{python}", sys.executable).replace("{port}", str(port)) for part in node.local_command]
 
     def _environment(self, node: ContainerSpec) -> dict[str, str]:
-        # protocol_adapter.py lives in the services' parent directory, as it sits in /app in the images.
+        # The services import the SDK (cosim_service), which images install from the wheelhouse. TEMPORARY, until
+        # cosim's own distribution ships cosim_service: the checkout's sdk/python. protocol_adapter.py lives in the
+        # services' parent directory, for services that copy it.
         containers_dir = str(node.build.parent) if node.build is not None else None
-        pythonpath = os.pathsep.join(filter(None, [containers_dir, os.environ.get("PYTHONPATH")]))
+        sdk = str(SDK_PYTHON) if SDK_PYTHON.is_dir() else None
+        pythonpath = os.pathsep.join(filter(None, [sdk, containers_dir, os.environ.get("PYTHONPATH")]))
         return {**os.environ, **node.environment, "PYTHONPATH": pythonpath, "COSIM_NODE_ID": node.id,
                 "PYTHONUNBUFFERED": "1"}
 
