@@ -6,6 +6,9 @@ taken from where you stand. It is the same collection ``invoke`` runs from a tas
 
 from __future__ import annotations
 
+import os
+import sys
+
 from invoke import Program
 
 from cosim import __version__
@@ -15,4 +18,8 @@ program = Program(namespace=namespace, name="cosim", binary="cosim", version=__v
 
 
 def main() -> None:
-    program.run()
+    try:
+        program.run()
+    except BrokenPipeError:  # `cosim --help | head`: the reader left; no traceback, and none at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

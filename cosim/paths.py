@@ -1,4 +1,4 @@
-"""Where cosim's checkout is, and how the images it builds from containers/ are named."""
+"""Where cosim's checkout is, how paths are shown, and how the images it builds from containers/ are named."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ import os
 import re
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout: repo-only tasks (test, lock, golden)
+
+
+def shown(path: Path) -> str:
+    """How a path is shown to the user: relative to the current directory when it lies below it, else as given."""
+    relative = os.path.relpath(path)
+    return path.as_posix() if relative.startswith("..") else Path(relative).as_posix()
 
 # Several checkouts sharing one engine (worktrees, CI jobs) each set their own tag, so that one checkout's
 # build never replaces the image another checkout's run is using.

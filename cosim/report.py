@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import importlib.util
 import io
 import json
 import math
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from cosim import loading, plugins, schedule as scheduling, trace as traces
-from cosim.errors import ScenarioError
+from cosim.errors import MissingExtra, ScenarioError
 from cosim.model import Scenario
 from cosim.resources import data_path
 from cosim.run import artifact_paths
@@ -46,6 +47,8 @@ def report_path(trace_path: Path) -> Path:
 
 
 def write_report(trace_path: Path, *, scenario_path: Path | None = None, output: Path | None = None) -> Path:
+    if importlib.util.find_spec("matplotlib") is None:
+        raise MissingExtra("the report's charts need matplotlib, which is not installed: pip install 'cosim[report]'")
     trace = traces.read(trace_path)
     metrics_path, _ = artifact_paths(trace_path)
     metrics = _read_metrics(metrics_path)

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import shlex
 import sys
-from pathlib import Path
 from typing import Any
 
 from invoke import Collection, Context, task
@@ -35,6 +33,7 @@ from invoke.exceptions import Exit
 from cosim.errors import CosimError
 from cosim.invoke_support import optional_positional
 from cosim.options import DEFAULT_WATCHDOG_S
+from cosim.paths import shown
 from cosim.resources import data_path
 
 SCENARIO_HELP = "scenario YAML file (default: cosim's bundled scenarios/default.yaml)"
@@ -55,9 +54,7 @@ def call(target: str, *args: Any, **kwargs: Any) -> Any:
 def default_scenario() -> str:
     """The bundled default scenario: relative to the current directory when it lies below it (from the checkout's
     root: ``scenarios/default.yaml``, as the README shows it), else its absolute path."""
-    path = data_path("scenarios", "default.yaml")
-    relative = os.path.relpath(path)
-    return path.as_posix() if relative.startswith("..") else Path(relative).as_posix()
+    return shown(data_path("scenarios", "default.yaml"))
 
 
 def remainder(c: Context) -> list[str]:
