@@ -28,10 +28,12 @@ class build_py_with_data(build_py):  # noqa: N801 (setuptools' command naming)
         if getattr(self, "editable_mode", False):
             return
         package = Path(self.build_lib) / "cosim"
+        for stale in (package / "_data", package / "templates"):  # build/ outlives a build: no file of an old one
+            shutil.rmtree(stale, ignore_errors=True)
         for name in DATA_DIRS:
             if (ROOT / name).is_dir():
-                shutil.copytree(ROOT / name, package / "_data" / name, ignore=SKIPPED, dirs_exist_ok=True)
-        shutil.copytree(ROOT / "cosim" / "templates", package / "templates", ignore=SKIPPED, dirs_exist_ok=True)
+                shutil.copytree(ROOT / name, package / "_data" / name, ignore=SKIPPED)
+        shutil.copytree(ROOT / "cosim" / "templates", package / "templates", ignore=SKIPPED)
 
 
 setup(cmdclass={"build_py": build_py_with_data})
