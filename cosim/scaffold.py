@@ -91,10 +91,10 @@ def new_service(name: str, *, lang: str = "python", start: Path | None = None, o
     if not NAME.fullmatch(name):
         raise UsageError(f"service name {name!r}: expected {NAME_RULE} characters")
     options.choice("--lang", lang, LANGUAGES)
+    root = experiment_root(start or Path.cwd())
     template = template_path(f"service-{lang}")
     if not template.is_dir():
         raise UsageError(f"--lang {lang}: this cosim has no {lang} service template ({template} is missing)")
-    root = experiment_root(start or Path.cwd())
     service_dir = root / "services" / name
     scenario = root / "scenarios" / f"{name}.yaml"
     identifier = name.replace("-", "_")
