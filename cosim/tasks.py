@@ -202,14 +202,17 @@ def new(c: Context, kind: str, name: str, lang: str | None = None) -> None:
 
 
 @optional_positional("image")
-@task(positional=["image"], help={"image": "a service image to check; or, after `--`, a command that runs the service"})
-def conformance(c: Context, image: str | None = None) -> None:
+@task(positional=["image"], help={
+    "image": "a service image to check; or, after `--`, the command that runs the service (`-- node service.js`)",
+    "config": "the INIT config as a JSON object (default {})",
+})
+def conformance(c: Context, image: str | None = None, config: str | None = None) -> None:
     """Check a service against the protocol and print a table: `conformance IMAGE` or `conformance -- COMMAND...`."""
     if importlib.util.find_spec("cosim.conformance") is None:
         raise Exit("cosim: error: `cosim conformance` is not available in this version of cosim", code=1)
-    result = call("conformance.main", image or None, remainder(c) or None)
-    if isinstance(result, int) and not isinstance(result, bool) and result != 0:
-        raise Exit(code=result)
+    code = call("conformance.main", image or None, remainder(c), sys.stdout, config=config)
+    if code:
+        raise Exit(code=code)
 
 
 namespace = Collection(validate, render, up, resume, down, cluster, images, determinism, diff, report, bench, new,

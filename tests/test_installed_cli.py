@@ -5,6 +5,7 @@ Every command runs in a temporary directory outside the checkout, the way a user
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -182,3 +183,29 @@ def test_without_matplotlib_up_skips_the_report_naming_the_extra(monkeypatch: py
     assert out.getvalue().endswith(f"  report:  skipped: {missing}\n")
     with pytest.raises(MissingExtra, match=r"^the report's charts need matplotlib"):
         cli.report(str(done.trace_path))
+
+
+REMAINDER_PROBE = """
+import json
+from invoke import Collection, Program, task
+from cosim.tasks import remainder
+
+@task
+def show(c):
+    print(json.dumps(remainder(c)))
+
+Program(namespace=Collection(show), name="probe", binary="probe").run()
+"""
+
+
+def test_a_task_gets_the_words_after_a_double_dash_with_their_boundaries(tmp_path: Path) -> None:
+    """`cosim conformance -- python -c "import sys; ..."`: invoke's c.remainder joins the words with spaces;
+    cosim.tasks.remainder gives them back as they were typed."""
+    words = ["python3", "-c", "import sys; print('a  b')", ""]
+    result = subprocess.run([sys.executable, "-c", REMAINDER_PROBE, "show", "--", *words], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == words
+    nothing = subprocess.run([sys.executable, "-c", REMAINDER_PROBE, "show"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60)
+    assert json.loads(nothing.stdout) == []
