@@ -12,16 +12,18 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
+PYTHONPATH = os.pathsep.join([str(ROOT / "containers"), str(ROOT / "sdk" / "python")])
 
 
 class ServiceProcess:
-    """Start ``command`` (default: ``python -u SERVICE``) with containers/ on PYTHONPATH; send and receive lines."""
+    """Start ``command`` (default: ``python -u SERVICE``) with containers/ (protocol_adapter) and sdk/python
+    (cosim_service; TEMPORARY until cosim installs it) on PYTHONPATH; send and receive lines."""
 
     def __init__(self, service: str | Path | None = None, *, command: Sequence[str] | None = None,
                  env: Mapping[str, str] | None = None, timeout_s: float = 20.0) -> None:
         if command is None:
             command = [sys.executable, "-u", str(service)]
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT / "containers"), **(env or {})}
+        full_env = {**os.environ, "PYTHONPATH": PYTHONPATH, **(env or {})}
         self.timeout_s = timeout_s
         self.proc = subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=full_env)

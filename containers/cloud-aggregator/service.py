@@ -1,6 +1,6 @@
 """cloud-aggregator: a cloud-side MQTT subscriber that turns the edge's verdicts into one alert per anomaly episode.
 
-It subscribes (through the shared broker, in virtual time: see containers/cosim_mqtt.py) to the verdicts the
+It subscribes (through the shared broker, in virtual time: see cosim_service.mqtt) to the verdicts the
 edge gateways publish, and keeps per sensor the latest sampling time flagged as an anomaly. A verdict labelled
 ``anomaly`` whose window was sampled more than ``quiet_us`` after the latest flagged one (or the first one) opens
 an episode: the service emits ``anomaly_alert`` at the verdict's delivery time. Later verdicts of the same
@@ -17,22 +17,21 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from cosim_mqtt import MqttService
+from cosim_service.mqtt import MqttService
 
 
 class CloudAggregator(MqttService):
+    capabilities = ("aggregator", "mqtt")
     default_filters = ["+/+/inference_result"]
+    reconfigurable = MqttService.reconfigurable | {"quiet_us"}
 
     def __init__(self) -> None:
         super().__init__()
-        self.node_id = "cloud-aggregator"
         self.quiet_us = 500_000
         self.latest_flagged: dict[str, int] = {}  # sensor -> latest sampled_us labelled anomaly
         self.episodes: dict[str, int] = {}  # sensor -> alerts so far
 
-    RECONFIGURABLE = MqttService.RECONFIGURABLE | {"quiet_us"}
-
-    def configure(self, config: Mapping[str, Any]) -> None:
+    def apply_config(self, config: Mapping[str, Any]) -> None:
         self.quiet_us = int(config.get("quiet_us", self.quiet_us))
         if self.quiet_us < 0:
             raise ValueError(f"quiet_us must be >= 0, got {self.quiet_us}")
@@ -44,13 +43,11 @@ class CloudAggregator(MqttService):
         self.latest_flagged = dict(saved["latest_flagged"])
         self.episodes = dict(saved["episodes"])
 
-    def advance(self, current: int, target: int, events: list[dict[str, Any]],
-                peers: list[str] | None = None, members: list[str] | None = None) -> list[dict[str, Any]]:
-        assert self.mqtt is not None
-        if target == current:
+    def advance(self, until_us: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if until_us == self.now_us:
             return []
         alerts = []
-        for message in self.mqtt.step(current, target, [], peers, members):
+        for message in self.step(until_us, []):
             alert = self._consider(message)
             if alert is not None:
                 alerts.append(alert)
@@ -75,4 +72,4 @@ class CloudAggregator(MqttService):
 
 
 if __name__ == "__main__":
-    CloudAggregator().serve(["mqtt", "aggregator"])
+    CloudAggregator().run()

@@ -22,84 +22,73 @@ import random
 import sys
 from typing import Any, Mapping
 
-from protocol_adapter import serve
-
-state: dict[str, Any] = {"config": {}, "rng": random.Random(0), "node": "?"}
-
-
-def on_init(message: Mapping[str, Any]) -> None:
-    state["config"] = dict(message.get("config") or {})
-    state["rng"] = random.Random(message.get("seed"))
-    state["node"] = message.get("node_id")
-
+from cosim_service import Service
 
 CONFIG_KEYS = ("tick_us", "exit_at_us", "exit_code", "hang_at_us", "garbage_at_us", "raise_at_us")
-
-
-def on_configure(message: Mapping[str, Any]) -> None:
-    changes = message.get("config") or {}
-    unknown = sorted(set(changes) - set(CONFIG_KEYS))
-    if unknown:
-        raise ValueError(f"unknown config keys {unknown}; echo takes {', '.join(CONFIG_KEYS)}")
-    tick = changes.get("tick_us", 1)
-    if tick is not None and (not isinstance(tick, int) or isinstance(tick, bool) or tick < 0):
-        raise ValueError(f"tick_us must be an integer >= 0 (0 or null: no ticks), got {tick!r}")
-    state["config"].update(changes)
-
-
-def on_snapshot() -> dict[str, Any]:
-    """A checkpoint: the config as it is now and the random generator's state (the ticks' values)."""
-    version, internal, gauss = state["rng"].getstate()
-    return {"config": state["config"], "rng": [version, list(internal), gauss]}
-
-
-def on_restore(saved: Mapping[str, Any]) -> None:
-    version, internal, gauss = saved["rng"]
-    state["rng"].setstate((version, tuple(internal), gauss))
-    state["config"] = dict(saved["config"])
-
-
-def _passes(key: str, current: int, target: int) -> bool:
-    at = state["config"].get(key)
-    return at is not None and current < at <= target
-
-
 CUES = ("exit_at_us", "hang_at_us", "garbage_at_us", "raise_at_us")
 
 
-def wakeup(target: int) -> int | None:
-    """The next time after ``target`` at which echo acts on its own: its next tick or its next cue."""
-    config = state["config"]
-    times = [config[key] for key in CUES if config.get(key) is not None and config[key] > target]
-    tick = config.get("tick_us")
-    if tick:
-        times.append((target // tick + 1) * tick)
-    return min(times, default=None)
+class Echo(Service):
+    capabilities = ("echo",)
+    reconfigurable = CONFIG_KEYS
 
+    def __init__(self) -> None:
+        self.rng = random.Random(0)
 
-def advance(current: int, target: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    config = state["config"]
-    if _passes("exit_at_us", current, target):
-        print(f"echo: exiting with {config.get('exit_code', 3)} as configured", file=sys.stderr, flush=True)
-        os._exit(int(config.get("exit_code", 3)))
-    if _passes("hang_at_us", current, target):
-        print("echo: hanging as configured", file=sys.stderr, flush=True)
-        sys.stdin.read()  # blocks until the coordinator goes away; never answers
-        os._exit(0)
-    if _passes("garbage_at_us", current, target):
-        print("echo: writing garbage on stdout as configured", file=sys.stderr, flush=True)
-        os.write(1, b"this is not a protocol message\n")
-    if _passes("raise_at_us", current, target):
-        raise RuntimeError("echo: failing as configured")
-    out = [{"type": "echo", "time_us": e["time_us"], "data": {"of": e.get("type"), "from": e.get("source"), "data": e.get("data")}} for e in events]
-    tick = config.get("tick_us")
-    if tick:
-        first = (current // tick + 1) * tick
-        for t in range(first, target + 1, tick):
-            out.append({"type": "tick", "time_us": t, "data": {"value": state["rng"].randrange(1_000_000)}})
-    return out
+    def init(self, node_id: str, seed: int, config: dict[str, Any]) -> None:
+        self.rng = random.Random(seed)
+
+    def configure(self, changes: dict[str, Any]) -> None:
+        super().configure(changes)  # unknown keys refused
+        tick = changes.get("tick_us", 1)
+        if tick is not None and (not isinstance(tick, int) or isinstance(tick, bool) or tick < 0):
+            raise ValueError(f"tick_us must be an integer >= 0 (0 or null: no ticks), got {tick!r}")
+
+    def snapshot(self) -> dict[str, Any]:
+        """A checkpoint: the config as it is now and the random generator's state (the ticks' values)."""
+        version, internal, gauss = self.rng.getstate()
+        return {"config": self.config, "rng": [version, list(internal), gauss]}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+    def _passes(self, key: str, target: int) -> bool:
+        at = self.config.get(key)
+        return at is not None and self.now_us < at <= target
+
+    def wakeup(self, after_us: int) -> int | None:
+        """The next time after ``after_us`` at which echo acts on its own: its next tick or its next cue."""
+        config = self.config
+        times = [config[key] for key in CUES if config.get(key) is not None and config[key] > after_us]
+        tick = config.get("tick_us")
+        if tick:
+            times.append((after_us // tick + 1) * tick)
+        return min(times, default=None)
+
+    def advance(self, until_us: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        config, current = self.config, self.now_us
+        if self._passes("exit_at_us", until_us):
+            print(f"echo: exiting with {config.get('exit_code', 3)} as configured", file=sys.stderr, flush=True)
+            os._exit(int(config.get("exit_code", 3)))
+        if self._passes("hang_at_us", until_us):
+            print("echo: hanging as configured", file=sys.stderr, flush=True)
+            sys.stdin.read()  # blocks until the coordinator goes away; never answers
+            os._exit(0)
+        if self._passes("garbage_at_us", until_us):
+            print("echo: writing garbage on stdout as configured", file=sys.stderr, flush=True)
+            os.write(1, b"this is not a protocol message\n")
+        if self._passes("raise_at_us", until_us):
+            raise RuntimeError("echo: failing as configured")
+        out = [{"type": "echo", "time_us": e["time_us"],
+                "data": {"of": e.get("type"), "from": e.get("source"), "data": e.get("data")}} for e in events]
+        tick = config.get("tick_us")
+        if tick:
+            first = (current // tick + 1) * tick
+            for t in range(first, until_us + 1, tick):
+                out.append({"type": "tick", "time_us": t, "data": {"value": self.rng.randrange(1_000_000)}})
+        return out
 
 
 if __name__ == "__main__":
-    serve(advance, on_init=on_init, capabilities=["echo"], on_configure=on_configure, wakeup=wakeup,
-          on_snapshot=on_snapshot, on_restore=on_restore)
+    Echo().run()

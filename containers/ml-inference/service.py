@@ -38,7 +38,7 @@ import numpy as np
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort  # noqa: E402
 
-from protocol_adapter import serve  # noqa: E402
+from cosim_service import Service  # noqa: E402
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "model.onnx"
 FEATURES = ("rms", "peak", "crest", "kurtosis")
@@ -46,7 +46,11 @@ FEATURES = ("rms", "peak", "crest", "kurtosis")
 log = logging.getLogger("cosim.ml-inference")
 
 
-class InferenceService:
+class InferenceService(Service):
+    capabilities = ("inference",)
+    # Next-event: it emits only in response to requests (results due later are held, and the SDK promises them).
+    next_event = True
+
     def __init__(self) -> None:
         self.session: ort.InferenceSession | None = None
         self.model_sha256 = ""
@@ -59,16 +63,15 @@ class InferenceService:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def on_init(self, message: Mapping[str, Any]) -> dict[str, str]:
-        config = message.get("config") or {}
+    def init(self, node_id: str, seed: int, config: dict[str, Any]) -> dict[str, str]:
         self._apply(config)
         return {"onnxruntime": ort.__version__, "numpy": np.__version__, "model_sha256": self.model_sha256}
 
-    def on_configure(self, message: Mapping[str, Any]) -> None:
+    def configure(self, changes: dict[str, Any]) -> None:
         """The schedule's reconfigure: threshold, processing_delay_us (results of requests from now on) and
         model_path (another model in the image, loaded now). Checked before anything changes."""
-        self._apply(message.get("config") or {})
-        log.info("reconfigured at %s us: threshold %s, processing delay %s us, model %s", message.get("time_us"),
+        self._apply(changes)
+        log.info("reconfigured at %s us: threshold %s, processing delay %s us, model %s", self.now_us,
                  self.threshold, self.delay_us, self.model_sha256[:12])
 
     def _apply(self, config: Mapping[str, Any]) -> None:
@@ -89,13 +92,13 @@ class InferenceService:
         self.threshold = float(threshold)
         self.delay_us = delay
 
-    def on_snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         """A checkpoint: the config as it is now (INIT of the resumed process gets it too) and the counters; the
-        outputs held for a processing delay are the adapter's (it carries them)."""
+        outputs held for a processing delay are the SDK's (it carries them)."""
         return {"threshold": self.threshold, "processing_delay_us": self.delay_us, "model_sha256": self.model_sha256,
                 "results": self.results, "errors": self.errors, "ignored": dict(sorted(self.ignored.items()))}
 
-    def on_restore(self, saved: Mapping[str, Any]) -> None:
+    def restore(self, saved: Mapping[str, Any]) -> None:
         if saved["model_sha256"] != self.model_sha256:  # INIT's config names the model: it must be the same one
             raise ValueError(f"the checkpoint was taken with model {saved['model_sha256'][:12]}, this process loaded "
                              f"{self.model_sha256[:12]}")
@@ -103,7 +106,7 @@ class InferenceService:
         self.results, self.errors = int(saved["results"]), int(saved["errors"])
         self.ignored = Counter(saved["ignored"])
 
-    def on_shutdown(self) -> None:
+    def shutdown(self) -> None:
         summary = f"{self.results} results, {self.errors} errors, ignored {dict(sorted(self.ignored.items()))}"
         if self.latencies_ns:
             us = np.array(self.latencies_ns, dtype=np.float64) / 1000.0
@@ -113,7 +116,7 @@ class InferenceService:
 
     # -- virtual time -----------------------------------------------------------------------------
 
-    def advance(self, current_us: int, target_us: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def advance(self, until_us: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
         for event in events:
             kind = event.get("type")
@@ -208,13 +211,5 @@ def load_model(path: Path) -> tuple[ort.InferenceSession, str]:
     return session, hashlib.sha256(model_bytes).hexdigest()
 
 
-def main() -> None:
-    service = InferenceService()
-    # Next-event: it emits only in response to requests (results due later are held, and the adapter promises them).
-    serve(service.advance, on_init=service.on_init, on_shutdown=service.on_shutdown, capabilities=["inference"],
-          on_configure=service.on_configure, next_event=True, on_snapshot=service.on_snapshot,
-          on_restore=service.on_restore)
-
-
 if __name__ == "__main__":
-    main()
+    InferenceService().run()

@@ -5,7 +5,7 @@ as a cosim envelope: canonical JSON ``{"type", "time_us", "source", "seq", "data
 "window_us"}``. Every message that a protocol-driven MQTT client of the same broker published (this gateway, its
 replicas, other gateways, the cloud aggregator) and that matches ``subscribe`` becomes an ``mqtt_received`` event
 stamped at its origin time plus ``broker_delay_us``, in the order (time, publishing node, node_seq), after the
-window's barriers of all those clients are in (containers/cosim_mqtt.py, docs/protocol.md §12). The wall clock
+window's barriers of all those clients are in (cosim_service.mqtt, docs/protocol.md §12). The wall clock
 never decides what is emitted or when.
 
 ``subscribe`` filters fan out (every subscriber gets every message); ``$share/<group>/<filter>`` shares the
@@ -26,33 +26,32 @@ All but ``broker`` can change during a run (the schedule's `reconfigure`, protoc
 what is published from then on, new subscriptions (unsubscribing and subscribing as needed), QoS, and a broker
 delay for the windows after the change. A broker that goes away by plan (CONFIGURE with its endpoint null) is
 let go of cleanly; what cannot be published meanwhile is emitted as ``mqtt_lost``; when it is back the gateway
-reconnects (cosim_mqtt.py).
+reconnects (cosim_service.mqtt).
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from cosim_mqtt import MqttService
+from cosim_service.mqtt import MqttService, Outgoing
 
 
 class Gateway(MqttService):
+    capabilities = ("mqtt",)
+
     def __init__(self) -> None:
         super().__init__()
-        self.node_id = "mqtt-gateway"
         self.topic = "cosim/{source}/{type}"
 
-    def configure(self, config: Mapping[str, Any]) -> None:
+    def apply_config(self, config: Mapping[str, Any]) -> None:
         self.topic = str(config.get("topic", self.topic))
         try:
             self.topic.format_map({"source": "s", "type": "t", "node": "n"})
         except (KeyError, ValueError, IndexError) as exc:
             raise ValueError(f"bad topic template {self.topic!r} (placeholders: {{source}}, {{type}}, {{node}}): {exc}") from None
 
-    def advance(self, current: int, target: int, events: list[dict[str, Any]],
-                peers: list[str] | None = None, members: list[str] | None = None) -> list[dict[str, Any]]:
-        assert self.mqtt is not None
-        if target == current:
+    def advance(self, until_us: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if until_us == self.now_us:
             return []  # an empty window: nothing to publish and nothing may be stamped in it
         outgoing = []
         keys: set[tuple[str, int]] = set()
@@ -64,9 +63,9 @@ class Gateway(MqttService):
                 raise ValueError(f"two input events with the same (source, seq) = ({source!r}, {seq})")
             keys.add((source, seq))
             topic = self.topic.format_map({"source": source, "type": event.get("type"), "node": self.node_id})
-            outgoing.append((topic, event.get("type"), event["time_us"], source, seq, event.get("data")))
-        return self.mqtt.step(current, target, outgoing, peers, members)
+            outgoing.append(Outgoing(topic, event.get("type"), event["time_us"], source, seq, event.get("data")))
+        return self.step(until_us, outgoing)
 
 
 if __name__ == "__main__":
-    Gateway().serve(["mqtt"])
+    Gateway().run()

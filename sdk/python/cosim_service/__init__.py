@@ -17,4 +17,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 1  # the version of docs/protocol.md this SDK speaks (before the imports: session.py reads it)
+
+from cosim_service.service import Service, run  # noqa: E402
+from cosim_service.session import Event, ProtocolError, Session  # noqa: E402
+
+__all__ = ["PROTOCOL_VERSION", "Event", "ProtocolError", "Service", "Session", "run"]
