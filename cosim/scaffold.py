@@ -5,10 +5,13 @@ from the current directory), a ``tasks.py`` that imports cosim's tasks, a ``.git
 (``traces/``, ``compose/``, ``checkpoints/``) and a README: the template ``cosim/templates/experiment/``.
 
 A service is a copy of ``cosim/templates/service-<lang>/`` in ``services/NAME/``, a scenario that uses it,
-``scenarios/NAME.yaml`` (a ``uniform`` sensor -> the service -> a sink), and its test in ``tests/``: the template
-``cosim/templates/service-test/`` plus the files of the language template's own ``tests/`` folder, if it has one.
-In every template file ``{{name}}`` becomes the name, ``{{identifier}}`` the name as a Python identifier, and
-``{{lang}}`` the language; a file named ``gitignore`` or ``dockerignore`` becomes its dotted name.
+``scenarios/NAME.yaml`` (a ``uniform`` sensor -> the service -> a sink), and its tests: the language template's
+own ``test_service.py`` becomes ``tests/test_<NAME>.py`` (it finds the service as
+``Path(__file__).resolve().parent.parent / "services" / "{{name}}"``), and ``cosim/templates/service-test/`` adds
+``tests/test_<NAME>_scenario.py``, a local run of the scenario through the ``cosim`` command (dashes in NAME
+become underscores in these file names). In every template file ``{{name}}`` becomes the name, ``{{identifier}}``
+the name as a Python identifier, and ``{{lang}}`` the language; a file named ``gitignore`` or ``dockerignore``
+becomes its dotted name.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ DOTTED = {"gitignore": ".gitignore", "dockerignore": ".dockerignore"}
 USAGE = "usage: cosim new experiment DIR | cosim new service NAME [--lang python|node]"
 # How --runtime local starts each language's service in its folder (the scenario's `local_command`).
 LOCAL_COMMANDS = {"python": None, "node": ["node", "service.js"]}  # python: the default, python -u service.py
-TEST_COMMANDS = {"python": '[sys.executable, "-u", "service.py"]', "node": '["node", "service.js"]'}
+LANGUAGE_TEST = "test_service.py"  # a language template's own test: tests/test_<identifier>.py, not in the service
 
 SCENARIO = """\
 # The service {name} ({lang}) between a sensor and a sink. Run it from the experiment's directory:
@@ -98,21 +101,22 @@ def new_service(name: str, *, lang: str = "python", start: Path | None = None, o
     service_dir = root / "services" / name
     scenario = root / "scenarios" / f"{name}.yaml"
     identifier = name.replace("-", "_")
-    test = root / "tests" / f"test_{identifier}.py"
-    for path in (service_dir, scenario, test):
+    tests = [root / "tests" / f"test_{identifier}.py", root / "tests" / f"test_{identifier}_scenario.py"]
+    for path in (service_dir, scenario, *tests):
         if path.exists():
             raise UsageError(f"{shown(path)} already exists: choose another name (or remove it)")
-    values = {"name": name, "identifier": identifier, "lang": lang, "test_command": TEST_COMMANDS[lang]}
-    written = copy_template(template, service_dir, values, skip=("tests",))
-    if (template / "tests").is_dir():
-        copy_template(template / "tests", root / "tests", values)
+    values = {"name": name, "identifier": identifier, "lang": lang}
+    written = copy_template(template, service_dir, values, skip=(LANGUAGE_TEST,))
+    if (template / LANGUAGE_TEST).is_file():
+        copy_file(template / LANGUAGE_TEST, tests[0], values)
     copy_template(template_path("service-test"), root / "tests", values)
     command = LOCAL_COMMANDS[lang]
     local_command = f"    local_command: [{', '.join(command)}]   # run in services/{name}/\n" if command else ""
     scenario.write_text(SCENARIO.format(name=name, lang=lang, local_command=local_command), encoding="utf-8")
     files = ", ".join(sorted(path.relative_to(service_dir).as_posix() for path in written))
+    made_tests = ", ".join(shown(path) for path in tests if path.exists())
     out.write(f"created the {lang} service {name!r}: {shown(service_dir)}/ ({files}), {shown(scenario)}, "
-              f"{shown(test)}\n"
+              f"{made_tests}\n"
               f"  run it: cosim up {shown(scenario)} --runtime local   (in Docker: without --runtime)\n")
     return service_dir
 
@@ -135,17 +139,21 @@ def copy_template(template: Path, target: Path, values: dict[str, str], skip: tu
         if source.is_dir() or relative.parts[0] in skip or "__pycache__" in relative.parts:
             continue
         parts = [DOTTED.get(part, _substitute(part, values)) for part in relative.parts]
-        destination = target.joinpath(*parts)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        content = source.read_bytes()
-        try:
-            content = _substitute(content.decode("utf-8"), values).encode("utf-8")
-        except UnicodeDecodeError:
-            pass  # a binary file: copied as it is
-        destination.write_bytes(content)
-        destination.chmod(source.stat().st_mode & 0o777)
-        written.append(destination)
+        written.append(copy_file(source, target.joinpath(*parts), values))
     return written
+
+
+def copy_file(source: Path, destination: Path, values: dict[str, str]) -> Path:
+    """One template file, ``{{key}}`` substituted in its text (a binary file is copied as it is)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    content = source.read_bytes()
+    try:
+        content = _substitute(content.decode("utf-8"), values).encode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    destination.write_bytes(content)
+    destination.chmod(source.stat().st_mode & 0o777)
+    return destination
 
 
 def _substitute(text: str, values: dict[str, str]) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cosim import conformance
+from cosim import conformance, scaffold
 from cosim.errors import UsageError
 from tests.skip_policy import host_tool
 
@@ -46,12 +46,11 @@ def node() -> str:
 
 
 def render_node_template(directory: Path, name: str = "threshold") -> Path:
-    """cosim/templates/service-node/ with {{name}} filled in, as `cosim new service NAME --lang node` writes it."""
-    for source in (ROOT / "cosim" / "templates" / "service-node").iterdir():
-        if source.is_file():
-            (directory / source.name).write_text(source.read_text(encoding="utf-8").replace("{{name}}", name),
-                                                 encoding="utf-8")
-    return directory
+    """An experiment in ``directory`` with the service ``name`` that `cosim new service NAME --lang node` writes
+    (services/NAME/, its test tests/test_NAME.py); returns the service's folder."""
+    for sub in ("scenarios", "services"):
+        (directory / sub).mkdir()
+    return scaffold.new_service(name, lang="node", start=directory, out=io.StringIO())
 
 
 def assert_all_pass(results: list[conformance.CaseResult]) -> None:
@@ -72,11 +71,11 @@ def test_the_node_template_passes_every_case(node: str, tmp_path: Path, monkeypa
 
 
 def test_the_node_templates_own_tests_pass(node: str, tmp_path: Path) -> None:
-    """The test_service.py that `cosim new service NAME --lang node` writes, run by pytest as a user would (without
+    """The test that `cosim new service NAME --lang node` writes (tests/test_NAME.py), run by pytest as a user would (without
     its conformance test, run above)."""
     render_node_template(tmp_path)
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not conformance",
-                           "test_service.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                           "tests/test_threshold.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "3 passed" in done.stdout
 

@@ -155,10 +155,13 @@ def test_new_service_adds_code_a_scenario_and_a_test(experiment: Path, lang: str
     assert result.returncode == 0, result.stderr
     service = experiment / "services" / "my-svc"
     assert (service / "Dockerfile").is_file()
-    for path in [*service.rglob("*"), experiment / "tests" / "test_my_svc.py"]:
+    tests = sorted(path.name for path in (experiment / "tests").iterdir())
+    assert "test_my_svc_scenario.py" in tests and set(tests) <= {"test_my_svc.py", "test_my_svc_scenario.py"}
+    for path in [*service.rglob("*"), *(experiment / "tests").iterdir()]:
         if path.is_file():
             assert "{{" not in path.read_text(encoding="utf-8"), path
-    compile((experiment / "tests" / "test_my_svc.py").read_text(), "test_my_svc.py", "exec")
+            if path.suffix == ".py":
+                compile(path.read_text(encoding="utf-8"), str(path), "exec")
     validated = cosim("validate", "scenarios/my-svc.yaml", cwd=experiment)
     assert validated.returncode == 0, validated.stderr
     assert validated.stdout.startswith("scenarios/my-svc.yaml: valid scenario 'my-svc': 3 nodes (1 container)")

@@ -9,7 +9,7 @@ import pytest
 
 from cosim.conformance import ServiceSession, Target, check
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent / "services" / "{{name}}"  # `cosim new service` puts this file in tests/
 SERVICE = ("node", str(HERE / "service.js"))
 
 if shutil.which("node") is None:
