@@ -22,7 +22,7 @@ SKIPPED = shutil.ignore_patterns(".wheelhouse", "__pycache__", "*.pyc", "*.pyo",
                                  ".ruff_cache", "node_modules", "*.egg-info", "build", "dist")
 
 
-class build_py_with_data(build_py):  # noqa: N801 (setuptools' command naming)
+class build_py_with_data(build_py):
     def run(self) -> None:
         super().run()
         if getattr(self, "editable_mode", False):
