@@ -17,9 +17,17 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 DATA_DIRS = ("schemas", "containers", "scenarios", "sdk")
-# Caches and build leftovers, and what a service image gets elsewhere (the wheelhouse is downloaded per host).
-SKIPPED = shutil.ignore_patterns(".wheelhouse", "__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".mypy_cache",
-                                 ".ruff_cache", "node_modules", "*.egg-info", "build", "dist")
+# Left out: caches, the wheelhouse (downloaded per host), installed node_modules, and packaging leftovers of
+# sdk/python. Nothing else: a service folder's files (and the SDKs') name its image, so an installed cosim must
+# carry exactly the files a checkout hashes (cosim.service_sources leaves out the same caches).
+SKIPPED = shutil.ignore_patterns(".wheelhouse", "__pycache__", "*.pyc", "*.pyo", ".git", ".pytest_cache", ".mypy_cache",
+                                 ".cosim", "node_modules", "*.egg-info")
+SDK_PYTHON_LEFTOVERS = {"build", "dist"}  # an in-place build of the cosim-service distribution
+
+
+def skipped(directory: str, names: list[str]) -> set[str]:
+    extra = SDK_PYTHON_LEFTOVERS & set(names) if Path(directory) == ROOT / "sdk" / "python" else set()
+    return set(SKIPPED(directory, names)) | extra
 
 
 class build_py_with_data(build_py):
@@ -32,8 +40,8 @@ class build_py_with_data(build_py):
             shutil.rmtree(stale, ignore_errors=True)
         for name in DATA_DIRS:
             if (ROOT / name).is_dir():
-                shutil.copytree(ROOT / name, package / "_data" / name, ignore=SKIPPED)
-        shutil.copytree(ROOT / "cosim" / "templates", package / "templates", ignore=SKIPPED)
+                shutil.copytree(ROOT / name, package / "_data" / name, ignore=skipped)
+        shutil.copytree(ROOT / "cosim" / "templates", package / "templates", ignore=skipped)
 
 
 setup(cmdclass={"build_py": build_py_with_data})

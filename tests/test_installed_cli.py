@@ -209,3 +209,22 @@ def test_a_task_gets_the_words_after_a_double_dash_with_their_boundaries(tmp_pat
     nothing = subprocess.run([sys.executable, "-c", REMAINDER_PROBE, "show"], cwd=tmp_path, capture_output=True,
                              text=True, timeout=60)
     assert json.loads(nothing.stdout) == []
+
+
+def test_the_installed_bundled_data_hashes_as_the_checkouts(wheel: Path, tmp_path: Path) -> None:
+    """The bundled scenario's compose hash (which covers its services' files and the SDKs) is the same from the
+    wheel's package data as from the checkout: an installed cosim and a checkout name the same images and give
+    the same trace hash."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                    "--disable-pip-version-check", "--target", str(tmp_path / "site"), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    probe = ("import sys; from cosim import compose, loading; from cosim.resources import data_path; "
+             "print(compose.sha256(loading.load(data_path('scenarios', 'default.yaml'))), data_path('scenarios'))")
+    environment = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    installed = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=environment, capture_output=True,
+                               text=True, timeout=120, check=True).stdout.split()
+    checkout = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              check=True).stdout.split()
+    assert installed[1] == str(tmp_path / "site" / "cosim" / "_data" / "scenarios")
+    assert checkout[1] == str(ROOT / "scenarios")
+    assert installed[0] == checkout[0]
