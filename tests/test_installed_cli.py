@@ -228,3 +228,16 @@ def test_the_installed_bundled_data_hashes_as_the_checkouts(wheel: Path, tmp_pat
     assert installed[1] == str(tmp_path / "site" / "cosim" / "_data" / "scenarios")
     assert checkout[1] == str(ROOT / "scenarios")
     assert installed[0] == checkout[0]
+
+
+def test_help_and_list_import_none_of_the_commands(tmp_path: Path) -> None:
+    """`cosim --help` and `cosim --list` stay quick: a task imports what it runs only when it runs."""
+    probe = ("import sys; from cosim.console import program\n"
+             "for argv in (['cosim', '--list'], ['cosim', '--help'], ['cosim', 'up', '--help']):\n"
+             "    program.run(argv, exit=False)\n"
+             "heavy = sorted(m for m in sys.modules if m in ('cosim.cli', 'cosim.run', 'cosim.loading', 'jsonschema', "
+             "'python_on_whales', 'cosim.scaffold'))\n"  # (not yaml: invoke's own configuration reads it)
+             "print('HEAVY', heavy, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "HEAVY []"
