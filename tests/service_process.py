@@ -92,3 +92,13 @@ class ServiceProcess:
 def advance(time_us: int, events: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
     """An ADVANCE message; ``fields`` adds optional ones (peers, members)."""
     return {"type": "ADVANCE", "time_us": time_us, "events": events or [], **fields}
+
+
+def converse(service: str | Path, messages: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """Run ``service`` with ``messages`` on its stdin (a minimal environment: PYTHONPATH and PATH only); it must exit
+    0. Its replies (every stdout line must be protocol JSON) and its stderr."""
+    done = subprocess.run([sys.executable, "-u", str(service)], capture_output=True, text=True, timeout=20,
+                          input="".join(json.dumps(m) + "\n" for m in messages),
+                          env={"PYTHONPATH": PYTHONPATH, "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()], done.stderr

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +12,7 @@ import pytest
 import protocol_adapter
 from cosim import protocol
 from protocol_adapter import CoordinatorProtocolAdapter
-from tests.service_process import ServiceProcess
+from tests.service_process import ServiceProcess, converse
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO = ROOT / "containers" / "echo" / "service.py"
@@ -329,16 +327,11 @@ def test_echo_subprocess_exits_one_on_a_fatal_error() -> None:
 
 
 def test_stray_prints_go_to_stderr_not_the_protocol_stream() -> None:
-    messages = [INIT, advance(1000, [event(500)]), advance(2000), {"type": "SHUTDOWN"}]
-    stdin = "".join(json.dumps(m) + "\n" for m in messages)
-    done = subprocess.run([sys.executable, "-u", str(CHATTY)], input=stdin, capture_output=True, text=True,
-                          timeout=20, env={"PYTHONPATH": str(ROOT / "containers"), "PATH": "/usr/bin:/bin"})
-    assert done.returncode == 0, done.stderr
-    replies = [json.loads(line) for line in done.stdout.splitlines()]  # every stdout line is protocol JSON
+    replies, stderr = converse(CHATTY, [INIT, advance(1000, [event(500)]), advance(2000), {"type": "SHUTDOWN"}])
     assert [r["type"] for r in replies] == ["READY", "DONE", "DONE"]
     assert replies[1]["events"] == [{"type": "said", "time_us": 1000, "data": {"events": 1}}]
-    assert "chatty: stray print in on_init for svc" in done.stderr
-    assert "chatty: stray print while advancing to 2000" in done.stderr
+    assert "chatty: stray print in on_init for svc" in stderr
+    assert "chatty: stray print while advancing to 2000" in stderr
 
 
 def test_hot_path_lines_are_the_canonical_encoding() -> None:

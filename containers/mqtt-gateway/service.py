@@ -63,7 +63,7 @@ class Gateway(MqttService):
                 raise ValueError(f"two input events with the same (source, seq) = ({source!r}, {seq})")
             keys.add((source, seq))
             topic = self.topic.format_map({"source": source, "type": event.get("type"), "node": self.node_id})
-            outgoing.append(Outgoing(topic, event.get("type"), event["time_us"], source, seq, event.get("data")))
+            outgoing.append(Outgoing(topic, event["type"], event["time_us"], source, seq, event.get("data")))
         return self.step(until_us, outgoing)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeGuard
 
 from cosim_service import PROTOCOL_VERSION
 from cosim_service.wire import DecodeError, encode, parse_line
@@ -50,12 +50,13 @@ class ProtocolError(Exception):
         self.fatal = fatal
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _event_time(event: Event) -> int:
-    return event["time_us"]
+    time_us: int = event["time_us"]
+    return time_us
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -89,6 +90,7 @@ class Session:
 
     def receive(self, raw: bytes | str) -> str | None:
         """One received line in, the reply line to write out (None: nothing to write)."""
+        reply: dict[str, Any] | None
         try:
             message = parse_line(raw)
         except DecodeError as exc:
@@ -102,7 +104,7 @@ class Session:
                 return encode(reply)
             if "next_us" in reply:
                 return _PROMISE_DONE % (reply["next_us"], reply["time_us"])
-            return _EMPTY_DONE % reply["time_us"]
+            return _EMPTY_DONE % int(reply["time_us"])
         except (ValueError, RecursionError):  # NaN or Infinity (or a cycle) in the service's outputs: not JSON
             return encode(self._error(ProtocolError(
                 "bad_output", "output events contain NaN or Infinity, which JSON cannot carry", fatal=True)))

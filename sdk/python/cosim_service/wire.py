@@ -18,9 +18,10 @@ _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=
 # The C encoder behind _ENCODER, built once: JSONEncoder.encode builds a new one on every call, which costs more
 # than encoding a small payload. Same options, same bytes; no circular-reference markers (a cycle is a
 # RecursionError, reported like NaN).
-_C_ENCODE = (json.encoder.c_make_encoder(None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",",
-                                         True, False, False)
-             if json.encoder.c_make_encoder is not None else None)
+# (json.encoder.c_make_encoder is CPython's, absent from the type stubs.)
+_C_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODE = (_C_MAKE_ENCODER(None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", True, False, False)
+             if _C_MAKE_ENCODER is not None else None)
 
 
 def canonical(value: Any) -> str:

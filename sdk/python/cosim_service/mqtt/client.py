@@ -140,10 +140,10 @@ class VirtualTimeClient:
                               f"coordinator did not list {self.node_id!r} among the window's publishers {list(peer_ids)}")
         self.members.update(peer_ids, members or ())
         self.subscriptions.resolve(self.members)
-        for message in outgoing:
-            payload = envelope(message, self.node_id, self.node_seq, target)
+        for item in outgoing:
+            payload = envelope(item, self.node_id, self.node_seq, target)
             self.node_seq += 1
-            self._publish(Published(current, target, message.topic, payload))
+            self._publish(Published(current, target, item.topic, payload))
         if self.node_id in peer_ids:
             self._publish(Published(current, target, self.barrier_topic, None))
         if peer_ids:  # a window without publishers has nothing to wait for

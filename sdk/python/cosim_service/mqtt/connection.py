@@ -17,6 +17,7 @@ from typing import Any, Callable
 import paho.mqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
 
 from cosim_service.mqtt.envelope import BARRIER_FILTER, REJOIN_FILTER, SYS_VERSION_TOPIC
 
@@ -48,8 +49,8 @@ class BrokerConnection:
         self.connect_timeout_s = connect_timeout_s
         self.client: mqtt.Client | None = None
         # Shared with the network thread (guarded by cond).
-        self.connack: mqtt.ReasonCode | None = None
-        self.suback: dict[int, list[mqtt.ReasonCode]] = {}
+        self.connack: ReasonCode | None = None
+        self.suback: dict[int, list[ReasonCode]] = {}
         self.lost: str | None = None
         self.broker_version: str | None = None
         self.closing = False
@@ -120,6 +121,7 @@ class BrokerConnection:
         rc, mid = self.client.subscribe(subscriptions)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise BrokerError(f"could not subscribe at {self.where}: {mqtt.error_string(rc)}")
+        assert mid is not None  # paho numbers every subscription it sends
         with self.cond:
             if not self.cond.wait_for(lambda: mid in self.suback or self.lost is not None, left(deadline)):
                 raise BrokerError(f"{self.where} did not confirm the subscriptions within {self.connect_timeout_s:g}s")
@@ -173,7 +175,7 @@ class BrokerConnection:
 
     # -- network-thread callbacks (paho VERSION2 signatures) --------------------------------------
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: mqtt.ReasonCode,
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
                     properties: Any) -> None:
         with self.cond:
             if self.connack is not None and self.lost is not None:
@@ -181,7 +183,7 @@ class BrokerConnection:
             self.connack = reason
             self.cond.notify_all()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: mqtt.ReasonCode,
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
                        properties: Any) -> None:
         with self.cond:
             if not self.closing and self.lost is None:
@@ -189,7 +191,7 @@ class BrokerConnection:
                 log.error("%s: %s", self.where, self.lost)
             self.cond.notify_all()
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list[mqtt.ReasonCode],
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list[ReasonCode],
                       properties: Any) -> None:
         with self.cond:
             self.suback[mid] = list(codes)

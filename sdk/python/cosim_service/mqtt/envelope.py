@@ -10,7 +10,7 @@ broker restart. Anything else is from outside virtual time (``external``). All a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 from cosim_service.wire import canonical, decode  # strict: NaN/Infinity would make a DONE invalid JSON
 
@@ -87,7 +87,7 @@ def lost_events(outgoing: list[Outgoing]) -> list[Event]:
             for m in outgoing]
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -10,7 +10,7 @@ applies them in ``apply_config``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Collection, Mapping
+from typing import Any, ClassVar, Mapping
 
 from cosim_service.mqtt.client import VirtualTimeClient
 from cosim_service.mqtt.shares import parse_subscriptions
@@ -24,7 +24,7 @@ class MqttService(Service):
     default_filters: ClassVar[list[str]] = ["cosim/#"]
     CONFIG_KEYS: ClassVar[frozenset[str]] = frozenset({"broker", "topic", "subscribe", "qos", "broker_delay_us",
                                                        "connect_timeout_s", "barrier_timeout_s"})
-    reconfigurable: ClassVar[Collection[str]] = frozenset({"topic", "subscribe", "qos", "broker_delay_us",
+    reconfigurable: ClassVar[frozenset[str]] = frozenset({"topic", "subscribe", "qos", "broker_delay_us",
                                                            "connect_timeout_s", "barrier_timeout_s"})
     # Publishes only what its input events carry: idle windows cost no broker traffic. Next-event: it wakes up when
     # a message of the group is due (the coordinator advances the group together).
