@@ -85,8 +85,9 @@ def new_experiment(directory: Path, *, out: TextIO = sys.stdout) -> Path:
         (directory / sub).mkdir(parents=True, exist_ok=True)
     written = copy_template(template_path("experiment"), directory, {"name": name})
     files = ", ".join(sorted(path.name for path in written))
+    enter = "" if directory.resolve() == Path.cwd().resolve() else f"cd {directory} && "
     out.write(f"created the experiment {name!r} in {directory}/: scenarios/, services/, {files}\n"
-              f"  next: cd {directory} && cosim new service NAME --lang python (or --lang node)\n")
+              f"  next: {enter}cosim new service NAME --lang python (or --lang node)\n")
     return directory
 
 

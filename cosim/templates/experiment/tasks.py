@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from invoke import Context, task
+from invoke.exceptions import Exit
 
 from cosim.tasks import call, namespace
 
@@ -24,8 +25,10 @@ def check(c: Context) -> None:
 
 @task(help={"k": "only tests matching this expression"})
 def test(c: Context, k: str = "") -> None:
-    """Run this experiment's tests (tests/, with pytest)."""
-    subprocess.run([sys.executable, "-m", "pytest", "tests", *(["-k", k] if k else [])], cwd=HERE, check=True)
+    """Run this experiment's tests (tests/, with pytest: `pip install pytest`)."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "tests", *(["-k", k] if k else [])], cwd=HERE, check=False)
+    if done.returncode != 0:
+        raise Exit(code=done.returncode)
 
 
 namespace.add_task(check)
