@@ -7,6 +7,7 @@ taken from where you stand. It is the same collection ``invoke`` runs from a tas
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from invoke import Program
@@ -14,7 +15,22 @@ from invoke import Program
 from cosim import __version__
 from cosim.tasks import namespace
 
-program = Program(namespace=namespace, name="cosim", binary="cosim", version=__version__)
+# The core options `cosim --help` lists; invoke's others (for tasks that run shell commands: --echo, --pty,
+# --dry, ...) still work, but say nothing about cosim.
+SHOWN_CORE_OPTIONS = {"--help", "--list", "--version", "--debug", "--print-completion-script"}
+
+
+class CosimProgram(Program):
+    def print_help(self) -> None:
+        print(f"Usage: {self.binary} [--core-opts] <subcommand> [--subcommand-opts] ...")
+        print(f"       {self.binary} <subcommand> --help   (a subcommand's options)\n")
+        print("Core options:\n")
+        self.print_columns([(flags, text) for flags, text in self.initial_context.help_tuples()
+                            if SHOWN_CORE_OPTIONS & set(re.findall(r"--[a-z-]+", flags))])
+        self.list_tasks()
+
+
+program = CosimProgram(namespace=namespace, name="cosim", binary="cosim", version=__version__)
 
 
 def main() -> None:

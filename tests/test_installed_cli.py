@@ -241,3 +241,14 @@ def test_help_and_list_import_none_of_the_commands(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "HEAVY []"
+
+
+def test_cosim_help_lists_the_verbs_and_only_the_core_options_that_matter(tmp_path: Path) -> None:
+    result = cosim("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: cosim [--core-opts] <subcommand> [--subcommand-opts] ...\n")
+    for shown in ("--help", "--list", "--version"):
+        assert shown in result.stdout
+    for hidden in ("--pty", "--prompt-for-sudo-password", "--echo", "--hide"):
+        assert hidden not in result.stdout
+    assert all(f"\n  {verb} " in result.stdout for verb in VERBS)
