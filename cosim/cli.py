@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from cosim import compose, loading, options, plugins, schedule as scheduling
 from cosim.errors import CosimError, MissingExtra, TracesDiffer, UsageError
-from cosim.metrics import RunMetrics
+from cosim.metrics import RunMetrics, speedups
 from cosim.paths import REPO_ROOT
 from cosim.resources import data_path
 from cosim.coordinator import SimulationResult
@@ -40,8 +40,9 @@ def render(path: str, out: TextIO = sys.stdout) -> Path:
 
 
 class ProgressLine:
-    """Progress in virtual time. On a terminal: one line redrawn in place (rich) with virtual time, percent,
-    real-time factor and ETA. Otherwise (logs, CI): a plain line every 10%. Wall clock: display only."""
+    """Progress in virtual time. On a terminal: one line redrawn in place (rich) with virtual time, percent, the
+    step loop's speed-up (virtual seconds per wall second since its first step) and ETA. Otherwise (logs, CI): a
+    plain line every 10%. Wall clock: display only."""
 
     def __init__(self, out: TextIO = sys.stderr, *, terminal: bool | None = None, interval_s: float = 0.1) -> None:
         self.out = out
@@ -49,7 +50,7 @@ class ProgressLine:
         self.interval_s = interval_s
         self._last_draw = 0.0
         self._last_decile = -1
-        self._started = time.monotonic()
+        self._loop_started: tuple[float, int] | None = None  # (wall clock, virtual us) at the first step
         self._bar: Any = None  # rich.progress.Progress, started on the first step
         self._task: Any = None
 
@@ -62,18 +63,23 @@ class ProgressLine:
                 self.out.flush()
             return
         clock = time.monotonic()
+        if self._loop_started is None:
+            self._loop_started = (clock, now_us)
+            if now_us < duration_us:
+                return  # the speed-up is measured from here on
         if clock - self._last_draw < self.interval_s and now_us < duration_us:
             return  # redrawing every step would cost more than the step
         self._last_draw = clock
         starting = self._bar is None
         if starting:
             self._create()
-        wall_s = clock - self._started
-        factor = now_us / 1e6 / wall_s if wall_s > 0 else 0.0
+        loop_clock, loop_us = self._loop_started
+        wall_s = clock - loop_clock
+        factor = (now_us - loop_us) / 1e6 / wall_s if wall_s > 0 else 0.0
         eta = f"{(duration_us - now_us) / 1e6 / factor:.0f} s" if factor > 0 else "?"
         self._bar.update(self._task, completed=now_us, total=duration_us, status=(
             f"{now_us / 1e6:.3f} / {duration_us / 1e6:g} s virtual  {now_us / duration_us:4.0%}  "
-            f"{factor:.1f}x real time  ETA {eta}"))
+            f"step loop {factor:.1f}x real time  ETA {eta}"))
         if starting:
             self._bar.start()  # draws the first state (nothing drawn before the first update)
         else:
@@ -172,13 +178,12 @@ def _report_failed_run(path: str, trace: str | None, out: TextIO) -> None:
 
 def print_summary(summary: CompletedRun, out: TextIO) -> None:
     result = summary.result
-    wall = result.timings.wall_s
-    virtual_s = result.end_us / 1e6
     counts = result.counts
+    speed = "; ".join(f"{name} {text}" for name, text in speedups(summary.metrics.to_json()))
     out.write(
         f"cosim: scenario {summary.scenario.name!r} ran on the {summary.runtime} runtime: "
-        f"{virtual_s:g} s virtual in {wall:.2f} s wall ({virtual_s / wall if wall else 0:.1f}x real time), "
-        f"{result.steps} steps\n"
+        f"{result.end_us / 1e6:g} s virtual, {result.steps} steps\n"
+        f"  speed-up: {speed}\n"
         f"  events: {counts['sent']} sent, {counts['delivered']} delivered, {counts['dropped']} dropped, "
         f"{counts['unroutable']} unroutable\n"
     )

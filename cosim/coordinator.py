@@ -95,7 +95,6 @@ class StepTimings:
     advances: int = 0  # ADVANCE messages sent to services
     ahead: int = 0  # of those, sent a window ahead (lookahead)
     skipped: int = 0  # quanta in which nothing could happen (next-event mode)
-    wall_s: float = 0.0
     waiting_s: float = 0.0  # time spent waiting for DONE replies
     loop_s: float = 0.0  # the step loop, wall clock
     loop_cpu_s: float = 0.0  # CPU time cosim's own process used in the step loop (its overhead)
@@ -193,7 +192,6 @@ class Coordinator:
         self.stopped = False  # stopped after its last checkpoint (--stop-after-checkpoint)
 
     def run(self) -> SimulationResult:
-        started = time.monotonic()
         try:
             resume = self.checkpoints.resume
             if resume is not None:  # INIT gets each service's config as it was at the checkpoint
@@ -235,7 +233,6 @@ class Coordinator:
             self.trace.error(self.now_us, None, "internal_error", f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            self.timings.wall_s = time.monotonic() - started
             self.trace.flush()
         steps = self.now_us // self.scenario.quantum_us if self.stopped else self.scenario.steps
         self.trace.footer(self.now_us, steps, in_flight=len(self._pending), executed={

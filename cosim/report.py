@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from cosim import loading, plugins, schedule as scheduling, trace as traces
 from cosim.errors import MissingExtra, ScenarioError
+from cosim.metrics import speedups
 from cosim.model import Scenario
 from cosim.resources import data_path
 from cosim.run import artifact_paths
@@ -332,11 +333,10 @@ def _metrics_section(metrics: Mapping[str, Any] | None) -> str:
     if metrics is None:
         return "<p class=note>No metrics file beside the trace.</p>"
     overhead = metrics.get("coordinator_overhead") or {}
-    rows = [("real-time factor", f"{metrics['real_time_factor']:.2f}x" if metrics.get("real_time_factor") else "n/a"),
-            ("wall time", f"{metrics.get('wall_s', 0):.2f} s ({metrics.get('step_loop_s', 0):.2f} s in the step loop)"),
-            ("steps executed", _e(metrics.get("steps"))
-             + (f" ({_e(metrics['advance'])} advance: {_e(metrics.get('quanta_skipped'))} quanta skipped, "
-                f"{_e(metrics.get('advances'))} ADVANCE messages)" if metrics.get("advance") else ""))]
+    rows = [(f"speed-up, {name}", text) for name, text in speedups(metrics)]
+    rows.append(("steps executed", _e(metrics.get("steps"))
+                 + (f" ({_e(metrics['advance'])} advance: {_e(metrics.get('quanta_skipped'))} quanta skipped, "
+                    f"{_e(metrics.get('advances'))} ADVANCE messages)" if metrics.get("advance") else "")))
     if overhead.get("share") is not None:
         rows.append(("coordinator overhead", f"{overhead['share'] * 100:.1f}% of the step loop, "
                                              f"{overhead['per_step_us']:.1f} µs CPU per step"))

@@ -181,6 +181,21 @@ def _first_external(lines: list[bytes]) -> int | None:
     return next((index for index, line in enumerate(lines) if EXTERNAL_MARK in line), None)
 
 
+def _describe(divergence: Divergence, label_a: str, label_b: str) -> list[str]:
+    """What the divergent record is: its kind (per trace when they differ), its virtual time, its node (if any)."""
+    kinds = [(label, record.get("record")) for label, record in ((label_a, divergence.a), (label_b, divergence.b))
+             if record is not None]
+    if len({kind for _, kind in kinds}) == 1:
+        parts = [f"{kinds[0][1]!r} record"]
+    else:
+        parts = [f"{kind!r} record in {label}" for label, kind in kinds]
+    if divergence.a is not None or divergence.b is not None:
+        parts.append(f"virtual time {divergence.time_us} us" if divergence.time_us is not None else "no virtual time")
+    if divergence.node is not None:
+        parts.append(f"node {divergence.node!r}")
+    return parts
+
+
 def print_comparison(comparison: Comparison, out: TextIO, *, label_a: str = "A", label_b: str = "B") -> None:
     if comparison.environment:
         out.write("  environment (not hashed; may differ between machines and runtimes):\n")
@@ -190,9 +205,8 @@ def print_comparison(comparison: Comparison, out: TextIO, *, label_a: str = "A",
     if divergence is None:
         out.write("  records: identical\n")
         return
-    when = f"virtual time {divergence.time_us} us" if divergence.time_us is not None else "no virtual time"
-    out.write(f"  first divergent record: #{divergence.index} (line {divergence.index + 1}), {when}, "
-              f"node {divergence.node!r}\n")
+    out.write(f"  first divergent record: #{divergence.index} (line {divergence.index + 1})"
+              + "".join(f", {part}" for part in _describe(divergence, label_a, label_b)) + "\n")
     for line in divergence.context:
         out.write(f"      = {line}\n")
     if divergence.note:

@@ -221,3 +221,26 @@ def test_an_empty_trace_hashes_as_its_bytes(tmp_path: Path) -> None:
     newline = tmp_path / "newline.jsonl"
     newline.write_bytes(b"\n")
     assert trace_hash(newline) == hashlib.sha256(b"\n").hexdigest()
+
+
+def _first_divergence_line(a: Path, b: Path) -> str:
+    out = io.StringIO()
+    print_comparison(compare(a, b), out)
+    return next(line.strip() for line in out.getvalue().splitlines() if "first divergent record" in line)
+
+
+def test_the_divergent_record_is_named_by_its_kind_never_none(tmp_path: Path) -> None:
+    """A record without a node or a virtual time (the header, the footer) is named by its kind, not "node None"."""
+    a = _trace(tmp_path / "a.jsonl", "x")
+    header = {**HEADER, "compose_sha256": "99ebe6"}
+    b = tmp_path / "b.jsonl"
+    b.write_bytes(b"\n".join(json.dumps(r, sort_keys=True, separators=(",", ":")).encode() for r in (
+        header, json.loads(a.read_bytes().splitlines()[1]))) + b"\n")
+    assert _first_divergence_line(a, b) == "first divergent record: #0 (line 1), 'header' record, no virtual time"
+    footer = tmp_path / "footer.jsonl"
+    footer.write_bytes(a.read_bytes().splitlines()[0] + b'\n{"end_us":0,"record":"footer","status":"ok"}\n')
+    assert _first_divergence_line(a, footer) == ("first divergent record: #1 (line 2), 'sent' record in A, "
+                                                 "'footer' record in B, virtual time 1000 us, node 's'")
+    other = _trace(tmp_path / "other.jsonl", "y")
+    assert _first_divergence_line(a, other) == ("first divergent record: #1 (line 2), 'sent' record, "
+                                                "virtual time 1000 us, node 's'")

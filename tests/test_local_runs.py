@@ -29,7 +29,8 @@ FAILING = SCENARIOS / "failing.yaml"
 
 TRACE_FIELDS = {"record", "seq", "source", "dest", "sent_us", "features", "truth", "counts", "scenario_sha256"}
 # Wall-clock measurements (the runtime facts under "environment" appear in both, by design).
-METRICS_FIELDS = {"wall_s", "round_trip", "real_time_factor", "coordinator_overhead", "p50_us", "step_loop_s"}
+METRICS_FIELDS = {"wall_s", "round_trip", "speedup_step_loop", "speedup_whole_run", "coordinator_overhead", "p50_us",
+                  "step_loop_s"}
 
 
 def run_local(scenario: Path, trace: Path) -> CompletedRun:
@@ -219,9 +220,11 @@ def assert_summary_matches_the_trace(lines: list[str], scenario: Path, trace: Pa
     loaded = loading.load(scenario)
     footer = records(trace)[-1]
     counts = footer["counts"]
-    assert re.fullmatch(rf"cosim: scenario '{loaded.name}' ran on the local runtime: {loaded.duration_us / 1e6:g} s "
-                        rf"virtual in \d+\.\d\d s wall \(\d+\.\dx real time\), {loaded.steps} steps", lines[0]), lines[0]
-    assert lines[1] == (f"  events: {counts['sent']} sent, {counts['delivered']} delivered, {counts['dropped']} "
+    assert lines[0] == (f"cosim: scenario '{loaded.name}' ran on the local runtime: {loaded.duration_us / 1e6:g} s "
+                        f"virtual, {loaded.steps} steps")
+    assert re.fullmatch(r"  speed-up: step loop [\d.]+x real time \(\d+\.\d\d s wall\); whole run [\d.]+x real time "
+                        r"\(\d+\.\d\d s wall, with start and teardown\)", lines[1]), lines[1]
+    assert lines[2] == (f"  events: {counts['sent']} sent, {counts['delivered']} delivered, {counts['dropped']} "
                         f"dropped, {counts['unroutable']} unroutable")
     for sink in (node.id for node in loaded.nodes if node.kind == "sink"):
         received = sum(1 for r in records(trace) if r["record"] == "delivered" and r["dest"] == sink)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from cosim import cli
 from cosim.errors import CosimError, TraceReadError
+from cosim.metrics import speedups
 from cosim.report import report_path, write_report
 from cosim.run import CompletedRun, run
 from tests.browser import assert_report_renders, open_page
@@ -100,6 +102,26 @@ def test_invoke_up_prints_the_report_path(tmp_path: Path) -> None:
     last = out.text.rstrip("\n").splitlines()[-1]
     assert last == f"  report:  {tmp_path / 'pipeline.report.html'}"
     assert (tmp_path / "pipeline.report.html").is_file()
+
+
+def test_summary_metrics_and_report_name_the_same_two_speed_ups(tmp_path: Path) -> None:
+    """Virtual seconds per wall second of the step loop and of the whole run (start and teardown included): the
+    same names, values and direction in the summary, the metrics file and the report."""
+    trace = tmp_path / "pipeline.jsonl"
+    out = _Out()
+    cli.up(str(PIPELINE), runtime="local", trace=str(trace), progress=False, out=out)  # type: ignore[arg-type]
+    metrics = json.loads((tmp_path / "pipeline.metrics.json").read_text(encoding="utf-8"))
+    # (the wall times are written rounded to the microsecond)
+    assert metrics["speedup_step_loop"] == pytest.approx(metrics["virtual_s"] / metrics["step_loop_s"], rel=1e-4)
+    assert metrics["speedup_whole_run"] == pytest.approx(metrics["virtual_s"] / metrics["wall_s"], rel=1e-4)
+    assert metrics["speedup_step_loop"] > metrics["speedup_whole_run"] > 0  # the loop is a part of the run
+    assert "real_time_factor" not in metrics
+    speed = next(line for line in out.text.splitlines() if line.startswith("  speed-up: "))
+    assert re.fullmatch(r"  speed-up: step loop [\d.]+x real time \(\d+\.\d\d s wall\); "
+                        r"whole run [\d.]+x real time \(\d+\.\d\d s wall, with start and teardown\)", speed), speed
+    page = (tmp_path / "pipeline.report.html").read_text(encoding="utf-8")
+    for name, text in speedups(metrics):
+        assert f"{name} {text}" in speed and f"<tr><th>speed-up, {name}</th><td>{text}</td></tr>" in page
 
 
 def test_a_failed_invoke_up_prints_its_report(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from python_on_whales.exceptions import DockerException
 from python_on_whales.utils import run as docker_run
 
 from cosim.errors import DockerCommandFailed, EngineUnavailable
-from cosim.tails import last_lines
+from cosim.tails import last_lines, log_tail
 
 _ENDPOINT_VARS = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG")
 _checked_ok: set[tuple[str | None, ...]] = set()
@@ -133,11 +133,12 @@ _LOG_SCAN_LINES = 2000  # `docker logs --tail` counts stdout and stderr lines to
 
 
 def stderr_tail(container_id: str, lines: int, *, context: str | None = None) -> str:
-    """The last lines the container wrote on stderr ("" when there are none or the engine cannot say)."""
+    """The last lines the container wrote on stderr, from the start of a stack trace they cut into (``log_tail``;
+    "" when there are none or the engine cannot say)."""
     done = run_bounded(["logs", "--tail", str(_LOG_SCAN_LINES), container_id], 10, context=context)
     if done is None or done.returncode != 0:
         return ""
-    return last_lines(done.stderr, lines)
+    return log_tail(done.stderr, lines)
 
 
 def context_host(context: str | None = None) -> str:

@@ -9,7 +9,7 @@ section per service, minus what Swarm does not take.
 - an overlay network, still internal;
 - ``build``/``pull_policy`` (images are built before, and copied or pushed to the nodes), ``restart`` (replaced
   by the restart policy) and ``security_opt`` (stack deploy drops it: cosim's cluster engines set
-  no-new-privileges daemon-wide instead, see README) are left out rather than dropped with a warning.
+  no-new-privileges daemon-wide instead, see docs/swarm.md) are left out rather than dropped with a warning.
 
 Per-run values stay variables (``${COSIM_RUN_ID}``), given to `docker stack deploy` at deploy time.
 """
