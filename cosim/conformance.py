@@ -77,7 +77,7 @@ class Validator:
 
     def problem(self, message: Any) -> str | None:
         kind = message.get("type") if isinstance(message, dict) else None
-        validator = self._by_type.get(kind if kind in SERVICE_TYPES else "service_message")
+        validator = self._by_type[kind if kind in SERVICE_TYPES else "service_message"]
         errors = sorted(validator.iter_errors(message), key=lambda error: list(error.absolute_path))
         if not errors:
             return None

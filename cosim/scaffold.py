@@ -5,13 +5,14 @@ from the current directory), a ``tasks.py`` that imports cosim's tasks, a ``.git
 (``traces/``, ``compose/``, ``checkpoints/``) and a README: the template ``cosim/templates/experiment/``.
 
 A service is a copy of ``cosim/templates/service-<lang>/`` in ``services/NAME/``, a scenario that uses it,
-``scenarios/NAME.yaml`` (a ``uniform`` sensor -> the service -> a sink), and its tests: the language template's
-own ``test_service.py`` becomes ``tests/test_<NAME>.py`` (it finds the service as
-``Path(__file__).resolve().parent.parent / "services" / "{{name}}"``), and ``cosim/templates/service-test/`` adds
-``tests/test_<NAME>_scenario.py``, a local run of the scenario through the ``cosim`` command (dashes in NAME
-become underscores in these file names). In every template file ``{{name}}`` becomes the name, ``{{identifier}}``
-the name as a Python identifier, and ``{{lang}}`` the language; a file named ``gitignore`` or ``dockerignore``
-becomes its dotted name.
+``scenarios/NAME.yaml`` (a ``uniform`` sensor -> the service -> a sink), and its tests in the experiment's
+``tests/``: the language template's own ``tests/`` folder (e.g. ``tests/test_{{identifier}}_service.py``, which
+finds the service as ``Path(__file__).resolve().parent.parent / "services" / "{{name}}"``; a ``test_service.py``
+at the template's top becomes ``tests/test_{{identifier}}.py``), and ``cosim/templates/service-test/``:
+``tests/test_<NAME>_scenario.py``, a local run of the scenario through the ``cosim`` command. In every template
+file (and file name) ``{{name}}`` becomes the name, ``{{identifier}}`` the name as a Python identifier (dashes
+become underscores) and ``{{lang}}`` the language; a file named ``gitignore`` or ``dockerignore`` becomes its
+dotted name. Nothing is written when any of these files exists already.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ DOTTED = {"gitignore": ".gitignore", "dockerignore": ".dockerignore"}
 USAGE = "usage: cosim new experiment DIR | cosim new service NAME [--lang python|node]"
 # How --runtime local starts each language's service in its folder (the scenario's `local_command`).
 LOCAL_COMMANDS = {"python": None, "node": ["node", "service.js"]}  # python: the default, python -u service.py
-LANGUAGE_TEST = "test_service.py"  # a language template's own test: tests/test_<identifier>.py, not in the service
+LANGUAGE_TESTS = "tests"  # a language template's folder of tests: into the experiment's tests/, not the service's
+LANGUAGE_TEST = "test_service.py"  # a single test at a template's top: tests/test_<identifier>.py
 
 SCENARIO = """\
 # The service {name} ({lang}) between a sensor and a sink. Run it from the experiment's directory:
@@ -102,20 +104,22 @@ def new_service(name: str, *, lang: str = "python", start: Path | None = None, o
     service_dir = root / "services" / name
     scenario = root / "scenarios" / f"{name}.yaml"
     identifier = name.replace("-", "_")
-    tests = [root / "tests" / f"test_{identifier}.py", root / "tests" / f"test_{identifier}_scenario.py"]
-    for path in (service_dir, scenario, *tests):
+    values = {"name": name, "identifier": identifier, "lang": lang}
+    service_files = template_files(template, service_dir, values, skip=(LANGUAGE_TESTS, LANGUAGE_TEST))
+    tests = template_files(template / LANGUAGE_TESTS, root / "tests", values)
+    if (template / LANGUAGE_TEST).is_file():
+        tests.append((template / LANGUAGE_TEST, root / "tests" / f"test_{identifier}.py"))
+    tests += template_files(template_path("service-test"), root / "tests", values)
+    for path in (service_dir, scenario, *(destination for _, destination in tests)):
         if path.exists():
             raise UsageError(f"{shown(path)} already exists: choose another name (or remove it)")
-    values = {"name": name, "identifier": identifier, "lang": lang}
-    written = copy_template(template, service_dir, values, skip=(LANGUAGE_TEST,))
-    if (template / LANGUAGE_TEST).is_file():
-        copy_file(template / LANGUAGE_TEST, tests[0], values)
-    copy_template(template_path("service-test"), root / "tests", values)
+    for source, destination in service_files + tests:
+        copy_file(source, destination, values)
     command = LOCAL_COMMANDS[lang]
     local_command = f"    local_command: [{', '.join(command)}]   # run in services/{name}/\n" if command else ""
     scenario.write_text(SCENARIO.format(name=name, lang=lang, local_command=local_command), encoding="utf-8")
-    files = ", ".join(sorted(path.relative_to(service_dir).as_posix() for path in written))
-    made_tests = ", ".join(shown(path) for path in tests if path.exists())
+    files = ", ".join(destination.relative_to(service_dir).as_posix() for _, destination in service_files)
+    made_tests = ", ".join(shown(destination) for _, destination in tests)
     out.write(f"created the {lang} service {name!r}: {shown(service_dir)}/ ({files}), {shown(scenario)}, "
               f"{made_tests}\n"
               f"  run it: cosim up {shown(scenario)} --runtime local   (in Docker: without --runtime)\n")
@@ -132,16 +136,23 @@ def experiment_root(start: Path) -> Path:
                      f"here up): create one with `cosim new experiment DIR` and run this inside it")
 
 
-def copy_template(template: Path, target: Path, values: dict[str, str], skip: tuple[str, ...] = ()) -> list[Path]:
-    """Copy ``template``'s files into ``target``, substituting ``{{key}}`` in names and text; returns the files."""
-    written = []
+def template_files(template: Path, target: Path, values: dict[str, str],
+                   skip: tuple[str, ...] = ()) -> list[tuple[Path, Path]]:
+    """(template file, where it goes under ``target``) for every file of ``template`` (none if it does not exist),
+    ``{{key}}`` substituted in the names."""
+    planned = []
     for source in sorted(template.rglob("*")):
         relative = source.relative_to(template)
         if source.is_dir() or relative.parts[0] in skip or "__pycache__" in relative.parts:
             continue
         parts = [DOTTED.get(part, _substitute(part, values)) for part in relative.parts]
-        written.append(copy_file(source, target.joinpath(*parts), values))
-    return written
+        planned.append((source, target.joinpath(*parts)))
+    return planned
+
+
+def copy_template(template: Path, target: Path, values: dict[str, str]) -> list[Path]:
+    """Copy ``template``'s files into ``target``, substituting ``{{key}}`` in names and text; returns the files."""
+    return [copy_file(source, destination, values) for source, destination in template_files(template, target, values)]
 
 
 def copy_file(source: Path, destination: Path, values: dict[str, str]) -> Path:

@@ -46,8 +46,8 @@ def node() -> str:
 
 
 def render_node_template(directory: Path, name: str = "threshold") -> Path:
-    """An experiment in ``directory`` with the service ``name`` that `cosim new service NAME --lang node` writes
-    (services/NAME/, its test tests/test_NAME.py); returns the service's folder."""
+    """An experiment in ``directory`` with the service ``name`` as `cosim new service NAME --lang node` writes it
+    (services/NAME/, its tests in tests/); returns the service's folder."""
     for sub in ("scenarios", "services"):
         (directory / sub).mkdir()
     return scaffold.new_service(name, lang="node", start=directory, out=io.StringIO())
@@ -71,13 +71,12 @@ def test_the_node_template_passes_every_case(node: str, tmp_path: Path, monkeypa
 
 
 def test_the_node_templates_own_tests_pass(node: str, tmp_path: Path) -> None:
-    """The test that `cosim new service NAME --lang node` writes (tests/test_NAME.py), run by pytest as a user would (without
-    its conformance test, run above)."""
+    """The tests that `cosim new service NAME --lang node` writes into the experiment's tests/, run as a user would."""
     render_node_template(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not conformance",
-                           "tests/test_threshold.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_threshold_service.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "3 passed" in done.stdout
+    assert "4 passed" in done.stdout
 
 
 def test_the_correct_base_of_the_broken_services_passes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -156,7 +156,7 @@ def test_new_service_adds_code_a_scenario_and_a_test(experiment: Path, lang: str
     service = experiment / "services" / "my-svc"
     assert (service / "Dockerfile").is_file()
     tests = sorted(path.name for path in (experiment / "tests").iterdir())
-    assert "test_my_svc_scenario.py" in tests and set(tests) <= {"test_my_svc.py", "test_my_svc_scenario.py"}
+    assert tests == ["test_my_svc_scenario.py", "test_my_svc_service.py"]
     for path in [*service.rglob("*"), *(experiment / "tests").iterdir()]:
         if path.is_file():
             assert "{{" not in path.read_text(encoding="utf-8"), path

@@ -3,16 +3,19 @@ Service speaks the protocol as docs/protocol.md says (what `cosim conformance` d
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cosim import protocol
+from cosim import conformance, protocol
+from cosim.run import run
 from tests.service_process import ServiceProcess
 from tests.skip_policy import host_tool
 
@@ -198,3 +201,60 @@ def test_hooks_may_be_async_and_requests_are_answered_in_order(node: str, tmp_pa
         assert replies[0]["info"] == {"sdk": "node"} and replies[0]["next_us"] == 500
         assert [(r["time_us"], r["next_us"], r["events"]) for r in replies[1:]] == [
             (t, t + 500, [{"type": "t", "time_us": t, "data": {"n": 0}}]) for t in (1000, 2000, 3000)]
+
+
+TEMPLATES = ROOT / "cosim" / "templates"
+SCENARIO = """\
+name: alarms
+seed: 7
+duration_us: 1500000
+quantum_us: 1000
+nodes:
+  - id: sensor
+    kind: sensor
+    model: uniform
+    period_us: 50000
+    links:
+      - {{to: alarm, latency_us: 2000}}
+  - id: alarm
+    kind: service
+    build: {build}
+    local_command: {command}
+    config: {{threshold: 0.7}}
+  - id: sink
+    kind: sink
+routes:
+  - {{from: sensor, to: [alarm]}}
+  - {{from: alarm, to: [sink]}}
+"""
+
+
+def _template_run(tmp_path: Path, lang: str, command: list[str], advance: str) -> list[bytes]:
+    folder = tmp_path / lang / "alarm"
+    for source in (TEMPLATES / f"service-{lang}").iterdir():
+        if source.is_file():
+            (folder / source.name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / source.name).write_text(source.read_text(encoding="utf-8").replace("{{name}}", "alarm"),
+                                              encoding="utf-8")
+    scenario = tmp_path / lang / "alarms.yaml"
+    scenario.write_text(SCENARIO.format(build=folder, command=json.dumps(command)), encoding="utf-8")
+    trace = tmp_path / f"{lang}-{advance}.jsonl"
+    run(scenario, runtime="local", trace_path=trace, advance=advance)
+    # Every record after the header (which names the paths), and the footer without its `executed` counts (which
+    # differ between the advance modes, by design).
+    records = trace.read_bytes().split(b"\n")[1:]
+    footer = json.loads(records[-2])
+    footer.pop("executed")
+    return records[:-2] + [protocol.canonical(footer).encode()]
+
+
+def test_the_node_and_python_templates_write_the_same_trace_records(node: str, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same service in two languages, on the two SDKs: byte-identical records, in both advance modes."""
+    if not (TEMPLATES / "service-python").is_dir() or importlib.util.find_spec("cosim_service") is None:
+        pytest.skip("needs the Python SDK (cosim_service) and its service template")
+    monkeypatch.setenv("NODE_PATH", str(conformance.node_environment(tmp_path)["NODE_PATH"]))
+    python = _template_run(tmp_path, "python", [sys.executable, "-u", "service.py"], "next-event")
+    assert any(b'"type":"alarm"' in line for line in python) and any(b'"type":"heartbeat"' in line for line in python)
+    for advance in ("next-event", "fixed"):
+        assert _template_run(tmp_path, "node", ["node", "service.js"], advance) == python

@@ -324,8 +324,8 @@ def test_snapshot_restore_into_a_fresh_process_continues_as_without() -> None:
 
 
 def render_template(experiment: Path, name: str) -> Path:
-    """What `cosim new service NAME --lang python` writes into an experiment: services/NAME/ (every file but the
-    template's test_service.py, which becomes tests/test_NAME.py), {{name}} replaced; returns the service's folder."""
+    """What `cosim new service NAME --lang python` writes into an experiment: services/NAME/ and the template's
+    tests in tests/, {{name}} replaced; returns the service's folder."""
     for sub in ("scenarios", "services"):
         (experiment / sub).mkdir(parents=True)
     return scaffold.new_service(name, lang="python", start=experiment, out=io.StringIO())
@@ -334,15 +334,15 @@ def render_template(experiment: Path, name: str) -> Path:
 def test_the_template_renders_a_service_whose_own_test_passes(tmp_path: Path) -> None:
     folder = render_template(tmp_path, "alarm")
     assert sorted(p.name for p in folder.iterdir()) == ["Dockerfile", "requirements.txt", "service.py"]
-    for path in [*folder.iterdir(), tmp_path / "tests" / "test_alarm.py"]:
+    for path in [*folder.iterdir(), tmp_path / "tests" / "test_alarm_service.py"]:
         assert "{{" not in path.read_text(), path
     dockerfile = (folder / "Dockerfile").read_text()
     for line in ("ARG BASE_IMAGE", "FROM ${BASE_IMAGE}", "COPY .cosim/wheels/",
                  "--no-index --find-links /wheels cosim-service", "COPY service.py /app/", "USER 10001:10001",
                  'ENTRYPOINT ["/opt/venv/bin/python", "-u", "/app/service.py"]'):
         assert line in dockerfile
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_alarm.py"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_alarm_service.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": PYTHONPATH})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 passed" in done.stdout
