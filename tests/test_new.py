@@ -215,3 +215,12 @@ def test_an_experiment_of_ones_own_reproduces_its_trace_hash_from_any_directory(
     compared = cosim("diff", str(first), "traces/both.jsonl", cwd=elsewhere)
     assert compared.returncode == 0, compared.stdout + compared.stderr
     assert "identical" in compared.stdout
+
+
+def test_new_service_writes_nothing_when_one_of_its_files_exists(experiment: Path) -> None:
+    (experiment / "tests").mkdir()
+    (experiment / "tests" / "test_s_scenario.py").write_text("# mine\n")
+    message = one_error_line(cosim("new", "service", "s", cwd=experiment))
+    assert message == "tests/test_s_scenario.py already exists: choose another name (or remove it)"
+    assert not (experiment / "services" / "s").exists() and not (experiment / "scenarios" / "s.yaml").exists()
+    assert (experiment / "tests" / "test_s_scenario.py").read_text() == "# mine\n"
