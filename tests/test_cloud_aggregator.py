@@ -27,7 +27,7 @@ def verdict(time_us: int, sensor: str, sampled_us: int, label: str = "anomaly", 
 
 def test_one_alert_per_episode_whatever_the_arrival_order() -> None:
     service = aggregator.CloudAggregator()
-    service.configure({"quiet_us": 500_000})
+    service.apply_config({"quiet_us": 500_000})  # its own config keys (the CONFIGURE hook needs a broker)
     messages = [
         verdict(1_010_000, "p1", 1_050_000),  # opens an episode
         verdict(1_011_000, "p1", 1_000_000),  # earlier window, arriving later: same episode

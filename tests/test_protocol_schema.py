@@ -28,6 +28,7 @@ from cosim.seeds import node_seed
 from cosim.trace import RECORD_KINDS, TraceWriter, base_manifest
 from cosim.tracediff import hashed_line
 from cosim.transport import TransportClosed
+from cosim_service import Service, Session
 from protocol_adapter import CoordinatorProtocolAdapter
 from tests.service_process import ROOT, ServiceProcess
 from tests.skip_policy import host_tool
@@ -427,9 +428,10 @@ def test_the_documented_sketches_in_other_languages_speak_the_protocol(language:
 # -- the coordinator's real session, in process ----------------------------------------------------------------
 
 class AdapterTransport:
-    """A Transport whose far end is an adapter in this process; records every line in both directions."""
+    """A Transport whose far end is an adapter or an SDK session in this process; records every line in both
+    directions."""
 
-    def __init__(self, name: str, adapter: CoordinatorProtocolAdapter) -> None:
+    def __init__(self, name: str, adapter: CoordinatorProtocolAdapter | Session) -> None:
         self.name = name
         self.adapter = adapter
         self.to_service: list[bytes] = []
@@ -438,9 +440,13 @@ class AdapterTransport:
 
     def send(self, line: bytes) -> None:
         self.to_service.append(line)
-        reply = self.adapter.handle_line(line.decode("utf-8"))
-        if reply is not None:
-            out = protocol_adapter.encode(reply).encode("utf-8")
+        if isinstance(self.adapter, Session):
+            text = self.adapter.receive(line)
+        else:
+            reply = self.adapter.handle_line(line.decode("utf-8"))
+            text = None if reply is None else protocol_adapter.encode(reply)
+        if text is not None:
+            out = text.encode("utf-8")
             self.from_service.append(out)
             self._replies.append(out)
 
@@ -463,7 +469,7 @@ class AdapterTransport:
 
 
 def _echo_module() -> Any:
-    """containers/echo/service.py as a fresh module (its state is module-global)."""
+    """containers/echo/service.py as a fresh module."""
     spec = importlib.util.spec_from_file_location("echo_service_in_process", ECHO)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -510,15 +516,16 @@ def _scenario(tmp_path: Path, name: str, *, duration: int = 12000, local_command
 
 def test_every_line_of_a_coordinator_run_validates(tmp_path: Path) -> None:
     scenario = load(_scenario(tmp_path, "in-process"))
-    echo = _echo_module()
+    class SteppedEcho(_echo_module().Echo):  # type: ignore[name-defined,misc]
+        wakeup = Service.wakeup  # no promise: without next-event advance, it is stepped every quantum
+
 
     def delay(current: int, target: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # A modelled 2.5 ms processing time: the adapter holds each output until its window.
         return [{"type": "processed", "time_us": e["time_us"] + 2500, "data": {"seq": e["seq"]}} for e in events]
 
     transports = {
-        "echo": AdapterTransport(
-            "echo", CoordinatorProtocolAdapter(echo.advance, on_init=echo.on_init, capabilities=["echo"])),
+        "echo": AdapterTransport("echo", SteppedEcho().protocol_session),  # the SDK's session
         "delay": AdapterTransport("delay", CoordinatorProtocolAdapter(delay)),
     }
     # The run's own node factory, over a stand-in runtime whose transports are in-process adapters.

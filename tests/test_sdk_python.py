@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from cosim_service.mqtt.checkpoint import ClientState
 from cosim_service.mqtt.envelope import Delivery, Outgoing, envelope
 from cosim_service.mqtt.recovery import Published
 from tests.service_process import PYTHONPATH, ServiceProcess, advance, converse
+from tests.test_protocol_schema import FROM_SERVICE, assert_valid, documented_error_codes
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO = ROOT / "containers" / "echo" / "service.py"
@@ -290,6 +292,26 @@ def test_shutdown_and_end_of_input_call_the_hook_and_exit_0() -> None:
         assert [json.loads(line)["type"] for line in stdout.getvalue().splitlines()] == replies
 
 
+def test_every_error_code_of_the_session_is_documented() -> None:
+    source = (ROOT / "sdk" / "python" / "cosim_service" / "session.py").read_text(encoding="utf-8")
+    codes = set(re.findall(r'(?:ProtocolError|_hook)\(\s*"([a-z_]+)"', source))
+    assert codes == set(documented_error_codes())
+
+
+def test_every_reply_of_a_conversation_validates_against_the_schema() -> None:
+    service = Recorder()
+    service.wake = 2500
+    service.replies = [[{"type": "out", "time_us": 900, "data": {"x": [1.5, "é"]}}, {"type": "held", "time_us": 2200}]]
+    session = service.protocol_session
+    messages = [INIT, advance(1000, [event(500)]), {"type": "CONFIGURE", "time_us": 1000, "config": {"rate": 2}},
+                {"type": "CONFIGURE", "time_us": 1000, "config": {"nope": 1}}, {"type": "SNAPSHOT", "time_us": 1000},
+                advance(500), {"type": "HELLO"}, advance(3000)]
+    for message in messages:
+        reply = session.receive(json.dumps(message))
+        assert reply is not None and reply.endswith("\n") and reply.count("\n") == 1
+        assert_valid(wire.decode(reply.encode()), FROM_SERVICE)
+
+
 # -- real processes ---------------------------------------------------------------------------------------
 
 
@@ -332,9 +354,9 @@ def render_template(experiment: Path, name: str) -> Path:
 
 
 def test_the_template_renders_a_service_whose_own_test_passes(tmp_path: Path) -> None:
-    folder = render_template(tmp_path, "alarm")
+    folder = render_template(tmp_path, "heat-alarm")
     assert sorted(p.name for p in folder.iterdir()) == ["Dockerfile", "requirements.txt", "service.py"]
-    for path in [*folder.iterdir(), tmp_path / "tests" / "test_alarm_service.py"]:
+    for path in [*folder.iterdir(), tmp_path / "tests" / "test_heat_alarm_service.py"]:
         assert "{{" not in path.read_text(), path
     dockerfile = (folder / "Dockerfile").read_text()
     for line in ("ARG BASE_IMAGE", "FROM ${BASE_IMAGE}", "COPY .cosim/wheels/",
@@ -342,7 +364,7 @@ def test_the_template_renders_a_service_whose_own_test_passes(tmp_path: Path) ->
                  'ENTRYPOINT ["/opt/venv/bin/python", "-u", "/app/service.py"]'):
         assert line in dockerfile
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests/test_alarm_service.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                           "tests/test_heat_alarm_service.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": PYTHONPATH})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 passed" in done.stdout

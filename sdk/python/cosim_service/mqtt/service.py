@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Mapping
 
 from cosim_service.mqtt.client import VirtualTimeClient
+from cosim_service.mqtt.envelope import Outgoing
 from cosim_service.mqtt.shares import parse_subscriptions
 from cosim_service.service import Service
 
@@ -136,7 +137,7 @@ class MqttService(Service):
     def restore_own(self, saved: Any) -> None:
         pass
 
-    def step(self, until_us: int, outgoing: list[Any]) -> list[dict[str, Any]]:
+    def step(self, until_us: int, outgoing: list[Outgoing]) -> list[dict[str, Any]]:
         """Publish ``outgoing`` in the window being advanced and return the messages due in it."""
         assert self.mqtt is not None
         return self.mqtt.step(self.now_us, until_us, outgoing, self.peers, self.members)
