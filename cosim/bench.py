@@ -54,10 +54,10 @@ from typing import Any, Callable, Sequence, TextIO, TypeVar
 
 from cosim import __version__
 from cosim.run import CompletedRun, run
-from cosim.paths import REPO_ROOT
+from cosim.resources import data_path
 from cosim.service_sources import service_image
 
-CONTAINERS = REPO_ROOT / "containers"
+CONTAINERS = data_path("containers")
 BARE_ECHO = "import sys\nfor line in sys.stdin:\n    sys.stdout.write(line)\n    sys.stdout.flush()\n"
 PROBE_LINE = (json.dumps({"type": "ADVANCE", "time_us": 123456000, "events": []}, separators=(",", ":")) + "\n").encode()
 
@@ -419,7 +419,7 @@ def _default_rtf(result: BenchResult, directory: Path) -> None:
     best run)."""
     modes = ("fixed", "next-event")
     runs = _in_turn(DEFAULT_RUNS, [
-        lambda mode=mode: run(REPO_ROOT / "scenarios" / "default.yaml", runtime="docker",
+        lambda mode=mode: run(data_path("scenarios", "default.yaml"), runtime="docker",
                               advance=mode, trace_path=directory / f"default-{mode}.jsonl") for mode in modes])
 
     def step_loop_factor(summary: CompletedRun) -> float:

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cosim import compose, loading, options, plugins, schedule as scheduling
-from cosim.errors import CosimError, TracesDiffer, UsageError
+from cosim.errors import CosimError, MissingExtra, TracesDiffer, UsageError
 from cosim.metrics import RunMetrics, speedups
 from cosim.paths import REPO_ROOT
+from cosim.resources import data_path
 from cosim.coordinator import SimulationResult
 from cosim.run import DEFAULT_WATCHDOG_S, CompletedRun, run
 
-DEFAULT_SCENARIO = "scenarios/default.yaml"
+DEFAULT_SCENARIO = str(data_path("scenarios", "default.yaml"))  # the bundled one (the tasks show it relative)
 
 
 def validate(path: str, out: TextIO = sys.stdout) -> None:
@@ -121,8 +122,19 @@ def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | No
         _report_failed_run(path, trace, out)
         raise
     print_summary(summary, out)
-    out.write(f"  report:  {report(str(summary.trace_path), out=None)}\n")
+    _report_line(summary.trace_path, out)
     return summary
+
+
+def _report_line(trace_path: Path, out: TextIO) -> None:
+    """The run's report, written beside its trace; without the `report` extra, how to get it (the run is complete)."""
+    from cosim.report import write_report
+
+    try:
+        written = str(write_report(trace_path))
+    except MissingExtra as missing:
+        written = f"skipped: {missing}"
+    out.write(f"  report:  {written}\n")
 
 
 def _checkpoint_line(progress_line: ProgressLine | None, out: TextIO) -> Any:
@@ -159,14 +171,13 @@ def resume(checkpoint: str, *, runtime: str = "docker", trace: str | None = None
 def _report_failed_run(path: str, trace: str | None, out: TextIO) -> None:
     """A run that failed while simulating: its report shows where and why (on stdout; the error goes to stderr).
     Nothing for a run that never started: its trace holds no more than the error message already says."""
-    from cosim.report import write_report
     from cosim.trace import read
 
     try:
         trace_path = Path(trace if trace is not None else loading.load(path).trace)
         error = read(trace_path).error
         if error is not None and error.error != "start_failed":
-            out.write(f"  report:  {write_report(trace_path)}\n")
+            _report_line(trace_path, out)
     except CosimError:
         pass  # e.g. the scenario itself is invalid: there is no trace to report on
 

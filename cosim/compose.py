@@ -26,11 +26,10 @@ from typing import Any
 
 import yaml
 
-from cosim.paths import REPO_ROOT
 from cosim.model import ContainerSpec, Scenario
 from cosim.service_sources import cache_dir, context_dir
 
-COMPOSE_DIR = REPO_ROOT / "compose"
+OUTPUT_DIR = Path("compose")  # rendered files go under the current directory
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
 DEFAULT_NODE_BASE_IMAGE = "cosim/node-base:bookworm"
 SERVICE_USER = "10001:10001"
@@ -43,7 +42,7 @@ def literal(text: str) -> str:
     return text.replace("$", "$$")
 
 
-def compose_path(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> Path:
+def compose_path(scenario: Scenario, compose_dir: Path = OUTPUT_DIR) -> Path:
     return compose_dir / f"{scenario.name}.yaml"
 
 
@@ -134,7 +133,7 @@ def sha256(scenario: Scenario) -> str:
     return hashlib.sha256(_text(scenario, _spec(scenario, None)).encode("utf-8")).hexdigest()
 
 
-def render(scenario: Scenario, compose_dir: Path = COMPOSE_DIR) -> Path:
+def render(scenario: Scenario, compose_dir: Path = OUTPUT_DIR) -> Path:
     """Write the compose file (atomically) and return its path."""
     path = compose_path(scenario, compose_dir)
     path.parent.mkdir(parents=True, exist_ok=True)

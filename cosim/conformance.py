@@ -30,7 +30,7 @@ from referencing import Registry, Resource
 
 from cosim import protocol
 from cosim.errors import UsageError
-from cosim.paths import REPO_ROOT
+from cosim.resources import data_path
 from cosim.transport import PipeTransport, TransportClosed, TransportTimeout
 
 WATCHDOG_S = 10.0  # wall clock a reply may take
@@ -62,14 +62,6 @@ class CaseFailed(Exception):
     """The service broke the protocol in this case (one line saying how)."""
 
 
-def _data_path(*parts: str) -> Path:
-    try:
-        from cosim.resources import data_path  # type: ignore[import-not-found]
-    except ImportError:
-        return REPO_ROOT.joinpath(*parts)
-    return Path(data_path(*parts))
-
-
 SERVICE_TYPES = ("READY", "DONE", "CONFIGURED", "SNAPSHOT_STATE", "RESTORED", "ERROR")
 
 
@@ -78,7 +70,7 @@ class Validator:
     own definition (the error then names the field), anything else against them all."""
 
     def __init__(self) -> None:
-        schema = json.loads(_data_path("schemas", "protocol.schema.json").read_text(encoding="utf-8"))
+        schema = json.loads(data_path("schemas", "protocol.schema.json").read_text(encoding="utf-8"))
         registry = Registry().with_resource(schema["$id"], Resource.from_contents(schema))
         self._by_type = {name: Draft202012Validator({"$ref": f"{schema['$id']}#/$defs/{name}"}, registry=registry)
                          for name in (*SERVICE_TYPES, "service_message")}
@@ -134,7 +126,7 @@ def node_environment(workdir: Path) -> dict[str, str]:
     finds it as in an image, whose Dockerfile copies it to /app/node_modules/), staged once under ``workdir``."""
     modules = workdir / "node_modules"
     if not (modules / "cosim-service").is_dir():
-        shutil.copytree(_data_path("sdk", "node"), modules / "cosim-service")
+        shutil.copytree(data_path("sdk", "node"), modules / "cosim-service")
     paths = [str(modules), *filter(None, os.environ.get("NODE_PATH", "").split(os.pathsep))]
     return {**os.environ, "NODE_PATH": os.pathsep.join(paths)}
 

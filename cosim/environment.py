@@ -1,6 +1,6 @@
 """cosim's own host environment: the pinned lock file and the versions of cosim's dependencies.
 
-``requirements.lock`` pins every host dependency (runtime, dev and the ``analysis`` extra) with hashes, for
+``requirements.lock`` pins every host dependency (runtime and every extra: edge, report, analysis, dev) with hashes, for
 Python 3.11 on Linux x86_64; ``./inv`` installs from it with ``--require-hashes``. ``update_lock`` (``./inv
 lock``) regenerates it from pyproject.toml with pip-tools.
 """
@@ -43,7 +43,7 @@ def dependency_versions(distribution: str = "cosim") -> dict[str, str]:
 
 def lock_command(*, upgrade: bool = False, output: Path = LOCK_FILE) -> list[str]:
     command = [sys.executable, "-m", "piptools", "compile", "--quiet", "--generate-hashes", "--allow-unsafe",
-               "--all-build-deps", "--strip-extras", "--no-emit-find-links", "--extra", "dev", "--extra", "analysis",
+               "--all-build-deps", "--strip-extras", "--no-emit-find-links", "--all-extras",
                "--output-file", str(output), str(REPO_ROOT / "pyproject.toml")]
     return command + (["--upgrade"] if upgrade else [])
 

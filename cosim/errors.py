@@ -221,6 +221,10 @@ class ToolError(CosimError):
     """A tool or optional package cosim needs for this command is missing or failed (pip-compile, pandas)."""
 
 
+class MissingExtra(ToolError):
+    """An optional part of cosim is not installed: the message names it and the extra that installs it."""
+
+
 # -- trace files ----------------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,8 @@ from typing import Sequence
 
 from cosim.errors import OptionError
 
+DEFAULT_WATCHDOG_S = 30.0  # seconds a node may take to answer (here, so that the CLI's help imports nothing heavy)
+
 
 def choice(option: str, value: str, allowed: Sequence[str]) -> str:
     if value not in allowed:

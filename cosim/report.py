@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import importlib.util
 import io
 import json
 import math
@@ -24,10 +25,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from cosim import loading, plugins, schedule as scheduling, trace as traces
-from cosim.errors import ScenarioError
+from cosim.errors import MissingExtra, ScenarioError
 from cosim.metrics import speedups
 from cosim.model import Scenario
-from cosim.paths import REPO_ROOT
+from cosim.resources import data_path
 from cosim.run import artifact_paths
 from cosim.trace import Action, Delivered, Dropped, Filtered, Footer, RunError, Sent, Trace, Unroutable
 
@@ -47,6 +48,8 @@ def report_path(trace_path: Path) -> Path:
 
 
 def write_report(trace_path: Path, *, scenario_path: Path | None = None, output: Path | None = None) -> Path:
+    if importlib.util.find_spec("matplotlib") is None:
+        raise MissingExtra("the report's charts need matplotlib, which is not installed: pip install 'cosim[report]'")
     trace = traces.read(trace_path)
     metrics_path, _ = artifact_paths(trace_path)
     metrics = _read_metrics(metrics_path)
@@ -72,8 +75,8 @@ def find_scenario(trace: Trace, metrics: Mapping[str, Any] | None,
         candidates.append(explicit)
     if metrics and isinstance(metrics.get("scenario_file"), str):
         candidates.append(Path(metrics["scenario_file"]))
-    candidates.append(REPO_ROOT / "scenarios" / f"{trace.header.scenario}.yaml")
-    candidates += sorted((REPO_ROOT / "scenarios").glob("*.yaml")) + sorted(trace.path.parent.glob("*.yaml"))
+    candidates.append(data_path("scenarios", f"{trace.header.scenario}.yaml"))
+    candidates += sorted(data_path("scenarios").glob("*.yaml")) + sorted(trace.path.parent.glob("*.yaml"))
     for candidate in dict.fromkeys(candidates):
         try:
             if hashlib.sha256(candidate.read_bytes()).hexdigest() != trace.header.scenario_sha256:

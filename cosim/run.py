@@ -26,7 +26,7 @@ from cosim.model import ADVANCE_MODES, Scenario, SensorSpec, SinkSpec
 from cosim.loading import load
 from cosim.trace import TraceWriter
 
-DEFAULT_WATCHDOG_S = 30.0
+DEFAULT_WATCHDOG_S = options.DEFAULT_WATCHDOG_S
 SHUTDOWN_GRACE_S = 10.0
 
 

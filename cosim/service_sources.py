@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Mapping
 
 from cosim import wheel
-from cosim.paths import REPO_ROOT
+from cosim.resources import data_path
 
 # Changing what goes into the source hash (or how) must change every name: bump this.
 HASH_SCHEME = "cosim-source-v1"
@@ -63,11 +63,7 @@ def cache_dir() -> Path:
 
 def sdk_dir() -> Path:
     """The SDKs' directory (``sdk/`` of a checkout, or cosim's package data)."""
-    try:
-        from cosim.resources import data_path  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return REPO_ROOT / "sdk"
-    return Path(data_path("sdk"))
+    return data_path("sdk")
 
 
 def python_sdk_package() -> Path | None:
@@ -83,11 +79,7 @@ def node_sdk_dir() -> Path | None:
 
 def containers_dir() -> Path:
     """The bundled services (``containers/``)."""
-    try:
-        from cosim.resources import data_path  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return REPO_ROOT / "containers"
-    return Path(data_path("containers"))
+    return data_path("containers")
 
 
 # -- the files -----------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cosim import conformance
+from cosim import conformance, scaffold
 from cosim.errors import UsageError
 from tests.skip_policy import host_tool
 
@@ -45,20 +45,12 @@ def node() -> str:
     return host_tool("node")
 
 
-def render_node_template(experiment: Path, name: str = "threshold") -> Path:
-    """cosim/templates/service-node/ filled in as `cosim new service NAME --lang node` writes it into an experiment:
-    services/NAME/ (the template's files) and tests/ (its tests/ folder); returns the service's folder."""
-    template = ROOT / "cosim" / "templates" / "service-node"
-    identifier = name.replace("-", "_")
-    for source in template.rglob("*"):
-        if source.is_file() and "__pycache__" not in source.parts:
-            relative = source.relative_to(template)
-            base = experiment if relative.parts[0] == "tests" else experiment / "services" / name
-            target = base / str(relative).replace("{{identifier}}", identifier)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(source.read_text(encoding="utf-8").replace("{{name}}", name)
-                              .replace("{{identifier}}", identifier), encoding="utf-8")
-    return experiment / "services" / name
+def render_node_template(directory: Path, name: str = "threshold") -> Path:
+    """An experiment in ``directory`` with the service ``name`` as `cosim new service NAME --lang node` writes it
+    (services/NAME/, its tests in tests/); returns the service's folder."""
+    for sub in ("scenarios", "services"):
+        (directory / sub).mkdir()
+    return scaffold.new_service(name, lang="node", start=directory, out=io.StringIO())
 
 
 def assert_all_pass(results: list[conformance.CaseResult]) -> None:
@@ -81,8 +73,8 @@ def test_the_node_template_passes_every_case(node: str, tmp_path: Path, monkeypa
 def test_the_node_templates_own_tests_pass(node: str, tmp_path: Path) -> None:
     """The tests that `cosim new service NAME --lang node` writes into the experiment's tests/, run as a user would."""
     render_node_template(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_threshold_service.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 passed" in done.stdout
 

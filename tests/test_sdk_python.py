@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import protocol_adapter
-from cosim import protocol
+from cosim import protocol, scaffold
 from cosim_service import PROTOCOL_VERSION, Service, wire
 from cosim_service.mqtt.checkpoint import ClientState
 from cosim_service.mqtt.envelope import Delivery, Outgoing, envelope
@@ -26,7 +26,6 @@ from tests.test_protocol_schema import FROM_SERVICE, assert_valid, documented_er
 ROOT = Path(__file__).resolve().parent.parent
 ECHO = ROOT / "containers" / "echo" / "service.py"
 SDK_CHATTY = ROOT / "tests" / "services" / "sdk_chatty.py"
-TEMPLATE = ROOT / "cosim" / "templates" / "service-python"
 
 INIT = {"type": "INIT", "protocol": 1, "time_us": 0, "node_id": "svc", "seed": 7, "config": {"k": 1},
         "endpoints": {"broker": {"host": "127.0.0.1", "port": 1883}}}
@@ -346,28 +345,26 @@ def test_snapshot_restore_into_a_fresh_process_continues_as_without() -> None:
 # -- the template of `cosim new service NAME --lang python` -----------------------------------------------
 
 
-def render_template(target: Path, name: str) -> Path:
-    """What `cosim new service` does with the template: every file, {{name}} replaced."""
-    target.mkdir(parents=True)
-    for source in sorted(TEMPLATE.iterdir()):
-        if source.is_file():
-            (target / source.name).write_text(source.read_text().replace("{{name}}", name))
-    return target
+def render_template(experiment: Path, name: str) -> Path:
+    """What `cosim new service NAME --lang python` writes into an experiment: services/NAME/ and the template's
+    tests in tests/, {{name}} replaced; returns the service's folder."""
+    for sub in ("scenarios", "services"):
+        (experiment / sub).mkdir(parents=True)
+    return scaffold.new_service(name, lang="python", start=experiment, out=io.StringIO())
 
 
 def test_the_template_renders_a_service_whose_own_test_passes(tmp_path: Path) -> None:
-    folder = render_template(tmp_path / "heat-alarm", "heat-alarm")
-    assert sorted(p.name for p in folder.iterdir()) == ["Dockerfile", "requirements.txt", "service.py",
-                                                        "test_service.py"]
-    for path in folder.iterdir():
+    folder = render_template(tmp_path, "heat-alarm")
+    assert sorted(p.name for p in folder.iterdir()) == ["Dockerfile", "requirements.txt", "service.py"]
+    for path in [*folder.iterdir(), tmp_path / "tests" / "test_heat_alarm_service.py"]:
         assert "{{" not in path.read_text(), path
     dockerfile = (folder / "Dockerfile").read_text()
     for line in ("ARG BASE_IMAGE", "FROM ${BASE_IMAGE}", "COPY .cosim/wheels/",
                  "--no-index --find-links /wheels cosim-service", "COPY service.py /app/", "USER 10001:10001",
                  'ENTRYPOINT ["/opt/venv/bin/python", "-u", "/app/service.py"]'):
         assert line in dockerfile
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_service.py"],
-                          cwd=folder, capture_output=True, text=True, timeout=120,
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_heat_alarm_service.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": PYTHONPATH})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 passed" in done.stdout

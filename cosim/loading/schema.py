@@ -12,9 +12,9 @@ from typing import Any
 import jsonschema
 
 from cosim.loading.positions import Positions
-from cosim.paths import REPO_ROOT
+from cosim.resources import data_path
 
-SCHEMA_PATH = REPO_ROOT / "schemas" / "scenario.schema.json"
+SCHEMA_PATH = data_path("schemas", "scenario.schema.json")
 
 
 @lru_cache(maxsize=1)

@@ -1,6 +1,7 @@
 """Tests of {{name}}: the service run as a process and spoken to over the real cosim protocol (JSON lines).
 
-Run them with ``python -m pytest`` in this folder (cosim installs the SDK, cosim_service, that service.py imports).
+`cosim new service` puts this file in the experiment's tests/: run ``python -m pytest tests`` there (cosim
+installs the SDK, cosim_service, that service.py imports).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SERVICE = Path(__file__).resolve().parent / "service.py"
+SERVICE = Path(__file__).resolve().parent.parent / "services" / "{{name}}" / "service.py"  # this file: tests/
 
 INIT = {"type": "INIT", "protocol": 1, "time_us": 0, "node_id": "{{name}}", "seed": 1,
         "config": {"threshold": 0.9}, "endpoints": {}}

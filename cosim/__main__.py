@@ -1,0 +1,5 @@
+"""`python -m cosim ...` is the `cosim` command (cosim.console)."""
+
+from cosim.console import main
+
+main()

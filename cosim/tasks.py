@@ -1,0 +1,219 @@
+"""cosim's invoke tasks: the verbs of the ``cosim`` command, and a collection a project's own tasks.py extends.
+
+The ``cosim`` command (cosim.console) is an invoke Program over ``namespace``. A project adds its own tasks the
+way invoke projects share tasks::
+
+    # tasks.py of an experiment: `invoke --list` shows cosim's verbs and `hello`
+    from invoke import task
+    from cosim.tasks import namespace
+
+    @task
+    def hello(c):
+        \"\"\"Say hello.\"\"\"
+        print("hello")
+
+    namespace.add_task(hello)
+
+Each task only parses its arguments and calls one function of cosim.cli (or cosim.scaffold, cosim.conformance),
+imported when the task runs, so that ``cosim --help`` and ``cosim --list`` import nothing heavy. A user error
+becomes one line and a non-zero exit (``call``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import shlex
+import sys
+from typing import Any
+
+from invoke import Collection, Context, task
+from invoke.exceptions import Exit
+
+from cosim.errors import CosimError
+from cosim.invoke_support import optional_positional
+from cosim.options import DEFAULT_WATCHDOG_S
+from cosim.paths import shown
+from cosim.resources import data_path
+
+SCENARIO_HELP = "scenario YAML file (default: cosim's bundled scenarios/default.yaml)"
+WATCHDOG_HELP = f"seconds a node may take to answer before the run fails (default {DEFAULT_WATCHDOG_S:g})"
+
+
+def call(target: str, *args: Any, **kwargs: Any) -> Any:
+    """Call ``cosim.<module>.<function>`` (``target`` is "module.function"), importing it now; a CosimError
+    becomes ``cosim: error: ...`` on stderr and the error's exit code (invoke's Exit), never a traceback."""
+    module_name, _, function_name = target.rpartition(".")
+    function = getattr(importlib.import_module(f"cosim.{module_name}"), function_name)
+    try:
+        return function(*args, **kwargs)
+    except CosimError as error:
+        raise Exit(f"cosim: error: {error}", code=error.exit_code) from None
+
+
+def default_scenario() -> str:
+    """The bundled default scenario: relative to the current directory when it lies below it (from the checkout's
+    root: ``scenarios/default.yaml``, as the README shows it), else its absolute path."""
+    return shown(data_path("scenarios", "default.yaml"))
+
+
+def remainder(c: Context) -> list[str]:
+    """The words after a standalone ``--`` (``cosim conformance -- python service.py``). invoke hands a task
+    them as ``c.remainder``: one string, joined with spaces, so an argument with a space in it would split. The
+    same words from ``sys.argv`` (invoke's own split: everything after the first ``--``) keep their boundaries;
+    when they do not match (a Program run with another argv), ``c.remainder`` is split as a shell would."""
+    joined = getattr(c, "remainder", "") or ""
+    if not joined:
+        return []
+    if "--" in sys.argv:
+        words = sys.argv[sys.argv.index("--") + 1:]
+        if " ".join(words) == joined:
+            return words
+    return shlex.split(joined)
+
+
+@optional_positional("scenario")
+@task(positional=["scenario"], help={"scenario": SCENARIO_HELP})
+def validate(c: Context, scenario: str | None = None) -> None:
+    """Check a scenario file against the schema and cosim's own rules."""
+    call("cli.validate", scenario or default_scenario())
+
+
+@optional_positional("scenario")
+@task(positional=["scenario"], help={"scenario": SCENARIO_HELP})
+def render(c: Context, scenario: str | None = None) -> None:
+    """Write the scenario's docker-compose file under compose/ and print its path."""
+    call("cli.render", scenario or default_scenario())
+
+
+@optional_positional("scenario")
+@task(
+    positional=["scenario"],
+    help={
+        "scenario": SCENARIO_HELP,
+        "runtime": "docker (default), local (services as subprocesses, no Docker) or swarm (a stack on the Swarm of "
+                   "$COSIM_SWARM_CONTEXT, default the Docker engine)",
+        "trace": "where the JSONL trace goes (default: the scenario's `trace`, else traces/<name>.jsonl)",
+        "watchdog": WATCHDOG_HELP,
+        "quiet": "no progress line",
+        "registry": "swarm: push the images to this registry (HOST:PORT) for the nodes to pull, instead of copying",
+        "advance": "next-event or fixed: overrides the scenario's `advance` (default: the scenario's, next-event)",
+        "checkpoint_at": "write a checkpoint at the end of the window ending at T us (T[,T2,...]) under checkpoints/",
+        "stop_after_checkpoint": "stop the run after its last checkpoint",
+    }
+)
+def up(c: Context, scenario: str | None = None, runtime: str = "docker", trace: str | None = None,
+       watchdog: str | None = None, quiet: bool = False, registry: str | None = None,
+       advance: str | None = None, checkpoint_at: str | None = None, stop_after_checkpoint: bool = False) -> None:
+    """Run a scenario in virtual time and write its trace."""
+    # Numeric options arrive as text: cosim checks them and names the option in its error.
+    call("cli.up", scenario or default_scenario(), runtime=runtime, trace=trace,
+         watchdog_s=watchdog or DEFAULT_WATCHDOG_S, progress=not quiet, registry=registry, advance=advance,
+         checkpoint_at=checkpoint_at, stop_after_checkpoint=stop_after_checkpoint)
+
+
+@task(positional=["checkpoint"], help={
+    "checkpoint": "a checkpoint file written by `cosim up --checkpoint-at T`",
+    "runtime": "docker (default) or local: where the fresh services run (need not be where the checkpoint was taken)",
+    "trace": "where the trace goes (default: the scenario's)",
+    "scenario": "fork: a variant of the checkpointed scenario (other config, links, schedule after T; same nodes, "
+                "seed and quantum)",
+    "watchdog": WATCHDOG_HELP,
+    "quiet": "no progress line",
+})
+def resume(c: Context, checkpoint: str, runtime: str = "docker", trace: str | None = None,
+           scenario: str | None = None, watchdog: str | None = None, quiet: bool = False) -> None:
+    """Continue a checkpointed run with fresh containers (or fork it with --scenario)."""
+    call("cli.resume", checkpoint, runtime=runtime, trace=trace, scenario=scenario,
+         watchdog_s=watchdog or DEFAULT_WATCHDOG_S, progress=not quiet)
+
+
+@task
+def down(c: Context) -> None:
+    """Remove containers, networks (and Swarm stacks) that earlier (e.g. crashed) runs left behind."""
+    call("cli.down")
+
+
+@task(positional=["action"], help={"action": "up or down", "nodes": "how many engines (default 3; the first is the manager)",
+                                   "name": "the cluster's name (default cosim): its nodes and contexts are NAME-1 ..."})
+def cluster(c: Context, action: str, nodes: str = "3", name: str = "cosim") -> None:
+    """A local test Swarm of extra Docker engines (root): `cluster up --nodes 3`, `cluster down`."""
+    call("cli.cluster", action, nodes=nodes, name=name)
+
+
+@optional_positional("scenario")
+@task(positional=["scenario"], help={"scenario": SCENARIO_HELP,
+                                     "force": "rebuild without the layer cache"})
+def images(c: Context, scenario: str | None = None, force: bool = False) -> None:
+    """Build the images a scenario needs (idempotent; works without a registry)."""
+    call("cli.images", scenario or default_scenario(), force=force)
+
+
+@optional_positional("scenario")
+@task(
+    positional=["scenario"],
+    help={
+        "scenario": SCENARIO_HELP,
+        "runs": "how many runs (default 3)",
+        "runtime": "docker (default), local, swarm, or both (docker and local, N times each; all must agree)",
+        "watchdog": WATCHDOG_HELP,
+        "advance": "next-event, fixed, or both (each mode N times; records identical, headers differ only in the mode)",
+        "checkpoint_at": "also checkpoint every run at T[,T2] us and resume each checkpoint (with `both` runtimes: on "
+                         "the other runtime); the resumed traces must be identical too",
+    },
+)
+def determinism(c: Context, scenario: str | None = None, runs: str = "3", runtime: str = "docker",
+                watchdog: str | None = None, advance: str | None = None, checkpoint_at: str | None = None) -> None:
+    """Run a scenario N times with fresh containers and prove the traces are identical."""
+    call("cli.determinism", scenario or default_scenario(), runs=runs, runtime=runtime,
+         watchdog_s=watchdog or DEFAULT_WATCHDOG_S, advance=advance, checkpoint_at=checkpoint_at)
+
+
+@task(positional=["trace_a", "trace_b"])
+def diff(c: Context, trace_a: str, trace_b: str) -> None:
+    """Compare two traces: identical, or the first divergent record side by side."""
+    call("cli.diff", trace_a, trace_b)
+
+
+@task(positional=["trace"], help={"trace": "a trace file (.jsonl); the report goes beside it (.report.html)"})
+def report(c: Context, trace: str) -> None:
+    """Write a self-contained HTML report of a run (charts, manifest, metrics) and print its path."""
+    call("cli.report", trace)
+
+
+@task(help={"steps": "steps per measured run (default 2000)", "local_only": "skip the Docker measurements",
+            "no_swarm": "skip the local Swarm measurements (they need root)",
+            "output": "where the JSON results go (default traces/bench.json)",
+            "sparse_s": "virtual seconds of the sparse next-event workload (default 600)"})
+def bench(c: Context, steps: str = "2000", local_only: bool = False, no_swarm: bool = False,
+          output: str = "traces/bench.json", sparse_s: str = "600") -> None:
+    """Measure cosim's per-step cost, scaling and throughput against floors measured in the same run."""
+    call("cli.bench", steps=steps, docker=not local_only, swarm=not no_swarm, output=output, sparse_s=sparse_s)
+
+
+@task(positional=["kind", "name"], help={
+    "kind": "experiment (a new project directory) or service (a new service in the experiment you are in)",
+    "name": "experiment: the directory to create; service: its name (lowercase letters, digits and dashes)",
+    "lang": "service: python (default) or node",
+})
+def new(c: Context, kind: str, name: str, lang: str | None = None) -> None:
+    """Create an experiment of your own (`new experiment DIR`) or add a service to it (`new service NAME`)."""
+    call("scaffold.new", kind, name, lang=lang)
+
+
+@optional_positional("image")
+@task(positional=["image"], help={
+    "image": "a service image to check; or, after `--`, the command that runs the service (`-- node service.js`)",
+    "config": "the INIT config as a JSON object (default {})",
+})
+def conformance(c: Context, image: str | None = None, config: str | None = None) -> None:
+    """Check a service against the protocol and print a table: `conformance IMAGE` or `conformance -- COMMAND...`."""
+    if importlib.util.find_spec("cosim.conformance") is None:
+        raise Exit("cosim: error: `cosim conformance` is not available in this version of cosim", code=1)
+    code = call("conformance.main", image or None, remainder(c), sys.stdout, config=config)
+    if code:
+        raise Exit(code=code)
+
+
+namespace = Collection(validate, render, up, resume, down, cluster, images, determinism, diff, report, bench, new,
+                       conformance)
