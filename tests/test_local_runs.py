@@ -102,8 +102,7 @@ def test_another_seed_gives_another_trace(first_run: CompletedRun, tmp_path: Pat
 
 
 # cosim's runtime dependencies (pyproject.toml), whose versions the header's environment names.
-COSIM_DEPENDENCIES = ("invoke", "jsonschema", "matplotlib", "onnxruntime", "paho-mqtt", "python-on-whales", "pyyaml",
-                      "rich")
+COSIM_DEPENDENCIES = ("invoke", "jsonschema", "paho-mqtt", "python-on-whales", "pyyaml", "rich")  # not the extras
 
 
 def test_trace_header_identifies_the_run(first_run: CompletedRun) -> None:
