@@ -1,8 +1,12 @@
-"""Node proxies: what the coordinator drives. One interface, three kinds behind it.
+"""Node proxies: what the coordinator drives. One narrow interface (``SimNode``), three kinds behind it.
 
 - ``ServiceNode`` speaks the JSON-lines protocol to a service through a Transport (a local subprocess or a
   container's attached stdio; it cannot tell which).
-- ``SensorModel`` and ``SinkModel`` are in-process models of the device tier.
+- ``SensorModel`` and ``SinkModel`` are in-process models of the device tier (``InProcessModel`` holds what they
+  share).
+
+What a node can do is one value, ``Capabilities``: READY's declarations, parsed and checked once (a service), or
+fixed (an in-process model). The coordinator asks it, never the node's class.
 
 A step is split in two (``begin_advance`` sends, ``end_advance`` collects) so the coordinator can send
 ADVANCE to every node before waiting for any DONE: services compute concurrently.
@@ -10,17 +14,56 @@ ADVANCE to every node before waiting for any DONE: services compute concurrently
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
-from dataclasses import replace
-from typing import Any, Mapping, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Iterator, Mapping, Protocol
 
 from cosim import plugins, protocol
+from cosim.core.contracts import Event, Input
 from cosim.errors import NodeFailure
 from cosim.model import SensorSpec
 from cosim.transport import Transport, TransportClosed, TransportTimeout
 
-Event = dict[str, Any]
+__all__ = ["Capabilities", "Event", "Input", "InProcessModel", "SensorModel", "ServiceNode", "SimNode", "SinkModel"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a node can do, fixed once it is READY: a service's READY declarations, checked (``from_ready``), or an
+    in-process model's (``MODEL``)."""
+
+    declared: frozenset[str] = frozenset()  # READY's ``capabilities`` as given (e.g. "configure", "snapshot")
+    configure: bool = False  # takes CONFIGURE during a run (the schedule's reconfigure, a fork's config)
+    snapshot: bool = False  # can be checkpointed (SNAPSHOT) and restored (RESTORE)
+    next_event: bool = False  # says when it next needs time (DONE's ``next_us``): advanced only when needed
+    barrier_group: str | None = None  # its ADVANCEs then name the peers advanced with it
+    publishes_on_input_only: bool = False  # READY's ``barrier_publishes == "on_input"``
+    process: bool = False  # a process of its own (a service): it computes while cosim works, and may run ahead
+
+    @classmethod
+    def from_ready(cls, reply: Mapping[str, Any]) -> Capabilities | str:
+        """READY's declarations as a value, or what is wrong with them (the checks, in the order they are made)."""
+        capabilities = reply.get("capabilities", [])
+        if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
+            return f"answered READY with capabilities {capabilities!r}; expected a list of strings"
+        group = reply.get("barrier_group")
+        if group is not None and not isinstance(group, str):
+            return f"answered READY with barrier_group {group!r}; expected a string"
+        publishes = reply.get("barrier_publishes", "always")
+        if publishes not in ("always", "on_input"):
+            return f"answered READY with barrier_publishes {publishes!r}; expected 'always' or 'on_input'"
+        next_event = reply.get("next_event", False)
+        if not isinstance(next_event, bool):
+            return f"answered READY with next_event {next_event!r}; expected true or false"
+        declared = frozenset(capabilities)
+        return cls(declared, "configure" in declared, "snapshot" in declared, next_event, group,
+                   publishes == "on_input", process=True)
+
+
+# In-process models: checkpointed and reconfigured directly, always exact about their next output, in no group.
+MODEL_CAPABILITIES = Capabilities(configure=True, snapshot=True, next_event=True)
 
 
 class SimNode(Protocol):
@@ -29,29 +72,18 @@ class SimNode(Protocol):
     id: str
 
     @property
+    def capabilities(self) -> Capabilities:
+        """What the node can do (a service's: from its READY, so read it after ``init``)."""
+        ...
+
+    @property
     def info(self) -> Mapping[str, Any]:
         """What the node said about itself in READY (versions), for the trace header; empty for in-process models."""
         ...
 
     @property
-    def barrier_group(self) -> str | None:
-        """READY's ``barrier_group`` (services only): its ADVANCEs then name the peers advanced with it."""
-        ...
-
-    @property
-    def publishes_on_input_only(self) -> bool:
-        """READY's ``barrier_publishes == "on_input"``."""
-        ...
-
-    @property
     def round_trips_s(self) -> list[float] | None:
         """Wall-clock ADVANCE->DONE per step, for the metrics only; None for a node with nothing to measure."""
-        ...
-
-    @property
-    def next_event(self) -> bool:
-        """The node says when it next needs time (READY's ``next_event``; the in-process models always do): it
-        is then advanced only in windows with input for it or its promised wake-up. False: every quantum."""
         ...
 
     @property
@@ -66,7 +98,7 @@ class SimNode(Protocol):
         """The whole group (sorted) of the ``barrier_group`` the node declared; called once, after every INIT."""
         ...
 
-    def begin_advance(self, target_us: int, events: list[Event], peers: list[str] | None = None) -> None:
+    def begin_advance(self, target_us: int, events: list[Input], peers: list[str] | None = None) -> None:
         """Start advancing to ``target_us``; ``peers``: the members of the node's barrier group advanced too."""
         ...
 
@@ -77,6 +109,15 @@ class SimNode(Protocol):
     def configure(self, time_us: int, config: Mapping[str, Any] | None = None,
                   endpoints: Mapping[str, Any] | None = None) -> None:
         """The schedule's reconfigure (keys to change), or endpoints that went away (None) or came back."""
+        ...
+
+    def crashed(self) -> None:
+        """The schedule killed the node's process (the runtime closed its transport): nothing more is sent to it."""
+        ...
+
+    def restarted(self, transport: Transport, time_us: int, seed: int, config: Mapping[str, Any],
+                  endpoints: Mapping[str, Any], restart: int) -> None:
+        """A fresh process for the node: INIT again (same seed), resuming at ``time_us``."""
         ...
 
     def snapshot(self) -> dict[str, Any]:
@@ -99,7 +140,8 @@ class SimNode(Protocol):
 
 
 class ServiceNode:
-    """Proxy for a service that speaks the protocol over ``transport``."""
+    """Proxy for a service that speaks the protocol over ``transport``. Each request names what is in flight (for a
+    failure's message) until its reply has been checked (``_request``, or ``end_advance`` for ADVANCE)."""
 
     def __init__(self, node_id: str, transport: Transport, *, watchdog_s: float, shutdown_grace_s: float = 10.0) -> None:
         self.id = node_id
@@ -112,53 +154,36 @@ class ServiceNode:
         self._sent_at = 0.0
         self.round_trips_s: list[float] = []  # wall-clock ADVANCE->DONE, for metrics only
         self.info: dict[str, Any] = {}  # what READY said about the service (versions), for the manifest
-        self.barrier_group: str | None = None  # READY's barrier_group: its ADVANCEs then name the peers
-        self.publishes_on_input_only = False  # READY's barrier_publishes == "on_input"
-        self.members: list[str] | None = None  # the whole group, sent once, in the first ADVANCE
-        self.capabilities: frozenset[str] = frozenset()  # READY's capabilities (e.g. "configure")
-        self.next_event = False  # READY's next_event: its DONEs carry next_us, a promise the coordinator checks
-        self.next_us: int | None = None  # the promise of the latest DONE
+        self.capabilities = Capabilities(process=True)  # READY's, once INIT has been answered
+        self.members: list[str] | None = None  # the whole barrier group, sent once, in the first ADVANCE
+        self.next_us: int | None = None  # the promise of the latest DONE (READY's ``next_event``)
 
     # -- protocol ---------------------------------------------------------------------------------
 
     def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any], *, time_us: int = 0,
              restart: int | None = None) -> None:
-        self._send(protocol.init_message(self.id, seed, config, endpoints, time_us=time_us, restart=restart),
-                   "INIT" if restart is None else f"INIT (restart {restart} at {time_us} us)")
-        reply = self._receive(expect="READY")
-        capabilities = reply.get("capabilities", [])
-        if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
-            raise self._failure(f"answered READY with capabilities {capabilities!r}; expected a list of strings")
-        self.capabilities = frozenset(capabilities)
-        info = reply.get("info")
-        self.info = info if isinstance(info, dict) else {}
-        group = reply.get("barrier_group")
-        if group is not None and not isinstance(group, str):
-            raise self._failure(f"answered READY with barrier_group {group!r}; expected a string")
-        publishes = reply.get("barrier_publishes", "always")
-        if publishes not in ("always", "on_input"):
-            raise self._failure(f"answered READY with barrier_publishes {publishes!r}; expected 'always' or 'on_input'")
-        next_event = reply.get("next_event", False)
-        if not isinstance(next_event, bool):
-            raise self._failure(f"answered READY with next_event {next_event!r}; expected true or false")
-        self.barrier_group = group
-        self.publishes_on_input_only = publishes == "on_input"
-        self.next_event = next_event
-        if next_event:  # its first promise: nothing before then, unless an input comes
-            self.next_us = reply.get("next_us")
-            problem = protocol.check_promise(self.next_us, time_us, "READY")
-            if problem:
-                raise self._failure(problem)
-        if reply.get("protocol") != protocol.VERSION:
-            raise self._failure(f"answered READY for protocol {reply.get('protocol')!r}; cosim speaks {protocol.VERSION}")
+        what = "INIT" if restart is None else f"INIT (restart {restart} at {time_us} us)"
+        with self._request(protocol.init_message(self.id, seed, config, endpoints, time_us=time_us, restart=restart),
+                           what, "READY") as reply:
+            info = reply.get("info")
+            self.info = info if isinstance(info, dict) else {}
+            capabilities = Capabilities.from_ready(reply)
+            if isinstance(capabilities, str):
+                raise self._failure(capabilities)
+            self.capabilities = capabilities
+            if capabilities.next_event:  # its first promise: nothing before then, unless an input comes
+                self._promise(reply, time_us, "READY")
+            if reply.get("protocol") != protocol.VERSION:
+                raise self._failure(f"answered READY for protocol {reply.get('protocol')!r}; "
+                                    f"cosim speaks {protocol.VERSION}")
 
     def join_barrier_group(self, members: list[str]) -> None:
         self.members = members
 
-    def begin_advance(self, target_us: int, events: list[Event], peers: list[str] | None = None) -> None:
+    def begin_advance(self, target_us: int, events: list[Input], peers: list[str] | None = None) -> None:
         self._target_us = target_us
         self._sent_at = time.monotonic()
-        if self.barrier_group is None:
+        if self.capabilities.barrier_group is None:
             line = protocol.encode_advance(target_us, events)
         else:
             line = protocol.encode_advance(target_us, events, peers or [], self.members)
@@ -168,9 +193,10 @@ class ServiceNode:
     def end_advance(self) -> list[Event]:
         raw = self._receive_line()
         self.round_trips_s.append(time.monotonic() - self._sent_at)
+        next_event = self.capabilities.next_event
         if raw == protocol.empty_done(self._target_us):
             reply: dict[str, Any] = {"time_us": self._target_us, "events": []}  # most windows: nothing to parse
-        elif self.next_event and (promise := protocol.empty_done_promise(raw, self._target_us)) is not None:
+        elif next_event and (promise := protocol.empty_done_promise(raw, self._target_us)) is not None:
             reply = {"time_us": self._target_us, "events": [], "next_us": promise}  # nothing but a promise
         else:
             reply = self._parse(raw, expect="DONE")
@@ -179,51 +205,38 @@ class ServiceNode:
         problem = protocol.check_outputs(reply.get("events"), self.current_us, self._target_us)
         if problem:
             raise self._failure(problem)
-        if self.next_event:
-            self.next_us = reply.get("next_us")
-            problem = protocol.check_promise(self.next_us, self._target_us)
-            if problem:
-                raise self._failure(problem)
+        if next_event:
+            self._promise(reply, self._target_us, "DONE")
         self.current_us = self._target_us
         self._in_flight = None
-        return reply["events"]
+        return reply["events"]  # (checked by check_outputs: a list of events)
 
     def configure(self, time_us: int, config: Mapping[str, Any] | None = None,
                   endpoints: Mapping[str, Any] | None = None) -> None:
         """CONFIGURE at the start of a window (the service is at ``time_us``); it answers CONFIGURED."""
-        self._send(protocol.configure_message(time_us, config, endpoints), f"CONFIGURE at {time_us} us")
-        reply = self._receive(expect="CONFIGURED")
-        if reply.get("time_us") != time_us:
-            raise self._failure(f"answered CONFIGURED for {reply.get('time_us')!r} us, expected {time_us} us")
-        self.current_us = time_us  # it had nothing to do before then; the change applies from this window on
-        if self.next_event:  # the change may move its promise (e.g. a new timer period)
-            self.next_us = reply.get("next_us")
-            problem = protocol.check_promise(self.next_us, time_us, "CONFIGURED")
-            if problem:
-                raise self._failure(problem)
-        self._in_flight = None
+        with self._request(protocol.configure_message(time_us, config, endpoints), f"CONFIGURE at {time_us} us",
+                           "CONFIGURED", time_us) as reply:
+            self.current_us = time_us  # it had nothing to do before then; the change applies from this window on
+            if self.capabilities.next_event:  # the change may move its promise (e.g. a new timer period)
+                self._promise(reply, time_us, "CONFIGURED")
 
     def snapshot(self) -> dict[str, Any]:
         """A checkpoint at a window boundary: SNAPSHOT, answered by SNAPSHOT_STATE with the service's state."""
-        self._send(protocol.snapshot_message(self.current_us), f"SNAPSHOT at {self.current_us} us")
-        reply = self._receive(expect="SNAPSHOT_STATE")
-        state = reply.get("state")
-        if reply.get("time_us") != self.current_us or not isinstance(state, dict):
-            raise self._failure(f"answered SNAPSHOT_STATE for {reply.get('time_us')!r} us with {type(state).__name__}; "
-                                f"expected {self.current_us} us and a state object")
-        self._in_flight = None
+        with self._request(protocol.snapshot_message(self.current_us), f"SNAPSHOT at {self.current_us} us",
+                           "SNAPSHOT_STATE") as reply:
+            state = reply.get("state")
+            if reply.get("time_us") != self.current_us or not isinstance(state, dict):
+                raise self._failure(f"answered SNAPSHOT_STATE for {reply.get('time_us')!r} us with "
+                                    f"{type(state).__name__}; expected {self.current_us} us and a state object")
         return {"current_us": self.current_us, "next_us": self.next_us, "service": state}
 
     def restore(self, saved: Mapping[str, Any]) -> None:
         """Resume from a checkpoint (right after INIT): RESTORE, answered by RESTORED; the clock is then there."""
         time_us = int(saved["current_us"])
-        self._send(protocol.restore_message(time_us, saved["service"]), f"RESTORE at {time_us} us")
-        reply = self._receive(expect="RESTORED")
-        if reply.get("time_us") != time_us:
-            raise self._failure(f"answered RESTORED for {reply.get('time_us')!r} us, expected {time_us} us")
-        self.current_us = time_us
+        with self._request(protocol.restore_message(time_us, saved["service"]), f"RESTORE at {time_us} us",
+                           "RESTORED", time_us):
+            self.current_us = time_us
         self.next_us = saved.get("next_us")  # the promise it had made (next-event); the coordinator holds it to it
-        self._in_flight = None
 
     def crashed(self) -> None:
         """The schedule killed the service (the runtime closed its transport): nothing more is sent to it."""
@@ -235,7 +248,6 @@ class ServiceNode:
         self.transport = transport
         self.current_us = time_us
         self.init(seed, config, endpoints, time_us=time_us, restart=restart)
-        self._in_flight = None
 
     def shutdown(self) -> None:
         """Ask the service to flush and exit (``wait_closed`` then checks that it did)."""
@@ -254,6 +266,25 @@ class ServiceNode:
         self.transport.close(grace_s=0.5)
 
     # -- plumbing ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _request(self, message: Mapping[str, Any], what: str, expect: str,
+                 time_us: int | None = None) -> Iterator[dict[str, Any]]:
+        """Send ``message`` and read its reply of type ``expect`` (for ``time_us``, when given). The caller checks the
+        reply inside the ``with``, the request still in flight (a failure names it); nothing is in flight after."""
+        self._send(message, what)
+        reply = self._receive(expect=expect)
+        if time_us is not None and reply.get("time_us") != time_us:
+            raise self._failure(f"answered {expect} for {reply.get('time_us')!r} us, expected {time_us} us")
+        yield reply
+        self._in_flight = None
+
+    def _promise(self, reply: Mapping[str, Any], time_us: int, kind: str) -> None:
+        """Take the reply's ``next_us`` as the node's promise (a next-event service), checked."""
+        self.next_us = reply.get("next_us")
+        problem = protocol.check_promise(self.next_us, time_us, kind)
+        if problem:
+            raise self._failure(problem)
 
     def _send(self, message: Mapping[str, Any], what: str) -> None:
         self._send_line(protocol.encode(message), what)
@@ -307,28 +338,74 @@ def _preview(raw: bytes, limit: int = 120) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-class SensorModel:
+class InProcessModel:
+    """What the in-process models share: no READY (their capabilities are fixed), no process (nothing to crash,
+    shut down or measure), no barrier group. A model overrides ``begin_advance``/``end_advance`` and its state."""
+
+    capabilities = MODEL_CAPABILITIES
+    info: Mapping[str, Any] = {}
+    round_trips_s: list[float] | None = None
+
+    def __init__(self, node_id: str) -> None:
+        self.id = node_id
+
+    def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
+        pass
+
+    def join_barrier_group(self, members: list[str]) -> None:
+        pass  # in-process models declare no group
+
+    def configure(self, time_us: int, config: Mapping[str, Any] | None = None,
+                  endpoints: Mapping[str, Any] | None = None) -> None:
+        pass  # takes no config (the loader refuses any key)
+
+    @property
+    def next_us(self) -> int | None:
+        return None  # emits nothing on its own, unless the model says otherwise
+
+    def crashed(self) -> None:
+        raise NotImplementedError(f"{self.id}: an in-process model has no process to crash (the loader refuses it)")
+
+    def restarted(self, transport: Transport, time_us: int, seed: int, config: Mapping[str, Any],
+                  endpoints: Mapping[str, Any], restart: int) -> None:
+        raise NotImplementedError(f"{self.id}: an in-process model has no process to restart (the loader refuses it)")
+
+    def begin_advance(self, target_us: int, events: list[Input], peers: list[str] | None = None) -> None:
+        raise NotImplementedError
+
+    def end_advance(self) -> list[Event]:
+        raise NotImplementedError
+
+    def snapshot(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        pass
+
+    def wait_closed(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class SensorModel(InProcessModel):
     """In-process sensor: a reading every period from its seeded generator, anomalies at set times. What a reading
     carries is its model's (``node.model``, a plug-in: cosim.plugins); the times and the ground truth are cosim's."""
 
     def __init__(self, node: SensorSpec) -> None:
-        self.id = node.id
+        super().__init__(node.id)
         self.node = node
-        self.info: Mapping[str, Any] = {}
-        self.barrier_group: str | None = None
-        self.publishes_on_input_only = False
-        self.round_trips_s: list[float] | None = None
         self.reading = plugins.sensor_model(node.model).reading
-        self.next_event = True
         self.rng = random.Random(0)
         self._outputs: list[Event] = []
         self._window = 0  # index of the next reading
 
     def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
         self.rng = random.Random(seed)
-
-    def join_barrier_group(self, members: list[str]) -> None:
-        pass  # in-process models declare no group
 
     def configure(self, time_us: int, config: Mapping[str, Any] | None = None,
                   endpoints: Mapping[str, Any] | None = None) -> None:
@@ -360,8 +437,8 @@ class SensorModel:
         anomaly = self.node.anomaly_at(time_us)
         return anomaly.severity if anomaly is not None else 0.0
 
-    def begin_advance(self, target_us: int, events: list[Event], peers: list[str] | None = None) -> None:
-        outputs = []
+    def begin_advance(self, target_us: int, events: list[Input], peers: list[str] | None = None) -> None:
+        outputs: list[Event] = []
         while (at := self.node.offset_us + self._window * self.node.period_us) <= target_us:
             severity = self.severity_at(at)
             outputs.append({
@@ -386,38 +463,13 @@ class SensorModel:
     def end_advance(self) -> list[Event]:
         return self._outputs
 
-    def shutdown(self) -> None:
-        pass
 
-    def wait_closed(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class SinkModel:
+class SinkModel(InProcessModel):
     """In-process sink: keeps every event that reaches it (the trace records them as delivered too)."""
 
     def __init__(self, node_id: str) -> None:
-        self.id = node_id
-        self.received: list[Event] = []
-        self.info: Mapping[str, Any] = {}
-        self.barrier_group: str | None = None
-        self.publishes_on_input_only = False
-        self.round_trips_s: list[float] | None = None
-        self.next_event = True
-        self.next_us: int | None = None  # a sink never emits
-
-    def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
-        pass
-
-    def join_barrier_group(self, members: list[str]) -> None:
-        pass  # in-process models declare no group
-
-    def configure(self, time_us: int, config: Mapping[str, Any] | None = None,
-                  endpoints: Mapping[str, Any] | None = None) -> None:
-        pass  # a sink takes no config (the loader refuses any key)
+        super().__init__(node_id)
+        self.received: list[Input] = []
 
     def snapshot(self) -> dict[str, Any]:
         return {"received": self.received}
@@ -425,17 +477,8 @@ class SinkModel:
     def restore(self, saved: Mapping[str, Any]) -> None:
         self.received = list(saved["received"])
 
-    def begin_advance(self, target_us: int, events: list[Event], peers: list[str] | None = None) -> None:
+    def begin_advance(self, target_us: int, events: list[Input], peers: list[str] | None = None) -> None:
         self.received.extend(events)
 
     def end_advance(self) -> list[Event]:
         return []
-
-    def shutdown(self) -> None:
-        pass
-
-    def wait_closed(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
