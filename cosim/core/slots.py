@@ -66,10 +66,16 @@ class NodeSlot:
             setattr(self, name, dict(value) if isinstance(value, dict) else value)
 
 
-SAVED = tuple(item.name for item in fields(NodeSlot) if item.metadata.get(_CHECKPOINT) == "saved")
-_UNSAID = [item.name for item in fields(NodeSlot) if not item.metadata.get(_CHECKPOINT)]
-if _UNSAID:
-    raise TypeError(f"NodeSlot fields {_UNSAID} say neither saved() nor kept(why): a checkpoint would forget them")
+def saved_fields(cls: type) -> tuple[str, ...]:
+    """The names of a slot class's saved fields; TypeError for a field that says neither saved() nor kept(why)."""
+    unsaid = [item.name for item in fields(cls) if not item.metadata.get(_CHECKPOINT)]
+    if unsaid:
+        raise TypeError(f"{cls.__name__} fields {unsaid} say neither saved() nor kept(why): a checkpoint would "
+                        f"forget them")
+    return tuple(item.name for item in fields(cls) if item.metadata.get(_CHECKPOINT) == "saved")
+
+
+SAVED = saved_fields(NodeSlot)  # checked when the module loads
 
 Outputs = list[tuple[NodeSlot, list[Event]]]  # each advanced node's events of the window, in scenario order
 
