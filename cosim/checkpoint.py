@@ -86,6 +86,7 @@ def read(path: str | Path) -> tuple[dict[str, Any], str]:
 _V1_SLOT_FIELDS: dict[str, tuple[str, Any]] = {
     "next_seq": ("next_seq", 0), "promise": ("promises", None), "config": ("configs", {}), "restarts": ("restarts", 0),
     "lost": ("lost", 0)}
+_V1_PROCESS_FIELDS = ("restarts", "lost")  # an infrastructure node's slot (cosim.core.slots.ProcessSlot) has only these
 
 
 def _upgrade_v1(state: Mapping[str, Any], nodes: Mapping[str, str]) -> dict[str, Any]:
@@ -93,8 +94,9 @@ def _upgrade_v1(state: Mapping[str, Any], nodes: Mapping[str, str]) -> dict[str,
     ``down``: it was written only when every node ran (``parse_times``)."""
     coordinator = dict(state["coordinator"])
     maps = {old: coordinator.pop(old, {}) for old, _ in _V1_SLOT_FIELDS.values()}
-    slots = {node_id: {**{name: maps[old].get(node_id, default) for name, (old, default) in _V1_SLOT_FIELDS.items()},
-                       "down": False} for node_id in nodes}
+    slots = {node_id: {name: maps[old].get(node_id, default) for name, (old, default) in _V1_SLOT_FIELDS.items()
+                       if kind != "infrastructure" or name in _V1_PROCESS_FIELDS} | {"down": False}
+             for node_id, kind in nodes.items()}
     return {**state, "coordinator": coordinator, "slots": slots}
 
 

@@ -95,8 +95,8 @@ class Coordinator:
             self.policy = FixedAdvance(self.slots, self._quantum_us)
         self.actions = ScheduledActions(scenario.schedule, scenario.seed, self.slots, self.deliveries.router,
                                         self.policy, self.barriers, trace, processes, self.endpoints)
-        if self.actions and isinstance(self.policy, NextEventAdvance):  # an action's window is a wake-up
-            self.policy.wakeup_sources.append(self.actions.wakeup)
+        if self.actions:  # an action's window is a wake-up
+            self.policy.add_wakeup_source(self.actions.wakeup)
         self.lookahead = Lookahead(self.slots, self._quantum_us, self._end_us, scenario.advance == "next-event",
                                    self.timings)
 
@@ -111,7 +111,7 @@ class Coordinator:
             self._init_nodes()
             self.actions.check()
             self.checkpoints.check(self.slots)
-            services = {slot.id: slot.node.info for slot in self.slots.driven if slot.node and slot.node.info}
+            services = {slot.id: slot.node.info for slot in self.slots.driven if slot.node.info}
             self.trace.header(header_environment(self.environment, services), barrier_groups=self.barriers.groups)
             if self.checkpoints.resume is not None:
                 self.restore(self.checkpoints.resume)
@@ -210,7 +210,6 @@ class Coordinator:
                 self.lookahead.take(slot, target_us)
                 continue
             node = slot.node
-            assert node is not None  # (only the nodes the loop drives are chosen)
             if slot.group is not None:
                 node.begin_advance(target_us, inputs.get(slot.id, []), peers[slot.id])
             else:
@@ -224,7 +223,6 @@ class Coordinator:
         outputs: Outputs = []
         for slot in active:
             node = slot.node
-            assert node is not None
             outputs.append((slot, node.end_advance()))
             if slot.runs_ahead:
                 self.lookahead.send(slot, target_us)
@@ -251,7 +249,6 @@ class Coordinator:
                 spec = self.scenario.node(slot.id)
                 config = spec.config if isinstance(spec, ContainerSpec) else {}
             slot.config = dict(config)
-            assert slot.node is not None
             slot.node.init(node_seed(self.scenario.seed, slot.id), config, self.endpoints)
         self.barriers.form()
         self.policy.start()
@@ -261,7 +258,7 @@ class Coordinator:
 
     def _shutdown_nodes(self) -> None:
         started = time.monotonic()
-        running = [slot.node for slot in self.slots.driven if not slot.down and slot.node is not None]
+        running = [slot.node for slot in self.slots.driven if not slot.down]
         for node in running:
             node.shutdown()
         for node in running:
@@ -308,7 +305,7 @@ class Coordinator:
                 "schedule_position": sum(1 for action in self.scenario.schedule.actions if action.at_us < time_us),
             },
             "slots": self.slots.snapshot(),
-            "nodes": {slot.id: slot.node.snapshot() for slot in self.slots.driven if slot.node is not None},
+            "nodes": {slot.id: slot.node.snapshot() for slot in self.slots.driven},
             "trace": {"records": self.trace.records_so_far(), "counts": dict(self.trace.counts)},
         }
 
@@ -317,7 +314,6 @@ class Coordinator:
         back, replay the trace so far, then apply a fork's config changes (CONFIGURE at the checkpoint)."""
         self.now_us, self.step = saved["time_us"], saved["step"]
         for slot in self.slots.driven:
-            assert slot.node is not None
             slot.node.restore(saved["nodes"][slot.id])
         self.slots.restore(saved["slots"])
         state = saved["coordinator"]
@@ -331,7 +327,6 @@ class Coordinator:
         for node_id, changes in sorted(self.checkpoints.config_changes.items()):
             slot = self.slots[node_id]
             slot.config.update(changes)
-            assert slot.node is not None
             slot.node.configure(self.now_us, dict(changes))
             self.policy.renew(slot)  # CONFIGURED's promise (e.g. a new timer period)
 

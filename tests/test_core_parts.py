@@ -3,26 +3,28 @@ service's READY declares, parsed once into a value."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import pytest
 
-from cosim.core.slots import SAVED, NodeSlot, Slots, kept, saved, saved_fields
+from cosim.core.slots import NodeSlot, ProcessSlot, Slots, kept, saved, saved_fields
 from cosim.nodes import MODEL_CAPABILITIES, Capabilities, SinkModel
 
 
 def test_a_checkpoint_takes_every_saved_field_of_a_slot_and_gives_it_back() -> None:
-    assert SAVED == ("next_seq", "promise", "config", "restarts", "lost", "down")
+    assert ProcessSlot.SAVED == ("restarts", "lost", "down")  # an infrastructure node's
+    assert NodeSlot.SAVED == ("restarts", "lost", "down", "next_seq", "promise", "config")  # a driven node's
     slots = Slots({"sink": SinkModel("sink")}, ["broker"])
     sink = slots["sink"]
     sink.next_seq, sink.promise, sink.config = 7, 123000, {"threshold": 0.5}
-    slots.crashed(slots["broker"])
+    slots.crashed(slots.process("broker"))
     state = slots.snapshot()
     assert state["broker"]["down"] is True and state["sink"]["next_seq"] == 7 and slots.down == 1
     again = Slots({"sink": SinkModel("sink")}, ["broker"])
     again.restore(state)
     assert again.snapshot() == state and again.down == 1
-    assert again.restarted(again["broker"]) == 0 and again["broker"].restarts == 1 and again.down == 0
+    assert again.restarted(again.process("broker")) == 0 and again.process("broker").restarts == 1
+    assert again.down == 0
     with pytest.raises(ValueError, match=r"node 'sink': a checkpoint's slot has \['next_seq'\], expected"):
         again["sink"].restore({"next_seq": 1})
 
@@ -36,8 +38,9 @@ def test_a_slot_field_that_says_neither_saved_nor_kept_is_refused() -> None:
 
     with pytest.raises(TypeError, match=r"Careless fields \['forgotten'\] say neither saved\(\) nor kept\(why\)"):
         saved_fields(Careless)
-    assert all(field in SAVED or field in {"id", "node", "index", "process", "stepped", "group", "always_publishes",
-                                           "runs_ahead", "ahead", "woken"} for field in NodeSlot.__dataclass_fields__)
+    kept_fields = {"id", "node", "index", "process", "stepped", "group", "always_publishes", "runs_ahead", "ahead",
+                   "woken"}
+    assert {item.name for item in fields(NodeSlot)} == set(NodeSlot.SAVED) | kept_fields
 
 
 def test_ready_is_parsed_once_into_capabilities() -> None:

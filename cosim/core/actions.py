@@ -12,7 +12,7 @@ from cosim import schedule as scheduling
 from cosim.core.advance import AdvancePolicy
 from cosim.core.barriers import BarrierGroups
 from cosim.core.contracts import NEVER
-from cosim.core.slots import NodeSlot, Slots
+from cosim.core.slots import NodeSlot, ProcessSlot, Slots
 from cosim.errors import UnsupportedAction
 from cosim.network import Router
 from cosim.seeds import node_seed
@@ -57,17 +57,15 @@ class ScheduledActions:
         """Before the first step: every node the schedule reconfigures must have declared it can be."""
         for action in self.schedule.actions:
             if isinstance(action, scheduling.Reconfigure):
-                node = self.slots[action.node].node
-                assert node is not None
-                capabilities = node.capabilities
+                capabilities = self.slots[action.node].node.capabilities
                 if not capabilities.configure:
-                    raise UnsupportedAction(action.node, f"schedule: reconfigure of {action.node!r} at {action.at_us} us, "
-                                            f"but the service did not declare the 'configure' capability in READY "
-                                            f"(it declared {sorted(capabilities.declared)}); it cannot take new config "
-                                            f"during a run")
+                    raise UnsupportedAction(action.node, f"schedule: reconfigure of {action.node!r} at "
+                                            f"{action.at_us} us, but the service did not declare the 'configure' "
+                                            f"capability in READY (it declared {sorted(capabilities.declared)}); it "
+                                            f"cannot take new config during a run")
             elif isinstance(action, scheduling.Crash) and self.processes is None:
-                raise UnsupportedAction(action.node, f"schedule: {action.kind} of {action.node!r} at {action.at_us} us, "
-                                        f"but this runtime cannot crash or restart nodes")
+                raise UnsupportedAction(action.node, f"schedule: {action.kind} of {action.node!r} at {action.at_us} "
+                                        f"us, but this runtime cannot crash or restart nodes")
 
     def apply(self, start_us: int) -> None:
         """Apply the actions due at the start of the window beginning at ``start_us`` (one trace record each)."""
@@ -83,7 +81,6 @@ class ScheduledActions:
             slot = self.slots[action.node]
             slot.config.update(action.config)
             if not slot.down:  # else: a restart gets the merged config in its INIT
-                assert slot.node is not None
                 slot.node.configure(now_us, dict(action.config))
                 self.policy.renew(slot)
             return {}
@@ -94,35 +91,34 @@ class ScheduledActions:
         elif isinstance(action, scheduling.Heal):
             self.router.heal()
         elif isinstance(action, scheduling.Restart):  # (a Restart is a kind of Crash: test it first)
-            return self._restart(self.slots[action.node], now_us)
+            return self._restart(self.slots.process(action.node), now_us)
         elif isinstance(action, scheduling.Crash):
-            self._crash(self.slots[action.node], now_us)
+            self._crash(self.slots.process(action.node), now_us)
         return {}
 
     def _tell_users(self, now_us: int, endpoints: Mapping[str, Any]) -> None:
         """An infrastructure node went away or came back: the services that take CONFIGURE hear of it."""
         for slot in self.slots.driven:
-            assert slot.node is not None
             if slot.process and not slot.down and slot.node.capabilities.configure:
                 slot.node.configure(now_us, endpoints=endpoints)
                 self.policy.renew(slot)
 
-    def _crash(self, slot: NodeSlot, now_us: int) -> None:
-        assert self.processes is not None
-        if slot.node is None:  # infrastructure: its users hear first (they let go of it in order), then it dies
+    def _crash(self, slot: ProcessSlot, now_us: int) -> None:
+        assert self.processes is not None  # (``check``)
+        if not isinstance(slot, NodeSlot):  # infrastructure: its users hear first (they let go of it in order)
             self._tell_users(now_us, {slot.id: None})
         self.processes.crash(slot.id)
-        if slot.node is not None:
-            slot.node.crashed()
         self.slots.crashed(slot)
-        if slot.promise is not None:
-            slot.promise = NEVER  # a crashed node acts on nothing; its restart promises anew
+        if isinstance(slot, NodeSlot):
+            slot.node.crashed()
+            if slot.promise is not None:
+                slot.promise = NEVER  # a crashed node acts on nothing; its restart promises anew
 
-    def _restart(self, slot: NodeSlot, now_us: int) -> dict[str, Any]:
-        assert self.processes is not None
+    def _restart(self, slot: ProcessSlot, now_us: int) -> dict[str, Any]:
+        assert self.processes is not None  # (``check``)
         transport = self.processes.restart(slot.id)
         lost = self.slots.restarted(slot)
-        if slot.node is not None and transport is not None:
+        if isinstance(slot, NodeSlot) and transport is not None:
             slot.node.restarted(transport, now_us, node_seed(self.seed, slot.id), slot.config, self.endpoints,
                                 slot.restarts)
             self.policy.renew(slot)  # READY's first promise, from where it resumes

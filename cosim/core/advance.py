@@ -54,6 +54,9 @@ class AdvancePolicy(Protocol):
     def wake(self, node_id: str, time_us: int) -> None:
         """Advance ``node_id`` in the window holding ``time_us``, as if an input reached it then."""
 
+    def add_wakeup_source(self, source: WakeupSource) -> None:
+        """Another source of wake-ups (e.g. the schedule's actions): the windows holding its times are executed."""
+
     def snapshot(self) -> dict[str, Any]: ...
 
     def restore(self, state: Mapping[str, Any]) -> None: ...
@@ -84,6 +87,9 @@ class FixedAdvance:
     def wake(self, node_id: str, time_us: int) -> None:
         heapq.heappush(self.extra_wakes, (time_us, node_id))
 
+    def add_wakeup_source(self, source: WakeupSource) -> None:
+        pass  # every window is executed anyway
+
     def snapshot(self) -> dict[str, Any]:
         return {"extra_wakes": [list(wake) for wake in sorted(self.extra_wakes)]}
 
@@ -112,7 +118,6 @@ class NextEventAdvance(FixedAdvance):
 
     def start(self) -> None:
         for slot in self.slots.driven:
-            assert slot.node is not None
             if slot.node.capabilities.next_event:  # the first promise, from READY (models: their first sample)
                 promise = slot.node.next_us
                 slot.promise = NEVER if promise is None else promise
@@ -122,8 +127,8 @@ class NextEventAdvance(FixedAdvance):
         self._rebuild()
 
     def _rebuild(self) -> None:
-        self.held = any(slot.promise is not None for slot in self.slots)
-        self.wakes = [(slot.promise, slot.id) for slot in self.slots
+        self.held = any(slot.promise is not None for slot in self.slots.driven)
+        self.wakes = [(slot.promise, slot.id) for slot in self.slots.driven
                       if slot.promise is not None and slot.promise != NEVER]
         heapq.heapify(self.wakes)
         self.soon = []  # (the heap holds every promise now)
@@ -202,7 +207,7 @@ class NextEventAdvance(FixedAdvance):
                     if event["time_us"] < promised:  # (a node that kept its promise never gets here)
                         self._check(slot, events, target_us, inputs)
                         break
-            promise = slot.node.next_us  # type: ignore[union-attr]  # (an advanced slot has a node: ``choose``)
+            promise = slot.node.next_us
             if promise is None:
                 if promised != NEVER:
                     slot.promise = NEVER
@@ -243,13 +248,15 @@ class NextEventAdvance(FixedAdvance):
     def renew(self, slot: NodeSlot) -> None:
         if slot.promise is None:
             return  # a node stepped every quantum
-        assert slot.node is not None
         promise = slot.node.next_us
         promise = NEVER if promise is None else promise
         if promise != slot.promise:
             slot.promise = promise
             if promise != NEVER:
                 heapq.heappush(self.wakes, (promise, slot.id))
+
+    def add_wakeup_source(self, source: WakeupSource) -> None:
+        self.wakeup_sources.append(source)
 
     def restore(self, state: Mapping[str, Any]) -> None:
         super().restore(state)

@@ -21,7 +21,6 @@ class BarrierGroups:
     def form(self) -> None:
         """After every INIT: the groups the nodes declared; each member is told its group."""
         for slot in self.slots.driven:
-            assert slot.node is not None
             group = slot.node.capabilities.barrier_group
             if group is not None:
                 self.groups.setdefault(group, []).append(slot.id)
@@ -31,12 +30,10 @@ class BarrierGroups:
             for node_id in members:
                 slot = self.slots[node_id]
                 slot.group = members
-                assert slot.node is not None
                 slot.node.join_barrier_group(members)
 
     def rejoin(self, slot: NodeSlot) -> None:
         """A restarted member: its group again (sent in its first ADVANCE)."""
-        assert slot.node is not None
         group = slot.node.capabilities.barrier_group
         if group is not None:
             slot.node.join_barrier_group(self.groups.get(group, [slot.id]))

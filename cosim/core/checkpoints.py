@@ -28,7 +28,6 @@ class Checkpoints:
         if not self.at_us and self.resume is None:
             return
         for slot in slots.driven:
-            assert slot.node is not None
             capabilities = slot.node.capabilities
             if not capabilities.snapshot:
                 what = "--checkpoint-at" if self.at_us else "resume"
@@ -37,7 +36,6 @@ class Checkpoints:
                                         f"be checkpointed or restored")
         for node_id in self.config_changes:
             node = slots[node_id].node
-            assert node is not None
             if not node.capabilities.configure:
                 raise UnsupportedAction(node_id, f"fork: the variant changes the config of {node_id!r}, but the "
                                         f"service did not declare the 'configure' capability in READY")

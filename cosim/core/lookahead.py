@@ -31,7 +31,6 @@ class Lookahead:
         it is needed in: the next quantum (fixed mode, or a node without the capability) or the one holding its
         promise. Never past the end of the run."""
         node, quantum = slot.node, self.quantum_us
-        assert node is not None
         if self.next_event and node.capabilities.next_event:
             promise = node.next_us
             if promise is None:
