@@ -6,10 +6,12 @@ numbers, each link's random generator, the schedule's effects so far, the counte
 each node's (in-process models directly; services through the protocol's SNAPSHOT). The file (format documented
 in docs/checkpoint-format.md) is one canonical JSON object::
 
-    {"format": "cosim-checkpoint/1", "sha256": <SHA-256 of canonical(content)>, "content": {...}}
+    {"format": "cosim-checkpoint/2", "sha256": <SHA-256 of canonical(content)>, "content": {...}}
 
 Reading one checks, in this order and with one message each: that it is JSON, its format, its hash, the
-protocol and cosim versions it was written by, then (``check_scenario``) the scenario it is resumed with.
+protocol and cosim versions it was written by, then (``check_scenario``) the scenario it is resumed with. A file of
+the previous format (``cosim-checkpoint/1``: the per-node state in node-keyed maps of the coordinator's) is read into
+the current one (``_upgrade_v1``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from cosim import __version__, protocol, schedule as scheduling
 from cosim.errors import CheckpointError, OptionError
 from cosim.model import Scenario
 
-FORMAT = "cosim-checkpoint/1"
+FORMAT = "cosim-checkpoint/2"
+FORMAT_V1 = "cosim-checkpoint/1"  # still read: converted on reading
 DIRECTORY = Path("checkpoints")
 
 
@@ -63,8 +66,9 @@ def read(path: str | Path) -> tuple[dict[str, Any], str]:
         raise CheckpointError(f"{path}: not a checkpoint (truncated or not JSON: {exc})") from None
     if not isinstance(document, dict) or not isinstance(document.get("content"), dict):
         raise CheckpointError(f"{path}: not a checkpoint (expected an object with 'format', 'sha256' and 'content')")
-    if document.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {document.get('format')!r}; this cosim reads {FORMAT!r}")
+    if document.get("format") not in (FORMAT_V1, FORMAT):
+        raise CheckpointError(f"{path}: checkpoint format {document.get('format')!r}; this cosim reads {FORMAT_V1!r} "
+                              f"and {FORMAT!r}")
     content = document["content"]
     digest = content_sha256(content)
     if document.get("sha256") != digest:
@@ -73,7 +77,27 @@ def read(path: str | Path) -> tuple[dict[str, Any], str]:
     if content.get("protocol") != protocol.VERSION or content.get("cosim") != __version__:
         raise CheckpointError(f"{path}: written by cosim {content.get('cosim')!r} (protocol {content.get('protocol')!r});"
                               f" this is cosim {__version__!r} (protocol {protocol.VERSION}): it cannot be resumed here")
+    if document["format"] == FORMAT_V1:
+        content = {**content, "state": _upgrade_v1(content["state"], content["scenario"]["structure"]["nodes"])}
     return content, digest
+
+
+# The per-node fields of a slot (cosim.core.slots.NodeSlot's saved fields) and where format 1 kept them.
+_V1_SLOT_FIELDS: dict[str, tuple[str, Any]] = {
+    "next_seq": ("next_seq", 0), "promise": ("promises", None), "config": ("configs", {}), "restarts": ("restarts", 0),
+    "lost": ("lost", 0)}
+_V1_PROCESS_FIELDS = ("restarts", "lost")  # an infrastructure node's slot (cosim.core.slots.ProcessSlot) has only these
+
+
+def _upgrade_v1(state: Mapping[str, Any], nodes: Mapping[str, str]) -> dict[str, Any]:
+    """A format-1 state in format 2: the coordinator's node-keyed maps become one slot per node. Format 1 did not save
+    ``down``: it was written only when every node ran (``parse_times``)."""
+    coordinator = dict(state["coordinator"])
+    maps = {old: coordinator.pop(old, {}) for old, _ in _V1_SLOT_FIELDS.values()}
+    slots = {node_id: {name: maps[old].get(node_id, default) for name, (old, default) in _V1_SLOT_FIELDS.items()
+                       if kind != "infrastructure" or name in _V1_PROCESS_FIELDS} | {"down": False}
+             for node_id, kind in nodes.items()}
+    return {**state, "coordinator": coordinator, "slots": slots}
 
 
 def parse_times(option: str, value: str | Sequence[int] | None, scenario: Scenario) -> tuple[int, ...]:
@@ -81,7 +105,8 @@ def parse_times(option: str, value: str | Sequence[int] | None, scenario: Scenar
     time when no node is down (crashed by the schedule and not yet restarted)."""
     if value is None or value == "" or value == ():
         return ()
-    parts = value.split(",") if isinstance(value, str) else list(value)
+    parts: list[Any] = []
+    parts.extend(value.split(",") if isinstance(value, str) else value)
     allowed = (f"times in us on the quantum grid (multiples of {scenario.quantum_us}) in "
                f"({0}, {scenario.duration_us}], comma-separated")
     times = []

@@ -10,6 +10,7 @@ sent after it; an event already on a link keeps the delivery time it was given w
 
 from __future__ import annotations
 
+import enum
 import random
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
@@ -18,6 +19,13 @@ from cosim.model import LinkProperties, Route, Scenario
 from cosim.seeds import link_seed
 
 NONE_FILTERED: list[str] = []  # ``split``'s filtered targets when no route has `during:` windows (never mutated)
+
+
+class Lost(enum.Enum):
+    """Why a link drops an event (``value``: the reason as the trace names it)."""
+
+    LOSS = "loss"
+    PARTITION = "partition"
 
 
 @dataclass(frozen=True)
@@ -57,8 +65,8 @@ class Router:
         """Change some properties of the link source -> dest (the others stay) for events sent from now on."""
         key = (source, dest)
         current = self._links.get(key) or self.scenario.link(source, dest)
-        link = self._links[key] = replace(current, **{name: float(v) if name == "loss" else v
-                                                      for name, v in changes.items()})
+        changed: dict[str, Any] = {name: float(v) if name == "loss" else v for name, v in changes.items()}
+        link = self._links[key] = replace(current, **changed)
         rng = self._rngs.get(key)
         if rng is not None:  # the link's generator goes on where it was
             self._draws[key] = (rng.random, link.latency_us, link.jitter_us, link.loss)
@@ -158,11 +166,11 @@ class Router:
     def transmit(self, source: str, dest: str, sent_us: int) -> Delivery | Drop:
         """Send one event over the link source -> dest: its delivery, or its loss."""
         at = self.delivery_time(source, dest, sent_us)
-        return Drop(dest, at) if isinstance(at, str) else Delivery(dest, at)
+        return Delivery(dest, at) if isinstance(at, int) else Drop(dest, at.value)
 
-    def delivery_time(self, source: str, dest: str, sent_us: int) -> int | str:
-        """``transmit`` without the objects (the coordinator's hot path): the delivery time, or the reason the
-        event is dropped (``loss``, ``partition``)."""
+    def delivery_time(self, source: str, dest: str, sent_us: int) -> int | Lost:
+        """``transmit`` without the objects (the coordinator's hot path): the delivery time, or why the event is
+        lost."""
         key = (source, dest)
         draws = self._draws.get(key)
         if draws is None:
@@ -173,9 +181,9 @@ class Router:
         draw, latency_us, jitter_us, loss = draws
         jitter_draw, loss_draw = draw(), draw()  # always both, whatever the link's settings or a partition
         if self._sides and self._cut(source, dest):
-            return "partition"
+            return Lost.PARTITION
         if loss_draw < loss:
-            return "loss"
+            return Lost.LOSS
         if not jitter_us:
             return sent_us + latency_us
         return sent_us + latency_us + min(int(jitter_draw * (jitter_us + 1)), jitter_us)  # jitter uniform over [0, jitter_us]

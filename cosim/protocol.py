@@ -7,7 +7,7 @@ machine-readable one schemas/protocol.schema.json.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from cosim_service import wire
 from cosim_service.wire import canonical, decode  # noqa: F401  (cosim.protocol.canonical/decode: the one codec)
@@ -54,7 +54,7 @@ def restore_message(time_us: int, state: Any) -> dict[str, Any]:
     return {"type": "RESTORE", "time_us": time_us, "state": state}
 
 
-def advance_message(target_us: int, events: list[dict[str, Any]], peers: list[str] | None = None,
+def advance_message(target_us: int, events: Sequence[Mapping[str, Any]], peers: list[str] | None = None,
                     members: list[str] | None = None) -> dict[str, Any]:
     message: dict[str, Any] = {"type": "ADVANCE", "time_us": target_us, "events": events}
     if peers is not None:  # only for a service whose READY declared a barrier_group
@@ -64,7 +64,7 @@ def advance_message(target_us: int, events: list[dict[str, Any]], peers: list[st
     return message
 
 
-def encode_advance(target_us: int, events: list[dict[str, Any]], peers: list[str] | None = None,
+def encode_advance(target_us: int, events: Sequence[Mapping[str, Any]], peers: list[str] | None = None,
                    members: list[str] | None = None) -> bytes:
     """ADVANCE as a canonical line. Most windows carry no events; their line is formatted directly (the hot path)."""
     if not events and members is None:

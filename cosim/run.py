@@ -21,7 +21,7 @@ from cosim import __version__, checkpoint as checkpointing, compose, metrics as 
 from cosim import trace as tracing
 from cosim.coordinator import Checkpoints, Coordinator, SimulationResult
 from cosim.errors import Interrupted, NodeError, TraceWriteError, UsageError
-from cosim.nodes import SensorModel, ServiceNode, SimNode, SinkModel
+from cosim.nodes import Input, SensorModel, ServiceNode, SimNode, SinkModel
 from cosim.model import ADVANCE_MODES, Scenario, SensorSpec, SinkSpec
 from cosim.loading import load
 from cosim.trace import TraceWriter
@@ -41,7 +41,7 @@ class CompletedRun:
     metrics_path: Path
     result: SimulationResult
     metrics: run_metrics.RunMetrics
-    sinks: dict[str, list[dict[str, Any]]]
+    sinks: dict[str, list[Input]]
 
 
 def artifact_paths(trace_path: Path) -> tuple[Path, Path]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 
 ACTION_KEYS = ("reconfigure", "link", "partition", "heal", "crash", "restart")
@@ -30,10 +30,7 @@ class Action:
     """One scheduled change at ``at_us`` (a window start on the quantum grid)."""
 
     at_us: int
-
-    @property
-    def kind(self) -> str:
-        raise NotImplementedError
+    kind: ClassVar[str] = ""  # each kind of action names itself (the schedule's key, the trace record's `action`)
 
     def fields(self) -> dict[str, Any]:
         """What the action does, for the trace (its `action` record) and the header's manifest."""
@@ -47,7 +44,7 @@ class Action:
 class Reconfigure(Action):
     node: str
     config: Mapping[str, Any] = field(default_factory=dict)
-    kind = "reconfigure"  # type: ignore[assignment]
+    kind = "reconfigure"
 
     def fields(self) -> dict[str, Any]:
         return {"node": self.node, "config": dict(self.config)}
@@ -58,7 +55,7 @@ class SetLink(Action):
     source: str  # node ids (a replicated group is expanded into one action per replica at load)
     dest: str
     changes: Mapping[str, Any] = field(default_factory=dict)  # some of latency_us, jitter_us, loss
-    kind = "link"  # type: ignore[assignment]
+    kind = "link"
 
     def fields(self) -> dict[str, Any]:
         return {"from": self.source, "to": self.dest, "set": dict(self.changes)}
@@ -67,7 +64,7 @@ class SetLink(Action):
 @dataclass(frozen=True)
 class Partition(Action):
     groups: tuple[tuple[str, ...], ...] = ()  # node ids, replicas expanded
-    kind = "partition"  # type: ignore[assignment]
+    kind = "partition"
 
     def fields(self) -> dict[str, Any]:
         return {"groups": [list(group) for group in self.groups]}
@@ -75,7 +72,7 @@ class Partition(Action):
 
 @dataclass(frozen=True)
 class Heal(Action):
-    kind = "heal"  # type: ignore[assignment]
+    kind = "heal"
 
     def fields(self) -> dict[str, Any]:
         return {}
@@ -86,7 +83,7 @@ class Crash(Action):
     """Kill a service's or infrastructure node's process (container) now."""
 
     node: str
-    kind = "crash"  # type: ignore[assignment]
+    kind = "crash"
 
     def fields(self) -> dict[str, Any]:
         return {"node": self.node}
@@ -96,7 +93,7 @@ class Crash(Action):
 class Restart(Crash):
     """Bring a crashed node back: a fresh process (container), INIT again with the same seed."""
 
-    kind = "restart"  # type: ignore[assignment]
+    kind = "restart"
 
 
 @dataclass(frozen=True)
@@ -104,6 +101,7 @@ class Schedule:
     """The actions of a scenario in the order they apply: by ``at_us``, then as listed in the file."""
 
     actions: tuple[Action, ...] = ()
+    _times: tuple[int, ...] = field(init=False, repr=False, compare=False)  # each action's at_us, for bisect
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_times", tuple(action.at_us for action in self.actions))
@@ -113,13 +111,13 @@ class Schedule:
 
     def due(self, start_us: int) -> tuple[Action, ...]:
         """The actions applied at the start of the window that begins at ``start_us``."""
-        times: tuple[int, ...] = self._times  # type: ignore[attr-defined]
+        times = self._times
         return self.actions[bisect.bisect_left(times, start_us):bisect.bisect_right(times, start_us)]
 
     def next_time(self, at_or_after_us: int) -> int | None:
         """The time of the first action at or after ``at_or_after_us`` (a wake-up for a loop that skips idle
         windows), or None when there is none."""
-        times: tuple[int, ...] = self._times  # type: ignore[attr-defined]
+        times = self._times
         index = bisect.bisect_left(times, at_or_after_us)
         return times[index] if index < len(times) else None
 

@@ -71,6 +71,40 @@ def test_checkpoint_then_resume_is_the_uninterrupted_run(tmp_path: Path) -> None
     assert set(document["content"]["state"]["nodes"]) == {"sensor-a", "sensor-b", "echo-1", "echo-2", "sink"}
 
 
+def as_format_1(document: dict[str, Any]) -> dict[str, Any]:
+    """A format-2 checkpoint as cosim wrote it before format 2: the per-node fields in the coordinator's maps."""
+    state = document["content"]["state"]
+    slots = state.pop("slots")
+    driven = state["nodes"]
+    state["coordinator"].update(
+        next_seq={node: slots[node]["next_seq"] for node in driven},
+        promises={node: slot["promise"] for node, slot in slots.items() if slot["promise"] is not None},
+        configs={node: slots[node]["config"] for node in driven},
+        restarts={node: slot["restarts"] for node, slot in slots.items() if slot["restarts"]},
+        lost={})
+    document["format"] = "cosim-checkpoint/1"
+    document["sha256"] = checkpoint.content_sha256(document["content"])
+    return document
+
+
+@pytest.mark.parametrize("advance", ["next-event", "fixed"])
+def test_a_format_1_checkpoint_is_read_and_resumes_as_the_uninterrupted_run(tmp_path: Path, advance: str) -> None:
+    plain = run(PIPELINE, runtime="local", trace_path=tmp_path / "plain.jsonl", advance=advance)
+    written: list[Path] = []
+    run(PIPELINE, runtime="local", trace_path=tmp_path / "ck.jsonl", advance=advance, checkpoint_at="60000",
+        checkpoint_dir=tmp_path / "checkpoints", checkpoint_written=lambda path, size, seconds: written.append(path))
+    document = json.loads(written[0].read_text())
+    assert document["format"] == "cosim-checkpoint/2"
+    assert set(document["content"]["state"]["slots"]["echo-1"]) == {"next_seq", "promise", "config", "restarts",
+                                                                     "lost", "down"}
+    old = tmp_path / "old.checkpoint.json"
+    old.write_text(json.dumps(as_format_1(document)))
+    content, _ = checkpoint.read(old)
+    assert content["state"]["slots"] == json.loads(written[0].read_text())["content"]["state"]["slots"]
+    resumed = resume(old, runtime="local", trace_path=tmp_path / "resumed.jsonl")
+    assert_same_simulation(plain.trace_path, resumed.trace_path)
+
+
 def test_a_checkpoint_resumes_from_another_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     relative = PIPELINE.relative_to(ROOT)  # as a user types it, from the project's directory
