@@ -6,6 +6,12 @@ labels, and removed at the end of each case). A command finds cosim's Node SDK w
 (NODE_PATH), as a service in an image does. Each case starts a fresh process and drives it over the real
 protocol, every reply under a wall-clock watchdog (no sleeps); the process is killed at the end of the case.
 
+A service that needs infrastructure gets it for the whole check: ``--broker`` provides an MQTT broker (a local
+Mosquitto for a command; the bundled broker image on a private internal network, which the service's containers
+join, for an image; cosim.conformance_infra) and names it in INIT's ``endpoints``; ``--init`` sets INIT's node_id,
+seed and further endpoints. A service whose READY declares a barrier group is the only member of its group, given
+``members`` and ``peers`` as the coordinator gives them (§12).
+
 Cases: the READY's shape and capabilities; ADVANCE/DONE times and windows; nothing but protocol on stdout; ERROR
 replies (non-fatal, the service carrying on) to malformed JSON, an unknown message type, ADVANCE before INIT and
 time going backwards; a 1 MiB line; promises kept (a next-event service driven window by window and with skipping
@@ -16,21 +22,25 @@ an unknown key refused; SHUTDOWN exits 0. A case for a capability the service di
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TextIO
+from typing import Any, Callable, Generator, Iterator, Mapping, Sequence, TextIO
 
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 from cosim import protocol
-from cosim.errors import UsageError
+from cosim.conformance_infra import BROKER_PORT, docker_broker, label_options, local_broker
+from cosim.errors import Interrupted, UsageError
 from cosim.resources import data_path
+from cosim.run import interrupts_once
 from cosim.transport import PipeTransport, TransportClosed, TransportTimeout
 
 WATCHDOG_S = 10.0  # wall clock a reply may take
@@ -40,7 +50,8 @@ QUANTUM_US = 1000
 HORIZON_US = 600_000  # the promise and snapshot cases: 600 windows (two heartbeats of 250 ms, many ticks)
 SNAPSHOT_AT_US = 300_000
 LONG_LINE_BYTES = 1 << 20
-LABELS = {"cosim.project": "cosim", "cosim.run": "conformance"}
+NODE_ID, SEED = "conformance", 1234567  # INIT's, unless --init says otherwise
+INIT_FIELDS = ("node_id", "seed", "endpoints")  # what --init may set (the rest of INIT belongs to the cases)
 
 PASS, FAIL, SKIP = "pass", "FAIL", "skipped (not declared)"
 
@@ -73,12 +84,18 @@ class Validator:
         schema = json.loads(data_path("schemas", "protocol.schema.json").read_text(encoding="utf-8"))
         registry = Registry().with_resource(schema["$id"], Resource.from_contents(schema))
         self._by_type = {name: Draft202012Validator({"$ref": f"{schema['$id']}#/$defs/{name}"}, registry=registry)
-                         for name in (*SERVICE_TYPES, "service_message")}
+                         for name in (*SERVICE_TYPES, "service_message", "INIT")}
 
     def problem(self, message: Any) -> str | None:
         kind = message.get("type") if isinstance(message, dict) else None
-        validator = self._by_type[kind if kind in SERVICE_TYPES else "service_message"]
-        errors = sorted(validator.iter_errors(message), key=lambda error: list(error.absolute_path))
+        return self._problem(kind if kind in SERVICE_TYPES else "service_message", message)
+
+    def init_problem(self, message: dict[str, Any]) -> str | None:
+        """What is wrong with an INIT the check would send (built with --init), or None."""
+        return self._problem("INIT", message)
+
+    def _problem(self, definition: str, message: Any) -> str | None:
+        errors = sorted(self._by_type[definition].iter_errors(message), key=lambda error: list(error.absolute_path))
         if not errors:
             return None
         where = "/".join(str(part) for part in errors[0].absolute_path) or "the message"
@@ -96,10 +113,12 @@ def _short(value: Any, limit: int = 100) -> str:
 
 @dataclass(frozen=True)
 class Target:
-    """What is checked: ``command`` (argv, run in the current directory) or ``image`` (run under Docker)."""
+    """What is checked: ``command`` (argv, run in the current directory) or ``image`` (run under Docker, on
+    ``network``: none, or the private network of the check's infrastructure)."""
 
     command: tuple[str, ...] = ()
     image: str | None = None
+    network: str = "none"
 
     @property
     def label(self) -> str:
@@ -110,9 +129,8 @@ class Target:
             return list(self.command)
         from cosim.runtimes.docker.engine import docker_command
 
-        labels = [part for key, value in LABELS.items() for part in ("--label", f"{key}={value}")]
-        return docker_command("run", "-i", "--rm", "--network", "none", "--pull", "never", "--name", name, *labels,
-                              self.image)
+        return docker_command("run", "-i", "--rm", "--network", self.network, "--pull", "never", "--name", name,
+                              *label_options(), self.image)
 
     def remove(self, name: str) -> None:
         if self.image is not None:
@@ -133,11 +151,17 @@ def node_environment(workdir: Path) -> dict[str, str]:
 
 class ServiceSession:
     """One fresh process of the target, spoken to over the protocol: every reply strict JSON, valid against the
-    schema, and under the watchdog. Tracks the service's time and its promise (``next_us``)."""
+    schema, and under the watchdog. Tracks the service's time and its promise (``next_us``).
+
+    ``init_fields``: INIT's node_id, seed and endpoints. A service whose READY declares a ``barrier_group``
+    (docs/protocol.md §12) is its group's only member, driven as the coordinator drives one: its first ADVANCE
+    carries ``members`` (itself), every ADVANCE ``peers`` (itself when it may publish in the window: with
+    ``barrier_publishes`` "always", or "on_input" and input events in the window; else none)."""
 
     def __init__(self, target: Target, workdir: Path, index: int, *, watchdog_s: float = WATCHDOG_S,
-                 validator: Validator | None = None) -> None:
+                 validator: Validator | None = None, init_fields: dict[str, Any] | None = None) -> None:
         self.target = target
+        self.init_fields = init_fields or {"node_id": NODE_ID, "seed": SEED, "endpoints": {}}
         self.watchdog_s = watchdog_s
         self.validator = validator or Validator()
         self.name = f"cosim-conformance-{os.getpid()}-{index}-{os.urandom(3).hex()}"
@@ -149,6 +173,9 @@ class ServiceSession:
         self.next_event = False
         self.promise: int | None = None
         self.capabilities: list[str] = []
+        self.barrier_group: str | None = None  # READY's: the ADVANCEs then carry peers (and first members)
+        self.publishes_always = True  # READY's barrier_publishes is "always" (the default)
+        self.members: list[str] | None = None  # the group, sent with the next ADVANCE (the first)
 
     # -- lines
 
@@ -218,15 +245,35 @@ class ServiceSession:
     # -- the protocol's requests
 
     def init(self, config: dict[str, Any] | None = None) -> dict[str, Any]:
-        ready = self.request(protocol.init_message("conformance", 1234567, config or {}, {}), "READY")
+        fields = self.init_fields
+        try:
+            ready = self.request(protocol.init_message(fields["node_id"], fields["seed"], config or {},
+                                                       fields["endpoints"]), "READY")
+        except CaseFailed as failure:
+            if fields["endpoints"] or "with ERROR init_failed" not in str(failure):
+                raise
+            raise CaseFailed(f"{failure} (INIT had no endpoints: a service that needs an MQTT broker gets one with "
+                             f"--broker, other infrastructure with --init)") from None
         self.next_event = ready.get("next_event") is True
         self.capabilities = list(ready["capabilities"])
         self.promise = self._checked_promise(ready, 0)
+        self.barrier_group = ready.get("barrier_group")
+        self.publishes_always = ready.get("barrier_publishes", "always") == "always"
+        self.members = [fields["node_id"]] if self.barrier_group is not None else None
         return ready
+
+    def advance_line(self, target: int, events: list[dict[str, Any]]) -> bytes:
+        """The ADVANCE to ``target``, as the coordinator writes it for this service (§12: peers and members for a
+        barrier-group member, alone in its group)."""
+        if self.barrier_group is None:
+            return protocol.encode_advance(target, events)
+        peers = [self.init_fields["node_id"]] if self.publishes_always or events else []
+        members, self.members = self.members, None
+        return protocol.encode_advance(target, events, peers, members)
 
     def advance(self, target: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """ADVANCE to ``target`` with ``events``; the DONE's outputs, checked against the window and the promise."""
-        done = self.request(protocol.encode_advance(target, events), "DONE")
+        done = self.request(self.advance_line(target, events), "DONE")
         if done["time_us"] != target:
             raise CaseFailed(f"answered DONE for {done['time_us']} us, expected {target} us")
         problem = protocol.check_outputs(done["events"], self.now, target)
@@ -343,21 +390,24 @@ def _compare(expected: list[dict[str, Any]], got: list[dict[str, Any]], how: str
 
 
 class Probe:
-    """What a case gets: fresh sessions of the target (closed by the runner) and the config for INIT."""
+    """What a case gets: fresh sessions of the target (closed by the runner), the config and the other fields for
+    INIT (node_id, seed, endpoints)."""
 
-    def __init__(self, target: Target, workdir: Path, config: dict[str, Any], watchdog_s: float) -> None:
+    def __init__(self, target: Target, workdir: Path, config: dict[str, Any], watchdog_s: float,
+                 init_fields: dict[str, Any] | None = None, validator: Validator | None = None) -> None:
         self.target = target
         self.workdir = workdir
         self.config = config
+        self.init_fields = init_fields
         self.watchdog_s = watchdog_s
-        self.validator = Validator()
+        self.validator = validator or Validator()
         self.sessions: list[ServiceSession] = []
         self.ready: dict[str, Any] | None = None  # the READY of the first case, for the capability cases
 
     def session(self) -> ServiceSession:
         try:
             session = ServiceSession(self.target, self.workdir, len(self.sessions), watchdog_s=self.watchdog_s,
-                                     validator=self.validator)
+                                     validator=self.validator, init_fields=self.init_fields)
         except OSError as error:
             raise CaseFailed(f"could not start {self.target.label}: {error}") from None
         self.sessions.append(session)
@@ -426,7 +476,7 @@ def case_error_advance_before_init(probe: Probe) -> None:
 def case_error_time_backwards(probe: Probe) -> None:
     session = probe.started()
     session.advance(2000, [])
-    session.expect_error(protocol.encode_advance(1000, []), "time_backwards")
+    session.expect_error(session.advance_line(1000, []), "time_backwards")
     session.advance(3000, [])
 
 
@@ -472,6 +522,7 @@ def case_snapshot_restore(probe: Probe) -> str | None:
     if code != 0:
         raise CaseFailed(f"exited with code {code} after SHUTDOWN")
     second = probe.started()
+    # Its first ADVANCE after RESTORE carries a barrier group's `members` again (§15), as INIT left them to send.
     restored = second.request(protocol.restore_message(SNAPSHOT_AT_US, snapshot["state"]), "RESTORED")
     if restored["time_us"] != SNAPSHOT_AT_US:
         raise CaseFailed(f"answered RESTORE {SNAPSHOT_AT_US} us with RESTORED for {restored['time_us']} us")
@@ -556,13 +607,72 @@ def _check_image(image: str) -> None:
                          f"`cosim images`)")
 
 
+def init_fields(init: Mapping[str, Any] | None, endpoints: Mapping[str, Any] | None = None,
+                validator: Validator | None = None) -> dict[str, Any]:
+    """INIT's node_id, seed and endpoints for the check: the defaults ("conformance", 1234567, the infrastructure's
+    ``endpoints``), changed by ``init`` (--init: any of node_id, seed, endpoints; its endpoints are added to the
+    infrastructure's). Raises UsageError for a field --init may not set or an INIT the schema refuses."""
+    init = dict(init or {})
+    unknown = sorted(set(init) - set(INIT_FIELDS))
+    if unknown:
+        raise UsageError(f"conformance: --init may set {', '.join(INIT_FIELDS)}, not {', '.join(unknown)} (the config "
+                         f"goes in --config; the other fields of INIT are the cases' own)")
+    more = init.get("endpoints", {})
+    if not isinstance(more, dict):
+        raise UsageError(f"conformance: --init endpoints must be a JSON object {{node_id: {{host, port}}}}, got "
+                         f"{_short(more, 60)}")
+    fields = {"node_id": init.get("node_id", NODE_ID), "seed": init.get("seed", SEED),
+              "endpoints": {**(endpoints or {}), **more}}
+    problem = (validator or Validator()).init_problem(
+        protocol.init_message(fields["node_id"], fields["seed"], {}, fields["endpoints"]))
+    if problem:
+        raise UsageError(f"conformance: --init gives an INIT that breaks the protocol schema {problem}")
+    return fields
+
+
+def check_broker_node(broker: str) -> None:
+    """A broker's node id (--broker-node): what INIT's endpoints and the image target's network call it."""
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,39}", broker):
+        raise UsageError(f"conformance: --broker-node {broker!r} is not a node id (lowercase letters, digits and "
+                         f"dashes, starting with a letter, at most 40)")
+
+
+@contextlib.contextmanager
+def infrastructure(target: Target, workdir: Path, broker: str | None) -> Iterator[tuple[Target, dict[str, Any]]]:
+    """What the service needs around it while the block runs (cosim.conformance_infra): nothing, or an MQTT broker
+    named ``broker`` in INIT's endpoints. Yields (the target, on the broker's network for an image; the endpoints).
+    Everything it started is removed at the end, however the block ends."""
+    if broker is None:
+        yield target, {}
+    elif target.image is None:
+        with local_broker(broker, workdir) as endpoints:
+            yield target, endpoints
+    else:
+        with docker_broker(broker, f"cosim-conformance-{os.getpid()}-{os.urandom(3).hex()}") as (network, endpoints):
+            yield replace(target, network=network), endpoints
+
+
 def iter_check(target: Target | str | Sequence[str], *, config: dict[str, Any] | None = None,
-               watchdog_s: float = WATCHDOG_S, cases: Sequence[str] | None = None) -> Iterator[CaseResult]:
-    """Run the cases one by one (``cases``: a subset, by name), yielding each result as it is known."""
+               watchdog_s: float = WATCHDOG_S, cases: Sequence[str] | None = None, broker: str | None = None,
+               init: Mapping[str, Any] | None = None) -> Generator[CaseResult, None, None]:
+    """Run the cases one by one (``cases``: a subset, by name), yielding each result as it is known. ``broker``: the
+    node id of an MQTT broker to provide (see ``infrastructure``); ``init``: INIT fields to set (``init_fields``).
+    The arguments are checked at once (UsageError); the cases run as the iterator is read. Close it
+    (``contextlib.closing``) to stop early: what was started is removed then."""
     resolved = as_target(target)
-    with tempfile.TemporaryDirectory(prefix="cosim-conformance-") as workdir:
-        probe = Probe(resolved, Path(workdir), dict(config or {}), watchdog_s)
-        for name in cases or CASES:
+    if broker is not None:
+        check_broker_node(broker)
+    validator = Validator()
+    init_fields(init, {broker: {"host": "127.0.0.1", "port": BROKER_PORT}} if broker else {}, validator)  # first
+    return _run(resolved, dict(config or {}), watchdog_s, cases or list(CASES), broker, init, validator)
+
+
+def _run(target: Target, config: dict[str, Any], watchdog_s: float, cases: Sequence[str], broker: str | None,
+         init: Mapping[str, Any] | None, validator: Validator) -> Generator[CaseResult, None, None]:
+    with tempfile.TemporaryDirectory(prefix="cosim-conformance-") as workdir, \
+            infrastructure(target, Path(workdir), broker) as (checked, endpoints):
+        probe = Probe(checked, Path(workdir), config, watchdog_s, init_fields(init, endpoints, validator), validator)
+        for name in cases:
             try:
                 outcome = CASES[name](probe)
                 result = CaseResult(name, SKIP if outcome == SKIP else PASS)
@@ -574,13 +684,18 @@ def iter_check(target: Target | str | Sequence[str], *, config: dict[str, Any] |
 
 
 def check(target: Target | str | Sequence[str], *, config: dict[str, Any] | None = None,
-          watchdog_s: float = WATCHDOG_S, cases: Sequence[str] | None = None) -> list[CaseResult]:
-    """Check ``target`` (an image name, or a command as a list of arguments) against every case."""
-    return list(iter_check(target, config=config, watchdog_s=watchdog_s, cases=cases))
+          watchdog_s: float = WATCHDOG_S, cases: Sequence[str] | None = None, broker: str | None = None,
+          init: Mapping[str, Any] | None = None) -> list[CaseResult]:
+    """Check ``target`` (an image name, or a command as a list of arguments) against every case (see
+    ``iter_check``)."""
+    with contextlib.closing(iter_check(target, config=config, watchdog_s=watchdog_s, cases=cases, broker=broker,
+                                       init=init)) as results:
+        return list(results)
 
 
-def table_header(target: Target) -> str:
-    return f"cosim conformance: {target.label}\n  {'case':<27} result"
+def table_header(target: Target, broker: str | None = None) -> str:
+    around = f" (with an MQTT broker, {broker!r} in INIT's endpoints)" if broker else ""
+    return f"cosim conformance: {target.label}{around}\n  {'case':<27} result"
 
 
 def table_row(result: CaseResult) -> str:
@@ -600,27 +715,42 @@ def table(target: Target | str | Sequence[str], results: Sequence[CaseResult]) -
     return "\n".join([table_header(resolved), *map(table_row, results), table_summary(results)]) + "\n"
 
 
+def _json_object(value: str | dict[str, Any] | None, option: str) -> dict[str, Any] | None:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as error:
+            raise UsageError(f"conformance: {option} is not JSON: {error}") from None
+    if value is not None and not isinstance(value, dict):
+        raise UsageError(f"conformance: {option} must be a JSON object")
+    return value
+
+
 def main(target: str | None, command: list[str], out: TextIO, *, config: str | dict[str, Any] | None = None,
-         watchdog_s: float = WATCHDOG_S) -> int:
+         watchdog_s: float = WATCHDOG_S, broker: str | None = None, init: str | dict[str, Any] | None = None) -> int:
     """`cosim conformance IMAGE` / `cosim conformance -- COMMAND...`: print the table row by row; 0 when every case
     passed or was skipped, 1 on a failure. Raises UsageError (and EngineUnavailable) for a target that cannot run.
-    ``config``: the INIT config (a dict, or JSON text)."""
+    ``config``: the INIT config (a dict, or JSON text); ``broker``: provide an MQTT broker under this node id
+    (--broker); ``init``: INIT fields to set (--init, a dict or JSON text)."""
     if target and command:
         raise UsageError("conformance: give an image or a command after --, not both")
-    if isinstance(config, str):
-        try:
-            config = json.loads(config)
-        except ValueError as error:
-            raise UsageError(f"conformance: --config is not JSON: {error}") from None
-    if config is not None and not isinstance(config, dict):
-        raise UsageError("conformance: --config must be a JSON object")
+    config = _json_object(config, "--config")
+    init = _json_object(init, "--init")
     resolved = as_target(target if target else command)
-    out.write(table_header(resolved) + "\n")
+    rows = iter_check(resolved, config=config, watchdog_s=watchdog_s, broker=broker, init=init)
+    out.write(table_header(resolved, broker) + "\n")
     out.flush()
     results = []
-    for result in iter_check(resolved, config=config, watchdog_s=watchdog_s):
-        results.append(result)
-        out.write(table_row(result) + "\n")
-        out.flush()
+    try:
+        # Ctrl-C or SIGTERM ends the check through its teardown (processes, containers, the broker, its network);
+        # a second one meanwhile is ignored, so it cannot cut the teardown short.
+        with interrupts_once(), contextlib.closing(rows):
+            for result in rows:
+                results.append(result)
+                out.write(table_row(result) + "\n")
+                out.flush()
+    except KeyboardInterrupt:
+        raise Interrupted(f"conformance: interrupted after {len(results)} of {len(CASES)} cases; what the check "
+                          f"started is removed") from None
     out.write(table_summary(results) + "\n")
     return 1 if any(result.failed for result in results) else 0

@@ -205,12 +205,18 @@ def new(c: Context, kind: str, name: str, lang: str | None = None) -> None:
 @task(positional=["image"], help={
     "image": "a service image to check; or, after `--`, the command that runs the service (`-- node service.js`)",
     "config": "the INIT config as a JSON object (default {})",
+    "broker": "provide an MQTT broker, named in INIT's endpoints (a local mosquitto for a command; the bundled broker "
+              "image on a private network for an image)",
+    "broker_node": "the broker's node id in INIT's endpoints (default mqtt-broker; implies --broker)",
+    "init": "INIT fields to set, as a JSON object: node_id, seed, endpoints (added to the broker's)",
 })
-def conformance(c: Context, image: str | None = None, config: str | None = None) -> None:
+def conformance(c: Context, image: str | None = None, config: str | None = None, broker: bool = False,
+                broker_node: str | None = None, init: str | None = None) -> None:
     """Check a service against the protocol and print a table: `conformance IMAGE` or `conformance -- COMMAND...`."""
     if importlib.util.find_spec("cosim.conformance") is None:
         raise Exit("cosim: error: `cosim conformance` is not available in this version of cosim", code=1)
-    code = call("conformance.main", image or None, remainder(c), sys.stdout, config=config)
+    node = broker_node or ("mqtt-broker" if broker else None)
+    code = call("conformance.main", image or None, remainder(c), sys.stdout, config=config, broker=node, init=init)
     if code:
         raise Exit(code=code)
 

@@ -1,10 +1,13 @@
-"""`cosim conformance` (cosim/conformance.py) against real processes: the bundled echo service and the Node template
-pass every case; each service of tests/services/broken/<case>/ (broken on purpose, one rule each) fails that case,
-by name; bad targets are refused with one line. The image-based checks need Docker."""
+"""`cosim conformance` (cosim/conformance.py) against real processes: every bundled service (as a command and as an
+image; the MQTT ones with the broker --broker provides) and the Node template pass every case, leaving nothing
+running; each service of tests/services/broken/<case>/ (broken on purpose, one rule each) fails that case, by name;
+bad targets and options are refused with one line. The image-based checks need Docker."""
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cosim import conformance, scaffold
-from cosim.errors import UsageError
+from cosim.errors import Interrupted, UsageError
 from tests.skip_policy import host_tool
 
 from .conftest import ROOT
@@ -21,6 +24,16 @@ BROKEN = ROOT / "tests" / "services" / "broken"
 ECHO = [sys.executable, str(ROOT / "containers" / "echo" / "service.py")]
 ECHO_CONFIG = {"tick_us": 700}  # ticks: the promise and snapshot cases then have something to compare
 WATCHDOG_S = 5.0
+BROKER = "mqtt-broker"
+# Every bundled service: (its INIT config, the broker it needs). The gateway as the default scenario configures it
+# (its messages come back through the broker, stamped broker_delay_us later); the aggregator as it comes.
+BUNDLED = {
+    "echo": (ECHO_CONFIG, None),
+    "ml-inference": ({"threshold": 0.5, "processing_delay_us": 2_000}, None),
+    "mqtt-gateway": ({"broker": BROKER, "topic": "plant/{source}/vibration", "subscribe": ["plant/+/vibration"],
+                      "qos": 1, "broker_delay_us": 500}, BROKER),
+    "cloud-aggregator": ({"broker": BROKER, "quiet_us": 250_000}, BROKER),
+}
 
 # the case each broken service breaks -> what its failure says
 BROKEN_CASES = {
@@ -58,9 +71,139 @@ def assert_all_pass(results: list[conformance.CaseResult]) -> None:
     assert [(r.case, r.status, r.detail) for r in results if r.status != "pass"] == []
 
 
-def test_the_echo_service_passes_every_case(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTHONPATH", str(ROOT / "containers"))
-    assert_all_pass(conformance.check(ECHO, config=ECHO_CONFIG, watchdog_s=WATCHDOG_S))
+def bundled_command(name: str) -> list[str]:
+    return [sys.executable, str(ROOT / "containers" / name / "service.py")]
+
+
+def left_running() -> list[str]:
+    """What a check of this process left: its mosquitto processes (children of this process), its containers and
+    networks (named cosim-conformance-<this pid>-...; other checks on a shared engine are not ours)."""
+    mosquittos = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, rest = stat.read_text().split("(", 1)[1].rsplit(")", 1)
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        state, parent = rest.split()[:2]
+        if name == "mosquitto" and int(parent) == os.getpid():  # a zombie too: started and never waited for
+            mosquittos.append(f"mosquitto pid {stat.parent.name} ({state})")
+    if not shutil.which("docker"):
+        return mosquittos
+    prefix = f"name=cosim-conformance-{os.getpid()}-"
+
+    def docker_names(*command: str, field: str) -> list[str]:
+        done = subprocess.run(["docker", *command, "--filter", prefix, "--format", f"{{{{.{field}}}}}"],
+                              capture_output=True, text=True, check=True)
+        return [f"{command[0]} {name}" for name in done.stdout.split()]
+
+    return mosquittos + docker_names("ps", "-a", field="Names") + docker_names("network", "ls", field="Name")
+
+
+@pytest.mark.parametrize("name", list(BUNDLED))
+def test_every_bundled_service_passes_every_case_as_a_command(name: str) -> None:
+    config, broker = BUNDLED[name]
+    if broker:
+        host_tool("mosquitto")
+    assert_all_pass(conformance.check(bundled_command(name), config=config, broker=broker, watchdog_s=WATCHDOG_S))
+    assert left_running() == []
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("name", list(BUNDLED))
+def test_every_bundled_service_passes_every_case_as_an_image(name: str, service_images: dict[str, str]) -> None:
+    from cosim.service_sources import service_image
+
+    config, broker = BUNDLED[name]
+    assert_all_pass(conformance.check(service_image(name), config=config, broker=broker, watchdog_s=WATCHDOG_S))
+    assert left_running() == []
+
+
+# A service that speaks the protocol by hand and answers ERROR when INIT or an ADVANCE is not what a coordinator
+# sends to the only member of a barrier group (docs/protocol.md §12) with the INIT fields of --init.
+BARRIER_MEMBER = r"""
+import json, sys
+
+PUBLISHES = sys.argv[1]
+node, first, now = None, True, 0
+for line in sys.stdin:
+    message = json.loads(line)
+    kind, problem = message["type"], None
+    if kind == "INIT":
+        node = message["node_id"]
+        if (node, message["seed"], message["endpoints"]) != ("probe-7", 42, {"db": {"host": "db.example", "port": 5432}}):
+            reply = {"type": "ERROR", "error": "init_failed", "fatal": True, "detail": json.dumps(message)}
+        else:
+            reply = {"type": "READY", "protocol": 1, "time_us": 0, "capabilities": [], "barrier_group": "db",
+                     "barrier_publishes": PUBLISHES}
+    elif kind == "ADVANCE":
+        peers = [node] if PUBLISHES == "always" or message["events"] else []
+        if message.get("peers") != peers:
+            problem = f"peers {message.get('peers')}, expected {peers}"
+        elif message.get("members") != ([node] if first else None):
+            problem = f"members {message.get('members')} in ADVANCE {message['time_us']}"
+        elif message["time_us"] <= now:
+            problem = "time_backwards"
+        first = False
+        if problem:
+            reply = {"type": "ERROR", "error": "time_backwards" if problem == "time_backwards" else "bad_message",
+                     "fatal": False, "detail": problem}
+        else:
+            now = message["time_us"]
+            reply = {"type": "DONE", "time_us": now, "events": []}
+    elif kind == "SHUTDOWN":
+        break
+    sys.stdout.write(json.dumps(reply) + "\n")
+    sys.stdout.flush()
+"""
+
+
+@pytest.mark.parametrize("publishes", ["always", "on_input"])
+def test_a_barrier_group_member_is_alone_in_its_group_and_gets_the_init_fields_of_init(publishes: str,
+                                                                                        tmp_path: Path) -> None:
+    (tmp_path / "member.py").write_text(BARRIER_MEMBER, encoding="utf-8")
+    init = {"node_id": "probe-7", "seed": 42, "endpoints": {"db": {"host": "db.example", "port": 5432}}}
+    results = conformance.check([sys.executable, str(tmp_path / "member.py"), publishes], init=init,
+                                watchdog_s=WATCHDOG_S, cases=["init-ready", "advance-done", "error-time-backwards"])
+    assert [(r.case, r.status, r.detail) for r in results if r.status != "pass"] == []
+
+
+def test_an_mqtt_service_without_a_broker_fails_init_ready_pointing_at_broker() -> None:
+    [result] = conformance.check(bundled_command("mqtt-gateway"), watchdog_s=WATCHDOG_S, cases=["init-ready"])
+    assert result.failed
+    assert "ERROR init_failed: ValueError: no endpoint {host, port} for broker node 'mqtt-broker'" in result.detail
+    assert result.detail.endswith("(INIT had no endpoints: a service that needs an MQTT broker gets one with "
+                                  "--broker, other infrastructure with --init)")
+
+
+def interrupt_after_init_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the second case (as SIGINT raises it in the main thread)."""
+    def interrupted(probe: conformance.Probe) -> None:
+        probe.started()  # a process connected to the broker when it comes
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(conformance.CASES, "advance-done", interrupted)
+
+
+def test_ctrl_c_stops_the_local_broker_and_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    host_tool("mosquitto")
+    interrupt_after_init_ready(monkeypatch)
+    out = io.StringIO()
+    with pytest.raises(Interrupted, match=r"^conformance: interrupted after 1 of 12 cases; what the check started is "
+                                          r"removed$"):
+        conformance.main(None, bundled_command("mqtt-gateway"), out, broker=BROKER, watchdog_s=WATCHDOG_S)
+    assert "with an MQTT broker, 'mqtt-broker' in INIT's endpoints" in out.getvalue().splitlines()[0]
+    assert left_running() == []
+
+
+@pytest.mark.docker
+def test_ctrl_c_removes_the_broker_container_its_network_and_the_service(
+        monkeypatch: pytest.MonkeyPatch, service_images: dict[str, str]) -> None:
+    from cosim.service_sources import service_image
+
+    interrupt_after_init_ready(monkeypatch)
+    with pytest.raises(Interrupted):
+        conformance.main(service_image("mqtt-gateway"), [], io.StringIO(), broker=BROKER, watchdog_s=WATCHDOG_S)
+    assert left_running() == []
 
 
 def test_the_node_template_passes_every_case(node: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,23 +292,37 @@ def test_a_bad_config_is_refused_in_one_line() -> None:
         conformance.main(None, ECHO, io.StringIO(), config="{tick_us")
 
 
-def _conformance_containers() -> list[str]:
-    done = subprocess.run(["docker", "ps", "-aq", "--filter", "label=cosim.run=conformance"], capture_output=True,
-                          text=True, check=True)
-    return done.stdout.split()
+@pytest.mark.parametrize("options, message", [
+    ({"init": "{node_id"}, "conformance: --init is not JSON"),
+    ({"init": "[1]"}, "conformance: --init must be a JSON object"),
+    ({"init": '{"config": {}, "time_us": 5}'}, "conformance: --init may set node_id, seed, endpoints, not config, "
+                                               "time_us (the config goes in --config"),
+    ({"init": '{"endpoints": []}'}, "conformance: --init endpoints must be a JSON object {node_id: {host, port}}"),
+    ({"init": '{"node_id": "Bad Id"}'}, "conformance: --init gives an INIT that breaks the protocol schema at "
+                                        "node_id: 'Bad Id' does not match"),
+    ({"init": '{"endpoints": {"db": {"host": "x"}}}'}, "conformance: --init gives an INIT that breaks the protocol "
+                                                       "schema at endpoints/db: 'port' is a required property"),
+    ({"broker": "Broker"}, "conformance: --broker-node 'Broker' is not a node id"),
+])
+def test_bad_infrastructure_options_are_refused_in_one_line_before_anything_starts(options: dict[str, str],
+                                                                                    message: str) -> None:
+    out = io.StringIO()
+    with pytest.raises(UsageError) as error:
+        conformance.main(None, ECHO, out, **options)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+    assert out.getvalue() == ""
 
 
-@pytest.mark.docker
-def test_the_echo_image_passes_every_case_and_leaves_no_container() -> None:
-    from cosim.runtimes.docker.engine import check_engine
-    from cosim.runtimes.docker.service_images import ensure_images, service_spec
-
-    check_engine()
-    spec = service_spec("echo")
-    ensure_images([spec])
-    before = set(_conformance_containers())
-    assert_all_pass(conformance.check(spec.tag, config=ECHO_CONFIG, watchdog_s=WATCHDOG_S))
-    assert set(_conformance_containers()) <= before
+def test_the_cli_passes_the_broker_options_on() -> None:
+    cosim = Path(sys.executable).parent / "cosim"
+    done = subprocess.run([str(cosim), "conformance", "--broker-node", "Broker", "--", sys.executable, "x.py"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (1, "cosim: error: conformance: --broker-node 'Broker' is not a node id "
+                                                 "(lowercase letters, digits and dashes, starting with a letter, at "
+                                                 "most 40)\n")
+    done = subprocess.run([str(cosim), "conformance", "--broker", "--init", '{"seed": -1}', "--", sys.executable,
+                           "x.py"], capture_output=True, text=True, timeout=60, check=False)
+    assert "cosim: error: conformance: --init gives an INIT that breaks the protocol schema at seed" in done.stderr
 
 
 @pytest.mark.docker

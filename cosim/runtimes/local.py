@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from cosim.errors import NodeStartError
 from cosim.model import ContainerSpec, Scenario
@@ -50,6 +50,44 @@ def wait_for_port(port: int, deadline: float, process: subprocess.Popen[bytes]) 
             except subprocess.TimeoutExpired:
                 pass
     return False
+
+
+def start_daemon(node_id: str, command: list[str], port: int, *, cwd: Path, env: Mapping[str, str], log_path: Path,
+                 instead: str) -> subprocess.Popen[bytes]:
+    """Start an infrastructure daemon (e.g. mosquitto) in its own session, its output appended to ``log_path``, and
+    wait until it accepts TCP connections on 127.0.0.1:``port``. ``command[0]`` is also looked for in the sbin
+    directories. Raises NodeStartError (the daemon stopped first) when it is not installed, exits or does not
+    listen; ``instead`` is the alternative the error suggests (e.g. "use --runtime docker")."""
+    command = list(command)
+    # Daemons such as mosquitto live in sbin, which is not on every user's PATH.
+    found = shutil.which(command[0]) or shutil.which(command[0], path=os.pathsep.join(SBIN_DIRS))
+    if found is None and not Path(command[0]).is_file():
+        raise NodeStartError(node_id, f"needs `{command[0]}` to run locally, and it is not installed: install the "
+                                      f"package that provides it (for mosquitto: apt-get install mosquitto), or {instead}")
+    if found is not None:
+        command[0] = found
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=cwd, env=dict(env),
+                                   start_new_session=True)
+    if not wait_for_port(port, time.monotonic() + INFRA_START_TIMEOUT_S, process):
+        code = process.poll()
+        stop_daemon(process)
+        state = f"exited with code {code}" if code is not None else f"not listening after {INFRA_START_TIMEOUT_S:g} s"
+        raise NodeStartError(node_id, f"({' '.join(command)}) {state}; last lines of {log_path}:\n"
+                                      + file_tail(log_path, 10))
+    return process
+
+
+def stop_daemon(process: subprocess.Popen[bytes]) -> None:
+    """Stop a daemon started by ``start_daemon``: SIGTERM, then SIGKILL after 5 s; reaped either way."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class LocalRuntime:
@@ -121,13 +159,7 @@ class LocalRuntime:
             transport.close(grace_s=1.0)
         self._transports.clear()
         for process in self._infrastructure.values():
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_daemon(process)
         self._infrastructure.clear()
 
     # -- starting ---------------------------------------------------------------------------------
@@ -157,27 +189,9 @@ class LocalRuntime:
 
     def _start_infrastructure(self, node: ContainerSpec, port: int | None = None) -> None:
         port = port if port is not None else free_port()
-        command = self._command(node, port)
-        # Daemons such as mosquitto live in sbin, which is not on every user's PATH.
-        found = shutil.which(command[0]) or shutil.which(command[0], path=os.pathsep.join(SBIN_DIRS))
-        if found is None and not Path(command[0]).is_file():
-            raise NodeStartError(node.id, f"needs `{command[0]}` for --runtime local, and it is not installed: "
-                             f"install the package that provides it (for mosquitto: apt-get install mosquitto), "
-                             f"or use --runtime docker")
-        if found is not None:
-            command[0] = found
-        log_path = self.log_dir / f"{node.id}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                       cwd=node.build or node.base_dir, env=self._environment(node),
-                                       start_new_session=True)
-        self._infrastructure[node.id] = process
-        if not wait_for_port(port, time.monotonic() + INFRA_START_TIMEOUT_S, process):
-            code = process.poll()
-            state = f"exited with code {code}" if code is not None else f"not listening after {INFRA_START_TIMEOUT_S:g} s"
-            raise NodeStartError(node.id, f"({' '.join(command)}) {state}; last lines of {log_path}:\n"
-                             + file_tail(log_path, 10))
+        self._infrastructure[node.id] = start_daemon(
+            node.id, self._command(node, port), port, cwd=node.build or node.base_dir, env=self._environment(node),
+            log_path=self.log_dir / f"{node.id}.log", instead="use --runtime docker")
         self._endpoints[node.id] = {"host": "127.0.0.1", "port": port}
 
     def _start_service(self, node: ContainerSpec) -> None:
