@@ -1,12 +1,13 @@
 """Scenario -> docker-compose file under compose/, byte-identical for the same scenario.
 
 One compose service per container node (replicas are already distinct nodes), attached stdio without a TTY,
-one internal network, and locked-down defaults: no published ports, all capabilities dropped, no new
-privileges, a non-root user, an init process so containers stop promptly, a read-only root filesystem unless
-the scenario says otherwise, and never the Docker socket. Values that change per run (the run id label, the
-base image) are compose variables, so the file itself never changes between runs. Everything that comes from
-the scenario is written with ``$`` doubled (``literal``), so Compose never interpolates it: a service sees its
-environment and command exactly as the scenario wrote them, as it does on the local runtime.
+one internal network, the node's ``resources`` as limits (``cpus``, ``mem_limit``, ``memswap_limit``), and
+locked-down defaults: no published ports, all capabilities dropped, no new privileges, a non-root user, an init
+process so containers stop promptly, a read-only root filesystem unless the scenario says otherwise, and never the
+Docker socket. Values that change per run (the run id label, the base image) are compose variables, so the file
+itself never changes between runs. Everything that comes from the scenario is written with ``$`` doubled
+(``literal``), so Compose never interpolates it: a service sees its environment and command exactly as the
+scenario wrote them, as it does on the local runtime.
 
 A service with ``build:`` is built from its staged context (cosim.service_sources): ``build.context`` is that
 directory's absolute path in cosim's cache (so ``docker compose -f compose/X.yaml build`` works by hand once
@@ -94,11 +95,27 @@ def _service(scenario: Scenario, node: ContainerSpec, cache: Path | None) -> dic
         service["stdin_open"] = True  # the coordinator attaches to the main process's stdin/stdout
         service["tty"] = False  # a TTY would mangle the JSON-lines stream
         service["restart"] = "no"
+    service.update(_limits(node))
     if node.command is not None:
         # The scenario's command replaces the whole command line: the images use an ENTRYPOINT.
         service["entrypoint"] = [literal(part) for part in node.command]
         service["command"] = []
     return service
+
+
+LIMIT_KEYS = ("cpus", "mem_limit", "memswap_limit")
+
+
+def _limits(node: ContainerSpec) -> dict[str, Any]:
+    """The node's `resources` as compose keys (none without them); swap limited to the memory, so that a service
+    short of memory is killed for it (and named) rather than slowed down by swapping."""
+    limits: dict[str, Any] = {}
+    if node.resources is not None:
+        if node.resources.cpus is not None:
+            limits["cpus"] = node.resources.cpus
+        if node.resources.memory is not None:
+            limits["mem_limit"] = limits["memswap_limit"] = node.resources.memory
+    return limits
 
 
 def compose_spec(scenario: Scenario, cache: Path | None = None) -> dict[str, Any]:
