@@ -124,8 +124,25 @@ class NodeImageError(ImageBuildError, NodeError):
         NodeError.__init__(self, nodes[0], f"{who}: {error}")
 
 
+class ExitStatus(int):
+    """An exit code with what the runtime knows of why the process ended, e.g. that the kernel killed it for memory
+    (Docker's State.OOMKilled); an int everywhere else. NodeFailure and ``describe_exit`` name the ``cause``."""
+
+    cause: str
+
+    def __new__(cls, code: int, cause: str) -> ExitStatus:
+        status = super().__new__(cls, code)
+        status.cause = cause
+        return status
+
+
+def exit_cause(code: int | None) -> str:
+    return getattr(code, "cause", "")
+
+
 class NodeFailure(NodeError):
-    """A node died, hung, broke the protocol or reported an error. The run stops; the trace so far is kept."""
+    """A node died, hung, broke the protocol or reported an error. The run stops; the trace so far is kept. An
+    ``exit_code`` with a cause (``ExitStatus``: e.g. out of memory) puts the cause first: it explains the rest."""
 
     exit_code = 4
 
@@ -138,6 +155,8 @@ class NodeFailure(NodeError):
         exit_code: int | None = None,
         log_tail: str = "",
     ) -> None:
+        if exit_cause(exit_code):
+            problem = f"{exit_cause(exit_code)}; {problem}"
         self.problem = problem
         self.in_flight = in_flight
         self.process_exit_code = exit_code
@@ -174,11 +193,12 @@ def describe_exit(code: int | None) -> str:
     """An exit code as people read it: ``137, killed`` (128 + signal number, as shells and Docker report it)."""
     if code is None:
         return "exit code unknown"
+    cause = f": {exit_cause(code)}" if exit_cause(code) else ""
     if code > 128 and code - 128 in _SIGNAL_WORDS:
-        return f"{code}, {_SIGNAL_WORDS[code - 128]}"
+        return f"{code}, {_SIGNAL_WORDS[code - 128]}{cause}"
     if code > 128:
-        return f"{code}, signal {code - 128}"
-    return f"exit code {code}"
+        return f"{code}, signal {code - 128}{cause}"
+    return f"exit code {code}{cause}"
 
 
 class InfrastructureExited(NodeFailure):

@@ -1,6 +1,7 @@
 """The machine fails a run, for real: a read-only or full file system under the trace or the checkpoints (a small
-tmpfs, mounted here: root only). Each ends with one `cosim: error:` line naming the path and the errno, no
-traceback, every complete trace line kept (no partial last line), no half metrics file, nothing left running."""
+tmpfs, mounted here: root only), each ending with one `cosim: error:` line naming the path and the errno, no
+traceback, every complete trace line kept (no partial last line), no half metrics file, nothing left running; and a
+container killed by the kernel for memory under its `resources.memory` limit, named with the limit."""
 
 from __future__ import annotations
 
@@ -8,21 +9,24 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+import yaml
 
-from cosim.errors import CheckpointError
+from cosim.errors import CheckpointError, NodeFailure
 from cosim.run import run
+from cosim.service_sources import image_name
 from cosim.trace import read
 
-from .conftest import ROOT
+from .conftest import ROOT, cosim_resources
 from .test_interrupts import local_scenario, processes_with
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 # test_interrupts' local scenario (sensor -> echo service -> sink for 600 s virtual, its service carrying a marker
 # on its command line): its trace grows by some 100 KB per virtual second.
 
@@ -53,6 +57,7 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return errors[0]
 
 
+@needs_root
 def test_a_read_only_trace_directory_stops_the_run_before_anything_starts(tmp_path: Path) -> None:
     marker = f"cosim-test-{secrets.token_hex(6)}"
     with tmpfs(tmp_path / "ro", "64k", read_only=True) as mounted:
@@ -64,6 +69,7 @@ def test_a_read_only_trace_directory_stops_the_run_before_anything_starts(tmp_pa
     assert processes_with(marker) == []
 
 
+@needs_root
 def test_a_trace_that_outgrows_its_disk_keeps_every_complete_line_and_stops_the_run(tmp_path: Path) -> None:
     marker = f"cosim-test-{secrets.token_hex(6)}"
     with tmpfs(tmp_path / "small", "64k") as mounted:
@@ -83,6 +89,7 @@ def test_a_trace_that_outgrows_its_disk_keeps_every_complete_line_and_stops_the_
     assert processes_with(marker) == []
 
 
+@needs_root
 def test_a_checkpoint_that_outgrows_its_disk_ends_the_run_with_one_message(tmp_path: Path) -> None:
     """The directory is writable when the run starts (checked), the checkpoint (the trace so far inside) does not
     fit: the run stops at the checkpoint's time, its trace ends with the failure, no partial checkpoint is left."""
@@ -97,3 +104,39 @@ def test_a_checkpoint_that_outgrows_its_disk_ends_the_run_with_one_message(tmp_p
     error = read(tmp_path / "t.jsonl").error
     assert error is not None and (error.error, error.time_us) == ("checkpoint_failed", 2000000)
     assert processes_with(marker) == []
+
+
+# -- out of memory (Docker) ---------------------------------------------------------------------------------------
+
+HOG = ROOT / "tests" / "services" / "memory-hog"
+
+
+@pytest.fixture
+def hog_image_removed() -> Iterator[None]:
+    yield
+    if shutil.which("docker"):
+        subprocess.run(["docker", "rmi", "-f", image_name(HOG)], capture_output=True)
+
+
+@pytest.mark.docker
+def test_a_container_killed_for_memory_is_named_with_its_limit(tmp_path: Path, hog_image_removed: None) -> None:
+    scenario = tmp_path / "hog.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "name": "memory-hog", "seed": 1, "duration_us": 10_000, "quantum_us": 1000,
+        "nodes": [{"id": "hog", "kind": "service", "build": str(HOG), "resources": {"memory": "32m"},
+                   "config": {"hog_at_us": 3000, "hog_mb": 256}},  # far beyond the limit, in the window to 3000 us
+                  {"id": "sink", "kind": "sink"}],
+        "routes": [{"from": "hog", "to": ["sink"]}]}), encoding="utf-8")
+    trace = tmp_path / "trace.jsonl"
+    try:
+        with pytest.raises(NodeFailure) as failure:
+            run(scenario, runtime="docker", trace_path=trace)
+        message = str(failure.value)
+        assert failure.value.node == "hog"
+        assert message.startswith("node 'hog': killed by the kernel: out of memory at its memory limit of 32m; "), message
+        assert failure.value.process_exit_code == 137
+        error = read(trace).error
+        assert error is not None and (error.node, error.error, error.time_us) == ("hog", "node_failure", 2000)
+        assert "out of memory at its memory limit of 32m" in error.detail
+    finally:
+        assert cosim_resources("cosim.scenario=memory-hog") == ([], [])
