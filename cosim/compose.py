@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from cosim.errors import OutputWriteError
 from cosim.model import ContainerSpec, Scenario
 from cosim.service_sources import cache_dir, context_dir
 
@@ -153,17 +154,22 @@ def sha256(scenario: Scenario) -> str:
 def render(scenario: Scenario, compose_dir: Path = OUTPUT_DIR) -> Path:
     """Write the compose file (atomically) and return its path."""
     path = compose_path(scenario, compose_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = render_text(scenario)
-    if path.exists() and path.read_text(encoding="utf-8") == text:
-        return path
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # unique per writer
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.read_text(encoding="utf-8") == text:
+            return path
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # unique per writer
+    except OSError as exc:
+        raise OutputWriteError("the compose file", path, exc) from None
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # e.g. the disk is full
+            raise OutputWriteError("the compose file", path, exc) from None
         raise
     return path

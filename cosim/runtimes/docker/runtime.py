@@ -26,7 +26,8 @@ from python_on_whales import DockerClient, DockerException, docker
 
 from cosim import compose
 from cosim.runtimes.docker.engine import check_engine, docker_command, docker_errors, stderr_tail, wait_exit
-from cosim.errors import ComposeUpFailed, ExitStatus, ImageBuildError, NodeError, NodeFailure, NodeImageError
+from cosim.errors import (ComposeUpFailed, ExitStatus, ImageBuildError, NodeError, NodeFailure, NodeImageError,
+                          OutputWriteError)
 from cosim.runtimes.docker.base_image import try_pull
 from cosim.runtimes.docker.service_images import ImageSpec, ensure_images
 from cosim.model import ContainerSpec, Scenario
@@ -206,8 +207,11 @@ class DockerRuntime:
         self._image_ids = prepare_images(self.scenario)
         self._lock.acquire()
         env_file = self.log_dir / "compose.env"
-        env_file.parent.mkdir(parents=True, exist_ok=True)
-        env_file.write_text(f"COSIM_RUN_ID={self.run_id}\n", encoding="utf-8")
+        try:
+            env_file.parent.mkdir(parents=True, exist_ok=True)
+            env_file.write_text(f"COSIM_RUN_ID={self.run_id}\n", encoding="utf-8")
+        except OSError as exc:
+            raise OutputWriteError("the compose environment file", env_file, exc) from None
         self.client = DockerClient(compose_files=[self.compose_file], compose_project_name=self.project,
                                    compose_env_files=[env_file])
         try:
