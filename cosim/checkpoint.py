@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from cosim import __version__, protocol, schedule as scheduling
-from cosim.errors import CheckpointError, OptionError
+from cosim.errors import CheckpointError, OptionError, cannot_write
 from cosim.model import Scenario
 
 FORMAT = "cosim-checkpoint/2"
@@ -51,7 +51,7 @@ def write(path: Path, content: Mapping[str, Any]) -> str:
     except OSError as exc:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write the checkpoint to {path}: {exc.strerror}") from None
+        raise CheckpointError(cannot_write("the checkpoint", path, exc)) from None
     return digest
 
 

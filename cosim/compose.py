@@ -1,12 +1,13 @@
 """Scenario -> docker-compose file under compose/, byte-identical for the same scenario.
 
 One compose service per container node (replicas are already distinct nodes), attached stdio without a TTY,
-one internal network, and locked-down defaults: no published ports, all capabilities dropped, no new
-privileges, a non-root user, an init process so containers stop promptly, a read-only root filesystem unless
-the scenario says otherwise, and never the Docker socket. Values that change per run (the run id label, the
-base image) are compose variables, so the file itself never changes between runs. Everything that comes from
-the scenario is written with ``$`` doubled (``literal``), so Compose never interpolates it: a service sees its
-environment and command exactly as the scenario wrote them, as it does on the local runtime.
+one internal network, the node's ``resources`` as limits (``cpus``, ``mem_limit``, ``memswap_limit``), and
+locked-down defaults: no published ports, all capabilities dropped, no new privileges, a non-root user, an init
+process so containers stop promptly, a read-only root filesystem unless the scenario says otherwise, and never the
+Docker socket. Values that change per run (the run id label, the base image) are compose variables, so the file
+itself never changes between runs. Everything that comes from the scenario is written with ``$`` doubled
+(``literal``), so Compose never interpolates it: a service sees its environment and command exactly as the
+scenario wrote them, as it does on the local runtime.
 
 A service with ``build:`` is built from its staged context (cosim.service_sources): ``build.context`` is that
 directory's absolute path in cosim's cache (so ``docker compose -f compose/X.yaml build`` works by hand once
@@ -26,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from cosim.errors import OutputWriteError
 from cosim.model import ContainerSpec, Scenario
 from cosim.service_sources import cache_dir, context_dir
 
@@ -94,11 +96,27 @@ def _service(scenario: Scenario, node: ContainerSpec, cache: Path | None) -> dic
         service["stdin_open"] = True  # the coordinator attaches to the main process's stdin/stdout
         service["tty"] = False  # a TTY would mangle the JSON-lines stream
         service["restart"] = "no"
+    service.update(_limits(node))
     if node.command is not None:
         # The scenario's command replaces the whole command line: the images use an ENTRYPOINT.
         service["entrypoint"] = [literal(part) for part in node.command]
         service["command"] = []
     return service
+
+
+LIMIT_KEYS = ("cpus", "mem_limit", "memswap_limit")
+
+
+def _limits(node: ContainerSpec) -> dict[str, Any]:
+    """The node's `resources` as compose keys (none without them); swap limited to the memory, so that a service
+    short of memory is killed for it (and named) rather than slowed down by swapping."""
+    limits: dict[str, Any] = {}
+    if node.resources is not None:
+        if node.resources.cpus is not None:
+            limits["cpus"] = node.resources.cpus
+        if node.resources.memory is not None:
+            limits["mem_limit"] = limits["memswap_limit"] = node.resources.memory
+    return limits
 
 
 def compose_spec(scenario: Scenario, cache: Path | None = None) -> dict[str, Any]:
@@ -136,17 +154,22 @@ def sha256(scenario: Scenario) -> str:
 def render(scenario: Scenario, compose_dir: Path = OUTPUT_DIR) -> Path:
     """Write the compose file (atomically) and return its path."""
     path = compose_path(scenario, compose_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = render_text(scenario)
-    if path.exists() and path.read_text(encoding="utf-8") == text:
-        return path
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # unique per writer
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.read_text(encoding="utf-8") == text:
+            return path
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # unique per writer
+    except OSError as exc:
+        raise OutputWriteError("the compose file", path, exc) from None
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # e.g. the disk is full
+            raise OutputWriteError("the compose file", path, exc) from None
         raise
     return path

@@ -8,12 +8,16 @@ running cosim, not a stack trace.
 - a Swarm and its nodes:        SwarmError, SwarmNodeUnreachable, ClusterError (the local test cluster)
 - the command line / the user:  OptionError, UsageError, Interrupted, ToolError
 - trace and checkpoint files:   TraceReadError, TraceWriteError, CheckpointError, TracesDiffer, NotDeterministic
+- the machine (disk, paths):    OutputWriteError (and TraceWriteError)
 
 The CLI and the invoke tasks print ``str(error)`` and exit with ``error.exit_code``; anything that is *not* a
 CosimError is a bug in cosim and keeps its traceback.
 """
 
 from __future__ import annotations
+
+import errno
+import os
 
 
 class CosimError(Exception):
@@ -120,8 +124,25 @@ class NodeImageError(ImageBuildError, NodeError):
         NodeError.__init__(self, nodes[0], f"{who}: {error}")
 
 
+class ExitStatus(int):
+    """An exit code with what the runtime knows of why the process ended, e.g. that the kernel killed it for memory
+    (Docker's State.OOMKilled); an int everywhere else. NodeFailure and ``describe_exit`` name the ``cause``."""
+
+    cause: str
+
+    def __new__(cls, code: int, cause: str) -> ExitStatus:
+        status = super().__new__(cls, code)
+        status.cause = cause
+        return status
+
+
+def exit_cause(code: int | None) -> str:
+    return getattr(code, "cause", "")
+
+
 class NodeFailure(NodeError):
-    """A node died, hung, broke the protocol or reported an error. The run stops; the trace so far is kept."""
+    """A node died, hung, broke the protocol or reported an error. The run stops; the trace so far is kept. An
+    ``exit_code`` with a cause (``ExitStatus``: e.g. out of memory) puts the cause first: it explains the rest."""
 
     exit_code = 4
 
@@ -134,6 +155,8 @@ class NodeFailure(NodeError):
         exit_code: int | None = None,
         log_tail: str = "",
     ) -> None:
+        if exit_cause(exit_code):
+            problem = f"{exit_cause(exit_code)}; {problem}"
         self.problem = problem
         self.in_flight = in_flight
         self.process_exit_code = exit_code
@@ -170,11 +193,12 @@ def describe_exit(code: int | None) -> str:
     """An exit code as people read it: ``137, killed`` (128 + signal number, as shells and Docker report it)."""
     if code is None:
         return "exit code unknown"
+    cause = f": {exit_cause(code)}" if exit_cause(code) else ""
     if code > 128 and code - 128 in _SIGNAL_WORDS:
-        return f"{code}, {_SIGNAL_WORDS[code - 128]}"
+        return f"{code}, {_SIGNAL_WORDS[code - 128]}{cause}"
     if code > 128:
-        return f"{code}, signal {code - 128}"
-    return f"exit code {code}"
+        return f"{code}, signal {code - 128}{cause}"
+    return f"exit code {code}{cause}"
 
 
 class InfrastructureExited(NodeFailure):
@@ -234,8 +258,35 @@ class TraceReadError(CosimError):
     exit_code = 2
 
 
-class TraceWriteError(CosimError):
-    """The trace cannot be written where it should go (names the path and the system's reason)."""
+class OutputWriteError(CosimError):
+    """A file a run writes (its trace, metrics, service logs, a checkpoint) cannot be written: the disk is full, the
+    directory is read-only, a path component is a file. One line naming what, the path, the system's reason and its
+    errno, e.g. ``cannot write the trace traces/x.jsonl: No space left on device (errno 28)``."""
+
+    def __init__(self, what: str, path: object, error: OSError) -> None:
+        self.what = what
+        self.path = path
+        self.errno = error.errno
+        super().__init__(cannot_write(what, path, error))
+
+
+def cannot_write(what: str, path: object, error: OSError) -> str:
+    """``cannot write the trace traces/x.jsonl: No space left on device (errno 28)``."""
+    number, reason = error.errno, error.strerror or str(error)
+    if number == errno.EEXIST:  # mkdir of a directory on the way that exists as a file: the path is not a directory
+        number, reason = errno.ENOTDIR, os.strerror(errno.ENOTDIR)
+    errno_text = f" (errno {number})" if number else ""
+    # The system may name another path than the one cosim wanted (e.g. the component that is a regular file).
+    other = f" at {error.filename}" if error.filename and str(error.filename) != str(path) else ""
+    return f"cannot write {what} {path}: {reason}{errno_text}{other}"
+
+
+class TraceWriteError(OutputWriteError):
+    """The trace cannot be written where it should go; what was written before the failure stays, complete lines
+    only."""
+
+    def __init__(self, path: object, error: OSError) -> None:
+        super().__init__("the trace", path, error)
 
 
 class CheckpointError(CosimError):

@@ -3,6 +3,7 @@ written beside the trace (``write``), printed by the CLI and read by the bench f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cosim.coordinator import StepTimings
+from cosim.errors import OutputWriteError
 from cosim.model import Scenario
 
 
@@ -138,5 +140,13 @@ def speedups(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def write(metrics: RunMetrics, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    """Write the metrics file whole or not at all (a full disk leaves no half file): OutputWriteError naming it."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(metrics.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        partial.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise OutputWriteError("the metrics", path, exc) from None

@@ -38,6 +38,15 @@ class NodeSpec:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """Limits on a node's container (the docker and swarm runtimes; the local runtime ignores them)."""
+
+    cpus: float | None = None  # CPU time as a number of CPUs
+    memory: str | None = None  # as Docker writes it, lower case: "64m"
+    memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class ContainerSpec(NodeSpec):
     """A declared service (speaks the protocol) or infrastructure node (e.g. the broker): one container each."""
 
@@ -52,6 +61,7 @@ class ContainerSpec(NodeSpec):
     read_only: bool = True
     port: int | None = None  # infrastructure only
     placement: tuple[str, ...] = ()  # Swarm placement constraints (the swarm runtime only)
+    resources: Resources | None = None  # container limits (docker, swarm)
 
     @property
     def speaks_protocol(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from cosim import __version__, checkpoint as checkpointing, compose, metrics as run_metrics, options, protocol, runtimes
 from cosim import trace as tracing
 from cosim.coordinator import Checkpoints, Coordinator, SimulationResult
-from cosim.errors import Interrupted, NodeError, TraceWriteError, UsageError
+from cosim.errors import Interrupted, NodeError, OutputWriteError, UsageError
 from cosim.nodes import Input, SensorModel, ServiceNode, SimNode, SinkModel
 from cosim.model import ADVANCE_MODES, Scenario, SensorSpec, SinkSpec
 from cosim.loading import load
@@ -56,6 +57,18 @@ def clear_logs(log_dir: Path) -> None:
         for leftover in log_dir.iterdir():
             if leftover.is_file() and leftover.suffix in (".log", ".env"):
                 leftover.unlink(missing_ok=True)
+
+
+def check_writable(what: str, directory: Path) -> None:
+    """Create ``directory`` if needed and prove a file can be written in it (not read-only, not under a regular
+    file, not full to the last inode); OutputWriteError naming it otherwise. (Permissions alone would not do:
+    root passes every permission check, not a read-only mount.)"""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise OutputWriteError(what, directory, exc) from None
 
 
 def build_nodes(scenario: Scenario, runtime: runtimes.Runtime, watchdog_s: float) -> dict[str, SimNode]:
@@ -144,6 +157,8 @@ def run(
     if stop_after_checkpoint and not times:
         raise UsageError("--stop-after-checkpoint needs --checkpoint-at T")
     manifest = tracing.scenario_manifest(scenario, compose.sha256(scenario))
+    if times:
+        check_writable("the checkpoint directory", checkpoint_dir)
     writer = _checkpoint_writer(scenario, manifest, checkpoint_dir, checkpoint_written) if times else None
     checkpoints = Checkpoints(frozenset(times), writer, stop_after_checkpoint)
     return _run(scenario, runtime, trace_path, watchdog_s, progress, manifest, checkpoints, lookahead)
@@ -202,15 +217,16 @@ def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchd
          checkpoints: Checkpoints, lookahead: bool = True) -> CompletedRun:
     trace_file = Path(trace_path if trace_path is not None else scenario.trace)
     metrics_path, log_dir = artifact_paths(trace_file)
-    clear_logs(log_dir)
-    backend = runtimes.create(runtime, scenario, log_dir)
-    try:
-        trace_file.parent.mkdir(parents=True, exist_ok=True)
-        trace_file.touch()
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(trace_file) else ""
-        raise TraceWriteError(f"cannot write the trace to {trace_file}: {exc.strerror}{where}") from None
+    # Every output path is checked before anything starts: the trace is created, the log directory written to.
     writer = TraceWriter(trace_file, manifest)
+    try:
+        metrics_path.unlink(missing_ok=True)  # an earlier run's: it must not pass for this one's if this one fails
+        clear_logs(log_dir)
+        check_writable("the service log directory", log_dir)
+    except BaseException:
+        writer.close()
+        raise
+    backend = runtimes.create(runtime, scenario, log_dir)
     nodes: dict[str, SimNode] = {}
     result: SimulationResult | None = None
     coordinator: Coordinator | None = None
@@ -250,7 +266,11 @@ def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchd
             coordinator.now_us if coordinator else 0,
             {node_id: node.round_trips_s for node_id, node in nodes.items() if node.round_trips_s is not None},
             {**backend.manifest(), **backend.run_facts()})
-        run_metrics.write(measured, metrics_path)
+        try:
+            run_metrics.write(measured, metrics_path)
+        except OutputWriteError:
+            if writer.failed is None and result is not None:
+                raise  # else the run's own failure (often the same full disk) is the one to report
     sinks = {node_id: node.received for node_id, node in nodes.items() if isinstance(node, SinkModel)}
     assert result is not None
     return CompletedRun(scenario, runtime, trace_file, metrics_path, result, measured, sinks)

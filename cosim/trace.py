@@ -11,14 +11,16 @@ documented in docs/trace-format.md), and ``Trace.to_dataframe()`` a pandas DataF
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Mapping, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
 
 from cosim import __version__, protocol
 from cosim.environment import dependency_versions
-from cosim.errors import ToolError, TraceReadError
+from cosim.errors import ToolError, TraceReadError, TraceWriteError
 
 if TYPE_CHECKING:
     import pandas
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 FORMAT = "cosim-trace/1"
 RECORD_KINDS = ("header", "sent", "delivered", "dropped", "unroutable", "filtered", "action", "error", "footer")
 OPTIONAL_COUNTS = ("filtered", "action")  # counted in the footer only once a run has one (older traces unchanged)
+BUFFER_CHARS = 1 << 16  # the writer's buffer of complete lines
 
 
 # The event records' kinds, for ``TraceWriter.queue``: (kind, payload cell, the record's other values), with values
@@ -61,11 +64,20 @@ class TraceWriter:
     def __init__(self, path: Path, manifest: Mapping[str, Any]) -> None:
         self.path = path
         self.manifest = dict(manifest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle: IO[str] = path.open("w", encoding="utf-8", newline="\n")
+        try:  # created now, before anything starts: a path that cannot be written stops the run first
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise TraceWriteError(path, exc) from None
+        # Complete lines not written yet (written once BUFFER_CHARS gather, and by ``flush``/``close``), and the
+        # bytes on disk: each of them part of a complete line.
+        self._lines: list[str] = []
+        self._buffered = 0
+        self._size = 0
         self._counts = {kind: 0 for kind in ("sent", "delivered", "dropped", "unroutable")}
         self.header_written = False
         self.closed = False
+        self.failed: TraceWriteError | None = None
         self.queue: list[tuple[str, PayloadCell, tuple[Any, ...]]] = []  # event records not written yet
 
     @property
@@ -75,13 +87,15 @@ class TraceWriter:
         return self._counts
 
     def write(self, record: Mapping[str, Any]) -> None:
+        if self.failed is not None:
+            return  # the failure was raised when it happened; the run is stopping
         self.drain()
         kind = record["record"]
         if kind in self._counts:
             self._counts[kind] += 1
         elif kind in OPTIONAL_COUNTS:
             self._counts[kind] = 1
-        self._handle.write(protocol.canonical(record) + "\n")
+        self._out(protocol.canonical(record) + "\n")
 
     def drain(self) -> None:
         """Format, count and write the queued event records, in the order they were queued.
@@ -92,12 +106,50 @@ class TraceWriter:
         queue = self.queue
         if not queue:
             return
+        if self.failed is not None:
+            queue.clear()
+            return
         lines: list[str] = []
         try:
             self._format(queue, lines.append, self._counts)
         finally:  # a record that cannot be written (a payload JSON cannot carry) ends the batch; the ones before stay
             queue.clear()
-            self._handle.write("".join(lines))
+            self._out("".join(lines))
+
+    def _out(self, text: str) -> None:
+        """Buffer whole lines; write them out once enough have gathered."""
+        self._lines.append(text)
+        self._buffered += len(text)
+        if self._buffered >= BUFFER_CHARS:
+            self._write_out()
+
+    def _write_out(self) -> None:
+        """Write the buffered lines. A write the system refuses (a full disk: ENOSPC, EIO, ...) ends the trace: the
+        file is cut back to its last complete line, closed, and TraceWriteError raised, once; from then on the writer
+        drops whatever it is given (the run is stopping)."""
+        if not self._lines or self.failed is not None:
+            self._lines.clear()
+            return
+        data = "".join(self._lines).encode("utf-8")
+        self._lines.clear()
+        self._buffered = 0
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self._fd, data[written:] if written else data)
+        except OSError as exc:
+            self._size += data.rfind(b"\n", 0, written) + 1  # the complete lines of what did get written
+            self._fail(exc)
+        self._size += written
+
+    def _fail(self, error: OSError) -> None:
+        self.failed = TraceWriteError(self.path, error)
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, self._size)  # no partial last line (freeing blocks works on a full disk)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self.closed = True
+        raise self.failed from None
 
     @staticmethod
     def _format(queue: list[tuple[str, PayloadCell, tuple[Any, ...]]], append: Callable[[str], None],
@@ -144,13 +196,16 @@ class TraceWriter:
     def records_so_far(self) -> str:
         """Every record written after the header (for a checkpoint), as the file's text."""
         self.flush()
-        text = self.path.read_text(encoding="utf-8")
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise TraceWriteError(self.path, exc) from None
         return text[text.index("\n") + 1:]
 
     def replay(self, records: str, counts: Mapping[str, int]) -> None:
         """A resumed run: the records of the run up to its checkpoint, as they were written, after the header."""
         self.drain()
-        self._handle.write(records)
+        self._out(records)
         self._counts = dict(counts)
 
     def footer(self, end_us: int, steps: int, in_flight: int, executed: Mapping[str, int] | None = None,
@@ -171,14 +226,18 @@ class TraceWriter:
                     "counts": dict(self.counts)})
 
     def flush(self) -> None:
-        self.drain()
-        self._handle.flush()
+        if self.failed is None:
+            self.drain()
+            self._write_out()
 
     def close(self) -> None:
         if not self.closed:
-            self.drain()
-            self._handle.close()
+            self.flush()
             self.closed = True
+            try:
+                os.close(self._fd)
+            except OSError as exc:  # a file system that reports a failed write only now (NFS, EIO)
+                raise TraceWriteError(self.path, exc) from None
 
 
 def scenario_manifest(scenario: Scenario, compose_sha256: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
+from cosim.errors import OutputWriteError
 from cosim.tails import file_tail
 
 MAX_LINE_BYTES = 64 << 20
@@ -86,8 +87,11 @@ class LineStream:
                  log_tail: Callable[[int], str] | None) -> None:
         self.name = name
         self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = log_path.open("ab")
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = log_path.open("ab", buffering=0)  # unbuffered: a failed write leaves nothing to retry
+        except OSError as exc:
+            raise OutputWriteError(f"the log of node {name!r}", log_path, exc) from None
         self._exit_code = exit_code
         self._log_tail = log_tail
         self._buffer = bytearray()

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from cosim import checkpoint, protocol
-from cosim.errors import CheckpointError, OptionError, UnsupportedAction, UsageError
+from cosim.errors import CheckpointError, OptionError, OutputWriteError, UnsupportedAction, UsageError
 from cosim.run import CompletedRun, resume, run
 from cosim.trace import read
 from tests.conftest import ROOT, assert_same_simulation
@@ -292,13 +292,13 @@ def test_determinism_gate_resumes_each_checkpoint(tmp_path: Path) -> None:
     assert len({result.hash for result in results}) == 1
 
 
-def test_a_checkpoint_that_cannot_be_written_ends_the_run_with_one_message(tmp_path: Path) -> None:
+def test_a_checkpoint_directory_that_cannot_be_written_stops_the_run_before_it_starts(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the checkpoint directory should be")
-    with pytest.raises(CheckpointError, match=f"cannot write the checkpoint to {blocker}/"):
+    with pytest.raises(OutputWriteError) as raised:
         run(PIPELINE, runtime="local", trace_path=tmp_path / "t.jsonl", checkpoint_at="50000", checkpoint_dir=blocker)
-    trace = read(tmp_path / "t.jsonl")
-    assert trace.error is not None and trace.error.error == "checkpoint_failed" and trace.error.time_us == 50000
+    assert str(raised.value) == f"cannot write the checkpoint directory {blocker}: Not a directory (errno 20)"
+    assert not (tmp_path / "t.jsonl").exists()  # nothing started (a checkpoint failing mid-run: test_machine_failures)
 
 
 @pytest.mark.parametrize("advance", ["next-event", "fixed"])

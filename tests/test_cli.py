@@ -131,7 +131,8 @@ def test_an_unwritable_trace_path_is_one_clear_line(tmp_path: Path) -> None:
     result = invoke("up", str(GOOD), "--runtime", "local", "--trace", str(blocker / "trace.jsonl"))
     assert_no_traceback(result)
     assert result.returncode == 1
-    assert result.stderr.strip().startswith(f"cosim: error: cannot write the trace to {blocker / 'trace.jsonl'}: ")
+    assert result.stderr.strip() == (f"cosim: error: cannot write the trace {blocker / 'trace.jsonl'}: Not a directory "
+                                     f"(errno 20) at {blocker}")
 
 
 # -- option errors: one line naming the option, the value and what is allowed; nothing started --------------------

@@ -243,6 +243,16 @@ CASES: list[tuple[str, str, str | None, tuple[str, ...]]] = [
     ("placement-not-a-constraint", PIPELINE.replace("    build: svc\n", "    build: svc\n    placement:\n"
                                                     "      - tier edge  # HERE\n"), "nodes[1].placement[0]",
      ("'tier edge' is not a Swarm placement constraint: expected `<attribute> == <value>`",)),
+    ("resources-memory-not-a-size", PIPELINE.replace("    build: svc\n", "    build: svc\n    resources:\n"
+                                                      "      memory: 64 MB  # HERE\n"), "nodes[1].resources.memory",
+     ("'64 MB' is not a memory size: expected a whole number of bytes with an optional unit b, k, m or g",)),
+    ("resources-memory-below-docker-minimum", PIPELINE.replace("    build: svc\n", "    build: svc\n    resources:\n"
+                                                                "      memory: 4m  # HERE\n"),
+     "nodes[1].resources.memory", ("memory '4m' is 4194304 bytes, below Docker's minimum limit of 6m",)),
+    ("resources-cpus-zero", PIPELINE.replace("    build: svc\n", "    build: svc\n    resources: {cpus: 0}  # HERE\n"),
+     "nodes[1].resources.cpus", ("expected a value >= 0.01, got 0",)),
+    ("resources-unknown-key", PIPELINE.replace("    build: svc\n", "    build: svc\n    resources: {mem: 64m}  # HERE\n"),
+     "nodes[1].resources", ("unknown key 'mem'",)),
     ("infrastructure-without-build-or-image", HEAD + "  - id: broker  # HERE\n    kind: infrastructure\n    port: 1883\n",
      "nodes[0]", ("needs `build` (a service directory with a Dockerfile) or `image` (a prebuilt image)",)),
 ]

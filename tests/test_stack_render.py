@@ -62,3 +62,24 @@ def test_placement_changes_nothing_for_the_compose_runtime(distributed: scenario
 def test_render_writes_a_file_docker_stack_reads(distributed: scenarios.Scenario, tmp_path: Path) -> None:
     path = stack.render(distributed, tmp_path / "stack.yaml")
     assert yaml.safe_load(path.read_text()) == stack.stack_spec(distributed)
+
+
+def test_resources_become_compose_limits_and_the_stacks_deploy_limits(distributed: scenarios.Scenario,
+                                                                      tmp_path: Path) -> None:
+    """`resources` on a node: compose `cpus`, `mem_limit` and `memswap_limit` (= memory: no swap to hide a shortage),
+    the stack's `deploy.resources.limits`, and a different compose hash (the trace header's `compose_sha256`)."""
+    text = (ROOT / "scenarios" / "distributed.yaml").read_text(encoding="utf-8").replace("../", str(ROOT) + "/")
+    limited_path = tmp_path / "distributed.yaml"
+    limited_path.write_text(text.replace("  - id: gateway\n", "  - id: gateway\n    resources: {cpus: 0.5, memory: 64M}\n"),
+                            encoding="utf-8")
+    limited = loading.load(limited_path)
+    services = compose.compose_spec(limited)["services"]
+    assert {key: services["gateway"][key] for key in compose.LIMIT_KEYS} == {
+        "cpus": 0.5, "mem_limit": "64m", "memswap_limit": "64m"}
+    assert not any(key in services["inference"] for key in compose.LIMIT_KEYS)  # only where the scenario says so
+    stacked = stack.stack_spec(limited)["services"]["gateway"]
+    assert stacked["deploy"]["resources"] == {"limits": {"cpus": "0.5", "memory": "64m"}}
+    assert not any(key in stacked for key in compose.LIMIT_KEYS)
+    unlimited_path = tmp_path / "unlimited.yaml"
+    unlimited_path.write_text(text, encoding="utf-8")
+    assert compose.sha256(limited) != compose.sha256(loading.load(unlimited_path))

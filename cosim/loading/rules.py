@@ -13,7 +13,8 @@ from typing import Any
 from cosim import plugins
 from cosim.loading import schedule as scheduling
 from cosim.loading.positions import FieldPath, Positions
-from cosim.model import Anomaly, ContainerSpec, LinkProperties, NodeSpec, Route, Scenario, SensorSpec, SinkSpec
+from cosim.model import (Anomaly, ContainerSpec, LinkProperties, NodeSpec, Resources, Route, Scenario, SensorSpec,
+                         SinkSpec)
 from cosim.service_sources import image_name, source_hash
 
 MAX_STEPS = 50_000_000
@@ -122,6 +123,23 @@ def _links(node_doc: dict[str, Any], linkable: set[str], quantum: int, at: Field
     return links
 
 
+MEMORY_UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+MIN_MEMORY_BYTES = 6 << 20  # Docker refuses a smaller limit
+
+
+def _resources(doc: dict[str, Any], at: FieldPath, positions: Positions) -> Resources:
+    """A node's container limits (the schema checked their form; here what it cannot: Docker's minimum memory)."""
+    memory = memory_bytes = None
+    if "memory" in doc:
+        memory = doc["memory"].lower()
+        unit = memory[-1] if memory[-1] in MEMORY_UNITS else "b"
+        memory_bytes = int(memory.rstrip("bkmg")) * MEMORY_UNITS[unit]
+        if memory_bytes < MIN_MEMORY_BYTES:
+            raise positions.error(f"memory {doc['memory']!r} is {memory_bytes} bytes, below Docker's minimum limit of 6m",
+                                  at + ("memory",))
+    return Resources(cpus=doc.get("cpus"), memory=memory, memory_bytes=memory_bytes)
+
+
 def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, base_dir: Path, at: FieldPath,
           positions: Positions) -> NodeSpec:
     kind = doc["kind"]
@@ -145,6 +163,7 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
             environment={k: _env_value(v) for k, v in doc.get("environment", {}).items()},
             read_only=doc.get("read_only", True), port=doc.get("port"),
             placement=tuple(doc.get("placement", ())),
+            resources=_resources(doc["resources"], at + ("resources",), positions) if "resources" in doc else None,
         )
     if kind == "sensor":
         model = _sensor_model(doc, at, positions)

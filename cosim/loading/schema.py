@@ -101,6 +101,9 @@ def _describe(error: jsonschema.ValidationError, document: Any) -> str:
         if "(==|!=)" in expected:  # a node's `placement`
             return (f"{_show(value)} is not a Swarm placement constraint: expected `<attribute> == <value>` or "
                     f"`<attribute> != <value>`, e.g. `node.labels.tier == edge`")
+        if "[bkmgBKMG]" in expected:  # `resources.memory`
+            return (f"{_show(value)} is not a memory size: expected a whole number of bytes with an optional unit "
+                    f"b, k, m or g, e.g. 64m or 1g")
         return f"{_show(value)} does not match {expected}"
     if kind in ("minItems", "minLength", "minProperties"):
         return "must not be empty" if expected == 1 else f"needs at least {expected} items"

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from cosim.errors import OutputWriteError
 from cosim.runtimes.docker.engine import context_host
 from cosim.transport import LineStream, TransportClosed, TransportTimeout, poll_ms
 
@@ -103,8 +104,12 @@ class EngineAttachTransport(LineStream):
         self._closed = False
 
     def _write_log(self, payload: bytes) -> None:
-        self._log.write(payload)
-        self._log.flush()
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[self._log.write(view):]
+        except OSError as exc:  # e.g. the disk is full: the run stops, naming the file
+            raise OutputWriteError(f"the log of node {self.name!r}", self.log_path, exc) from None
 
     def send(self, line: bytes) -> None:
         try:

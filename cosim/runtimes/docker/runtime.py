@@ -26,7 +26,8 @@ from python_on_whales import DockerClient, DockerException, docker
 
 from cosim import compose
 from cosim.runtimes.docker.engine import check_engine, docker_command, docker_errors, stderr_tail, wait_exit
-from cosim.errors import ComposeUpFailed, ImageBuildError, NodeError, NodeFailure, NodeImageError
+from cosim.errors import (ComposeUpFailed, ExitStatus, ImageBuildError, NodeError, NodeFailure, NodeImageError,
+                          OutputWriteError)
 from cosim.runtimes.docker.base_image import try_pull
 from cosim.runtimes.docker.service_images import ImageSpec, ensure_images
 from cosim.model import ContainerSpec, Scenario
@@ -206,8 +207,11 @@ class DockerRuntime:
         self._image_ids = prepare_images(self.scenario)
         self._lock.acquire()
         env_file = self.log_dir / "compose.env"
-        env_file.parent.mkdir(parents=True, exist_ok=True)
-        env_file.write_text(f"COSIM_RUN_ID={self.run_id}\n", encoding="utf-8")
+        try:
+            env_file.parent.mkdir(parents=True, exist_ok=True)
+            env_file.write_text(f"COSIM_RUN_ID={self.run_id}\n", encoding="utf-8")
+        except OSError as exc:
+            raise OutputWriteError("the compose environment file", env_file, exc) from None
         self.client = DockerClient(compose_files=[self.compose_file], compose_project_name=self.project,
                                    compose_env_files=[env_file])
         try:
@@ -244,9 +248,9 @@ class DockerRuntime:
                 exited.append((node.id, None))  # gone altogether (removed by hand)
                 continue
             if not state.running:
-                exited.append((node.id, state.exit_code))
+                exited.append((node.id, self._status(node, container_id, state.exit_code, state)))
             elif wait_s > 0 and (code := wait_exit(container_id, wait_s)) is not None:
-                exited.append((node.id, code))  # (still running after wait_s: not the cause)
+                exited.append((node.id, self._status(node, container_id, code)))  # (running after wait_s: not the cause)
         return exited
 
     @docker_errors()
@@ -330,13 +334,30 @@ class DockerRuntime:
             if node.speaks_protocol:
                 self._transports[node.id] = self._attach(node, container_id)
 
+    @staticmethod
+    def _status(node: ContainerSpec, container_id: str, code: int | None, state: Any = None) -> int | None:
+        """The exit code of a node's container that has exited, with the cause when the kernel killed it for memory
+        (State.OOMKilled): the node's memory limit and "out of memory"."""
+        if code is None:
+            return None
+        if state is None:
+            try:
+                state = docker.container.inspect(container_id).state
+            except DockerException:
+                return code
+        if not state.oom_killed:
+            return code
+        limit = (f"its memory limit of {node.resources.memory}" if node.resources and node.resources.memory
+                 else "the machine's memory (no limit of its own)")
+        return ExitStatus(code, f"killed by the kernel: out of memory at {limit}")
+
     def _attach(self, node: ContainerSpec, container_id: str) -> Transport:
         log_path = self.log_dir / f"{node.id}.log"
         if self._engine_socket is not None:
             try:
                 return EngineAttachTransport(
                     node.id, container_id, self._engine_socket, log_path=log_path,
-                    exit_code=lambda: self._exit_code(container_id),
+                    exit_code=lambda: self._exit_code(node, container_id),
                     log_tail=lambda lines: stderr_tail(container_id, lines) or file_tail(log_path, lines),
                 )
             except OSError as exc:
@@ -346,20 +367,23 @@ class DockerRuntime:
             node.id,
             docker_command("attach", "--sig-proxy=false", container_id),
             log_path=log_path,  # the attached stderr stream: the service's own log lines
-            exit_code=lambda: self._exit_code(container_id),
+            exit_code=lambda: self._exit_code(node, container_id),
             # The engine's copy of its stderr also has what it wrote before the attach (or when attach failed).
             log_tail=lambda lines: stderr_tail(container_id, lines) or file_tail(log_path, lines),
         )
 
-    @staticmethod
-    def _exit_code(container_id: str) -> int | None:
-        """The container's exit code; None while it runs. Called once its attached stdout has closed, when
-        the engine may still be recording the exit: `docker wait` (bounded) bridges that moment."""
+    @classmethod
+    def _exit_code(cls, node: ContainerSpec, container_id: str) -> int | None:
+        """The container's exit code (with its cause when it was out of memory); None while it runs. Called once
+        its attached stdout has closed, when the engine may still be recording the exit: `docker wait` (bounded)
+        bridges that moment."""
         try:
             state = docker.container.inspect(container_id).state
         except DockerException:
             return None
-        return state.exit_code if not state.running else wait_exit(container_id, 3)
+        if state.running:
+            return cls._status(node, container_id, wait_exit(container_id, 3))
+        return cls._status(node, container_id, state.exit_code, state)
 
     @staticmethod
     def _logs(container_id: str, lines: int) -> str:

@@ -5,6 +5,7 @@ section per service, minus what Swarm does not take.
   dies ends the run, as it does under Compose), the node's ``placement`` constraints, and ``endpoint_mode:
   dnsrr``: a service name resolves to its task's own address (the virtual IP mode needs IPVS, which not every
   kernel has);
+- the node's `resources` as ``deploy.resources.limits`` (cpus, memory) instead of compose's top-level keys;
 - cosim's labels on the services too (``deploy.labels``), so ``invoke down`` finds a stack by them;
 - an overlay network, still internal;
 - ``build``/``pull_policy`` (images are built before, and copied or pushed to the nodes), ``restart`` (replaced
@@ -47,6 +48,11 @@ def stack_spec(scenario: Scenario, images: Mapping[str, str] | None = None) -> d
         }
         if node.placement:
             deploy["placement"] = {"constraints": [compose.literal(c) for c in node.placement]}
+        limits = {key: service.pop(key) for key in compose.LIMIT_KEYS if key in service}
+        if limits:  # a stack takes them in `deploy` (no swap limit: a Swarm task's swap is the engine's default)
+            deploy["resources"] = {"limits": {
+                **({"cpus": str(limits["cpus"])} if "cpus" in limits else {}),
+                **({"memory": limits["mem_limit"]} if "mem_limit" in limits else {})}}
         service["deploy"] = deploy
     spec["networks"][compose.NETWORK]["driver"] = "overlay"
     return {"version": STACK_FILE_VERSION, **spec}

@@ -1,0 +1,142 @@
+"""The machine fails a run, for real: a read-only or full file system under the trace or the checkpoints (a small
+tmpfs, mounted here: root only), each ending with one `cosim: error:` line naming the path and the errno, no
+traceback, every complete trace line kept (no partial last line), no half metrics file, nothing left running; and a
+container killed by the kernel for memory under its `resources.memory` limit, named with the limit."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+from cosim.errors import CheckpointError, NodeFailure
+from cosim.run import run
+from cosim.service_sources import image_name
+from cosim.trace import read
+
+from .conftest import ROOT, cosim_resources
+from .test_interrupts import local_scenario, processes_with
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+# test_interrupts' local scenario (sensor -> echo service -> sink for 600 s virtual, its service carrying a marker
+# on its command line): its trace grows by some 100 KB per virtual second.
+
+
+@contextlib.contextmanager
+def tmpfs(directory: Path, size: str, *, read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``directory`` (read-only once mounted, if asked), unmounted at the end."""
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], check=True)
+    try:
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(directory)], check=True)
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=True)
+
+
+def up(scenario: Path, trace: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "invoke", "up", str(scenario), "--runtime", "local", "--trace",
+                           str(trace), "-q"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cosim: error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+@needs_root
+def test_a_read_only_trace_directory_stops_the_run_before_anything_starts(tmp_path: Path) -> None:
+    marker = f"cosim-test-{secrets.token_hex(6)}"
+    with tmpfs(tmp_path / "ro", "64k", read_only=True) as mounted:
+        trace = mounted / "trace.jsonl"
+        result = up(local_scenario(tmp_path, marker), trace)
+        line = one_error_line(result)
+        assert line == f"cosim: error: cannot write the trace {trace}: Read-only file system (errno 30)"
+        assert list(mounted.iterdir()) == []
+    assert processes_with(marker) == []
+
+
+@needs_root
+def test_a_trace_that_outgrows_its_disk_keeps_every_complete_line_and_stops_the_run(tmp_path: Path) -> None:
+    marker = f"cosim-test-{secrets.token_hex(6)}"
+    with tmpfs(tmp_path / "small", "64k") as mounted:
+        trace = mounted / "trace.jsonl"
+        result = up(local_scenario(tmp_path, marker), trace)
+        line = one_error_line(result)
+        assert line == f"cosim: error: cannot write the trace {trace}: No space left on device (errno 28)"
+        content = trace.read_bytes()
+        assert len(content) > 32 << 10 and content.endswith(b"\n")  # it ran, and only complete lines are kept
+        records = [json.loads(text) for text in content.decode("utf-8").splitlines()]
+        assert records[0]["record"] == "header" and {r["record"] for r in records[1:]} <= {"sent", "delivered"}
+        read(trace)  # a valid trace so far (no footer: the disk was full)
+        metrics = mounted / "trace.metrics.json"
+        if metrics.exists():  # written whole (space freed by cutting the partial line) or not at all
+            json.loads(metrics.read_text(encoding="utf-8"))
+        assert not (mounted / "trace.metrics.json.partial").exists()
+    assert processes_with(marker) == []
+
+
+@needs_root
+def test_a_checkpoint_that_outgrows_its_disk_ends_the_run_with_one_message(tmp_path: Path) -> None:
+    """The directory is writable when the run starts (checked), the checkpoint (the trace so far inside) does not
+    fit: the run stops at the checkpoint's time, its trace ends with the failure, no partial checkpoint is left."""
+    marker = f"cosim-test-{secrets.token_hex(6)}"
+    with tmpfs(tmp_path / "checkpoints", "64k") as mounted:
+        with pytest.raises(CheckpointError) as raised:
+            run(local_scenario(tmp_path, marker), runtime="local", trace_path=tmp_path / "t.jsonl",
+                checkpoint_at="2000000", checkpoint_dir=mounted)
+        path = mounted / "ctrl-c-local-2000000us.checkpoint.json"
+        assert str(raised.value) == f"cannot write the checkpoint {path}: No space left on device (errno 28)"
+        assert list(mounted.iterdir()) == []
+    error = read(tmp_path / "t.jsonl").error
+    assert error is not None and (error.error, error.time_us) == ("checkpoint_failed", 2000000)
+    assert processes_with(marker) == []
+
+
+# -- out of memory (Docker) ---------------------------------------------------------------------------------------
+
+HOG = ROOT / "tests" / "services" / "memory-hog"
+
+
+@pytest.fixture
+def hog_image_removed() -> Iterator[None]:
+    yield
+    if shutil.which("docker"):
+        subprocess.run(["docker", "rmi", "-f", image_name(HOG)], capture_output=True)
+
+
+@pytest.mark.docker
+def test_a_container_killed_for_memory_is_named_with_its_limit(tmp_path: Path, hog_image_removed: None) -> None:
+    scenario = tmp_path / "hog.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "name": "memory-hog", "seed": 1, "duration_us": 10_000, "quantum_us": 1000,
+        "nodes": [{"id": "hog", "kind": "service", "build": str(HOG), "resources": {"memory": "32m"},
+                   "config": {"hog_at_us": 3000, "hog_mb": 256}},  # far beyond the limit, in the window to 3000 us
+                  {"id": "sink", "kind": "sink"}],
+        "routes": [{"from": "hog", "to": ["sink"]}]}), encoding="utf-8")
+    trace = tmp_path / "trace.jsonl"
+    try:
+        with pytest.raises(NodeFailure) as failure:
+            run(scenario, runtime="docker", trace_path=trace)
+        message = str(failure.value)
+        assert failure.value.node == "hog"
+        assert message.startswith("node 'hog': killed by the kernel: out of memory at its memory limit of 32m; "), message
+        assert failure.value.process_exit_code == 137
+        error = read(trace).error
+        assert error is not None and (error.node, error.error, error.time_us) == ("hog", "node_failure", 2000)
+        assert "out of memory at its memory limit of 32m" in error.detail
+    finally:
+        assert cosim_resources("cosim.scenario=memory-hog") == ([], [])
