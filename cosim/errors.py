@@ -211,6 +211,18 @@ class UsageError(CosimError):
     """A command was called without what it needs (e.g. `invoke diff` without two traces)."""
 
 
+class SweepError(UsageError):
+    """A sweep cannot start: a bad seed list, parameter path or value, or sweep file (names which)."""
+
+    exit_code = 2
+
+
+class SweepRunsFailed(CosimError):
+    """Some runs of a sweep failed (each named with its reason); the others are complete and in the results."""
+
+    exit_code = 4
+
+
 class Interrupted(CosimError):
     """The user pressed Ctrl-C or the run received SIGTERM."""
 
