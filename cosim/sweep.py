@@ -386,8 +386,6 @@ def execute(run: RunSpec, runtime: str, watchdog_s: float, measures: Sequence[st
     from cosim.tracediff import trace_hash
 
     started = time.monotonic()  # wall clock: the progress display's ETA only
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)  # user measures (module:function) are imported from where the sweep was started
     status, error = "skipped", ""
     if not complete(run):
         status = "ok"
@@ -421,6 +419,8 @@ def load_measure(name: str) -> Measure:
     module_name, colon, function_name = name.partition(":")
     if not colon or not module_name or not function_name:
         raise OptionError("--measure", name, "module:function (a function taking the trace, returning a dict of numbers)")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a measure of the user's is found where the sweep was started
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
