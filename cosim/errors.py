@@ -6,7 +6,7 @@ running cosim, not a stack trace.
   the schedule it does not support)
 - the engine (Docker, images):  EngineUnavailable, ImageBuildError, DockerCommandFailed, ComposeUpFailed
 - a Swarm and its nodes:        SwarmError, SwarmNodeUnreachable, ClusterError (the local test cluster)
-- the command line / the user:  OptionError, UsageError, Interrupted, ToolError
+- the command line / the user:  OptionError, UsageError (SweepError), Interrupted, ToolError; SweepRunsFailed
 - trace and checkpoint files:   TraceReadError, TraceWriteError, CheckpointError, TracesDiffer, NotDeterministic
 
 The CLI and the invoke tasks print ``str(error)`` and exit with ``error.exit_code``; anything that is *not* a
