@@ -195,10 +195,14 @@ def variant_document(base: Mapping[str, Any], base_dir: Path, run: RunSpec) -> d
     return document
 
 
-def write_variant(run: RunSpec, document: Mapping[str, Any]) -> None:
+def write_variant(run: RunSpec, document: Mapping[str, Any], checkpoint: Path | None = None) -> None:
     """The run's scenario file; left as it is when its bytes are already these (its hash names the trace)."""
+    if checkpoint is None:
+        how = f"cosim up {run.scenario.name} --runtime local (or docker)"
+    else:
+        how = f"cosim resume {os.path.relpath(checkpoint, run.directory)} --scenario {run.scenario.name} --runtime local"
     text = (f"# cosim sweep run {run.name}: {run.variant.label()}, seed {run.seed}\n"
-            f"# Repeat it by hand, from this directory: cosim up {run.scenario.name} --runtime local (or docker);\n"
+            f"# Repeat it by hand, from this directory: {how};\n"
             f"# the trace hash is the same as in the sweep.\n"
             + yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=120, allow_unicode=True))
     run.directory.mkdir(parents=True, exist_ok=True)
@@ -221,6 +225,14 @@ class Plan:
     measures: list[str] = field(default_factory=list)
     baseline: str = "v1"
     watchdog_s: float = DEFAULT_WATCHDOG_S
+    fork_at: int | None = None  # us: each run forks from its seed's prefix, checkpointed at this time
+
+    @property
+    def prefixes(self) -> dict[int, RunSpec]:
+        """``--fork-at``: per seed, the shared prefix (the scenario as it is, with that seed) run up to T once."""
+        if self.fork_at is None:
+            return {}
+        return {seed: RunSpec(PREFIX, seed, self.out / "prefix" / f"seed-{seed}") for seed in self.seeds}
 
     @property
     def runs(self) -> list[RunSpec]:
@@ -232,6 +244,22 @@ class Plan:
         return [path for path, _ in self.variants[0].parameters] if self.variants else []
 
 
+PREFIX = Variant("prefix", ())
+# What a fork at T can change (cosim resume --scenario): service config (CONFIGURE at T), links, the duration.
+FORKABLE = ("nodes.*.config.", "nodes.*.links.", "network.default_link.", "duration_us")
+FORKABLE_TEXT = "nodes.<id>.config.*, nodes.<id>.links.*, network.default_link.*, duration_us"
+
+
+def forkable(path: str) -> bool:
+    parts = path.split(".")
+    for pattern in FORKABLE:
+        want = pattern.rstrip(".").split(".")
+        if len(parts) >= len(want) + (1 if pattern.endswith(".") else 0) and all(
+                w == "*" or w == p for w, p in zip(want, parts)):
+            return True
+    return False
+
+
 def read_sweep_file(path: str | Path) -> dict[str, Any]:
     """A sweep file: ``scenario``, ``seeds``, ``parameters`` (PATH: [values]), and optionally ``measures``,
     ``baseline``, ``jobs``, ``runtime``, ``out``. Paths in it are relative to the file."""
@@ -239,7 +267,7 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
     source = str(path)
     text = loading.reading.decode(loading.reading.read_bytes(path, source), source)
     document, _ = loading.reading.parse_yaml(text, source)
-    allowed = {"scenario", "seeds", "parameters", "measures", "baseline", "jobs", "runtime", "out"}
+    allowed = {"scenario", "seeds", "parameters", "measures", "baseline", "jobs", "runtime", "out", "fork_at"}
     for key in document:
         if key not in allowed:
             raise ScenarioError(source, f"unknown key {key!r}; a sweep file has {', '.join(sorted(allowed))}")
@@ -260,7 +288,7 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
 def plan(scenario: str | None = None, *, seeds: str | Sequence[int] | None = None, sets: Iterable[str] = (),
          sweep_file: str | None = None, jobs: int | str | None = None, runtime: str | None = None,
          out: str | None = None, measures: Iterable[str] = (), baseline: str | None = None,
-         watchdog_s: float | str = DEFAULT_WATCHDOG_S) -> Plan:
+         watchdog_s: float | str = DEFAULT_WATCHDOG_S, fork_at: int | str | None = None) -> Plan:
     """The sweep from the command line (which overrides the sweep file's settings); nothing written yet."""
     file = read_sweep_file(sweep_file) if sweep_file else {}
     scenario = scenario or file.get("scenario")
@@ -280,8 +308,18 @@ def plan(scenario: str | None = None, *, seeds: str | Sequence[int] | None = Non
     target = Path(out or file.get("out") or Path("sweeps") / base.name)
     names = [str(m) for m in file.get("measures", [])] + [m for m in measures if m not in file.get("measures", [])]
     chosen = _baseline(baseline if baseline is not None else file.get("baseline"), variants)
+    fork = fork_at if fork_at is not None else file.get("fork_at")
+    fork_us = None
+    if fork is not None:
+        from cosim import checkpoint as checkpointing
+
+        fork_us = checkpointing.parse_times("--fork-at", str(fork), base)[0]
+        for path, _ in parameters:
+            if not forkable(path):
+                raise SweepError(f"--fork-at: --set {path} cannot change at a fork (a fork at T changes only "
+                                 f"{FORKABLE_TEXT}); sweep it without --fork-at")
     return Plan(Path(scenario), base.name, seed_list, variants, target, runtime, jobs_n, names, chosen,
-                options.positive_seconds("--watchdog", watchdog_s))
+                options.positive_seconds("--watchdog", watchdog_s), fork_us)
 
 
 def _baseline(text: Any, variants: list[Variant]) -> str:
@@ -313,9 +351,13 @@ def prepare(sweep: Plan) -> list[RunSpec]:
         loading.reading.decode(loading.reading.read_bytes(base_path, source), source), source)
     runs = sweep.runs
     checked: set[str] = set()
+    for prefix in sweep.prefixes.values():
+        write_variant(prefix, variant_document(document, base_path.resolve().parent, prefix))
+    prefixes = sweep.prefixes
     for run in runs:
         written = variant_document(document, base_path.resolve().parent, run)
-        write_variant(run, written)
+        parent = checkpoint_of(prefixes[run.seed], sweep.fork_at) if sweep.fork_at is not None else None
+        write_variant(run, written, parent)
         try:
             loading.load(run.scenario)
         except ScenarioError as error:
@@ -379,8 +421,11 @@ def complete(run: RunSpec) -> bool:
         return False
 
 
-def execute(run: RunSpec, runtime: str, watchdog_s: float, measures: Sequence[str], cwd: str) -> Outcome:
-    """Run one sweep run (unless complete) and measure it: the body of a worker task."""
+def execute(run: RunSpec, runtime: str, watchdog_s: float, measures: Sequence[str], cwd: str,
+            checkpoint: Path | None = None) -> Outcome:
+    """Run one sweep run (unless complete) and measure it: the body of a worker task. With ``checkpoint``, the run
+    is a fork of it (``cosim resume CHECKPOINT --scenario`` the run's file)."""
+    from cosim.run import resume as resume_run
     from cosim.run import run as run_scenario
     from cosim.sweep_measures import measure
     from cosim.tracediff import trace_hash
@@ -390,9 +435,13 @@ def execute(run: RunSpec, runtime: str, watchdog_s: float, measures: Sequence[st
     if not complete(run):
         status = "ok"
         scenario, trace = run.scenario.resolve(), run.trace.resolve()
+        parent = checkpoint.resolve() if checkpoint is not None else None
         os.chdir(run.directory)  # this process only: compose/ and checkpoints/ of this run stay in its directory
         try:
-            run_scenario(scenario, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s)
+            if parent is not None:
+                resume_run(parent, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, scenario_path=scenario)
+            else:
+                run_scenario(scenario, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s)
         except CosimError as exc:
             status, error = "failed", _one_line(str(exc))
         except Exception as exc:  # noqa: BLE001  (a bug or a surprise: reported for this run, the others go on)
@@ -407,6 +456,36 @@ def execute(run: RunSpec, runtime: str, watchdog_s: float, measures: Sequence[st
         except CosimError as exc:
             outcome.status, outcome.error = "failed", outcome.error or _one_line(str(exc))
     return outcome
+
+
+def checkpoint_of(prefix: RunSpec, time_us: int) -> Path:
+    """Where a prefix's checkpoint goes (beside its trace)."""
+    return prefix.directory / f"{prefix.variant.id}-{time_us}us.checkpoint.json"
+
+
+def execute_prefix(prefix: RunSpec, runtime: str, watchdog_s: float, time_us: int) -> Outcome:
+    """``--fork-at``: run a seed's prefix up to T and checkpoint it (unless its checkpoint is there and reads)."""
+    from cosim import checkpoint as checkpointing
+    from cosim.run import run as run_scenario
+
+    started = time.monotonic()
+    target = checkpoint_of(prefix, time_us)
+    scenario = loading.load(prefix.scenario)
+    try:
+        content, _ = checkpointing.read(target)
+        if content["scenario"]["sha256"] == scenario.sha256 and content["time_us"] == time_us:
+            return Outcome(prefix.name, "skipped")
+    except CosimError:
+        pass
+    written = checkpointing.path_for(scenario, time_us, prefix.directory.resolve())
+    try:
+        run_scenario(prefix.scenario.resolve(), runtime=runtime, trace_path=prefix.trace.resolve(),
+                     watchdog_s=watchdog_s, checkpoint_at=[time_us], stop_after_checkpoint=True,
+                     checkpoint_dir=prefix.directory.resolve())
+        os.replace(written, target)
+    except CosimError as exc:
+        return Outcome(prefix.name, "failed", error=_one_line(str(exc)), wall_s=time.monotonic() - started)
+    return Outcome(prefix.name, "ok", wall_s=time.monotonic() - started)
 
 
 def _one_line(text: str) -> str:
@@ -475,42 +554,69 @@ class Progress:
 
 def run_all(sweep: Plan, runs: Sequence[RunSpec], progress: Progress | None = None) -> list[Outcome]:
     """Every run through a pool of ``jobs`` worker processes (each run in a fresh process). Ctrl-C stops the
-    sweep: runs not started are reported as not run, and the finished ones are kept."""
+    sweep: runs not started are reported as not run, and the finished ones are kept. With ``--fork-at``, each
+    seed's prefix runs first (once), then every run forks from its seed's checkpoint."""
     for name in sweep.measures:
         load_measure(name)  # a bad --measure is found before anything runs
     cwd = os.getcwd()
     outcomes: dict[str, Outcome] = {}
+    checkpoints: dict[int, Path] = {}
+    if sweep.fork_at is not None:
+        prefixes = sweep.prefixes
+        tasks = [(prefix.name, execute_prefix, (prefix, sweep.runtime, sweep.watchdog_s, sweep.fork_at))
+                 for prefix in prefixes.values()]
+        done = _pool(sweep.jobs, tasks, None)
+        for seed, prefix in prefixes.items():
+            if done[prefix.name].status == "failed":
+                for run in runs:
+                    if run.seed == seed:
+                        outcomes[run.name] = Outcome(run.name, "failed",
+                                                     error=f"its prefix {prefix.name} failed: {done[prefix.name].error}")
+            else:
+                checkpoints[seed] = checkpoint_of(prefix, sweep.fork_at)
+    if progress is not None:
+        for outcome in outcomes.values():
+            progress.finished(outcome)
+    tasks = [(run.name, execute, (run, sweep.runtime, sweep.watchdog_s, sweep.measures, cwd, checkpoints.get(run.seed)))
+             for run in runs if run.name not in outcomes]
+    outcomes.update(_pool(sweep.jobs, tasks, progress))
+    return [outcomes[run.name] for run in runs]
+
+
+def _pool(jobs: int, tasks: Sequence[tuple[str, Callable[..., Outcome], tuple[Any, ...]]],
+          progress: Progress | None) -> dict[str, Outcome]:
+    """Run ``(name, function, args)`` tasks, ``jobs`` at a time, each in a fresh worker process."""
+    outcomes: dict[str, Outcome] = {}
     context = multiprocessing.get_context("spawn")  # no inherited threads or locks; each worker imports cosim anew
-    pending = list(runs)
-    with concurrent.futures.ProcessPoolExecutor(max_workers=sweep.jobs, mp_context=context,
-                                                max_tasks_per_child=1) as pool:
-        active: dict[concurrent.futures.Future[Outcome], RunSpec] = {}
+    pending = list(tasks)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1) as pool:
+        active: dict[concurrent.futures.Future[Outcome], str] = {}
         try:
             while pending or active:
-                while pending and len(active) < sweep.jobs:
-                    run = pending.pop(0)
-                    active[pool.submit(execute, run, sweep.runtime, sweep.watchdog_s, sweep.measures, cwd)] = run
+                while pending and len(active) < jobs:
+                    name, function, args = pending.pop(0)
+                    active[pool.submit(function, *args)] = name
                 if progress is not None:
                     progress.running = len(active)
                     progress.draw()
                 finished, _ = concurrent.futures.wait(active, return_when=concurrent.futures.FIRST_COMPLETED)
                 for future in finished:
-                    run = active.pop(future)
+                    name = active.pop(future)
                     try:
                         outcome = future.result()
                     except Exception as exc:  # noqa: BLE001  (the worker process died: killed, out of memory)
-                        outcome = Outcome(run.name, "failed", error=_one_line(f"worker failed: {exc}"))
-                    outcomes[run.name] = outcome
+                        outcome = Outcome(name, "failed", error=_one_line(f"worker failed: {exc}"))
+                    outcomes[name] = outcome
                     if progress is not None:
                         progress.running = len(active)
                         progress.finished(outcome)
         except KeyboardInterrupt:
             for future in active:
                 future.cancel()
-            for run in pending + list(active.values()):
-                outcomes.setdefault(run.name, Outcome(run.name, "failed", error="interrupted (Ctrl-C)"))
+            for name in [task[0] for task in pending] + list(active.values()):
+                outcomes.setdefault(name, Outcome(name, "failed", error="interrupted (Ctrl-C)"))
             pool.shutdown(wait=True, cancel_futures=True)
-    return [outcomes[run.name] for run in runs]
+    return outcomes
 
 
 # -- results ------------------------------------------------------------------------------------------------------

@@ -187,15 +187,18 @@ def determinism(c: Context, scenario: str | None = None, runs: str = "3", runtim
         "baseline": "the variant the others are compared with: v2, or PATH=VALUE[,PATH=VALUE] (default v1)",
         "watchdog": WATCHDOG_HELP,
         "quiet": "no progress line",
+        "fork_at": "run each seed's prefix up to T us once, checkpoint it, and fork every variant from it (parameters "
+                   "a fork can change: service config, links, duration)",
     },
 )
 def sweep(c: Context, scenario: str | None = None, seeds: str | None = None, set: list[str] | None = None,
           sweep: str | None = None, jobs: str | None = None, runtime: str | None = None, out: str | None = None,
           measure: list[str] | None = None, baseline: str | None = None, watchdog: str | None = None,
-          quiet: bool = False) -> None:
+          quiet: bool = False, fork_at: str | None = None) -> None:
     """Run a scenario over seeds and parameter values; results, confidence intervals and a report."""
     call("cli.sweep", scenario, seeds=seeds, sets=set or [], sweep_file=sweep, jobs=jobs, runtime=runtime, out_dir=out,
-         measures=measure or [], baseline=baseline, watchdog_s=watchdog or DEFAULT_WATCHDOG_S, progress=not quiet)
+         measures=measure or [], baseline=baseline, watchdog_s=watchdog or DEFAULT_WATCHDOG_S, progress=not quiet,
+         fork_at=fork_at)
 
 
 @task(positional=["trace_a", "trace_b"])

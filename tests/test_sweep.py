@@ -251,3 +251,48 @@ def test_a_docker_sweep_gives_the_local_hashes(tmp_path: Path) -> None:
                                out="local", **settings)
     assert [o.status for o in docker.outcomes] == ["ok", "ok"], [o.error for o in docker.outcomes]
     assert docker.table == local.table  # parameters, seeds, trace hashes and measures
+
+
+# -- --fork-at ------------------------------------------------------------------------------------------------------
+
+
+def test_fork_at_runs_each_prefix_once_and_forks_every_variant(tmp_path: Path) -> None:
+    from cosim.run import resume
+
+    settings: dict[str, Any] = {"seeds": "1,2", "sets": ["nodes.echo.config.tick_us=5000,10000",
+                                                         "network.default_link.loss=0,0.3"], "jobs": 2,
+                                "fork_at": "20000"}
+    result = quiet_sweep(tmp_path, **settings)
+    assert [o.status for o in result.outcomes] == ["ok"] * 8, [o.error for o in result.outcomes]
+    out = tmp_path / "sweeps" / "sweep-echo"
+    for run in result.runs:
+        prefix = (out / "prefix" / f"seed-{run.seed}" / "trace.jsonl").read_text(encoding="utf-8").split("\n")
+        branch = (tmp_path / run.trace).read_text(encoding="utf-8").split("\n")
+        assert '"status":"stopped"' in prefix[-2]
+        before = prefix[1:-2]  # the prefix's records up to T, without its header and its "stopped" footer
+        assert before and branch[1:1 + len(before)] == before, run.name
+        assert '"forked_from"' in branch[0]
+    # By hand, as the written-out file says: the same trace hash.
+    run = result.runs[-1]
+    checkpoint = out / "prefix" / f"seed-{run.seed}" / "prefix-20000us.checkpoint.json"
+    assert f"cosim resume ../../prefix/seed-{run.seed}/prefix-20000us.checkpoint.json --scenario scenario.yaml" in (
+        tmp_path / run.scenario).read_text(encoding="utf-8")
+    with working_directory(tmp_path):
+        resume(checkpoint, runtime="local", trace_path=tmp_path / "by-hand.jsonl", scenario_path=tmp_path / run.scenario)
+    assert trace_hash(tmp_path / "by-hand.jsonl") == run_hash(result, run.name)
+    again = quiet_sweep(tmp_path, **settings)
+    assert [o.status for o in again.outcomes] == ["skipped"] * 8
+
+
+def run_hash(result: sweeping.SweepResult, name: str) -> str:
+    return next(row["trace_sha256"] for row in result.table if row["run"] == name)
+
+
+def test_fork_at_refuses_what_a_fork_cannot_change(tmp_path: Path) -> None:
+    with pytest.raises(SweepError, match=r"--set nodes.sensor.period_us cannot change at a fork") as error:
+        sweeping.plan(str(SCENARIO), sets=["nodes.sensor.period_us=1000,2000"], fork_at="20000")
+    assert "\n" not in str(error.value)
+    with pytest.raises(OptionError, match="--fork-at"):
+        sweeping.plan(str(SCENARIO), sets=["nodes.echo.config.tick_us=1,2"], fork_at="1500")  # off the quantum grid
+    assert sweeping.forkable("nodes.pump-1.links.gateway.loss") and sweeping.forkable("duration_us")
+    assert not sweeping.forkable("nodes.echo") and not sweeping.forkable("seed")
