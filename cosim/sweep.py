@@ -41,6 +41,7 @@ RUNTIMES = ("local", "docker")
 MAX_RUNS = 10_000
 RESULTS = "results.csv"
 Measure = Callable[[Any], Mapping[str, float]]
+Task = tuple[str, Callable[..., "Outcome"], tuple[Any, ...]]  # (name, function, arguments) for a worker process
 
 
 # -- the grid -----------------------------------------------------------------------------------------------------
@@ -563,9 +564,9 @@ def run_all(sweep: Plan, runs: Sequence[RunSpec], progress: Progress | None = No
     checkpoints: dict[int, Path] = {}
     if sweep.fork_at is not None:
         prefixes = sweep.prefixes
-        tasks = [(prefix.name, execute_prefix, (prefix, sweep.runtime, sweep.watchdog_s, sweep.fork_at))
-                 for prefix in prefixes.values()]
-        done = _pool(sweep.jobs, tasks, None)
+        prefix_tasks: list[Task] = [(prefix.name, execute_prefix, (prefix, sweep.runtime, sweep.watchdog_s,
+                                                                  sweep.fork_at)) for prefix in prefixes.values()]
+        done = _pool(sweep.jobs, prefix_tasks, None)
         for seed, prefix in prefixes.items():
             if done[prefix.name].status == "failed":
                 for run in runs:
@@ -577,14 +578,13 @@ def run_all(sweep: Plan, runs: Sequence[RunSpec], progress: Progress | None = No
     if progress is not None:
         for outcome in outcomes.values():
             progress.finished(outcome)
-    tasks = [(run.name, execute, (run, sweep.runtime, sweep.watchdog_s, sweep.measures, cwd, checkpoints.get(run.seed)))
-             for run in runs if run.name not in outcomes]
+    tasks: list[Task] = [(run.name, execute, (run, sweep.runtime, sweep.watchdog_s, sweep.measures, cwd,
+                                              checkpoints.get(run.seed))) for run in runs if run.name not in outcomes]
     outcomes.update(_pool(sweep.jobs, tasks, progress))
     return [outcomes[run.name] for run in runs]
 
 
-def _pool(jobs: int, tasks: Sequence[tuple[str, Callable[..., Outcome], tuple[Any, ...]]],
-          progress: Progress | None) -> dict[str, Outcome]:
+def _pool(jobs: int, tasks: Sequence[Task], progress: Progress | None) -> dict[str, Outcome]:
     """Run ``(name, function, args)`` tasks, ``jobs`` at a time, each in a fresh worker process."""
     outcomes: dict[str, Outcome] = {}
     context = multiprocessing.get_context("spawn")  # no inherited threads or locks; each worker imports cosim anew
