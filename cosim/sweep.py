@@ -456,6 +456,9 @@ def execute(run: RunSpec, runtime: str, watchdog_s: float, measures: Sequence[st
             outcome.measures = measure(run.trace, run.scenario, [load_measure(name) for name in measures])
         except CosimError as exc:
             outcome.status, outcome.error = "failed", outcome.error or _one_line(str(exc))
+        except Exception as exc:  # noqa: BLE001  (a measure of the user's raised: this run's row says so)
+            outcome.status = "failed"
+            outcome.error = outcome.error or _one_line(f"a measure raised {type(exc).__name__}: {exc}")
     return outcome
 
 

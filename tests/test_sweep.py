@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import pytest
 
 from cosim import sweep as sweeping
-from cosim.errors import OptionError, SweepError, SweepRunsFailed
+from cosim.errors import OptionError, SweepError, SweepRunsFailed, UsageError
 from cosim.run import run
 from cosim.sweep_stats import summarise, t_interval, t_quantile
 from cosim.tracediff import trace_hash
@@ -296,3 +296,24 @@ def test_fork_at_refuses_what_a_fork_cannot_change(tmp_path: Path) -> None:
         sweeping.plan(str(SCENARIO), sets=["nodes.echo.config.tick_us=1,2"], fork_at="1500")  # off the quantum grid
     assert sweeping.forkable("nodes.pump-1.links.gateway.loss") and sweeping.forkable("duration_us")
     assert not sweeping.forkable("nodes.echo") and not sweeping.forkable("seed")
+
+
+# -- built-in measures ----------------------------------------------------------------------------------------------
+
+
+def test_builtin_measures_of_a_vibration_run(tmp_path: Path) -> None:
+    """tests/scenarios_local/pipeline.yaml: vibration sensors with 2 injected anomalies, echo (no classifier) and
+    a sink: every anomaly missed, drops by reason, per-route latencies, nothing failed."""
+    from cosim.sweep_measures import measure
+
+    scenario = ROOT / "tests" / "scenarios_local" / "pipeline.yaml"
+    with working_directory(tmp_path):
+        done = run(scenario, runtime="local", trace_path=tmp_path / "t.jsonl", watchdog_s=20.0)
+    values = measure(done.trace_path, scenario)
+    assert (values["detections_found"], values["detections_missed"], values["false_positives"]) == (0, 2, 0)
+    assert values["delivered"] == done.result.counts["delivered"] and values["dropped.loss"] == values["dropped"] > 0
+    assert values["latency_p50_us"] <= values["latency_p95_us"] <= values["latency_p99_us"]
+    assert values["latency_p95_us[sensor-b>echo-1]"] >= 2300  # that link's latency, jitter on top
+    assert (values["node_failures"], values["completed"]) == (0, 1)
+    with pytest.raises(UsageError, match="built-in measure"):
+        measure(done.trace_path, scenario, [lambda trace: {"sent": 1}])
