@@ -6,7 +6,7 @@ written out as a plain scenario file, ``runs/<variant>-seed-<n>/scenario.yaml``,
 exactly that file, so ``cosim up`` of it by hand gives the same trace hash. Every variant is loaded (schema and
 rules) before anything runs.
 
-Runs go to a process pool (``--jobs N``): each run is a worker process of its own, working in its run directory
+Runs go to a process pool (``--jobs N``): each worker process works in the run's directory while it runs it
 (so concurrent Docker runs render their compose files apart; each run is its own compose project already). A run
 whose trace is complete and whose hashed header matches its scenario file is not run again (resumable); a failed run
 is reported with its reason and the others are kept. ``results.csv`` (and ``results.parquet`` with pandas and
@@ -17,6 +17,7 @@ cosim.sweep_stats gives the per-variant intervals, the paired differences, the s
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import csv
 import importlib
 import itertools
@@ -24,9 +25,11 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -34,12 +37,20 @@ from typing import Any, TextIO
 import yaml
 
 from cosim import loading, options
-from cosim.errors import CosimError, OptionError, ScenarioError, SweepError, UsageError
+from cosim.errors import (
+    CosimError,
+    Interrupted,
+    OptionError,
+    ScenarioError,
+    SweepError,
+    UsageError,
+)
 from cosim.options import DEFAULT_WATCHDOG_S
 
 RUNTIMES = ("local", "docker")
 MAX_RUNS = 10_000
 RESULTS = "results.csv"
+INTERRUPTED = "interrupted"  # a run's status when Ctrl-C stopped the sweep before it ended
 Measure = Callable[[Any], Mapping[str, float]]
 Task = tuple[str, Callable[..., "Outcome"], tuple[Any, ...]]  # (name, function, arguments) for a worker process
 
@@ -443,6 +454,8 @@ def execute(run: RunSpec, runtime: str, watchdog_s: float, measures: Sequence[st
                 resume_run(parent, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, scenario_path=scenario)
             else:
                 run_scenario(scenario, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s)
+        except Interrupted as exc:
+            status, error = INTERRUPTED, _one_line(str(exc))
         except CosimError as exc:
             status, error = "failed", _one_line(str(exc))
         except Exception as exc:  # noqa: BLE001  (a bug or a surprise: reported for this run, the others go on)
@@ -487,6 +500,8 @@ def execute_prefix(prefix: RunSpec, runtime: str, watchdog_s: float, time_us: in
                      watchdog_s=watchdog_s, checkpoint_at=[time_us], stop_after_checkpoint=True,
                      checkpoint_dir=prefix.directory.resolve())
         os.replace(written, target)
+    except Interrupted as exc:
+        return Outcome(prefix.name, INTERRUPTED, error=_one_line(str(exc)), wall_s=time.monotonic() - started)
     except CosimError as exc:
         return Outcome(prefix.name, "failed", error=_one_line(str(exc)), wall_s=time.monotonic() - started)
     return Outcome(prefix.name, "ok", wall_s=time.monotonic() - started)
@@ -557,7 +572,7 @@ class Progress:
 
 
 def run_all(sweep: Plan, runs: Sequence[RunSpec], progress: Progress | None = None) -> list[Outcome]:
-    """Every run through a pool of ``jobs`` worker processes (each run in a fresh process). Ctrl-C stops the
+    """Every run through a pool of ``jobs`` worker processes. Ctrl-C stops the
     sweep: runs not started are reported as not run, and the finished ones are kept. With ``--fork-at``, each
     seed's prefix runs first (once), then every run forks from its seed's checkpoint."""
     for name in sweep.measures:
@@ -570,6 +585,8 @@ def run_all(sweep: Plan, runs: Sequence[RunSpec], progress: Progress | None = No
         prefix_tasks: list[Task] = [(prefix.name, execute_prefix, (prefix, sweep.runtime, sweep.watchdog_s,
                                                                   sweep.fork_at)) for prefix in prefixes.values()]
         done = _pool(sweep.jobs, prefix_tasks, None)
+        if any(outcome.status == INTERRUPTED for outcome in done.values()):
+            return [Outcome(run.name, INTERRUPTED, error="not run: the sweep was interrupted") for run in runs]
         for seed, prefix in prefixes.items():
             if done[prefix.name].status == "failed":
                 for run in runs:
@@ -587,14 +604,32 @@ def run_all(sweep: Plan, runs: Sequence[RunSpec], progress: Progress | None = No
     return [outcomes[run.name] for run in runs]
 
 
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Start the worker processes with SIGINT ignored (inherited through exec): a Ctrl-C while one is starting or
+    between runs leaves it alone, and during a run the run's own handler (cosim.run) ends it through its teardown."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _pool(jobs: int, tasks: Sequence[Task], progress: Progress | None) -> dict[str, Outcome]:
     """Run ``(name, function, args)`` tasks, ``jobs`` at a time, each in a fresh worker process."""
     outcomes: dict[str, Outcome] = {}
     context = multiprocessing.get_context("spawn")  # no inherited threads or locks; each worker imports cosim anew
     pending = list(tasks)
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         active: dict[concurrent.futures.Future[Outcome], str] = {}
         try:
+            with _workers_ignore_ctrl_c():  # the first submissions start the workers
+                while pending and len(active) < jobs:
+                    name, function, args = pending.pop(0)
+                    active[pool.submit(function, *args)] = name
             while pending or active:
                 while pending and len(active) < jobs:
                     name, function, args = pending.pop(0)
@@ -617,7 +652,8 @@ def _pool(jobs: int, tasks: Sequence[Task], progress: Progress | None) -> dict[s
             for future in active:
                 future.cancel()
             for name in [task[0] for task in pending] + list(active.values()):
-                outcomes.setdefault(name, Outcome(name, "failed", error="interrupted (Ctrl-C)"))
+                outcomes.setdefault(name, Outcome(name, INTERRUPTED, error="not run to its end: the sweep was "
+                                                                          "interrupted"))
             pool.shutdown(wait=True, cancel_futures=True)
     return outcomes
 
@@ -711,6 +747,10 @@ class SweepResult:
     def failed(self) -> list[Outcome]:
         return [outcome for outcome in self.outcomes if outcome.status == "failed"]
 
+    @property
+    def interrupted(self) -> list[Outcome]:
+        return [outcome for outcome in self.outcomes if outcome.status == INTERRUPTED]
+
 
 def sweep(scenario: str | None = None, *, out_stream: TextIO = sys.stdout, progress: bool = True,
           report: bool = True, **settings: Any) -> SweepResult:
@@ -733,6 +773,9 @@ def sweep(scenario: str | None = None, *, out_stream: TextIO = sys.stdout, progr
     if report:
         files.append(sweep_stats.write_report(planned, table, summary, out_stream))
     out_stream.writelines(f"  {path}\n" for path in files)
+    if result.interrupted:
+        out_stream.write(f"  interrupted: {len(result.interrupted)} run(s) not run to their end; the complete ones are "
+                         f"kept, and the same command continues the sweep\n")
     if result.failed:
         out_stream.write(f"  {len(result.failed)} run(s) failed; the others are kept:\n")
         out_stream.writelines(f"    {outcome.run}: {outcome.error}\n" for outcome in result.failed)

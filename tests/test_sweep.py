@@ -21,7 +21,7 @@ from cosim.run import run
 from cosim.sweep_stats import summarise, t_interval, t_quantile
 from cosim.tracediff import trace_hash
 
-from .conftest import ROOT
+from .conftest import ROOT, wait_until
 
 SCENARIO = ROOT / "tests" / "scenarios_local" / "sweep.yaml"
 SETS = ["network.default_link.loss=0,0.3", "nodes.echo.config.tick_us=5000,10000"]
@@ -198,6 +198,29 @@ def test_a_failing_run_is_reported_and_the_rest_kept(tmp_path: Path) -> None:
     assert "node 'echo'" in table["v2-seed-1"]["error"] and "exit code 3" in table["v2-seed-1"]["error"]
     assert table["v2-seed-1"]["node_failures"] == "1" and table["v2-seed-1"]["trace_sha256"]
     assert "v2-seed-2: node 'echo'" in stream.getvalue()
+
+
+def test_ctrl_c_keeps_the_finished_runs_and_the_same_command_continues(tmp_path: Path) -> None:
+    import signal
+
+    command = [str(Path(sys.executable).with_name("cosim")), "sweep", str(SCENARIO), "--seeds", "1-6", "--set",
+               "nodes.echo.config.tick_us=5000,10000", "--jobs", "2", "--quiet"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # Ctrl-C reaches a terminal's whole process group
+    runs = tmp_path / "sweeps" / "sweep-echo" / "runs"
+    wait_until(lambda: len(list(runs.glob("*/trace.metrics.json"))) >= 2, process, "two runs ending")
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "the sweep was interrupted" in stderr and "Traceback" not in stderr + stdout
+    with (tmp_path / "sweeps" / "sweep-echo" / "results.csv").open(encoding="utf-8") as handle:
+        statuses = {row["run"]: row["status"] for row in csv.DictReader(handle)}
+    finished = {name for name, status in statuses.items() if status == "ok"}
+    assert len(finished) >= 2 and set(statuses.values()) <= {"ok", "interrupted", "failed"}
+    assert "interrupted" in statuses.values()
+    again = quiet_sweep(tmp_path, seeds="1-6", sets=["nodes.echo.config.tick_us=5000,10000"], jobs=2)
+    assert {o.run for o in again.outcomes if o.status == "skipped"} >= finished
+    assert {row["status"] for row in again.table} == {"ok"}
 
 
 # -- statistics on known numbers ------------------------------------------------------------------------------------
