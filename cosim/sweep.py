@@ -310,6 +310,8 @@ def plan(scenario: str | None = None, *, seeds: str | Sequence[int] | None = Non
     given = [parse_set(text) for text in sets]
     overridden = {path for path, _ in given}
     parameters = [item for item in parameters if item[0] not in overridden] + given
+    if any(path == "seed" for path, _ in parameters):
+        raise SweepError("--set seed: the seeds are --seeds (or the sweep file's `seeds`), the same in every variant")
     seed_list = parse_seeds(seeds if seeds is not None else file.get("seeds", "1"))
     runtime = options.choice("--runtime", runtime or file.get("runtime", "local"), RUNTIMES)
     jobs_n = options.integer_at_least("--jobs", jobs if jobs is not None else file.get("jobs", 1), 1)

@@ -81,6 +81,8 @@ def test_the_grid_is_the_product_first_parameter_slowest() -> None:
         sweeping.grid([("a", [1]), ("a", [2])])
     with pytest.raises(OptionError, match="--set"):
         sweeping.parse_set("nodes.echo.config.tick_us")
+    with pytest.raises(SweepError, match="the seeds are --seeds"):
+        sweeping.plan(str(SCENARIO), sets=["seed=1,2"])
 
 
 def test_paths_go_into_lists_by_node_id_and_link_target() -> None:
