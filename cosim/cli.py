@@ -323,6 +323,22 @@ def bench(*, steps: int | str = 2000, docker: bool = True, swarm: bool = True, o
               out=out, sparse_s=options.integer_at_least("--sparse-s", sparse_s, 1))
 
 
+def sweep(scenario: str | None, *, out_dir: str | None = None, out: TextIO = sys.stdout, **settings: Any) -> Any:
+    """`cosim sweep`: every run of the grid, the results, the summary and the report; failed runs make the exit
+    code non-zero after everything else is written."""
+    from cosim.errors import Interrupted, SweepRunsFailed
+    from cosim.sweep import sweep as run_sweep
+
+    result = run_sweep(scenario, out_stream=out, out=out_dir, **settings)
+    if result.interrupted:
+        raise Interrupted(f"the sweep was interrupted: {len(result.runs) - len(result.interrupted)} of "
+                          f"{len(result.runs)} run(s) ended; run the same command again to continue")
+    if result.failed:
+        raise SweepRunsFailed(f"{len(result.failed)} of {len(result.runs)} run(s) failed (listed above); run the same "
+                              f"command again to retry them (complete runs are skipped)")
+    return result
+
+
 def lock(*, upgrade: bool = False, out: TextIO = sys.stdout) -> None:
     from cosim.environment import update_lock
 

@@ -6,7 +6,7 @@ running cosim, not a stack trace.
   the schedule it does not support)
 - the engine (Docker, images):  EngineUnavailable, ImageBuildError, DockerCommandFailed, ComposeUpFailed
 - a Swarm and its nodes:        SwarmError, SwarmNodeUnreachable, ClusterError (the local test cluster)
-- the command line / the user:  OptionError, UsageError, Interrupted, ToolError
+- the command line / the user:  OptionError, UsageError (SweepError), Interrupted, ToolError; SweepRunsFailed
 - trace and checkpoint files:   TraceReadError, TraceWriteError, CheckpointError, TracesDiffer, NotDeterministic
 - the machine (disk, paths):    OutputWriteError (and TraceWriteError)
 
@@ -233,6 +233,18 @@ class OptionError(CosimError):
 
 class UsageError(CosimError):
     """A command was called without what it needs (e.g. `invoke diff` without two traces)."""
+
+
+class SweepError(UsageError):
+    """A sweep cannot start: a bad seed list, parameter path or value, or sweep file (names which)."""
+
+    exit_code = 2
+
+
+class SweepRunsFailed(CosimError):
+    """Some runs of a sweep failed (each named with its reason); the others are complete and in the results."""
+
+    exit_code = 4
 
 
 class Interrupted(CosimError):

@@ -169,6 +169,38 @@ def determinism(c: Context, scenario: str | None = None, runs: str = "3", runtim
          watchdog_s=watchdog or DEFAULT_WATCHDOG_S, advance=advance, checkpoint_at=checkpoint_at)
 
 
+@optional_positional("scenario")
+@task(
+    positional=["scenario"],
+    iterable=["set", "measure"],
+    help={
+        "scenario": "the scenario YAML file to sweep (or the sweep file's `scenario`)",
+        "seeds": "seeds, ranges and lists: 1-20, 1,3,5, 1-3,10 (default 1); the same seeds in every variant",
+        "set": "PATH=V1,V2,...: a swept parameter (repeatable; the grid is the product), a dotted path into the "
+               "scenario, e.g. nodes.gateway.config.broker_delay_us=500,2000 or network.default_link.loss=0,0.1",
+        "sweep": "a sweep file (YAML: scenario, seeds, parameters, measures, baseline, jobs, runtime, out); "
+                 "options on the command line win",
+        "jobs": "runs at once (default 1)",
+        "runtime": "local (default) or docker",
+        "out": "the sweep's directory (default sweeps/<scenario name>/)",
+        "measure": "module:function: a measure of your own (takes the trace, returns a dict of numbers); repeatable",
+        "baseline": "the variant the others are compared with: v2, or PATH=VALUE[,PATH=VALUE] (default v1)",
+        "watchdog": WATCHDOG_HELP,
+        "quiet": "no progress line",
+        "fork_at": "run each seed's prefix up to T us once, checkpoint it, and fork every variant from it (parameters "
+                   "a fork can change: service config, links, duration)",
+    },
+)
+def sweep(c: Context, scenario: str | None = None, seeds: str | None = None, set: list[str] | None = None,
+          sweep: str | None = None, jobs: str | None = None, runtime: str | None = None, out: str | None = None,
+          measure: list[str] | None = None, baseline: str | None = None, watchdog: str | None = None,
+          quiet: bool = False, fork_at: str | None = None) -> None:
+    """Run a scenario over seeds and parameter values; results, confidence intervals and a report."""
+    call("cli.sweep", scenario, seeds=seeds, sets=set or [], sweep_file=sweep, jobs=jobs, runtime=runtime, out_dir=out,
+         measures=measure or [], baseline=baseline, watchdog_s=watchdog or DEFAULT_WATCHDOG_S, progress=not quiet,
+         fork_at=fork_at)
+
+
 @task(positional=["trace_a", "trace_b"])
 def diff(c: Context, trace_a: str, trace_b: str) -> None:
     """Compare two traces: identical, or the first divergent record side by side."""
@@ -222,4 +254,4 @@ def conformance(c: Context, image: str | None = None, config: str | None = None,
 
 
 namespace = Collection(validate, render, up, resume, down, cluster, images, determinism, diff, report, bench, new,
-                       conformance)
+                       conformance, sweep)

@@ -21,7 +21,7 @@ from cosim.resources import data_path
 ROOT = Path(__file__).resolve().parent.parent
 COSIM = Path(sys.executable).parent / "cosim"  # the console script of the environment running the tests
 VERBS = ("up", "validate", "render", "images", "down", "cluster", "resume", "determinism", "diff", "report", "bench",
-         "new", "conformance")
+         "new", "conformance", "sweep")
 SCENARIO = """\
 name: outside
 seed: 3
