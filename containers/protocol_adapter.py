@@ -60,7 +60,8 @@ import json
 import logging
 import sys
 import traceback
-from typing import IO, Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import IO, Any
 
 PROTOCOL_VERSION = 1
 

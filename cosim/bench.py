@@ -47,14 +47,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from math import comb
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from cosim import __version__
-from cosim.run import CompletedRun, run
 from cosim.resources import data_path
+from cosim.run import CompletedRun, run
 from cosim.service_sources import service_image
 
 CONTAINERS = data_path("containers")
@@ -169,8 +171,8 @@ def container_floor(count: int, image: str, containers: int = 1, *, attach: str 
     through the engine's attach endpoint (``api``, the path cosim uses) or a `docker attach` process (``cli``)."""
     from python_on_whales import DockerException, docker
 
-    from cosim.runtimes.docker.engine import docker_command
     from cosim.runtimes.docker.attach import engine_socket
+    from cosim.runtimes.docker.engine import docker_command
 
     socket_path = engine_socket() if attach == "api" else None
     ids: list[str] = []
@@ -317,8 +319,7 @@ def _paired(result: BenchResult, name: str, runtime: str, directory: Path, sides
     ``name`` is the median of the pairs' ratios (the verdict), with its confidence interval; the fastest run of each
     side against each other is kept too (see the module docstring). Each side's row is its median run."""
     runs = _in_turn(pairs, [
-        lambda key=key, scenario=scenario, mode=mode: run(
-            scenario, runtime=runtime, trace_path=directory / f"{key}-{runtime}-{mode}.jsonl", advance=mode)
+        partial(run, scenario, runtime=runtime, trace_path=directory / f"{key}-{runtime}-{mode}.jsonl", advance=mode)
         for key, scenario, mode in sides])
     for (key, _, mode), done in zip(sides, runs):
         _record(result, key, runtime, mode, sorted(done, key=lambda c: c.metrics.step_loop_s)[len(done) // 2])
@@ -360,9 +361,8 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
         say(f"throughput: echo -> sink through the coordinator (local), with and without lookahead in turn, "
             f"{REPEATS} runs each")
         rates = _in_turn(REPEATS, [
-            lambda lookahead=lookahead: _throughput(
-                directory, "bench-events", steps, "local", through_gateway=False, lookahead=lookahead)[0]
-            for lookahead in (True, False)])
+            partial(_throughput_rate, directory, "bench-events", steps, "local", through_gateway=False,
+                    lookahead=lookahead) for lookahead in (True, False)])
         for name, measured in zip(("coordinator_local", "coordinator_local_lockstep"), rates):
             result.throughput_events_per_s[name] = max(measured)
             result.throughput_median_events_per_s[name] = statistics.median(measured)
@@ -370,9 +370,9 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
             _mqtt_rows(result, directory, steps, "local", say)
         _advance_rows(result, directory, steps, "local", say, sparse_s)
         if docker:
-            from cosim.runtimes.docker.service_images import ensure_images
-            from cosim.runtimes.docker import image_specs
             from cosim.loading import load
+            from cosim.runtimes.docker import image_specs
+            from cosim.runtimes.docker.service_images import ensure_images
 
             ensure_images(image_specs(load(_scenario(directory, "bench-images", services=1, steps=1, tick_us=20,
                                                      through_gateway=True))))
@@ -419,8 +419,8 @@ def _default_rtf(result: BenchResult, directory: Path) -> None:
     best run)."""
     modes = ("fixed", "next-event")
     runs = _in_turn(DEFAULT_RUNS, [
-        lambda mode=mode: run(data_path("scenarios", "default.yaml"), runtime="docker",
-                              advance=mode, trace_path=directory / f"default-{mode}.jsonl") for mode in modes])
+        partial(run, data_path("scenarios", "default.yaml"), runtime="docker", advance=mode,
+                trace_path=directory / f"default-{mode}.jsonl") for mode in modes])
 
     def step_loop_factor(summary: CompletedRun) -> float:
         return summary.metrics.speedup_step_loop or 0.0
@@ -441,6 +441,12 @@ def _throughput(directory: Path, name: str, steps: int, runtime: str, *, through
     summary = run(scenario, runtime=runtime, trace_path=directory / f"{name}-{runtime}.jsonl", advance="fixed",
                   lookahead=lookahead)
     return summary.result.counts["sent"] / summary.metrics.step_loop_s, summary.metrics.step_us
+
+
+def _throughput_rate(directory: Path, name: str, steps: int, runtime: str, *, through_gateway: bool,
+                     lookahead: bool = True) -> float:
+    """Events per wall second routed through the coordinator (see _throughput)."""
+    return _throughput(directory, name, steps, runtime, through_gateway=through_gateway, lookahead=lookahead)[0]
 
 
 def _mqtt_rows(result: BenchResult, directory: Path, steps: int, runtime: str, say: Callable[[str], None]) -> None:
@@ -498,8 +504,8 @@ def print_table(result: BenchResult, out: TextIO) -> None:
                      f"{result.ratios['docker_vs_container_floor']:.2f}x container floor",
                      f"<= {TARGETS['docker_vs_container_floor']}x"))
         for count, step in result.scaling_step_us.items():
-            ratio = step / result.scaling_step_us["1"]
-            rows.append((f"step with {count} container node(s)", f"{step:.0f} us", f"{ratio:.2f}x one node",
+            scale = step / result.scaling_step_us["1"]
+            rows.append((f"step with {count} container node(s)", f"{step:.0f} us", f"{scale:.2f}x one node",
                          f"<= {TARGETS['scaling_8_vs_1']}x" if count == "8" else ""))
         rows.append(("step with 8 container nodes vs 8-container floor", "",
                      f"{result.ratios['docker_8_vs_container_floor_x8']:.2f}x", ""))
@@ -530,9 +536,9 @@ def print_table(result: BenchResult, out: TextIO) -> None:
     if sparse is not None:
         verdicts.append(f"sparse local step loop: {'met' if sparse['loop_s'] <= SPARSE_LOOP_TARGET_S else 'NOT met'} "
                         f"({sparse['loop_s']:.3f} s, best of {REPEATS}, vs {SPARSE_LOOP_TARGET_S} s)")
-    rate = result.throughput_events_per_s.get("coordinator_local")
-    if rate is not None:
-        verdicts.append(f"coordinator throughput (local): {'met' if rate >= THROUGHPUT_TARGET else 'NOT met'} "
+    coordinator_rate = result.throughput_events_per_s.get("coordinator_local")
+    if coordinator_rate is not None:
+        verdicts.append(f"coordinator throughput (local): {'met' if coordinator_rate >= THROUGHPUT_TARGET else 'NOT met'} "
                         f"({rate:,.0f} vs >= {THROUGHPUT_TARGET:,} events/s)")
     if "docker_next-event" in result.default_rtf:
         rtf = result.default_rtf["docker_next-event"]
@@ -572,9 +578,9 @@ def _advance_table(result: BenchResult) -> list[Sequence[str]]:
                      f"{row['loop_s']:.3f} s{median}, {row['us_per_event']:.0f} us/event", ratio, target))
     for key, rtf in result.default_rtf.items():
         if not key.endswith(("_wall", "_median")):
-            median = result.default_rtf.get(key + "_median")
+            loop_median = result.default_rtf.get(key + "_median")
             rows.append((f"default scenario, {key.replace('_', ', ')}: speed-up (step loop / whole run)",
                          f"{rtf:.1f}x / {result.default_rtf[key + '_wall']:.1f}x"
-                         + (f" (best; step-loop median {median:.1f}x)" if median is not None else ""), "",
+                         + (f" (best; step-loop median {loop_median:.1f}x)" if loop_median is not None else ""), "",
                          f">= {DEFAULT_RTF_TARGET:g}x" if key.endswith("next-event") else ""))
     return rows

@@ -19,10 +19,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from cosim import __version__, protocol, schedule as scheduling
+from cosim import __version__, protocol
+from cosim import schedule as scheduling
 from cosim.errors import CheckpointError, OptionError, cannot_write
 from cosim.model import Scenario
 

@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from cosim import compose, loading, options, plugins, schedule as scheduling
+from cosim import compose, loading, options, plugins
+from cosim import schedule as scheduling
+from cosim.coordinator import SimulationResult
 from cosim.errors import CosimError, MissingExtra, TracesDiffer, UsageError
 from cosim.metrics import RunMetrics, speedups
 from cosim.paths import REPO_ROOT
 from cosim.resources import data_path
-from cosim.coordinator import SimulationResult
 from cosim.run import DEFAULT_WATCHDOG_S, CompletedRun, run
 
 DEFAULT_SCENARIO = str(data_path("scenarios", "default.yaml"))  # the bundled one (the tasks show it relative)
@@ -252,9 +253,9 @@ def golden(out: TextIO = sys.stdout) -> list[Path]:
 
 
 def images(path: str = DEFAULT_SCENARIO, *, force: bool = False, out: TextIO = sys.stdout) -> dict[str, str]:
+    from cosim.runtimes.docker import image_specs
     from cosim.runtimes.docker.engine import check_engine
     from cosim.runtimes.docker.service_images import build_images
-    from cosim.runtimes.docker import image_specs
 
     check_engine()
     built = build_images(image_specs(loading.load(path)), force=force)

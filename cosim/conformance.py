@@ -29,9 +29,10 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterator, Mapping, Sequence, TextIO
+from typing import Any, TextIO
 
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
@@ -233,10 +234,11 @@ class ServiceSession:
     def _what(message: dict[str, Any] | bytes) -> str:
         """How a request is named in a failure: "ADVANCE 1000 us", or the line itself when it is not a message."""
         if isinstance(message, bytes):
+            line = message
             try:
-                message = json.loads(message)
+                message = json.loads(line)
             except ValueError:
-                return f"the line {_short(message.rstrip(), 40)}"
+                return f"the line {_short(line.rstrip(), 40)}"
         if not isinstance(message, dict):
             return f"the line {_short(message, 40)}"
         kind = message.get("type")

@@ -18,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from cosim.errors import DockerCommandFailed, NodeStartError
 from cosim.resources import data_path

@@ -27,7 +27,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from cosim.core.actions import ProcessControl, ScheduledActions
 from cosim.core.advance import AdvancePolicy, FixedAdvance, NextEventAdvance, WakeupSource

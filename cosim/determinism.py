@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from cosim import checkpoint as checkpointing, loading, options
+from cosim import checkpoint as checkpointing
+from cosim import loading, options
 from cosim.errors import NotDeterministic
 from cosim.model import ADVANCE_MODES
 from cosim.run import DEFAULT_WATCHDOG_S, resume, run
@@ -76,9 +77,12 @@ def gate(scenario_path: str, *, runs: int | str = 3, runtime: str = "docker", ou
     for number, (runtime_name, mode) in enumerate(planned, start=1):
         trace = directory / f"{name}-{number}-{runtime_name}{f'-{mode}' if mode else ''}.jsonl"
         written: list[Path] = []
+
+        def remember(path: Path, size: int, seconds: float, written: list[Path] = written) -> None:
+            written.append(path)
+
         run(scenario_path, runtime=runtime_name, trace_path=trace, watchdog_s=watchdog_s, advance=mode,
-            checkpoint_at=times, checkpoint_dir=directory / f"{name}-{number}-checkpoints",
-            checkpoint_written=lambda path, size, seconds: written.append(path))
+            checkpoint_at=times, checkpoint_dir=directory / f"{name}-{number}-checkpoints", checkpoint_written=remember)
         record(f"{runtime_name:>6}{f', {mode}' if mode else ''}", trace, mode)
         for checkpoint, time_us in zip(written, times):
             # A resume in fresh containers; with `both` runtimes, on the other runtime than the one checkpointed.

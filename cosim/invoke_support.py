@@ -55,8 +55,8 @@ def _complete_context(self: ParseMachine) -> None:
     _original_complete_context(self)
 
 
-ParseMachine.handle = _handle  # type: ignore[method-assign]
-ParseMachine.complete_context = _complete_context  # type: ignore[method-assign]
+ParseMachine.handle = _handle  # type: ignore[method-assign]  # the patch this module exists for (docstring)
+ParseMachine.complete_context = _complete_context  # type: ignore[method-assign]  # (as above)
 
 
 def optional_positional(*names: str) -> Callable[[Any], Any]:

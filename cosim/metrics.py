@@ -6,9 +6,10 @@ from __future__ import annotations
 import contextlib
 import json
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from cosim.coordinator import StepTimings
 from cosim.errors import OutputWriteError

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from cosim.model import LinkProperties, Route, Scenario
 from cosim.seeds import link_seed

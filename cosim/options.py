@@ -4,7 +4,7 @@ value given and what is allowed. The invoke tasks pass options through as text; 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from cosim.errors import OptionError
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import importlib
 import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from cosim.model import Scenario, SensorSpec
 
 if TYPE_CHECKING:
     from cosim.trace import Trace
 
-Event = dict[str, Any]
+Event = Mapping[str, Any]  # a delivered event as a sink got it (cosim.core.contracts.Input is one)
 
 # Shipped with cosim; imported (and so registered) on the first lookup.
 BUILTIN = ("cosim.edge",)
@@ -46,7 +47,7 @@ class SensorPlugin:
     name: str
     event_type: str  # the type of its readings' events unless the scenario's `event_type` says otherwise
     reading: Callable[[random.Random, float], dict[str, Any]]
-    summary: Callable[[Scenario, list[Event], TextIO], None] | None = None
+    summary: Callable[[Scenario, Sequence[Event], TextIO], None] | None = None
     report: Callable[[Trace, Scenario], ReportParts | None] | None = None
 
 

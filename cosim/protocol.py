@@ -7,7 +7,8 @@ machine-readable one schemas/protocol.schema.json.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from cosim_service import wire
 from cosim_service.wire import canonical, decode  # noqa: F401  (cosim.protocol.canonical/decode: the one codec)

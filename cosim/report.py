@@ -20,11 +20,14 @@ import json
 import math
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
-from cosim import loading, plugins, schedule as scheduling, trace as traces
+from cosim import loading, plugins
+from cosim import schedule as scheduling
+from cosim import trace as traces
 from cosim.errors import MissingExtra, ScenarioError
 from cosim.metrics import speedups
 from cosim.model import Scenario
@@ -401,8 +404,9 @@ def render(trace: Trace, metrics: Mapping[str, Any] | None, scenario: Scenario |
     if links:
         parts.append(f"<figure>{drops_chart(links)}</figure>")
         parts.append(html_table(("link", "delivered", "dropped", "loss"),
-                                [(l.name, l.delivered, l.dropped, f"{l.loss:.2%}" if l.loss is not None else "")
-                                 for l in links], numeric=range(1, 4)))
+                                [(link.name, link.delivered, link.dropped,
+                                  f"{link.loss:.2%}" if link.loss is not None else "") for link in links],
+                                numeric=range(1, 4)))
         if trace.footer is not None and trace.footer.in_flight:
             parts.append(f"<p class=note>{trace.footer.in_flight} event(s) were still on a link at the end (sent, "
                          "neither delivered nor dropped).</p>")
@@ -419,8 +423,10 @@ def render(trace: Trace, metrics: Mapping[str, Any] | None, scenario: Scenario |
 
 def _plugin_parts(trace: Trace, scenario: Scenario | None) -> list[plugins.ReportParts]:
     """What the scenario's sensor plug-ins add to the page (e.g. cosim.edge: the detections); none without the file."""
-    found = []
-    for plugin in plugins.used_by(scenario) if scenario is not None else []:
+    found: list[plugins.ReportParts] = []
+    if scenario is None:
+        return found
+    for plugin in plugins.used_by(scenario):
         if plugin.report is not None and (parts := plugin.report(trace, scenario)) is not None:
             found.append(parts)
     return found

@@ -13,18 +13,21 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
-from cosim import __version__, checkpoint as checkpointing, compose, metrics as run_metrics, options, protocol, runtimes
+from cosim import __version__, compose, options, protocol, runtimes
+from cosim import checkpoint as checkpointing
+from cosim import metrics as run_metrics
 from cosim import trace as tracing
 from cosim.coordinator import Checkpoints, Coordinator, SimulationResult
 from cosim.errors import Interrupted, NodeError, OutputWriteError, UsageError
-from cosim.nodes import Input, SensorModel, ServiceNode, SimNode, SinkModel
-from cosim.model import ADVANCE_MODES, Scenario, SensorSpec, SinkSpec
 from cosim.loading import load
+from cosim.model import ADVANCE_MODES, Scenario, SensorSpec, SinkSpec
+from cosim.nodes import Input, SensorModel, ServiceNode, SimNode, SinkModel
 from cosim.trace import TraceWriter
 
 DEFAULT_WATCHDOG_S = options.DEFAULT_WATCHDOG_S
@@ -181,7 +184,7 @@ def resume(
     content, digest = checkpointing.read(checkpoint_path)
     fork = scenario_path is not None
     # The checkpointed run's advance mode (a `--advance` override included): its state is that mode's.
-    scenario = dataclasses.replace(load(scenario_path if fork else checkpointing.scenario_file(content)),
+    scenario = dataclasses.replace(load(scenario_path if scenario_path is not None else checkpointing.scenario_file(content)),
                                    advance=content["advance"])
     checkpointing.check_scenario(Path(checkpoint_path), content, scenario, fork=fork)
     manifest = dict(content["manifest"])

@@ -11,9 +11,9 @@ The scenario file's `schedule:` section is read into a Schedule by ``cosim.loadi
 from __future__ import annotations
 
 import bisect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
-
+from typing import Any, ClassVar
 
 ACTION_KEYS = ("reconfigure", "link", "partition", "heal", "crash", "restart")
 LINK_KEYS = ("latency_us", "jitter_us", "loss")

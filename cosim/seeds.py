@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 
-
 SEED_BITS = 53  # every JSON parser reads integers below 2**53 exactly (JavaScript numbers, jq)
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
+from typing import TYPE_CHECKING, Any
 
 from cosim import __version__, protocol
 from cosim.environment import dependency_versions
@@ -371,7 +372,7 @@ class RunError:
     counts: Mapping[str, int]
 
 
-EventRecord = Union[Sent, Delivered, Dropped, Unroutable, Filtered, Action]
+EventRecord = Sent | Delivered | Dropped | Unroutable | Filtered | Action
 _EVENT_TYPES: dict[str, type] = {"sent": Sent, "delivered": Delivered, "dropped": Dropped, "unroutable": Unroutable,
                                  "filtered": Filtered}
 _INT_FIELDS = {"time_us", "sent_us", "seq", "seed", "duration_us", "quantum_us", "protocol", "end_us", "steps",
@@ -397,7 +398,7 @@ class Trace:
         """The records of one kind, e.g. ``trace.of(Delivered)``."""
         return [record for record in self.records if isinstance(record, kind)]
 
-    def to_dataframe(self) -> "pandas.DataFrame":
+    def to_dataframe(self) -> pandas.DataFrame:
         """One row per event record: record, time_us, source, seq, type, dest, sent_us, latency_us, reason, data.
 
         Needs pandas (``pip install 'cosim[analysis]'``; ./inv's environment has it)."""
@@ -433,7 +434,7 @@ _OPTIONAL = {"environment", "advance", "executed"}  # fields a valid record may 
 
 def _build(cls: type, record: dict[str, Any], where: str) -> Any:
     names = _FIELD_NAMES.get(cls) or _FIELD_NAMES.setdefault(cls, tuple(item.name for item in fields(cls)))
-    values = {}
+    values: dict[str, Any] = {}
     for name in names:
         if name not in record:
             if name == "environment":

@@ -16,8 +16,9 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Protocol
 
 from cosim.errors import OutputWriteError
 from cosim.tails import file_tail

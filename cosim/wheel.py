@@ -35,7 +35,7 @@ class Project:
     extras: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
-    def from_pyproject(cls, path: Path) -> "Project":
+    def from_pyproject(cls, path: Path) -> Project:
         table = tomllib.loads(path.read_text(encoding="utf-8")).get("project", {})
         return cls(name=table["name"], version=str(table["version"]), summary=table.get("description", ""),
                    requires_python=table.get("requires-python", ""),

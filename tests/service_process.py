@@ -8,8 +8,9 @@ import selectors
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHONPATH = os.pathsep.join([str(ROOT / "containers"), str(ROOT / "sdk" / "python")])
@@ -82,7 +83,7 @@ class ServiceProcess:
             self.proc.kill()
             self.proc.wait(timeout=self.timeout_s)
 
-    def __enter__(self) -> "ServiceProcess":
+    def __enter__(self) -> ServiceProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cosim import compose
-from cosim import loading
+from cosim import compose, loading
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = Path(__file__).resolve().parent / "scenarios" / "cli-good.yaml"

@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cosim import compose
-from cosim import loading
+from cosim import compose, loading
 from cosim.cli import GOLDEN_CACHE
 from cosim.model import Scenario
 from cosim.run import run

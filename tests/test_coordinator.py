@@ -10,9 +10,10 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import pytest
 import yaml
@@ -20,10 +21,10 @@ import yaml
 import cosim.runtimes.local as local_runtime
 from cosim.coordinator import Coordinator, SimulationResult
 from cosim.errors import CosimError, NodeFailure
+from cosim.loading import load
 from cosim.nodes import Event, SimNode, SinkModel
 from cosim.run import build_nodes, run
 from cosim.runtimes.local import LocalRuntime
-from cosim.loading import load
 from cosim.seeds import derive_seed, link_seed, node_seed
 from cosim.trace import TraceWriter
 from cosim.transport import PipeTransport

@@ -15,18 +15,18 @@ import secrets
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 from cosim import compose
+from cosim.loading import load
 from cosim.run import run
 from cosim.runtimes.docker import remove_by_label
-from cosim.loading import load
+from cosim.service_sources import service_image
 from cosim.trace import RunError, Sent, read
 from cosim.tracediff import trace_hash
-from cosim.service_sources import service_image
 from tests.conftest import ROOT, cosim_resources, invoke_up_session, wait_until
 
 pytestmark = pytest.mark.docker

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import ROOT, cosim_resources
 from tests.skip_policy import host_tool
+
+from .conftest import ROOT, cosim_resources
 
 DOCS = ROOT / "docs"
 TUTORIAL = DOCS / "your-first-service.md"

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from cosim.edge import detections
-from cosim.run import CompletedRun, run
 from cosim.loading import load
 from cosim.model import Scenario
+from cosim.run import CompletedRun, run
 from cosim.service_sources import service_image
 
 from .conftest import assert_same_simulation, cosim_resources, invoke_up_session

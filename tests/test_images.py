@@ -13,19 +13,27 @@ import subprocess
 import sys
 import uuid
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from python_on_whales import docker
 from python_on_whales.exceptions import DockerException
 
 from cosim import service_sources, wheel
-from cosim.runtimes.docker import base_image, service_images as images
-from cosim.runtimes.docker.engine import check_engine
 from cosim.errors import EngineUnavailable, ImageBuildError
-from cosim.runtimes.docker.service_images import (ImageSpec, build_images, ensure_images, ensure_wheelhouse,
-                                                  service_spec, stage_context)
+from cosim.runtimes.docker import base_image
+from cosim.runtimes.docker import service_images as images
+from cosim.runtimes.docker.engine import check_engine
+from cosim.runtimes.docker.service_images import (
+    ImageSpec,
+    build_images,
+    ensure_images,
+    ensure_wheelhouse,
+    service_spec,
+    stage_context,
+)
 from cosim.service_sources import image_name
 
 from .conftest import own_echo_service

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import importlib.metadata
+import io
 import json
 import platform
 import random
@@ -13,13 +13,13 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from cosim import __version__, compose, protocol
-from cosim import loading
+from cosim import __version__, compose, loading, protocol
 from cosim.run import CompletedRun, run
 from cosim.seeds import node_seed
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cosim.run import CompletedRun, run
 from cosim.errors import NodeError
+from cosim.run import CompletedRun, run
 from cosim.trace import Sent, read
 
 from .conftest import ROOT

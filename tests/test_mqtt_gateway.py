@@ -7,8 +7,9 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import paho.mqtt
 import paho.mqtt.client as mqtt

@@ -11,14 +11,15 @@ import json
 import multiprocessing
 import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from cosim import loading
-from cosim.model import SensorSpec
 from cosim.determinism import gate
+from cosim.model import SensorSpec
 from cosim.run import run
 from cosim.tracediff import compare, print_comparison
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cosim.network import Delivery, Drop, Router
 from cosim.loading import load
+from cosim.network import Delivery, Drop, Router
 from cosim.seeds import link_seed
 
 SEED = 20240611

@@ -11,20 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from protocol_adapter import CoordinatorProtocolAdapter  # noqa: E402  (containers/ is on the path: conftest)
 
 from cosim import protocol
 from cosim.coordinator import Coordinator
 from cosim.determinism import gate, plan_modes
 from cosim.errors import BrokenPromise, OptionError, ScenarioError
+from cosim.loading import load
 from cosim.nodes import SensorModel, SinkModel
 from cosim.run import CompletedRun, run
-from cosim.loading import load
 from cosim.trace import TraceWriter, read
 from cosim.tracediff import trace_hash
 
 from .conftest import ROOT, cosim_resources
-
-from protocol_adapter import CoordinatorProtocolAdapter  # noqa: E402  (containers/ is on the path: conftest)
 
 LOCAL = ROOT / "tests" / "scenarios_local"
 MIXED = LOCAL / "mixed.yaml"

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cosim import compose
-from cosim import loading
+from cosim import compose, loading
 from cosim.errors import ScenarioError
 from cosim.run import run
 from cosim.service_sources import service_image

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-import pytest
+from typing import Any
 
 import protocol_adapter
-from cosim import protocol
+import pytest
 from protocol_adapter import CoordinatorProtocolAdapter
+
+from cosim import protocol
 from tests.service_process import ServiceProcess, converse
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,26 +10,27 @@ import importlib.util
 import json
 import re
 from collections import deque
-from types import SimpleNamespace
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-import pytest
-from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
+from types import SimpleNamespace
+from typing import Any
 
 import protocol_adapter
+import pytest
+from jsonschema import Draft202012Validator
+from protocol_adapter import CoordinatorProtocolAdapter
+from referencing import Registry, Resource
+
 from cosim import protocol
 from cosim.coordinator import Coordinator
 from cosim.errors import NodeFailure
-from cosim.run import build_nodes, run
 from cosim.loading import load
+from cosim.run import build_nodes, run
 from cosim.seeds import node_seed
 from cosim.trace import RECORD_KINDS, TraceWriter, base_manifest
 from cosim.tracediff import hashed_line
 from cosim.transport import TransportClosed
 from cosim_service import Service, Session
-from protocol_adapter import CoordinatorProtocolAdapter
 from tests.service_process import ROOT, ServiceProcess
 from tests.skip_policy import host_tool
 

@@ -321,7 +321,7 @@ def test_alias_bomb_is_refused_without_expanding(tmp_path: Path) -> None:
     except subprocess.TimeoutExpired:
         pytest.fail("loading the alias bomb did not finish within 30 s: the aliases are being expanded")
     assert done.returncode == 2, done.stdout + done.stderr
-    line = ALIAS_BOMB.splitlines().index(next(l for l in ALIAS_BOMB.splitlines() if "# HERE" in l)) + 1
+    line = ALIAS_BOMB.splitlines().index(next(text for text in ALIAS_BOMB.splitlines() if "# HERE" in text)) + 1
     assert done.stdout == f"{path}:{line}: YAML expands to more than 100000 values (aliases/anchors); refused\n"
 
 

@@ -12,11 +12,10 @@ import pytest
 
 from cosim import trace as traces
 from cosim.errors import ScenarioError, UnsupportedAction
+from cosim.loading import load
 from cosim.network import Delivery, Drop, Router
 from cosim.run import run
-from cosim.loading import load
 from cosim.schedule import Crash, Heal, Restart
-
 from tests.conftest import CONTAINERS, ROOT
 from tests.test_protocol_schema import check_trace_against_the_documentation
 

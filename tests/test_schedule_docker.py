@@ -3,13 +3,11 @@ service (attached, INIT again); the broker's container too. Each run gives the l
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from cosim.run import run
-
 from tests.conftest import ROOT, assert_same_simulation, cosim_resources
 from tests.test_schedule import BROKER_CRASH, check_broker_crash, records
 

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import protocol_adapter
 import pytest
 
-import protocol_adapter
 from cosim import protocol, scaffold
 from cosim_service import PROTOCOL_VERSION, Service, wire
 from cosim_service.mqtt.checkpoint import ClientState

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from cosim.errors import NodeFailure
+from cosim.run import run
 from cosim.runtimes.docker.base_image import LOCAL_BASE_IMAGE
 from cosim.runtimes.docker.engine import stderr_tail
-from cosim.run import run
 from cosim.tails import LINE_CHARS, TRACE_TAIL_LINES, log_tail
 
 from .conftest import ROOT

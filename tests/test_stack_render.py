@@ -8,19 +8,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cosim import compose
-from cosim import loading
+from cosim import compose, loading
+from cosim.model import Scenario
 from cosim.runtimes.swarm import stack
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def distributed() -> scenarios.Scenario:
+def distributed() -> Scenario:
     return loading.load(ROOT / "scenarios" / "distributed.yaml")
 
 
-def test_every_service_gets_one_replica_no_restart_dnsrr_and_its_placement(distributed: scenarios.Scenario) -> None:
+def test_every_service_gets_one_replica_no_restart_dnsrr_and_its_placement(distributed: Scenario) -> None:
     spec = stack.stack_spec(distributed)
     sites = {"mqtt-broker": "site-1", "gateway": "site-2", "inference": "site-3"}
     assert sorted(spec["services"]) == sorted(sites)
@@ -35,7 +35,7 @@ def test_every_service_gets_one_replica_no_restart_dnsrr_and_its_placement(distr
     assert spec["version"] == stack.STACK_FILE_VERSION and "name" not in spec
 
 
-def test_the_rest_is_the_compose_service_minus_what_swarm_does_not_take(distributed: scenarios.Scenario) -> None:
+def test_the_rest_is_the_compose_service_minus_what_swarm_does_not_take(distributed: Scenario) -> None:
     composed = compose.compose_spec(distributed)["services"]
     for node_id, service in stack.stack_spec(distributed)["services"].items():
         expected = {key: value for key, value in composed[node_id].items() if key not in stack.UNSUPPORTED}
@@ -43,13 +43,13 @@ def test_the_rest_is_the_compose_service_minus_what_swarm_does_not_take(distribu
         assert service["cap_drop"] == ["ALL"] and service["read_only"] is True and service["user"] and service["init"]
 
 
-def test_images_can_be_a_registrys(distributed: scenarios.Scenario) -> None:
+def test_images_can_be_a_registrys(distributed: Scenario) -> None:
     tag = distributed.containers[0].image
     spec = stack.stack_spec(distributed, {tag: f"registry.example:5000/{tag}"})
     assert spec["services"][distributed.containers[0].id]["image"] == f"registry.example:5000/{tag}"
 
 
-def test_placement_changes_nothing_for_the_compose_runtime(distributed: scenarios.Scenario) -> None:
+def test_placement_changes_nothing_for_the_compose_runtime(distributed: Scenario) -> None:
     default = loading.load(ROOT / "scenarios" / "default.yaml")
     assert [node.placement for node in default.containers] == [(), (), ()]
     assert all(node.placement for node in distributed.containers)
@@ -59,12 +59,12 @@ def test_placement_changes_nothing_for_the_compose_runtime(distributed: scenario
         == rename
 
 
-def test_render_writes_a_file_docker_stack_reads(distributed: scenarios.Scenario, tmp_path: Path) -> None:
+def test_render_writes_a_file_docker_stack_reads(distributed: Scenario, tmp_path: Path) -> None:
     path = stack.render(distributed, tmp_path / "stack.yaml")
     assert yaml.safe_load(path.read_text()) == stack.stack_spec(distributed)
 
 
-def test_resources_become_compose_limits_and_the_stacks_deploy_limits(distributed: scenarios.Scenario,
+def test_resources_become_compose_limits_and_the_stacks_deploy_limits(distributed: Scenario,
                                                                       tmp_path: Path) -> None:
     """`resources` on a node: compose `cpus`, `mem_limit` and `memswap_limit` (= memory: no swap to hide a shortage),
     the stack's `deploy.resources.limits`, and a different compose hash (the trace header's `compose_sha256`)."""

@@ -21,15 +21,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
 
 from cosim.errors import NodeFailure, NodeStartError, SwarmError, SwarmNodeUnreachable
 from cosim.run import run
-from cosim.runtimes.swarm import cluster as clusters, down_stacks
+from cosim.runtimes.swarm import cluster as clusters
+from cosim.runtimes.swarm import down_stacks
 from cosim.runtimes.swarm.nodes import CONTEXT_ENV
 from tests.conftest import ROOT, assert_same_simulation, invoke_up_session, wait_until
 from tests.test_schedule import BROKER_CRASH, check_broker_crash, records

@@ -10,8 +10,9 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -290,21 +291,21 @@ def test_fork_at_runs_each_prefix_once_and_forks_every_variant(tmp_path: Path) -
     result = quiet_sweep(tmp_path, **settings)
     assert [o.status for o in result.outcomes] == ["ok"] * 8, [o.error for o in result.outcomes]
     out = tmp_path / "sweeps" / "sweep-echo"
-    for run in result.runs:
-        prefix = (out / "prefix" / f"seed-{run.seed}" / "trace.jsonl").read_text(encoding="utf-8").split("\n")
-        branch = (tmp_path / run.trace).read_text(encoding="utf-8").split("\n")
+    for planned in result.runs:
+        prefix = (out / "prefix" / f"seed-{planned.seed}" / "trace.jsonl").read_text(encoding="utf-8").split("\n")
+        branch = (tmp_path / planned.trace).read_text(encoding="utf-8").split("\n")
         assert '"status":"stopped"' in prefix[-2]
         before = prefix[1:-2]  # the prefix's records up to T, without its header and its "stopped" footer
-        assert before and branch[1:1 + len(before)] == before, run.name
+        assert before and branch[1:1 + len(before)] == before, planned.name
         assert '"forked_from"' in branch[0]
     # By hand, as the written-out file says: the same trace hash.
-    run = result.runs[-1]
-    checkpoint = out / "prefix" / f"seed-{run.seed}" / "prefix-20000us.checkpoint.json"
-    assert f"cosim resume ../../prefix/seed-{run.seed}/prefix-20000us.checkpoint.json --scenario scenario.yaml" in (
-        tmp_path / run.scenario).read_text(encoding="utf-8")
+    last = result.runs[-1]
+    checkpoint = out / "prefix" / f"seed-{last.seed}" / "prefix-20000us.checkpoint.json"
+    assert f"cosim resume ../../prefix/seed-{last.seed}/prefix-20000us.checkpoint.json --scenario scenario.yaml" in (
+        tmp_path / last.scenario).read_text(encoding="utf-8")
     with working_directory(tmp_path):
-        resume(checkpoint, runtime="local", trace_path=tmp_path / "by-hand.jsonl", scenario_path=tmp_path / run.scenario)
-    assert trace_hash(tmp_path / "by-hand.jsonl") == run_hash(result, run.name)
+        resume(checkpoint, runtime="local", trace_path=tmp_path / "by-hand.jsonl", scenario_path=tmp_path / last.scenario)
+    assert trace_hash(tmp_path / "by-hand.jsonl") == run_hash(result, last.name)
     again = quiet_sweep(tmp_path, **settings)
     assert [o.status for o in again.outcomes] == ["skipped"] * 8
 

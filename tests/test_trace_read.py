@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cosim import protocol, trace as traces
+from cosim import protocol
+from cosim import trace as traces
 from cosim.errors import CosimError, TraceReadError
 from cosim.run import CompletedRun, run
 from cosim.trace import Delivered, Dropped, Footer, Header, RunError, Sent, Unroutable

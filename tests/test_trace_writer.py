@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cosim import protocol, trace as tracing
+from cosim import protocol
+from cosim import trace as tracing
 from cosim.trace import TraceWriter
 
 PAYLOADS = [{"value": 1}, {"z": [1.5, None, True], "a": "ünïcode \u2028 \"quoted\" \\"}, None, "text", 12, -0.0, 1e-07, []]

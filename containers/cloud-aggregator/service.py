@@ -15,7 +15,8 @@ Config (all optional; the MQTT ones as for mqtt-gateway):
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from cosim_service.mqtt import MqttService
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 import random
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from cosim_service import Service
 

@@ -31,7 +31,8 @@ reconnects (cosim_service.mqtt).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from cosim_service.mqtt import MqttService, Outgoing
 

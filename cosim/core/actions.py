@@ -6,7 +6,8 @@ whose promise an action changes (a new config, a restart) is held to its new pro
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from cosim import schedule as scheduling
 from cosim.core.advance import AdvancePolicy

@@ -16,8 +16,9 @@ of its window explains fails the node.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable, Iterable, Mapping
 from operator import attrgetter
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Protocol
 
 from cosim.core.barriers import BarrierGroups
 from cosim.core.contracts import NEVER, Event, Inputs

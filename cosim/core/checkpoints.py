@@ -4,8 +4,9 @@ cosim.checkpoint's."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from cosim.core.slots import Slots
 from cosim.errors import UnsupportedAction

@@ -9,8 +9,9 @@ always delivered in a later one, at its exact virtual time.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from operator import itemgetter
-from typing import Any, Mapping
+from typing import Any
 
 from cosim import protocol
 from cosim import trace as tracing

@@ -9,8 +9,9 @@ and a field that says neither is refused when the module loads (``saved_fields``
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cosim.core.contracts import NEVER, Event
 

@@ -8,9 +8,10 @@ arrival at the sink.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, TextIO
 
 from cosim.model import Scenario, SensorSpec
 
@@ -42,7 +43,7 @@ class Report:
         return all(d.detected_us is not None for d in self.detections)
 
 
-def report(scenario: Scenario, sink_events: Iterable[dict[str, Any]]) -> Report:
+def report(scenario: Scenario, sink_events: Iterable[Mapping[str, Any]]) -> Report:
     """``sink_events``: delivered events (type, time_us, data) that reached any sink, in delivery order."""
     sensors = {node.id: node for node in scenario.nodes if isinstance(node, SensorSpec)}
     verdicts = [e for e in sink_events if e.get("type") == "inference_result" and isinstance(e.get("data"), dict)]
@@ -87,7 +88,7 @@ def sink_events_from_trace(trace_path: Path, scenario: Scenario) -> list[dict[st
     return events
 
 
-def print_summary(scenario: Scenario, sink_events: list[dict[str, Any]], out: TextIO) -> None:
+def print_summary(scenario: Scenario, sink_events: Sequence[Mapping[str, Any]], out: TextIO) -> None:
     """The detection lines of a run's summary (the sensor plug-in's summary hook)."""
     print_report(report(scenario, sink_events), out)
 

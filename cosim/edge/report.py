@@ -5,7 +5,8 @@ a section on each injected anomaly and its detection. Only for a run where class
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from cosim.edge import detections
 from cosim.model import Scenario, SensorSpec

@@ -39,7 +39,7 @@ def window(rng: random.Random, params: SignalParams, severity: float = 0.0) -> l
     # rng.gauss(0.0, noise), inlined (the sensor model's hot loop): the same draws in the same order, and the
     # pending second value of each Box-Muller pair kept in rng.gauss_next as Random.gauss keeps it.
     uniform, sin, cos, log, sqrt = rng.random, math.sin, math.cos, math.log, math.sqrt
-    pending = rng.gauss_next  # type: ignore[attr-defined]
+    pending = rng.gauss_next  # type: ignore[attr-defined]  # CPython's Random keeps gauss()'s spare value here
     out = []
     for i in range(params.samples):
         t = i * dt
@@ -55,7 +55,7 @@ def window(rng: random.Random, params: SignalParams, severity: float = 0.0) -> l
             since_impulse = (t * params.fault_hz + fault_phase) % 1.0 / params.fault_hz
             value += severity * params.fault_amplitude * math.exp(-since_impulse * 900.0) * rng.choice((-1.0, 1.0))
         out.append(value)
-    rng.gauss_next = pending  # type: ignore[attr-defined]
+    rng.gauss_next = pending  # type: ignore[attr-defined]  # (see above)
     return out
 
 

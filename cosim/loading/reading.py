@@ -62,7 +62,7 @@ class _LineLoader(yaml.SafeLoader):
         try:
             if self._depth > MAX_YAML_DEPTH:
                 raise _TooDeep(self.peek_event().start_mark.line + 1)
-            return super().compose_node(parent, index)
+            return super().compose_node(parent, index)  # type: ignore[return-value]  # yaml's base class says Node | None; a node is always composed here
         finally:
             self._depth -= 1
 
@@ -84,7 +84,7 @@ def parse_yaml(text: str, source: str) -> tuple[dict[str, Any], Positions]:
         problem = exc.problem or exc.context or "invalid YAML"
         if exc.context and problem.startswith("but "):  # "but found another document" needs its context to read
             problem = f"{exc.context}, {problem}"
-        if "could not determine a constructor" in (exc.problem or ""):
+        if exc.problem and "could not determine a constructor" in exc.problem:
             tag = exc.problem.split("tag ")[-1].strip().strip("'").replace("tag:yaml.org,2002:", "!!")
             raise ScenarioError(source, f"unsupported YAML tag {tag}; only plain YAML is allowed", line=line) from exc
         raise ScenarioError(source, f"YAML syntax error: {problem}", line=line) from exc

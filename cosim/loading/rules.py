@@ -13,8 +13,17 @@ from typing import Any
 from cosim import plugins
 from cosim.loading import schedule as scheduling
 from cosim.loading.positions import FieldPath, Positions
-from cosim.model import (Anomaly, ContainerSpec, LinkProperties, NodeSpec, Resources, Route, Scenario, SensorSpec,
-                         SinkSpec)
+from cosim.model import (
+    Anomaly,
+    ContainerSpec,
+    LinkProperties,
+    NodeSpec,
+    Resources,
+    Route,
+    Scenario,
+    SensorSpec,
+    SinkSpec,
+)
 from cosim.service_sources import image_name, source_hash
 
 MAX_STEPS = 50_000_000
@@ -156,7 +165,7 @@ def _node(doc: dict[str, Any], links: dict[str, LinkProperties], duration: int, 
         _check_shared_subscriptions(doc, at, positions)
         return ContainerSpec(
             id=doc["id"], kind=kind, links=links, build=service_dir, source_sha256=digest, base_dir=base_dir,
-            image=doc["image"] if "image" in doc else image_name(service_dir, digest),  # type: ignore[arg-type]
+            image=doc["image"] if "image" in doc else image_name(service_dir, digest),  # type: ignore[arg-type]  # set together with build
             command=tuple(doc["command"]) if "command" in doc else None,
             local_command=tuple(doc["local_command"]) if "local_command" in doc else None,
             config=doc.get("config", {}),

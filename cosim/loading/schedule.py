@@ -4,12 +4,24 @@ the rules the schema cannot say (grid, duration, node names and kinds, crash bef
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from cosim.loading.positions import FieldPath, Positions
-from cosim.schedule import (ACTION_KEYS, LINK_KEYS, MODEL_CONFIG_KEYS, Action, Crash, Heal, Partition, Reconfigure,
-                            Restart, Schedule, SetLink)
+from cosim.schedule import (
+    ACTION_KEYS,
+    LINK_KEYS,
+    MODEL_CONFIG_KEYS,
+    Action,
+    Crash,
+    Heal,
+    Partition,
+    Reconfigure,
+    Restart,
+    Schedule,
+    SetLink,
+)
 
 
 @dataclass(frozen=True)

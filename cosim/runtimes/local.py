@@ -18,8 +18,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from cosim.errors import NodeStartError
 from cosim.model import ContainerSpec, Scenario
@@ -126,7 +127,7 @@ class LocalRuntime:
         return {"endpoints": self.endpoints()}
 
     def exited_infrastructure(self, wait_s: float = 0.0) -> list[tuple[str, int | None]]:
-        exited = []
+        exited: list[tuple[str, int | None]] = []
         for node_id, process in self._infrastructure.items():
             try:
                 code = process.wait(timeout=wait_s)

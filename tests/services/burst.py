@@ -7,7 +7,8 @@ coordinator has to order them by time itself; same-time events keep the order gi
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from protocol_adapter import serve
 

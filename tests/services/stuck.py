@@ -6,7 +6,8 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from protocol_adapter import serve
 

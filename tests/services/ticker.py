@@ -3,7 +3,8 @@ virtual time (config, default 5000) and an echo of each input. The coordinator m
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from protocol_adapter import serve
 

@@ -14,8 +14,8 @@ import os
 import select
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cosim.errors import OutputWriteError
 from cosim.runtimes.docker.engine import context_host

@@ -16,7 +16,7 @@ import contextlib
 import os
 import shutil
 import subprocess
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from python_on_whales import DockerClient, docker
 from python_on_whales.exceptions import DockerException

@@ -19,19 +19,27 @@ import os
 import secrets
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any
 
 from python_on_whales import DockerClient, DockerException, docker
 
 from cosim import compose
-from cosim.runtimes.docker.engine import check_engine, docker_command, docker_errors, stderr_tail, wait_exit
-from cosim.errors import (ComposeUpFailed, ExitStatus, ImageBuildError, NodeError, NodeFailure, NodeImageError,
-                          OutputWriteError)
-from cosim.runtimes.docker.base_image import try_pull
-from cosim.runtimes.docker.service_images import ImageSpec, ensure_images
+from cosim.errors import (
+    ComposeUpFailed,
+    ExitStatus,
+    ImageBuildError,
+    NodeError,
+    NodeFailure,
+    NodeImageError,
+    OutputWriteError,
+)
 from cosim.model import ContainerSpec, Scenario
 from cosim.runtimes.docker.attach import EngineAttachTransport, engine_socket
+from cosim.runtimes.docker.base_image import try_pull
+from cosim.runtimes.docker.engine import check_engine, docker_command, docker_errors, stderr_tail, wait_exit
+from cosim.runtimes.docker.service_images import ImageSpec, ensure_images
 from cosim.tails import file_tail, last_lines
 from cosim.transport import PipeTransport, Transport
 
@@ -237,7 +245,7 @@ class DockerRuntime:
 
     @docker_errors()
     def exited_infrastructure(self, wait_s: float = 0.0) -> list[tuple[str, int | None]]:
-        exited = []
+        exited: list[tuple[str, int | None]] = []
         for node in self.scenario.containers:
             container_id = self._containers.get(node.id)
             if node.speaks_protocol or container_id is None:

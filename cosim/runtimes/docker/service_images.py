@@ -26,19 +26,37 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from python_on_whales import docker
 from python_on_whales.exceptions import DockerException
 
 from cosim.errors import ImageBuildError
-from cosim.runtimes.docker.base_image import (PROJECT, PROJECT_LABEL, Log, build_lock, image_id, image_label,
-                                              resolve_base_image, stderr_log)
+from cosim.runtimes.docker.base_image import (
+    PROJECT,
+    PROJECT_LABEL,
+    Log,
+    build_lock,
+    image_id,
+    image_label,
+    resolve_base_image,
+    stderr_log,
+)
 from cosim.runtimes.docker.engine import docker_errors, run_cli
-from cosim.service_sources import (NODE_MODULES, WHEELS, cache_dir, containers_dir, context_dir, folder_files, sdk_content,
-                                   service_image, source_hash, write_tree)
+from cosim.service_sources import (
+    NODE_MODULES,
+    WHEELS,
+    cache_dir,
+    containers_dir,
+    context_dir,
+    folder_files,
+    sdk_content,
+    service_image,
+    source_hash,
+    write_tree,
+)
 from cosim.tails import build_output_tail
 
 BUILD_HASH_LABEL = "cosim.build-hash"
@@ -52,10 +70,10 @@ _PIP_PLATFORM_ARGS = (
     "--platform", "manylinux2014_x86_64",
     "--platform", "manylinux_2_28_x86_64",
 )  # fmt: skip
-_NODE_BASE_DOCKERFILE = f"""\
+_NODE_BASE_DOCKERFILE = """\
 # cosim/node-base: the Python base image plus Debian's Node.js, for services written in JavaScript.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-FROM ${{BASE_IMAGE}}
+FROM ${BASE_IMAGE}
 RUN apt-get update \\
     && apt-get install -y --no-install-recommends nodejs \\
     && rm -rf /var/lib/apt/lists/*

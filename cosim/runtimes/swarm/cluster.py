@@ -22,9 +22,9 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from cosim.errors import ClusterError
 from cosim.runtimes.docker.engine import run_bounded
@@ -75,7 +75,7 @@ class Engine:
         (Path(self.base) / "state.json").write_text(json.dumps(asdict(self), indent=1) + "\n")
 
     @classmethod
-    def load(cls, base: Path) -> "Engine":
+    def load(cls, base: Path) -> Engine:
         return cls(**json.loads((base / "state.json").read_text()))
 
 
@@ -129,8 +129,8 @@ def start_engine(name: str, base: Path, *, nat: bool = False, mtu: int = 1500,
         for rule in (("FORWARD", "-i", host_end, "-j", "ACCEPT"), ("FORWARD", "-o", host_end, "-j", "ACCEPT")):
             step(["iptables", "-I", *rule], ["iptables", "-D", *rule])
         if nat:
-            rule = ("POSTROUTING", "-s", f"{inner_ip}/32", "!", "-d", f"{SUBNET_PREFIX}.0.0/16", "-j", "MASQUERADE")
-            step(["iptables", "-t", "nat", "-I", *rule], ["iptables", "-t", "nat", "-D", *rule])
+            masquerade = ("POSTROUTING", "-s", f"{inner_ip}/32", "!", "-d", f"{SUBNET_PREFIX}.0.0/16", "-j", "MASQUERADE")
+            step(["iptables", "-t", "nat", "-I", *masquerade], ["iptables", "-t", "nat", "-D", *masquerade])
         step(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
         config = base / "daemon.json"
         config.write_text("{}\n")
@@ -234,7 +234,7 @@ def mounts_under(directory: Path) -> list[str]:
 @contextlib.contextmanager
 def engine(name: str, base: Path, **options: object) -> Iterator[Engine]:
     """``start_engine`` ... ``stop_engine`` around a block."""
-    started = start_engine(name, base, **options)  # type: ignore[arg-type]
+    started = start_engine(name, base, **options)  # type: ignore[arg-type]  # the caller passes start_engine's keywords
     try:
         yield started
     finally:

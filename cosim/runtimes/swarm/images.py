@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from cosim.errors import ImageBuildError, SwarmNodeUnreachable
 from cosim.runtimes.docker.engine import docker_command, run_bounded, run_cli

@@ -101,7 +101,7 @@ def node_engines(manager: DockerClient, manager_node_id: str) -> dict[str, NodeE
     for node in manager.node.list():
         if node.status.state != "ready" or node.spec.availability != "active":
             continue
-        hostname = node.description.hostname
+        hostname = node.description.hostname or node.id  # an engine always reports its hostname
         label = (node.spec.labels or {}).get(CONTEXT_LABEL)
         if label is not None:
             if label not in contexts:

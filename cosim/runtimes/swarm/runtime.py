@@ -21,21 +21,45 @@ from __future__ import annotations
 import secrets
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from python_on_whales import DockerClient, DockerException
 
 from cosim.errors import NodeFailure, NodeStartError, SwarmError
 from cosim.model import ContainerSpec, Scenario
 from cosim.runtimes.docker.attach import EngineAttachTransport
-from cosim.runtimes.docker.engine import (check_engine, docker_command, docker_errors, run_bounded, run_cli, stderr_tail,
-                                          wait_exit)
-from cosim.runtimes.docker.runtime import (LABEL_NODE, LABEL_PROJECT, LABEL_RUN, RUNS_DIR, STOP_TIMEOUT_S, RunLock,
-                                           endpoints_by_service_name, prepare_images, run_alive)
-from cosim.runtimes.swarm import images as swarm_images, stack as stack_file
-from cosim.runtimes.swarm.nodes import (ANSWER_TIMEOUT_S, NodeEngine, check_manager, manager_client, manager_context,
-                                        node_engines)
+from cosim.runtimes.docker.engine import (
+    check_engine,
+    docker_command,
+    docker_errors,
+    run_bounded,
+    run_cli,
+    stderr_tail,
+    wait_exit,
+)
+from cosim.runtimes.docker.runtime import (
+    LABEL_NODE,
+    LABEL_PROJECT,
+    LABEL_RUN,
+    RUNS_DIR,
+    STOP_TIMEOUT_S,
+    RunLock,
+    endpoints_by_service_name,
+    prepare_images,
+    run_alive,
+)
+from cosim.runtimes.swarm import images as swarm_images
+from cosim.runtimes.swarm import stack as stack_file
+from cosim.runtimes.swarm.nodes import (
+    ANSWER_TIMEOUT_S,
+    NodeEngine,
+    check_manager,
+    manager_client,
+    manager_context,
+    node_engines,
+)
 from cosim.tails import file_tail, last_lines
 from cosim.transport import PipeTransport, Transport, TransportClosed
 
@@ -153,7 +177,7 @@ class SwarmRuntime:
                 "restarted_on": dict(sorted(self._restarted_on.items()))}
 
     def exited_infrastructure(self, wait_s: float = 0.0) -> list[tuple[str, int | None]]:
-        exited = []
+        exited: list[tuple[str, int | None]] = []
         for node in self.scenario.containers:
             if node.speaks_protocol or node.id not in self._tasks:
                 continue
@@ -265,18 +289,18 @@ class SwarmRuntime:
                     latest[node_id] = task
             waiting = []
             for node_id, node in nodes.items():
-                task = latest.get(node_id)
-                state = task.status.state if task is not None else "new"
-                if state == "running":
-                    container = task.status.container_status
+                current = latest.get(node_id)
+                state = current.status.state if current is not None else "new"
+                if current is not None and state == "running":
+                    container = current.status.container_status
                     if container is not None and container.container_id:
-                        self._tasks[node_id] = (self._engine_of(task), container.container_id)
+                        self._tasks[node_id] = (self._engine_of(current), container.container_id)
                         continue
-                if task is not None and (problem := self._task_problem(node, task)) is not None:
+                if current is not None and (problem := self._task_problem(node, current)) is not None:
                     # Mid-run, a node that does not come back fails the run under its name, as one that dies does.
                     raise NodeFailure(node_id, f"restart failed: {problem}") if replacing else \
                         NodeStartError(node_id, problem)
-                waiting.append(f"{node_id} ({state}{': ' + task.status.err if task and task.status.err else ''})")
+                waiting.append(f"{node_id} ({state}{': ' + current.status.err if current and current.status.err else ''})")
             if not waiting:
                 return
             if time.monotonic() > deadline:
@@ -320,9 +344,13 @@ class SwarmRuntime:
 
     def _attach(self, node: ContainerSpec, engine: NodeEngine, container_id: str) -> Transport:
         log_path = self.log_dir / f"{node.id}.log"
-        exit_code: Callable[[], int | None] = lambda: _exit_code(engine, container_id)
-        log_tail: Callable[[int], str] = \
-            lambda lines: stderr_tail(container_id, lines, context=engine.context) or file_tail(log_path, lines)
+
+        def exit_code() -> int | None:
+            return _exit_code(engine, container_id)
+
+        def log_tail(lines: int) -> str:
+            return stderr_tail(container_id, lines, context=engine.context) or file_tail(log_path, lines)
+
         socket = engine.socket()
         self._attach_modes[node.id] = "engine-api" if socket is not None else "docker-cli"
         if socket is not None:
@@ -407,7 +435,7 @@ def remove_stacks(manager: DockerClient, *, orphans_only: bool = False) -> list[
             return run is not None and (RUNS_DIR / f"{run}.lock").exists() and not run_alive(run)
         return run is None or not run_alive(run)
 
-    ended = sorted(stack for stack, run in stacks.items() if over(run))
+    ended: list[str | Any] = sorted(stack for stack, run in stacks.items() if over(run))
     if ended:
         manager.stack.remove(ended)
         for stack in ended:

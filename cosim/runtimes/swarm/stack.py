@@ -17,8 +17,9 @@ Per-run values stay variables (``${COSIM_RUN_ID}``), given to `docker stack depl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, Any, ClassVar, Collection, Iterable, Mapping, NoReturn
+from collections.abc import Collection, Iterable, Mapping
+from typing import IO, Any, ClassVar, NoReturn
 
 from cosim_service.session import Event, Session, serve_lines
 

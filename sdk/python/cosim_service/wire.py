@@ -8,7 +8,8 @@ it is (not ``\\u``-escaped) and no NaN/Infinity (refused with ValueError: JSON c
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["DecodeError", "canonical", "decode", "encode", "parse_line"]
 

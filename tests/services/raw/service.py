@@ -39,8 +39,7 @@ def done(target: int, current: int, rule: str) -> object:
     elif rule == "not-json":
         return "tick at " + str(target)
     elif rule == "number-out-of-range":  # valid JSON syntax, but no finite number: the trace could not carry it
-        return '{"events":[{"data":{"value":1E400},"time_us":%d,"type":"tick"}],"time_us":%d,"type":"DONE"}' % (
-            target, target)
+        return f'{{"events":[{{"data":{{"value":1E400}},"time_us":{target},"type":"tick"}}],"time_us":{target},"type":"DONE"}}'
     elif rule == "wrong-reply-type":
         return {"type": "READY", "protocol": 1, "time_us": 0, "capabilities": []}
     return {"type": "DONE", "time_us": target, "events": events}

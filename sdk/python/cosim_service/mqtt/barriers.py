@@ -9,8 +9,8 @@ connection *epoch*: after a broker restart an older barrier may precede lost mes
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from cosim_service.mqtt.connection import BrokerError
 from cosim_service.mqtt.envelope import Notice

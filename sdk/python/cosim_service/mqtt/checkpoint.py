@@ -6,8 +6,9 @@ nothing is left in flight in the broker). Subscriptions and topics are config: I
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from cosim_service.mqtt.envelope import Delivery
 from cosim_service.mqtt.recovery import Published

@@ -22,13 +22,26 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from cosim_service.mqtt.barriers import Barriers, PendingWindow
 from cosim_service.mqtt.checkpoint import ClientState
 from cosim_service.mqtt.connection import BrokerConnection, BrokerError
-from cosim_service.mqtt.envelope import (BARRIER_PREFIX, REJOIN_PREFIX, Delivery, Event, Notice, Outgoing, encode,
-                                         envelope, external_events, lost_events, parse_envelope, parse_notice)
+from cosim_service.mqtt.envelope import (
+    BARRIER_PREFIX,
+    REJOIN_PREFIX,
+    Delivery,
+    Event,
+    Notice,
+    Outgoing,
+    encode,
+    envelope,
+    external_events,
+    lost_events,
+    parse_envelope,
+    parse_notice,
+)
 from cosim_service.mqtt.recovery import Published, Recovery
 from cosim_service.mqtt.shares import Subscriptions
 

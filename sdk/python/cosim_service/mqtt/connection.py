@@ -12,7 +12,8 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt
 import paho.mqtt.client as mqtt

@@ -7,7 +7,8 @@ has are dropped by their ``node_seq``.
 from __future__ import annotations
 
 import logging
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from cosim_service.mqtt.barriers import Barriers
 from cosim_service.mqtt.connection import BrokerConnection, BrokerError

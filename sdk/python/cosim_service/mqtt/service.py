@@ -10,7 +10,8 @@ applies them in ``apply_config``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from cosim_service.mqtt.client import VirtualTimeClient
 from cosim_service.mqtt.envelope import Outgoing
