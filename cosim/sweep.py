@@ -365,22 +365,42 @@ def prepare(sweep: Plan) -> list[RunSpec]:
         loading.reading.decode(loading.reading.read_bytes(base_path, source), source), source)
     runs = sweep.runs
     checked: set[str] = set()
-    for prefix in sweep.prefixes.values():
-        write_variant(prefix, variant_document(document, base_path.resolve().parent, prefix))
+    prefix_documents: dict[int, tuple[dict[str, Any], Any]] = {}  # seed -> the prefix's document and scenario
+    for seed, prefix in sweep.prefixes.items():
+        prefix_document = variant_document(document, base_path.resolve().parent, prefix)
+        write_variant(prefix, prefix_document)
+        prefix_documents[seed] = (prefix_document, loading.load(prefix.scenario))
     prefixes = sweep.prefixes
     for run in runs:
         written = variant_document(document, base_path.resolve().parent, run)
         parent = checkpoint_of(prefixes[run.seed], sweep.fork_at) if sweep.fork_at is not None else None
         write_variant(run, written, parent)
         try:
-            loading.load(run.scenario)
+            loaded = loading.load(run.scenario)
         except ScenarioError as error:
             if run.variant.id in checked:
                 raise
             raise SweepError(_value_error(run, error)) from None
         checked.add(run.variant.id)
+        if sweep.fork_at is not None:
+            _write_scheduled(run, *prefix_documents[run.seed], written, loaded, sweep.fork_at)
     _write_variants(sweep)
     return runs
+
+
+def _write_scheduled(run: RunSpec, prefix_document: Mapping[str, Any], prefix_scenario: Any, written: Mapping[str, Any],
+                     loaded: Any, time_us: int) -> None:
+    """``--fork-at``: beside the branch, the full run it stands for (cosim.sweep_fork): ``scheduled.yaml``."""
+    from cosim import sweep_fork
+
+    scheduled = sweep_fork.scheduled_document(prefix_document, written, prefix_scenario, loaded, time_us)
+    text = (f"# cosim sweep run {run.name} as a full run: the base scenario with the variant's changes scheduled at "
+            f"{time_us} us.\n# Its records equal the branch's (trace.jsonl) except the `action` records of the "
+            f"schedule:\n# cosim up {sweep_fork.SCHEDULED} --runtime local --trace full.jsonl\n"
+            + yaml.safe_dump(scheduled, sort_keys=False, default_flow_style=False, width=120, allow_unicode=True))
+    target = run.directory / sweep_fork.SCHEDULED
+    if not target.is_file() or target.read_text(encoding="utf-8") != text:
+        target.write_text(text, encoding="utf-8")
 
 
 def _value_error(run: RunSpec, error: ScenarioError) -> str:

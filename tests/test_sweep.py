@@ -298,6 +298,18 @@ def test_fork_at_runs_each_prefix_once_and_forks_every_variant(tmp_path: Path) -
         before = prefix[1:-2]  # the prefix's records up to T, without its header and its "stopped" footer
         assert before and branch[1:1 + len(before)] == before, planned.name
         assert '"forked_from"' in branch[0]
+    # Each branch equals the full run of its variant with the changes scheduled at T (scheduled.yaml, beside it):
+    # every record but the schedule's `action` records, the footer without its count of them.
+    from cosim.sweep_fork import SCHEDULED, comparable_records
+
+    for planned in result.runs:
+        scheduled = tmp_path / planned.directory / SCHEDULED
+        full = tmp_path / f"full-{planned.name}.jsonl"
+        with working_directory(tmp_path):
+            run(scheduled, runtime="local", trace_path=full, watchdog_s=20.0)
+        actions = [line for line in full.read_text(encoding="utf-8").split("\n") if '"record":"action"' in line]
+        assert actions and all('"time_us":20000' in line for line in actions), planned.name
+        assert comparable_records(full) == comparable_records(tmp_path / planned.trace), planned.name
     # By hand, as the written-out file says: the same trace hash.
     last = result.runs[-1]
     checkpoint = out / "prefix" / f"seed-{last.seed}" / "prefix-20000us.checkpoint.json"
