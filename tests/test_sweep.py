@@ -187,6 +187,29 @@ def test_summary_and_report(swept: tuple[Path, sweeping.SweepResult]) -> None:
     assert "ticks_at_sink" in page and "Student" in page
 
 
+# The charts per measure heading, in the rendered page: {heading: number of SVG charts until the next heading}.
+CHARTS_PER_HEADING = """(() => { const out = {}; let heading = null;
+  for (const element of document.querySelectorAll('h2, figure > svg')) {
+    if (element.tagName === 'H2') { heading = element.textContent; out[heading] = 0; } else { out[heading] += 1; } }
+  return out; })()"""
+
+
+@pytest.mark.browser
+def test_the_report_renders_in_chromium(swept: tuple[Path, sweeping.SweepResult]) -> None:
+    """The sweep report opens in headless Chromium without an error, one chart per measure and swept parameter."""
+    from cosim.sweep_stats import headline
+
+    from .browser import open_page
+
+    directory, result = swept
+    report = directory / "sweeps" / "sweep-echo" / "report.html"
+    page = open_page(report.resolve().as_uri(), probe=CHARTS_PER_HEADING)
+    assert page.errors == [] and page.title == "cosim sweep: sweep-echo"
+    measures = headline(summarise(result.sweep, result.table))
+    assert len(measures) >= 3 and page.svg_count == len(measures) * len(SETS)
+    assert {heading: count for heading, count in page.probe.items() if count} == {m: len(SETS) for m in measures}
+
+
 def test_a_failing_run_is_reported_and_the_rest_kept(tmp_path: Path) -> None:
     from cosim import cli
 
