@@ -47,7 +47,7 @@ from cosim.errors import (
 )
 from cosim.options import DEFAULT_WATCHDOG_S
 
-RUNTIMES = ("local", "docker")
+RUNTIMES = ("local", "docker", "swarm")
 MAX_RUNS = 10_000
 RESULTS = "results.csv"
 INTERRUPTED = "interrupted"  # a run's status when Ctrl-C stopped the sweep before it ended
@@ -600,6 +600,8 @@ def run_all(sweep: Plan, runs: Sequence[RunSpec], progress: Progress | None = No
     for name in sweep.measures:
         load_measure(name)  # a bad --measure is found before anything runs
     cwd = os.getcwd()
+    if sweep.runtime == "swarm" and runs:
+        images_on_every_node(runs[0].scenario)
     outcomes: dict[str, Outcome] = {}
     checkpoints: dict[int, Path] = {}
     if sweep.fork_at is not None:
@@ -624,6 +626,26 @@ def run_all(sweep: Plan, runs: Sequence[RunSpec], progress: Progress | None = No
                                               checkpoints.get(run.seed))) for run in runs if run.name not in outcomes]
     outcomes.update(_pool(sweep.jobs, tasks, progress))
     return [outcomes[run.name] for run in runs]
+
+
+def images_on_every_node(scenario_path: Path) -> None:
+    """``--runtime swarm``: the scenario's images built once and copied to every Swarm node that lacks them (or
+    pushed to ``$COSIM_REGISTRY``) before the runs start, so that concurrent runs do not each copy them. A Swarm
+    that is not there fails the sweep here, once, with the runtime's own message."""
+    from cosim.runtimes.docker.engine import check_engine, docker_errors
+    from cosim.runtimes.docker.runtime import prepare_images
+    from cosim.runtimes.swarm import images as swarm_images
+    from cosim.runtimes.swarm.nodes import check_manager, manager_client, node_engines
+
+    with docker_errors():
+        check_engine()
+        manager = manager_client()
+        info = check_manager(manager)
+        image_ids = prepare_images(loading.load(scenario_path))
+        if (registry := swarm_images.registry()) is not None:
+            swarm_images.push(image_ids, registry)
+        else:
+            swarm_images.copy_missing(image_ids, node_engines(manager, info.swarm.node_id).values())
 
 
 @contextlib.contextmanager
