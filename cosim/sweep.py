@@ -695,10 +695,13 @@ def _pool(jobs: int, tasks: Sequence[Task], progress: Progress | None) -> dict[s
         except KeyboardInterrupt:
             for future in active:
                 future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            for future, name in active.items():  # a run that ended (or was measuring) as Ctrl-C came: its outcome
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    outcomes[name] = future.result()
             for name in [task[0] for task in pending] + list(active.values()):
                 outcomes.setdefault(name, Outcome(name, INTERRUPTED, error="not run to its end: the sweep was "
                                                                           "interrupted"))
-            pool.shutdown(wait=True, cancel_futures=True)
     return outcomes
 
 
