@@ -54,7 +54,7 @@ from math import comb
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from cosim import __version__
+from cosim import __version__, sweep_bench
 from cosim.resources import data_path
 from cosim.run import CompletedRun, run
 from cosim.service_sources import service_image
@@ -66,7 +66,8 @@ PROBE_LINE = (json.dumps({"type": "ADVANCE", "time_us": 123456000, "events": []}
 TARGETS = {"local_vs_pipe_floor": 1.5, "docker_vs_container_floor": 1.2, "scaling_8_vs_1": 3.0,
            # next-event advance: sparse wall time against fixed steps (lower is better), idle and dense ratios
            "sparse_local_next_vs_fixed": 1 / 50, "sparse_docker_next_vs_fixed": 1 / 50,
-           "idle_16_vs_1": 1.5, "dense_local_next_vs_fixed": 1.05, "dense_docker_next_vs_fixed": 1.05}
+           "idle_16_vs_1": 1.5, "dense_local_next_vs_fixed": 1.05, "dense_docker_next_vs_fixed": 1.05,
+           **sweep_bench.TARGETS}
 SPARSE_S = 600  # virtual seconds of the sparse workload
 SPARSE_LOOP_TARGET_S = 0.15  # its next-event step loop, local runtime (mosaik 3.6: 0.17 s for the same shape)
 DEFAULT_RTF_TARGET = 15.0  # the default scenario on Docker, next-event
@@ -395,6 +396,7 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
                 _swarm_rows(result, directory, steps, say)
             elif swarm:
                 say("swarm: skipped (the local test clusters need root)")
+        sweep_bench.sweep_rows(result, directory, say, docker=docker)  # issue 26: --jobs 4 and --fork-at ratios
     result.ratios["local_vs_pipe_floor"] = result.per_node_step_us["local"] / result.floors_us["pipe"]
     if docker:
         result.ratios["docker_vs_container_floor"] = result.per_node_step_us["docker"] / result.floors_us["container"]

@@ -47,7 +47,7 @@ from cosim.errors import (
 )
 from cosim.options import DEFAULT_WATCHDOG_S
 
-RUNTIMES = ("local", "docker")
+RUNTIMES = ("local", "docker", "swarm")
 MAX_RUNS = 10_000
 RESULTS = "results.csv"
 INTERRUPTED = "interrupted"  # a run's status when Ctrl-C stopped the sweep before it ended
@@ -365,22 +365,42 @@ def prepare(sweep: Plan) -> list[RunSpec]:
         loading.reading.decode(loading.reading.read_bytes(base_path, source), source), source)
     runs = sweep.runs
     checked: set[str] = set()
-    for prefix in sweep.prefixes.values():
-        write_variant(prefix, variant_document(document, base_path.resolve().parent, prefix))
+    prefix_documents: dict[int, tuple[dict[str, Any], Any]] = {}  # seed -> the prefix's document and scenario
+    for seed, prefix in sweep.prefixes.items():
+        prefix_document = variant_document(document, base_path.resolve().parent, prefix)
+        write_variant(prefix, prefix_document)
+        prefix_documents[seed] = (prefix_document, loading.load(prefix.scenario))
     prefixes = sweep.prefixes
     for run in runs:
         written = variant_document(document, base_path.resolve().parent, run)
         parent = checkpoint_of(prefixes[run.seed], sweep.fork_at) if sweep.fork_at is not None else None
         write_variant(run, written, parent)
         try:
-            loading.load(run.scenario)
+            loaded = loading.load(run.scenario)
         except ScenarioError as error:
             if run.variant.id in checked:
                 raise
             raise SweepError(_value_error(run, error)) from None
         checked.add(run.variant.id)
+        if sweep.fork_at is not None:
+            _write_scheduled(run, *prefix_documents[run.seed], written, loaded, sweep.fork_at)
     _write_variants(sweep)
     return runs
+
+
+def _write_scheduled(run: RunSpec, prefix_document: Mapping[str, Any], prefix_scenario: Any, written: Mapping[str, Any],
+                     loaded: Any, time_us: int) -> None:
+    """``--fork-at``: beside the branch, the full run it stands for (cosim.sweep_fork): ``scheduled.yaml``."""
+    from cosim import sweep_fork
+
+    scheduled = sweep_fork.scheduled_document(prefix_document, written, prefix_scenario, loaded, time_us)
+    text = (f"# cosim sweep run {run.name} as a full run: the base scenario with the variant's changes scheduled at "
+            f"{time_us} us.\n# Its records equal the branch's (trace.jsonl) except the `action` records of the "
+            f"schedule:\n# cosim up {sweep_fork.SCHEDULED} --runtime local --trace full.jsonl\n"
+            + yaml.safe_dump(scheduled, sort_keys=False, default_flow_style=False, width=120, allow_unicode=True))
+    target = run.directory / sweep_fork.SCHEDULED
+    if not target.is_file() or target.read_text(encoding="utf-8") != text:
+        target.write_text(text, encoding="utf-8")
 
 
 def _value_error(run: RunSpec, error: ScenarioError) -> str:
@@ -580,6 +600,8 @@ def run_all(sweep: Plan, runs: Sequence[RunSpec], progress: Progress | None = No
     for name in sweep.measures:
         load_measure(name)  # a bad --measure is found before anything runs
     cwd = os.getcwd()
+    if sweep.runtime == "swarm" and runs:
+        images_on_every_node(runs[0].scenario)
     outcomes: dict[str, Outcome] = {}
     checkpoints: dict[int, Path] = {}
     if sweep.fork_at is not None:
@@ -604,6 +626,26 @@ def run_all(sweep: Plan, runs: Sequence[RunSpec], progress: Progress | None = No
                                               checkpoints.get(run.seed))) for run in runs if run.name not in outcomes]
     outcomes.update(_pool(sweep.jobs, tasks, progress))
     return [outcomes[run.name] for run in runs]
+
+
+def images_on_every_node(scenario_path: Path) -> None:
+    """``--runtime swarm``: the scenario's images built once and copied to every Swarm node that lacks them (or
+    pushed to ``$COSIM_REGISTRY``) before the runs start, so that concurrent runs do not each copy them. A Swarm
+    that is not there fails the sweep here, once, with the runtime's own message."""
+    from cosim.runtimes.docker.engine import check_engine, docker_errors
+    from cosim.runtimes.docker.runtime import prepare_images
+    from cosim.runtimes.swarm import images as swarm_images
+    from cosim.runtimes.swarm.nodes import check_manager, manager_client, node_engines
+
+    with docker_errors():
+        check_engine()
+        manager = manager_client()
+        info = check_manager(manager)
+        image_ids = prepare_images(loading.load(scenario_path))
+        if (registry := swarm_images.registry()) is not None:
+            swarm_images.push(image_ids, registry)
+        else:
+            swarm_images.copy_missing(image_ids, node_engines(manager, info.swarm.node_id).values())
 
 
 @contextlib.contextmanager
@@ -653,10 +695,13 @@ def _pool(jobs: int, tasks: Sequence[Task], progress: Progress | None) -> dict[s
         except KeyboardInterrupt:
             for future in active:
                 future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            for future, name in active.items():  # a run that ended (or was measuring) as Ctrl-C came: its outcome
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    outcomes[name] = future.result()
             for name in [task[0] for task in pending] + list(active.values()):
                 outcomes.setdefault(name, Outcome(name, INTERRUPTED, error="not run to its end: the sweep was "
                                                                           "interrupted"))
-            pool.shutdown(wait=True, cancel_futures=True)
     return outcomes
 
 

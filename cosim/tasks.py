@@ -181,7 +181,7 @@ def determinism(c: Context, scenario: str | None = None, runs: str = "3", runtim
         "sweep": "a sweep file (YAML: scenario, seeds, parameters, measures, baseline, jobs, runtime, out); "
                  "options on the command line win",
         "jobs": "runs at once (default 1)",
-        "runtime": "local (default) or docker",
+        "runtime": "local (default), docker or swarm (runs spread over the Swarm's nodes, each its own stack)",
         "out": "the sweep's directory (default sweeps/<scenario name>/)",
         "measure": "module:function: a measure of your own (takes the trace, returns a dict of numbers); repeatable",
         "baseline": "the variant the others are compared with: v2, or PATH=VALUE[,PATH=VALUE] (default v1)",

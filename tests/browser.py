@@ -30,6 +30,7 @@ class PageResult:
     title: str
     errors: list[str] = field(default_factory=list)  # console errors, exceptions, failed loads
     screenshot: Path | None = None
+    probe: Any = None  # the value of open_page's ``probe`` expression, evaluated in the page
 
 
 def chromium() -> str:
@@ -83,7 +84,7 @@ class _DevTools:
         return message
 
 
-def open_page(url: str, screenshot: Path | None = None, width: int = 1200) -> PageResult:
+def open_page(url: str, screenshot: Path | None = None, width: int = 1200, probe: str | None = None) -> PageResult:
     commands_read, commands_write = os.pipe()
     replies_read, replies_write = os.pipe()
 
@@ -116,6 +117,8 @@ def open_page(url: str, screenshot: Path | None = None, width: int = 1200) -> Pa
                 "Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=session)["result"]["value"]
             result = PageResult(svg_count=evaluate("document.querySelectorAll('svg').length"),
                                 title=evaluate("document.title"))
+            if probe is not None:
+                result.probe = evaluate(probe)
             if screenshot is not None:
                 height = evaluate("document.documentElement.scrollHeight")
                 devtools.send("Emulation.setDeviceMetricsOverride",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from cosim import sweep as sweeping
 from cosim.errors import OptionError, SweepError, SweepRunsFailed, UsageError
@@ -187,6 +188,29 @@ def test_summary_and_report(swept: tuple[Path, sweeping.SweepResult]) -> None:
     assert "ticks_at_sink" in page and "Student" in page
 
 
+# The charts per measure heading, in the rendered page: {heading: number of SVG charts until the next heading}.
+CHARTS_PER_HEADING = """(() => { const out = {}; let heading = null;
+  for (const element of document.querySelectorAll('h2, figure > svg')) {
+    if (element.tagName === 'H2') { heading = element.textContent; out[heading] = 0; } else { out[heading] += 1; } }
+  return out; })()"""
+
+
+@pytest.mark.browser
+def test_the_report_renders_in_chromium(swept: tuple[Path, sweeping.SweepResult]) -> None:
+    """The sweep report opens in headless Chromium without an error, one chart per measure and swept parameter."""
+    from cosim.sweep_stats import headline
+
+    from .browser import open_page
+
+    directory, result = swept
+    report = directory / "sweeps" / "sweep-echo" / "report.html"
+    page = open_page(report.resolve().as_uri(), probe=CHARTS_PER_HEADING)
+    assert page.errors == [] and page.title == "cosim sweep: sweep-echo"
+    measures = headline(summarise(result.sweep, result.table))
+    assert len(measures) >= 3 and page.svg_count == len(measures) * len(SETS)
+    assert {heading: count for heading, count in page.probe.items() if count} == {m: len(SETS) for m in measures}
+
+
 def test_a_failing_run_is_reported_and_the_rest_kept(tmp_path: Path) -> None:
     from cosim import cli
 
@@ -279,6 +303,40 @@ def test_a_docker_sweep_gives_the_local_hashes(tmp_path: Path) -> None:
     assert docker.table == local.table  # parameters, seeds, trace hashes and measures
 
 
+@pytest.fixture(scope="module")
+def three_node_swarm(service_images: dict[str, str]) -> Iterator[Any]:
+    from .test_swarm_runtime import _module_cluster
+
+    yield from _module_cluster(3, "sw")
+
+
+@pytest.mark.docker
+@pytest.mark.swarm
+def test_a_swarm_sweep_spreads_over_the_nodes_with_the_local_hashes(three_node_swarm: Any, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three runs at once on a three-node test Swarm, each its own stack: the tasks land on more than one node (the
+    trace headers' environment says where), and every run has the local runtime's trace hash."""
+    import json
+
+    from cosim.runtimes.swarm.nodes import CONTEXT_ENV
+
+    from .test_swarm_runtime import assert_nothing_left
+
+    monkeypatch.setenv(CONTEXT_ENV, three_node_swarm.manager.name)
+    settings: dict[str, Any] = {"seeds": "1-3", "sets": ["nodes.echo.config.tick_us=5000,10000"], "jobs": 3}
+    with working_directory(tmp_path):
+        swarm = sweeping.sweep(str(SCENARIO), out_stream=io.StringIO(), progress=False, runtime="swarm", out="swarm",
+                               **settings)
+        local = sweeping.sweep(str(SCENARIO), out_stream=io.StringIO(), progress=False, runtime="local", out="local",
+                               **settings)
+    assert [o.status for o in swarm.outcomes] == ["ok"] * 6, [o.error for o in swarm.outcomes]
+    assert swarm.table == local.table  # parameters, seeds, trace hashes and measures
+    placed = {json.loads((tmp_path / spec.trace).read_bytes().split(b"\n", 1)[0])["environment"]["nodes"]["echo"]
+              for spec in swarm.runs}
+    assert len(placed) > 1 and placed <= set(three_node_swarm.contexts), placed
+    assert_nothing_left(three_node_swarm)
+
+
 # -- --fork-at ------------------------------------------------------------------------------------------------------
 
 
@@ -298,6 +356,18 @@ def test_fork_at_runs_each_prefix_once_and_forks_every_variant(tmp_path: Path) -
         before = prefix[1:-2]  # the prefix's records up to T, without its header and its "stopped" footer
         assert before and branch[1:1 + len(before)] == before, planned.name
         assert '"forked_from"' in branch[0]
+    # Each branch equals the full run of its variant with the changes scheduled at T (scheduled.yaml, beside it):
+    # every record but the schedule's `action` records, the footer without its count of them.
+    from cosim.sweep_fork import SCHEDULED, comparable_records
+
+    for planned in result.runs:
+        scheduled = tmp_path / planned.directory / SCHEDULED
+        full = tmp_path / f"full-{planned.name}.jsonl"
+        with working_directory(tmp_path):
+            run(scheduled, runtime="local", trace_path=full, watchdog_s=20.0)
+        actions = [line for line in full.read_text(encoding="utf-8").split("\n") if '"record":"action"' in line]
+        assert actions and all('"time_us":20000' in line for line in actions), planned.name
+        assert comparable_records(full) == comparable_records(tmp_path / planned.trace), planned.name
     # By hand, as the written-out file says: the same trace hash.
     last = result.runs[-1]
     checkpoint = out / "prefix" / f"seed-{last.seed}" / "prefix-20000us.checkpoint.json"
@@ -308,6 +378,36 @@ def test_fork_at_runs_each_prefix_once_and_forks_every_variant(tmp_path: Path) -
     assert trace_hash(tmp_path / "by-hand.jsonl") == run_hash(result, last.name)
     again = quiet_sweep(tmp_path, **settings)
     assert [o.status for o in again.outcomes] == ["skipped"] * 8
+
+
+def test_fork_at_with_replicas_node_links_and_the_duration(tmp_path: Path) -> None:
+    """The scheduled full run names each replica (a reconfigure acts on one process), every link that uses the changed
+    default, a node's own link, and takes the variant's duration; the branch's records equal it."""
+    from cosim.sweep_fork import SCHEDULED, comparable_records
+
+    scenario = ROOT / "tests" / "scenarios_local" / "pipeline.yaml"
+    sets = ["nodes.echo.config.tick_us=20000", "network.default_link.loss=0.2",
+            "nodes.sensor-b.links.echo.latency_us=3000", "duration_us=240000"]
+    with working_directory(tmp_path):
+        result = sweeping.sweep(str(scenario), out_stream=io.StringIO(), progress=False, runtime="local", seeds="3",
+                                sets=sets, fork_at="100000")
+    assert [o.status for o in result.outcomes] == ["ok"], [o.error for o in result.outcomes]
+    branch = result.runs[0]
+    scheduled = tmp_path / branch.directory / SCHEDULED
+    document = yaml.safe_load(scheduled.read_text(encoding="utf-8"))
+    assert document["duration_us"] == 240000 and document["seed"] == 3
+    assert {a["at_us"] for a in document["schedule"]} == {100000}
+    reconfigures = [a for a in document["schedule"] if "reconfigure" in a]
+    replicas = sorted(a["reconfigure"] for a in reconfigures)
+    assert len(replicas) == 2 and all(r.startswith("echo-") for r in replicas)
+    assert all(a["config"] == {"tick_us": 20000} for a in reconfigures)
+    links = [a for a in document["schedule"] if "link" in a]
+    assert {(a["link"]["from"], str(a["set"])) for a in links} == {
+        ("sensor-a", "{'loss': 0.2}"), ("sensor-b", "{'latency_us': 3000}"), *((r, "{'loss': 0.2}") for r in replicas)}
+    full = tmp_path / "full.jsonl"
+    with working_directory(tmp_path):
+        run(scheduled, runtime="local", trace_path=full, watchdog_s=20.0)
+    assert comparable_records(full) == comparable_records(tmp_path / branch.trace)
 
 
 def run_hash(result: sweeping.SweepResult, name: str) -> str:
