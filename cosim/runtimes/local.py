@@ -71,7 +71,12 @@ def start_daemon(node_id: str, command: list[str], port: int, *, cwd: Path, env:
     with log_path.open("ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=cwd, env=dict(env),
                                    start_new_session=True)
-    if not wait_for_port(port, time.monotonic() + INFRA_START_TIMEOUT_S, process):
+    try:
+        listening = wait_for_port(port, time.monotonic() + INFRA_START_TIMEOUT_S, process)
+    except BaseException:  # Ctrl-C while it starts: the caller does not know this process yet, so stop it here
+        stop_daemon(process)
+        raise
+    if not listening:
         code = process.poll()
         stop_daemon(process)
         state = f"exited with code {code}" if code is not None else f"not listening after {INFRA_START_TIMEOUT_S:g} s"
