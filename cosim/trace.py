@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
 from cosim import __version__, protocol
 from cosim.environment import dependency_versions
@@ -34,16 +34,70 @@ OPTIONAL_COUNTS = ("filtered", "action")  # counted in the footer only once a ru
 BUFFER_CHARS = 1 << 16  # the writer's buffer of complete lines
 
 
-# The event records' kinds, for ``TraceWriter.queue``: (kind, payload cell, the record's other values), with values
-#   SENT, UNROUTABLE: (seq, source, time_us, type as JSON)
-#   DROPPED:          (dest, reason, seq, source, time_us, type as JSON)
-#   DELIVERED:        (dest, sent_us, seq, source, time_us (of delivery), type as JSON)
 SENT, UNROUTABLE, DROPPED, DELIVERED = "sent", "unroutable", "dropped", "delivered"
 
 # An event's payload as the trace holds it until its records are written: [data, its canonical JSON or None]. The
 # JSON is encoded once, by the first ``drain`` that needs it; the event's sent, delivered and dropped records share
 # it. (A list, not an object: the coordinator makes one per event.)
 PayloadCell = list
+
+
+# The event records queued for ``TraceWriter.queue``, one class per kind: the payload cell, then the record's other
+# values. The hot path builds them with ``tuple.__new__(QueuedSent, (cell, seq, ...))`` (see ``new_entry``): the C
+# constructor, as cheap as a plain tuple, where ``QueuedSent(cell, seq, ...)`` goes through a Python-level __new__
+# (twice the cost of the tuple, on every event). ``drain`` unpacks them by position, in these fields' order.
+class QueuedSent(NamedTuple):
+    cell: PayloadCell
+    seq: int
+    source: str
+    time_us: int
+    type_json: str  # the event's type as JSON
+
+
+class QueuedUnroutable(NamedTuple):
+    cell: PayloadCell
+    seq: int
+    source: str
+    time_us: int
+    type_json: str
+
+
+class QueuedDropped(NamedTuple):
+    cell: PayloadCell
+    dest: str
+    reason: str
+    seq: int
+    source: str
+    time_us: int
+    type_json: str
+
+
+class QueuedDelivered(NamedTuple):
+    cell: PayloadCell
+    dest: str
+    sent_us: int
+    seq: int
+    source: str
+    time_us: int  # of the delivery
+    type_json: str
+
+
+QueueEntry = QueuedSent | QueuedUnroutable | QueuedDropped | QueuedDelivered
+
+if TYPE_CHECKING:  # what the type checker holds each call to: the values' types and number, class by class
+    @overload
+    def new_entry(cls: type[QueuedSent], values: tuple[PayloadCell, int, str, int, str], /) -> QueuedSent: ...
+    @overload
+    def new_entry(cls: type[QueuedUnroutable], values: tuple[PayloadCell, int, str, int, str], /) -> QueuedUnroutable: ...
+    @overload
+    def new_entry(cls: type[QueuedDropped], values: tuple[PayloadCell, str, str, int, str, int, str], /
+                  ) -> QueuedDropped: ...
+    @overload
+    def new_entry(cls: type[QueuedDelivered], values: tuple[PayloadCell, str, int, int, str, int, str], /
+                  ) -> QueuedDelivered: ...
+    def new_entry(cls: type[QueueEntry], values: tuple[Any, ...], /) -> QueueEntry: ...
+else:
+    new_entry = tuple.__new__  # new_entry(QueuedSent, (cell, seq, source, time_us, type_json)): see above
 
 
 def payload_json(cell: PayloadCell) -> str:
@@ -57,9 +111,9 @@ class TraceWriter:
     """Writes one trace. The header goes out once the run knows its environment (after INIT); a run that
     fails before that still gets a header (without environment) ahead of its error record.
 
-    Event records are appended to ``queue`` as (kind, payload cell, values): the coordinator's hot path, a list
-    append each. ``drain`` formats and counts them; the coordinator calls it once the services are computing the
-    next window, so the formatting overlaps with their work. Every other write, ``counts``, ``flush`` and ``close``
+    Event records are appended to ``queue`` as QueueEntry tuples (built with ``new_entry``): the coordinator's hot
+    path, a list append each. ``drain`` formats and counts them; the coordinator calls it once the services are
+    computing the next window, so the formatting overlaps with their work. Every other write, ``counts``, ``flush`` and ``close``
     drain first: the order of the records never changes."""
 
     def __init__(self, path: Path, manifest: Mapping[str, Any]) -> None:
@@ -79,7 +133,7 @@ class TraceWriter:
         self.header_written = False
         self.closed = False
         self.failed: TraceWriteError | None = None
-        self.queue: list[tuple[str, PayloadCell, tuple[Any, ...]]] = []  # event records not written yet
+        self.queue: list[QueueEntry] = []  # event records not written yet
 
     @property
     def counts(self) -> dict[str, int]:
@@ -153,31 +207,34 @@ class TraceWriter:
         raise self.failed from None
 
     @staticmethod
-    def _format(queue: list[tuple[str, PayloadCell, tuple[Any, ...]]], append: Callable[[str], None],
+    def _format(queue: list[QueueEntry], append: Callable[[str], None],
                 counts: dict[str, int]) -> None:
         """Append each record's line and count it (up to a record that cannot be written: that one raises)."""
         sent = delivered = 0  # the kinds of nearly every record, counted here; the others in ``counts`` directly
         try:
-            for kind, cell, values in queue:
+            for entry in queue:  # dispatched on the class (``entry.__class__ is``, which the type checker narrows)
+                cell = entry[0]
                 data = cell[1] or payload_json(cell)  # canonical JSON is never empty
-                if kind == DELIVERED:
-                    dest, sent_us, seq, source, time_us, type_json = values
+                if entry.__class__ is QueuedDelivered:
+                    _, dest, sent_us, seq, source, time_us, type_json = entry
                     append(f'{{"data":{data},"dest":"{dest}","record":"delivered","sent_us":{sent_us},"seq":{seq},'
                            f'"source":"{source}","time_us":{time_us},"type":{type_json}}}\n')
                     delivered += 1
-                elif kind == DROPPED:
-                    dest, reason, seq, source, time_us, type_json = values
+                elif entry.__class__ is QueuedSent:
+                    _, seq, source, time_us, type_json = entry
+                    append(f'{{"data":{data},"record":"sent","seq":{seq},"source":"{source}","time_us":{time_us},'
+                           f'"type":{type_json}}}\n')
+                    sent += 1
+                elif entry.__class__ is QueuedDropped:
+                    _, dest, reason, seq, source, time_us, type_json = entry
                     append(f'{{"data":{data},"dest":"{dest}","reason":"{reason}","record":"dropped","seq":{seq},'
                            f'"source":"{source}","time_us":{time_us},"type":{type_json}}}\n')
                     counts[DROPPED] += 1
-                else:  # SENT, UNROUTABLE
-                    seq, source, time_us, type_json = values
-                    append(f'{{"data":{data},"record":"{kind}","seq":{seq},"source":"{source}","time_us":{time_us},'
+                elif entry.__class__ is QueuedUnroutable:  # (nothing else is queued: QueueEntry)
+                    _, seq, source, time_us, type_json = entry
+                    append(f'{{"data":{data},"record":"unroutable","seq":{seq},"source":"{source}","time_us":{time_us},'
                            f'"type":{type_json}}}\n')
-                    if kind == SENT:
-                        sent += 1
-                    else:
-                        counts[UNROUTABLE] += 1
+                    counts[UNROUTABLE] += 1
         finally:
             counts[SENT] += sent
             counts[DELIVERED] += delivered
