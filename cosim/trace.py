@@ -212,26 +212,30 @@ class TraceWriter:
         """Append each record's line and count it (up to a record that cannot be written: that one raises)."""
         sent = delivered = 0  # the kinds of nearly every record, counted here; the others in ``counts`` directly
         try:
-            for entry in queue:  # dispatched on the class (``entry.__class__ is``, which the type checker narrows)
-                cell = entry[0]
-                data = cell[1] or payload_json(cell)  # canonical JSON is never empty
-                if entry.__class__ is QueuedDelivered:
-                    _, dest, sent_us, seq, source, time_us, type_json = entry
+            # Dispatched on the class (``type(entry) is``, which the type checker narrows), each entry unpacked whole:
+            # a NamedTuple is a tuple subclass, which the interpreter unpacks and indexes on its slower, generic path.
+            for entry in queue:
+                if type(entry) is QueuedDelivered:
+                    cell, dest, sent_us, seq, source, time_us, type_json = entry
+                    data = cell[1] or payload_json(cell)  # canonical JSON is never empty
                     append(f'{{"data":{data},"dest":"{dest}","record":"delivered","sent_us":{sent_us},"seq":{seq},'
                            f'"source":"{source}","time_us":{time_us},"type":{type_json}}}\n')
                     delivered += 1
-                elif entry.__class__ is QueuedSent:
-                    _, seq, source, time_us, type_json = entry
+                elif type(entry) is QueuedSent:
+                    cell, seq, source, time_us, type_json = entry
+                    data = cell[1] or payload_json(cell)
                     append(f'{{"data":{data},"record":"sent","seq":{seq},"source":"{source}","time_us":{time_us},'
                            f'"type":{type_json}}}\n')
                     sent += 1
-                elif entry.__class__ is QueuedDropped:
-                    _, dest, reason, seq, source, time_us, type_json = entry
+                elif type(entry) is QueuedDropped:
+                    cell, dest, reason, seq, source, time_us, type_json = entry
+                    data = cell[1] or payload_json(cell)
                     append(f'{{"data":{data},"dest":"{dest}","reason":"{reason}","record":"dropped","seq":{seq},'
                            f'"source":"{source}","time_us":{time_us},"type":{type_json}}}\n')
                     counts[DROPPED] += 1
-                elif entry.__class__ is QueuedUnroutable:  # (nothing else is queued: QueueEntry)
-                    _, seq, source, time_us, type_json = entry
+                elif type(entry) is QueuedUnroutable:  # (nothing else is queued: QueueEntry)
+                    cell, seq, source, time_us, type_json = entry
+                    data = cell[1] or payload_json(cell)
                     append(f'{{"data":{data},"record":"unroutable","seq":{seq},"source":"{source}","time_us":{time_us},'
                            f'"type":{type_json}}}\n')
                     counts[UNROUTABLE] += 1
