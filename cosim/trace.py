@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, overload
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from cosim import __version__, protocol
 from cosim.environment import dependency_versions
@@ -34,7 +34,10 @@ OPTIONAL_COUNTS = ("filtered", "action")  # counted in the footer only once a ru
 BUFFER_CHARS = 1 << 16  # the writer's buffer of complete lines
 
 
-SENT, UNROUTABLE, DROPPED, DELIVERED = "sent", "unroutable", "dropped", "delivered"
+SENT: Final = "sent"  # the queued records' kinds (QueueEntry)
+UNROUTABLE: Final = "unroutable"
+DROPPED: Final = "dropped"
+DELIVERED: Final = "delivered"
 
 # An event's payload as the trace holds it until its records are written: [data, its canonical JSON or None]. The
 # JSON is encoded once, by the first ``drain`` that needs it; the event's sent, delivered and dropped records share
@@ -42,62 +45,18 @@ SENT, UNROUTABLE, DROPPED, DELIVERED = "sent", "unroutable", "dropped", "deliver
 PayloadCell = list
 
 
-# The event records queued for ``TraceWriter.queue``, one class per kind: the payload cell, then the record's other
-# values. The hot path builds them with ``tuple.__new__(QueuedSent, (cell, seq, ...))`` (see ``new_entry``): the C
-# constructor, as cheap as a plain tuple, where ``QueuedSent(cell, seq, ...)`` goes through a Python-level __new__
-# (twice the cost of the tuple, on every event). ``drain`` unpacks them by position, in these fields' order.
-class QueuedSent(NamedTuple):
-    cell: PayloadCell
-    seq: int
-    source: str
-    time_us: int
-    type_json: str  # the event's type as JSON
-
-
-class QueuedUnroutable(NamedTuple):
-    cell: PayloadCell
-    seq: int
-    source: str
-    time_us: int
-    type_json: str
-
-
-class QueuedDropped(NamedTuple):
-    cell: PayloadCell
-    dest: str
-    reason: str
-    seq: int
-    source: str
-    time_us: int
-    type_json: str
-
-
-class QueuedDelivered(NamedTuple):
-    cell: PayloadCell
-    dest: str
-    sent_us: int
-    seq: int
-    source: str
-    time_us: int  # of the delivery
-    type_json: str
-
-
+# The event records queued for ``TraceWriter.queue``: flat tuples, the kind first, then the payload cell and the
+# record's other values, one type per kind. The type checker holds every tuple built to its kind's fields and narrows
+# on the kind in ``drain``; at run time they are plain tuples, the cheapest the interpreter has. (NamedTuples were
+# measured here: a tuple subclass is allocated without the tuple free list and unpacked on the interpreter's generic
+# path, ~15% more for the queue-format-free cycle of an event's records; see issue 24.)
+QueuedSent = tuple[Literal["sent"], PayloadCell, int, str, int, str]  # kind, cell, seq, source, time_us, type_json
+QueuedUnroutable = tuple[Literal["unroutable"], PayloadCell, int, str, int, str]  # the same fields
+# kind, cell, dest, reason, seq, source, time_us, type_json
+QueuedDropped = tuple[Literal["dropped"], PayloadCell, str, str, int, str, int, str]
+# kind, cell, dest, sent_us, seq, source, time_us (of the delivery), type_json
+QueuedDelivered = tuple[Literal["delivered"], PayloadCell, str, int, int, str, int, str]
 QueueEntry = QueuedSent | QueuedUnroutable | QueuedDropped | QueuedDelivered
-
-if TYPE_CHECKING:  # what the type checker holds each call to: the values' types and number, class by class
-    @overload
-    def new_entry(cls: type[QueuedSent], values: tuple[PayloadCell, int, str, int, str], /) -> QueuedSent: ...
-    @overload
-    def new_entry(cls: type[QueuedUnroutable], values: tuple[PayloadCell, int, str, int, str], /) -> QueuedUnroutable: ...
-    @overload
-    def new_entry(cls: type[QueuedDropped], values: tuple[PayloadCell, str, str, int, str, int, str], /
-                  ) -> QueuedDropped: ...
-    @overload
-    def new_entry(cls: type[QueuedDelivered], values: tuple[PayloadCell, str, int, int, str, int, str], /
-                  ) -> QueuedDelivered: ...
-    def new_entry(cls: type[QueueEntry], values: tuple[Any, ...], /) -> QueueEntry: ...
-else:
-    new_entry = tuple.__new__  # new_entry(QueuedSent, (cell, seq, source, time_us, type_json)): see above
 
 
 def payload_json(cell: PayloadCell) -> str:
@@ -111,7 +70,7 @@ class TraceWriter:
     """Writes one trace. The header goes out once the run knows its environment (after INIT); a run that
     fails before that still gets a header (without environment) ahead of its error record.
 
-    Event records are appended to ``queue`` as QueueEntry tuples (built with ``new_entry``): the coordinator's hot
+    Event records are appended to ``queue`` as QueueEntry tuples: the coordinator's hot
     path, a list append each. ``drain`` formats and counts them; the coordinator calls it once the services are
     computing the next window, so the formatting overlaps with their work. Every other write, ``counts``, ``flush`` and ``close``
     drain first: the order of the records never changes."""
@@ -212,33 +171,28 @@ class TraceWriter:
         """Append each record's line and count it (up to a record that cannot be written: that one raises)."""
         sent = delivered = 0  # the kinds of nearly every record, counted here; the others in ``counts`` directly
         try:
-            # Dispatched on the class (``type(entry) is``, which the type checker narrows), each entry unpacked whole:
-            # a NamedTuple is a tuple subclass, which the interpreter unpacks and indexes on its slower, generic path.
-            for entry in queue:
-                if type(entry) is QueuedDelivered:
-                    cell, dest, sent_us, seq, source, time_us, type_json = entry
+            for entry in queue:  # each unpacked whole, once its kind (which the type checker narrows on) is known
+                if entry[0] == DELIVERED:
+                    _, cell, dest, sent_us, seq, source, time_us, type_json = entry
                     data = cell[1] or payload_json(cell)  # canonical JSON is never empty
                     append(f'{{"data":{data},"dest":"{dest}","record":"delivered","sent_us":{sent_us},"seq":{seq},'
                            f'"source":"{source}","time_us":{time_us},"type":{type_json}}}\n')
                     delivered += 1
-                elif type(entry) is QueuedSent:
-                    cell, seq, source, time_us, type_json = entry
-                    data = cell[1] or payload_json(cell)
-                    append(f'{{"data":{data},"record":"sent","seq":{seq},"source":"{source}","time_us":{time_us},'
-                           f'"type":{type_json}}}\n')
-                    sent += 1
-                elif type(entry) is QueuedDropped:
-                    cell, dest, reason, seq, source, time_us, type_json = entry
+                elif entry[0] == DROPPED:
+                    _, cell, dest, reason, seq, source, time_us, type_json = entry
                     data = cell[1] or payload_json(cell)
                     append(f'{{"data":{data},"dest":"{dest}","reason":"{reason}","record":"dropped","seq":{seq},'
                            f'"source":"{source}","time_us":{time_us},"type":{type_json}}}\n')
                     counts[DROPPED] += 1
-                elif type(entry) is QueuedUnroutable:  # (nothing else is queued: QueueEntry)
-                    cell, seq, source, time_us, type_json = entry
+                else:  # SENT, UNROUTABLE
+                    kind, cell, seq, source, time_us, type_json = entry
                     data = cell[1] or payload_json(cell)
-                    append(f'{{"data":{data},"record":"unroutable","seq":{seq},"source":"{source}","time_us":{time_us},'
+                    append(f'{{"data":{data},"record":"{kind}","seq":{seq},"source":"{source}","time_us":{time_us},'
                            f'"type":{type_json}}}\n')
-                    counts[UNROUTABLE] += 1
+                    if kind == SENT:
+                        sent += 1
+                    else:
+                        counts[UNROUTABLE] += 1
         finally:
             counts[SENT] += sent
             counts[DELIVERED] += delivered
