@@ -49,7 +49,7 @@ PayloadCell = list
 # record's other values, one type per kind. The type checker holds every tuple built to its kind's fields and narrows
 # on the kind in ``drain``; at run time they are plain tuples, the cheapest the interpreter has. (NamedTuples were
 # measured here: a tuple subclass is allocated without the tuple free list and unpacked on the interpreter's generic
-# path, ~15% more for the queue-format-free cycle of an event's records; see issue 24.)
+# path: 20-27% more CPU for the queue-format-free cycle of an event's records, measured; see issue 24.)
 QueuedSent = tuple[Literal["sent"], PayloadCell, int, str, int, str]  # kind, cell, seq, source, time_us, type_json
 QueuedUnroutable = tuple[Literal["unroutable"], PayloadCell, int, str, int, str]  # the same fields
 # kind, cell, dest, reason, seq, source, time_us, type_json
