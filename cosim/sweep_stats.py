@@ -3,9 +3,8 @@ paired difference to the baseline variant (same seeds: common random numbers) wi
 summary and drawn into a self-contained HTML report (cosim.report's figure helpers).
 
 Method: Student's t interval, ``mean ± t(0.975, n-1) · s / √n`` with ``s`` the sample standard deviation (n-1)
-over the seeds; for a difference, the same interval over the per-seed differences (a paired t interval). The t
-quantile is computed here from the regularized incomplete beta function (stdlib only; the same numbers as
-``scipy.stats.t.ppf`` to better than 1e-9), so cosim needs no SciPy. One seed gives a mean without an interval.
+over the seeds; for a difference, the same interval over the per-seed differences (a paired t interval); the t
+quantile and the interval are cosim.stats' (stdlib only, no SciPy). One seed gives a mean without an interval.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from __future__ import annotations
 import csv
 import html
 import math
-import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,97 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from cosim.errors import MissingExtra
+from cosim.stats import Interval, t_interval
 
 if TYPE_CHECKING:
     from cosim.sweep import Plan
 
-CONFIDENCE = 0.95
 METHOD = ("95% confidence intervals: Student's t over the seeds, mean ± t(0.975, n−1)·s/√n; differences to the "
           "baseline are paired by seed (common random numbers) and get the same t interval over the per-seed "
           "differences.")
 NOT_MEASURES = {"run", "variant", "seed", "status", "trace_sha256", "error"}
-
-
-# -- the t distribution (stdlib) ------------------------------------------------------------------------------------
-
-
-def _beta_fraction(a: float, b: float, x: float) -> float:
-    """The continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        for numerator in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-            last = d * c
-        if abs(last - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _incomplete_beta(a: float, b: float, x: float) -> float:
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _beta_fraction(a, b, x) / a
-    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    tail = 0.5 * _incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
-
-
-def t_quantile(p: float, df: float) -> float:
-    """The p-quantile of Student's t with ``df`` degrees of freedom (bisection on the CDF; 0 < p < 1)."""
-    if not 0.0 < p < 1.0 or df <= 0:
-        raise ValueError(f"t_quantile needs 0 < p < 1 and df > 0, got p={p}, df={df}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    low, high = 0.0, 1.0
-    while t_cdf(high, df) < p:
-        high *= 2.0
-    for _ in range(200):
-        middle = (low + high) / 2.0
-        if t_cdf(middle, df) < p:
-            low = middle
-        else:
-            high = middle
-        if high - low < 1e-12 * max(1.0, high):
-            break
-    return (low + high) / 2.0
-
-
-@dataclass(frozen=True)
-class Interval:
-    n: int
-    mean: float
-    low: float | None  # None: fewer than two values (no interval)
-    high: float | None
-
-    @property
-    def half_width(self) -> float | None:
-        return None if self.high is None else self.high - self.mean
-
-
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval | None:
-    """Mean and two-sided t interval of ``values``; None for no values."""
-    if not values:
-        return None
-    mean = math.fsum(values) / len(values)
-    if len(values) < 2:
-        return Interval(len(values), mean, None, None)
-    half = t_quantile(0.5 + confidence / 2.0, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return Interval(len(values), mean, mean - half, mean + half)
 
 
 # -- the summary ----------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import io
 import json
 from pathlib import Path
 
-from cosim.bench import TARGETS, bench, median_interval
+from cosim.bench import TARGETS, bench
+from cosim.stats import median_interval
 
 
 def test_local_bench_reports_floors_costs_and_ratios(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ import yaml
 from cosim import sweep as sweeping
 from cosim.errors import OptionError, SweepError, SweepRunsFailed, UsageError
 from cosim.run import run
-from cosim.sweep_stats import summarise, t_interval, t_quantile
+from cosim.stats import t_interval, t_quantile
+from cosim.sweep_stats import summarise
 from cosim.tracediff import trace_hash
 
 from .conftest import ROOT, wait_until

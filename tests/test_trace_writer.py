@@ -19,10 +19,10 @@ def queue_every_kind(writer: TraceWriter, data: object) -> list[dict[str, object
     """One record of each kind around one payload cell; the records the lines must encode, in queue order."""
     cell: tracing.PayloadCell = [data, None]
     kind_json = protocol.canonical("tick/1")
-    writer.queue.append((tracing.SENT, cell, (7, "echo-1", 1020, kind_json)))
-    writer.queue.append((tracing.UNROUTABLE, cell, (8, "echo-1", 1040, kind_json)))
-    writer.queue.append((tracing.DROPPED, cell, ("sink", "loss", 7, "echo-1", 1020, kind_json)))
-    writer.queue.append((tracing.DELIVERED, cell, ("sink", 1020, 7, "echo-1", 2020, kind_json)))
+    writer.queue.append((tracing.SENT, cell, 7, "echo-1", 1020, kind_json))
+    writer.queue.append((tracing.UNROUTABLE, cell, 8, "echo-1", 1040, kind_json))
+    writer.queue.append((tracing.DROPPED, cell, "sink", "loss", 7, "echo-1", 1020, kind_json))
+    writer.queue.append((tracing.DELIVERED, cell, "sink", 1020, 7, "echo-1", 2020, kind_json))
     common = {"data": data, "source": "echo-1", "type": "tick/1"}
     return [{**common, "record": "sent", "seq": 7, "time_us": 1020},
             {**common, "record": "unroutable", "seq": 8, "time_us": 1040},
@@ -60,11 +60,11 @@ def test_queued_records_keep_their_place_among_the_others_and_are_counted(tmp_pa
 def test_a_payload_is_encoded_once_for_all_its_records(tmp_path: Path) -> None:
     writer = TraceWriter(tmp_path / "t.jsonl", {})
     cell: tracing.PayloadCell = [{"b": 2, "a": 1}, None]
-    writer.queue.append((tracing.SENT, cell, (0, "s", 10, '"t"')))
+    writer.queue.append((tracing.SENT, cell, 0, "s", 10, '"t"'))
     writer.drain()
     assert cell[1] == '{"a":1,"b":2}'
     cell[0] = {"changed": True}  # a later record uses the JSON of the first: the payload as it was sent
-    writer.queue.append((tracing.DELIVERED, cell, ("d", 10, 0, "s", 1010, '"t"')))
+    writer.queue.append((tracing.DELIVERED, cell, "d", 10, 0, "s", 1010, '"t"'))
     writer.close()
     lines = (tmp_path / "t.jsonl").read_text(encoding="utf-8").split("\n")[:-1]
     assert [json.loads(line)["data"] for line in lines] == [{"a": 1, "b": 2}] * 2
@@ -74,7 +74,7 @@ def test_a_record_the_trace_cannot_carry_ends_its_batch_and_the_error_record_fol
     writer = TraceWriter(tmp_path / "t.jsonl", {})
     writer.header()
     for value in (1.0, float("nan"), 3.0):  # e.g. an in-process model's reading: NaN is not JSON
-        writer.queue.append((tracing.SENT, [{"value": value}, None], (0, "sensor", 10, '"reading"')))
+        writer.queue.append((tracing.SENT, [{"value": value}, None], 0, "sensor", 10, '"reading"'))
     with pytest.raises(ValueError):
         writer.drain()
     writer.error(1000, "sensor", "internal_error", "ValueError: Out of range float values are not JSON compliant")

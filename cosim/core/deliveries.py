@@ -44,7 +44,7 @@ class Deliveries:
         """Pop every pending delivery with time <= target, record it, and group it by destination."""
         inputs: Inputs = {}
         pending, types, slots = self.pending, self._types, self.slots
-        pop, record, delivered_kind = heapq.heappop, self.trace.queue.append, tracing.DELIVERED
+        pop, record = heapq.heappop, self.trace.queue.append
         while pending and pending[0][0] <= target_us:
             time_us, source, seq, dest, event, payload = pop(pending)
             kind, sent_us = event["type"], event["time_us"]
@@ -56,7 +56,7 @@ class Deliveries:
                                   "data": payload[0]})
                 continue
             type_json = types.get(kind) or self._type_json(kind)
-            record((delivered_kind, payload, (dest, sent_us, seq, source, time_us, type_json)))
+            record(("delivered", payload, dest, sent_us, seq, source, time_us, type_json))  # a trace.QueuedDelivered
             delivered: Input = {"type": kind, "time_us": time_us, "source": source, "seq": seq, "sent_us": sent_us,
                                 "data": payload[0]}
             received = inputs.get(dest)
@@ -86,13 +86,12 @@ class Deliveries:
             numbered.sort()
         trace, router, pending, types = self.trace, self.router, self.pending, self._types
         record, split, delivery_time, push = trace.queue.append, router.split, router.delivery_time, heapq.heappush
-        sent_kind, dropped_kind = tracing.SENT, tracing.DROPPED
         for time_us, source, seq, event in numbered:
             kind = event["type"]
             type_json = types.get(kind) or self._type_json(kind)
             # The payload is encoded once (when the trace drains): its sent, delivered and dropped records share it.
             payload = [event.get("data"), None]
-            record((sent_kind, payload, (seq, source, time_us, type_json)))
+            record(("sent", payload, seq, source, time_us, type_json))  # a trace.QueuedSent
             dests, filtered = split(source, kind, time_us)
             if filtered:  # routes whose `during:` windows leave this event out
                 for dest in filtered:
@@ -103,7 +102,7 @@ class Deliveries:
             if not dests:
                 key = (source, kind)
                 self.unroutable[key] = self.unroutable.get(key, 0) + 1
-                record((tracing.UNROUTABLE, payload, (seq, source, time_us, type_json)))
+                record(("unroutable", payload, seq, source, time_us, type_json))
                 continue
             for dest in dests:
                 at = delivery_time(source, dest, time_us)
@@ -112,7 +111,7 @@ class Deliveries:
                 else:  # lost on the link
                     reason = at.value
                     self.dropped[reason] = self.dropped.get(reason, 0) + 1
-                    record((dropped_kind, payload, (dest, reason, seq, source, time_us, type_json)))
+                    record(("dropped", payload, dest, reason, seq, source, time_us, type_json))
 
     def _type_json(self, event_type: str) -> str:
         """An event type as JSON, encoded once per type (the trace lines are built around it)."""

@@ -62,7 +62,7 @@ class _LineLoader(yaml.SafeLoader):
         try:
             if self._depth > MAX_YAML_DEPTH:
                 raise _TooDeep(self.peek_event().start_mark.line + 1)
-            return super().compose_node(parent, index)  # type: ignore[return-value]  # yaml's base class says Node | None; a node is always composed here
+            return super().compose_node(parent, index)  # type: ignore[return-value, unused-ignore]  # yaml's base class says Node | None; a node is always composed here
         finally:
             self._depth -= 1
 

@@ -53,6 +53,12 @@ def wait_for_port(port: int, deadline: float, process: subprocess.Popen[bytes]) 
     return False
 
 
+def find_command(name: str) -> str | None:
+    """Where the command ``name`` is: on PATH, else in the sbin directories (daemons such as mosquitto live in sbin,
+    which is not on every user's PATH); None when it is not installed."""
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN_DIRS))
+
+
 def start_daemon(node_id: str, command: list[str], port: int, *, cwd: Path, env: Mapping[str, str], log_path: Path,
                  instead: str) -> subprocess.Popen[bytes]:
     """Start an infrastructure daemon (e.g. mosquitto) in its own session, its output appended to ``log_path``, and
@@ -60,8 +66,7 @@ def start_daemon(node_id: str, command: list[str], port: int, *, cwd: Path, env:
     directories. Raises NodeStartError (the daemon stopped first) when it is not installed, exits or does not
     listen; ``instead`` is the alternative the error suggests (e.g. "use --runtime docker")."""
     command = list(command)
-    # Daemons such as mosquitto live in sbin, which is not on every user's PATH.
-    found = shutil.which(command[0]) or shutil.which(command[0], path=os.pathsep.join(SBIN_DIRS))
+    found = find_command(command[0])
     if found is None and not Path(command[0]).is_file():
         raise NodeStartError(node_id, f"needs `{command[0]}` to run locally, and it is not installed: install the "
                                       f"package that provides it (for mosquitto: apt-get install mosquitto), or {instead}")

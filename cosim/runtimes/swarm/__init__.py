@@ -8,6 +8,8 @@
 - ``cluster``: extra dockerd instances in namespaces of their own, the local test cluster (`invoke cluster`).
 """
 
+from cosim.runtimes.swarm.cluster import cluster_down, cluster_up
+from cosim.runtimes.swarm.nodes import CONTEXT_ENV
 from cosim.runtimes.swarm.runtime import SwarmRuntime, down_stacks
 
-__all__ = ["SwarmRuntime", "down_stacks"]
+__all__ = ["CONTEXT_ENV", "SwarmRuntime", "cluster_down", "cluster_up", "down_stacks"]
