@@ -133,7 +133,8 @@ def sdk_content() -> SdkContent:
     return SdkContent(files=files, hashed=tuple(hashed))
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's content, read in chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -146,7 +147,7 @@ def source_hash(folder: Path, sdk: SdkContent | None = None) -> str:
     sdk = sdk if sdk is not None else sdk_content()
     digest = hashlib.sha256(f"{HASH_SCHEME}\0".encode())
     for relative, path in folder_files(folder):
-        digest.update(f"file\0{relative}\0{_file_digest(path)}\0".encode())
+        digest.update(f"file\0{relative}\0{file_digest(path)}\0".encode())
     for name, data in sdk.hashed:
         digest.update(f"sdk\0{name}\0{hashlib.sha256(data).hexdigest()}\0".encode())
     return digest.hexdigest()

@@ -51,6 +51,7 @@ from cosim.service_sources import (
     cache_dir,
     containers_dir,
     context_dir,
+    file_digest,
     folder_files,
     sdk_content,
     service_image,
@@ -108,14 +109,6 @@ class ImageSpec:
 def service_spec(name: str, tag: str | None = None) -> ImageSpec:
     """The spec of the bundled service ``containers/<name>``, named by the rule unless told otherwise."""
     return ImageSpec(tag=tag or service_image(name), service_dir=containers_dir() / name)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- wheelhouse and staged context ------------------------------------------------------------------------------
@@ -192,7 +185,7 @@ def build_hash(context: Path, digest: str, base_ids: Iterable[str]) -> str:
     for base_id in base_ids:
         hashed.update(f"base={base_id}\0".encode())
     for path in sorted((context / WHEELS).glob("*")):
-        hashed.update(f"{path.name}\0{_sha256_file(path)}\0".encode())
+        hashed.update(f"{path.name}\0{file_digest(path)}\0".encode())
     return hashed.hexdigest()
 
 
