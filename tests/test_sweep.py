@@ -231,8 +231,8 @@ def test_a_failing_run_is_reported_and_the_rest_kept(tmp_path: Path) -> None:
 def test_ctrl_c_keeps_the_finished_runs_and_the_same_command_continues(tmp_path: Path) -> None:
     import signal
 
-    command = [str(Path(sys.executable).with_name("cosim")), "sweep", str(SCENARIO), "--seeds", "1-6", "--set",
-               "nodes.echo.config.tick_us=5000,10000", "--jobs", "2", "--quiet"]
+    command = [str(Path(sys.executable).with_name("cosim")), "sweep", str(SCENARIO), "--seeds", "1-30", "--set",
+               "nodes.echo.config.tick_us=5000,10000", "--jobs", "2", "--quiet"]  # 60 runs: still running at Ctrl-C
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)  # Ctrl-C reaches a terminal's whole process group
     runs = tmp_path / "sweeps" / "sweep-echo" / "runs"
@@ -246,7 +246,7 @@ def test_ctrl_c_keeps_the_finished_runs_and_the_same_command_continues(tmp_path:
     finished = {name for name, status in statuses.items() if status == "ok"}
     assert len(finished) >= 2 and set(statuses.values()) <= {"ok", "interrupted", "failed"}
     assert "interrupted" in statuses.values()
-    again = quiet_sweep(tmp_path, seeds="1-6", sets=["nodes.echo.config.tick_us=5000,10000"], jobs=2)
+    again = quiet_sweep(tmp_path, seeds="1-30", sets=["nodes.echo.config.tick_us=5000,10000"], jobs=2)
     assert {o.run for o in again.outcomes if o.status == "skipped"} >= finished
     assert {row["status"] for row in again.table} == {"ok"}
 
