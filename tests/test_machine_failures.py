@@ -12,6 +12,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,10 +21,12 @@ import yaml
 
 from cosim.errors import CheckpointError, NodeFailure
 from cosim.run import run
-from cosim.service_sources import image_name
+from cosim.runtimes.docker.base_image import resolve_base_image
+from cosim.runtimes.swarm import cluster as clusters
+from cosim.service_sources import image_name, service_image
 from cosim.trace import read
 
-from .conftest import ROOT, cosim_resources
+from .conftest import ROOT, cosim_resources, wait_until
 from .test_interrupts import local_scenario, processes_with
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -140,3 +143,78 @@ def test_a_container_killed_for_memory_is_named_with_its_limit(tmp_path: Path, h
         assert "out of memory at its memory limit of 32m" in error.detail
     finally:
         assert cosim_resources("cosim.scenario=memory-hog") == ([], [])
+
+
+# -- the Docker engine restarted mid-run --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_engine(service_images: dict[str, str]) -> Iterator[clusters.Engine]:
+    """A second dockerd in a network namespace of its own (cosim's extra-engine code), holding the base and echo
+    images (docker save | docker load: it has none and no registry); removed afterwards, with everything on it."""
+    assert os.geteuid() == 0, "this test needs root (a network namespace, a second dockerd)"
+    base = Path(tempfile.mkdtemp(prefix="cosim-restart-engine-", dir="/var/tmp"))
+    base.rmdir()  # start_engine creates it (and removes it again)
+    with clusters.engine("cosim-restart", base, extra_args=("--bridge", "none", "--iptables=false")) as engine:
+        saved = subprocess.Popen(["docker", "save", resolve_base_image(), service_image("echo")], stdout=subprocess.PIPE)
+        loaded = subprocess.run(["docker", "-H", engine.host, "load", "-q"], stdin=saved.stdout, capture_output=True,
+                                text=True)
+        assert saved.wait() == 0 and loaded.returncode == 0, loaded.stderr
+        yield engine
+    assert not base.exists()
+
+
+def echo_on_docker(tmp_path: Path) -> Path:
+    """sensor -> echo (a container) -> sink for 600 s virtual: running for as long as the test needs."""
+    path = tmp_path / "engine-restart.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "engine-restart", "seed": 3, "duration_us": 600_000_000, "quantum_us": 1000,
+        "nodes": [{"id": "sensor", "kind": "sensor", "period_us": 5000},
+                  {"id": "echo", "kind": "service", "build": str(ROOT / "containers" / "echo")},
+                  {"id": "sink", "kind": "sink"}],
+        "routes": [{"from": "sensor", "to": ["echo"]}, {"from": "echo", "to": ["sink"]}]}), encoding="utf-8")
+    return path
+
+
+def lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.is_file() else 0
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_an_engine_restarted_mid_run_ends_it_in_one_line_and_leaves_it_clean(own_engine: clusters.Engine,
+                                                                             tmp_path: Path) -> None:
+    """`invoke up` on the test's engine; once the trace has 200 records the engine is restarted (stopped: its
+    containers with it, and started again). The run ends with one line naming the engine and the virtual time, its
+    trace so far ends in an `engine_lost` record, and the engine, back, has nothing of the run."""
+    trace = tmp_path / "trace.jsonl"
+    environment = {key: value for key, value in os.environ.items() if key != "DOCKER_CONTEXT"}
+    environment["DOCKER_HOST"] = own_engine.host
+    process = subprocess.Popen([sys.executable, "-m", "invoke", "up", str(echo_on_docker(tmp_path)), "--trace",
+                                str(trace), "-q"], cwd=ROOT, env=environment, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_until(lambda: lines(trace) > 200, process, "the run wrote 200 trace records", timeout_s=300)
+        clusters.restart_engine(own_engine)
+        out, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    result = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    assert "Traceback" not in out + err, err
+    assert result.returncode == 3, out + err
+    errors = [line for line in err.splitlines() if line.startswith("cosim: error:")]
+    assert len(errors) == 1 and [line for line in err.splitlines() if not line.startswith("image ")] == errors, err
+    assert errors[0].startswith("cosim: error: the Docker engine stopped (or restarted) during the run at virtual "
+                                "time "), errors[0]
+    assert f"the engine at {own_engine.host} " in errors[0] and errors[0].endswith("; the trace so far is kept")
+    content = trace.read_bytes()
+    assert content.endswith(b"\n")
+    error = read(trace).error
+    assert error is not None and (error.error, error.node) == ("engine_lost", None)
+    assert error.time_us > 0 and f"at virtual time {error.time_us} us" in errors[0]
+    assert error.detail in errors[0]
+    # The engine is back, without the run: no container, no network but its own.
+    assert own_engine.docker("ps", "-aq").stdout.split() == []
+    assert sorted(own_engine.docker("network", "ls", "--format", "{{.Name}}").stdout.split()) == ["host", "none"]

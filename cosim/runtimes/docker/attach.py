@@ -43,7 +43,7 @@ def engine_socket() -> str | None:
 def open_attach(socket_path: str, container_id: str) -> tuple[socket.socket, bytes]:
     """A hijacked attach stream to the container's stdin/stdout/stderr, and any bytes read past the HTTP
     response. Raises OSError when the engine refuses."""
-    return _request(socket_path, f"POST /containers/{container_id}/attach?stream=1&stdin=1&stdout=1&stderr=1 HTTP/1.1\r\n"
+    return engine_request(socket_path, f"POST /containers/{container_id}/attach?stream=1&stdin=1&stdout=1&stderr=1 HTTP/1.1\r\n"
                     "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n", "attach")
 
 
@@ -51,16 +51,17 @@ def open_exit_watch(socket_path: str, container_id: str) -> tuple[socket.socket,
     """A `wait` request for the container to be not running: the engine answers its headers at once and its body
     when the container has stopped (at once, if it has already). The socket becomes readable then, or when the
     engine goes away. Raises OSError when the engine refuses."""
-    return _request(socket_path, f"POST /containers/{container_id}/wait?condition=not-running HTTP/1.1\r\n"
+    return engine_request(socket_path, f"POST /containers/{container_id}/wait?condition=not-running HTTP/1.1\r\n"
                     "Host: docker\r\nContent-Length: 0\r\n\r\n", "wait")
 
 
-def _request(socket_path: str, request: str, what: str) -> tuple[socket.socket, bytes]:
+def engine_request(socket_path: str, request: str, what: str, *,
+                   timeout_s: float = HANDSHAKE_TIMEOUT_S) -> tuple[socket.socket, bytes]:
     """A connection to the engine after ``request``'s response headers (a 101 or 200), and any bytes read past
-    them."""
+    them; OSError when the engine refuses, closes or is not there."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(HANDSHAKE_TIMEOUT_S)
+        sock.settimeout(timeout_s)
         sock.connect(socket_path)
         sock.sendall(request.encode("ascii"))
         response = b""
