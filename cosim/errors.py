@@ -154,6 +154,12 @@ class ExitStatus(int):
         return status
 
 
+def out_of_memory(limit: str | None) -> str:
+    """The cause of a process the kernel killed for memory, the same on every runtime."""
+    at = f"its memory limit of {limit}" if limit else "the machine's memory (no limit of its own)"
+    return f"killed by the kernel: out of memory at {at}"
+
+
 def exit_cause(code: int | None) -> str:
     return getattr(code, "cause", "")
 

@@ -21,6 +21,7 @@ import yaml
 
 from cosim.errors import CheckpointError, NodeFailure
 from cosim.run import run
+from cosim.runtimes import memory_cgroup
 from cosim.runtimes.docker.base_image import resolve_base_image
 from cosim.runtimes.swarm import cluster as clusters
 from cosim.service_sources import image_name, service_image
@@ -123,13 +124,7 @@ def hog_image_removed() -> Iterator[None]:
 
 @pytest.mark.docker
 def test_a_container_killed_for_memory_is_named_with_its_limit(tmp_path: Path, hog_image_removed: None) -> None:
-    scenario = tmp_path / "hog.yaml"
-    scenario.write_text(yaml.safe_dump({
-        "name": "memory-hog", "seed": 1, "duration_us": 10_000, "quantum_us": 1000,
-        "nodes": [{"id": "hog", "kind": "service", "build": str(HOG), "resources": {"memory": "32m"},
-                   "config": {"hog_at_us": 3000, "hog_mb": 256}},  # far beyond the limit, in the window to 3000 us
-                  {"id": "sink", "kind": "sink"}],
-        "routes": [{"from": "hog", "to": ["sink"]}]}), encoding="utf-8")
+    scenario = hog_scenario(tmp_path)
     trace = tmp_path / "trace.jsonl"
     try:
         with pytest.raises(NodeFailure) as failure:
@@ -143,6 +138,41 @@ def test_a_container_killed_for_memory_is_named_with_its_limit(tmp_path: Path, h
         assert "out of memory at its memory limit of 32m" in error.detail
     finally:
         assert cosim_resources("cosim.scenario=memory-hog") == ([], [])
+
+
+def hog_scenario(tmp_path: Path, memory: str = "32m", hog_mb: int = 256) -> Path:
+    """The memory hog from 3000 us on, taking ``hog_mb`` MB more in each window, under a ``memory`` limit."""
+    scenario = tmp_path / "hog.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "name": "memory-hog", "seed": 1, "duration_us": 10_000, "quantum_us": 1000,
+        "nodes": [{"id": "hog", "kind": "service", "build": str(HOG), "resources": {"memory": memory},
+                   "config": {"hog_at_us": 3000, "hog_mb": hog_mb}},
+                  {"id": "sink", "kind": "sink"}],
+        "routes": [{"from": "hog", "to": ["sink"]}]}), encoding="utf-8")
+    return scenario
+
+
+@pytest.mark.skipif(memory_cgroup.available() is not None, reason=f"{memory_cgroup.available()}")
+def test_a_local_process_killed_for_memory_is_named_with_its_limit(tmp_path: Path) -> None:
+    """The local runtime enforces `resources.memory` with a memory cgroup of the process's own (as Docker does a
+    container's): the kernel kills it there, and the failure says so, as on Docker."""
+    trace = tmp_path / "trace.jsonl"
+    with pytest.raises(NodeFailure) as failure:
+        run(hog_scenario(tmp_path), runtime="local", trace_path=trace)
+    message = str(failure.value)
+    assert failure.value.node == "hog"
+    assert message.startswith("node 'hog': killed by the kernel: out of memory at its memory limit of 32m; "), message
+    assert failure.value.process_exit_code == 137
+    error = read(trace).error
+    assert error is not None and (error.node, error.error, error.time_us) == ("hog", "node_failure", 2000)
+    assert "out of memory at its memory limit of 32m" in error.detail
+    assert not [group for group in memory_cgroup.own_group()[0].iterdir() if group.name.startswith(f"cosim-{os.getpid()}-")]
+
+
+def test_a_local_process_within_its_memory_limit_runs_as_without_one(tmp_path: Path) -> None:
+    """The limit changes nothing for a process that stays under it (here 256m for 8 x 16 MB): the run ends."""
+    limited = run(hog_scenario(tmp_path, "256m", hog_mb=16), runtime="local", trace_path=tmp_path / "limited.jsonl")
+    assert limited.result.end_us == 10_000 and read(limited.trace_path).error is None
 
 
 # -- the Docker engine restarted mid-run --------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from cosim.errors import (
     NodeFailure,
     NodeImageError,
     OutputWriteError,
+    out_of_memory,
 )
 from cosim.model import ContainerSpec, Scenario
 from cosim.runtimes.docker.attach import EngineAttachTransport, engine_socket
@@ -377,9 +378,7 @@ class DockerRuntime:
                 return code
         if not state.oom_killed:
             return code
-        limit = (f"its memory limit of {node.resources.memory}" if node.resources and node.resources.memory
-                 else "the machine's memory (no limit of its own)")
-        return ExitStatus(code, f"killed by the kernel: out of memory at {limit}")
+        return ExitStatus(code, out_of_memory(node.resources.memory if node.resources else None))
 
     def _attach(self, node: ContainerSpec, container_id: str) -> Transport:
         log_path = self.log_dir / f"{node.id}.log"
