@@ -45,6 +45,7 @@ from cosim.errors import (
     InfrastructureExited,
     Interrupted,
     NodeFailure,
+    OutputWriteError,
     UnsupportedAction,
 )
 from cosim.model import ContainerSpec, Scenario
@@ -148,6 +149,9 @@ class Coordinator:
         except EngineLost as lost:  # the engine, not a node: no node to blame, no infrastructure to ask
             self.trace.error(self.now_us, None, "engine_lost", lost.what)
             raise lost.at(self.now_us) from None
+        except OutputWriteError as failed:  # a service's log, e.g. on a full disk (the trace's own: not written)
+            self.trace.error(self.now_us, None, "write_failed", str(failed))
+            raise
         except CheckpointError as failed:  # e.g. the disk is full: the run so far is kept
             self.trace.error(self.now_us, None, "checkpoint_failed", str(failed))
             raise

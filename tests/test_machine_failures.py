@@ -110,6 +110,71 @@ def test_a_checkpoint_that_outgrows_its_disk_ends_the_run_with_one_message(tmp_p
     assert processes_with(marker) == []
 
 
+@needs_root
+def test_a_full_log_disk_stops_the_run_before_anything_starts(tmp_path: Path) -> None:
+    """An empty file still fits on a full disk: the check writes a byte."""
+    marker = f"cosim-test-{secrets.token_hex(6)}"
+    trace = tmp_path / "t.jsonl"
+    with tmpfs(tmp_path / "t.logs", "64k") as logs:
+        subprocess.run(["dd", "if=/dev/zero", f"of={logs / 'filler'}", "bs=4k"], capture_output=True)  # until full
+        result = up(local_scenario(tmp_path, marker), trace)
+        line = one_error_line(result)
+        assert line == f"cosim: error: cannot write the service log directory {logs}: No space left on device (errno 28)"
+        assert [path.name for path in logs.iterdir()] == ["filler"]
+    assert processes_with(marker) == []
+
+
+@needs_root
+def test_a_read_only_checkpoint_directory_stops_the_run_before_anything_starts(tmp_path: Path) -> None:
+    marker = f"cosim-test-{secrets.token_hex(6)}"
+    with tmpfs(tmp_path / "checkpoints", "64k", read_only=True):  # where `cosim up` run here writes them
+        result = subprocess.run([sys.executable, "-m", "cosim", "up", str(local_scenario(tmp_path, marker)),
+                                 "--runtime", "local", "--trace", "t.jsonl", "--checkpoint-at", "2000000", "-q"],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        line = one_error_line(result)
+        assert line == "cosim: error: cannot write the checkpoint directory checkpoints: Read-only file system (errno 30)"
+        assert not (tmp_path / "t.jsonl").exists()  # checked before anything else
+    assert processes_with(marker) == []
+
+
+LOUD = ROOT / "tests" / "services" / "loud"
+
+
+@pytest.fixture
+def loud_image_removed() -> Iterator[None]:
+    yield
+    if shutil.which("docker"):
+        subprocess.run(["docker", "rmi", "-f", image_name(LOUD)], capture_output=True)
+
+
+@needs_root
+@pytest.mark.docker
+def test_a_service_log_that_outgrows_its_disk_stops_the_run(tmp_path: Path, loud_image_removed: None) -> None:
+    """The Docker runtime writes each service's log itself (from the attach stream): a write the disk refuses
+    stops the run with one line naming the log and the errno; the trace (on another disk) ends in a
+    `write_failed` record; nothing is left on the engine."""
+    scenario = tmp_path / "loud.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "name": "loud-log", "seed": 1, "duration_us": 200_000, "quantum_us": 1000,
+        "nodes": [{"id": "sensor", "kind": "sensor", "period_us": 1000},
+                  {"id": "loud", "kind": "service", "build": str(LOUD), "config": {"log_bytes": 1024}},
+                  {"id": "sink", "kind": "sink"}],  # 1 KB of log per window: 200 KB in all
+        "routes": [{"from": "sensor", "to": ["loud"]}, {"from": "loud", "to": ["sink"]}]}), encoding="utf-8")
+    trace = tmp_path / "t.jsonl"
+    try:
+        with tmpfs(tmp_path / "t.logs", "16k") as logs:
+            result = subprocess.run([sys.executable, "-m", "invoke", "up", str(scenario), "--trace", str(trace), "-q"],
+                                    cwd=ROOT, capture_output=True, text=True, timeout=600)
+            line = one_error_line(result)
+            assert line == (f"cosim: error: cannot write the log of node 'loud' {logs / 'loud.log'}: No space left "
+                            f"on device (errno 28)")
+            error = read(trace).error
+            assert error is not None and error.error == "write_failed" and error.time_us > 0
+            assert error.detail == line.removeprefix("cosim: error: ")
+    finally:
+        assert cosim_resources("cosim.scenario=loud-log") == ([], [])
+
+
 # -- out of memory (Docker) ---------------------------------------------------------------------------------------
 
 HOG = ROOT / "tests" / "services" / "memory-hog"
