@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cosim.errors import CheckpointError, NodeFailure
+from cosim.errors import CheckpointError, EngineLost, NodeFailure
 from cosim.run import run
 from cosim.runtimes import memory_cgroup
+from cosim.runtimes.docker import runtime as docker_runtime
 from cosim.runtimes.docker.base_image import resolve_base_image
 from cosim.runtimes.swarm import cluster as clusters
 from cosim.service_sources import image_name, service_image
@@ -243,7 +244,7 @@ def test_a_local_process_within_its_memory_limit_runs_as_without_one(tmp_path: P
 # -- the Docker engine restarted mid-run --------------------------------------------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def own_engine(service_images: dict[str, str]) -> Iterator[clusters.Engine]:
     """A second dockerd in a network namespace of its own (cosim's extra-engine code), holding the base and echo
     images (docker save | docker load: it has none and no registry); removed afterwards, with everything on it."""
@@ -311,5 +312,33 @@ def test_an_engine_restarted_mid_run_ends_it_in_one_line_and_leaves_it_clean(own
     assert error.time_us > 0 and f"at virtual time {error.time_us} us" in errors[0]
     assert error.detail in errors[0]
     # The engine is back, without the run: no container, no network but its own.
+    assert own_engine.docker("ps", "-aq").stdout.split() == []
+    assert sorted(own_engine.docker("network", "ls", "--format", "{{.Name}}").stdout.split()) == ["host", "none"]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_an_engine_that_stays_away_is_cleaned_once_it_is_back(own_engine: clusters.Engine, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine is stopped mid-run and not started again within the teardown's wait: the run ends all the same
+    (EngineLost), keeping its lock file; once the engine is back, the next run's start removes what was left."""
+    monkeypatch.setenv("DOCKER_HOST", own_engine.host)
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    monkeypatch.setattr(docker_runtime, "ENGINE_RETURN_S", 1.0)
+    monkeypatch.setattr(docker_runtime, "RUNS_DIR", tmp_path / "runs")  # this run's lock file alone
+    stopped: list[int] = []
+
+    def stop_engine_once(now_us: int, duration_us: int) -> None:
+        if now_us >= 200_000 and not stopped:
+            stopped.append(now_us)
+            clusters.stop_daemon(own_engine)  # (returns once dockerd has exited: its containers stopped)
+
+    with pytest.raises(EngineLost) as lost:
+        run(echo_on_docker(tmp_path), runtime="docker", trace_path=tmp_path / "t.jsonl", progress=stop_engine_once)
+    assert "does not answer" in str(lost.value)
+    (lock,) = (tmp_path / "runs").iterdir()  # kept, free: the run is over
+    clusters.restart_engine(own_engine)  # back
+    assert own_engine.docker("ps", "-aq").stdout.split() != []  # the run's stopped container is still there
+    assert docker_runtime.reap_orphans() == {lock.stem: (1, 1)}  # what the next run does first
     assert own_engine.docker("ps", "-aq").stdout.split() == []
     assert sorted(own_engine.docker("network", "ls", "--format", "{{.Name}}").stdout.split()) == ["host", "none"]
