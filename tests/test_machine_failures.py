@@ -138,19 +138,19 @@ def test_a_read_only_checkpoint_directory_stops_the_run_before_anything_starts(t
     assert processes_with(marker) == []
 
 
-LOUD = ROOT / "tests" / "services" / "loud"
+HOG = ROOT / "tests" / "services" / "memory-hog"
 
 
 @pytest.fixture
-def loud_image_removed() -> Iterator[None]:
+def hog_image_removed() -> Iterator[None]:
     yield
     if shutil.which("docker"):
-        subprocess.run(["docker", "rmi", "-f", image_name(LOUD)], capture_output=True)
+        subprocess.run(["docker", "rmi", "-f", image_name(HOG)], capture_output=True)
 
 
 @needs_root
 @pytest.mark.docker
-def test_a_service_log_that_outgrows_its_disk_stops_the_run(tmp_path: Path, loud_image_removed: None) -> None:
+def test_a_service_log_that_outgrows_its_disk_stops_the_run(tmp_path: Path, hog_image_removed: None) -> None:
     """The Docker runtime writes each service's log itself (from the attach stream): a write the disk refuses
     stops the run with one line naming the log and the errno; the trace (on another disk) ends in a
     `write_failed` record; nothing is left on the engine."""
@@ -158,7 +158,7 @@ def test_a_service_log_that_outgrows_its_disk_stops_the_run(tmp_path: Path, loud
     scenario.write_text(yaml.safe_dump({
         "name": "loud-log", "seed": 1, "duration_us": 200_000, "quantum_us": 1000,
         "nodes": [{"id": "sensor", "kind": "sensor", "period_us": 1000},
-                  {"id": "loud", "kind": "service", "build": str(LOUD), "config": {"log_bytes": 1024}},
+                  {"id": "loud", "kind": "service", "build": str(HOG), "config": {"log_bytes": 1024}},
                   {"id": "sink", "kind": "sink"}],  # 1 KB of log per window: 200 KB in all
         "routes": [{"from": "sensor", "to": ["loud"]}, {"from": "loud", "to": ["sink"]}]}), encoding="utf-8")
     trace = tmp_path / "t.jsonl"
@@ -176,34 +176,7 @@ def test_a_service_log_that_outgrows_its_disk_stops_the_run(tmp_path: Path, loud
         assert cosim_resources("cosim.scenario=loud-log") == ([], [])
 
 
-# -- out of memory (Docker) ---------------------------------------------------------------------------------------
-
-HOG = ROOT / "tests" / "services" / "memory-hog"
-
-
-@pytest.fixture
-def hog_image_removed() -> Iterator[None]:
-    yield
-    if shutil.which("docker"):
-        subprocess.run(["docker", "rmi", "-f", image_name(HOG)], capture_output=True)
-
-
-@pytest.mark.docker
-def test_a_container_killed_for_memory_is_named_with_its_limit(tmp_path: Path, hog_image_removed: None) -> None:
-    scenario = hog_scenario(tmp_path)
-    trace = tmp_path / "trace.jsonl"
-    try:
-        with pytest.raises(NodeFailure) as failure:
-            run(scenario, runtime="docker", trace_path=trace)
-        message = str(failure.value)
-        assert failure.value.node == "hog"
-        assert message.startswith("node 'hog': killed by the kernel: out of memory at its memory limit of 32m; "), message
-        assert failure.value.process_exit_code == 137
-        error = read(trace).error
-        assert error is not None and (error.node, error.error, error.time_us) == ("hog", "node_failure", 2000)
-        assert "out of memory at its memory limit of 32m" in error.detail
-    finally:
-        assert cosim_resources("cosim.scenario=memory-hog") == ([], [])
+# -- out of memory ------------------------------------------------------------------------------------------------
 
 
 def hog_scenario(tmp_path: Path, memory: str = "32m", hog_mb: int = 256) -> Path:
@@ -218,21 +191,34 @@ def hog_scenario(tmp_path: Path, memory: str = "32m", hog_mb: int = 256) -> Path
     return scenario
 
 
-@pytest.mark.skipif(memory_cgroup.available() is not None, reason=f"{memory_cgroup.available()}")
-def test_a_local_process_killed_for_memory_is_named_with_its_limit(tmp_path: Path) -> None:
-    """The local runtime enforces `resources.memory` with a memory cgroup of the process's own (as Docker does a
-    container's): the kernel kills it there, and the failure says so, as on Docker."""
+@pytest.mark.parametrize("runtime", [
+    pytest.param("docker", marks=pytest.mark.docker),
+    # The local runtime enforces `resources.memory` with a memory cgroup of the process's own, as Docker does.
+    pytest.param("local", marks=pytest.mark.skipif(memory_cgroup.available() is not None,
+                                                   reason=f"{memory_cgroup.available()}")),
+])
+def test_a_process_killed_for_memory_is_named_with_its_limit(tmp_path: Path, hog_image_removed: None,
+                                                             runtime: str) -> None:
+    """Far beyond its 32m limit in the window to 3000 us: the kernel kills it there, and the failure says so, in the
+    same words on both runtimes."""
     trace = tmp_path / "trace.jsonl"
-    with pytest.raises(NodeFailure) as failure:
-        run(hog_scenario(tmp_path), runtime="local", trace_path=trace)
-    message = str(failure.value)
-    assert failure.value.node == "hog"
-    assert message.startswith("node 'hog': killed by the kernel: out of memory at its memory limit of 32m; "), message
-    assert failure.value.process_exit_code == 137
-    error = read(trace).error
-    assert error is not None and (error.node, error.error, error.time_us) == ("hog", "node_failure", 2000)
-    assert "out of memory at its memory limit of 32m" in error.detail
-    assert not [group for group in memory_cgroup.own_group()[0].iterdir() if group.name.startswith(f"cosim-{os.getpid()}-")]
+    try:
+        with pytest.raises(NodeFailure) as failure:
+            run(hog_scenario(tmp_path), runtime=runtime, trace_path=trace)
+        message = str(failure.value)
+        assert failure.value.node == "hog"
+        assert message.startswith("node 'hog': killed by the kernel: out of memory at its memory limit of 32m; "), message
+        assert failure.value.process_exit_code == 137
+        error = read(trace).error
+        assert error is not None and (error.node, error.error, error.time_us) == ("hog", "node_failure", 2000)
+        assert "out of memory at its memory limit of 32m" in error.detail
+    finally:
+        if runtime == "docker":
+            assert cosim_resources("cosim.scenario=memory-hog") == ([], [])
+        else:  # its memory cgroup removed
+            group = memory_cgroup.own_group()
+            assert group is not None and not [path for path in group[0].iterdir()
+                                              if path.name.startswith(f"cosim-{os.getpid()}-")]
 
 
 def test_a_local_process_within_its_memory_limit_runs_as_without_one(tmp_path: Path) -> None:
