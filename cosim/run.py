@@ -71,8 +71,8 @@ def check_writable(what: str, directory: Path) -> None:
         with tempfile.TemporaryFile(dir=directory, buffering=0) as probe:
             probe.write(b"\n")  # a byte: an empty file still fits on a full disk
     except OSError as exc:
-        if exc.filename and Path(exc.filename).parent.absolute() == directory.absolute():  # the probe's own name: nothing to the reader
-            exc = OSError(exc.errno, exc.strerror)
+        if exc.filename and Path(exc.filename).parent.absolute() == directory.absolute():
+            exc = OSError(exc.errno, exc.strerror)  # the probe's own name means nothing to the reader
         raise OutputWriteError(what, directory, exc) from None
 
 

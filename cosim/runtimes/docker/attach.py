@@ -43,8 +43,9 @@ def engine_socket() -> str | None:
 def open_attach(socket_path: str, container_id: str) -> tuple[socket.socket, bytes]:
     """A hijacked attach stream to the container's stdin/stdout/stderr, and any bytes read past the HTTP
     response. Raises OSError when the engine refuses."""
-    return engine_request(socket_path, f"POST /containers/{container_id}/attach?stream=1&stdin=1&stdout=1&stderr=1 HTTP/1.1\r\n"
-                    "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n", "attach")
+    return engine_request(socket_path,
+                          f"POST /containers/{container_id}/attach?stream=1&stdin=1&stdout=1&stderr=1 HTTP/1.1\r\n"
+                          "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n", "attach")
 
 
 def open_exit_watch(socket_path: str, container_id: str) -> tuple[socket.socket, bytes]:
@@ -52,7 +53,7 @@ def open_exit_watch(socket_path: str, container_id: str) -> tuple[socket.socket,
     when the container has stopped (at once, if it has already). The socket becomes readable then, or when the
     engine goes away. Raises OSError when the engine refuses."""
     return engine_request(socket_path, f"POST /containers/{container_id}/wait?condition=not-running HTTP/1.1\r\n"
-                    "Host: docker\r\nContent-Length: 0\r\n\r\n", "wait")
+                                       "Host: docker\r\nContent-Length: 0\r\n\r\n", "wait")
 
 
 def engine_request(socket_path: str, request: str, what: str, *,
@@ -114,12 +115,10 @@ class EngineAttachTransport(LineStream):
     stream has nothing more within EXIT_DRAIN_S, the stream is taken as ended."""
 
     def __init__(self, name: str, container_id: str, socket_path: str, *, log_path: Path,
-                 exit_code: Callable[[], int | None], log_tail: Callable[[int], str],
-                 ended: Callable[[], None] | None = None) -> None:
+                 exit_code: Callable[[], int | None], log_tail: Callable[[int], str]) -> None:
         super().__init__(name, log_path, exit_code, log_tail)
         self._sock, rest = open_attach(socket_path, container_id)
         self._fd = self._sock.fileno()
-        self._ended = ended  # told when the stream ends (before TransportClosed), e.g. to blame a lost engine
         self._reader = FrameReader(self._write_log)
         self._buffer = self._reader.stdout  # the line buffer is the demultiplexed stdout
         self._reader.feed(rest)
@@ -150,7 +149,6 @@ class EngineAttachTransport(LineStream):
         try:
             self._sock.sendall(line)
         except OSError as exc:
-            self._end()
             raise TransportClosed(f"attach stream closed ({exc.__class__.__name__})") from exc
 
     def _fill(self, timeout_s: float) -> None:
@@ -168,7 +166,6 @@ class EngineAttachTransport(LineStream):
             chunk = b""
         if not chunk:
             self._eof = True
-            self._end()
             raise TransportClosed("stdout closed")
         self._reader.feed(chunk)
 
@@ -182,10 +179,6 @@ class EngineAttachTransport(LineStream):
             self._exit_watch = None
         if not select.select([self._sock], [], [], EXIT_DRAIN_S)[0]:
             self._sock.shutdown(socket.SHUT_RD)  # recv now sees the end
-
-    def _end(self) -> None:
-        if self._ended is not None:
-            self._ended()
 
     def exit_code(self) -> int | None:
         return self._exit_code() if self._exit_code is not None else None

@@ -49,8 +49,8 @@ class EngineWatch:
         if socket_path is not None:
             query = urllib.parse.quote(json.dumps({"type": ["daemon"]}))  # (nothing flows but the engine's end)
             with contextlib.suppress(OSError):  # without it, the ping alone tells a stopped engine
-                self._events, _ = engine_request(socket_path, f"GET /events?filters={query} HTTP/1.1\r\nHost: docker\r\n\r\n",
-                                           "send events")
+                self._events, _ = engine_request(
+                    socket_path, f"GET /events?filters={query} HTTP/1.1\r\nHost: docker\r\n\r\n", "send events")
                 self._events.setblocking(False)
 
     def check(self, node_id: str) -> None:
@@ -84,8 +84,8 @@ class EngineWatch:
         """Whether the engine answers a ping now."""
         if self.socket_path is not None:
             try:
-                connection, _ = engine_request(self.socket_path, "GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n", "ping",
-                                         timeout_s=PING_TIMEOUT_S)
+                connection, _ = engine_request(self.socket_path, "GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n",
+                                               "ping", timeout_s=PING_TIMEOUT_S)
             except OSError:
                 return False
             connection.close()

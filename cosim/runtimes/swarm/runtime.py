@@ -236,7 +236,7 @@ class SwarmRuntime:
         if not node.speaks_protocol:
             return None  # reachable again at its service name: dnsrr resolves it to the new task's address
         self._transports[node_id] = TaskTransport(self._attach(node, engine, container_id), engine,
-                                                  partial(self._task_end, node_id, container_id))
+                                                  partial(self._task_end, container_id))
         return self._transports[node_id]
 
     def stop(self) -> None:
@@ -344,8 +344,8 @@ class SwarmRuntime:
         where = f"on Swarm node {engine.hostname!r} " if engine is not None else ""
         return f"its task {where}{task.status.state} (Swarm says: {task.status.err or task.status.message or 'no reason given'})"
 
-    def _task_end(self, node_id: str, container_id: str) -> str:
-        """What Swarm says of the end of the node's task (the one running ``container_id``) once its stream ended:
+    def _task_end(self, container_id: str) -> str:
+        """What Swarm says of the end of the task running ``container_id``, once its stream ended:
         Swarm records it a moment after the container stops (TASK_END_WAIT_S at most); "" if it does not say.
         A task seen running just before its program failed to start (tini's exec) ends here, not in the start."""
         if self.manager is None:
@@ -370,7 +370,7 @@ class SwarmRuntime:
             if node.speaks_protocol:
                 engine, container_id = self._tasks[node.id]
                 self._transports[node.id] = TaskTransport(self._attach(node, engine, container_id), engine,
-                                                          partial(self._task_end, node.id, container_id))
+                                                          partial(self._task_end, container_id))
 
     def _attach(self, node: ContainerSpec, engine: NodeEngine, container_id: str) -> Transport:
         log_path = self.log_dir / f"{node.id}.log"
