@@ -39,7 +39,15 @@ from cosim.core.deliveries import Deliveries
 from cosim.core.lookahead import Lookahead
 from cosim.core.results import SimulationResult, StepTimings
 from cosim.core.slots import NodeSlot, Outputs, Slots
-from cosim.errors import CheckpointError, InfrastructureExited, Interrupted, NodeFailure, UnsupportedAction
+from cosim.errors import (
+    CheckpointError,
+    EngineLost,
+    InfrastructureExited,
+    Interrupted,
+    NodeFailure,
+    OutputWriteError,
+    UnsupportedAction,
+)
 from cosim.model import ContainerSpec, Scenario
 from cosim.network import Router
 from cosim.nodes import SimNode
@@ -138,6 +146,12 @@ class Coordinator:
         except KeyboardInterrupt:
             self.trace.error(self.now_us, None, "interrupted", "the run was interrupted (Ctrl-C or SIGTERM)")
             raise Interrupted(f"interrupted at virtual time {self.now_us} us; the trace so far is kept") from None
+        except EngineLost as lost:  # the engine, not a node: no node to blame, no infrastructure to ask
+            self.trace.error(self.now_us, None, "engine_lost", lost.what)
+            raise lost.at(self.now_us) from None
+        except OutputWriteError as failed:  # a service's log, e.g. on a full disk (the trace's own: not written)
+            self.trace.error(self.now_us, None, "write_failed", str(failed))
+            raise
         except CheckpointError as failed:  # e.g. the disk is full: the run so far is kept
             self.trace.error(self.now_us, None, "checkpoint_failed", str(failed))
             raise

@@ -4,7 +4,7 @@ running cosim, not a stack trace.
 - the scenario file:            ScenarioError
 - a node (a service or infrastructure container): NodeError and its kinds (start, failure, image, an action of
   the schedule it does not support)
-- the engine (Docker, images):  EngineUnavailable, ImageBuildError, DockerCommandFailed, ComposeUpFailed
+- the engine (Docker, images):  EngineUnavailable, EngineLost, ImageBuildError, DockerCommandFailed, ComposeUpFailed
 - a Swarm and its nodes:        SwarmError, SwarmNodeUnreachable, ClusterError (the local test cluster)
 - the command line / the user:  OptionError, UsageError (SweepError), Interrupted, ToolError; SweepRunsFailed
 - trace and checkpoint files:   TraceReadError, TraceWriteError, CheckpointError, TracesDiffer, NotDeterministic
@@ -51,6 +51,24 @@ class EngineUnavailable(CosimError):
     """Docker or Compose v2 is missing or not answering."""
 
     exit_code = 3
+
+
+class EngineLost(CosimError):
+    """The Docker engine stopped or restarted under a running run (its containers' streams ended with it): not the
+    fault of any node. The coordinator adds the virtual time (``at``) and ends the trace with an ``engine_lost``
+    record; the runtime removes the run's containers and networks once the engine is back."""
+
+    exit_code = 3
+
+    def __init__(self, what: str, time_us: int | None = None) -> None:
+        self.what = what
+        self.time_us = time_us
+        when = f" at virtual time {time_us} us" if time_us is not None else ""
+        super().__init__(f"the Docker engine stopped (or restarted) during the run{when}: {what}; "
+                         f"the trace so far is kept")
+
+    def at(self, time_us: int) -> EngineLost:
+        return EngineLost(self.what, time_us)
 
 
 class ImageBuildError(CosimError):
@@ -134,6 +152,12 @@ class ExitStatus(int):
         status = super().__new__(cls, code)
         status.cause = cause
         return status
+
+
+def out_of_memory(limit: str | None) -> str:
+    """The cause of a process the kernel killed for memory, the same on every runtime."""
+    at = f"its memory limit of {limit}" if limit else "the machine's memory (no limit of its own)"
+    return f"killed by the kernel: out of memory at {at}"
 
 
 def exit_cause(code: int | None) -> str:

@@ -39,7 +39,8 @@ class NodeSpec:
 
 @dataclass(frozen=True)
 class Resources:
-    """Limits on a node's container (the docker and swarm runtimes; the local runtime ignores them)."""
+    """Limits on a node's container (the docker and swarm runtimes; the local runtime enforces ``memory`` with a
+    memory cgroup where it can, see cosim.runtimes.memory_cgroup, and ignores ``cpus``)."""
 
     cpus: float | None = None  # CPU time as a number of CPUs
     memory: str | None = None  # as Docker writes it, lower case: "64m"

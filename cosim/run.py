@@ -64,13 +64,15 @@ def clear_logs(log_dir: Path) -> None:
 
 def check_writable(what: str, directory: Path) -> None:
     """Create ``directory`` if needed and prove a file can be written in it (not read-only, not under a regular
-    file, not full to the last inode); OutputWriteError naming it otherwise. (Permissions alone would not do:
-    root passes every permission check, not a read-only mount.)"""
+    file, not full: to the last inode or the last block); OutputWriteError naming it otherwise. (Permissions alone
+    would not do: root passes every permission check, not a read-only mount.)"""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
+        with tempfile.TemporaryFile(dir=directory, buffering=0) as probe:
+            probe.write(b"\n")  # a byte: an empty file still fits on a full disk
     except OSError as exc:
+        if exc.filename and Path(exc.filename).parent.absolute() == directory.absolute():
+            exc = OSError(exc.errno, exc.strerror)  # the probe's own name means nothing to the reader
         raise OutputWriteError(what, directory, exc) from None
 
 

@@ -34,11 +34,13 @@ from cosim.errors import (
     NodeFailure,
     NodeImageError,
     OutputWriteError,
+    out_of_memory,
 )
 from cosim.model import ContainerSpec, Scenario
 from cosim.runtimes.docker.attach import EngineAttachTransport, engine_socket
 from cosim.runtimes.docker.base_image import try_pull
 from cosim.runtimes.docker.engine import check_engine, docker_command, docker_errors, stderr_tail, wait_exit
+from cosim.runtimes.docker.engine_watch import EngineWatch, engine_host
 from cosim.runtimes.docker.service_images import ImageSpec, ensure_images
 from cosim.tails import file_tail, last_lines
 from cosim.transport import PipeTransport, Transport
@@ -47,6 +49,7 @@ LABEL_RUN = f"{compose.LABEL_PREFIX}.run"
 LABEL_NODE = f"{compose.LABEL_PREFIX}.node"
 LABEL_PROJECT = f"{compose.LABEL_PREFIX}.project"
 STOP_TIMEOUT_S = 2
+ENGINE_RETURN_S = 20.0  # after the engine went away mid-run: how long the teardown waits for it to be back
 RUNS_DIR = Path(tempfile.gettempdir()) / f"cosim-runs-{os.getuid()}"
 
 
@@ -69,9 +72,12 @@ class RunLock:
             handle.close()  # a reaper removed the file between our open and our lock: lock a fresh one
         self._handle = handle
 
-    def release(self) -> None:
+    def release(self, *, keep_file: bool = False) -> None:
+        """``keep_file``: the run could not remove what it started (the engine is gone): its lock file stays, free,
+        so that the next run on this machine reaps it (``reap_orphans``)."""
         if self._handle is not None:
-            self.path.unlink(missing_ok=True)
+            if not keep_file:
+                self.path.unlink(missing_ok=True)
             self._handle.close()
             self._handle = None
 
@@ -202,12 +208,14 @@ class DockerRuntime:
         self._engine_socket = engine_socket() if os.environ.get("COSIM_ATTACH", "api") != "cli" else None
         self._image_ids: dict[str, str] = {}
         self._lock = RunLock(self.run_id)
+        self._watch: EngineWatch | None = None  # tells a lost engine from a container that ended
 
     # -- Runtime interface ------------------------------------------------------------------------
 
     @docker_errors()
     def start(self) -> None:
         check_engine()
+        self._watch = EngineWatch(self._engine_socket, engine_host(self._engine_socket))
         for run_id, (containers, networks) in reap_orphans().items():
             sys.stderr.write(f"cosim: removed {containers} container(s) and {networks} network(s) of run {run_id}, "
                              f"whose coordinator is gone\n")
@@ -295,6 +303,11 @@ class DockerRuntime:
         return None
 
     def stop(self) -> None:
+        if self._watch is not None and self._watch.lost and not self._watch.wait_back(ENGINE_RETURN_S):
+            self._abandon()
+            return
+        if self._watch is not None:
+            self._watch.close()
         try:
             # `docker attach` ends when its container does (not when its stdin closes): stop the containers
             # first, then the attach processes have already ended and nothing waits out a grace period.
@@ -315,6 +328,16 @@ class DockerRuntime:
                     pass  # the engine went away; `invoke down` removes what is left once it is back
         finally:
             self._lock.release()
+
+    def _abandon(self) -> None:
+        """The engine went away mid-run and is not back: nothing can be removed now. The streams are closed, and
+        the run's lock file is kept (free), so that the next run, or `cosim down`, removes the rest once it is."""
+        for transport in self._transports.values():
+            transport.close(grace_s=0.0)
+        self._transports.clear()
+        self._lock.release(keep_file=True)
+        sys.stderr.write(f"cosim: the Docker engine is not back after {ENGINE_RETURN_S:g} s: the containers and "
+                         f"networks of run {self.run_id} are removed by the next run, or by `cosim down`, once it is\n")
 
     # -- bring-up ---------------------------------------------------------------------------------
 
@@ -355,9 +378,7 @@ class DockerRuntime:
                 return code
         if not state.oom_killed:
             return code
-        limit = (f"its memory limit of {node.resources.memory}" if node.resources and node.resources.memory
-                 else "the machine's memory (no limit of its own)")
-        return ExitStatus(code, f"killed by the kernel: out of memory at {limit}")
+        return ExitStatus(code, out_of_memory(node.resources.memory if node.resources else None))
 
     def _attach(self, node: ContainerSpec, container_id: str) -> Transport:
         log_path = self.log_dir / f"{node.id}.log"
@@ -380,18 +401,19 @@ class DockerRuntime:
             log_tail=lambda lines: stderr_tail(container_id, lines) or file_tail(log_path, lines),
         )
 
-    @classmethod
-    def _exit_code(cls, node: ContainerSpec, container_id: str) -> int | None:
+    def _exit_code(self, node: ContainerSpec, container_id: str) -> int | None:
         """The container's exit code (with its cause when it was out of memory); None while it runs. Called once
         its attached stdout has closed, when the engine may still be recording the exit: `docker wait` (bounded)
-        bridges that moment."""
+        bridges that moment. First, whether the engine itself went away (EngineLost): then no node is to blame."""
+        if self._watch is not None:
+            self._watch.check(node.id)
         try:
             state = docker.container.inspect(container_id).state
         except DockerException:
             return None
         if state.running:
-            return cls._status(node, container_id, wait_exit(container_id, 3))
-        return cls._status(node, container_id, state.exit_code, state)
+            return self._status(node, container_id, wait_exit(container_id, 3))
+        return self._status(node, container_id, state.exit_code, state)
 
     @staticmethod
     def _logs(container_id: str, lines: int) -> str:
