@@ -31,7 +31,8 @@ _checked_ok: set[tuple[str | None, ...]] = set()
 INSTALL_DOCKER = "install Docker Engine (https://docs.docker.com/engine/install/)"
 
 
-def _endpoint() -> tuple[str | None, ...]:
+def endpoint() -> tuple[str | None, ...]:
+    """What selects the engine the docker CLI talks to (a cache key)."""
     return tuple(os.environ.get(name) for name in _ENDPOINT_VARS)
 
 
@@ -41,8 +42,8 @@ def _stderr(exc: DockerException) -> str:
 
 def check_engine() -> None:
     """Return when Docker and Compose v2 are usable; raise EngineUnavailable with a one-sentence fix otherwise."""
-    endpoint = _endpoint()
-    if endpoint in _checked_ok:
+    endpoint_now = endpoint()
+    if endpoint_now in _checked_ok:
         return
     if shutil.which("docker") is None:
         raise EngineUnavailable(f"The docker command was not found: {INSTALL_DOCKER}, then run ./inv once.")
@@ -60,7 +61,7 @@ def check_engine() -> None:
             "Docker Compose v2 is missing (`docker compose version` fails): run ./inv once, or install the "
             "Compose v2 plugin (https://docs.docker.com/compose/install/linux/)."
         ) from None
-    _checked_ok.add(endpoint)
+    _checked_ok.add(endpoint_now)
 
 
 def _daemon_problem(stderr: str) -> str:

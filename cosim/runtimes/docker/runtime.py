@@ -17,17 +17,22 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import signal
+import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from python_on_whales import DockerClient, DockerException, docker
 
-from cosim import compose
+from cosim import compose, options
 from cosim.errors import (
+    BringUpTimeout,
     ComposeUpFailed,
+    DockerCommandFailed,
     ExitStatus,
     ImageBuildError,
     NodeError,
@@ -36,7 +41,8 @@ from cosim.errors import (
     OutputWriteError,
 )
 from cosim.model import ContainerSpec, Scenario
-from cosim.runtimes.docker.attach import EngineAttachTransport, engine_socket
+from cosim.runtimes.docker import api
+from cosim.runtimes.docker.attach import EngineAttachTransport
 from cosim.runtimes.docker.base_image import try_pull
 from cosim.runtimes.docker.engine import check_engine, docker_command, docker_errors, stderr_tail, wait_exit
 from cosim.runtimes.docker.service_images import ImageSpec, ensure_images
@@ -47,6 +53,9 @@ LABEL_RUN = f"{compose.LABEL_PREFIX}.run"
 LABEL_NODE = f"{compose.LABEL_PREFIX}.node"
 LABEL_PROJECT = f"{compose.LABEL_PREFIX}.project"
 STOP_TIMEOUT_S = 2
+BRINGUP_TIMEOUT_ENV = "COSIM_BRINGUP_TIMEOUT"
+END_COMPOSE_S = 5.0
+BRINGUP_TIMEOUT_S = 300.0  # `compose up` of 100 containers takes about 30 s on a 2-core machine
 RUNS_DIR = Path(tempfile.gettempdir()) / f"cosim-runs-{os.getuid()}"
 
 
@@ -141,13 +150,15 @@ def ensure_pulled(images: list[str]) -> dict[str, str]:
     """Pull each prebuilt image that is not present; {tag: image id}. A failed pull names the image."""
     ids: dict[str, str] = {}
     for image in images:
-        if not docker.image.exists(image):
+        found = api.default_engine().image(image)
+        if found is None:
             pulled, why = try_pull(image)  # bounded by COSIM_PULL_TIMEOUT: a silent registry cannot hang the run
-            if not pulled:
+            found = api.default_engine().image(image) if pulled else None
+            if found is None:
                 reason = last_lines(why, 1) or "no reason given"
                 raise ImageBuildError(f"image {image} is not here and cannot be pulled ({reason}); "
                                       f"pull or load it by hand, or give the node a `build:` directory")
-        ids[image] = docker.image.inspect(image).id
+        ids[image] = str(found["Id"])
     return ids
 
 
@@ -177,6 +188,26 @@ def prepare_images(scenario: Scenario) -> dict[str, str]:
     return ids
 
 
+def bringup_deadline_s() -> float:
+    """How long `compose up` may take: $COSIM_BRINGUP_TIMEOUT seconds, else BRINGUP_TIMEOUT_S (a bound for an
+    engine that stalls, far above what a healthy engine needs for hundreds of containers)."""
+    value = os.environ.get(BRINGUP_TIMEOUT_ENV)
+    return BRINGUP_TIMEOUT_S if value is None else options.positive_seconds(BRINGUP_TIMEOUT_ENV, value)
+
+
+def _end(process: subprocess.Popen[str]) -> None:
+    """Stop a `compose up` cut short: SIGTERM (compose finishes the requests it has made and returns), SIGKILL if
+    it lingers (a stalled engine); waited for, so that no request of it reaches the engine after the teardown has
+    listed and removed the run's containers."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(END_COMPOSE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _error_text(exc: DockerException) -> str:
     return last_lines(exc.stderr or exc.stdout or str(exc), 8)
 
@@ -199,7 +230,11 @@ class DockerRuntime:
         self._transports: dict[str, Transport] = {}
         # How the coordinator reaches each main process: the engine's attach endpoint on its unix socket, or
         # `docker attach` (engines over TCP/SSH, or COSIM_ATTACH=cli).
-        self._engine_socket = engine_socket() if os.environ.get("COSIM_ATTACH", "api") != "cli" else None
+        # Inspections too: one request each on the socket (cosim.runtimes.docker.api), else batched CLI calls.
+        self._engine = api.default_engine()
+        self._engine_socket = self._engine.socket_path
+        self._deadline_s = BRINGUP_TIMEOUT_S
+        self._listed: list[dict[str, Any]] = []  # the engine's summary of the run's containers after `compose up`
         self._image_ids: dict[str, str] = {}
         self._lock = RunLock(self.run_id)
 
@@ -207,6 +242,7 @@ class DockerRuntime:
 
     @docker_errors()
     def start(self) -> None:
+        self._deadline_s = bringup_deadline_s()  # a bad value stops the run before anything starts
         check_engine()
         for run_id, (containers, networks) in reap_orphans().items():
             sys.stderr.write(f"cosim: removed {containers} container(s) and {networks} network(s) of run {run_id}, "
@@ -250,13 +286,13 @@ class DockerRuntime:
             container_id = self._containers.get(node.id)
             if node.speaks_protocol or container_id is None:
                 continue
-            try:
-                state = docker.container.inspect(container_id).state
-            except DockerException:
+            document = self._engine.container(container_id)
+            if document is None:
                 exited.append((node.id, None))  # gone altogether (removed by hand)
                 continue
-            if not state.running:
-                exited.append((node.id, self._status(node, container_id, state.exit_code, state)))
+            state = api.state(document)
+            if not state.get("Running"):
+                exited.append((node.id, self._status(node, container_id, state.get("ExitCode"), state)))
             elif wait_s > 0 and (code := wait_exit(container_id, wait_s)) is not None:
                 exited.append((node.id, self._status(node, container_id, code)))  # (running after wait_s: not the cause)
         return exited
@@ -319,41 +355,69 @@ class DockerRuntime:
     # -- bring-up ---------------------------------------------------------------------------------
 
     def _up(self) -> None:
-        assert self.client is not None
-        try:
-            self.client.compose.up(detach=True, build=False, pull="never", quiet=True)
-        except DockerException as exc:
+        """`docker compose up --detach` within the bring-up deadline (the engine creates and starts the containers
+        in parallel), then the run's containers in one request (no `compose ps` and one inspection each)."""
+        assert self.client is not None and self.compose_file is not None
+        command = docker_command("compose", "--file", str(self.compose_file), "--env-file", str(self.log_dir / "compose.env"),
+                                 "--project-name", self.project, "up", "--detach", "--pull", "never")
+        started = time.monotonic()
+        with subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, errors="replace") as process:
+            try:
+                output, _ = process.communicate(timeout=self._deadline_s)
+            except subprocess.TimeoutExpired:
+                not_up = self._not_up(time.monotonic() - started)  # the state at the deadline, before compose ends
+                _end(process)  # then compose is stopped and waited for; stop() removes what it made
+                raise not_up from None
+            except BaseException:
+                _end(process)
+                raise
+        if process.returncode != 0:
             raise ComposeUpFailed(f"docker compose could not start scenario {self.scenario.name!r} "
-                             f"(compose file {self.compose_file}):\n{_error_text(exc)}") from None
-        for container in self.client.compose.ps(all=True):
-            node_id = (container.config.labels or {}).get(LABEL_NODE)
+                                  f"(compose file {self.compose_file}):\n{last_lines(output, 8)}")
+        self._listed = self._engine.listed(f"{LABEL_RUN}={self.run_id}")
+        for container in self._listed:
+            node_id = api.labels(container).get(LABEL_NODE)
             if node_id is not None:
-                self._containers[node_id] = container.id
+                self._containers[node_id] = container["Id"]
+
+    def _not_up(self, waited_s: float) -> BringUpTimeout:
+        """The deadline passed: which of the scenario's containers are not running, and in what state."""
+        try:
+            states = {api.labels(c).get(LABEL_NODE): str(c.get("State") or "unknown")
+                      for c in self._engine.listed(f"{LABEL_RUN}={self.run_id}")}
+        except DockerCommandFailed:
+            states = {}
+        not_up = [(node.id, states.get(node.id, "not created")) for node in self.scenario.containers
+                  if states.get(node.id) != "running"]
+        return BringUpTimeout(self.scenario.name, len(self.scenario.containers), not_up, waited_s)
 
     def _attach_all(self) -> None:
+        by_id = {container["Id"]: container for container in self._listed}
         for node in self.scenario.containers:
             container_id = self._containers.get(node.id)
             if container_id is None:
                 raise NodeError(node.id, f"node {node.id!r}: docker compose did not create its container")
-            state = docker.container.inspect(container_id).state
-            if not state.running:
-                raise NodeFailure(node.id, "its container is not running after start", exit_code=state.exit_code,
-                                  log_tail=stderr_tail(container_id, 15) or self._logs(container_id, 15))
+            if by_id.get(container_id, {}).get("State") != "running":  # the listing's word; the exit code needs more
+                state = api.state(self._engine.container(container_id))
+                if not state.get("Running"):
+                    raise NodeFailure(node.id, "its container is not running after start", exit_code=state.get("ExitCode"),
+                                      log_tail=stderr_tail(container_id, 15) or self._logs(container_id, 15))
             if node.speaks_protocol:
                 self._transports[node.id] = self._attach(node, container_id)
 
-    @staticmethod
-    def _status(node: ContainerSpec, container_id: str, code: int | None, state: Any = None) -> int | None:
+    def _status(self, node: ContainerSpec, container_id: str, code: int | None,
+                state: Mapping[str, Any] | None = None) -> int | None:
         """The exit code of a node's container that has exited, with the cause when the kernel killed it for memory
         (State.OOMKilled): the node's memory limit and "out of memory"."""
         if code is None:
             return None
         if state is None:
             try:
-                state = docker.container.inspect(container_id).state
-            except DockerException:
+                state = api.state(self._engine.container(container_id))
+            except DockerCommandFailed:
                 return code
-        if not state.oom_killed:
+        if not state.get("OOMKilled"):
             return code
         limit = (f"its memory limit of {node.resources.memory}" if node.resources and node.resources.memory
                  else "the machine's memory (no limit of its own)")
@@ -380,18 +444,20 @@ class DockerRuntime:
             log_tail=lambda lines: stderr_tail(container_id, lines) or file_tail(log_path, lines),
         )
 
-    @classmethod
-    def _exit_code(cls, node: ContainerSpec, container_id: str) -> int | None:
+    def _exit_code(self, node: ContainerSpec, container_id: str) -> int | None:
         """The container's exit code (with its cause when it was out of memory); None while it runs. Called once
         its attached stdout has closed, when the engine may still be recording the exit: `docker wait` (bounded)
         bridges that moment."""
         try:
-            state = docker.container.inspect(container_id).state
-        except DockerException:
+            document = self._engine.container(container_id)
+        except DockerCommandFailed:
             return None
-        if state.running:
-            return cls._status(node, container_id, wait_exit(container_id, 3))
-        return cls._status(node, container_id, state.exit_code, state)
+        if document is None:
+            return None
+        state = api.state(document)
+        if state.get("Running"):
+            return self._status(node, container_id, wait_exit(container_id, 3))
+        return self._status(node, container_id, state.get("ExitCode"), state)
 
     @staticmethod
     def _logs(container_id: str, lines: int) -> str:
