@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from cosim import loading, plugins
-from cosim.charts import CYCLE, Chart
 from cosim import schedule as scheduling
 from cosim import trace as traces
+from cosim.charts import CYCLE, Chart
 from cosim.errors import ScenarioError
 from cosim.metrics import speedups
 from cosim.model import Scenario

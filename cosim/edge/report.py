@@ -8,10 +8,10 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cosim.charts import Chart
 from cosim.edge import detections
 from cosim.model import Scenario, SensorSpec
 from cosim.plugins import ReportParts
-from cosim.charts import Chart
 from cosim.report import COLOURS, html_table, latency_chart, latency_rows, row_height, seconds_axis
 from cosim.trace import Trace
 

@@ -234,6 +234,7 @@ class DockerRuntime:
         self._engine = api.default_engine()
         self._engine_socket = self._engine.socket_path
         self._deadline_s = BRINGUP_TIMEOUT_S
+        self._timings: dict[str, float] = {}  # bring-up (start) and teardown (stop) wall times, for run_facts
         self._listed: list[dict[str, Any]] = []  # the engine's summary of the run's containers after `compose up`
         self._image_ids: dict[str, str] = {}
         self._lock = RunLock(self.run_id)
@@ -242,6 +243,7 @@ class DockerRuntime:
 
     @docker_errors()
     def start(self) -> None:
+        started = time.monotonic()  # wall clock: the bench's bring-up row (run_facts), never the trace
         self._deadline_s = bringup_deadline_s()  # a bad value stops the run before anything starts
         check_engine()
         for run_id, (containers, networks) in reap_orphans().items():
@@ -264,6 +266,7 @@ class DockerRuntime:
         except BaseException:
             self.stop()
             raise
+        self._timings["bringup_s"] = round(time.monotonic() - started, 6)
 
     def transport(self, node_id: str) -> Transport:
         return self._transports[node_id]
@@ -277,7 +280,7 @@ class DockerRuntime:
     def run_facts(self) -> dict[str, Any]:
         return {"project": self.project, "run_id": self.run_id,
                 "compose_file": str(self.compose_file) if self.compose_file else None,
-                "attach": "engine-api" if self._engine_socket is not None else "docker-cli"}
+                "attach": "engine-api" if self._engine_socket is not None else "docker-cli", **self._timings}
 
     @docker_errors()
     def exited_infrastructure(self, wait_s: float = 0.0) -> list[tuple[str, int | None]]:
@@ -331,6 +334,7 @@ class DockerRuntime:
         return None
 
     def stop(self) -> None:
+        started = time.monotonic()
         try:
             # `docker attach` ends when its container does (not when its stdin closes): stop the containers
             # first, then the attach processes have already ended and nothing waits out a grace period.
@@ -351,6 +355,7 @@ class DockerRuntime:
                     pass  # the engine went away; `invoke down` removes what is left once it is back
         finally:
             self._lock.release()
+            self._timings["teardown_s"] = round(time.monotonic() - started, 6)
 
     # -- bring-up ---------------------------------------------------------------------------------
 
