@@ -50,26 +50,47 @@ class Engine:
     def __init__(self, socket_path: str | None) -> None:
         self.socket_path = socket_path
 
-    def get(self, path: str) -> Any:
-        """The engine's JSON answer to ``GET path``; None for 404 (no such object). DockerCommandFailed when the
-        engine does not answer or refuses."""
+    def request(self, method: str, path: str) -> tuple[int, bytes]:
+        """One request on the socket: (HTTP status, body). DockerCommandFailed when the engine does not answer."""
         assert self.socket_path is not None
         connection = _UnixConnection(self.socket_path)
         try:
-            connection.request("GET", path, headers={"Host": "docker"})
+            connection.request(method, path)
             response = connection.getresponse()
-            body = response.read()
+            return response.status, response.read()
         except OSError as exc:
-            raise DockerCommandFailed(f"the Docker Engine did not answer GET {path} on {self.socket_path} "
+            raise DockerCommandFailed(f"the Docker Engine did not answer {method} {path} on {self.socket_path} "
                                       f"({exc.__class__.__name__}: {exc})") from None
         finally:
             connection.close()
-        if response.status == 404:
+
+    def get(self, path: str) -> Any:
+        """The engine's JSON answer to ``GET path``; None for 404 (no such object). DockerCommandFailed when the
+        engine does not answer or refuses."""
+        status, body = self.request("GET", path)
+        if status == 404:
             return None
-        if response.status != 200:
-            raise DockerCommandFailed(f"the Docker Engine answered GET {path} with {response.status}: "
+        if status != 200:
+            raise DockerCommandFailed(f"the Docker Engine answered GET {path} with {status}: "
                                       f"{body[:300].decode('utf-8', 'replace').strip()}")
         return json.loads(body)
+
+    def delete(self, path: str) -> bool:
+        """``DELETE path``: True when done, False when there was nothing (404) or the engine refused (e.g. a
+        network still in use); DockerCommandFailed when the engine does not answer."""
+        return self.request("DELETE", path)[0] in (200, 204)
+
+    def ping(self) -> bool:
+        """True when the daemon answers ``GET /_ping`` (a millisecond; no CLI process)."""
+        try:
+            return self.socket_path is not None and self.request("GET", "/_ping")[0] == 200
+        except DockerCommandFailed:
+            return False
+
+    def networks(self, label: str) -> list[dict[str, Any]]:
+        """Every network carrying ``label`` (key=value), in one request (``Id``, ``Labels``); socket only."""
+        query = urllib.parse.urlencode({"filters": json.dumps({"label": [label]})})
+        return list(self.get(f"/networks?{query}") or [])
 
     def container(self, container_id: str) -> dict[str, Any] | None:
         """One container's inspection document; None when there is no such container."""

@@ -16,11 +16,10 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
-
-from python_on_whales import DockerClient, docker
-from python_on_whales.exceptions import DockerException
-from python_on_whales.utils import run as docker_run
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cosim.errors import DockerCommandFailed, EngineUnavailable
 from cosim.tails import last_lines, log_tail
@@ -29,6 +28,12 @@ _ENDPOINT_VARS = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG")
 _checked_ok: set[tuple[str | None, ...]] = set()
 
 INSTALL_DOCKER = "install Docker Engine (https://docs.docker.com/engine/install/)"
+# Where the docker CLI looks for its plugins (docs.docker.com/engine/extend/cli_plugins), besides $DOCKER_CONFIG.
+PLUGIN_DIRS = ("/usr/local/lib/docker/cli-plugins", "/usr/local/libexec/docker/cli-plugins",
+               "/usr/lib/docker/cli-plugins", "/usr/libexec/docker/cli-plugins")
+
+if TYPE_CHECKING:
+    from python_on_whales.exceptions import DockerException
 
 
 def endpoint() -> tuple[str | None, ...]:
@@ -41,12 +46,37 @@ def _stderr(exc: DockerException) -> str:
 
 
 def check_engine() -> None:
-    """Return when Docker and Compose v2 are usable; raise EngineUnavailable with a one-sentence fix otherwise."""
+    """Return when Docker and Compose v2 are usable; raise EngineUnavailable with a one-sentence fix otherwise.
+
+    On a local socket the daemon is asked `GET /_ping` (a millisecond) and the Compose plugin is found where the
+    CLI finds it; otherwise, and when either is in doubt, `docker version` and `docker compose version` say
+    (two CLI processes: python-on-whales, imported only then)."""
     endpoint_now = endpoint()
     if endpoint_now in _checked_ok:
         return
     if shutil.which("docker") is None:
         raise EngineUnavailable(f"The docker command was not found: {INSTALL_DOCKER}, then run ./inv once.")
+    if not (_pings() and _compose_plugin_installed()):
+        _check_through_cli()
+    _checked_ok.add(endpoint_now)
+
+
+def _pings() -> bool:
+    from cosim.runtimes.docker.api import default_engine
+
+    return default_engine().ping()
+
+
+def _compose_plugin_installed() -> bool:
+    config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    return any((Path(directory) / "docker-compose").is_file()
+               for directory in (config / "cli-plugins", *PLUGIN_DIRS))
+
+
+def _check_through_cli() -> None:
+    from python_on_whales import DockerClient
+    from python_on_whales.exceptions import DockerException
+
     docker = DockerClient()  # reads DOCKER_HOST etc. from the environment at call time
     try:
         docker.version()
@@ -61,7 +91,6 @@ def check_engine() -> None:
             "Docker Compose v2 is missing (`docker compose version` fails): run ./inv once, or install the "
             "Compose v2 plugin (https://docs.docker.com/compose/install/linux/)."
         ) from None
-    _checked_ok.add(endpoint_now)
 
 
 def _daemon_problem(stderr: str) -> str:
@@ -84,18 +113,29 @@ def docker_errors() -> Iterator[None]:
     leaves as DockerCommandFailed, so that callers catch cosim's own types only. Also a decorator."""
     try:
         yield
-    except DockerException as exc:
-        raise DockerCommandFailed(last_lines(str(exc), 6)) from None
+    except Exception as exc:
+        # python-on-whales is imported only where it is used: none of its exceptions exists before that.
+        module = sys.modules.get("python_on_whales.exceptions")
+        if module is not None and isinstance(exc, module.DockerException):
+            raise DockerCommandFailed(last_lines(str(exc), 6)) from None
+        raise
 
 
 def docker_command(*args: str, context: str | None = None) -> list[str]:
     """The argv of a docker CLI command, as python-on-whales runs it; ``context``: through that Docker context."""
-    return [str(part) for part in docker.docker_cmd] + (["--context", context] if context else []) + list(args)
+    return [docker_binary()] + (["--context", context] if context else []) + list(args)
+
+
+def docker_binary() -> str:
+    """The docker CLI, as python-on-whales finds it (on the PATH) without importing it."""
+    return shutil.which("docker") or "docker"
 
 
 def run_cli(args: list[str], *, env: Mapping[str, str] | None = None, context: str | None = None) -> str:
     """A docker command that python-on-whales offers no suitable method for, run the way it runs its own (its
     stdout; raises DockerException with the command's output when it fails). No timeout: for builds."""
+    from python_on_whales.utils import run as docker_run
+
     return str(docker_run(docker_command(*args, context=context), env=dict(env or {})))
 
 

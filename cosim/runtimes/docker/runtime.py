@@ -24,9 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
-
-from python_on_whales import DockerClient, DockerException, docker
+from typing import IO, TYPE_CHECKING, Any
 
 from cosim import compose, options
 from cosim.errors import (
@@ -48,6 +46,10 @@ from cosim.runtimes.docker.engine import check_engine, docker_command, docker_er
 from cosim.runtimes.docker.service_images import ImageSpec, ensure_images
 from cosim.tails import file_tail, last_lines
 from cosim.transport import PipeTransport, Transport
+
+if TYPE_CHECKING:  # python-on-whales is imported where it is used (restart, crash, logs, engines without a socket):
+    # it costs 0.2 to 0.45 s to import, and a run's bring-up and teardown go through the engine API and compose.
+    from python_on_whales import DockerClient, DockerException
 
 LABEL_RUN = f"{compose.LABEL_PREFIX}.run"
 LABEL_NODE = f"{compose.LABEL_PREFIX}.node"
@@ -225,7 +227,8 @@ class DockerRuntime:
         self.run_id = f"{scenario.name}-{secrets.token_hex(4)}"
         self.project = f"cosim-{self.run_id}"
         self.compose_file: Path | None = None
-        self.client: DockerClient | None = None
+        self.client: DockerClient | None = None  # python-on-whales' compose, for restart() only
+        self._compose: list[str] | None = None  # `docker compose` of this run's project (set once it may exist)
         self._containers: dict[str, str] = {}  # node id -> container id
         self._transports: dict[str, Transport] = {}
         # How the coordinator reaches each main process: the engine's attach endpoint on its unix socket, or
@@ -258,8 +261,8 @@ class DockerRuntime:
             env_file.write_text(f"COSIM_RUN_ID={self.run_id}\n", encoding="utf-8")
         except OSError as exc:
             raise OutputWriteError("the compose environment file", env_file, exc) from None
-        self.client = DockerClient(compose_files=[self.compose_file], compose_project_name=self.project,
-                                   compose_env_files=[env_file])
+        self._compose = docker_command("compose", "--file", str(self.compose_file), "--env-file", str(env_file),
+                                       "--project-name", self.project)
         try:
             self._up()
             self._attach_all()
@@ -303,6 +306,8 @@ class DockerRuntime:
     @docker_errors()
     def crash(self, node_id: str) -> None:
         """SIGKILL the node's container (it stays, stopped, until its restart recreates it or the run ends)."""
+        from python_on_whales import DockerException, docker
+
         container_id = self._containers[node_id]
         try:
             docker.container.kill(container_id)
@@ -316,7 +321,12 @@ class DockerRuntime:
     @docker_errors()
     def restart(self, node_id: str) -> Transport | None:
         """A new container of the node's compose service (`compose up --force-recreate --no-deps`), attached."""
-        assert self.client is not None
+        from python_on_whales import DockerClient, DockerException
+
+        assert self.compose_file is not None
+        if self.client is None:
+            self.client = DockerClient(compose_files=[self.compose_file], compose_project_name=self.project,
+                                       compose_env_files=[self.log_dir / "compose.env"])
         try:
             self.client.compose.up(services=[node_id], detach=True, force_recreate=True, dependencies=False,
                                    build=False, pull="never", quiet=True)
@@ -340,18 +350,17 @@ class DockerRuntime:
             # first, then the attach processes have already ended and nothing waits out a grace period.
             for transport in self._transports.values():
                 transport.close_stdin()
-            if self.client is not None:
-                try:
-                    self.client.compose.down(remove_orphans=True, volumes=True, timeout=STOP_TIMEOUT_S, quiet=True)
-                except DockerException:
-                    pass  # fall through to the label sweep below
+            if self._compose is not None:
+                # (a failure falls through to the label sweep below)
+                subprocess.run([*self._compose, "down", "--remove-orphans", "--volumes", "--timeout", str(STOP_TIMEOUT_S)],
+                               stdin=subprocess.DEVNULL, capture_output=True, check=False)
             for transport in self._transports.values():
                 transport.close(grace_s=1.0)
             self._transports.clear()
-            if self.client is not None:  # None: nothing was started (e.g. no engine, or an image failed to build)
+            if self._compose is not None:  # None: nothing was started (e.g. no engine, or an image failed to build)
                 try:
-                    remove_by_label(f"{LABEL_RUN}={self.run_id}")
-                except DockerException:
+                    remove_by_label(f"{LABEL_RUN}={self.run_id}", engine=self._engine)
+                except Exception:  # DockerCommandFailed, or python-on-whales' DockerException without a socket
                     pass  # the engine went away; `invoke down` removes what is left once it is back
         finally:
             self._lock.release()
@@ -362,9 +371,8 @@ class DockerRuntime:
     def _up(self) -> None:
         """`docker compose up --detach` within the bring-up deadline (the engine creates and starts the containers
         in parallel), then the run's containers in one request (no `compose ps` and one inspection each)."""
-        assert self.client is not None and self.compose_file is not None
-        command = docker_command("compose", "--file", str(self.compose_file), "--env-file", str(self.log_dir / "compose.env"),
-                                 "--project-name", self.project, "up", "--detach", "--pull", "never")
+        assert self._compose is not None
+        command = [*self._compose, "up", "--detach", "--pull", "never"]
         started = time.monotonic()
         with subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, errors="replace") as process:
@@ -467,20 +475,32 @@ class DockerRuntime:
     @staticmethod
     def _logs(container_id: str, lines: int) -> str:
         """The container's own log (its stderr and stdout), which also covers a container that never started."""
+        from python_on_whales import DockerException, docker
+
         try:
             return str(docker.container.logs(container_id, tail=lines))
         except DockerException:
             return ""
 
 
-def remove_by_label(label: str, *, keep_runs: Iterable[str] = ()) -> tuple[int, int]:
+def remove_by_label(label: str, *, keep_runs: Iterable[str] = (), engine: api.Engine | None = None) -> tuple[int, int]:
     """Force-remove every container, then every network, carrying ``label`` (key=value), except those of the
-    runs in ``keep_runs``; returns how many (containers, networks) were removed."""
+    runs in ``keep_runs``; returns how many (containers, networks) were removed. Through the engine API when it is
+    on a local socket (after a run's `compose down`, usually two requests that find nothing)."""
     keep = set(keep_runs)
-    containers = [c for c in docker.container.list(all=True, filters=[("label", label)])
-                  if (c.config.labels or {}).get(LABEL_RUN) not in keep]
-    if containers:
-        docker.container.remove(containers, force=True, volumes=True)
+    engine = engine or api.default_engine()
+    if engine.socket_path is not None:
+        containers = [c["Id"] for c in engine.listed(label) if api.labels(c).get(LABEL_RUN) not in keep]
+        for container_id in containers:
+            engine.delete(f"/containers/{container_id}?force=1&v=1")
+        networks = [n["Id"] for n in engine.networks(label) if (n.get("Labels") or {}).get(LABEL_RUN) not in keep]
+        return len(containers), sum(engine.delete(f"/networks/{network_id}") for network_id in networks)
+    from python_on_whales import DockerException, docker
+
+    listed = [c for c in docker.container.list(all=True, filters=[("label", label)])
+              if (c.config.labels or {}).get(LABEL_RUN) not in keep]
+    if listed:
+        docker.container.remove(listed, force=True, volumes=True)
     removed_networks = 0
     for network in docker.network.list(filters=[("label", label)]):
         if (network.labels or {}).get(LABEL_RUN) in keep:
@@ -490,13 +510,15 @@ def remove_by_label(label: str, *, keep_runs: Iterable[str] = ()) -> tuple[int, 
             removed_networks += 1
         except DockerException:
             pass  # already gone with its project
-    return len(containers), removed_networks
+    return len(listed), removed_networks
 
 
 @docker_errors()
 def down_all() -> tuple[int, int]:
     """What `invoke down` does: remove the containers and networks cosim runs left behind (crashed or killed
     runs, projects started by hand), but not those of runs still in progress."""
+    from python_on_whales import docker
+
     check_engine()
     label = f"{LABEL_PROJECT}=cosim"
     runs = {(c.config.labels or {}).get(LABEL_RUN) for c in docker.container.list(all=True, filters=[("label", label)])}

@@ -30,9 +30,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from python_on_whales import docker
-from python_on_whales.exceptions import DockerException
-
 from cosim.errors import ImageBuildError
 from cosim.runtimes.docker.base_image import (
     PROJECT,
@@ -195,6 +192,8 @@ _buildx: bool | None = None
 def _has_buildx() -> bool:
     global _buildx
     if _buildx is None:
+        from python_on_whales.exceptions import DockerException
+
         try:
             run_cli(["buildx", "version"])
             _buildx = True
@@ -213,6 +212,8 @@ def _build(tag: str, context: Path, args: dict[str, str], digest: str, *, no_cac
                *(["--no-cache"] if no_cache else []), str(context)]
     # Without buildx, DOCKER_BUILDKIT=1 in the user's environment would make `docker build` refuse to run.
     env = {} if _has_buildx() else {"DOCKER_BUILDKIT": "0"}
+    from python_on_whales.exceptions import DockerException
+
     try:
         output = run_cli(command, env=env)
     except DockerException as exc:
@@ -265,6 +266,8 @@ def ensure_image(spec: ImageSpec, args: dict[str, str], base_ids: list[str], *, 
 
 def _drop_if_untagged(image_id: str) -> None:
     """Remove the image a rebuild replaced, if nothing else names or uses it (keeps `docker images` tidy)."""
+    from python_on_whales import DockerException, docker
+
     try:
         if not docker.image.inspect(image_id).repo_tags:
             docker.image.remove(image_id, prune=True)
