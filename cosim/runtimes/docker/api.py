@@ -80,6 +80,29 @@ class Engine:
         network still in use); DockerCommandFailed when the engine does not answer."""
         return self.request("DELETE", path)[0] in (200, 204)
 
+    def wait(self, container_id: str, timeout_s: float) -> int | None:
+        """The container's exit code once it has stopped, waiting up to ``timeout_s`` (``POST /containers/{id}/wait``:
+        the engine answers when the exit is recorded); None while it still runs, or when there is no such container.
+        Without a socket: a bounded `docker wait`."""
+        if self.socket_path is None:
+            from cosim.runtimes.docker.engine import wait_exit
+
+            return wait_exit(container_id, timeout_s)
+        connection = _UnixConnection(self.socket_path)
+        connection.timeout = timeout_s
+        try:
+            connection.request("POST", f"/containers/{urllib.parse.quote(container_id)}/wait?condition=not-running")
+            response = connection.getresponse()
+            body = response.read()
+        except OSError:  # (a timeout included: still running)
+            return None
+        finally:
+            connection.close()
+        if response.status != 200:
+            return None
+        code = json.loads(body).get("StatusCode")
+        return code if isinstance(code, int) else None
+
     def ping(self) -> bool:
         """True when the daemon answers ``GET /_ping`` (a millisecond; no CLI process)."""
         try:

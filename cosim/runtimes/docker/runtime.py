@@ -42,7 +42,7 @@ from cosim.model import ContainerSpec, Scenario
 from cosim.runtimes.docker import api
 from cosim.runtimes.docker.attach import EngineAttachTransport
 from cosim.runtimes.docker.base_image import try_pull
-from cosim.runtimes.docker.engine import check_engine, docker_command, docker_errors, stderr_tail, wait_exit
+from cosim.runtimes.docker.engine import check_engine, docker_command, docker_errors, stderr_tail
 from cosim.runtimes.docker.service_images import ImageSpec, ensure_images
 from cosim.tails import file_tail, last_lines
 from cosim.transport import PipeTransport, Transport
@@ -299,7 +299,7 @@ class DockerRuntime:
             state = api.state(document)
             if not state.get("Running"):
                 exited.append((node.id, self._status(node, container_id, state.get("ExitCode"), state)))
-            elif wait_s > 0 and (code := wait_exit(container_id, wait_s)) is not None:
+            elif wait_s > 0 and (code := self._engine.wait(container_id, wait_s)) is not None:
                 exited.append((node.id, self._status(node, container_id, code)))  # (running after wait_s: not the cause)
         return exited
 
@@ -313,7 +313,7 @@ class DockerRuntime:
             docker.container.kill(container_id)
         except DockerException:
             pass  # already dead: the crash happened anyway
-        wait_exit(container_id, STOP_TIMEOUT_S)
+        self._engine.wait(container_id, STOP_TIMEOUT_S)
         transport = self._transports.pop(node_id, None)
         if transport is not None:
             transport.close(grace_s=0.0)
@@ -469,7 +469,7 @@ class DockerRuntime:
             return None
         state = api.state(document)
         if state.get("Running"):
-            return self._status(node, container_id, wait_exit(container_id, 3))
+            return self._status(node, container_id, self._engine.wait(container_id, 3))
         return self._status(node, container_id, state.get("ExitCode"), state)
 
     @staticmethod
