@@ -10,7 +10,7 @@ measured in the same bench run, on the same compose file:
   service attached) against ``docker compose up --detach`` of the same file, and its teardown (SHUTDOWN to every
   service and their exits, then the runtime's stop) against ``docker compose down`` (targets <= 1.1).
 
-The compose-only runs use a project of their own (``cosim-bench-floor-<n>``) and leave nothing behind. Minutes for
+The compose-only runs use a project of their own (``cosim-bench-floor-<random>``) and leave nothing behind. Minutes for
 the 100-container row: it runs in the bench, never in the test suite. ``cosim bench --rows up,containers-100`` runs
 these rows alone. Wall clock: measurement only.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -47,10 +48,12 @@ def compose_up_down(compose_file: Path, project: str) -> tuple[float, float]:
     up = subprocess.run([*base, "up", "--detach", "--pull", "never"], capture_output=True, text=True, env=environment,
                         check=False)
     up_s = time.monotonic() - started
+    down_command = [*base, "down", "--remove-orphans", "--volumes", "--timeout", "2"]
     started = time.monotonic()
-    down = subprocess.run([*base, "down", "--remove-orphans", "--volumes", "--timeout", "2"], capture_output=True,
-                          text=True, env=environment, check=False)
+    down = subprocess.run(down_command, capture_output=True, text=True, env=environment, check=False)
     down_s = time.monotonic() - started
+    if down.returncode != 0:  # e.g. "network ... has active endpoints" (the engine's race): once more, untimed
+        down = subprocess.run(down_command, capture_output=True, text=True, env=environment, check=False)
     if up.returncode != 0 or down.returncode != 0:
         raise RuntimeError(f"bench floor: docker compose failed: {(up.stderr + down.stderr).strip()[-400:]}")
     return up_s, down_s
@@ -84,7 +87,7 @@ def up_rows(result: BenchResult, directory: Path, say: Callable[[str], None]) ->
     excess, rows = [], []
     for index in range(UP_PAIRS):
         wall_s, metrics = _whole_up(directory, scenario_path, f"up-default-{index}")
-        up_s, down_s = compose_up_down(compose_file, f"cosim-bench-floor-{index}")
+        up_s, down_s = compose_up_down(compose_file, f"cosim-bench-floor-{secrets.token_hex(4)}")
         loop_s = float(metrics["step_loop_s"])  # type: ignore[arg-type]
         excess.append(wall_s - (loop_s + up_s + down_s))
         rows.append({"whole_s": wall_s, "step_loop_s": loop_s, "compose_up_s": up_s, "compose_down_s": down_s,
@@ -115,7 +118,9 @@ def many_rows(result: BenchResult, directory: Path, say: Callable[[str], None], 
     bringup_s, stop_s = float(facts["bringup_s"]), float(facts["teardown_s"])
     init_s, shutdown_s = done.metrics.init_s or 0.0, done.metrics.shutdown_s or 0.0
     teardown_s = shutdown_s + stop_s
-    up_s, down_s = compose_up_down(compose_file, f"cosim-bench-floor-many-{count}")
+    say(f"  cosim: bring-up {bringup_s:.1f} s, teardown {teardown_s:.1f} s (shutdown {shutdown_s:.1f} s + stop "
+        f"{stop_s:.1f} s); now compose up/down of the same file")
+    up_s, down_s = compose_up_down(compose_file, f"cosim-bench-floor-{secrets.token_hex(4)}")
     result.fixed_costs[f"containers_{count}"] = {
         "bringup_s": bringup_s, "init_s": init_s, "step_loop_s": done.metrics.step_loop_s,
         "shutdown_s": shutdown_s, "stop_s": stop_s, "teardown_s": teardown_s,

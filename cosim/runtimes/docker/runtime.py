@@ -1,4 +1,4 @@
-"""The Docker runtime: compose file -> images -> `compose up` through python-on-whales -> stdio attach.
+"""The Docker runtime: compose file -> images -> `docker compose up` (bounded by a deadline) -> stdio attach.
 
 Every run is its own compose project (``cosim-<scenario>-<run id>``) and every container and network carries
 the label ``cosim.run=<run id>``, so two runs never collide and ``invoke down`` can find what a crashed run
