@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from cosim import compose, loading, options, plugins
 from cosim import schedule as scheduling
@@ -21,6 +21,9 @@ from cosim.metrics import RunMetrics, speedups
 from cosim.paths import REPO_ROOT
 from cosim.resources import data_path
 from cosim.run import DEFAULT_WATCHDOG_S, CompletedRun, run
+
+if TYPE_CHECKING:
+    from cosim.model import Scenario
 
 DEFAULT_SCENARIO = str(data_path("scenarios", "default.yaml"))  # the bundled one (the tasks show it relative)
 
@@ -123,15 +126,15 @@ def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | No
         _report_failed_run(path, trace, out)
         raise
     print_summary(summary, out)
-    _report_line(summary.trace_path, out)
+    _report_line(summary.trace_path, out, summary.scenario)
     return summary
 
 
-def _report_line(trace_path: Path, out: TextIO) -> None:
+def _report_line(trace_path: Path, out: TextIO, scenario: Scenario | None = None) -> None:
     """The run's report, written beside its trace (hand-written SVG charts: tens of milliseconds, no extra)."""
     from cosim.report import write_report
 
-    out.write(f"  report:  {write_report(trace_path)}\n")
+    out.write(f"  report:  {write_report(trace_path, loaded=scenario)}\n")
 
 
 def _checkpoint_line(progress_line: ProgressLine | None, out: TextIO) -> Any:

@@ -47,11 +47,16 @@ def report_path(trace_path: Path) -> Path:
     return metrics_path.with_name(metrics_path.name[: -len(".metrics.json")] + SUFFIX)
 
 
-def write_report(trace_path: Path, *, scenario_path: Path | None = None, output: Path | None = None) -> Path:
+def write_report(trace_path: Path, *, scenario_path: Path | None = None, output: Path | None = None,
+                 loaded: Scenario | None = None) -> Path:
+    """``loaded``: the run's scenario as already loaded (`cosim up`), used when its hash is the trace's."""
     trace = traces.read(trace_path)
     metrics_path, _ = artifact_paths(trace_path)
     metrics = _read_metrics(metrics_path)
-    scenario, scenario_note = find_scenario(trace, metrics, scenario_path)
+    if loaded is not None and loaded.sha256 == trace.header.scenario_sha256:
+        scenario, scenario_note = loaded, f"scenario file: {loaded.path}"
+    else:
+        scenario, scenario_note = find_scenario(trace, metrics, scenario_path)
     target = output or report_path(trace_path)
     target.write_text(render(trace, metrics, scenario, scenario_note), encoding="utf-8")
     return target
