@@ -53,6 +53,7 @@ def write_report(trace_path: Path, *, scenario_path: Path | None = None, output:
     trace = traces.read(trace_path)
     metrics_path, _ = artifact_paths(trace_path)
     metrics = _read_metrics(metrics_path)
+    scenario: Scenario | None
     if loaded is not None and loaded.sha256 == trace.header.scenario_sha256:
         scenario, scenario_note = loaded, f"scenario file: {loaded.path}"
     else:
