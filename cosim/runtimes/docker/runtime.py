@@ -292,7 +292,10 @@ class DockerRuntime:
             container_id = self._containers.get(node.id)
             if node.speaks_protocol or container_id is None:
                 continue
-            document = self._engine.container(container_id)
+            try:
+                document = self._engine.container(container_id)
+            except DockerCommandFailed:
+                document = None  # the engine does not answer: as before, the node counts as gone
             if document is None:
                 exited.append((node.id, None))  # gone altogether (removed by hand)
                 continue
