@@ -4,7 +4,8 @@ running cosim, not a stack trace.
 - the scenario file:            ScenarioError
 - a node (a service or infrastructure container): NodeError and its kinds (start, failure, image, an action of
   the schedule it does not support)
-- the engine (Docker, images):  EngineUnavailable, EngineLost, ImageBuildError, DockerCommandFailed, ComposeUpFailed
+ - the engine (Docker, images):  EngineUnavailable, EngineLost, ImageBuildError, DockerCommandFailed, ComposeUpFailed
+   (BringUpTimeout)
 - a Swarm and its nodes:        SwarmError, SwarmNodeUnreachable, ClusterError (the local test cluster)
 - the command line / the user:  OptionError, UsageError (SweepError), Interrupted, ToolError; SweepRunsFailed
 - trace and checkpoint files:   TraceReadError, TraceWriteError, CheckpointError, TracesDiffer, NotDeterministic
@@ -90,6 +91,19 @@ class DockerCommandFailed(CosimError):
 
 class ComposeUpFailed(CosimError):
     """``docker compose up`` could not start a scenario's project (names the scenario and the compose file)."""
+
+
+class BringUpTimeout(ComposeUpFailed):
+    """`compose up` did not bring the scenario's containers up within the deadline ($COSIM_BRINGUP_TIMEOUT): names
+    every container that was not running and its state (created, restarting, exited, not created)."""
+
+    def __init__(self, scenario: str, containers: int, not_up: list[tuple[str, str]], waited_s: float) -> None:
+        self.not_up = not_up
+        shown = ", ".join(f"{node} ({state})" for node, state in not_up[:20])
+        more = f" and {len(not_up) - 20} more" if len(not_up) > 20 else ""
+        super().__init__(f"bring-up of scenario {scenario!r} did not finish within {waited_s:.1f} s "
+                         f"($COSIM_BRINGUP_TIMEOUT): {len(not_up)} of {containers} container(s) not up: "
+                         f"{shown or 'none (compose had not returned)'}{more}; everything was removed")
 
 
 class SwarmError(CosimError):

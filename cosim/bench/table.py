@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TextIO
 
+from cosim.bench.costs import table_rows as cost_rows
 from cosim.bench.result import (
     DEFAULT_RTF_TARGET,
     REPEATS,
@@ -18,15 +19,17 @@ from cosim.stats import CONFIDENCE
 
 def print_table(result: BenchResult, out: TextIO) -> None:
     rows: list[Sequence[str]] = [("measurement", "value", "ratio", "target")]
-    rows.append(("floor: bare echo, local pipe (round trip)", f"{result.floors_us['pipe']:.0f} us", "1.00", ""))
+    if "pipe" in result.floors_us:
+        rows.append(("floor: bare echo, local pipe (round trip)", f"{result.floors_us['pipe']:.0f} us", "1.00", ""))
     if "container" in result.floors_us:
         rows.append(("floor: bare echo, container via engine attach", f"{result.floors_us['container']:.0f} us", "1.00", ""))
         rows.append(("floor: 8 bare echo containers, concurrently", f"{result.floors_us['container_x8']:.0f} us",
                      f"{result.ratios['floor_scaling_8_vs_1']:.2f}x one container", ""))
         rows.append(("(reference: bare echo via a `docker attach` process)",
                      f"{result.floors_us['container_docker_cli']:.0f} us", "", ""))
-    rows.append(("cosim node-step, local runtime", f"{result.per_node_step_us['local']:.0f} us",
-                 f"{result.ratios['local_vs_pipe_floor']:.2f}x pipe floor", f"<= {TARGETS['local_vs_pipe_floor']}x"))
+    if "local" in result.per_node_step_us:
+        rows.append(("cosim node-step, local runtime", f"{result.per_node_step_us['local']:.0f} us",
+                     f"{result.ratios['local_vs_pipe_floor']:.2f}x pipe floor", f"<= {TARGETS['local_vs_pipe_floor']}x"))
     if "docker" in result.per_node_step_us:
         rows.append(("cosim node-step, docker runtime", f"{result.per_node_step_us['docker']:.0f} us",
                      f"{result.ratios['docker_vs_container_floor']:.2f}x container floor",
@@ -51,6 +54,7 @@ def print_table(result: BenchResult, out: TextIO) -> None:
         ratio = f"{result.ratios[f'mqtt_{runtime}_2gw_vs_1gw_step']:.2f}x one gateway" if gateways == "2gw" else ""
         rows.append((f"step, MQTT load through {gateways[0]} gateway(s), {runtime}", f"{step:.0f} us", ratio, ""))
     rows += _advance_table(result)
+    rows += cost_rows(result)
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for index, row in enumerate(rows):
         out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() + "\n")
