@@ -262,6 +262,8 @@ def scenario_manifest(scenario: Scenario, compose_sha256: str) -> dict[str, Any]
                              {node.id: node.kind for node in scenario.nodes}, compose_sha256, advance=scenario.advance)
     if scenario.schedule:  # only when there is one: traces of scenarios without a schedule keep their bytes
         manifest["schedule"] = scenario.schedule.manifest()
+    if scenario.segments:  # likewise: the ns-3 segments, defaults filled in (they shape the run)
+        manifest["segments"] = [segment.wire() for segment in scenario.segments]
     return manifest
 
 
