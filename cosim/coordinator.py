@@ -51,8 +51,8 @@ from cosim.errors import (
 from cosim.model import ContainerSpec, Scenario
 from cosim.network import Router
 from cosim.nodes import SimNode
-from cosim.segments import SegmentWorker
 from cosim.seeds import node_seed
+from cosim.segments import SegmentWorker
 from cosim.trace import TraceWriter, header_environment
 
 __all__ = ["NEVER", "Checkpoints", "Coordinator", "ProcessControl", "SimulationResult", "StepTimings", "WakeupSource"]

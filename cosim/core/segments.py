@@ -23,7 +23,7 @@ from cosim.core.contracts import Event, Input, Inputs
 from cosim.core.slots import Slots
 from cosim.errors import SegmentWorkerFailed
 from cosim.model import Scenario
-from cosim.segments import Send, SegmentWorker
+from cosim.segments import SegmentWorker, Send
 from cosim.trace import PayloadCell, TraceWriter
 
 # An event on a segment until ns-3 says what became of it: (sent time, source, seq, destination, event, payload,

@@ -14,13 +14,13 @@ from cosim import plugins
 from cosim.loading import schedule as scheduling
 from cosim.loading.positions import FieldPath, Positions
 from cosim.model import (
+    MEDIUM_DEFAULTS,
+    RADIO_MEDIA,
     Anomaly,
     ContainerSpec,
     LinkProperties,
     NodeSpec,
     Resources,
-    MEDIUM_DEFAULTS,
-    RADIO_MEDIA,
     Route,
     Scenario,
     Segment,
