@@ -32,9 +32,6 @@ from cosim.trace import TraceWriter
 
 DEFAULT_WATCHDOG_S = options.DEFAULT_WATCHDOG_S
 SHUTDOWN_GRACE_S = 10.0
-# ns-3's state is not checkpointed (docs/segments.md#checkpoints).
-NO_SEGMENT_CHECKPOINTS = ("{option}: scenario {name!r} has network segments, and runs with segments cannot be "
-                          "checkpointed, resumed or forked (ns-3's state is not saved); run it whole")
 
 
 @dataclass
@@ -162,7 +159,7 @@ def run(
     segments.check_available(scenario)
     times = checkpointing.parse_times("--checkpoint-at", checkpoint_at, scenario)
     if times and scenario.segments:
-        raise UsageError(NO_SEGMENT_CHECKPOINTS.format(option="--checkpoint-at", name=scenario.name))
+        raise UsageError(segments.NO_CHECKPOINTS.format(option="--checkpoint-at", name=scenario.name))
     if stop_after_checkpoint and not times:
         raise UsageError("--stop-after-checkpoint needs --checkpoint-at T")
     manifest = tracing.scenario_manifest(scenario, compose.sha256(scenario))
@@ -193,7 +190,7 @@ def resume(
     scenario = dataclasses.replace(load(scenario_path if scenario_path is not None else checkpointing.scenario_file(content)),
                                    advance=content["advance"])
     if scenario.segments:  # (a checkpoint is never written with segments; a fork may add some)
-        raise UsageError(NO_SEGMENT_CHECKPOINTS.format(option="resume" if not fork else "a fork", name=scenario.name))
+        raise UsageError(segments.NO_CHECKPOINTS.format(option="resume" if not fork else "a fork", name=scenario.name))
     checkpointing.check_scenario(Path(checkpoint_path), content, scenario, fork=fork)
     manifest = dict(content["manifest"])
     changes: dict[str, dict[str, Any]] = {}

@@ -23,6 +23,9 @@ from cosim.model import Scenario
 
 WORKER_ENV = "COSIM_SEGMENT_WORKER"
 INSTALL_HINT = "pip install 'cosim[ns3]' (or run it through ./inv, which installs it)"
+# ns-3's state is not checkpointed (docs/segments.md#checkpoints).
+NO_CHECKPOINTS = ("{option}: scenario {name!r} has network segments, and runs with segments cannot be checkpointed, "
+                  "resumed or forked (ns-3's state is not saved); run it whole")
 CLOSE_WAIT_S = 5.0  # wall clock, teardown only: how long the worker may take to exit after shutdown
 
 # One send: [pid, time_us, segment_id, source, destination, size_bytes]
