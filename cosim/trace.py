@@ -425,7 +425,8 @@ class Trace:
         return [record for record in self.records if isinstance(record, kind)]
 
     def to_dataframe(self) -> pandas.DataFrame:
-        """One row per event record: record, time_us, source, seq, type, dest, sent_us, latency_us, reason, data.
+        """One row per event record: record, time_us, source, seq, type, dest, sent_us, latency_us, reason, data,
+        segment and arrived_us (events on a network segment).
 
         Needs pandas (``pip install 'cosim[analysis]'``; ./inv's environment has it)."""
         try:

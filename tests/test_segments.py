@@ -25,7 +25,8 @@ from cosim.loading import load
 from cosim.run import run
 from cosim.trace import Delivered, Dropped, Sent, read
 from cosim.tracediff import trace_hash
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
+from tests.test_interrupts import processes_with
 from tests.test_scenario_validation import assert_message, marked_line
 
 SCENARIO = ROOT / "tests" / "scenarios_local" / "segments.yaml"
@@ -166,6 +167,9 @@ def test_delivery_rule_and_identical_records_in_both_advance_modes(fake_worker: 
                if line["record"] == "delivered" and line["source"] in ("sensor-a", "sensor-b"))
     header = lines[0]
     assert [segment["id"] for segment in header["segments"]] == ["radio", "wire"]
+    frame = trace.to_dataframe()
+    hops = frame[frame["segment"] == "radio"]
+    assert len(hops) == len(on_radio) and (hops["time_us"] == hops["arrived_us"] + QUANTUM_US).all()
 
 
 def test_contention_on_the_fake_medium_grows_with_the_senders(fake_worker: str, tmp_path: Path) -> None:
@@ -221,17 +225,6 @@ def test_services_on_segments_give_the_same_records_in_docker(fake_worker: str, 
 # -- failures ---------------------------------------------------------------------------------------------------
 
 
-def processes_with(marker: str) -> list[int]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if marker.encode() in cmdline.read_bytes():
-                found.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return found
-
-
 def test_worker_killed_mid_run_ends_the_run_cleanly(tmp_path: Path) -> None:
     """SIGKILL for real while the coordinator waits for the worker's reply: one line on the command line naming the
     worker, its exit and last stderr line; the trace so far ends with the error record; nothing left running."""
@@ -248,7 +241,6 @@ def test_worker_killed_mid_run_ends_the_run_cleanly(tmp_path: Path) -> None:
                                 str(trace), "-q"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
-        from tests.conftest import wait_until
         wait_until(pid_file.exists, process, "the worker reached 150 ms", timeout_s=60)  # type: ignore[arg-type]
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
         out, err = process.communicate(timeout=60)
