@@ -245,7 +245,7 @@ void Reset(uint32_t seed) {
     Simulator::Now();  // creates the simulator (with the ordered scheduler) now
 }
 
-// One UDP socket per node, bound to the port every send goes to; IP drop traces hooked.
+// One UDP socket per node, bound to the port every send goes to; IP and traffic-control drop traces hooked.
 int AddEndpoint(Ptr<Node> node, Address to, bool ipv6) {
     int ep = (int)g_eps.size();
     Ptr<Socket> socket = Socket::CreateSocket(node, UdpSocketFactory::GetTypeId());
@@ -257,6 +257,9 @@ int AddEndpoint(Ptr<Node> node, Address to, bool ipv6) {
         node->GetObject<Ipv4L3Protocol>()->TraceConnectWithoutContext("Drop", MakeBoundCallback(&Ipv4DropTrace, ep));
     }
     socket->SetRecvCallback(MakeBoundCallback(&Receive, ep));
+    // Without a queue disc, the traffic control layer drops what a stopped (full) device queue cannot take.
+    node->GetObject<TrafficControlLayer>()->TraceConnectWithoutContext(
+        "TcDrop", MakeBoundCallback(&TxDropTrace, ep, std::string("queue_full")));
     g_eps.push_back(Endpoint{node, socket, to});
     return ep;
 }
@@ -517,6 +520,9 @@ int BuildLrWpan(uint32_t segment, std::vector<double> xyz, std::string loss, dou
     prefix << "2001:db8:" << std::hex << (segment + 1) << "::";
     addresses.SetBase(Ipv6Address(prefix.str().c_str()), Ipv6Prefix(64));
     Ipv6InterfaceContainer ifs = addresses.Assign(six);
+    // The segment's prefix as 6LoWPAN context 0, as a deployed PAN has it: global addresses compress (RFC 6282)
+    // like link-local ones instead of travelling inline (32 bytes per frame).
+    sixlowpan.AddContext(six, 0, Ipv6Prefix(prefix.str().c_str(), 64), Days(3650));
     RemoveQueueDiscs(six);
     // Static neighbour entries for every address of every other node (NeighborCacheHelper looks for the IPv6
     // interface on the 802.15.4 device, while it sits on the 6LoWPAN device above it).

@@ -45,10 +45,10 @@ class Ns3:
         if spec is None or not spec.submodule_search_locations:
             raise ProtocolError("the ns3 package is not installed: pip install 'cosim[ns3]' (or ./inv installs it)")
         root = Path(list(spec.submodule_search_locations)[0])
-        self.lib = next((root / d for d in ("lib64", "lib") if (root / d / f"libns{NS3_VERSION}-core.so").exists()),
-                        None)
-        if self.lib is None:
+        lib = next((root / d for d in ("lib64", "lib") if (root / d / f"libns{NS3_VERSION}-core.so").exists()), None)
+        if lib is None:
             raise ProtocolError(f"the ns3 package at {root} has no libns{NS3_VERSION}-core.so (expected ns3=={NS3_VERSION}.*)")
+        self.lib = lib
         import cppyy  # the bindings' C++ interpreter: only this process loads it
 
         # An ns-3 fatal error aborts the process: with the default handlers back, it ends with ns-3's own message
@@ -181,7 +181,7 @@ class Worker:
         cosimns = self.ns3.cppyy.gbl.cosimns
         checked = [self.check_send(send, until) for send in sends]
         previous = (-1, -1)
-        for pid, time_us, src, dst, size in checked:
+        for pid, time_us, *_ in checked:
             if (time_us, pid) < previous:
                 raise ProtocolError(f"run: sends must be sorted by (time_us, pid); pid {pid} comes too late")
             previous = (time_us, pid)
