@@ -270,8 +270,8 @@ class Coordinator:
                 config = spec.config if isinstance(spec, ContainerSpec) else {}
             slot.config = dict(config)
             slot.node.init(node_seed(self.scenario.seed, slot.id), config, self.endpoints)
-        if self.segments is not None:
-            self.segments.start()
+        if self.segments is not None:  # (not hashed: the worker's ns-3 version and modules)
+            self.environment["segment_worker"] = self.segments.start()
         self.barriers.form()
         self.policy.start()
         self.lookahead.choose(self.scenario, self.lookahead_enabled and not self.scenario.schedule

@@ -52,14 +52,15 @@ class Segments:
         self.next_pid = 0
         self.worker_now_us = 0  # the worker's time: the last until_us
         self.next_us: int | None = None  # the worker's next event after worker_now_us (None: none)
-        self.runs = 0  # run messages sent (reported in the metrics)
 
     def __bool__(self) -> bool:
         return bool(self.pairs)
 
-    def start(self) -> None:
-        """After the nodes' INIT: the worker's answer to its init (sent when it started)."""
+    def start(self) -> dict[str, Any]:
+        """After the nodes' INIT: the worker's answer to its init (sent when it started); what it says of itself
+        (its ns-3 version and modules) for the header's environment."""
         self.worker.ready()
+        return dict(self.worker.info)
 
     def send(self, time_us: int, source: str, seq: int, dest: str, event: Event, payload: PayloadCell) -> None:
         """An event routed from ``source`` to ``dest`` on their common segment: buffered until the next window starts
@@ -91,7 +92,6 @@ class Segments:
         sends = sorted(self.buffered, key=lambda send: (send[1], send[0]))
         self.buffered = []
         reply = self.worker.run(start_us, sends)
-        self.runs += 1
         self.worker_now_us = start_us
         self.next_us = reply.get("next_us")
         in_flight, quantum, write = self.in_flight, self.quantum_us, self.trace.write
@@ -129,9 +129,6 @@ class Segments:
             else:  # merged with the link deliveries of the window in the one total order
                 received.extend(events)
                 received.sort(key=_ORDER)
-
-    def snapshot(self) -> dict[str, Any]:
-        raise NotImplementedError("runs with network segments are not checkpointed (docs/segments.md)")
 
 
 def _ORDER(event: Input) -> tuple[int, str, int]:
