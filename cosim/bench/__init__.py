@@ -17,6 +17,8 @@
    of which one gets traffic, against one, 10 pairs of runs); a dense workload (every node busy every quantum) in
    both modes, 30 pairs of runs locally and 20 on Docker; the default scenario's speed-ups on Docker (3 runs
    in each mode: the step loop's best and median, and the whole run's).
+7. Network segments (with ns-3 installed): a sparse run through an ns-3 segment against plain links, and the ns-3
+   worker's start-up (cosim.bench.segments).
 
 Repeated runs: on a small shared machine a run's speed depends on where the kernel places its processes and on
 what else the host runs, and that noise mostly slows a run down. So a measurement of one thing (the throughput
@@ -65,6 +67,7 @@ from cosim.bench.measurements import (
     throughput_rate,
 )
 from cosim.bench.result import DEFAULT_RUNS, REPEATS, SPARSE_S, TARGETS, BenchResult
+from cosim.bench.segments import segment_rows
 from cosim.bench.stats import in_turn
 from cosim.bench.sweeps import sweep_rows
 from cosim.bench.table import print_table
@@ -125,6 +128,7 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
             elif swarm:
                 say("swarm: skipped (the local test clusters need root)")
         sweep_rows(result, directory, say, docker=docker)  # sweeps: --jobs 4 and --fork-at against sequential runs
+        segment_rows(result, directory, say, sparse_s=sparse_s)  # ns-3 segments vs plain links; worker start-up
     result.ratios["local_vs_pipe_floor"] = result.per_node_step_us["local"] / result.floors_us["pipe"]
     if docker:
         result.ratios["docker_vs_container_floor"] = result.per_node_step_us["docker"] / result.floors_us["container"]
