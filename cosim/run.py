@@ -270,7 +270,7 @@ def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchd
                         backend.stop()
                     finally:
                         if worker is not None:
-                            worker.close()
+                            worker.close(graceful=result is not None)
                         for node in nodes.values():
                             node.close()
                         writer.close()

@@ -25,8 +25,8 @@ from cosim.loading import load
 from cosim.run import run
 from cosim.trace import Delivered, Dropped, Sent, read
 from cosim.tracediff import trace_hash
-from tests.conftest import ROOT, wait_until
-from tests.test_interrupts import processes_with
+from tests.conftest import ROOT, invoke_up_session, wait_until
+from tests.test_interrupts import assert_interrupted, ctrl_c, finish, processes_with
 from tests.test_scenario_validation import assert_message, marked_line
 
 SCENARIO = ROOT / "tests" / "scenarios_local" / "segments.yaml"
@@ -225,15 +225,21 @@ def test_services_on_segments_give_the_same_records_in_docker(fake_worker: str, 
 # -- failures ---------------------------------------------------------------------------------------------------
 
 
+def echo_marked(tmp_path: Path, marker: str) -> Path:
+    """segments.yaml with the echo service's command line carrying ``marker`` (so a test can find its process)."""
+    scenario = tmp_path / "segments.yaml"
+    scenario.write_text(SCENARIO.read_text(encoding="utf-8").replace(
+        "build: ../../containers/echo", f"build: {ROOT / 'containers' / 'echo'}\n    local_command: "
+        f"[\"{{python}}\", \"-u\", \"{ROOT / 'containers' / 'echo' / 'service.py'}\", \"{marker}\"]"), encoding="utf-8")
+    return scenario
+
+
 def test_worker_killed_mid_run_ends_the_run_cleanly(tmp_path: Path) -> None:
     """SIGKILL for real while the coordinator waits for the worker's reply: one line on the command line naming the
     worker, its exit and last stderr line; the trace so far ends with the error record; nothing left running."""
     marker = f"cosim-seg-test-{os.getpid()}-{id(tmp_path)}"
     pid_file = tmp_path / "worker.pid"
-    scenario = tmp_path / "segments.yaml"
-    scenario.write_text(SCENARIO.read_text(encoding="utf-8").replace(
-        "build: ../../containers/echo", f"build: {ROOT / 'containers' / 'echo'}\n    local_command: "
-        f"[\"{{python}}\", \"-u\", \"{ROOT / 'containers' / 'echo' / 'service.py'}\", \"{marker}\"]"), encoding="utf-8")
+    scenario = echo_marked(tmp_path, marker)
     trace = tmp_path / "trace.jsonl"
     env = {**os.environ, segments.WORKER_ENV: fake_command(marker), "FAKE_SEGMENT_WORKER_HANG_AT_US": "150000",
            "FAKE_SEGMENT_WORKER_PID_FILE": str(pid_file)}
@@ -259,6 +265,23 @@ def test_worker_killed_mid_run_ends_the_run_cleanly(tmp_path: Path) -> None:
     assert lines[-1]["time_us"] >= 150000 - QUANTUM_US
     assert any(line["record"] == "delivered" and "segment" in line for line in lines)  # the trace so far is kept
     assert processes_with(marker) == []  # the worker and the echo service: nothing left running
+
+
+def test_ctrl_c_while_the_coordinator_waits_for_the_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C as a terminal sends it (the worker is in a session of its own, so only cosim gets it): exit 130, the
+    `interrupted` record, the worker and the services stopped."""
+    marker = f"cosim-seg-test-{os.getpid()}-{id(tmp_path)}"
+    pid_file = tmp_path / "worker.pid"
+    monkeypatch.setenv(segments.WORKER_ENV, fake_command(marker))
+    monkeypatch.setenv("FAKE_SEGMENT_WORKER_HANG_AT_US", "100000")
+    monkeypatch.setenv("FAKE_SEGMENT_WORKER_PID_FILE", str(pid_file))
+    trace = tmp_path / "trace.jsonl"
+    with invoke_up_session(echo_marked(tmp_path, marker), trace, "--runtime", "local") as process:
+        wait_until(pid_file.exists, process, "the worker reached 100 ms", timeout_s=60)  # type: ignore[arg-type]
+        ctrl_c(process)
+        returncode, stderr = finish(process)
+    assert_interrupted(returncode, stderr, trace, starting=False)
+    assert processes_with(marker) == []
 
 
 def test_worker_error_at_init_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

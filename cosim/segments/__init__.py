@@ -88,13 +88,16 @@ class SegmentWorker:
         self._send({"op": "run", "until_us": until_us, "sends": [list(send) for send in sends]})
         return self._receive("ran", f"run until {until_us} us")
 
-    def close(self) -> None:
-        """Stop the worker (shutdown when it is well, else killed) and reap it: never left running."""
+    def close(self, *, graceful: bool = True) -> None:
+        """Stop the worker and reap it, never left running: after a completed run told to shut down (killed if it
+        does not within CLOSE_WAIT_S), after a failed or interrupted one killed at once (it may be mid-request)."""
         process = self.process
         if process is None:
             return
         if process.poll() is None:
             try:
+                if not graceful:
+                    raise subprocess.TimeoutExpired(process.args, 0)
                 self._send({"op": "shutdown"})
                 process.wait(CLOSE_WAIT_S)
             except (SegmentWorkerFailed, subprocess.TimeoutExpired):
