@@ -111,10 +111,14 @@ RADIO_MEDIA = ("wifi", "lrwpan")
 MEDIUM_DEFAULTS: dict[str, dict[str, Any]] = {
     "csma": {"data_rate": "100Mbps", "delay_us": 2, "queue_packets": 100},
     "p2p": {"data_rate": "10Mbps", "delay_us": 1000, "queue_packets": 100},
-    "wifi": {"standard": "802.11a", "rate_manager": "constant", "data_mode": "OfdmRate6Mbps",
-             "propagation": "log-distance", "distance_m": 10},
-    "lrwpan": {"propagation": "log-distance", "tx_power_dbm": 0, "distance_m": 10},
+    "wifi": {"standard": "802.11a", "rate_manager": "constant", "mode": "ap", "propagation": "log-distance",
+             "tx_power_dbm": 16.0206, "distance_m": 10, "range_m": 250},
+    "lrwpan": {"propagation": "log-distance", "tx_power_dbm": 0, "distance_m": 10, "range_m": 250},
 }
+# WiFi's constant rate manager: the default data mode of each standard (the lowest rate it has).
+WIFI_DEFAULT_MODES = {"802.11a": "OfdmRate6Mbps", "802.11b": "DsssRate1Mbps", "802.11g": "ErpOfdmRate6Mbps",
+                      "802.11n-2.4GHz": "HtMcs0", "802.11n-5GHz": "HtMcs0", "802.11ac": "VhtMcs0",
+                      "802.11ax-5GHz": "HeMcs0"}
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from cosim.model import (
     Route,
     Scenario,
     Segment,
+    WIFI_DEFAULT_MODES,
     SensorSpec,
     SinkSpec,
 )
@@ -131,7 +132,8 @@ def _segments(docs: list[dict[str, Any]], nodes: dict[str, NodeSpec], groups: di
         if medium == "p2p" and len(members) != 2:
             raise positions.error(f"a p2p segment joins exactly 2 nodes, not {len(members)}", at + ("nodes",))
         defaults = MEDIUM_DEFAULTS[medium]
-        allowed = set(defaults) | ({"positions"} if medium in RADIO_MEDIA else set())
+        allowed = set(defaults) | ({"positions"} if medium in RADIO_MEDIA else set()) | (
+            {"data_mode"} if medium == "wifi" else set())
         for key in doc:
             if key not in ("id", "medium", "nodes") and key not in allowed:
                 raise positions.error(f"{key} is not a setting of medium {medium!r} (its settings: "
@@ -142,6 +144,8 @@ def _segments(docs: list[dict[str, Any]], nodes: dict[str, NodeSpec], groups: di
         if "data_mode" in doc and settings["rate_manager"] != "constant":
             raise positions.error(f"data_mode applies only to the constant rate manager, not {settings['rate_manager']!r}",
                                   at + ("data_mode",))
+        if medium == "wifi" and settings["rate_manager"] == "constant":
+            settings.setdefault("data_mode", WIFI_DEFAULT_MODES[settings["standard"]])
         if "positions" in doc:
             if "distance_m" in doc:
                 raise positions.error("give either positions or distance_m, not both", at + ("distance_m",))

@@ -126,8 +126,8 @@ class SegmentWorker:
         if not isinstance(reply, dict):
             raise self._failure(f"broke its protocol: not a JSON object in reply to {waiting_for}: {line[:200]!r}",
                                 kill=True)
-        if reply.get("op") == "error":
-            raise self._failure(f"failed: {reply.get('message')}", kill=True)
+        if reply.get("op") == "error":  # (it exits on its own after an error: its exit code is part of the story)
+            raise self._failure(f"failed: {reply.get('message')}")
         if reply.get("op") != expected:
             raise self._failure(f"broke its protocol: {reply.get('op')!r} in reply to {waiting_for}, expected "
                                 f"{expected!r}", kill=True)
