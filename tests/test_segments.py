@@ -112,7 +112,7 @@ def test_defaults_are_filled_in_and_hashed(tmp_path: Path) -> None:
     scenario = load(path)
     assert [segment.wire() for segment in scenario.segments] == [
         {"id": "radio", "medium": "lrwpan", "nodes": ["gw", "s1", "s2"], "propagation": "log-distance",
-         "tx_power_dbm": 0, "distance_m": 10},
+         "tx_power_dbm": 0, "distance_m": 10, "range_m": 250},
         {"id": "wire", "medium": "p2p", "nodes": ["gw", "s1"], "data_rate": "10Mbps", "delay_us": 20,
          "queue_packets": 100}]
     assert scenario.segment_between("s1", "gw") is scenario.segments[0]  # the first in file order

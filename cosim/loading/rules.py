@@ -16,6 +16,7 @@ from cosim.loading.positions import FieldPath, Positions
 from cosim.model import (
     MEDIUM_DEFAULTS,
     RADIO_MEDIA,
+    WIFI_DEFAULT_MODES,
     Anomaly,
     ContainerSpec,
     LinkProperties,
@@ -24,7 +25,6 @@ from cosim.model import (
     Route,
     Scenario,
     Segment,
-    WIFI_DEFAULT_MODES,
     SensorSpec,
     SinkSpec,
 )
