@@ -26,6 +26,9 @@ INSTALL_HINT = "pip install 'cosim[ns3]' (or run it through ./inv, which install
 # ns-3's state is not checkpointed (docs/segments.md#checkpoints).
 NO_CHECKPOINTS = ("{option}: scenario {name!r} has network segments, and runs with segments cannot be checkpointed, "
                   "resumed or forked (ns-3's state is not saved); run it whole")
+# Wall clock, start-up only: loading ns-3's libraries and compiling the worker's C++ takes seconds of CPU (about
+# 7 s alone on a small machine, much more when it is busy): far longer than a window's answer may take.
+READY_TIMEOUT_S = 600.0
 CLOSE_WAIT_S = 5.0  # wall clock, teardown only: how long the worker may take to exit after shutdown
 
 # One send: [pid, time_us, segment_id, source, destination, size_bytes]
@@ -79,7 +82,7 @@ class SegmentWorker:
 
     def ready(self) -> dict[str, Any]:
         """Wait for the answer to init."""
-        reply = self._receive("ready", "init")
+        reply = self._receive("ready", "init", max(self.timeout_s, READY_TIMEOUT_S))
         self.info = {key: reply[key] for key in ("ns3", "modules") if key in reply}
         return reply
 
@@ -117,8 +120,8 @@ class SegmentWorker:
         except (BrokenPipeError, ConnectionResetError):
             raise self._failure("exited") from None
 
-    def _receive(self, expected: str, waiting_for: str) -> dict[str, Any]:
-        line = self._read_line(waiting_for)
+    def _receive(self, expected: str, waiting_for: str, timeout_s: float | None = None) -> dict[str, Any]:
+        line = self._read_line(waiting_for, self.timeout_s if timeout_s is None else timeout_s)
         try:
             reply = json.loads(line)
         except ValueError:
@@ -133,14 +136,14 @@ class SegmentWorker:
                                 f"{expected!r}", kill=True)
         return reply
 
-    def _read_line(self, waiting_for: str) -> str:
+    def _read_line(self, waiting_for: str, timeout_s: float) -> str:
         process = self.process
         assert process is not None and process.stdout is not None
         fd = process.stdout.fileno()
         while b"\n" not in self._buffer:
-            readable, _, _ = select.select([fd], [], [], self.timeout_s)
+            readable, _, _ = select.select([fd], [], [], timeout_s)
             if not readable:
-                raise self._failure(f"did not answer {waiting_for} within {self.timeout_s:g} s", kill=True)
+                raise self._failure(f"did not answer {waiting_for} within {timeout_s:g} s", kill=True)
             chunk = os.read(fd, 1 << 16)
             if not chunk:
                 raise self._failure(f"exited while cosim waited for its reply to {waiting_for}")
