@@ -22,6 +22,7 @@ import pytest
 from cosim import segments
 from cosim.errors import MissingExtra, ScenarioError, SegmentWorkerFailed, UsageError
 from cosim.loading import load
+from cosim.model import SensorSpec
 from cosim.run import run
 from cosim.trace import Delivered, Dropped, Sent, read
 from cosim.tracediff import trace_hash
@@ -349,3 +350,17 @@ def test_worker_is_reaped_after_a_run(fake_worker: str, monkeypatch: pytest.Monk
     monkeypatch.setattr(segments.SegmentWorker, "start", start)
     run_segments(tmp_path, "reaped")
     assert len(started) == 1 and not Path(f"/proc/{started[0]}").exists()  # exited and reaped (no zombie)
+
+
+def test_a_sensor_with_replicas_is_that_many_sensors(tmp_path: Path) -> None:
+    """`replicas` on a sensor (to sweep how many share a channel): alike but for their ids and seeds."""
+    path = tmp_path / "scenario.yaml"
+    path.write_text(HEAD.replace("  - {id: s1, kind: sensor, period_us: 1000}\n",
+                                 "  - {id: s1, kind: sensor, period_us: 1000, replicas: 3}\n")
+                    + "    - {id: radio, medium: lrwpan, nodes: [gw, s1]}\n", encoding="utf-8")
+    scenario = load(path)
+    assert scenario.groups == {"s1": ("s1-1", "s1-2", "s1-3")}
+    assert scenario.segments[0].nodes == ("gw", "s1-1", "s1-2", "s1-3")
+    replicas = [node for node in scenario.nodes if node.group == "s1"]
+    assert [node.id for node in replicas] == ["s1-1", "s1-2", "s1-3"]
+    assert all(isinstance(node, SensorSpec) and node.period_us == 1000 for node in replicas)
