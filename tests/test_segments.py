@@ -28,6 +28,7 @@ from cosim.trace import Delivered, Dropped, Sent, read
 from cosim.tracediff import trace_hash
 from tests.conftest import ROOT, invoke_up_session, wait_until
 from tests.test_interrupts import assert_interrupted, ctrl_c, finish, processes_with
+from tests.test_protocol_schema import check_trace_against_the_documentation
 from tests.test_scenario_validation import assert_message, marked_line
 
 SCENARIO = ROOT / "tests" / "scenarios_local" / "segments.yaml"
@@ -168,6 +169,7 @@ def test_delivery_rule_and_identical_records_in_both_advance_modes(fake_worker: 
                if line["record"] == "delivered" and line["source"] in ("sensor-a", "sensor-b"))
     header = lines[0]
     assert [segment["id"] for segment in header["segments"]] == ["radio", "wire"]
+    check_trace_against_the_documentation(next_event)  # every field of every record is in trace-format.md
     frame = trace.to_dataframe()
     hops = frame[frame["segment"] == "radio"]
     assert len(hops) == len(on_radio) and (hops["time_us"] == hops["arrived_us"] + QUANTUM_US).all()
@@ -201,6 +203,7 @@ def test_drops_are_traced_with_the_reason_and_time(fake_worker: str, tmp_path: P
     trace = read(run_segments(tmp_path, "crowd", scenario=path))
     dropped = trace.of(Dropped)
     assert dropped and {record.reason for record in dropped} == {"queue_full"}
+    check_trace_against_the_documentation(tmp_path / "crowd.jsonl")
     assert all(record.segment == "radio" and record.at_us is not None and record.at_us >= record.time_us
                for record in dropped)
     assert trace.footer is not None
