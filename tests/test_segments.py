@@ -333,6 +333,14 @@ def test_checkpoints_are_refused_with_one_line(fake_worker: str, tmp_path: Path)
     assert "\n" not in str(caught.value)
 
 
+def test_a_sweep_cannot_fork_a_scenario_with_segments(fake_worker: str) -> None:
+    from cosim import sweep
+    from cosim.errors import SweepError
+    with pytest.raises(SweepError) as caught:
+        sweep.plan(str(SCENARIO), sets=["nodes.echo.config.tick_us=10000,20000"], fork_at="100000")
+    assert str(caught.value).startswith("--fork-at: scenario 'local-segments' has network segments")
+
+
 def test_cosim_never_imports_ns(fake_worker: str, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", "import sys; from cosim.run import run; "
                            f"run({str(SCENARIO)!r}, runtime='local', trace_path={str(tmp_path / 't.jsonl')!r}); "
