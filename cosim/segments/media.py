@@ -47,7 +47,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "p2p": {"data_rate": "10Mbps", "delay_us": 1000, "queue_packets": 100},
     "lrwpan": {"propagation": "log-distance", "tx_power_dbm": 0, "distance_m": 10, "range_m": 250},
     "wifi": {"propagation": "log-distance", "tx_power_dbm": 16.0206, "distance_m": 10, "range_m": 250,
-             "standard": "802.11a", "rate_manager": "constant", "mode": "ap"},
+             "standard": "802.11a", "rate_manager": "constant", "mode": "adhoc"},
 }
 MAX_NODES = 65533  # 802.15.4 short addresses, and more than any segment here needs
 MAX_SEGMENTS = 255  # segment k is the IPv4 network 10.k.0.0/16

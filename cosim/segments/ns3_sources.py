@@ -45,6 +45,7 @@ CORE = r"""
 #include "ns3/ipv6-address-helper.h"
 #include "ns3/traffic-control-helper.h"
 #include "ns3/traffic-control-layer.h"
+#include "ns3/neighbor-cache-helper.h"
 #include <map>
 #include <memory>
 #include <string>
@@ -318,18 +319,9 @@ void RemoveQueueDiscs(NetDeviceContainer devs) {
     }
 }
 
-}  // namespace cosimns
-"""
-
-# Shared by the wired media: IPv4 over the devices, their own queue (no queue disc), static ARP entries, drop traces.
-WIRED = r"""
-#include "ns3/neighbor-cache-helper.h"
-#include "ns3/data-rate.h"
-#include "ns3/queue-size.h"
-#include "ns3/nstime.h"
-
-namespace cosimns {
-int WireUp(NodeContainer nodes, NetDeviceContainer devs, uint32_t segment, const char* txDropReason) {
+// IPv4 on the segment's devices (10.<segment>.0.0/16), the device's own queue, static ARP entries (no address
+// resolution before the first packet), one endpoint per node. Returns the first endpoint.
+int Ipv4Up(NodeContainer nodes, NetDeviceContainer devs, uint32_t segment) {
     InternetStackHelper internet;
     internet.SetIpv6StackInstall(false);
     internet.Install(nodes);
@@ -342,7 +334,25 @@ int WireUp(NodeContainer nodes, NetDeviceContainer devs, uint32_t segment, const
     neighbours.PopulateNeighborCache(devs);
     int first = (int)g_eps.size();
     for (uint32_t i = 0; i < nodes.GetN(); ++i) {
-        int ep = AddEndpoint(nodes.Get(i), InetSocketAddress(ifs.GetAddress(i), PORT), false);
+        AddEndpoint(nodes.Get(i), InetSocketAddress(ifs.GetAddress(i), PORT), false);
+    }
+    return first;
+}
+
+}  // namespace cosimns
+"""
+
+# The wired media: their devices' drop traces on top of the IPv4 set-up (Ipv4Up, in CORE).
+WIRED = r"""
+#include "ns3/data-rate.h"
+#include "ns3/queue-size.h"
+#include "ns3/nstime.h"
+
+namespace cosimns {
+int WireUp(NodeContainer nodes, NetDeviceContainer devs, uint32_t segment, const char* txDropReason) {
+    int first = Ipv4Up(nodes, devs, segment);
+    for (uint32_t i = 0; i < nodes.GetN(); ++i) {
+        int ep = first + (int)i;
         Ptr<NetDevice> dev = devs.Get(i);
         dev->TraceConnectWithoutContext("MacTxDrop", MakeBoundCallback(&TxDropTrace, ep, std::string("queue_full")));
         dev->TraceConnectWithoutContext("PhyTxDrop", MakeBoundCallback(&TxDropTrace, ep, std::string(txDropReason)));
@@ -552,6 +562,97 @@ int BuildLrWpan(uint32_t segment, std::vector<double> xyz, std::string loss, dou
         mac->TraceConnectWithoutContext("MacTxDequeue", MakeBoundCallback(&LrDequeue, ep));
         mac->TraceConnectWithoutContext("MacTxDrop", MakeBoundCallback(&LrTxDrop, ep));
         six.Get(i)->TraceConnectWithoutContext("Drop", MakeBoundCallback(&SixDrop, ep));
+    }
+    return first;
+}
+}  // namespace cosimns
+"""
+
+WIFI = r"""
+#include "ns3/wifi-helper.h"
+#include "ns3/yans-wifi-helper.h"
+#include "ns3/yans-wifi-channel.h"
+#include "ns3/wifi-mac-helper.h"
+#include "ns3/wifi-net-device.h"
+#include "ns3/wifi-mac.h"
+#include "ns3/wifi-mpdu.h"
+#include "ns3/wifi-standards.h"
+#include "ns3/ssid.h"
+
+namespace cosimns {
+void WifiMpduDrop(int ep, WifiMacDropReason r, Ptr<const WifiMpdu> mpdu) {
+    std::string reason;
+    switch (r) {
+        case WIFI_MAC_DROP_FAILED_ENQUEUE: reason = "queue_full"; break;
+        case WIFI_MAC_DROP_EXPIRED_LIFETIME: reason = "expired_lifetime"; break;
+        case WIFI_MAC_DROP_REACHED_RETRY_LIMIT: reason = "retry_limit"; break;
+        default: reason = "qos_old_packet"; break;
+    }
+    DropPacket(mpdu->GetPacket(), ep, reason, false);
+}
+
+WifiStandard StandardNamed(const std::string& name) {
+    if (name == "WIFI_STANDARD_80211a") return WIFI_STANDARD_80211a;
+    if (name == "WIFI_STANDARD_80211b") return WIFI_STANDARD_80211b;
+    if (name == "WIFI_STANDARD_80211g") return WIFI_STANDARD_80211g;
+    if (name == "WIFI_STANDARD_80211n") return WIFI_STANDARD_80211n;
+    if (name == "WIFI_STANDARD_80211ac") return WIFI_STANDARD_80211ac;
+    return WIFI_STANDARD_80211ax;
+}
+
+int BuildWifi(uint32_t segment, std::vector<double> xyz, std::string loss, double rangeM, double txPowerDbm,
+              std::string standard, std::string band, std::string manager, std::string dataMode, bool infrastructure) {
+    uint32_t n = (uint32_t)(xyz.size() / 3);
+    NodeContainer nodes;
+    nodes.Create(n);
+    for (uint32_t i = 0; i < n; ++i) Place(nodes.Get(i), xyz[3 * i], xyz[3 * i + 1], xyz[3 * i + 2]);
+    bool fiveGhz = band == "5GHz";
+    Ptr<YansWifiChannel> channel = CreateObject<YansWifiChannel>();
+    channel->SetPropagationLossModel(MakeLoss(loss, fiveGhz ? 5.18e9 : 2.412e9, rangeM));
+    channel->SetPropagationDelayModel(CreateObject<ConstantSpeedPropagationDelayModel>());
+    YansWifiPhyHelper phy;
+    phy.SetChannel(channel);
+    phy.Set("TxPowerStart", DoubleValue(txPowerDbm));
+    phy.Set("TxPowerEnd", DoubleValue(txPowerDbm));
+    WifiStandard wifiStandard = StandardNamed(standard);
+    if (wifiStandard == WIFI_STANDARD_80211n) {
+        phy.Set("ChannelSettings", StringValue(fiveGhz ? "{0, 20, BAND_5GHZ, 0}" : "{0, 20, BAND_2_4GHZ, 0}"));
+    }
+    WifiHelper wifi;
+    wifi.SetStandard(wifiStandard);
+    if (manager == "constant") {
+        wifi.SetRemoteStationManager("ns3::ConstantRateWifiManager", "DataMode", StringValue(dataMode),
+                                     "ControlMode", StringValue(dataMode));
+    } else if (manager == "ideal") {
+        wifi.SetRemoteStationManager("ns3::IdealWifiManager");
+    } else if (wifiStandard == WIFI_STANDARD_80211a || wifiStandard == WIFI_STANDARD_80211b ||
+               wifiStandard == WIFI_STANDARD_80211g) {
+        wifi.SetRemoteStationManager("ns3::MinstrelWifiManager");
+    } else {
+        wifi.SetRemoteStationManager("ns3::MinstrelHtWifiManager");
+    }
+    WifiMacHelper mac;
+    NetDeviceContainer devs;
+    if (infrastructure) {
+        // The first node is the access point; the stations associate through its beacons (no active probing).
+        Ssid ssid("cosim-" + std::to_string(segment));
+        mac.SetType("ns3::ApWifiMac", "Ssid", SsidValue(ssid));
+        devs.Add(wifi.Install(phy, mac, nodes.Get(0)));
+        mac.SetType("ns3::StaWifiMac", "Ssid", SsidValue(ssid), "ActiveProbing", BooleanValue(false));
+        for (uint32_t i = 1; i < n; ++i) devs.Add(wifi.Install(phy, mac, nodes.Get(i)));
+    } else {
+        mac.SetType("ns3::AdhocWifiMac");
+        devs = wifi.Install(phy, mac, nodes);
+    }
+    g_stream += wifi.AssignStreams(devs, g_stream);
+    int first = Ipv4Up(nodes, devs, segment);
+    for (uint32_t i = 0; i < n; ++i) {
+        int ep = first + (int)i;
+        Ptr<WifiMac> wifiMac = DynamicCast<WifiNetDevice>(devs.Get(i))->GetMac();
+        wifiMac->TraceConnectWithoutContext("DroppedMpdu", MakeBoundCallback(&WifiMpduDrop, ep));
+        // Before association, a station's MAC drops what it is given (an access point, what is meant for a
+        // station that is not associated).
+        wifiMac->TraceConnectWithoutContext("MacTxDrop", MakeBoundCallback(&TxDropTrace, ep, std::string("not_associated")));
     }
     return first;
 }
