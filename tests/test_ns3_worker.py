@@ -271,3 +271,22 @@ def test_an_invalid_send_gets_one_error_line(tmp_path: Path) -> None:
         {"op": "run", "until_us": 10, "sends": [[1, 5, "bus", "a", "zz", 10]]},
     ])
     assert message == "run: send 1: dst 'zz' is not a node of segment 'bus'" and code == 1
+
+
+def test_wifi_cell_adhoc_and_with_an_access_point(worker: WorkerProcess) -> None:
+    adhoc = {"id": "cell", "medium": "wifi", "nodes": ["ap", "s1", "s2", "s3"], "distance_m": 10}
+    sends = periodic(["s1", "s2", "s3"], "ap", "cell", 10_000, 10, 200, 1, 3)
+    coarse = simulate(worker, [adhoc], sends, 120_000, 10_000)
+    assert simulate(worker, [adhoc], sends, 120_000, 1_000) == coarse
+    arrivals, drops = coarse
+    assert drops == [] and len(arrivals) == len(sends)
+    # 802.11a at 6 Mbit/s (the default constant rate): a 20 us preamble and header, then the MPDU (MAC header 24,
+    # LLC/SNAP 8, IPv4 20, UDP 8, payload, FCS 4) at 6 bits per microsecond.
+    sent = {s[0]: s[1] for s in sends}
+    assert all(at - sent[pid] >= 20 + (24 + 8 + 20 + 8 + 200 + 4) * 8 / 6 for pid, at in arrivals)
+    # With an access point, the stations associate first (beacons every 102.4 ms): before, their MAC drops.
+    infra = {**adhoc, "mode": "ap"}
+    late = [[2, 1_000_000, "cell", "s1", "ap", 50], [3, 1_000_000, "cell", "ap", "s2", 50]]
+    arrivals, drops = simulate(worker, [infra], [[1, 0, "cell", "s1", "ap", 50]] + late, 1_100_000, 100_000)
+    assert drops == [[1, 1, "not_associated"]]
+    assert sorted(pid for pid, _ in arrivals) == [2, 3]
