@@ -290,3 +290,14 @@ def test_wifi_cell_adhoc_and_with_an_access_point(worker: WorkerProcess) -> None
     arrivals, drops = simulate(worker, [infra], [[1, 0, "cell", "s1", "ap", 50]] + late, 1_100_000, 100_000)
     assert drops == [[1, 1, "not_associated"]]
     assert sorted(pid for pid, _ in arrivals) == [2, 3]
+
+
+def test_a_radio_out_of_range_loses_its_packets_for_want_of_an_ack(worker: WorkerProcess) -> None:
+    segment = {"id": "radio", "medium": "lrwpan", "nodes": ["gw", "near", "far"], "propagation": "range",
+               "range_m": 50, "positions": {"gw": [0, 0, 0], "near": [30, 0, 0], "far": [0, 80, 0]}}
+    sends = [[1, 1_000, "radio", "near", "gw", 30], [2, 1_000, "radio", "far", "gw", 30]]
+    arrivals, drops = simulate(worker, [segment], sends, 200_000, 10_000)
+    assert [pid for pid, _ in arrivals] == [1]
+    assert [(pid, reason) for pid, _, reason in drops] == [(2, "no_ack")]
+    # the sender tried 1 + 3 times, each waiting for its acknowledgement: tens of milliseconds, not one frame time
+    assert drops[0][1] - 1_000 > 4 * 1_000

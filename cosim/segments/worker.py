@@ -225,6 +225,9 @@ class Worker:
 
 
 def main() -> int:
+    # The coordinator owns the worker's lifetime: a Ctrl-C reaching the whole process group is its to handle (it
+    # sends shutdown, or closes the pipe: end of input ends the worker with 0).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The protocol owns the real stdout; anything else that writes to fd 1 (ns-3, cling) goes to stderr instead.
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
