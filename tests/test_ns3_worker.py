@@ -274,7 +274,7 @@ def test_an_invalid_send_gets_one_error_line(tmp_path: Path) -> None:
 
 
 def test_wifi_cell_adhoc_and_with_an_access_point(worker: WorkerProcess) -> None:
-    adhoc = {"id": "cell", "medium": "wifi", "nodes": ["ap", "s1", "s2", "s3"], "distance_m": 10}
+    adhoc = {"id": "cell", "medium": "wifi", "nodes": ["ap", "s1", "s2", "s3"], "distance_m": 10, "mode": "adhoc"}
     sends = periodic(["s1", "s2", "s3"], "ap", "cell", 10_000, 10, 200, 1, 3)
     coarse = simulate(worker, [adhoc], sends, 120_000, 10_000)
     assert simulate(worker, [adhoc], sends, 120_000, 1_000) == coarse

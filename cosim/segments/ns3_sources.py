@@ -601,7 +601,8 @@ WifiStandard StandardNamed(const std::string& name) {
 }
 
 int BuildWifi(uint32_t segment, std::vector<double> xyz, std::string loss, double rangeM, double txPowerDbm,
-              std::string standard, std::string band, std::string manager, std::string dataMode, bool infrastructure) {
+              std::string standard, std::string band, std::string manager, std::string dataMode,
+              std::string controlMode, bool infrastructure) {
     uint32_t n = (uint32_t)(xyz.size() / 3);
     NodeContainer nodes;
     nodes.Create(n);
@@ -622,7 +623,7 @@ int BuildWifi(uint32_t segment, std::vector<double> xyz, std::string loss, doubl
     wifi.SetStandard(wifiStandard);
     if (manager == "constant") {
         wifi.SetRemoteStationManager("ns3::ConstantRateWifiManager", "DataMode", StringValue(dataMode),
-                                     "ControlMode", StringValue(dataMode));
+                                     "ControlMode", StringValue(controlMode));
     } else if (manager == "ideal") {
         wifi.SetRemoteStationManager("ns3::IdealWifiManager");
     } else if (wifiStandard == WIFI_STANDARD_80211a || wifiStandard == WIFI_STANDARD_80211b ||

@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from cosim.segments import ns3_sources
-from cosim.segments.media import BASE_LIBRARIES, MEDIUM_LIBRARIES, WIFI_STANDARDS, Segment, SegmentError, parse_segments
+from cosim.segments.media import (
+    BASE_LIBRARIES,
+    MEDIUM_LIBRARIES,
+    WIFI_STANDARDS,
+    Segment,
+    SegmentError,
+    control_mode,
+    parse_segments,
+)
 
 NS3_VERSION = "3.44"
 UINT64 = 2**64
@@ -166,9 +174,10 @@ class Worker:
             return int(cosimns.BuildLrWpan(segment.index, xyz, s["propagation"], float(s["range_m"]),
                                            float(s["tx_power_dbm"])))
         standard, band, _, _ = WIFI_STANDARDS[s["standard"]]
+        data_mode = s.get("data_mode", "")
         return int(cosimns.BuildWifi(segment.index, xyz, s["propagation"], float(s["range_m"]),
-                                     float(s["tx_power_dbm"]), standard, band, s["rate_manager"],
-                                     s.get("data_mode", ""), s["mode"] == "ap"))
+                                     float(s["tx_power_dbm"]), standard, band, s["rate_manager"], data_mode,
+                                     control_mode(s["standard"], data_mode) if data_mode else "", s["mode"] == "ap"))
 
     def run(self, request: dict[str, Any]) -> None:
         assert self.ns3 is not None
