@@ -220,6 +220,14 @@ def test_next_us_names_the_next_event(worker: WorkerProcess) -> None:
         if reply["arrivals"]:
             arrived = reply["arrivals"][0][1]
     assert arrived is not None and 10 + 1000 + 100 < arrived <= 10 + 1000 + 120
+    # A run up to next_us with nothing to send changes nothing: a coordinator may skip it.
+    reply = worker.run(now + 10, [[2, now + 5, "wire", "b", "a", 100]])
+    assert reply["next_us"] is not None
+    quiet = worker.run(reply["next_us"])
+    assert quiet["arrivals"] == quiet["drops"] == [] and quiet["next_us"] == reply["next_us"]
+    while reply["next_us"] is not None:
+        now = reply["next_us"] + 1
+        reply = worker.run(now)
     assert steps <= 4  # only a handful of events: transmission end, reception, delivery
     assert worker.run(now + 1_000_000)["next_us"] is None  # idle: nothing scheduled
 
