@@ -188,27 +188,36 @@ class Worker:
         if not isinstance(sends, list):
             raise ProtocolError(f"run: sends must be a list, not {str(sends)[:80]}")
         cosimns = self.ns3.cppyy.gbl.cosimns
-        checked = [self.check_send(send, until) for send in sends]
+        checked: list[tuple[int, int, int, int, int]] = []
+        batch: set[int] = set()
         previous = (-1, -1)
-        for pid, time_us, *_ in checked:
+        for send in sends:
+            pid, time_us, src, dst, size = self.check_send(send)
+            if pid in batch:
+                raise ProtocolError(f"run: pid {pid} is sent twice (pids are unique in a run)")
             if (time_us, pid) < previous:
                 raise ProtocolError(f"run: sends must be sorted by (time_us, pid); pid {pid} comes too late")
             previous = (time_us, pid)
+            batch.add(pid)
+            checked.append((pid, time_us, src, dst, size))
+        # Only now, all checked: a bad send leaves nothing half-scheduled (the worker stops at the error anyway).
         for pid, time_us, src, dst, size in checked:
-            self.pids.add(pid)
             cosimns.Send(pid, time_us * 1000, src, dst, size)
+        self.pids |= batch
         next_ns = int(cosimns.RunUntil(until * 1000))
         self.now_us = until
-        arrivals = sorted([int(pid), int(ns) // 1000 + 1] for pid, ns in zip(cosimns.g_arrPid, cosimns.g_arrNs))
-        drops = sorted([int(pid), int(ns) // 1000 + 1, str(reason)]
-                       for pid, ns, reason in zip(cosimns.g_dropPid, cosimns.g_dropNs, cosimns.g_dropReason))
+        # An event at t ns is reported at the first whole microsecond strictly after it (module docstring).
+        arrivals = [[int(pid), int(ns) // 1000 + 1] for pid, ns in zip(cosimns.g_arrPid, cosimns.g_arrNs)]
+        drops = [[int(pid), int(ns) // 1000 + 1, str(reason)]
+                 for pid, ns, reason in zip(cosimns.g_dropPid, cosimns.g_dropNs, cosimns.g_dropReason)]
         cosimns.ClearResults()
         arrivals.sort(key=lambda a: (a[1], a[0]))
         drops.sort(key=lambda d: (d[1], d[0]))
         self.reply({"op": "ran", "now_us": until, "arrivals": arrivals, "drops": drops,
                     "next_us": None if next_ns < 0 else next_ns // 1000})
 
-    def check_send(self, send: Any, until: int) -> tuple[int, int, int, int, int]:
+    def check_send(self, send: Any) -> tuple[int, int, int, int, int]:
+        """One send checked against the segments: (pid, time_us, source endpoint, destination endpoint, size)."""
         if not isinstance(send, list) or len(send) != 6:
             raise ProtocolError(f"run: a send is [pid, time_us, segment, src, dst, size_bytes], not {str(send)[:80]}")
         pid, time_us, seg_id, src, dst, size = send
