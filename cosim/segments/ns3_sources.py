@@ -117,15 +117,15 @@ struct Endpoint {
     Address to;  // the socket address a sender sends to, to reach this endpoint
 };
 
+// Packets in flight only: one leaves at its arrival or final drop, so memory follows the traffic in flight, and
+// anything later about it (its frame still heard, a late duplicate) is ignored.
 struct Pkt {
     int src;
     int dst;
-    int state;  // 0 in flight, 1 arrived, 2 dropped
 };
 
 std::vector<Endpoint> g_eps;
 std::unordered_map<uint64_t, Pkt> g_pkts;
-std::vector<std::shared_ptr<void>> g_keep;  // helpers whose destructors would dispose what they built
 std::vector<uint64_t> g_arrPid;
 std::vector<int64_t> g_arrNs;
 std::vector<uint64_t> g_dropPid;
@@ -148,9 +148,8 @@ bool FindPid(Ptr<const Packet> p, uint64_t& pid) {
 // medium hears every frame).
 void Drop(uint64_t pid, int ep, const std::string& reason, bool rxSide) {
     auto it = g_pkts.find(pid);
-    if (it == g_pkts.end() || it->second.state != 0) return;
-    if (rxSide && it->second.dst != ep) return;
-    it->second.state = 2;
+    if (it == g_pkts.end() || (rxSide && it->second.dst != ep)) return;
+    g_pkts.erase(it);
     g_dropPid.push_back(pid);
     g_dropNs.push_back(Simulator::Now().GetNanoSeconds());
     g_dropReason.push_back(reason);
@@ -209,8 +208,8 @@ void Receive(int ep, Ptr<Socket> socket) {
         uint64_t pid;
         if (!FindPid(p, pid)) continue;
         auto it = g_pkts.find(pid);
-        if (it == g_pkts.end() || it->second.state != 0 || it->second.dst != ep) continue;
-        it->second.state = 1;
+        if (it == g_pkts.end() || it->second.dst != ep) continue;
+        g_pkts.erase(it);
         g_arrPid.push_back(pid);
         g_arrNs.push_back(Simulator::Now().GetNanoSeconds());
     }
@@ -229,7 +228,6 @@ void Reset(uint32_t seed) {
     Simulator::Destroy();
     g_eps.clear();
     g_pkts.clear();
-    g_keep.clear();
     g_arrPid.clear(); g_arrNs.clear();
     g_dropPid.clear(); g_dropNs.clear(); g_dropReason.clear();
     Ipv4AddressGenerator::Reset();
@@ -266,27 +264,33 @@ int AddEndpoint(Ptr<Node> node, Address to, bool ipv6) {
 }
 
 void DoSend(uint64_t pid, uint32_t size) {
-    Pkt& pkt = g_pkts[pid];
+    auto it = g_pkts.find(pid);
+    if (it == g_pkts.end()) return;
+    Ptr<Socket> socket = g_eps[it->second.src].socket;  // copied: a drop inside SendTo erases the entry
+    int src = it->second.src;
     Ptr<Packet> p = Create<Packet>(size);
     PidTag tag;
     tag.pid = pid;
     p->AddByteTag(tag);
-    if (g_eps[pkt.src].socket->SendTo(p, 0, g_eps[pkt.dst].to) < 0) {
-        Socket::SocketErrno err = g_eps[pkt.src].socket->GetErrno();
-        Drop(pid, pkt.src, err == Socket::ERROR_NOROUTETOHOST ? "no_route"
-                         : err == Socket::ERROR_MSGSIZE ? "message_too_long" : "socket_error", false);
+    if (socket->SendTo(p, 0, g_eps[it->second.dst].to) < 0) {
+        Socket::SocketErrno err = socket->GetErrno();
+        Drop(pid, src, err == Socket::ERROR_NOROUTETOHOST ? "no_route"
+                       : err == Socket::ERROR_MSGSIZE ? "message_too_long" : "socket_error", false);
     }
 }
 
 void Dispatch(uint64_t pid, uint32_t size) {
-    Simulator::ScheduleWithContext(g_eps[g_pkts[pid].src].node->GetId(), Seconds(0), &DoSend, pid, size);
+    auto it = g_pkts.find(pid);
+    if (it == g_pkts.end()) return;
+    Simulator::ScheduleWithContext(g_eps[it->second.src].node->GetId(), Seconds(0), &DoSend, pid, size);
 }
 
-// Returns false (with g_error) when the send is in the simulated past.
+// Returns false (with g_error) when the send is in the simulated past or its pid is still in flight.
 bool Send(uint64_t pid, int64_t atNs, int src, int dst, uint32_t size) {
     int64_t now = Simulator::Now().GetNanoSeconds();
-    if (atNs < now) { g_error = "send in the past"; return false; }
-    g_pkts[pid] = Pkt{src, dst, 0};
+    if (atNs < now) { g_error = "its time is in the worker's past"; return false; }
+    if (g_pkts.count(pid)) { g_error = "its pid is still in flight (pids are unique in a run)"; return false; }
+    g_pkts[pid] = Pkt{src, dst};
     Simulator::ScheduleWithContext(CTX_SEND, NanoSeconds(atNs - now), &Dispatch, pid, size);
     return true;
 }

@@ -107,7 +107,6 @@ class Worker:
         self.segments: dict[str, Segment] = {}
         self.endpoints: dict[tuple[str, str], int] = {}
         self.now_us = 0
-        self.pids: set[int] = set()
         self.initialised = False
 
     def reply(self, message: dict[str, Any]) -> None:
@@ -150,7 +149,6 @@ class Worker:
         self.segments = {s.id: s for s in segments}
         self.endpoints = {}
         self.now_us = 0
-        self.pids = set()
         for segment in segments:
             first = self.build(segment)
             for offset, node in enumerate(segment.nodes):
@@ -202,8 +200,8 @@ class Worker:
             checked.append((pid, time_us, src, dst, size))
         # Only now, all checked: a bad send leaves nothing half-scheduled (the worker stops at the error anyway).
         for pid, time_us, src, dst, size in checked:
-            cosimns.Send(pid, time_us * 1000, src, dst, size)
-        self.pids |= batch
+            if not cosimns.Send(pid, time_us * 1000, src, dst, size):
+                raise ProtocolError(f"run: send {pid}: {cosimns.g_error}")
         next_ns = int(cosimns.RunUntil(until * 1000))
         self.now_us = until
         # An event at t ns is reported at the first whole microsecond strictly after it (module docstring).
@@ -223,8 +221,6 @@ class Worker:
         pid, time_us, seg_id, src, dst, size = send
         if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < UINT64:
             raise ProtocolError(f"run: pid must be a non-negative integer, not {pid!r}")
-        if pid in self.pids:
-            raise ProtocolError(f"run: pid {pid} was sent before (pids are unique in a run)")
         if isinstance(time_us, bool) or not isinstance(time_us, int) or time_us < self.now_us:
             raise ProtocolError(f"run: send {pid}: time_us must be an integer >= the worker's time {self.now_us}, "
                                 f"not {time_us!r}")
