@@ -204,13 +204,19 @@ class Worker:
                 raise ProtocolError(f"run: send {pid}: {cosimns.g_error}")
         next_ns = int(cosimns.RunUntil(until * 1000))
         self.now_us = until
-        # An event at t ns is reported at the first whole microsecond strictly after it (module docstring).
-        arrivals = [[int(pid), int(ns) // 1000 + 1] for pid, ns in zip(cosimns.g_arrPid, cosimns.g_arrNs)]
-        drops = [[int(pid), int(ns) // 1000 + 1, str(reason)]
-                 for pid, ns, reason in zip(cosimns.g_dropPid, cosimns.g_dropNs, cosimns.g_dropReason)]
-        cosimns.ClearResults()
-        arrivals.sort(key=lambda a: (a[1], a[0]))
-        drops.sort(key=lambda d: (d[1], d[0]))
+        # An event at t ns is reported at the first whole microsecond strictly after it (module docstring). Most
+        # windows have nothing to report: the result vectors are only read (through cppyy, slowly) when they hold any.
+        arrivals: list[list[Any]] = []
+        drops: list[list[Any]] = []
+        if cosimns.g_arrPid.size():
+            arrivals = [[int(pid), int(ns) // 1000 + 1] for pid, ns in zip(cosimns.g_arrPid, cosimns.g_arrNs)]
+            arrivals.sort(key=lambda a: (a[1], a[0]))
+        if cosimns.g_dropPid.size():
+            drops = [[int(pid), int(ns) // 1000 + 1, str(reason)]
+                     for pid, ns, reason in zip(cosimns.g_dropPid, cosimns.g_dropNs, cosimns.g_dropReason)]
+            drops.sort(key=lambda d: (d[1], d[0]))
+        if arrivals or drops:
+            cosimns.ClearResults()
         self.reply({"op": "ran", "now_us": until, "arrivals": arrivals, "drops": drops,
                     "next_us": None if next_ns < 0 else next_ns // 1000})
 
