@@ -220,6 +220,14 @@ def test_next_us_names_the_next_event(worker: WorkerProcess) -> None:
         if reply["arrivals"]:
             arrived = reply["arrivals"][0][1]
     assert arrived is not None and 10 + 1000 + 100 < arrived <= 10 + 1000 + 120
+    # A run up to next_us with nothing to send changes nothing: a coordinator may skip it.
+    reply = worker.run(now + 10, [[2, now + 5, "wire", "b", "a", 100]])
+    assert reply["next_us"] is not None
+    quiet = worker.run(reply["next_us"])
+    assert quiet["arrivals"] == quiet["drops"] == [] and quiet["next_us"] == reply["next_us"]
+    while reply["next_us"] is not None:
+        now = reply["next_us"] + 1
+        reply = worker.run(now)
     assert steps <= 4  # only a handful of events: transmission end, reception, delivery
     assert worker.run(now + 1_000_000)["next_us"] is None  # idle: nothing scheduled
 
@@ -271,3 +279,33 @@ def test_an_invalid_send_gets_one_error_line(tmp_path: Path) -> None:
         {"op": "run", "until_us": 10, "sends": [[1, 5, "bus", "a", "zz", 10]]},
     ])
     assert message == "run: send 1: dst 'zz' is not a node of segment 'bus'" and code == 1
+
+
+def test_wifi_cell_adhoc_and_with_an_access_point(worker: WorkerProcess) -> None:
+    adhoc = {"id": "cell", "medium": "wifi", "nodes": ["ap", "s1", "s2", "s3"], "distance_m": 10, "mode": "adhoc"}
+    sends = periodic(["s1", "s2", "s3"], "ap", "cell", 10_000, 10, 200, 1, 3)
+    coarse = simulate(worker, [adhoc], sends, 120_000, 10_000)
+    assert simulate(worker, [adhoc], sends, 120_000, 1_000) == coarse
+    arrivals, drops = coarse
+    assert drops == [] and len(arrivals) == len(sends)
+    # 802.11a at 6 Mbit/s (the default constant rate): a 20 us preamble and header, then the MPDU (MAC header 24,
+    # LLC/SNAP 8, IPv4 20, UDP 8, payload, FCS 4) at 6 bits per microsecond.
+    sent = {s[0]: s[1] for s in sends}
+    assert all(at - sent[pid] >= 20 + (24 + 8 + 20 + 8 + 200 + 4) * 8 / 6 for pid, at in arrivals)
+    # With an access point, the stations associate first (beacons every 102.4 ms): before, their MAC drops.
+    infra = {**adhoc, "mode": "ap"}
+    late = [[2, 1_000_000, "cell", "s1", "ap", 50], [3, 1_000_000, "cell", "ap", "s2", 50]]
+    arrivals, drops = simulate(worker, [infra], [[1, 0, "cell", "s1", "ap", 50]] + late, 1_100_000, 100_000)
+    assert drops == [[1, 1, "not_associated"]]
+    assert sorted(pid for pid, _ in arrivals) == [2, 3]
+
+
+def test_a_radio_out_of_range_loses_its_packets_for_want_of_an_ack(worker: WorkerProcess) -> None:
+    segment = {"id": "radio", "medium": "lrwpan", "nodes": ["gw", "near", "far"], "propagation": "range",
+               "range_m": 50, "positions": {"gw": [0, 0, 0], "near": [30, 0, 0], "far": [0, 80, 0]}}
+    sends = [[1, 1_000, "radio", "near", "gw", 30], [2, 1_000, "radio", "far", "gw", 30]]
+    arrivals, drops = simulate(worker, [segment], sends, 200_000, 10_000)
+    assert [pid for pid, _ in arrivals] == [1]
+    assert [(pid, reason) for pid, _, reason in drops] == [(2, "no_ack")]
+    # the sender tried 1 + 3 times, each waiting for its acknowledgement: tens of milliseconds, not one frame time
+    assert drops[0][1] - 1_000 > 4 * 1_000

@@ -20,17 +20,31 @@ RATE_FACTOR = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
 
 # WiFi standards: ns-3's WifiStandard, its band, and the data modes a constant rate manager may use.
 OFDM = [f"OfdmRate{r}Mbps" for r in ("6", "9", "12", "18", "24", "36", "48", "54")]
+ERP = [f"Erp{m}" for m in OFDM]
+DSSS = ["DsssRate1Mbps", "DsssRate2Mbps", "DsssRate5_5Mbps", "DsssRate11Mbps"]
+HT = [f"HtMcs{i}" for i in range(8)]
+VHT = [f"VhtMcs{i}" for i in range(10)]
+HE = [f"HeMcs{i}" for i in range(12)]
 WIFI_STANDARDS: dict[str, tuple[str, str, list[str], str]] = {
-    # name: (ns-3 standard, band, constant-rate modes, default mode)
+    # name: (ns-3 standard, band, the modes a constant rate manager may use (its own and the older ones its PHY
+    # keeps), the lowest: what the default data_mode, OfdmRate6Mbps, means on a 2.4 GHz band)
     "802.11a": ("WIFI_STANDARD_80211a", "5GHz", OFDM, "OfdmRate6Mbps"),
-    "802.11b": ("WIFI_STANDARD_80211b", "2_4GHz", ["DsssRate1Mbps", "DsssRate2Mbps", "DsssRate5_5Mbps", "DsssRate11Mbps"],
-                "DsssRate1Mbps"),
-    "802.11g": ("WIFI_STANDARD_80211g", "2_4GHz", [f"Erp{m}" for m in OFDM], "ErpOfdmRate6Mbps"),
-    "802.11n-2.4GHz": ("WIFI_STANDARD_80211n", "2_4GHz", [f"HtMcs{i}" for i in range(8)], "HtMcs0"),
-    "802.11n-5GHz": ("WIFI_STANDARD_80211n", "5GHz", [f"HtMcs{i}" for i in range(8)], "HtMcs0"),
-    "802.11ac": ("WIFI_STANDARD_80211ac", "5GHz", [f"VhtMcs{i}" for i in range(10)], "VhtMcs0"),
-    "802.11ax-5GHz": ("WIFI_STANDARD_80211ax", "5GHz", [f"HeMcs{i}" for i in range(12)], "HeMcs0"),
+    "802.11b": ("WIFI_STANDARD_80211b", "2_4GHz", DSSS, "DsssRate1Mbps"),
+    "802.11g": ("WIFI_STANDARD_80211g", "2_4GHz", ERP + DSSS, "ErpOfdmRate6Mbps"),
+    "802.11n-2.4GHz": ("WIFI_STANDARD_80211n", "2_4GHz", HT + ERP + DSSS, "ErpOfdmRate6Mbps"),
+    "802.11n-5GHz": ("WIFI_STANDARD_80211n", "5GHz", HT + OFDM, "OfdmRate6Mbps"),
+    "802.11ac": ("WIFI_STANDARD_80211ac", "5GHz", VHT + HT + OFDM, "OfdmRate6Mbps"),
+    "802.11ax-5GHz": ("WIFI_STANDARD_80211ax", "5GHz", HE + VHT + HT + OFDM, "OfdmRate6Mbps"),
 }
+DEFAULT_DATA_MODE = "OfdmRate6Mbps"
+
+
+def control_mode(standard: str, data_mode: str) -> str:
+    """The rate of control frames (ACK, RTS/CTS): the data rate when it is a legacy one, else the band's lowest
+    OFDM rate (HT, VHT and HE stations acknowledge at non-HT rates)."""
+    if data_mode in OFDM or data_mode in ERP or data_mode in DSSS:
+        return data_mode
+    return "OfdmRate6Mbps" if WIFI_STANDARDS[standard][1] == "5GHz" else "ErpOfdmRate6Mbps"
 RATE_MANAGERS = ("constant", "ideal", "minstrel")
 WIFI_MODES = ("ap", "adhoc")
 
@@ -134,11 +148,14 @@ def parse_segment(index: int, raw: Any) -> Segment:
         _choice(where, "mode", settings["mode"], WIFI_MODES)
         modes = WIFI_STANDARDS[standard][2]
         if settings["rate_manager"] == "constant":
-            settings.setdefault("data_mode", WIFI_STANDARDS[standard][3])
-            _choice(where, f"data_mode (for {standard})", settings["data_mode"], modes)
-        elif "data_mode" in raw:
-            raise SegmentError(f"{where}: data_mode applies to rate_manager constant only, "
-                               f"not {settings['rate_manager']}")
+            # OfdmRateXMbps (the default is OfdmRate6Mbps) on 2.4 GHz: the same rate as the band has it (ERP-OFDM),
+            # or on 802.11b, which has no OFDM, its lowest rate.
+            mode = settings.get("data_mode", DEFAULT_DATA_MODE)
+            if mode in OFDM and mode not in modes:
+                mode = f"Erp{mode}" if f"Erp{mode}" in modes else WIFI_STANDARDS[standard][3]
+            settings["data_mode"] = _choice(where, f"data_mode (for {standard})", mode, modes)
+        else:
+            settings.pop("data_mode", None)  # filled in by default, it only applies to the constant manager
     return Segment(index, seg_id, medium, list(nodes), settings, positions)
 
 

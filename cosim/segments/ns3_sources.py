@@ -45,6 +45,7 @@ CORE = r"""
 #include "ns3/ipv6-address-helper.h"
 #include "ns3/traffic-control-helper.h"
 #include "ns3/traffic-control-layer.h"
+#include "ns3/neighbor-cache-helper.h"
 #include <map>
 #include <memory>
 #include <string>
@@ -116,15 +117,15 @@ struct Endpoint {
     Address to;  // the socket address a sender sends to, to reach this endpoint
 };
 
+// Packets in flight only: one leaves at its arrival or final drop, so memory follows the traffic in flight, and
+// anything later about it (its frame still heard, a late duplicate) is ignored.
 struct Pkt {
     int src;
     int dst;
-    int state;  // 0 in flight, 1 arrived, 2 dropped
 };
 
 std::vector<Endpoint> g_eps;
 std::unordered_map<uint64_t, Pkt> g_pkts;
-std::vector<std::shared_ptr<void>> g_keep;  // helpers whose destructors would dispose what they built
 std::vector<uint64_t> g_arrPid;
 std::vector<int64_t> g_arrNs;
 std::vector<uint64_t> g_dropPid;
@@ -147,9 +148,8 @@ bool FindPid(Ptr<const Packet> p, uint64_t& pid) {
 // medium hears every frame).
 void Drop(uint64_t pid, int ep, const std::string& reason, bool rxSide) {
     auto it = g_pkts.find(pid);
-    if (it == g_pkts.end() || it->second.state != 0) return;
-    if (rxSide && it->second.dst != ep) return;
-    it->second.state = 2;
+    if (it == g_pkts.end() || (rxSide && it->second.dst != ep)) return;
+    g_pkts.erase(it);
     g_dropPid.push_back(pid);
     g_dropNs.push_back(Simulator::Now().GetNanoSeconds());
     g_dropReason.push_back(reason);
@@ -208,8 +208,8 @@ void Receive(int ep, Ptr<Socket> socket) {
         uint64_t pid;
         if (!FindPid(p, pid)) continue;
         auto it = g_pkts.find(pid);
-        if (it == g_pkts.end() || it->second.state != 0 || it->second.dst != ep) continue;
-        it->second.state = 1;
+        if (it == g_pkts.end() || it->second.dst != ep) continue;
+        g_pkts.erase(it);
         g_arrPid.push_back(pid);
         g_arrNs.push_back(Simulator::Now().GetNanoSeconds());
     }
@@ -228,7 +228,6 @@ void Reset(uint32_t seed) {
     Simulator::Destroy();
     g_eps.clear();
     g_pkts.clear();
-    g_keep.clear();
     g_arrPid.clear(); g_arrNs.clear();
     g_dropPid.clear(); g_dropNs.clear(); g_dropReason.clear();
     Ipv4AddressGenerator::Reset();
@@ -265,27 +264,33 @@ int AddEndpoint(Ptr<Node> node, Address to, bool ipv6) {
 }
 
 void DoSend(uint64_t pid, uint32_t size) {
-    Pkt& pkt = g_pkts[pid];
+    auto it = g_pkts.find(pid);
+    if (it == g_pkts.end()) return;
+    Ptr<Socket> socket = g_eps[it->second.src].socket;  // copied: a drop inside SendTo erases the entry
+    int src = it->second.src;
     Ptr<Packet> p = Create<Packet>(size);
     PidTag tag;
     tag.pid = pid;
     p->AddByteTag(tag);
-    if (g_eps[pkt.src].socket->SendTo(p, 0, g_eps[pkt.dst].to) < 0) {
-        Socket::SocketErrno err = g_eps[pkt.src].socket->GetErrno();
-        Drop(pid, pkt.src, err == Socket::ERROR_NOROUTETOHOST ? "no_route"
-                         : err == Socket::ERROR_MSGSIZE ? "message_too_long" : "socket_error", false);
+    if (socket->SendTo(p, 0, g_eps[it->second.dst].to) < 0) {
+        Socket::SocketErrno err = socket->GetErrno();
+        Drop(pid, src, err == Socket::ERROR_NOROUTETOHOST ? "no_route"
+                       : err == Socket::ERROR_MSGSIZE ? "message_too_long" : "socket_error", false);
     }
 }
 
 void Dispatch(uint64_t pid, uint32_t size) {
-    Simulator::ScheduleWithContext(g_eps[g_pkts[pid].src].node->GetId(), Seconds(0), &DoSend, pid, size);
+    auto it = g_pkts.find(pid);
+    if (it == g_pkts.end()) return;
+    Simulator::ScheduleWithContext(g_eps[it->second.src].node->GetId(), Seconds(0), &DoSend, pid, size);
 }
 
-// Returns false (with g_error) when the send is in the simulated past.
+// Returns false (with g_error) when the send is in the simulated past or its pid is still in flight.
 bool Send(uint64_t pid, int64_t atNs, int src, int dst, uint32_t size) {
     int64_t now = Simulator::Now().GetNanoSeconds();
-    if (atNs < now) { g_error = "send in the past"; return false; }
-    g_pkts[pid] = Pkt{src, dst, 0};
+    if (atNs < now) { g_error = "its time is in the worker's past"; return false; }
+    if (g_pkts.count(pid)) { g_error = "its pid is still in flight (pids are unique in a run)"; return false; }
+    g_pkts[pid] = Pkt{src, dst};
     Simulator::ScheduleWithContext(CTX_SEND, NanoSeconds(atNs - now), &Dispatch, pid, size);
     return true;
 }
@@ -318,18 +323,9 @@ void RemoveQueueDiscs(NetDeviceContainer devs) {
     }
 }
 
-}  // namespace cosimns
-"""
-
-# Shared by the wired media: IPv4 over the devices, their own queue (no queue disc), static ARP entries, drop traces.
-WIRED = r"""
-#include "ns3/neighbor-cache-helper.h"
-#include "ns3/data-rate.h"
-#include "ns3/queue-size.h"
-#include "ns3/nstime.h"
-
-namespace cosimns {
-int WireUp(NodeContainer nodes, NetDeviceContainer devs, uint32_t segment, const char* txDropReason) {
+// IPv4 on the segment's devices (10.<segment>.0.0/16), the device's own queue, static ARP entries (no address
+// resolution before the first packet), one endpoint per node. Returns the first endpoint.
+int Ipv4Up(NodeContainer nodes, NetDeviceContainer devs, uint32_t segment) {
     InternetStackHelper internet;
     internet.SetIpv6StackInstall(false);
     internet.Install(nodes);
@@ -342,7 +338,25 @@ int WireUp(NodeContainer nodes, NetDeviceContainer devs, uint32_t segment, const
     neighbours.PopulateNeighborCache(devs);
     int first = (int)g_eps.size();
     for (uint32_t i = 0; i < nodes.GetN(); ++i) {
-        int ep = AddEndpoint(nodes.Get(i), InetSocketAddress(ifs.GetAddress(i), PORT), false);
+        AddEndpoint(nodes.Get(i), InetSocketAddress(ifs.GetAddress(i), PORT), false);
+    }
+    return first;
+}
+
+}  // namespace cosimns
+"""
+
+# The wired media: their devices' drop traces on top of the IPv4 set-up (Ipv4Up, in CORE).
+WIRED = r"""
+#include "ns3/data-rate.h"
+#include "ns3/queue-size.h"
+#include "ns3/nstime.h"
+
+namespace cosimns {
+int WireUp(NodeContainer nodes, NetDeviceContainer devs, uint32_t segment, const char* txDropReason) {
+    int first = Ipv4Up(nodes, devs, segment);
+    for (uint32_t i = 0; i < nodes.GetN(); ++i) {
+        int ep = first + (int)i;
         Ptr<NetDevice> dev = devs.Get(i);
         dev->TraceConnectWithoutContext("MacTxDrop", MakeBoundCallback(&TxDropTrace, ep, std::string("queue_full")));
         dev->TraceConnectWithoutContext("PhyTxDrop", MakeBoundCallback(&TxDropTrace, ep, std::string(txDropReason)));
@@ -552,6 +566,98 @@ int BuildLrWpan(uint32_t segment, std::vector<double> xyz, std::string loss, dou
         mac->TraceConnectWithoutContext("MacTxDequeue", MakeBoundCallback(&LrDequeue, ep));
         mac->TraceConnectWithoutContext("MacTxDrop", MakeBoundCallback(&LrTxDrop, ep));
         six.Get(i)->TraceConnectWithoutContext("Drop", MakeBoundCallback(&SixDrop, ep));
+    }
+    return first;
+}
+}  // namespace cosimns
+"""
+
+WIFI = r"""
+#include "ns3/wifi-helper.h"
+#include "ns3/yans-wifi-helper.h"
+#include "ns3/yans-wifi-channel.h"
+#include "ns3/wifi-mac-helper.h"
+#include "ns3/wifi-net-device.h"
+#include "ns3/wifi-mac.h"
+#include "ns3/wifi-mpdu.h"
+#include "ns3/wifi-standards.h"
+#include "ns3/ssid.h"
+
+namespace cosimns {
+void WifiMpduDrop(int ep, WifiMacDropReason r, Ptr<const WifiMpdu> mpdu) {
+    std::string reason;
+    switch (r) {
+        case WIFI_MAC_DROP_FAILED_ENQUEUE: reason = "queue_full"; break;
+        case WIFI_MAC_DROP_EXPIRED_LIFETIME: reason = "expired_lifetime"; break;
+        case WIFI_MAC_DROP_REACHED_RETRY_LIMIT: reason = "retry_limit"; break;
+        default: reason = "qos_old_packet"; break;
+    }
+    DropPacket(mpdu->GetPacket(), ep, reason, false);
+}
+
+WifiStandard StandardNamed(const std::string& name) {
+    if (name == "WIFI_STANDARD_80211a") return WIFI_STANDARD_80211a;
+    if (name == "WIFI_STANDARD_80211b") return WIFI_STANDARD_80211b;
+    if (name == "WIFI_STANDARD_80211g") return WIFI_STANDARD_80211g;
+    if (name == "WIFI_STANDARD_80211n") return WIFI_STANDARD_80211n;
+    if (name == "WIFI_STANDARD_80211ac") return WIFI_STANDARD_80211ac;
+    return WIFI_STANDARD_80211ax;
+}
+
+int BuildWifi(uint32_t segment, std::vector<double> xyz, std::string loss, double rangeM, double txPowerDbm,
+              std::string standard, std::string band, std::string manager, std::string dataMode,
+              std::string controlMode, bool infrastructure) {
+    uint32_t n = (uint32_t)(xyz.size() / 3);
+    NodeContainer nodes;
+    nodes.Create(n);
+    for (uint32_t i = 0; i < n; ++i) Place(nodes.Get(i), xyz[3 * i], xyz[3 * i + 1], xyz[3 * i + 2]);
+    bool fiveGhz = band == "5GHz";
+    Ptr<YansWifiChannel> channel = CreateObject<YansWifiChannel>();
+    channel->SetPropagationLossModel(MakeLoss(loss, fiveGhz ? 5.18e9 : 2.412e9, rangeM));
+    channel->SetPropagationDelayModel(CreateObject<ConstantSpeedPropagationDelayModel>());
+    YansWifiPhyHelper phy;
+    phy.SetChannel(channel);
+    phy.Set("TxPowerStart", DoubleValue(txPowerDbm));
+    phy.Set("TxPowerEnd", DoubleValue(txPowerDbm));
+    WifiStandard wifiStandard = StandardNamed(standard);
+    if (wifiStandard == WIFI_STANDARD_80211n) {
+        phy.Set("ChannelSettings", StringValue(fiveGhz ? "{0, 20, BAND_5GHZ, 0}" : "{0, 20, BAND_2_4GHZ, 0}"));
+    }
+    WifiHelper wifi;
+    wifi.SetStandard(wifiStandard);
+    if (manager == "constant") {
+        wifi.SetRemoteStationManager("ns3::ConstantRateWifiManager", "DataMode", StringValue(dataMode),
+                                     "ControlMode", StringValue(controlMode));
+    } else if (manager == "ideal") {
+        wifi.SetRemoteStationManager("ns3::IdealWifiManager");
+    } else if (wifiStandard == WIFI_STANDARD_80211a || wifiStandard == WIFI_STANDARD_80211b ||
+               wifiStandard == WIFI_STANDARD_80211g) {
+        wifi.SetRemoteStationManager("ns3::MinstrelWifiManager");
+    } else {
+        wifi.SetRemoteStationManager("ns3::MinstrelHtWifiManager");
+    }
+    WifiMacHelper mac;
+    NetDeviceContainer devs;
+    if (infrastructure) {
+        // The first node is the access point; the stations associate through its beacons (no active probing).
+        Ssid ssid("cosim-" + std::to_string(segment));
+        mac.SetType("ns3::ApWifiMac", "Ssid", SsidValue(ssid));
+        devs.Add(wifi.Install(phy, mac, nodes.Get(0)));
+        mac.SetType("ns3::StaWifiMac", "Ssid", SsidValue(ssid), "ActiveProbing", BooleanValue(false));
+        for (uint32_t i = 1; i < n; ++i) devs.Add(wifi.Install(phy, mac, nodes.Get(i)));
+    } else {
+        mac.SetType("ns3::AdhocWifiMac");
+        devs = wifi.Install(phy, mac, nodes);
+    }
+    g_stream += wifi.AssignStreams(devs, g_stream);
+    int first = Ipv4Up(nodes, devs, segment);
+    for (uint32_t i = 0; i < n; ++i) {
+        int ep = first + (int)i;
+        Ptr<WifiMac> wifiMac = DynamicCast<WifiNetDevice>(devs.Get(i))->GetMac();
+        wifiMac->TraceConnectWithoutContext("DroppedMpdu", MakeBoundCallback(&WifiMpduDrop, ep));
+        // Before association, a station's MAC drops what it is given (an access point, what is meant for a
+        // station that is not associated).
+        wifiMac->TraceConnectWithoutContext("MacTxDrop", MakeBoundCallback(&TxDropTrace, ep, std::string("not_associated")));
     }
     return first;
 }

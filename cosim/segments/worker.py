@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from cosim.segments import ns3_sources
-from cosim.segments.media import BASE_LIBRARIES, MEDIUM_LIBRARIES, WIFI_STANDARDS, Segment, SegmentError, parse_segments
+from cosim.segments.media import (
+    BASE_LIBRARIES,
+    MEDIUM_LIBRARIES,
+    WIFI_STANDARDS,
+    Segment,
+    SegmentError,
+    control_mode,
+    parse_segments,
+)
 
 NS3_VERSION = "3.44"
 UINT64 = 2**64
@@ -99,7 +107,6 @@ class Worker:
         self.segments: dict[str, Segment] = {}
         self.endpoints: dict[tuple[str, str], int] = {}
         self.now_us = 0
-        self.pids: set[int] = set()
         self.initialised = False
 
     def reply(self, message: dict[str, Any]) -> None:
@@ -142,7 +149,6 @@ class Worker:
         self.segments = {s.id: s for s in segments}
         self.endpoints = {}
         self.now_us = 0
-        self.pids = set()
         for segment in segments:
             first = self.build(segment)
             for offset, node in enumerate(segment.nodes):
@@ -166,9 +172,10 @@ class Worker:
             return int(cosimns.BuildLrWpan(segment.index, xyz, s["propagation"], float(s["range_m"]),
                                            float(s["tx_power_dbm"])))
         standard, band, _, _ = WIFI_STANDARDS[s["standard"]]
+        data_mode = s.get("data_mode", "")
         return int(cosimns.BuildWifi(segment.index, xyz, s["propagation"], float(s["range_m"]),
-                                     float(s["tx_power_dbm"]), standard, band, s["rate_manager"],
-                                     s.get("data_mode", ""), s["mode"] == "ap"))
+                                     float(s["tx_power_dbm"]), standard, band, s["rate_manager"], data_mode,
+                                     control_mode(s["standard"], data_mode) if data_mode else "", s["mode"] == "ap"))
 
     def run(self, request: dict[str, Any]) -> None:
         assert self.ns3 is not None
@@ -179,34 +186,47 @@ class Worker:
         if not isinstance(sends, list):
             raise ProtocolError(f"run: sends must be a list, not {str(sends)[:80]}")
         cosimns = self.ns3.cppyy.gbl.cosimns
-        checked = [self.check_send(send, until) for send in sends]
+        checked: list[tuple[int, int, int, int, int]] = []
+        batch: set[int] = set()
         previous = (-1, -1)
-        for pid, time_us, *_ in checked:
+        for send in sends:
+            pid, time_us, src, dst, size = self.check_send(send)
+            if pid in batch:
+                raise ProtocolError(f"run: pid {pid} is sent twice (pids are unique in a run)")
             if (time_us, pid) < previous:
                 raise ProtocolError(f"run: sends must be sorted by (time_us, pid); pid {pid} comes too late")
             previous = (time_us, pid)
+            batch.add(pid)
+            checked.append((pid, time_us, src, dst, size))
+        # Only now, all checked: a bad send leaves nothing half-scheduled (the worker stops at the error anyway).
         for pid, time_us, src, dst, size in checked:
-            self.pids.add(pid)
-            cosimns.Send(pid, time_us * 1000, src, dst, size)
+            if not cosimns.Send(pid, time_us * 1000, src, dst, size):
+                raise ProtocolError(f"run: send {pid}: {cosimns.g_error}")
         next_ns = int(cosimns.RunUntil(until * 1000))
         self.now_us = until
-        arrivals = sorted([int(pid), int(ns) // 1000 + 1] for pid, ns in zip(cosimns.g_arrPid, cosimns.g_arrNs))
-        drops = sorted([int(pid), int(ns) // 1000 + 1, str(reason)]
-                       for pid, ns, reason in zip(cosimns.g_dropPid, cosimns.g_dropNs, cosimns.g_dropReason))
-        cosimns.ClearResults()
-        arrivals.sort(key=lambda a: (a[1], a[0]))
-        drops.sort(key=lambda d: (d[1], d[0]))
+        # An event at t ns is reported at the first whole microsecond strictly after it (module docstring). Most
+        # windows have nothing to report: the result vectors are only read (through cppyy, slowly) when they hold any.
+        arrivals: list[list[Any]] = []
+        drops: list[list[Any]] = []
+        if cosimns.g_arrPid.size():
+            arrivals = [[int(pid), int(ns) // 1000 + 1] for pid, ns in zip(cosimns.g_arrPid, cosimns.g_arrNs)]
+            arrivals.sort(key=lambda a: (a[1], a[0]))
+        if cosimns.g_dropPid.size():
+            drops = [[int(pid), int(ns) // 1000 + 1, str(reason)]
+                     for pid, ns, reason in zip(cosimns.g_dropPid, cosimns.g_dropNs, cosimns.g_dropReason)]
+            drops.sort(key=lambda d: (d[1], d[0]))
+        if arrivals or drops:
+            cosimns.ClearResults()
         self.reply({"op": "ran", "now_us": until, "arrivals": arrivals, "drops": drops,
                     "next_us": None if next_ns < 0 else next_ns // 1000})
 
-    def check_send(self, send: Any, until: int) -> tuple[int, int, int, int, int]:
+    def check_send(self, send: Any) -> tuple[int, int, int, int, int]:
+        """One send checked against the segments: (pid, time_us, source endpoint, destination endpoint, size)."""
         if not isinstance(send, list) or len(send) != 6:
             raise ProtocolError(f"run: a send is [pid, time_us, segment, src, dst, size_bytes], not {str(send)[:80]}")
         pid, time_us, seg_id, src, dst, size = send
         if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < UINT64:
             raise ProtocolError(f"run: pid must be a non-negative integer, not {pid!r}")
-        if pid in self.pids:
-            raise ProtocolError(f"run: pid {pid} was sent before (pids are unique in a run)")
         if isinstance(time_us, bool) or not isinstance(time_us, int) or time_us < self.now_us:
             raise ProtocolError(f"run: send {pid}: time_us must be an integer >= the worker's time {self.now_us}, "
                                 f"not {time_us!r}")
@@ -225,6 +245,9 @@ class Worker:
 
 
 def main() -> int:
+    # The coordinator owns the worker's lifetime: a Ctrl-C reaching the whole process group is its to handle (it
+    # sends shutdown, or closes the pipe: end of input ends the worker with 0).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The protocol owns the real stdout; anything else that writes to fd 1 (ns-3, cling) goes to stderr instead.
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
