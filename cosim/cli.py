@@ -344,9 +344,11 @@ def sweep(scenario: str | None, *, out_dir: str | None = None, out: TextIO = sys
 
 
 def lock(*, upgrade: bool = False, out: TextIO = sys.stdout) -> None:
-    from cosim.environment import update_lock
+    from cosim.environment import SEPARATE_EXTRAS, update_lock, update_separate_lock
 
     out.write(f"{update_lock(upgrade=upgrade)}\n")
+    for extra in SEPARATE_EXTRAS:
+        out.write(f"{update_separate_lock(extra, upgrade=upgrade)}\n")
 
 
 def report(trace: str, out: TextIO | None = sys.stdout) -> Path:

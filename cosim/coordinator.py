@@ -38,6 +38,7 @@ from cosim.core.contracts import NEVER, Inputs
 from cosim.core.deliveries import Deliveries
 from cosim.core.lookahead import Lookahead
 from cosim.core.results import SimulationResult, StepTimings
+from cosim.core.segments import Segments
 from cosim.core.slots import NodeSlot, Outputs, Slots
 from cosim.errors import (
     CheckpointError,
@@ -46,12 +47,14 @@ from cosim.errors import (
     Interrupted,
     NodeFailure,
     OutputWriteError,
+    SegmentWorkerFailed,
     UnsupportedAction,
 )
 from cosim.model import ContainerSpec, Scenario
 from cosim.network import Router
 from cosim.nodes import SimNode
 from cosim.seeds import node_seed
+from cosim.segments import SegmentWorker
 from cosim.trace import TraceWriter, header_environment
 
 __all__ = ["NEVER", "Checkpoints", "Coordinator", "ProcessControl", "SimulationResult", "StepTimings", "WakeupSource"]
@@ -78,6 +81,7 @@ class Coordinator:
         wakeup_sources: Iterable[WakeupSource] = (),
         checkpoints: Checkpoints | None = None,
         lookahead: bool = True,
+        segment_worker: SegmentWorker | None = None,
     ) -> None:
         self.scenario = scenario
         self.trace = trace
@@ -95,6 +99,11 @@ class Coordinator:
         # The parts (cosim.core), one job each.
         self.slots = Slots(nodes, [spec.id for spec in scenario.nodes if spec.id not in nodes])
         self.deliveries = Deliveries(Router(scenario), self.slots, trace)
+        self.segments: Segments | None = None  # the ns-3 segments (cosim.core.segments), when the scenario has some
+        if segment_worker is not None:
+            self.segments = Segments(scenario, segment_worker, self.slots, trace, self.deliveries.dropped)
+            self.deliveries.segment_pairs, self.deliveries.segment_send = self.segments.pairs, self.segments.send
+            wakeup_sources = [*wakeup_sources, self.segments.wakeup]
         self.barriers = BarrierGroups(self.slots)
         self.policy: AdvancePolicy
         if scenario.advance == "next-event":
@@ -129,6 +138,9 @@ class Coordinator:
             self.timings.loop_s = time.monotonic() - loop_started
             self.timings.loop_cpu_s = time.process_time() - loop_cpu_started
             self._shutdown_nodes()
+        except SegmentWorkerFailed as failed:
+            self.trace.error(self.now_us, None, "segment_worker_failed", str(failed))
+            raise
         except UnsupportedAction as refused:
             self.trace.error(0, refused.node, "unsupported_action", str(refused))
             raise
@@ -161,7 +173,8 @@ class Coordinator:
         finally:
             self.trace.flush()
         steps = self.now_us // self._quantum_us if self.stopped else self.scenario.steps
-        self.trace.footer(self.now_us, steps, in_flight=len(self.deliveries.pending), executed={
+        in_flight = len(self.deliveries.pending) + (len(self.segments.in_flight) if self.segments else 0)
+        self.trace.footer(self.now_us, steps, in_flight=in_flight, executed={
             "steps": self.timings.steps, "advances": self.timings.advances, "skipped": self.timings.skipped},
             status="stopped" if self.stopped else "ok")
         self.trace.flush()
@@ -201,6 +214,8 @@ class Coordinator:
         if self.actions:
             self.actions.apply(start_us)  # 1. schedule
         inputs = self.deliveries.due(target_us)  # 2. deliveries due
+        if self.segments is not None:
+            self.segments.deliver(start_us, inputs)  # (and those ns-3 computed up to the window's start)
         active, order = self._choose(target_us, inputs)  # 3. choose
         self._advance(target_us, order, inputs)  # 4. advance
         outputs = self._collect(target_us, active)  # 5. collect
@@ -263,6 +278,8 @@ class Coordinator:
                 config = spec.config if isinstance(spec, ContainerSpec) else {}
             slot.config = dict(config)
             slot.node.init(node_seed(self.scenario.seed, slot.id), config, self.endpoints)
+        if self.segments is not None:  # (not hashed: the worker's ns-3 version and modules)
+            self.environment["segment_worker"] = self.segments.start()
         self.barriers.form()
         self.policy.start()
         self.lookahead.choose(self.scenario, self.lookahead_enabled and not self.scenario.schedule

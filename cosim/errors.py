@@ -3,9 +3,9 @@ running cosim, not a stack trace.
 
 - the scenario file:            ScenarioError
 - a node (a service or infrastructure container): NodeError and its kinds (start, failure, image, an action of
-  the schedule it does not support)
- - the engine (Docker, images):  EngineUnavailable, EngineLost, ImageBuildError, DockerCommandFailed, ComposeUpFailed
-   (BringUpTimeout)
+  the schedule it does not support); the ns-3 segment worker: SegmentWorkerFailed
+- the engine (Docker, images):  EngineUnavailable, EngineLost, ImageBuildError, DockerCommandFailed, ComposeUpFailed
+  (BringUpTimeout)
 - a Swarm and its nodes:        SwarmError, SwarmNodeUnreachable, ClusterError (the local test cluster)
 - the command line / the user:  OptionError, UsageError (SweepError), Interrupted, ToolError; SweepRunsFailed
 - trace and checkpoint files:   TraceReadError, TraceWriteError, CheckpointError, TracesDiffer, NotDeterministic
@@ -252,6 +252,24 @@ class InfrastructureExited(NodeFailure):
         self.in_flight = symptom.in_flight
         self.process_exit_code = infrastructure[0][1]
         self.log_tail = symptom.log_tail
+
+
+class SegmentWorkerFailed(CosimError):
+    """The ns-3 segment worker (cosim.segments) died, hung, broke its protocol or reported an error mid-run. The run
+    ends as on a node failure: an error record in the trace, the trace so far kept, everything stopped."""
+
+    exit_code = 4
+
+    def __init__(self, problem: str, *, exit_code: int | None = None, last_stderr: str = "") -> None:
+        self.problem = problem
+        self.process_exit_code = exit_code
+        self.last_stderr = last_stderr
+        text = f"the ns-3 segment worker {problem}"
+        if exit_code is not None:
+            text += f" ({describe_exit(exit_code)})"
+        if last_stderr:
+            text += f"; its last stderr line: {last_stderr}"
+        super().__init__(text)
 
 
 # -- the command line and the person running it ---------------------------------------------------------------

@@ -309,6 +309,57 @@ def _schedule_section(trace: Trace) -> str:
             + f"<p>Dropped by reason: {_e(drops)}. Filtered by a route's <code>during</code> windows: {filtered}.</p>")
 
 
+@dataclass(frozen=True)
+class SenderStats:
+    """One sender on one ns-3 segment: ns-3's latencies (arrival - emission) and its losses by reason."""
+
+    segment: str
+    source: str
+    latencies_us: tuple[int, ...]  # sorted
+    drops: Mapping[str, int]  # reason -> count
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.drops.values())
+
+    @property
+    def loss(self) -> float | None:
+        settled = len(self.latencies_us) + self.dropped
+        return self.dropped / settled if settled else None
+
+
+def segment_stats(trace: Trace) -> list[SenderStats]:
+    """Per (segment, sender): the contention a medium shows, from the records of events that travelled on it."""
+    latencies: dict[tuple[str, str], list[int]] = defaultdict(list)
+    drops: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for record in trace.records:
+        if isinstance(record, Delivered) and record.segment is not None:
+            latencies[(record.segment, record.source)].append(record.network_latency_us)
+        elif isinstance(record, Dropped) and record.segment is not None:
+            drops[(record.segment, record.source)][record.reason] += 1
+    return [SenderStats(segment, source, tuple(sorted(latencies[(segment, source)])), dict(drops[(segment, source)]))
+            for segment, source in sorted(set(latencies) | set(drops))]
+
+
+def _segments_section(trace: Trace) -> str:
+    """Latency and loss per sender on each ns-3 segment (empty without segments)."""
+    senders = segment_stats(trace)
+    if not senders:
+        return ""
+    curves = [(f"{sender.source} ({sender.segment})", sender.latencies_us) for sender in senders]
+    rows = [(sender.segment, sender.source, len(sender.latencies_us),
+             *(f"{percentile(sender.latencies_us, q) / 1e3:.3f}" if sender.latencies_us else "" for q in (50, 95)),
+             f"{sender.latencies_us[-1] / 1e3:.3f}" if sender.latencies_us else "", sender.dropped,
+             f"{sender.loss:.2%}" if sender.loss is not None else "",
+             ", ".join(f"{n} {reason}" for reason, n in sorted(sender.drops.items()))) for sender in senders]
+    chart = (f"<figure>{latency_chart(curves, 'ns-3 latency per sender (CDF)')}</figure>"
+             if any(values for _, values in curves) else "")
+    return ("<h2>Network segments (ns-3)</h2><p class=note>Latency on the segment as ns-3 computed it (arrival - "
+            "emission; each event is delivered one quantum after its arrival), and the losses with ns-3's reasons.</p>"
+            + chart + html_table(("segment", "sender", "delivered", "p50 ms", "p95 ms", "max ms", "dropped", "loss",
+                                  "drop reasons"), rows, numeric=range(2, 8)))
+
+
 def _metrics_section(metrics: Mapping[str, Any] | None) -> str:
     if metrics is None:
         return "<p class=note>No metrics file beside the trace.</p>"
@@ -376,6 +427,8 @@ def render(trace: Trace, metrics: Mapping[str, Any] | None, scenario: Scenario |
     added = _plugin_parts(trace, scenario)
     for addition in added:
         parts.extend(addition.latency)
+
+    parts.append(_segments_section(trace))
 
     parts.append("<h2>Drops and losses per link</h2>")
     if links:

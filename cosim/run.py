@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cosim import __version__, compose, options, protocol, runtimes
+from cosim import __version__, compose, options, protocol, runtimes, segments
 from cosim import checkpoint as checkpointing
 from cosim import metrics as run_metrics
 from cosim import trace as tracing
@@ -158,7 +158,10 @@ def run(
     scenario = load(scenario_path)
     if advance is not None:  # `--advance` overrides the scenario's mode (and so the trace header's)
         scenario = dataclasses.replace(scenario, advance=advance)
+    segments.check_available(scenario)
     times = checkpointing.parse_times("--checkpoint-at", checkpoint_at, scenario)
+    if times and scenario.segments:
+        raise UsageError(segments.NO_CHECKPOINTS.format(option="--checkpoint-at", name=scenario.name))
     if stop_after_checkpoint and not times:
         raise UsageError("--stop-after-checkpoint needs --checkpoint-at T")
     manifest = tracing.scenario_manifest(scenario, compose.sha256(scenario))
@@ -188,6 +191,8 @@ def resume(
     # The checkpointed run's advance mode (a `--advance` override included): its state is that mode's.
     scenario = dataclasses.replace(load(scenario_path if scenario_path is not None else checkpointing.scenario_file(content)),
                                    advance=content["advance"])
+    if scenario.segments:  # (a checkpoint is never written with segments; a fork may add some)
+        raise UsageError(segments.NO_CHECKPOINTS.format(option="resume" if not fork else "a fork", name=scenario.name))
     checkpointing.check_scenario(Path(checkpoint_path), content, scenario, fork=fork)
     manifest = dict(content["manifest"])
     changes: dict[str, dict[str, Any]] = {}
@@ -232,6 +237,8 @@ def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchd
         writer.close()
         raise
     backend = runtimes.create(runtime, scenario, log_dir)
+    # The ns-3 worker: started (and told its segments) before the runtime, so ns-3 loads while the services start.
+    worker = segments.SegmentWorker(scenario, log_dir / "ns3-segments.log", watchdog_s) if scenario.segments else None
     nodes: dict[str, SimNode] = {}
     result: SimulationResult | None = None
     coordinator: Coordinator | None = None
@@ -239,12 +246,14 @@ def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchd
     try:
         with interrupts_once() as interrupts:
             try:
+                if worker is not None:
+                    worker.start()
                 backend.start()
                 nodes = build_nodes(scenario, backend, watchdog_s)
                 coordinator = Coordinator(scenario, nodes, writer, endpoints=backend.endpoints(),
                                           environment=backend.manifest(), progress=progress,
                                           exited_infrastructure=backend.exited_infrastructure, processes=backend,
-                                          checkpoints=checkpoints, lookahead=lookahead)
+                                          checkpoints=checkpoints, lookahead=lookahead, segment_worker=worker)
                 result = coordinator.run()
             except KeyboardInterrupt:
                 # The coordinator turns an interrupt during the run into Interrupted; this is one while starting.
@@ -262,6 +271,8 @@ def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchd
                     try:
                         backend.stop()
                     finally:
+                        if worker is not None:
+                            worker.close(graceful=result is not None)
                         for node in nodes.values():
                             node.close()
                         writer.close()

@@ -20,6 +20,8 @@
 7. Fixed costs around the step loop (cosim.bench.costs): the default scenario's whole `cosim up` on Docker against
    its step loop plus compose up and down of the same file; 100 containers' bring-up and teardown against compose
    up and down of the same file. `--rows up,containers-100` runs these alone.
+8. Network segments (with ns-3 installed): a sparse run through an ns-3 segment against plain links, and the ns-3
+   worker's start-up (cosim.bench.segments).
 
 Repeated runs: on a small shared machine a run's speed depends on where the kernel places its processes and on
 what else the host runs, and that noise mostly slows a run down. So a measurement of one thing (the throughput
@@ -69,6 +71,7 @@ from cosim.bench.measurements import (
     throughput_rate,
 )
 from cosim.bench.result import DEFAULT_RUNS, REPEATS, SPARSE_S, TARGETS, BenchResult
+from cosim.bench.segments import segment_rows
 from cosim.bench.stats import in_turn
 from cosim.bench.sweeps import sweep_rows
 from cosim.bench.table import print_table
@@ -142,6 +145,7 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
             up_rows(result, directory, say)  # fixed costs: the whole `up` against compose up/down; 100 containers
             many_rows(result, directory, say)
         sweep_rows(result, directory, say, docker=docker)  # sweeps: --jobs 4 and --fork-at against sequential runs
+        segment_rows(result, directory, say, sparse_s=sparse_s)  # ns-3 segments vs plain links; worker start-up
     result.ratios["local_vs_pipe_floor"] = result.per_node_step_us["local"] / result.floors_us["pipe"]
     if docker:
         result.ratios["docker_vs_container_floor"] = result.per_node_step_us["docker"] / result.floors_us["container"]

@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cosim.bench.costs import TARGETS as COST_TARGETS
+from cosim.bench.segments import TARGETS as SEGMENT_TARGETS
 from cosim.bench.sweeps import TARGETS as SWEEP_TARGETS
 
 TARGETS = {"local_vs_pipe_floor": 1.5, "docker_vs_container_floor": 1.2, "scaling_8_vs_1": 3.0,
            # next-event advance: sparse wall time against fixed steps (lower is better), idle and dense ratios
            "sparse_local_next_vs_fixed": 1 / 50, "sparse_docker_next_vs_fixed": 1 / 50,
            "idle_16_vs_1": 1.5, "dense_local_next_vs_fixed": 1.05, "dense_docker_next_vs_fixed": 1.05,
-           **SWEEP_TARGETS, **COST_TARGETS}
+           **SWEEP_TARGETS, **COST_TARGETS, **SEGMENT_TARGETS}
 SPARSE_S = 600  # virtual seconds of the sparse workload
 SPARSE_LOOP_TARGET_S = 0.15  # its next-event step loop, local runtime (mosaik 3.6: 0.17 s for the same shape)
 DEFAULT_RTF_TARGET = 15.0  # the default scenario on Docker, next-event

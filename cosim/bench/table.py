@@ -76,6 +76,8 @@ def print_table(result: BenchResult, out: TextIO) -> None:
         rtf = result.default_rtf["docker_next-event"]
         verdicts.append(f"default scenario on Docker: {'met' if rtf >= DEFAULT_RTF_TARGET else 'NOT met'} "
                         f"(speed-up of the step loop {rtf:.1f}x real time vs >= {DEFAULT_RTF_TARGET:g}x)")
+    if "segment_worker_start_s" in result.settings:
+        verdicts.append(f"ns-3 segment worker start-up: {result.settings['segment_worker_start_s']:.2f} s (no target)")
     out.write("targets: " + "; ".join(verdicts) + "\n")
 
 
