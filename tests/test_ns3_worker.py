@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,11 +30,12 @@ def require_ns3() -> None:
 class WorkerProcess:
     """`python -m cosim.segments.worker` and its JSON lines."""
 
-    def __init__(self, stderr: Path) -> None:
+    def __init__(self, stderr: Path, env: dict[str, str] | None = None) -> None:
         self.stderr_path = stderr
         self.stderr = stderr.open("w")
         self.process = subprocess.Popen([sys.executable, "-m", "cosim.segments.worker"], cwd=ROOT, text=True,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
+                                        env={**os.environ, **(env or {})}, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self.stderr)
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.process.stdin is not None
@@ -139,9 +141,10 @@ def test_results_do_not_depend_on_the_window_size_nor_on_a_rebuild(worker: Worke
 
 
 def test_a_fresh_process_gives_the_same_results(worker: WorkerProcess, tmp_path: Path) -> None:
+    """... and so does the worker's C++ compiled by cling (no g++) rather than taken from g++'s cache."""
     shared = simulate(worker, MIXED, MIXED_SENDS, 200_000, 10_000, seed=3)
     other_seed = simulate(worker, MIXED, MIXED_SENDS, 200_000, 10_000, seed=4)
-    fresh = WorkerProcess(tmp_path / "fresh.stderr")
+    fresh = WorkerProcess(tmp_path / "fresh.stderr", env={"CXX": str(tmp_path / "no-such-compiler")})
     try:
         assert simulate(fresh, MIXED, MIXED_SENDS, 200_000, 10_000, seed=3) == shared
     finally:

@@ -244,6 +244,8 @@ void Reset(uint32_t seed) {
     Simulator::Now();  // creates the simulator (with the ordered scheduler) now
 }
 
+int EndpointCount() { return (int)g_eps.size(); }
+
 // One UDP socket per node, bound to the port every send goes to; IP and traffic-control drop traces hooked.
 int AddEndpoint(Ptr<Node> node, Address to, bool ipv6) {
     int ep = (int)g_eps.size();
@@ -336,7 +338,7 @@ int Ipv4Up(NodeContainer nodes, NetDeviceContainer devs, uint32_t segment) {
     RemoveQueueDiscs(devs);
     NeighborCacheHelper neighbours;
     neighbours.PopulateNeighborCache(devs);
-    int first = (int)g_eps.size();
+    int first = EndpointCount();
     for (uint32_t i = 0; i < nodes.GetN(); ++i) {
         AddEndpoint(nodes.Get(i), InetSocketAddress(ifs.GetAddress(i), PORT), false);
     }
@@ -345,6 +347,113 @@ int Ipv4Up(NodeContainer nodes, NetDeviceContainer devs, uint32_t segment) {
 
 }  // namespace cosimns
 """
+
+# What a medium's code needs of CORE (and of WIRED, RADIO): compiled apart from CORE (worker's g++ cache), a part sees
+# only these declarations; in one cling interpreter they merely repeat what is defined.
+CORE_API = r"""
+#ifndef COSIMNS_CORE_API
+#define COSIMNS_CORE_API
+#include "ns3/node-container.h"
+#include "ns3/net-device-container.h"
+#include "ns3/packet.h"
+#include "ns3/address.h"
+#include "ns3/string.h"
+#include "ns3/boolean.h"
+#include "ns3/uinteger.h"
+#include "ns3/double.h"
+#include "ns3/nstime.h"
+#include "ns3/inet-socket-address.h"
+#include "ns3/inet6-socket-address.h"
+#include "ns3/internet-stack-helper.h"
+#include "ns3/ipv6-address-helper.h"
+#include "ns3/ipv6-l3-protocol.h"
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace cosimns {
+using namespace ns3;
+const uint16_t PORT = 9;
+extern int64_t g_stream;
+int EndpointCount();
+int AddEndpoint(Ptr<Node> node, Address to, bool ipv6);
+void DropPacket(Ptr<const Packet> p, int ep, const std::string& reason, bool rxSide);
+void TxDropTrace(int ep, std::string reason, Ptr<const Packet> p);
+void RxDropTrace(int ep, std::string reason, Ptr<const Packet> p);
+void RemoveQueueDiscs(NetDeviceContainer devs);
+int Ipv4Up(NodeContainer nodes, NetDeviceContainer devs, uint32_t segment);
+}  // namespace cosimns
+#endif
+"""
+
+WIRED_API = r"""
+#ifndef COSIMNS_WIRED_API
+#define COSIMNS_WIRED_API
+#include "ns3/data-rate.h"
+#include "ns3/queue-size.h"
+
+namespace cosimns {
+int WireUp(NodeContainer nodes, NetDeviceContainer devs, uint32_t segment, const char* txDropReason);
+}  // namespace cosimns
+#endif
+"""
+
+RADIO_API = r"""
+#ifndef COSIMNS_RADIO_API
+#define COSIMNS_RADIO_API
+#include "ns3/propagation-loss-model.h"
+#include "ns3/propagation-delay-model.h"
+#include "ns3/constant-position-mobility-model.h"
+
+namespace cosimns {
+Ptr<PropagationLossModel> MakeLoss(std::string model, double frequencyHz, double rangeM);
+Ptr<ConstantPositionMobilityModel> Place(Ptr<Node> node, double x, double y, double z);
+}  // namespace cosimns
+#endif
+"""
+
+# What Python calls, declared to cling when the code itself comes from a compiled library.
+PYTHON_API = {
+    "core": r"""
+#include <cstdint>
+#include <string>
+#include <vector>
+namespace cosimns {
+void Setup();
+void Reset(uint32_t seed);
+bool Send(uint64_t pid, int64_t atNs, int src, int dst, uint32_t size);
+int64_t RunUntil(int64_t untilNs);
+void ClearResults();
+extern std::vector<uint64_t> g_arrPid;
+extern std::vector<int64_t> g_arrNs;
+extern std::vector<uint64_t> g_dropPid;
+extern std::vector<int64_t> g_dropNs;
+extern std::vector<std::string> g_dropReason;
+extern std::string g_error;
+}
+""",
+    "wired": "",
+    "radio": "",
+    "csma": "namespace cosimns { int BuildCsma(uint32_t, uint32_t, std::string, int64_t, uint32_t); }",
+    "p2p": "namespace cosimns { int BuildP2p(uint32_t, std::string, int64_t, uint32_t); }",
+    "lrwpan": "namespace cosimns { void ResetLrWpan(); "
+              "int BuildLrWpan(uint32_t, std::vector<double>, std::string, double, double); }",
+    "wifi": "namespace cosimns { int BuildWifi(uint32_t, std::vector<double>, std::string, double, double, std::string, "
+            "std::string, std::string, std::string, std::string, bool); }",
+}
+
+# The declarations each part is compiled with, after CORE_API, and the parts it links to.
+PART_APIS = {"wired": "", "radio": "", "csma": WIRED_API, "p2p": WIRED_API, "lrwpan": RADIO_API, "wifi": RADIO_API}
+PART_DEPENDENCIES = {"core": [], "wired": ["core"], "radio": ["core"], "csma": ["core", "wired"],
+                     "p2p": ["core", "wired"], "lrwpan": ["core", "radio"], "wifi": ["core", "radio"]}
+
+
+def source(part: str, *, core_apart: bool) -> str:
+    """A part's C++; with ``core_apart`` (CORE is in a compiled library), preceded by the declarations it uses."""
+    code: str = globals()[part.upper()]
+    if part == "core" or not core_apart:
+        return code
+    return CORE_API + PART_APIS[part] + code
 
 # The wired media: their devices' drop traces on top of the IPv4 set-up (Ipv4Up, in CORE).
 WIRED = r"""
@@ -556,7 +665,7 @@ int BuildLrWpan(uint32_t segment, std::vector<double> xyz, std::string loss, dou
             }
         }
     }
-    int first = (int)g_eps.size();
+    int first = EndpointCount();
     for (uint32_t i = 0; i < n; ++i) {
         int ep = AddEndpoint(nodes.Get(i), Inet6SocketAddress(ifs.GetAddress(i, 1), PORT), true);
         Ptr<lrwpan::LrWpanNetDevice> dev = DynamicCast<lrwpan::LrWpanNetDevice>(devs.Get(i));

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from cosim.segments import ns3_sources
+from cosim.segments import native, ns3_sources
 from cosim.segments.media import (
     BASE_LIBRARIES,
     MEDIUM_LIBRARIES,
@@ -39,6 +39,12 @@ from cosim.segments.media import (
 
 NS3_VERSION = "3.44"
 UINT64 = 2**64
+
+
+# The ns-3 libraries each part of the worker's C++ calls into (what a compiled part links to).
+RADIO_LIBRARIES = ["mobility", "propagation"]
+PART_LIBRARIES = {"core": BASE_LIBRARIES, "wired": BASE_LIBRARIES, "radio": BASE_LIBRARIES + RADIO_LIBRARIES,
+                  **{medium: BASE_LIBRARIES + libraries for medium, libraries in MEDIUM_LIBRARIES.items()}}
 
 
 class ProtocolError(ValueError):
@@ -66,8 +72,10 @@ class Ns3:
         self.cppyy = cppyy
         cppyy.add_include_path(str(root / "include"))
         cppyy.add_library_path(str(self.lib))
+        self.include = root / "include"
         self.modules: list[str] = []
         self.compiled: set[str] = set()
+        self.native: dict[str, Path] = {}  # the parts loaded from g++'s cache
 
     def load(self, module: str) -> None:
         """Loads one ns-3 library after the ns-3 libraries it links to."""
@@ -81,12 +89,26 @@ class Ns3:
         self.modules.append(module)
 
     def compile(self, name: str) -> None:
-        if name not in self.compiled:
-            if not self.cppyy.cppdef(getattr(ns3_sources, name.upper())):
-                raise ProtocolError(f"the worker's C++ for {name} did not compile (see the worker's stderr)")
-            self.compiled.add(name)
-            if name == "core":
-                self.cppyy.gbl.cosimns.Setup()
+        """One part of the worker's C++: its library from g++'s cache (cosim.segments.native), else through cling."""
+        if name in self.compiled:
+            return
+        dependencies = ns3_sources.PART_DEPENDENCIES[name]
+        library = None
+        if all(d in self.native for d in dependencies):
+            library = native.build(name, ns3_sources.source(name, core_apart=True), include=self.include,
+                                   lib_dir=self.lib, parts=[self.native[d] for d in dependencies],
+                                   ns3_libraries=[self.lib / f"libns{NS3_VERSION}-{m}.so" for m in PART_LIBRARIES[name]])
+        if library is not None:
+            self.cppyy.load_library(str(library))
+            declarations = ns3_sources.PYTHON_API[name]
+            if declarations and not self.cppyy.cppdef(declarations):
+                raise ProtocolError(f"the worker's C++ declarations for {name} did not compile (see its stderr)")
+            self.native[name] = library
+        elif not self.cppyy.cppdef(ns3_sources.source(name, core_apart="core" in self.native)):
+            raise ProtocolError(f"the worker's C++ for {name} did not compile (see the worker's stderr)")
+        self.compiled.add(name)
+        if name == "core":
+            self.cppyy.gbl.cosimns.Setup()
 
     def prepare(self, media: set[str]) -> None:
         for module in BASE_LIBRARIES + [m for medium in sorted(media) for m in MEDIUM_LIBRARIES[medium]]:
