@@ -62,14 +62,18 @@ def read_line(buffer: bytearray, fill: Callable[[float], None], deadline: float)
     """Pop one line (without its newline) from ``buffer``; ``fill(timeout_s)`` adds bytes until one is complete,
     raising TransportTimeout when nothing came in time and TransportClosed at end of stream."""
     while True:
-        newline = buffer.find(b"\n")
+        newline = buffer.find(10)  # (10: b"\n")
         if newline >= 0:
+            if newline == len(buffer) - 1:  # the whole buffer is one line (a reply per request: the usual case)
+                line = bytes(buffer[:newline])
+                buffer.clear()
+                return line
             line = bytes(buffer[:newline])
             del buffer[: newline + 1]
             return line
         if len(buffer) > MAX_LINE_BYTES:
             raise TransportClosed(f"a line longer than {MAX_LINE_BYTES} bytes")
-        remaining = deadline - time.monotonic()
+        remaining = deadline - monotonic()
         if remaining <= 0:
             raise TransportTimeout()
         fill(remaining)
@@ -78,6 +82,9 @@ def read_line(buffer: bytearray, fill: Callable[[float], None], deadline: float)
 def poll_ms(seconds: float) -> int:
     """A poll() timeout in whole milliseconds, never 0 for a positive wait (0 would not wait at all)."""
     return max(1, math.ceil(seconds * 1000))
+
+
+monotonic = time.monotonic
 
 
 class LineStream:
@@ -99,7 +106,10 @@ class LineStream:
         self._poller = select.poll()  # poll() rather than selectors: this is the per-step hot path
 
     def receive(self, deadline: float) -> bytes:
-        return read_line(self._buffer, self._fill, deadline)
+        buffer = self._buffer
+        if not buffer:  # (the usual case: nothing left over; wait for the reply before looking for its end)
+            self._fill(deadline - monotonic())
+        return read_line(buffer, self._fill, deadline)
 
     def _fill(self, timeout_s: float) -> None:
         raise NotImplementedError
@@ -152,7 +162,7 @@ class PipeTransport(LineStream):
     def _fill(self, timeout_s: float) -> None:
         if not self._poller.poll(poll_ms(timeout_s)):
             raise TransportTimeout()
-        chunk = os.read(self._stdout_fd, 1 << 16)
+        chunk = os.read(self._stdout_fd, 65536)
         if not chunk:
             raise TransportClosed("stdout closed")
         self._buffer += chunk
