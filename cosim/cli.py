@@ -107,7 +107,7 @@ class ProgressLine:
 def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | None = None,
        watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, registry: str | None = None,
        checkpoint_at: str | None = None, stop_after_checkpoint: bool = False, advance: str | None = None,
-       out: TextIO = sys.stdout) -> CompletedRun:
+       report: bool = True, out: TextIO = sys.stdout) -> CompletedRun:
     if registry:  # --registry is $COSIM_REGISTRY for this one run (the swarm runtime reads it)
         from cosim.runtimes.swarm.images import REGISTRY_ENV
 
@@ -123,7 +123,8 @@ def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | No
         _report_failed_run(path, trace, out)
         raise
     print_summary(summary, out)
-    _report_line(summary.trace_path, out)
+    if report:
+        _report_line(summary.trace_path, out)
     return summary
 
 
