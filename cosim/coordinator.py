@@ -164,7 +164,7 @@ class Coordinator:
         """Execute windows until the end of the run: those the advance policy names (every quantum, or only those
         in which something can happen), with the checkpoints at their ends and in the quanta skipped."""
         quantum, end, at_us = self._quantum_us, self._end_us, self.checkpoints.at_us
-        next_target, execute, progress, timings = self.policy.next_target, self._execute, self.progress, self.timings
+        next_target, execute, progress = self.policy.next_target, self._execute, self.progress
         target = next_target(self.now_us)  # (now: 0, or a resumed checkpoint's time)
         self._skipped(self.now_us, target)
         while target <= end:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import importlib.util
 import shlex
 import sys
-from typing import Any
 
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
