@@ -172,11 +172,13 @@ def report(c: Context, trace: str) -> None:
 @task(help={"steps": "steps per measured run (default 2000)", "local_only": "skip the Docker measurements",
             "no_swarm": "skip the local Swarm measurements (they need root)",
             "output": "where the JSON results go (default traces/bench.json)",
-            "sparse_s": "virtual seconds of the sparse next-event workload (default 600)"})
+            "sparse_s": "virtual seconds of the sparse next-event workload (default 600)",
+            "no_mosaik": "skip the whole-process row against mosaik 3.6 (installed on demand from PyPI)"})
 def bench(c: Context, steps: str = "2000", local_only: bool = False, no_swarm: bool = False,
-          output: str = "traces/bench.json", sparse_s: str = "600") -> None:
+          output: str = "traces/bench.json", sparse_s: str = "600", no_mosaik: bool = False) -> None:
     """Measure cosim's per-step cost, scaling and throughput against floors measured in the same run."""
-    call("cli.bench", steps=steps, docker=not local_only, swarm=not no_swarm, output=output, sparse_s=sparse_s)
+    call("cli.bench", steps=steps, docker=not local_only, swarm=not no_swarm, output=output, sparse_s=sparse_s,
+         mosaik=not no_mosaik)
 
 
 @task(positional=["kind", "name"], help={

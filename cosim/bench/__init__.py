@@ -17,6 +17,8 @@
    of which one gets traffic, against one, 10 pairs of runs); a dense workload (every node busy every quantum) in
    both modes, 30 pairs of runs locally and 20 on Docker; the default scenario's speed-ups on Docker (3 runs
    in each mode: the step loop's best and median, and the whole run's).
+7. The sparse shape as a whole process (interpreter start to exit), `cosim up --runtime local` against mosaik 3.6
+   (installed on demand into a venv of its own), 5 pairs (``peers``).
 
 Repeated runs: on a small shared machine a run's speed depends on where the kernel places its processes and on
 what else the host runs, and that noise mostly slows a run down. So a measurement of one thing (the throughput
@@ -64,6 +66,7 @@ from cosim.bench.measurements import (
     swarm_rows,
     throughput_rate,
 )
+from cosim.bench.peers import mosaik_rows
 from cosim.bench.result import DEFAULT_RUNS, REPEATS, SPARSE_S, TARGETS, BenchResult
 from cosim.bench.stats import in_turn
 from cosim.bench.sweeps import sweep_rows
@@ -76,7 +79,7 @@ __all__ = ["TARGETS", "BenchResult", "bench", "print_table"]
 
 def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: bool = True, out: TextIO = sys.stdout,
           output: Path | None = None, progress: Callable[[str], None] | None = None,
-          sparse_s: int = SPARSE_S) -> BenchResult:
+          sparse_s: int = SPARSE_S, mosaik: bool = True) -> BenchResult:
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
     result = BenchResult(settings={
         "cosim": __version__, "python": platform.python_version(), "machine": platform.machine(),
@@ -99,6 +102,8 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
         if local_mosquitto():
             mqtt_rows(result, directory, steps, "local", say)
         advance_rows(result, directory, steps, "local", say, sparse_s)
+        if mosaik:
+            mosaik_rows(result, directory, say, sparse_s)
         if docker:
             from cosim.loading import load
             from cosim.runtimes.docker import prepare_images

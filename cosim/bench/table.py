@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -51,6 +52,12 @@ def print_table(result: BenchResult, out: TextIO) -> None:
         ratio = f"{result.ratios[f'mqtt_{runtime}_2gw_vs_1gw_step']:.2f}x one gateway" if gateways == "2gw" else ""
         rows.append((f"step, MQTT load through {gateways[0]} gateway(s), {runtime}", f"{step:.0f} us", ratio, ""))
     rows += _advance_table(result)
+    whole = result.settings.get("whole_process_s")
+    if isinstance(whole, dict):
+        rows.append(("sparse, local, whole process: cosim / mosaik 3.6 (median of pairs)",
+                     f"{_median(whole['cosim']):.3f} s / {_median(whole['mosaik']):.3f} s",
+                     _paired_text(result, "sparse_local_whole_vs_mosaik", "mosaik"),
+                     f"<= {TARGETS['sparse_local_whole_vs_mosaik']}x"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for index, row in enumerate(rows):
         out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() + "\n")
@@ -73,6 +80,10 @@ def print_table(result: BenchResult, out: TextIO) -> None:
         verdicts.append(f"default scenario on Docker: {'met' if rtf >= DEFAULT_RTF_TARGET else 'NOT met'} "
                         f"(speed-up of the step loop {rtf:.1f}x real time vs >= {DEFAULT_RTF_TARGET:g}x)")
     out.write("targets: " + "; ".join(verdicts) + "\n")
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values)
 
 
 def _interval_text(result: BenchResult, name: str, digits: str = ".3g") -> str:
