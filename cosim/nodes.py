@@ -209,9 +209,9 @@ class ServiceSession:
     def advance(self, target_us: int, events: list[Input], peers: list[str] | None) -> bytes:
         self.target_us = target_us
         self._in_flight = _ADVANCING  # (named only when a failure asks: formatting it costs every window)
-        self._empty_done = protocol.empty_done(target_us)
+        self._empty_done = protocol.EMPTY_DONE % target_us
         if self.capabilities.barrier_group is None:
-            return protocol.encode_advance(target_us, events)
+            return protocol.encode_advance(target_us, events) if events else protocol.PLAIN_ADVANCE % target_us
         members, self.members = self.members, None
         return protocol.encode_advance(target_us, events, peers or [], members)
 

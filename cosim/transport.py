@@ -24,6 +24,7 @@ from cosim.errors import OutputWriteError
 from cosim.tails import file_tail
 
 MAX_LINE_BYTES = 64 << 20
+monotonic = time.monotonic  # (the watchdog's wall clock)
 
 
 class TransportClosed(Exception):
@@ -84,8 +85,6 @@ def poll_ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-monotonic = time.monotonic
-
 
 class LineStream:
     """What every transport shares: a line buffer filled by ``_fill`` (poll + read, with the watchdog's timeout),
@@ -109,6 +108,10 @@ class LineStream:
         buffer = self._buffer
         if not buffer:  # (the usual case: nothing left over; wait for the reply before looking for its end)
             self._fill(deadline - monotonic())
+            if buffer.find(10) == len(buffer) - 1:  # (10: b"\n") one whole reply, as a service writes it
+                line = bytes(buffer[:-1])
+                buffer.clear()
+                return line
         return read_line(buffer, self._fill, deadline)
 
     def _fill(self, timeout_s: float) -> None:
