@@ -83,9 +83,10 @@ def fast_arguments(argv: list[str]) -> tuple[Any, dict[str, Any]] | None:
             arguments[name] = True
             continue
         if not equals:
-            value = next(words, None)
-            if value is None or value.startswith("-"):
+            following = next(words, None)
+            if following is None or following.startswith("-"):
                 return None
+            value = following
         arguments[name] = value
     return function, arguments
 

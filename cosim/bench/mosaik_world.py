@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import random
 import sys
+from typing import Any
 
-import mosaik_api_v3
+import mosaik_api_v3  # type: ignore[import-not-found]  # (only in the bench's mosaik venv)
 
 TICKS_PER_S = int(__import__("os").environ.get("TICKS", "1000"))
 
@@ -30,55 +31,55 @@ class Source(mosaik_api_v3.Simulator):
         self.rng = random.Random(1)
         self.value = 0.0
 
-    def create(self, num, model, **params):  # type: ignore[no-untyped-def]
+    def create(self, num: int, model: str, **params: Any) -> list[dict[str, str]]:
         return [{"eid": "source", "type": model}]
 
-    def step(self, time, inputs, max_advance):  # type: ignore[no-untyped-def]
+    def step(self, time: int, inputs: dict[str, Any], max_advance: int) -> int:
         self.value = self.rng.random()
         return time + TICKS_PER_S
 
-    def get_data(self, outputs):  # type: ignore[no-untyped-def]
+    def get_data(self, outputs: dict[str, Any]) -> dict[str, Any]:
         return {"source": {"value": self.value}}
 
 
 class Echo(mosaik_api_v3.Simulator):
     def __init__(self) -> None:
         super().__init__(ECHO_META)
-        self.echo = None
+        self.echo: dict[str, Any] | None = None
 
-    def create(self, num, model, **params):  # type: ignore[no-untyped-def]
+    def create(self, num: int, model: str, **params: Any) -> list[dict[str, str]]:
         return [{"eid": "echo", "type": model}]
 
-    def step(self, time, inputs, max_advance):  # type: ignore[no-untyped-def]
+    def step(self, time: int, inputs: dict[str, Any], max_advance: int) -> int:
         self.echo = {"of": "value", "data": next(iter(inputs["echo"]["value"].values()))}
         return time + TICKS_PER_S
 
-    def get_data(self, outputs):  # type: ignore[no-untyped-def]
+    def get_data(self, outputs: dict[str, Any]) -> dict[str, Any]:
         return {"echo": {"echo": self.echo}}
 
 
-RECEIVED: list = []  # what the sink received (it runs in the world's process)
+RECEIVED: list[Any] = []  # what the sink received (it runs in the world's process)
 
 
 class Sink(mosaik_api_v3.Simulator):
     def __init__(self) -> None:
         super().__init__(SINK_META)
 
-    def create(self, num, model, **params):  # type: ignore[no-untyped-def]
+    def create(self, num: int, model: str, **params: Any) -> list[dict[str, str]]:
         return [{"eid": "sink", "type": model}]
 
-    def step(self, time, inputs, max_advance):  # type: ignore[no-untyped-def]
+    def step(self, time: int, inputs: dict[str, Any], max_advance: int) -> int:
         RECEIVED.extend(inputs["sink"]["echo"].values())
         return time + TICKS_PER_S
 
-    def get_data(self, outputs):  # type: ignore[no-untyped-def]
+    def get_data(self, outputs: dict[str, Any]) -> dict[str, Any]:
         return {}
 
 
 def world(duration_s: int, echo_in_process: bool = False) -> int:
-    import mosaik
+    import mosaik  # type: ignore[import-not-found]
 
-    config = {"Source": {"python": "__main__:Source"}, "Sink": {"python": "__main__:Sink"},
+    config: dict[str, dict[str, str]] = {"Source": {"python": "__main__:Source"}, "Sink": {"python": "__main__:Sink"},
               "Echo": ({"python": "__main__:Echo"} if echo_in_process
                        else {"cmd": f"{sys.executable} {__file__} echo %(addr)s"})}
     with mosaik.World(config, time_resolution=1 / TICKS_PER_S, skip_greetings=True) as scenario:

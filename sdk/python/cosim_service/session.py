@@ -107,7 +107,7 @@ class Session:
     def receive(self, raw: bytes | str) -> str | None:
         """One received line in, the reply line to write out (None: nothing to write)."""
         if raw.__class__ is bytes and self.initialized and self.barrier_group is None:
-            target = plain_advance_target(raw)  # type: ignore[arg-type]  (bytes, checked above)
+            target = plain_advance_target(raw)  # (bytes: checked above)
             if target is not None and target >= self.current_time_us:
                 return self._plain_advance(target)
         reply: dict[str, Any] | None
