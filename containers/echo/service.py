@@ -62,9 +62,10 @@ class Echo(Service):
     def wakeup(self, after_us: int) -> int | None:
         """The next time after ``after_us`` at which echo acts on its own: its next tick or its next cue."""
         config = self.config
-        times = ([config[key] for key in CUES if config.get(key) is not None and config[key] > after_us]
-                 if not _CUE_KEYS.isdisjoint(config) else [])
         tick = config.get("tick_us")
+        if _CUE_KEYS.isdisjoint(config):  # (most runs: no cues)
+            return (after_us // tick + 1) * tick if tick else None
+        times = [config[key] for key in CUES if config.get(key) is not None and config[key] > after_us]
         if tick:
             times.append((after_us // tick + 1) * tick)
         return min(times, default=None)
@@ -74,7 +75,8 @@ class Echo(Service):
         if not _CUE_KEYS.isdisjoint(config):
             self._cues(until_us)
         out = [{"type": "echo", "time_us": e["time_us"],
-                "data": {"of": e.get("type"), "from": e.get("source"), "data": e.get("data")}} for e in events]
+                "data": {"of": e.get("type"), "from": e.get("source"), "data": e.get("data")}} for e in events] \
+            if events else []
         tick = config.get("tick_us")
         if tick:
             first = (current // tick + 1) * tick
