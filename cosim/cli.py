@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from cosim import compose, loading, options, plugins
 from cosim import schedule as scheduling
-from cosim.coordinator import SimulationResult
+from cosim.core.results import SimulationResult
 from cosim.errors import CosimError, MissingExtra, TracesDiffer, UsageError
 from cosim.metrics import RunMetrics, speedups
 from cosim.paths import REPO_ROOT
