@@ -11,16 +11,19 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from cosim import compose, loading, options, plugins
 from cosim import schedule as scheduling
 from cosim.core.results import SimulationResult
-from cosim.errors import CosimError, MissingExtra, TracesDiffer, UsageError
+from cosim.errors import CosimError, TracesDiffer, UsageError
 from cosim.metrics import RunMetrics, speedups
 from cosim.paths import REPO_ROOT
 from cosim.resources import data_path
 from cosim.run import DEFAULT_WATCHDOG_S, CompletedRun, run
+
+if TYPE_CHECKING:
+    from cosim.model import Scenario
 
 DEFAULT_SCENARIO = str(data_path("scenarios", "default.yaml"))  # the bundled one (the tasks show it relative)
 
@@ -124,19 +127,15 @@ def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | No
         raise
     print_summary(summary, out)
     if report:
-        _report_line(summary.trace_path, out)
+        _report_line(summary.trace_path, out, summary.scenario)
     return summary
 
 
-def _report_line(trace_path: Path, out: TextIO) -> None:
-    """The run's report, written beside its trace; without the `report` extra, how to get it (the run is complete)."""
+def _report_line(trace_path: Path, out: TextIO, scenario: Scenario | None = None) -> None:
+    """The run's report, written beside its trace (hand-written SVG charts: tens of milliseconds, no extra)."""
     from cosim.report import write_report
 
-    try:
-        written = str(write_report(trace_path))
-    except MissingExtra as missing:
-        written = f"skipped: {missing}"
-    out.write(f"  report:  {written}\n")
+    out.write(f"  report:  {write_report(trace_path, loaded=scenario)}\n")
 
 
 def _checkpoint_line(progress_line: ProgressLine | None, out: TextIO) -> Any:
@@ -318,11 +317,15 @@ def diff(trace_a: str, trace_b: str, out: TextIO = sys.stdout) -> None:
 
 
 def bench(*, steps: int | str = 2000, docker: bool = True, swarm: bool = True, output: str = "traces/bench.json",
-          sparse_s: int | str = 600, mosaik: bool = True, out: TextIO = sys.stdout) -> None:
+          sparse_s: int | str = 600, rows: str = "", mosaik: bool = True, out: TextIO = sys.stdout) -> None:
+    from cosim.bench import SELECTABLE
     from cosim.bench import bench as run_bench
 
+    selected = [name.strip() for name in rows.split(",") if name.strip()]
+    for name in selected:
+        options.choice("--rows", name, tuple(SELECTABLE))
     run_bench(steps=options.integer_at_least("--steps", steps, 1), docker=docker, swarm=swarm, output=Path(output),
-              out=out, sparse_s=options.integer_at_least("--sparse-s", sparse_s, 1), mosaik=mosaik)
+              out=out, sparse_s=options.integer_at_least("--sparse-s", sparse_s, 1), rows=selected, mosaik=mosaik)
 
 
 def sweep(scenario: str | None, *, out_dir: str | None = None, out: TextIO = sys.stdout, **settings: Any) -> Any:
@@ -342,9 +345,11 @@ def sweep(scenario: str | None, *, out_dir: str | None = None, out: TextIO = sys
 
 
 def lock(*, upgrade: bool = False, out: TextIO = sys.stdout) -> None:
-    from cosim.environment import update_lock
+    from cosim.environment import SEPARATE_EXTRAS, update_lock, update_separate_lock
 
     out.write(f"{update_lock(upgrade=upgrade)}\n")
+    for extra in SEPARATE_EXTRAS:
+        out.write(f"{update_separate_lock(extra, upgrade=upgrade)}\n")
 
 
 def report(trace: str, out: TextIO | None = sys.stdout) -> Path:

@@ -38,12 +38,23 @@ from cosim.core.contracts import NEVER, Inputs
 from cosim.core.deliveries import Deliveries
 from cosim.core.lookahead import Lookahead
 from cosim.core.results import SimulationResult, StepTimings
+from cosim.core.segments import Segments
 from cosim.core.slots import NodeSlot, Outputs, Slots
-from cosim.errors import CheckpointError, InfrastructureExited, Interrupted, NodeFailure, UnsupportedAction
+from cosim.errors import (
+    CheckpointError,
+    EngineLost,
+    InfrastructureExited,
+    Interrupted,
+    NodeFailure,
+    OutputWriteError,
+    SegmentWorkerFailed,
+    UnsupportedAction,
+)
 from cosim.model import ContainerSpec, Scenario
 from cosim.network import Router
 from cosim.nodes import SimNode
 from cosim.seeds import node_seed
+from cosim.segments import SegmentWorker
 from cosim.trace import TraceWriter, header_environment
 
 monotonic = time.monotonic  # (wall clock for the metrics only)
@@ -73,6 +84,7 @@ class Coordinator:
         wakeup_sources: Iterable[WakeupSource] = (),
         checkpoints: Checkpoints | None = None,
         lookahead: bool = True,
+        segment_worker: SegmentWorker | None = None,
     ) -> None:
         self.scenario = scenario
         self.trace = trace
@@ -90,6 +102,11 @@ class Coordinator:
         # The parts (cosim.core), one job each.
         self.slots = Slots(nodes, [spec.id for spec in scenario.nodes if spec.id not in nodes])
         self.deliveries = Deliveries(Router(scenario), self.slots, trace)
+        self.segments: Segments | None = None  # the ns-3 segments (cosim.core.segments), when the scenario has some
+        if segment_worker is not None:
+            self.segments = Segments(scenario, segment_worker, self.slots, trace, self.deliveries.dropped)
+            self.deliveries.segment_pairs, self.deliveries.segment_send = self.segments.pairs, self.segments.send
+            wakeup_sources = [*wakeup_sources, self.segments.wakeup]
         self.barriers = BarrierGroups(self.slots)
         self.policy: AdvancePolicy
         if scenario.advance == "next-event":
@@ -125,6 +142,9 @@ class Coordinator:
             self.timings.loop_s = time.monotonic() - loop_started
             self.timings.loop_cpu_s = time.process_time() - loop_cpu_started
             self._shutdown_nodes()
+        except SegmentWorkerFailed as failed:
+            self.trace.error(self.now_us, None, "segment_worker_failed", str(failed))
+            raise
         except UnsupportedAction as refused:
             self.trace.error(0, refused.node, "unsupported_action", str(refused))
             raise
@@ -142,6 +162,12 @@ class Coordinator:
         except KeyboardInterrupt:
             self.trace.error(self.now_us, None, "interrupted", "the run was interrupted (Ctrl-C or SIGTERM)")
             raise Interrupted(f"interrupted at virtual time {self.now_us} us; the trace so far is kept") from None
+        except EngineLost as lost:  # the engine, not a node: no node to blame, no infrastructure to ask
+            self.trace.error(self.now_us, None, "engine_lost", lost.what)
+            raise lost.at(self.now_us) from None
+        except OutputWriteError as failed:  # a service's log, e.g. on a full disk (the trace's own: not written)
+            self.trace.error(self.now_us, None, "write_failed", str(failed))
+            raise
         except CheckpointError as failed:  # e.g. the disk is full: the run so far is kept
             self.trace.error(self.now_us, None, "checkpoint_failed", str(failed))
             raise
@@ -151,7 +177,8 @@ class Coordinator:
         finally:
             self.trace.flush()
         steps = self.now_us // self._quantum_us if self.stopped else self.scenario.steps
-        self.trace.footer(self.now_us, steps, in_flight=len(self.deliveries.pending), executed={
+        in_flight = len(self.deliveries.pending) + (len(self.segments.in_flight) if self.segments else 0)
+        self.trace.footer(self.now_us, steps, in_flight=in_flight, executed={
             "steps": self.timings.steps, "advances": self.timings.advances, "skipped": self.timings.skipped},
             status="stopped" if self.stopped else "ok")
         self.trace.flush()
@@ -193,6 +220,8 @@ class Coordinator:
         if self._scheduled:
             self.actions.apply(start_us)  # 1. schedule
         inputs = self.deliveries.due(target_us)  # 2. deliveries due
+        if self.segments is not None:
+            self.segments.deliver(start_us, inputs)  # (and those ns-3 computed up to the window's start)
         active, order = self.policy.choose(target_us, inputs)  # 3. choose
         if self.slots.down:  # crashed by the schedule: not advanced until restarted
             active = [slot for slot in active if not slot.down]
@@ -252,6 +281,8 @@ class Coordinator:
                 config = spec.config if isinstance(spec, ContainerSpec) else {}
             slot.config = dict(config)
             slot.node.init(node_seed(self.scenario.seed, slot.id), config, self.endpoints)
+        if self.segments is not None:  # (not hashed: the worker's ns-3 version and modules)
+            self.environment["segment_worker"] = self.segments.start()
         self.barriers.form()
         self.policy.start()
         self.lookahead.choose(self.scenario, self.lookahead_enabled and not self.scenario.schedule

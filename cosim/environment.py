@@ -2,7 +2,8 @@
 
 ``requirements.lock`` pins every host dependency (runtime and every extra: edge, report, analysis, dev) with hashes, for
 Python 3.11 on Linux x86_64; ``./inv`` installs from it with ``--require-hashes``. ``update_lock`` (``./inv
-lock``) regenerates it from pyproject.toml with pip-tools.
+lock``) regenerates it from pyproject.toml with pip-tools. The ns3 extra has its own lock, requirements-ns3.lock
+(``update_separate_lock``), which ./inv installs only when a task needs ns-3.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from cosim.errors import ToolError
@@ -19,6 +21,10 @@ from cosim.tails import last_lines
 
 LOCK_FILE = REPO_ROOT / "requirements.lock"
 LOCK_COMMAND = "./inv lock"
+# ns-3 (the ns3 extra: GPL-2.0-only, parts built from source in minutes) is pinned apart, in its own lock that
+# ./inv installs only for the tests and for scenarios with network segments.
+NS3_LOCK_FILE = REPO_ROOT / "requirements-ns3.lock"
+SEPARATE_EXTRAS = {"ns3": NS3_LOCK_FILE}
 
 
 def dependency_versions(distribution: str = "cosim") -> dict[str, str]:
@@ -77,20 +83,50 @@ def _metadata(path: Path) -> dict[str, list[str]]:
     return fields
 
 
+def optional_dependencies() -> dict[str, list[str]]:
+    import tomllib  # (here: every run imports this module, for its header)
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    return dict(project.get("optional-dependencies", {}))
+
+
 def lock_command(*, upgrade: bool = False, output: Path = LOCK_FILE) -> list[str]:
+    extras = [arg for extra in sorted(set(optional_dependencies()) - set(SEPARATE_EXTRAS)) for arg in ("--extra", extra)]
     command = [sys.executable, "-m", "piptools", "compile", "--quiet", "--generate-hashes", "--allow-unsafe",
-               "--all-build-deps", "--strip-extras", "--no-emit-find-links", "--all-extras",
+               "--all-build-deps", "--strip-extras", "--no-emit-find-links", *extras,
                "--output-file", str(output), str(REPO_ROOT / "pyproject.toml")]
     return command + (["--upgrade"] if upgrade else [])
 
 
-def update_lock(*, upgrade: bool = False, output: Path = LOCK_FILE) -> Path:
-    """Re-resolve pyproject.toml into the lock file: keeps existing pins unless ``upgrade``."""
+def separate_lock_command(requirements: Path, *, upgrade: bool = False, output: Path) -> list[str]:
+    """A separate extra's own lock: its requirements alone (cosim's are in the main lock), with hashes."""
+    command = [sys.executable, "-m", "piptools", "compile", "--quiet", "--generate-hashes", "--allow-unsafe",
+               "--no-emit-find-links", "--output-file", str(output), str(requirements)]
+    return command + (["--upgrade"] if upgrade else [])
+
+
+def _compile(command: list[str], output: Path, *, upgrade: bool) -> None:
     environment = {**os.environ, "CUSTOM_COMPILE_COMMAND": LOCK_COMMAND + (" --upgrade" if upgrade else "")}
     environment.pop("PIP_FIND_LINKS", None)  # a machine's local wheel directory is no source for a lock
-    done = subprocess.run(lock_command(upgrade=upgrade, output=output), cwd=REPO_ROOT, env=environment,
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = last_lines(done.stderr or done.stdout, 8)
         raise ToolError(f"pip-compile could not resolve pyproject.toml into {output.name}:\n{tail}")
+
+
+def update_lock(*, upgrade: bool = False, output: Path = LOCK_FILE) -> Path:
+    """Re-resolve pyproject.toml into the lock file: keeps existing pins unless ``upgrade``."""
+    _compile(lock_command(upgrade=upgrade, output=output), output, upgrade=upgrade)
+    return output
+
+
+def update_separate_lock(extra: str, *, upgrade: bool = False, output: Path | None = None) -> Path:
+    """Re-resolve one separate extra (ns3) into its own lock file: keeps existing pins unless ``upgrade``."""
+    output = output or SEPARATE_EXTRAS[extra]
+    with tempfile.TemporaryDirectory() as scratch:
+        requirements = Path(scratch) / f"{extra}.in"
+        requirements.write_text("".join(f"{r}\n" for r in optional_dependencies()[extra]))
+        _compile(separate_lock_command(requirements, upgrade=upgrade, output=output), output, upgrade=upgrade)
+    # pip-compile names its input file in the comments; the lock names the extra instead (no temporary path).
+    output.write_text(output.read_text().replace(str(requirements), f"pyproject.toml extra {extra}"))
     return output

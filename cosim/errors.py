@@ -3,8 +3,9 @@ running cosim, not a stack trace.
 
 - the scenario file:            ScenarioError
 - a node (a service or infrastructure container): NodeError and its kinds (start, failure, image, an action of
-  the schedule it does not support)
-- the engine (Docker, images):  EngineUnavailable, ImageBuildError, DockerCommandFailed, ComposeUpFailed
+  the schedule it does not support); the ns-3 segment worker: SegmentWorkerFailed
+- the engine (Docker, images):  EngineUnavailable, EngineLost, ImageBuildError, DockerCommandFailed, ComposeUpFailed
+  (BringUpTimeout)
 - a Swarm and its nodes:        SwarmError, SwarmNodeUnreachable, ClusterError (the local test cluster)
 - the command line / the user:  OptionError, UsageError (SweepError), Interrupted, ToolError; SweepRunsFailed
 - trace and checkpoint files:   TraceReadError, TraceWriteError, CheckpointError, TracesDiffer, NotDeterministic
@@ -53,6 +54,24 @@ class EngineUnavailable(CosimError):
     exit_code = 3
 
 
+class EngineLost(CosimError):
+    """The Docker engine stopped or restarted under a running run (its containers' streams ended with it): not the
+    fault of any node. The coordinator adds the virtual time (``at``) and ends the trace with an ``engine_lost``
+    record; the runtime removes the run's containers and networks once the engine is back."""
+
+    exit_code = 3
+
+    def __init__(self, what: str, time_us: int | None = None) -> None:
+        self.what = what
+        self.time_us = time_us
+        when = f" at virtual time {time_us} us" if time_us is not None else ""
+        super().__init__(f"the Docker engine stopped (or restarted) during the run{when}: {what}; "
+                         f"the trace so far is kept")
+
+    def at(self, time_us: int) -> EngineLost:
+        return EngineLost(self.what, time_us)
+
+
 class ImageBuildError(CosimError):
     """An image a scenario needs could not be built or pulled."""
 
@@ -72,6 +91,19 @@ class DockerCommandFailed(CosimError):
 
 class ComposeUpFailed(CosimError):
     """``docker compose up`` could not start a scenario's project (names the scenario and the compose file)."""
+
+
+class BringUpTimeout(ComposeUpFailed):
+    """`compose up` did not bring the scenario's containers up within the deadline ($COSIM_BRINGUP_TIMEOUT): names
+    every container that was not running and its state (created, restarting, exited, not created)."""
+
+    def __init__(self, scenario: str, containers: int, not_up: list[tuple[str, str]], waited_s: float) -> None:
+        self.not_up = not_up
+        shown = ", ".join(f"{node} ({state})" for node, state in not_up[:20])
+        more = f" and {len(not_up) - 20} more" if len(not_up) > 20 else ""
+        super().__init__(f"bring-up of scenario {scenario!r} did not finish within {waited_s:.1f} s "
+                         f"($COSIM_BRINGUP_TIMEOUT): {len(not_up)} of {containers} container(s) not up: "
+                         f"{shown or 'none (compose had not returned)'}{more}; everything was removed")
 
 
 class SwarmError(CosimError):
@@ -134,6 +166,12 @@ class ExitStatus(int):
         status = super().__new__(cls, code)
         status.cause = cause
         return status
+
+
+def out_of_memory(limit: str | None) -> str:
+    """The cause of a process the kernel killed for memory, the same on every runtime."""
+    at = f"its memory limit of {limit}" if limit else "the machine's memory (no limit of its own)"
+    return f"killed by the kernel: out of memory at {at}"
 
 
 def exit_cause(code: int | None) -> str:
@@ -214,6 +252,24 @@ class InfrastructureExited(NodeFailure):
         self.in_flight = symptom.in_flight
         self.process_exit_code = infrastructure[0][1]
         self.log_tail = symptom.log_tail
+
+
+class SegmentWorkerFailed(CosimError):
+    """The ns-3 segment worker (cosim.segments) died, hung, broke its protocol or reported an error mid-run. The run
+    ends as on a node failure: an error record in the trace, the trace so far kept, everything stopped."""
+
+    exit_code = 4
+
+    def __init__(self, problem: str, *, exit_code: int | None = None, last_stderr: str = "") -> None:
+        self.problem = problem
+        self.process_exit_code = exit_code
+        self.last_stderr = last_stderr
+        text = f"the ns-3 segment worker {problem}"
+        if exit_code is not None:
+            text += f" ({describe_exit(exit_code)})"
+        if last_stderr:
+            text += f"; its last stderr line: {last_stderr}"
+        super().__init__(text)
 
 
 # -- the command line and the person running it ---------------------------------------------------------------

@@ -39,7 +39,8 @@ class NodeSpec:
 
 @dataclass(frozen=True)
 class Resources:
-    """Limits on a node's container (the docker and swarm runtimes; the local runtime ignores them)."""
+    """Limits on a node's container (the docker and swarm runtimes; the local runtime enforces ``memory`` with a
+    memory cgroup where it can, see cosim.runtimes.memory_cgroup, and ignores ``cpus``)."""
 
     cpus: float | None = None  # CPU time as a number of CPUs
     memory: str | None = None  # as Docker writes it, lower case: "64m"
@@ -106,6 +107,35 @@ class Route:
 
 ADVANCE_MODES = ("next-event", "fixed")
 
+# Each medium's settings and their defaults (docs/segments.md); the worker is handed every one of them.
+RADIO_MEDIA = ("wifi", "lrwpan")
+MEDIUM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "csma": {"data_rate": "100Mbps", "delay_us": 2, "queue_packets": 100},
+    "p2p": {"data_rate": "10Mbps", "delay_us": 1000, "queue_packets": 100},
+    "wifi": {"standard": "802.11a", "rate_manager": "constant", "mode": "ap", "propagation": "log-distance",
+             "tx_power_dbm": 16.0206, "distance_m": 10, "range_m": 250},
+    "lrwpan": {"propagation": "log-distance", "tx_power_dbm": 0, "distance_m": 10, "range_m": 250},
+}
+# WiFi's constant rate manager: the default data mode of each standard (the lowest rate it has).
+WIFI_DEFAULT_MODES = {"802.11a": "OfdmRate6Mbps", "802.11b": "DsssRate1Mbps", "802.11g": "ErpOfdmRate6Mbps",
+                      "802.11n-2.4GHz": "HtMcs0", "802.11n-5GHz": "HtMcs0", "802.11ac": "VhtMcs0",
+                      "802.11ax-5GHz": "HeMcs0"}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A network segment simulated by ns-3 (cosim.segments): its medium, its nodes in file order (the first is the
+    access point / PAN coordinator of a radio) and the medium's settings with every default filled in."""
+
+    id: str
+    medium: str  # csma | p2p | wifi | lrwpan
+    nodes: tuple[str, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def wire(self) -> dict[str, Any]:
+        """The segment as the worker's init takes it (and the trace header records it)."""
+        return {"id": self.id, "medium": self.medium, "nodes": list(self.nodes), **self.settings}
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -126,6 +156,14 @@ class Scenario:
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # replicated id -> replica ids
     schedule: Schedule = field(default_factory=Schedule)  # changes at set virtual times (cosim.schedule)
     advance: str = "next-event"  # "next-event": skip quanta in which nothing can happen; "fixed": step every quantum
+    segments: tuple[Segment, ...] = ()  # network segments simulated by ns-3, in file order
+
+    def segment_between(self, source: str, dest: str) -> Segment | None:
+        """The segment an event from ``source`` to ``dest`` travels on: the first in file order that has both."""
+        for segment in self.segments:
+            if source in segment.nodes and dest in segment.nodes:
+                return segment
+        return None
 
     @property
     def steps(self) -> int:

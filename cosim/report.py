@@ -1,7 +1,7 @@
 """`invoke report TRACE`: one self-contained HTML page about a run, written beside its trace.
 
 The page holds the run's manifest (the trace header), the wall-clock metrics when the metrics file is there,
-and charts drawn with matplotlib into inline SVG: an event timeline per node, the virtual latency per link and
+and charts drawn as small hand-written inline SVG (cosim.charts): an event timeline per node, the virtual latency per link and
 drops per link; the sensor models' plug-ins add their parts (cosim.edge: sensor to verdict latency, each injected
 anomaly with its detection). No script, no stylesheet or font from elsewhere: it opens offline. A run that failed
 shows where and why.
@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import html
-import importlib.util
-import io
 import json
 import math
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +25,8 @@ from typing import Any
 from cosim import loading, plugins
 from cosim import schedule as scheduling
 from cosim import trace as traces
-from cosim.errors import MissingExtra, ScenarioError
+from cosim.charts import CYCLE, Chart
+from cosim.errors import ScenarioError
 from cosim.metrics import speedups
 from cosim.model import Scenario
 from cosim.resources import data_path
@@ -37,7 +35,6 @@ from cosim.trace import Action, Delivered, Dropped, Filtered, Footer, RunError, 
 
 SUFFIX = ".report.html"
 PERCENTILES = (50, 95, 99)
-RASTERIZE_ABOVE = 20_000  # markers per chart above which they are embedded as an image inside the SVG
 MAX_LINKS_DRAWN = 12  # latency curves per chart (the table lists every link)
 
 COLOURS = {"sent": "#1f77b4", "delivered": "#2ca02c", "dropped": "#d62728", "unroutable": "#9467bd",
@@ -50,13 +47,17 @@ def report_path(trace_path: Path) -> Path:
     return metrics_path.with_name(metrics_path.name[: -len(".metrics.json")] + SUFFIX)
 
 
-def write_report(trace_path: Path, *, scenario_path: Path | None = None, output: Path | None = None) -> Path:
-    if importlib.util.find_spec("matplotlib") is None:
-        raise MissingExtra("the report's charts need matplotlib, which is not installed: pip install 'cosim[report]'")
+def write_report(trace_path: Path, *, scenario_path: Path | None = None, output: Path | None = None,
+                 loaded: Scenario | None = None) -> Path:
+    """``loaded``: the run's scenario as already loaded (`cosim up`), used when its hash is the trace's."""
     trace = traces.read(trace_path)
     metrics_path, _ = artifact_paths(trace_path)
     metrics = _read_metrics(metrics_path)
-    scenario, scenario_note = find_scenario(trace, metrics, scenario_path)
+    scenario: Scenario | None
+    if loaded is not None and loaded.sha256 == trace.header.scenario_sha256:
+        scenario, scenario_note = loaded, f"scenario file: {loaded.path}"
+    else:
+        scenario, scenario_note = find_scenario(trace, metrics, scenario_path)
     target = output or report_path(trace_path)
     target.write_text(render(trace, metrics, scenario, scenario_note), encoding="utf-8")
     return target
@@ -135,31 +136,14 @@ def link_stats(trace: Trace) -> list[LinkStats]:
 # -- charts -----------------------------------------------------------------------------------------------------
 
 
-def new_figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), layout="constrained")
-    return figure
-
-
-def svg_of(figure: Any) -> str:
-    """The figure as an inline <svg> element: no XML prolog, DOCTYPE or RDF metadata (which name URLs)."""
-    import matplotlib
-
-    buffer = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "cosim-report"}):
-        figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
-    text = buffer.getvalue()
-    text = re.sub(r"<\?xml[^>]*\?>\s*", "", text)
-    text = re.sub(r"<!DOCTYPE[^>]*>\s*", "", text)
-    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
-    return text.strip()
+def seconds_axis(chart: Chart, duration_us: int) -> None:
+    chart.x_range = (0, duration_us / 1e6)
+    chart.x_label = "virtual time (s)"
+    chart.x_grid = True
 
 
-def seconds_axis(axes: Any, duration_us: int) -> None:
-    axes.set_xlim(0, duration_us / 1e6)
-    axes.set_xlabel("virtual time (s)")
-    axes.grid(axis="x", alpha=0.3)
+def row_height(rows: int, per_row: float) -> float:
+    return max(60.0, per_row * rows + 10)
 
 
 def timeline_chart(trace: Trace) -> str:
@@ -177,74 +161,67 @@ def timeline_chart(trace: Trace) -> str:
             series["dropped"][record.source].append(record.time_us / 1e6)
         elif isinstance(record, Unroutable):
             series["unroutable"][record.source].append(record.time_us / 1e6)
-    figure = new_figure(10, 0.55 * len(nodes) + 1.4)
-    axes = figure.add_subplot()
+    chart = Chart("events per node over virtual time", (0, 1), (-0.6, len(nodes) - 0.4), rows=list(rows),
+                  plot_height=row_height(len(nodes), 40))
+    seconds_axis(chart, trace.header.duration_us)
     offsets = {"sent": 0.27, "delivered": 0.0, "dropped": -0.27, "unroutable": -0.27}
-    rasterized = len(trace.records) > RASTERIZE_ABOVE
     for kind, by_node in series.items():
-        first = True
+        drawn = False
         for node, times in by_node.items():
-            if node not in rows:
-                continue
-            # One line of tick markers per node and kind: far cheaper than one path per event (eventplot).
-            axes.plot(times, [rows[node] + offsets[kind]] * len(times), "|", markersize=7, markeredgewidth=0.8,
-                      color=COLOURS[kind], label=kind if first else None, rasterized=rasterized)
-            first = False
+            if node in rows:
+                # One path of tick marks per node and kind (a mark per pixel column, however many events).
+                chart.ticks(times, rows[node] + offsets[kind], COLOURS[kind])
+                drawn = True
+        if drawn:
+            chart.add_legend(kind, COLOURS[kind], "tick")
     if trace.error is not None:
-        axes.axvline(trace.error.time_us / 1e6, color=COLOURS["dropped"], linestyle="--", linewidth=1.5,
-                     label=f"run failed ({trace.error.error})")
-    for index, action in enumerate(trace.of(Action)):  # the schedule's changes, so their effects line up
-        axes.axvline(action.time_us / 1e6, color="#7a5195", linestyle=":", linewidth=1.0,
-                     label="schedule action" if index == 0 else None)
-    axes.set_yticks(list(rows.values()), list(rows.keys()))
-    axes.set_ylim(-0.6, len(nodes) - 0.4)
-    seconds_axis(axes, trace.header.duration_us)
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22 if len(nodes) > 3 else -0.35), ncol=5, frameon=False)
-    axes.set_title("events per node over virtual time")
-    return svg_of(figure)
+        chart.vline(trace.error.time_us / 1e6, COLOURS["dropped"], dash="6 3", width=1.5)
+        chart.add_legend(f"run failed ({trace.error.error})", COLOURS["dropped"], dash="6 3")
+    actions = trace.of(Action)
+    for action in actions:  # the schedule's changes, so their effects line up
+        chart.vline(action.time_us / 1e6, "#7a5195", dash="2 2")
+    if actions:
+        chart.add_legend("schedule action", "#7a5195", dash="2 2")
+    return chart.svg()
 
 
 def latency_chart(curves: Sequence[tuple[str, Sequence[int]]], title: str) -> str:
     """CDF of virtual latency per route, p50/p95/p99 marked on each curve."""
-    figure = new_figure(10, 3.8)
-    axes = figure.add_subplot()
+    drawn = [(name, values) for name, values in curves[:MAX_LINKS_DRAWN] if values]
+    high = max((values[-1] for _, values in drawn), default=1) / 1e3
+    low = min((values[0] for _, values in drawn), default=0) / 1e3
+    pad = (high - low) * 0.05 or 0.5
+    chart = Chart(title, (low - pad, high + pad), (0, 1.02), x_label="virtual latency (ms)",
+                  y_label="fraction of events", legend_at="right", x_grid=True, y_grid=True)
     markers = {50: "o", 95: "s", 99: "^"}
-    for name, values in curves[:MAX_LINKS_DRAWN]:
-        if not values:
-            continue
-        xs = [v / 1e3 for v in values]
-        ys = [(i + 1) / len(values) for i in range(len(values))]
-        (line,) = axes.step(xs, ys, where="post", label=name, linewidth=1.2)
+    for index, (name, values) in enumerate(drawn):
+        colour = CYCLE[index % len(CYCLE)]
+        n = len(values)
+        points = [(values[0] / 1e3, 0.0)] + [(v / 1e3, (i + 1) / n) for i, v in enumerate(values)]
+        chart.line(points, colour, step=True)
         for q in PERCENTILES:
-            axes.plot(percentile(values, q) / 1e3, q / 100, markers[q], color=line.get_color(), markersize=5)
+            chart.marker(percentile(values, q) / 1e3, q / 100, markers[q], colour)
+        chart.add_legend(name, colour)
     for q in PERCENTILES:
-        axes.plot([], [], markers[q], color="#444444", label=f"p{q}")
-    axes.set_xlabel("virtual latency (ms)")
-    axes.set_ylabel("fraction of events")
-    axes.set_ylim(0, 1.02)
-    axes.grid(alpha=0.3)
-    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
-    axes.set_title(title)
-    return svg_of(figure)
+        chart.add_legend(f"p{q}", "#444444", markers[q])
+    return chart.svg()
 
 
 def drops_chart(links: Sequence[LinkStats]) -> str:
-    figure = new_figure(10, 0.42 * len(links) + 1.4)
-    axes = figure.add_subplot()
     names = [link.name for link in reversed(links)]
-    delivered = [link.delivered for link in reversed(links)]
-    dropped = [link.dropped for link in reversed(links)]
-    axes.barh(names, delivered, color=COLOURS["delivered"], label="delivered")
-    axes.barh(names, dropped, left=delivered, color=COLOURS["dropped"], label="dropped (loss)")
+    widest = max((link.delivered + link.dropped for link in links), default=1) or 1
+    chart = Chart("drops and losses per link", (0, widest * 1.15), (-0.6, len(links) - 0.4), rows=names,
+                  x_label="events on the link", plot_height=row_height(len(links), 30))
     for index, link in enumerate(reversed(links)):
-        if link.dropped and link.loss is not None:
-            axes.annotate(f" {link.dropped} lost ({link.loss:.1%})", (link.delivered + link.dropped, index),
-                          va="center", fontsize=8)
-    axes.set_xlabel("events on the link")
-    axes.margins(x=0.15)
-    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
-    axes.set_title("drops and losses per link")
-    return svg_of(figure)
+        chart.rect(0, index - 0.4, link.delivered, 0.8, COLOURS["delivered"])
+        if link.dropped:
+            chart.rect(link.delivered, index - 0.4, link.dropped, 0.8, COLOURS["dropped"])
+            if link.loss is not None:
+                chart.text(link.delivered + link.dropped + widest * 0.01, index,
+                           f"{link.dropped} lost ({link.loss:.1%})")
+    chart.add_legend("delivered", COLOURS["delivered"], "box")
+    chart.add_legend("dropped (loss)", COLOURS["dropped"], "box")
+    return chart.svg()
 
 
 # -- page -------------------------------------------------------------------------------------------------------
@@ -332,6 +309,57 @@ def _schedule_section(trace: Trace) -> str:
             + f"<p>Dropped by reason: {_e(drops)}. Filtered by a route's <code>during</code> windows: {filtered}.</p>")
 
 
+@dataclass(frozen=True)
+class SenderStats:
+    """One sender on one ns-3 segment: ns-3's latencies (arrival - emission) and its losses by reason."""
+
+    segment: str
+    source: str
+    latencies_us: tuple[int, ...]  # sorted
+    drops: Mapping[str, int]  # reason -> count
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.drops.values())
+
+    @property
+    def loss(self) -> float | None:
+        settled = len(self.latencies_us) + self.dropped
+        return self.dropped / settled if settled else None
+
+
+def segment_stats(trace: Trace) -> list[SenderStats]:
+    """Per (segment, sender): the contention a medium shows, from the records of events that travelled on it."""
+    latencies: dict[tuple[str, str], list[int]] = defaultdict(list)
+    drops: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for record in trace.records:
+        if isinstance(record, Delivered) and record.segment is not None:
+            latencies[(record.segment, record.source)].append(record.network_latency_us)
+        elif isinstance(record, Dropped) and record.segment is not None:
+            drops[(record.segment, record.source)][record.reason] += 1
+    return [SenderStats(segment, source, tuple(sorted(latencies[(segment, source)])), dict(drops[(segment, source)]))
+            for segment, source in sorted(set(latencies) | set(drops))]
+
+
+def _segments_section(trace: Trace) -> str:
+    """Latency and loss per sender on each ns-3 segment (empty without segments)."""
+    senders = segment_stats(trace)
+    if not senders:
+        return ""
+    curves = [(f"{sender.source} ({sender.segment})", sender.latencies_us) for sender in senders]
+    rows = [(sender.segment, sender.source, len(sender.latencies_us),
+             *(f"{percentile(sender.latencies_us, q) / 1e3:.3f}" if sender.latencies_us else "" for q in (50, 95)),
+             f"{sender.latencies_us[-1] / 1e3:.3f}" if sender.latencies_us else "", sender.dropped,
+             f"{sender.loss:.2%}" if sender.loss is not None else "",
+             ", ".join(f"{n} {reason}" for reason, n in sorted(sender.drops.items()))) for sender in senders]
+    chart = (f"<figure>{latency_chart(curves, 'ns-3 latency per sender (CDF)')}</figure>"
+             if any(values for _, values in curves) else "")
+    return ("<h2>Network segments (ns-3)</h2><p class=note>Latency on the segment as ns-3 computed it (arrival - "
+            "emission; each event is delivered one quantum after its arrival), and the losses with ns-3's reasons.</p>"
+            + chart + html_table(("segment", "sender", "delivered", "p50 ms", "p95 ms", "max ms", "dropped", "loss",
+                                  "drop reasons"), rows, numeric=range(2, 8)))
+
+
 def _metrics_section(metrics: Mapping[str, Any] | None) -> str:
     if metrics is None:
         return "<p class=note>No metrics file beside the trace.</p>"
@@ -399,6 +427,8 @@ def render(trace: Trace, metrics: Mapping[str, Any] | None, scenario: Scenario |
     added = _plugin_parts(trace, scenario)
     for addition in added:
         parts.extend(addition.latency)
+
+    parts.append(_segments_section(trace))
 
     parts.append("<h2>Drops and losses per link</h2>")
     if links:

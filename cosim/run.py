@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from cosim import __version__, compose, options, protocol, runtimes
+from cosim import __version__, compose, options, protocol, runtimes, segments
 from cosim import checkpoint as checkpointing
 from cosim import metrics as run_metrics
 from cosim import trace as tracing
@@ -68,13 +68,15 @@ def clear_logs(log_dir: Path) -> None:
 
 def check_writable(what: str, directory: Path) -> None:
     """Create ``directory`` if needed and prove a file can be written in it (not read-only, not under a regular
-    file, not full to the last inode); OutputWriteError naming it otherwise. (Permissions alone would not do:
-    root passes every permission check, not a read-only mount.)"""
+    file, not full: to the last inode or the last block); OutputWriteError naming it otherwise. (Permissions alone
+    would not do: root passes every permission check, not a read-only mount.)"""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
+        with tempfile.TemporaryFile(dir=directory, buffering=0) as probe:
+            probe.write(b"\n")  # a byte: an empty file still fits on a full disk
     except OSError as exc:
+        if exc.filename and Path(exc.filename).parent.absolute() == directory.absolute():
+            exc = OSError(exc.errno, exc.strerror)  # the probe's own name means nothing to the reader
         raise OutputWriteError(what, directory, exc) from None
 
 
@@ -160,7 +162,10 @@ def run(
     scenario = load(scenario_path)
     if advance is not None:  # `--advance` overrides the scenario's mode (and so the trace header's)
         scenario = dataclasses.replace(scenario, advance=advance)
+    segments.check_available(scenario)
     times = checkpointing.parse_times("--checkpoint-at", checkpoint_at, scenario)
+    if times and scenario.segments:
+        raise UsageError(segments.NO_CHECKPOINTS.format(option="--checkpoint-at", name=scenario.name))
     if stop_after_checkpoint and not times:
         raise UsageError("--stop-after-checkpoint needs --checkpoint-at T")
     manifest = tracing.scenario_manifest(scenario, compose.sha256(scenario))
@@ -190,6 +195,8 @@ def resume(
     # The checkpointed run's advance mode (a `--advance` override included): its state is that mode's.
     scenario = dataclasses.replace(load(scenario_path if scenario_path is not None else checkpointing.scenario_file(content)),
                                    advance=content["advance"])
+    if scenario.segments:  # (a checkpoint is never written with segments; a fork may add some)
+        raise UsageError(segments.NO_CHECKPOINTS.format(option="resume" if not fork else "a fork", name=scenario.name))
     checkpointing.check_scenario(Path(checkpoint_path), content, scenario, fork=fork)
     manifest = dict(content["manifest"])
     changes: dict[str, dict[str, Any]] = {}
@@ -234,6 +241,8 @@ def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchd
         writer.close()
         raise
     backend = runtimes.create(runtime, scenario, log_dir)
+    # The ns-3 worker: started (and told its segments) before the runtime, so ns-3 loads while the services start.
+    worker = segments.SegmentWorker(scenario, log_dir / "ns3-segments.log", watchdog_s) if scenario.segments else None
     nodes: dict[str, SimNode] = {}
     result: SimulationResult | None = None
     coordinator: Coordinator | None = None
@@ -241,6 +250,8 @@ def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchd
     try:
         with interrupts_once() as interrupts:
             try:
+                if worker is not None:
+                    worker.start()
                 backend.start()
                 # The window loop is imported now, while the services start up (in parallel, on another core).
                 from cosim.coordinator import Coordinator
@@ -249,7 +260,7 @@ def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchd
                 coordinator = Coordinator(scenario, nodes, writer, endpoints=backend.endpoints(),
                                           environment=backend.manifest(), progress=progress,
                                           exited_infrastructure=backend.exited_infrastructure, processes=backend,
-                                          checkpoints=checkpoints, lookahead=lookahead)
+                                          checkpoints=checkpoints, lookahead=lookahead, segment_worker=worker)
                 result = coordinator.run()
             except KeyboardInterrupt:
                 # The coordinator turns an interrupt during the run into Interrupted; this is one while starting.
@@ -267,6 +278,8 @@ def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchd
                     try:
                         backend.stop()
                     finally:
+                        if worker is not None:
+                            worker.close(graceful=result is not None)
                         for node in nodes.values():
                             node.close()
                         writer.close()

@@ -36,7 +36,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from cosim import loading, options
+from cosim import loading, options, segments
 from cosim.errors import (
     CosimError,
     Interrupted,
@@ -319,6 +319,7 @@ def plan(scenario: str | None = None, *, seeds: str | Sequence[int] | None = Non
     if len(variants) * len(seed_list) > MAX_RUNS:
         raise SweepError(f"{len(variants)} variants x {len(seed_list)} seeds is more than {MAX_RUNS} runs")
     base = loading.load(scenario)  # the base scenario itself must be valid
+    segments.check_available(base)  # ns-3, for a scenario with network segments: before any run
     target = Path(out or file.get("out") or Path("sweeps") / base.name)
     names = [str(m) for m in file.get("measures", [])] + [m for m in measures if m not in file.get("measures", [])]
     chosen = _baseline(baseline if baseline is not None else file.get("baseline"), variants)
@@ -328,6 +329,8 @@ def plan(scenario: str | None = None, *, seeds: str | Sequence[int] | None = Non
         from cosim import checkpoint as checkpointing
 
         fork_us = checkpointing.parse_times("--fork-at", str(fork), base)[0]
+        if base.segments:
+            raise SweepError(segments.NO_CHECKPOINTS.format(option="--fork-at", name=base.name))
         for path, _ in parameters:
             if not forkable(path):
                 raise SweepError(f"--fork-at: --set {path} cannot change at a fork (a fork at T changes only "

@@ -8,6 +8,8 @@ Built in (every name below is a column):
 - ``latency_p50_us``, ``latency_p95_us``, ``latency_p99_us`` over every delivery, and per route
   (``latency_p95_us[pump-1>gateway]``; a route is a link a delivered event took, source > destination), nearest-rank;
 - ``sensor_to_sink_p50_us`` ... where events reaching a sink carry their sensor's ``sampled_us``;
+- ``segment_latency_p50_us`` ... (ns-3's arrival - emission, over every hop on a network segment) and
+  ``segment_loss`` (the share of segment hops dropped) when the scenario has segments;
 - ``detections_found``, ``detections_missed``, ``false_positives``, ``detection_latency_mean_us`` when a sensor
   uses the vibration model (cosim.edge);
 - ``node_failures``: crashes applied by the schedule plus 1 when the run ended with a node's failure;
@@ -61,6 +63,8 @@ def builtin(trace: Trace, scenario: Scenario | None) -> dict[str, float]:
     per_route: dict[str, list[int]] = defaultdict(list)
     sinks = {node.id for node in scenario.nodes if node.kind == "sink"} if scenario is not None else set()
     sensor_to_sink: list[int] = []
+    on_segments: list[int] = []  # ns-3's latencies (arrival - emission) of the segment hops
+    segment_drops = 0
     crashes = 0
     kinds = {Sent: "sent", Delivered: "delivered", Dropped: "dropped", Unroutable: "unroutable", Filtered: "filtered"}
     for record in trace.records:
@@ -71,11 +75,14 @@ def builtin(trace: Trace, scenario: Scenario | None) -> dict[str, float]:
         if isinstance(record, Delivered):
             latencies.append(record.latency_us)
             per_route[f"{record.source}>{record.dest}"].append(record.latency_us)
+            if record.segment is not None:
+                on_segments.append(record.network_latency_us)
             sampled = record.data.get("sampled_us") if isinstance(record.data, dict) else None
             if record.dest in sinks and isinstance(sampled, int):
                 sensor_to_sink.append(record.time_us - sampled)
         elif isinstance(record, Dropped):
             reasons[record.reason] += 1
+            segment_drops += record.segment is not None
     values: dict[str, float] = {kind: counts[kind] for kind in ("sent", "delivered", "dropped", "unroutable",
                                                                  "filtered")}
     values.update({f"dropped.{reason}": n for reason, n in sorted(reasons.items())})
@@ -83,6 +90,9 @@ def builtin(trace: Trace, scenario: Scenario | None) -> dict[str, float]:
     for route, samples in sorted(per_route.items()):
         values.update({f"{key}[{route}]": value for key, value in _percentiles("latency", samples).items()})
     values.update(_percentiles("sensor_to_sink", sensor_to_sink))
+    if on_segments or segment_drops:
+        values.update(_percentiles("segment_latency", on_segments))
+        values["segment_loss"] = segment_drops / (len(on_segments) + segment_drops)
     values["node_failures"] = crashes + (1 if trace.error is not None and trace.error.node else 0)
     values["completed"] = 1 if trace.footer is not None else 0
     if scenario is not None and any(isinstance(n, SensorSpec) and n.model == "vibration" for n in scenario.nodes):

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from cosim.errors import MissingExtra
 from cosim.stats import Interval, t_interval
 
 if TYPE_CHECKING:
@@ -165,11 +164,9 @@ def _series(sweep: Plan, parameter: str) -> dict[tuple[tuple[str, Any], ...], li
 def chart(sweep: Plan, cells: Sequence[Cell], measure: str, parameter: str | None) -> str:
     """``measure`` against ``parameter``'s values: the mean per variant with its 95% interval as a band (and bar),
     one series per combination of the other parameters, and every seed's value as a point."""
-    from cosim.report import new_figure, svg_of
+    from cosim.charts import CYCLE, Chart
 
     by_variant = {cell.variant: cell for cell in cells if cell.measure == measure}
-    figure = new_figure(6.4, 3.4)
-    axes = figure.add_subplot()
     groups: dict[tuple[tuple[str, Any], ...], list[Any]]
     if parameter is None:
         groups = {(): list(sweep.variants)}
@@ -179,37 +176,45 @@ def chart(sweep: Plan, cells: Sequence[Cell], measure: str, parameter: str | Non
         ticks = list(dict.fromkeys(_tick(value) for variant in sweep.variants
                                    for path, value in variant.parameters if path == parameter))
     spread = 0.25 / max(1, len(groups))
+    drawn: list[tuple[str, str | None, list[float], list[float], list[float], list[float], list[list[float]]]] = []
     for index, (others, variants) in enumerate(groups.items()):
         offset = (index - (len(groups) - 1) / 2) * spread
         xs: list[float] = []
         means: list[float] = []
         lows: list[float] = []
         highs: list[float] = []
+        seeds: list[list[float]] = []
         label = ", ".join(f"{path.rsplit('.', 1)[-1]}={_tick(value)}" for path, value in others) or None
         for position, variant in enumerate(variants):
             cell = by_variant.get(variant.id)
             if cell is None or cell.interval is None:
                 continue
-            x = (ticks.index(_tick(dict(variant.parameters)[parameter])) if parameter else position) + offset
-            xs.append(x)
+            xs.append((ticks.index(_tick(dict(variant.parameters)[parameter])) if parameter else position) + offset)
             means.append(cell.interval.mean)
             lows.append(cell.interval.low if cell.interval.low is not None else cell.interval.mean)
             highs.append(cell.interval.high if cell.interval.high is not None else cell.interval.mean)
-            seeds = [value for _, value in cell.values]
-            axes.scatter([x + spread * 0.3] * len(seeds), seeds, s=10, alpha=0.5, color=f"C{index}", linewidths=0)
-        if not xs:
-            continue
-        axes.fill_between(xs, lows, highs, alpha=0.2, color=f"C{index}", linewidth=0)
-        axes.errorbar(xs, means, yerr=[[m - lo for m, lo in zip(means, lows)], [hi - m for m, hi in zip(means, highs)]],
-                      fmt="o-", color=f"C{index}", capsize=3, label=label)
-    axes.set_xticks(range(len(ticks)), ticks)
-    axes.set_xlabel(parameter or "variant")
-    axes.set_ylabel(measure)
-    axes.set_title(f"{measure} (mean, 95% CI band, seeds as points)", fontsize=9)
-    axes.grid(axis="y", alpha=0.3)
-    if len(groups) > 1:
-        axes.legend(fontsize=7)
-    return svg_of(figure)
+            seeds.append([value for _, value in cell.values])
+        if xs:
+            drawn.append((CYCLE[index % len(CYCLE)], label, xs, means, lows, highs, seeds))
+    values = [v for *_, lows, highs, seeds in drawn for v in (*lows, *highs, *(x for s in seeds for x in s))]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    pad = (high - low) * 0.08 or abs(high) * 0.1 or 1.0
+    figure = Chart(f"{measure} (mean, 95% CI band, seeds as points)", (-0.5, len(ticks) - 0.5), (low - pad, high + pad),
+                   width=640, plot_height=220, x_label=parameter or "variant", y_label=measure, x_categories=ticks,
+                   y_grid=True, title_size=11)
+    for colour, label, xs, means, lows, highs, seeds in drawn:
+        figure.band(xs, lows, highs, colour)
+        for x, seed_values in zip(xs, seeds):
+            for value in seed_values:
+                figure.marker(x + spread * 0.3, value, "o", colour, size=3.5, opacity=0.5)
+        for x, lo, hi in zip(xs, lows, highs):
+            figure.error_bar(x, lo, hi, colour)
+        figure.line(list(zip(xs, means)), colour)
+        for x, mean in zip(xs, means):
+            figure.marker(x, mean, "o", colour, size=6)
+        if len(groups) > 1 and label:
+            figure.add_legend(label, colour)
+    return figure.svg()
 
 
 def _tick(value: Any) -> str:
@@ -268,12 +273,7 @@ def _seeds_text(seeds: Sequence[int]) -> str:
 
 
 def write_report(sweep: Plan, table: Sequence[Mapping[str, Any]], cells: Sequence[Cell], out: TextIO) -> Path:
-    """``report.html`` in the sweep's directory; without matplotlib, the reason instead (the results stand)."""
-    import importlib.util
-
+    """``report.html`` in the sweep's directory."""
     path = sweep.out / "report.html"
-    if importlib.util.find_spec("matplotlib") is None:
-        out.write(f"  report: skipped: {MissingExtra('the charts need matplotlib: pip install cosim[report]')}\n")
-        return sweep.out / "results.csv"
     path.write_text(render(sweep, table, cells), encoding="utf-8")
     return path

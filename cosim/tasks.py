@@ -173,12 +173,15 @@ def report(c: Context, trace: str) -> None:
             "no_swarm": "skip the local Swarm measurements (they need root)",
             "output": "where the JSON results go (default traces/bench.json)",
             "sparse_s": "virtual seconds of the sparse next-event workload (default 600)",
+            "rows": "run only these rows, comma-separated: up (the default scenario's whole `up` against compose "
+                    "up/down), containers-100 (bring-up and teardown of 100 containers against compose up/down), "
+                    "mosaik (the sparse shape as a whole process against mosaik 3.6)",
             "no_mosaik": "skip the whole-process row against mosaik 3.6 (installed on demand from PyPI)"})
 def bench(c: Context, steps: str = "2000", local_only: bool = False, no_swarm: bool = False,
-          output: str = "traces/bench.json", sparse_s: str = "600", no_mosaik: bool = False) -> None:
+          output: str = "traces/bench.json", sparse_s: str = "600", rows: str = "", no_mosaik: bool = False) -> None:
     """Measure cosim's per-step cost, scaling and throughput against floors measured in the same run."""
     call("cli.bench", steps=steps, docker=not local_only, swarm=not no_swarm, output=output, sparse_s=sparse_s,
-         mosaik=not no_mosaik)
+         rows=rows, mosaik=not no_mosaik)
 
 
 @task(positional=["kind", "name"], help={

@@ -262,6 +262,8 @@ def scenario_manifest(scenario: Scenario, compose_sha256: str) -> dict[str, Any]
                              {node.id: node.kind for node in scenario.nodes}, compose_sha256, advance=scenario.advance)
     if scenario.schedule:  # only when there is one: traces of scenarios without a schedule keep their bytes
         manifest["schedule"] = scenario.schedule.manifest()
+    if scenario.segments:  # likewise: the ns-3 segments, defaults filled in (they shape the run)
+        manifest["segments"] = [segment.wire() for segment in scenario.segments]
     return manifest
 
 
@@ -331,17 +333,26 @@ class Sent(_Emission):
 class Delivered(_Emission):
     dest: str
     sent_us: int  # emission time; time_us is the delivery time
+    segment: str | None = None  # the ns-3 segment it travelled on (None: a link)
+    arrived_us: int | None = None  # on a segment: ns-3's exact arrival time (delivered one quantum later)
 
     @property
     def latency_us(self) -> int:
-        """Virtual time on the link (latency + jitter)."""
+        """Virtual time from emission to delivery (a link's latency + jitter; on a segment, ns-3's + one quantum)."""
         return self.time_us - self.sent_us
+
+    @property
+    def network_latency_us(self) -> int:
+        """Time on the network: on a segment, ns-3's (arrival - emission); on a link, ``latency_us``."""
+        return (self.arrived_us if self.arrived_us is not None else self.time_us) - self.sent_us
 
 
 @dataclass(frozen=True)
 class Dropped(_Emission):
     dest: str
     reason: str
+    at_us: int | None = None  # when it was lost, where known (ns-3's drop time on a segment; node_down: delivery)
+    segment: str | None = None  # the ns-3 segment it was lost on (None: a link, or a crashed destination)
 
 
 @dataclass(frozen=True)
@@ -391,7 +402,7 @@ EventRecord = Sent | Delivered | Dropped | Unroutable | Filtered | Action
 _EVENT_TYPES: dict[str, type] = {"sent": Sent, "delivered": Delivered, "dropped": Dropped, "unroutable": Unroutable,
                                  "filtered": Filtered}
 _INT_FIELDS = {"time_us", "sent_us", "seq", "seed", "duration_us", "quantum_us", "protocol", "end_us", "steps",
-               "in_flight"}
+               "in_flight", "arrived_us", "at_us"}
 
 
 @dataclass(frozen=True)
@@ -414,7 +425,8 @@ class Trace:
         return [record for record in self.records if isinstance(record, kind)]
 
     def to_dataframe(self) -> pandas.DataFrame:
-        """One row per event record: record, time_us, source, seq, type, dest, sent_us, latency_us, reason, data.
+        """One row per event record: record, time_us, source, seq, type, dest, sent_us, latency_us, reason, data,
+        segment and arrived_us (events on a network segment).
 
         Needs pandas (``pip install 'cosim[analysis]'``; ./inv's environment has it)."""
         try:
@@ -422,7 +434,8 @@ class Trace:
         except ImportError:
             raise ToolError("Trace.to_dataframe needs pandas: install cosim's analysis extra "
                              "(pip install 'cosim[analysis]')") from None
-        columns = ["record", "time_us", "source", "seq", "type", "dest", "sent_us", "latency_us", "reason", "data"]
+        columns = ["record", "time_us", "source", "seq", "type", "dest", "sent_us", "latency_us", "reason", "data",
+                   "segment", "arrived_us"]
         rows = []
         for record in self.records:
             if isinstance(record, Action):
@@ -432,9 +445,10 @@ class Trace:
                 "type": record.type, "dest": getattr(record, "dest", None), "sent_us": getattr(record, "sent_us", None),
                 "latency_us": record.latency_us if isinstance(record, Delivered) else None,
                 "reason": getattr(record, "reason", None), "data": record.data,
+                "segment": getattr(record, "segment", None), "arrived_us": getattr(record, "arrived_us", None),
             })
         frame = pandas.DataFrame(rows, columns=columns)
-        for column in ("sent_us", "latency_us"):
+        for column in ("sent_us", "latency_us", "arrived_us"):
             frame[column] = frame[column].astype("Int64")  # nullable: only delivered records have them
         return frame
 
@@ -444,7 +458,8 @@ def _kind_of(record: EventRecord) -> str:
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-_OPTIONAL = {"environment", "advance", "executed"}  # fields a valid record may lack (older traces, failed starts)
+# Fields a valid record may lack (older traces, failed starts, events not on a segment).
+_OPTIONAL = {"environment", "advance", "executed", "segment", "arrived_us", "at_us"}
 
 
 def _build(cls: type, record: dict[str, Any], where: str) -> Any:

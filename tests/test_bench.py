@@ -55,6 +55,9 @@ def test_local_bench_reports_floors_costs_and_ratios(tmp_path: Path) -> None:
     assert saved["ratio_intervals"]["dense_local_next_vs_fixed"] == [low, high]
     assert "sparse, local, next-event: step loop" in table and "sparse local step loop:" in table
     assert "coordinator throughput (local):" in table
+    if "segment_sparse_vs_links" in result.ratios:  # with ns-3 installed: a sparse run through a segment vs links
+        assert result.ratios["segment_sparse_vs_links"] > 0 and result.settings["segment_worker_start_s"] > 0
+        assert "segment_sparse_vs_links: " in table and "ns-3 segment worker start-up: " in table
 
 
 def test_median_interval_is_the_binomial_order_statistics() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -86,15 +87,17 @@ def test_unknown_stream_ids_never_reach_stdout_and_are_kept_in_the_log() -> None
 
 
 class FakeEngine:
-    """A unix socket answering one attach request with ``response`` (in chunks of ``chunk`` bytes), then silent."""
+    """A unix socket answering one attach request with ``response`` (in chunks of ``chunk`` bytes), then silent;
+    and the transport's `wait` request (for the container to stop) with its headers, then silent (it runs)."""
 
     def __init__(self, path: Path, response: bytes, chunk: int) -> None:
         self.path = path
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(path))
-        self.server.listen(1)
+        self.server.listen(2)
         self.request = b""
         self.received = b""
+        self.waits: list[bytes] = []
         self._thread = threading.Thread(target=self._serve, args=(response, chunk), daemon=True)
         self._thread.start()
 
@@ -105,8 +108,18 @@ class FakeEngine:
                 self.request += connection.recv(4096)
             for start in range(0, len(response), chunk):
                 connection.sendall(response[start:start + chunk])
-            while data := connection.recv(4096):  # what the coordinator writes on the container's stdin
-                self.received += data
+            if not response.startswith(UPGRADED):
+                return  # refused
+            waiting, _ = self.server.accept()
+            with waiting:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += waiting.recv(4096)
+                self.waits.append(request)
+                waiting.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                b"Transfer-Encoding: chunked\r\n\r\n")
+                while data := connection.recv(4096):  # what the coordinator writes on the container's stdin
+                    self.received += data
 
     def close(self) -> None:
         self.server.close()
@@ -133,6 +146,8 @@ def test_bytes_after_the_handshake_are_not_lost(tmp_path: Path, chunk: int) -> N
         engine.close()
     assert engine.request.startswith(b"POST /containers/abc123/attach?stream=1&stdin=1&stdout=1&stderr=1 HTTP/1.1\r\n")
     assert engine.received == b'{"type":"SHUTDOWN"}\n'
+    assert [wait.split(b"\r\n", 1)[0] for wait in engine.waits] == [
+        b"POST /containers/abc123/wait?condition=not-running HTTP/1.1"]
     assert (tmp_path / "svc.log").read_bytes() == b"early log\n"
 
 
@@ -164,3 +179,29 @@ def test_both_attach_paths_give_the_same_trace(tmp_path: Path, monkeypatch: pyte
     facts = [json.loads(summary.metrics_path.read_text())["environment"]["attach"] for summary in (api, cli)]
     assert facts == ["engine-api", "docker-cli"]
     assert cosim_resources("cosim.scenario=docker-pipeline") == ([], [])
+
+
+@pytest.mark.docker
+def test_a_stream_attached_after_its_container_exited_ends(tmp_path: Path, service_images: dict[str, str]) -> None:
+    """The engine never ends an attach stream registered after the container's process exited (what a Swarm task
+    seen running just before tini's exec fails gives): the transport's `wait` on the container ends it, promptly
+    rather than at the watchdog."""
+    from cosim.runtimes.docker.base_image import resolve_base_image
+    from cosim.transport import TransportClosed
+
+    socket_path = engine_socket()
+    assert socket_path is not None
+    started = subprocess.run(["docker", "run", "-d", "-i", "--init", "--label", "cosim.test=late-attach",
+                              resolve_base_image(), "/no/such/program"], capture_output=True, text=True, check=True)
+    container = started.stdout.strip()
+    try:
+        assert subprocess.run(["docker", "wait", container], capture_output=True, text=True).stdout.strip() == "127"
+        transport = EngineAttachTransport("late", container, socket_path, log_path=tmp_path / "late.log",
+                                          exit_code=lambda: 127, log_tail=lambda lines: "")
+        try:
+            with pytest.raises(TransportClosed):
+                transport.receive(time.monotonic() + 60)  # (the watchdog's place: never reached)
+        finally:
+            transport.close()
+    finally:
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True)

@@ -167,22 +167,20 @@ def test_the_installed_wheel_validates_and_renders_from_anywhere(wheel: Path, tm
 # -- extras ------------------------------------------------------------------------------------------------------
 
 
-def test_without_matplotlib_up_skips_the_report_naming_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """matplotlib is the `report` extra: a run completes without it, and says in one line how to get the report."""
+def test_the_report_needs_no_plotting_library(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The report's charts are hand-written SVG: with matplotlib unimportable, `up` still writes the whole report."""
     import io
 
     from cosim import cli
-    from cosim.errors import MissingExtra
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
     out = io.StringIO()
     done = cli.up(str(ROOT / "tests" / "scenarios" / "cli-good.yaml"), runtime="local", progress=False,
                   trace=str(tmp_path / "run.jsonl"), out=out)
-    assert done.trace_path.is_file()
-    missing = "the report's charts need matplotlib, which is not installed: pip install 'cosim[report]'"
-    assert out.getvalue().endswith(f"  report:  skipped: {missing}\n")
-    with pytest.raises(MissingExtra, match=r"^the report's charts need matplotlib"):
-        cli.report(str(done.trace_path))
+    report = tmp_path / "run.report.html"
+    assert out.getvalue().endswith(f"  report:  {report}\n")
+    assert report.read_text(encoding="utf-8").count("<svg") >= 3
+    assert cli.report(str(done.trace_path)) == report
 
 
 REMAINDER_PROBE = """

@@ -238,14 +238,26 @@ def test_placement_no_node_satisfies_names_node_and_constraint(on_swarm: cluster
     assert_nothing_left(on_swarm)
 
 
-def test_task_that_cannot_start_names_node_and_swarms_error(on_swarm: clusters.Cluster, tmp_path: Path) -> None:
-    path = variant(tmp_path, "scenarios/default.yaml", "nostart", {"gateway": {"command": ["/no/such/program"]}})
-    with pytest.raises(NodeStartError) as failure:
-        run(path, runtime="swarm", trace_path=tmp_path / "t.jsonl")
+@pytest.mark.parametrize("command, code, log", [
+    (["/no/such/program"], 127, "/no/such/program"),
+    # Runs a moment, then fails: seen running and attached first, or not, as the machine's speed decides.
+    (["python3", "-c", "import sys, time; time.sleep(1.5); sys.exit('gave up')"], 1, "gave up"),
+], ids=["exec-fails", "exits-soon"])
+def test_task_that_cannot_start_names_node_and_swarms_error(on_swarm: clusters.Cluster, tmp_path: Path,
+                                                            command: list[str], code: int, log: str) -> None:
+    """Whether Swarm is seen failing the task while the run starts, or the task is seen running (its stream
+    attached) a moment before its program fails, the error names the node, the Swarm node and Swarm's words, with
+    the log's last lines, at once (not at the watchdog: an attach stream registered just after the container's
+    process exited would never end by itself)."""
+    path = variant(tmp_path, "scenarios/default.yaml", "nostart", {"gateway": {"command": command}})
+    with pytest.raises((NodeStartError, NodeFailure)) as failure:
+        run(path, runtime="swarm", trace_path=tmp_path / "t.jsonl", watchdog_s=300)
     message = str(failure.value)
-    assert message.startswith(f"node 'gateway' did not start: its task on Swarm node '{on_swarm.manager.name}' failed "
-                              f"(Swarm says: task: non-zero exit (127))")
-    assert "/no/such/program" in message  # from the container's log
+    assert failure.value.node == "gateway"
+    assert f"its task on Swarm node '{on_swarm.manager.name}' failed (Swarm says: task: non-zero exit ({code}))" \
+        in message, message
+    assert log in message  # from the container's log
+    assert "watchdog" not in message  # (300 s: a hung attach stream would have ended there, unexplained)
     assert_nothing_left(on_swarm)
 
 

@@ -17,7 +17,12 @@
    of which one gets traffic, against one, 10 pairs of runs); a dense workload (every node busy every quantum) in
    both modes, 30 pairs of runs locally and 20 on Docker; the default scenario's speed-ups on Docker (3 runs
    in each mode: the step loop's best and median, and the whole run's).
-7. The sparse shape as a whole process (interpreter start to exit), `cosim up --runtime local` against mosaik 3.6
+7. Fixed costs around the step loop (cosim.bench.costs): the default scenario's whole `cosim up` on Docker against
+   its step loop plus compose up and down of the same file; 100 containers' bring-up and teardown against compose
+   up and down of the same file. `--rows up,containers-100` runs these alone.
+8. Network segments (with ns-3 installed): a sparse run through an ns-3 segment against plain links, and the ns-3
+   worker's start-up (cosim.bench.segments).
+9. The sparse shape as a whole process (interpreter start to exit), `cosim up --runtime local` against mosaik 3.6
    (installed on demand into a venv of its own), 5 pairs (``peers``).
 
 Repeated runs: on a small shared machine a run's speed depends on where the kernel places its processes and on
@@ -50,12 +55,13 @@ import platform
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TextIO
 
 from cosim import __version__
+from cosim.bench.costs import many_rows, up_rows
 from cosim.bench.floors import container_floor, pipe_floor
 from cosim.bench.measurements import (
     advance_rows,
@@ -68,6 +74,7 @@ from cosim.bench.measurements import (
 )
 from cosim.bench.peers import mosaik_rows
 from cosim.bench.result import DEFAULT_RUNS, REPEATS, SPARSE_S, TARGETS, BenchResult
+from cosim.bench.segments import segment_rows
 from cosim.bench.stats import in_turn
 from cosim.bench.sweeps import sweep_rows
 from cosim.bench.table import print_table
@@ -77,16 +84,28 @@ from cosim.service_sources import service_image
 __all__ = ["TARGETS", "BenchResult", "bench", "print_table"]
 
 
+# Rows that `cosim bench --rows NAME[,NAME]` runs alone (the whole bench runs them all): name -> the row.
+SELECTABLE: dict[str, Callable[[BenchResult, Path, Callable[[str], None]], None]] = {
+    "up": up_rows, "containers-100": many_rows,
+    "mosaik": lambda result, directory, say: mosaik_rows(result, directory, say, SPARSE_S)}
+
+
 def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: bool = True, out: TextIO = sys.stdout,
           output: Path | None = None, progress: Callable[[str], None] | None = None,
-          sparse_s: int = SPARSE_S, mosaik: bool = True) -> BenchResult:
+          sparse_s: int = SPARSE_S, rows: Sequence[str] = (), mosaik: bool = True) -> BenchResult:
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
     result = BenchResult(settings={
         "cosim": __version__, "python": platform.python_version(), "machine": platform.machine(),
         "cpus": os.cpu_count(), "steps": steps, "probes": probes, "docker": docker, "sparse_s": sparse_s,
+        **({"rows": list(rows)} if rows else {}),
     })
     with tempfile.TemporaryDirectory(prefix="cosim-bench-") as temporary:
         directory = Path(temporary)
+        if rows:  # only these rows (cosim bench --rows): the rest of the bench is not run
+            for name in rows:
+                SELECTABLE[name](result, directory, say)
+            _finish(result, out, output)
+            return result
         say("floor: bare echo over a local pipe")
         result.floors_us["pipe"] = pipe_floor(probes)
         say("cosim: one echo node, local runtime")
@@ -129,7 +148,10 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
                 swarm_rows(result, directory, steps, say)
             elif swarm:
                 say("swarm: skipped (the local test clusters need root)")
+            up_rows(result, directory, say)  # fixed costs: the whole `up` against compose up/down; 100 containers
+            many_rows(result, directory, say)
         sweep_rows(result, directory, say, docker=docker)  # sweeps: --jobs 4 and --fork-at against sequential runs
+        segment_rows(result, directory, say, sparse_s=sparse_s)  # ns-3 segments vs plain links; worker start-up
     result.ratios["local_vs_pipe_floor"] = result.per_node_step_us["local"] / result.floors_us["pipe"]
     if docker:
         result.ratios["docker_vs_container_floor"] = result.per_node_step_us["docker"] / result.floors_us["container"]
@@ -139,10 +161,15 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
         result.ratios["docker_8_vs_container_floor_x8"] = result.scaling_step_us["8"] / result.floors_us["container_x8"]
         for name, step in result.swarm_step_us.items():
             result.ratios[f"swarm_{name}_vs_container_floor"] = step / result.floors_us["container"]
+    _finish(result, out, output)
+    return result
+
+
+def _finish(result: BenchResult, out: TextIO, output: Path | None) -> None:
+    """The table, and the JSON results when ``output`` is given."""
     print_table(result, out)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(result.__dict__ | {"targets": TARGETS}, indent=2, sort_keys=True) + "\n",
                           encoding="utf-8")
         out.write(f"results: {output}\n")
-    return result

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cosim.bench.costs import TARGETS as COST_TARGETS
+from cosim.bench.segments import TARGETS as SEGMENT_TARGETS
 from cosim.bench.sweeps import TARGETS as SWEEP_TARGETS
 
 TARGETS = {"local_vs_pipe_floor": 1.5, "docker_vs_container_floor": 1.2, "scaling_8_vs_1": 3.0,
@@ -14,7 +16,7 @@ TARGETS = {"local_vs_pipe_floor": 1.5, "docker_vs_container_floor": 1.2, "scalin
            "idle_16_vs_1": 1.5, "dense_local_next_vs_fixed": 1.05, "dense_docker_next_vs_fixed": 1.05,
            # the sparse shape as a whole process (start to exit), local runtime, against mosaik 3.6's
            "sparse_local_whole_vs_mosaik": 0.5,
-           **SWEEP_TARGETS}
+           **SWEEP_TARGETS, **COST_TARGETS, **SEGMENT_TARGETS}
 SPARSE_S = 600  # virtual seconds of the sparse workload
 SPARSE_LOOP_TARGET_S = 0.15  # its next-event step loop, local runtime (mosaik 3.6: 0.17 s for the same shape)
 DEFAULT_RTF_TARGET = 15.0  # the default scenario on Docker, next-event
@@ -46,3 +48,5 @@ class BenchResult:
     # a paired ratio's CONFIDENCE interval, and the fastest run of each side against each other: name -> value
     ratio_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     ratio_fastest: dict[str, float] = field(default_factory=dict)
+    # fixed costs around the step loop (cosim.bench.costs): row -> its wall times (s), with the engine's floor
+    fixed_costs: dict[str, dict[str, float]] = field(default_factory=dict)

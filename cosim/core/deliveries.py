@@ -9,7 +9,7 @@ always delivered in a later one, at its exact virtual time.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from operator import itemgetter
 from typing import Any
 
@@ -35,6 +35,10 @@ class Deliveries:
         self.dropped: dict[str, int] = {}  # reason (loss, partition, node_down) -> count
         self.unroutable: dict[tuple[str, str], int] = {}
         self._types: dict[str, str] = {}  # event type -> its JSON
+        # The (source, destination) pairs on a common ns-3 segment, and where their events go instead of the link
+        # (cosim.core.segments); empty without segments.
+        self.segment_pairs: Mapping[tuple[str, str], str] = {}
+        self.segment_send: Callable[[int, str, int, str, Event, list[Any]], None] | None = None
 
     def earliest(self, never: int) -> int:
         """The time of the next delivery (``never`` when none)."""
@@ -91,6 +95,7 @@ class Deliveries:
             numbered.sort()
         trace, router, pending, types = self.trace, self.router, self.pending, self._types
         record, split, delivery_time, push = trace.queue.append, router.split, router.delivery_time, heapq.heappush
+        segment_pairs, segment_send = self.segment_pairs, self.segment_send
         for time_us, source, seq, event in numbered:
             kind = event["type"]
             type_json = types.get(kind) or self._type_json(kind)
@@ -110,6 +115,9 @@ class Deliveries:
                 record(("unroutable", payload, seq, source, time_us, type_json))
                 continue
             for dest in dests:
+                if segment_send is not None and (source, dest) in segment_pairs:
+                    segment_send(time_us, source, seq, dest, event, payload)  # through ns-3, not the link
+                    continue
                 at = delivery_time(source, dest, time_us)
                 if isinstance(at, int):
                     push(pending, (at, source, seq, dest, event, payload))

@@ -30,7 +30,7 @@ def _reading(rng: random.Random, severity: float) -> dict[str, Any]:
 
 
 def _report(trace: Trace, scenario: Scenario) -> plugins.ReportParts | None:
-    from cosim.edge.report import report_parts  # matplotlib and the report's module only when a report is made
+    from cosim.edge.report import report_parts  # the report's module only when a report is made
 
     return report_parts(trace, scenario)
 

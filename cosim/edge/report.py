@@ -8,10 +8,11 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cosim.charts import Chart
 from cosim.edge import detections
 from cosim.model import Scenario, SensorSpec
 from cosim.plugins import ReportParts
-from cosim.report import COLOURS, html_table, latency_chart, latency_rows, new_figure, seconds_axis, svg_of
+from cosim.report import COLOURS, html_table, latency_chart, latency_rows, row_height, seconds_axis
 from cosim.trace import Trace
 
 
@@ -44,29 +45,30 @@ def detections_chart(scenario: Scenario, result: detections.Report,
     """Per sensor: injected anomaly windows, the windows the classifier flagged, and the first detection."""
     sensors = [node for node in scenario.nodes if isinstance(node, SensorSpec)]
     rows = {sensor.id: index for index, sensor in enumerate(reversed(sensors))}
-    figure = new_figure(10, 0.6 * len(sensors) + 1.5)
-    axes = figure.add_subplot()
+    chart = Chart("injected anomalies and their detection", (0, 1), (-0.6, len(sensors) - 0.2), rows=list(rows),
+                  plot_height=row_height(len(sensors), 44))
+    seconds_axis(chart, duration_us)
     for sensor in sensors:
-        spans = [(a.at_us / 1e6, a.duration_us / 1e6) for a in sensor.anomalies]
-        axes.broken_barh(spans, (rows[sensor.id] - 0.3, 0.6), color=COLOURS["anomaly"], alpha=0.35)
-    flagged = [(v["data"]["sampled_us"] / 1e6, rows[v["data"]["sensor"]]) for v in verdicts
-               if v["data"].get("label") == "anomaly" and v["data"].get("sensor") in rows
-               and isinstance(v["data"].get("sampled_us"), int)]
+        for anomaly in sensor.anomalies:
+            chart.rect(anomaly.at_us / 1e6, rows[sensor.id] - 0.3, anomaly.duration_us / 1e6, 0.6, COLOURS["anomaly"],
+                       opacity=0.35)
+    flagged: dict[int, list[float]] = defaultdict(list)
+    for v in verdicts:
+        data = v["data"]
+        if data.get("label") == "anomaly" and data.get("sensor") in rows and isinstance(data.get("sampled_us"), int):
+            flagged[rows[data["sensor"]]].append(data["sampled_us"] / 1e6)
+    for row, times in sorted(flagged.items()):
+        chart.ticks(times, row, COLOURS["dropped"], half_px=8.0, width=1.2)
     if flagged:
-        axes.plot(*zip(*flagged), "|", color=COLOURS["dropped"], markersize=12, label="window flagged as anomaly")
+        chart.add_legend("window flagged as anomaly", COLOURS["dropped"], "tick")
     for d in result.detections:
         if d.detected_us is not None:
-            axes.plot(d.detected_us / 1e6, rows[d.sensor] + 0.38, "v", color="black", markersize=6)
+            chart.marker(d.detected_us / 1e6, rows[d.sensor] + 0.38, "v", "black", size=7)
         else:
-            axes.annotate("missed", (d.at_us / 1e6, rows[d.sensor] + 0.34), color=COLOURS["dropped"], fontsize=8)
-    axes.plot([], [], "v", color="black", label="first detection (verdict at the sink)")
-    axes.fill_between([], [], color=COLOURS["anomaly"], alpha=0.35, label="injected anomaly")
-    axes.set_yticks(list(rows.values()), list(rows.keys()))
-    axes.set_ylim(-0.6, len(sensors) - 0.2)
-    seconds_axis(axes, duration_us)
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False, fontsize=8)
-    axes.set_title("injected anomalies and their detection")
-    return svg_of(figure)
+            chart.text(d.at_us / 1e6, rows[d.sensor] + 0.34, "missed", colour=COLOURS["dropped"])
+    chart.add_legend("first detection (verdict at the sink)", "black", "v")
+    chart.add_legend("injected anomaly", COLOURS["anomaly"], "box", opacity=0.35)
+    return chart.svg()
 
 
 def _vibration(trace: Trace, scenario: Scenario) -> tuple[list[dict[str, Any]], detections.Report | None]:

@@ -14,6 +14,9 @@ from cosim import plugins
 from cosim.loading import schedule as scheduling
 from cosim.loading.positions import FieldPath, Positions
 from cosim.model import (
+    MEDIUM_DEFAULTS,
+    RADIO_MEDIA,
+    WIFI_DEFAULT_MODES,
     Anomaly,
     ContainerSpec,
     LinkProperties,
@@ -21,6 +24,7 @@ from cosim.model import (
     Resources,
     Route,
     Scenario,
+    Segment,
     SensorSpec,
     SinkSpec,
 )
@@ -85,6 +89,7 @@ def build(doc: dict[str, Any], positions: Positions, path: Path, sha256: str) ->
     by_id = {node.id: node for node in nodes}
     routes = [_route(route_doc, index, by_id, groups, positions) for index, route_doc in enumerate(doc.get("routes", []))]
     routes = [_during(route, doc["routes"][index], index, positions) for index, route in enumerate(routes)]
+    segments = _segments((doc.get("network") or {}).get("segments", []), by_id, groups, positions)
     trace = doc.get("trace") or f"traces/{doc['name']}.jsonl"
     schedule = scheduling.parse(doc.get("schedule", []), scheduling.NodeFacts({n.id: n.kind for n in nodes}, groups),
                                 quantum, duration, positions)
@@ -92,8 +97,71 @@ def build(doc: dict[str, Any], positions: Positions, path: Path, sha256: str) ->
         name=doc["name"], seed=doc["seed"], duration_us=duration, quantum_us=quantum, nodes=tuple(nodes),
         routes=tuple(routes), default_link=default_link, trace=trace, path=path, sha256=sha256,
         description=doc.get("description", ""), groups=groups, schedule=schedule,
-        advance=doc.get("advance", "next-event"),
+        advance=doc.get("advance", "next-event"), segments=segments,
     )
+
+
+def _segments(docs: list[dict[str, Any]], nodes: dict[str, NodeSpec], groups: dict[str, tuple[str, ...]],
+              positions: Positions) -> tuple[Segment, ...]:
+    """The ns-3 segments: ids unique, nodes known and listed once (a replicated id stands for its replicas), each
+    medium's own settings only, defaults filled in (cosim.model.MEDIUM_DEFAULTS)."""
+    segments: list[Segment] = []
+    seen: dict[str, int] = {}
+    known = set(nodes) | set(groups)
+    for index, doc in enumerate(docs):
+        at: FieldPath = ("network", "segments", index)
+        if doc["id"] in seen:
+            raise positions.error(f"duplicate segment id {doc['id']!r} (also network.segments[{seen[doc['id']]}])",
+                                  at + ("id",))
+        seen[doc["id"]] = index
+        medium = doc["medium"]
+        members: list[str] = []
+        for position, name in enumerate(doc["nodes"]):
+            if name not in known:
+                raise positions.error(f"segment node {name!r} is not a node of the scenario{_suggest(name, known)}",
+                                      at + ("nodes", position))
+            kind = nodes[groups.get(name, (name,))[0]].kind
+            if kind == "infrastructure":
+                raise positions.error(f"{name!r} is an infrastructure node: it neither sends nor takes events, so it "
+                                      f"cannot be on a segment", at + ("nodes", position))
+            for member in groups.get(name, (name,)):
+                if member in members:
+                    raise positions.error(f"node {member!r} is listed twice on segment {doc['id']!r}",
+                                          at + ("nodes", position))
+                members.append(member)
+        if medium == "p2p" and len(members) != 2:
+            raise positions.error(f"a p2p segment joins exactly 2 nodes, not {len(members)}", at + ("nodes",))
+        defaults = MEDIUM_DEFAULTS[medium]
+        allowed = set(defaults) | ({"positions"} if medium in RADIO_MEDIA else set()) | (
+            {"data_mode"} if medium == "wifi" else set())
+        for key in doc:
+            if key not in ("id", "medium", "nodes") and key not in allowed:
+                raise positions.error(f"{key} is not a setting of medium {medium!r} (its settings: "
+                                      f"{', '.join(sorted(allowed))})", at + (key,))
+        settings = {**defaults, **{key: value for key, value in doc.items() if key in allowed}}
+        if "data_rate" in doc and float(doc["data_rate"].rstrip("bpskMG")) <= 0:
+            raise positions.error(f"data rate {doc['data_rate']!r} is zero; write e.g. \"250kbps\"", at + ("data_rate",))
+        if "data_mode" in doc and settings["rate_manager"] != "constant":
+            raise positions.error(f"data_mode applies only to the constant rate manager, not {settings['rate_manager']!r}",
+                                  at + ("data_mode",))
+        if medium == "wifi" and settings["rate_manager"] == "constant":
+            settings.setdefault("data_mode", WIFI_DEFAULT_MODES[settings["standard"]])
+        if "positions" in doc:
+            if "distance_m" in doc:
+                raise positions.error("give either positions or distance_m, not both", at + ("distance_m",))
+            del settings["distance_m"]
+            placed = doc["positions"]
+            for name in placed:
+                if name not in members:
+                    raise positions.error(f"position for {name!r}, which is not a node of segment {doc['id']!r} "
+                                          f"(its nodes: {', '.join(members)})", at + ("positions", name))
+            missing = [member for member in members if member not in placed]
+            if missing:
+                raise positions.error(f"no position for {', '.join(repr(m) for m in missing)}: with positions, every "
+                                      f"node of the segment needs one", at + ("positions",))
+            settings["positions"] = {member: [float(v) for v in placed[member]] for member in members}
+        segments.append(Segment(doc["id"], medium, tuple(members), settings))
+    return tuple(segments)
 
 
 def _during(route: Route, doc: dict[str, Any], index: int, positions: Positions) -> Route:

@@ -22,8 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cosim.errors import NodeStartError
+from cosim.errors import ExitStatus, NodeStartError, out_of_memory
 from cosim.model import ContainerSpec, Scenario
+from cosim.runtimes import memory_cgroup
+from cosim.runtimes.memory_cgroup import MemoryCgroup
 from cosim.service_sources import node_path, python_sdk_package
 from cosim.tails import file_tail
 from cosim.transport import PipeTransport, Transport
@@ -111,6 +113,8 @@ class LocalRuntime:
         self._infrastructure: dict[str, subprocess.Popen[bytes]] = {}
         self._endpoints: dict[str, dict[str, Any]] = {}
         self._sdk_paths: dict[str, str] | None = None
+        self._groups: dict[str, MemoryCgroup] = {}  # node id -> the memory cgroup of its process (resources.memory)
+        self._unenforced: set[str] = set()  # nodes told that their memory limit cannot be enforced here
 
     def start(self) -> None:
         try:
@@ -143,7 +147,7 @@ class LocalRuntime:
                 code = process.wait(timeout=wait_s)
             except subprocess.TimeoutExpired:
                 continue
-            exited.append((node_id, 128 - code if code < 0 else code))  # Popen says -n for signal n; shells 128 + n
+            exited.append((node_id, self._status(node_id, 128 - code if code < 0 else code)))  # Popen: -n for signal n
         return exited
 
     def crash(self, node_id: str) -> None:
@@ -172,6 +176,9 @@ class LocalRuntime:
         for process in self._infrastructure.values():
             stop_daemon(process)
         self._infrastructure.clear()
+        for group in self._groups.values():
+            group.remove()
+        self._groups.clear()
 
     # -- starting ---------------------------------------------------------------------------------
 
@@ -198,17 +205,60 @@ class LocalRuntime:
         return {**os.environ, **node.environment, **{k: v for k, v in self._sdk_paths.items() if v},
                 "COSIM_NODE_ID": node.id, "PYTHONUNBUFFERED": "1"}
 
+    # -- memory limits ----------------------------------------------------------------------------
+
+    def _limited(self, node: ContainerSpec, command: list[str]) -> list[str]:
+        """``command`` inside a fresh memory cgroup holding the node's ``resources.memory`` (see
+        cosim.runtimes.memory_cgroup), when it has one and this machine lets cosim enforce it; else as it is (said
+        once per node, on stderr)."""
+        old = self._groups.pop(node.id, None)
+        if old is not None:
+            old.remove()  # a restart: its crashed process is gone, and the new one counts from 0
+        if node.resources is None or node.resources.memory_bytes is None:
+            return command
+        why = memory_cgroup.available()
+        if why is not None:
+            if node.id not in self._unenforced:
+                self._unenforced.add(node.id)
+                sys.stderr.write(f"cosim: node {node.id!r}: its memory limit of {node.resources.memory} is not "
+                                 f"enforced by --runtime local: {why}\n")
+            return command
+        self._groups[node.id] = MemoryCgroup(node.id, node.resources.memory_bytes)
+        return self._groups[node.id].wrap(command)
+
+    def _status(self, node_id: str, code: int | None) -> int | None:
+        """An exit code (128 + n for signal n), with its cause when the kernel killed the node for memory."""
+        group = self._groups.get(node_id)
+        if code is None or group is None or code != 128 + signal.SIGKILL or not group.oom_killed():
+            return code
+        node = next(node for node in self.scenario.containers if node.id == node_id)
+        return ExitStatus(code, out_of_memory(node.resources.memory if node.resources else None))
+
+    def _service_exit(self, node_id: str, process: subprocess.Popen[bytes]) -> int | None:
+        code = process.poll()
+        return self._status(node_id, 128 - code if code is not None and code < 0 else code)
+
+    # -- starting (continued) ---------------------------------------------------------------------
+
     def _start_infrastructure(self, node: ContainerSpec, port: int | None = None) -> None:
         port = port if port is not None else free_port()
+        command = self._command(node, port)
+        if (found := find_command(command[0])) is not None:  # (else start_daemon says it is not installed)
+            command = self._limited(node, [found, *command[1:]])
         self._infrastructure[node.id] = start_daemon(
-            node.id, self._command(node, port), port, cwd=node.build or node.base_dir, env=self._environment(node),
+            node.id, command, port, cwd=node.build or node.base_dir, env=self._environment(node),
             log_path=self.log_dir / f"{node.id}.log", instead="use --runtime docker")
         self._endpoints[node.id] = {"host": "127.0.0.1", "port": port}
 
     def _start_service(self, node: ContainerSpec) -> None:
         command = self._command(node)
+        started: list[PipeTransport] = []  # (the exit code's callback needs the transport it is given to)
+        exit_code = (lambda: self._service_exit(node.id, started[0].process)) if node.resources else None
         try:
-            self._transports[node.id] = PipeTransport(node.id, command, log_path=self.log_dir / f"{node.id}.log",
-                                                      env=self._environment(node), cwd=node.build or node.base_dir)
+            transport = PipeTransport(node.id, self._limited(node, command), log_path=self.log_dir / f"{node.id}.log",
+                                      env=self._environment(node), cwd=node.build or node.base_dir,
+                                      exit_code=exit_code)
+            started.append(transport)
+            self._transports[node.id] = transport
         except OSError as exc:
             raise NodeStartError(node.id, f"cannot start {' '.join(command)}: {exc.strerror}") from exc

@@ -20,10 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from python_on_whales import docker
-from python_on_whales.exceptions import NoSuchImage
-
 from cosim.errors import ImageBuildError
+from cosim.runtimes.docker.api import default_engine
 from cosim.runtimes.docker.engine import docker_command, pull
 from cosim.service_sources import cache_dir as default_cache_dir
 from cosim.tails import build_output_tail, last_lines
@@ -46,20 +44,17 @@ def stderr_log(line: str) -> None:
 
 
 def image_id(tag: str) -> str | None:
-    try:
-        return str(docker.image.inspect(tag).id)
-    except NoSuchImage:
-        return None
+    image = default_engine().image(tag)  # a request on the engine's socket: every run checks its images
+    return str(image["Id"]) if image is not None else None
 
 
 def image_label(tag: str, label: str) -> tuple[str | None, str | None]:
     """(image id, label value) of ``tag``; (None, None) when there is no such image."""
-    try:
-        image = docker.image.inspect(tag)
-    except NoSuchImage:
+    image = default_engine().image(tag)
+    if image is None:
         return None, None
-    labels = (image.config.labels if image.config else None) or {}
-    return str(image.id), labels.get(label)
+    labels = (image.get("Config") or {}).get("Labels") or {}
+    return str(image["Id"]), labels.get(label)
 
 
 _lock_depth = 0

@@ -1,13 +1,17 @@
-"""cosim's boundary with the Docker CLI: python-on-whales for everything it offers, and the few calls it lacks.
+"""cosim's boundary with the Docker CLI: python-on-whales where it is used, and the calls it lacks.
+
+python-on-whales costs 0.2 to 0.45 s to import (pydantic), more than a run's whole overhead should be, so it is
+imported inside the functions that use it (builds, restart, crash, logs, `invoke down`, engines without a local
+socket); a run's bring-up and teardown use `docker compose` processes and the engine API (cosim.runtimes.docker.api).
 
 - ``check_engine()``: is a usable engine there? One clear sentence when it is not. Three things must hold: the
   ``docker`` CLI is installed, the Docker daemon answers, and the Compose v2 plugin is installed. A positive
   answer is cached per process and per Docker endpoint (DOCKER_HOST / DOCKER_CONTEXT / DOCKER_CONFIG).
 - ``docker_errors()``: python-on-whales' exceptions leave as cosim's DockerCommandFailed.
-- What python-on-whales lacks, run through its own ``docker_cmd`` (same binary and client configuration), each
-  bounded by a timeout but builds (``run_cli``): ``pull`` (its pull has none: a blackholed registry would hang), ``wait_exit`` (a
-  bounded `docker wait`), ``stderr_tail`` (its logs() merges stdout into stderr), ``context_host``, and
-  ``docker_command`` for the argv of a `docker attach` process.
+- What python-on-whales lacks, run with the same binary, each bounded by a timeout but builds (``run_cli``):
+  ``pull`` (its pull has none: a blackholed registry would hang), ``wait_exit`` (a bounded `docker wait`),
+  ``stderr_tail`` (its logs() merges stdout into stderr), ``context_host``, and ``docker_command`` for the argv of
+  a `docker attach` process or of `docker compose`.
 """
 
 from __future__ import annotations
@@ -16,11 +20,10 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
-
-from python_on_whales import DockerClient, docker
-from python_on_whales.exceptions import DockerException
-from python_on_whales.utils import run as docker_run
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cosim.errors import DockerCommandFailed, EngineUnavailable
 from cosim.tails import last_lines, log_tail
@@ -29,9 +32,16 @@ _ENDPOINT_VARS = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG")
 _checked_ok: set[tuple[str | None, ...]] = set()
 
 INSTALL_DOCKER = "install Docker Engine (https://docs.docker.com/engine/install/)"
+# Where the docker CLI looks for its plugins (docs.docker.com/engine/extend/cli_plugins), besides $DOCKER_CONFIG.
+PLUGIN_DIRS = ("/usr/local/lib/docker/cli-plugins", "/usr/local/libexec/docker/cli-plugins",
+               "/usr/lib/docker/cli-plugins", "/usr/libexec/docker/cli-plugins")
+
+if TYPE_CHECKING:
+    from python_on_whales.exceptions import DockerException
 
 
-def _endpoint() -> tuple[str | None, ...]:
+def endpoint() -> tuple[str | None, ...]:
+    """What selects the engine the docker CLI talks to (a cache key)."""
     return tuple(os.environ.get(name) for name in _ENDPOINT_VARS)
 
 
@@ -40,12 +50,37 @@ def _stderr(exc: DockerException) -> str:
 
 
 def check_engine() -> None:
-    """Return when Docker and Compose v2 are usable; raise EngineUnavailable with a one-sentence fix otherwise."""
-    endpoint = _endpoint()
-    if endpoint in _checked_ok:
+    """Return when Docker and Compose v2 are usable; raise EngineUnavailable with a one-sentence fix otherwise.
+
+    On a local socket the daemon is asked `GET /_ping` (a millisecond) and the Compose plugin is found where the
+    CLI finds it; otherwise, and when either is in doubt, `docker version` and `docker compose version` say
+    (two CLI processes: python-on-whales, imported only then)."""
+    endpoint_now = endpoint()
+    if endpoint_now in _checked_ok:
         return
     if shutil.which("docker") is None:
         raise EngineUnavailable(f"The docker command was not found: {INSTALL_DOCKER}, then run ./inv once.")
+    if not (_pings() and _compose_plugin_installed()):
+        _check_through_cli()
+    _checked_ok.add(endpoint_now)
+
+
+def _pings() -> bool:
+    from cosim.runtimes.docker.api import default_engine
+
+    return default_engine().ping()
+
+
+def _compose_plugin_installed() -> bool:
+    config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    return any((Path(directory) / "docker-compose").is_file()
+               for directory in (config / "cli-plugins", *PLUGIN_DIRS))
+
+
+def _check_through_cli() -> None:
+    from python_on_whales import DockerClient
+    from python_on_whales.exceptions import DockerException
+
     docker = DockerClient()  # reads DOCKER_HOST etc. from the environment at call time
     try:
         docker.version()
@@ -60,7 +95,6 @@ def check_engine() -> None:
             "Docker Compose v2 is missing (`docker compose version` fails): run ./inv once, or install the "
             "Compose v2 plugin (https://docs.docker.com/compose/install/linux/)."
         ) from None
-    _checked_ok.add(endpoint)
 
 
 def _daemon_problem(stderr: str) -> str:
@@ -83,18 +117,29 @@ def docker_errors() -> Iterator[None]:
     leaves as DockerCommandFailed, so that callers catch cosim's own types only. Also a decorator."""
     try:
         yield
-    except DockerException as exc:
-        raise DockerCommandFailed(last_lines(str(exc), 6)) from None
+    except Exception as exc:
+        # python-on-whales is imported only where it is used: none of its exceptions exists before that.
+        module = sys.modules.get("python_on_whales.exceptions")
+        if module is not None and isinstance(exc, module.DockerException):
+            raise DockerCommandFailed(last_lines(str(exc), 6)) from None
+        raise
 
 
 def docker_command(*args: str, context: str | None = None) -> list[str]:
     """The argv of a docker CLI command, as python-on-whales runs it; ``context``: through that Docker context."""
-    return [str(part) for part in docker.docker_cmd] + (["--context", context] if context else []) + list(args)
+    return [docker_binary()] + (["--context", context] if context else []) + list(args)
+
+
+def docker_binary() -> str:
+    """The docker CLI, as python-on-whales finds it (on the PATH) without importing it."""
+    return shutil.which("docker") or "docker"
 
 
 def run_cli(args: list[str], *, env: Mapping[str, str] | None = None, context: str | None = None) -> str:
     """A docker command that python-on-whales offers no suitable method for, run the way it runs its own (its
     stdout; raises DockerException with the command's output when it fails). No timeout: for builds."""
+    from python_on_whales.utils import run as docker_run
+
     return str(docker_run(docker_command(*args, context=context), env=dict(env or {})))
 
 

@@ -1,4 +1,4 @@
-"""The Docker runtime: compose file -> images -> `compose up` through python-on-whales -> stdio attach.
+"""The Docker runtime: compose file -> images -> `docker compose up` (bounded by a deadline) -> stdio attach.
 
 Every run is its own compose project (``cosim-<scenario>-<run id>``) and every container and network carries
 the label ``cosim.run=<run id>``, so two runs never collide and ``invoke down`` can find what a crashed run
@@ -17,36 +17,50 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import signal
+import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from python_on_whales import DockerClient, DockerException, docker
-
-from cosim import compose
+from cosim import compose, options
 from cosim.errors import (
+    BringUpTimeout,
     ComposeUpFailed,
+    DockerCommandFailed,
     ExitStatus,
     ImageBuildError,
     NodeError,
     NodeFailure,
     NodeImageError,
     OutputWriteError,
+    out_of_memory,
 )
 from cosim.model import ContainerSpec, Scenario
-from cosim.runtimes.docker.attach import EngineAttachTransport, engine_socket
+from cosim.runtimes.docker import api
+from cosim.runtimes.docker.attach import EngineAttachTransport
 from cosim.runtimes.docker.base_image import try_pull
-from cosim.runtimes.docker.engine import check_engine, docker_command, docker_errors, stderr_tail, wait_exit
+from cosim.runtimes.docker.engine import check_engine, docker_command, docker_errors, stderr_tail
+from cosim.runtimes.docker.engine_watch import EngineWatch, engine_host
 from cosim.runtimes.docker.service_images import ImageSpec, ensure_images
 from cosim.tails import file_tail, last_lines
 from cosim.transport import PipeTransport, Transport
+
+if TYPE_CHECKING:  # python-on-whales is imported where it is used (restart, crash, logs, engines without a socket):
+    # it costs 0.2 to 0.45 s to import, and a run's bring-up and teardown go through the engine API and compose.
+    from python_on_whales import DockerClient, DockerException
 
 LABEL_RUN = f"{compose.LABEL_PREFIX}.run"
 LABEL_NODE = f"{compose.LABEL_PREFIX}.node"
 LABEL_PROJECT = f"{compose.LABEL_PREFIX}.project"
 STOP_TIMEOUT_S = 2
+ENGINE_RETURN_S = 20.0  # after the engine went away mid-run: how long the teardown waits for it to be back
+BRINGUP_TIMEOUT_ENV = "COSIM_BRINGUP_TIMEOUT"
+END_COMPOSE_S = 5.0
+BRINGUP_TIMEOUT_S = 300.0  # `compose up` of 100 containers takes about 30 s on a 2-core machine
 RUNS_DIR = Path(tempfile.gettempdir()) / f"cosim-runs-{os.getuid()}"
 
 
@@ -69,9 +83,12 @@ class RunLock:
             handle.close()  # a reaper removed the file between our open and our lock: lock a fresh one
         self._handle = handle
 
-    def release(self) -> None:
+    def release(self, *, keep_file: bool = False) -> None:
+        """``keep_file``: the run could not remove what it started (the engine is gone): its lock file stays, free,
+        so that the next run on this machine reaps it (``reap_orphans``)."""
         if self._handle is not None:
-            self.path.unlink(missing_ok=True)
+            if not keep_file:
+                self.path.unlink(missing_ok=True)
             self._handle.close()
             self._handle = None
 
@@ -141,13 +158,15 @@ def ensure_pulled(images: list[str]) -> dict[str, str]:
     """Pull each prebuilt image that is not present; {tag: image id}. A failed pull names the image."""
     ids: dict[str, str] = {}
     for image in images:
-        if not docker.image.exists(image):
+        found = api.default_engine().image(image)
+        if found is None:
             pulled, why = try_pull(image)  # bounded by COSIM_PULL_TIMEOUT: a silent registry cannot hang the run
-            if not pulled:
+            found = api.default_engine().image(image) if pulled else None
+            if found is None:
                 reason = last_lines(why, 1) or "no reason given"
                 raise ImageBuildError(f"image {image} is not here and cannot be pulled ({reason}); "
                                       f"pull or load it by hand, or give the node a `build:` directory")
-        ids[image] = docker.image.inspect(image).id
+        ids[image] = str(found["Id"])
     return ids
 
 
@@ -177,6 +196,26 @@ def prepare_images(scenario: Scenario) -> dict[str, str]:
     return ids
 
 
+def bringup_deadline_s() -> float:
+    """How long `compose up` may take: $COSIM_BRINGUP_TIMEOUT seconds, else BRINGUP_TIMEOUT_S (a bound for an
+    engine that stalls, far above what a healthy engine needs for hundreds of containers)."""
+    value = os.environ.get(BRINGUP_TIMEOUT_ENV)
+    return BRINGUP_TIMEOUT_S if value is None else options.positive_seconds(BRINGUP_TIMEOUT_ENV, value)
+
+
+def _end(process: subprocess.Popen[str]) -> None:
+    """Stop a `compose up` cut short: SIGTERM (compose finishes the requests it has made and returns), SIGKILL if
+    it lingers (a stalled engine); waited for, so that no request of it reaches the engine after the teardown has
+    listed and removed the run's containers."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(END_COMPOSE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _error_text(exc: DockerException) -> str:
     return last_lines(exc.stderr or exc.stdout or str(exc), 8)
 
@@ -194,20 +233,30 @@ class DockerRuntime:
         self.run_id = f"{scenario.name}-{secrets.token_hex(4)}"
         self.project = f"cosim-{self.run_id}"
         self.compose_file: Path | None = None
-        self.client: DockerClient | None = None
+        self.client: DockerClient | None = None  # python-on-whales' compose, for restart() only
+        self._compose: list[str] | None = None  # `docker compose` of this run's project (set once it may exist)
         self._containers: dict[str, str] = {}  # node id -> container id
         self._transports: dict[str, Transport] = {}
         # How the coordinator reaches each main process: the engine's attach endpoint on its unix socket, or
         # `docker attach` (engines over TCP/SSH, or COSIM_ATTACH=cli).
-        self._engine_socket = engine_socket() if os.environ.get("COSIM_ATTACH", "api") != "cli" else None
+        # Inspections too: one request each on the socket (cosim.runtimes.docker.api), else batched CLI calls.
+        self._engine = api.default_engine()
+        self._engine_socket = self._engine.socket_path
+        self._deadline_s = BRINGUP_TIMEOUT_S
+        self._timings: dict[str, float] = {}  # bring-up (start) and teardown (stop) wall times, for run_facts
+        self._listed: list[dict[str, Any]] = []  # the engine's summary of the run's containers after `compose up`
         self._image_ids: dict[str, str] = {}
         self._lock = RunLock(self.run_id)
+        self._watch: EngineWatch | None = None  # tells a lost engine from a container that ended
 
     # -- Runtime interface ------------------------------------------------------------------------
 
     @docker_errors()
     def start(self) -> None:
+        started = time.monotonic()  # wall clock: the bench's bring-up row (run_facts), never the trace
+        self._deadline_s = bringup_deadline_s()  # a bad value stops the run before anything starts
         check_engine()
+        self._watch = EngineWatch(self._engine_socket, engine_host(self._engine_socket))
         for run_id, (containers, networks) in reap_orphans().items():
             sys.stderr.write(f"cosim: removed {containers} container(s) and {networks} network(s) of run {run_id}, "
                              f"whose coordinator is gone\n")
@@ -220,14 +269,15 @@ class DockerRuntime:
             env_file.write_text(f"COSIM_RUN_ID={self.run_id}\n", encoding="utf-8")
         except OSError as exc:
             raise OutputWriteError("the compose environment file", env_file, exc) from None
-        self.client = DockerClient(compose_files=[self.compose_file], compose_project_name=self.project,
-                                   compose_env_files=[env_file])
+        self._compose = docker_command("compose", "--file", str(self.compose_file), "--env-file", str(env_file),
+                                       "--project-name", self.project)
         try:
             self._up()
             self._attach_all()
         except BaseException:
             self.stop()
             raise
+        self._timings["bringup_s"] = round(time.monotonic() - started, 6)
 
     def transport(self, node_id: str) -> Transport:
         return self._transports[node_id]
@@ -241,7 +291,7 @@ class DockerRuntime:
     def run_facts(self) -> dict[str, Any]:
         return {"project": self.project, "run_id": self.run_id,
                 "compose_file": str(self.compose_file) if self.compose_file else None,
-                "attach": "engine-api" if self._engine_socket is not None else "docker-cli"}
+                "attach": "engine-api" if self._engine_socket is not None else "docker-cli", **self._timings}
 
     @docker_errors()
     def exited_infrastructure(self, wait_s: float = 0.0) -> list[tuple[str, int | None]]:
@@ -251,25 +301,30 @@ class DockerRuntime:
             if node.speaks_protocol or container_id is None:
                 continue
             try:
-                state = docker.container.inspect(container_id).state
-            except DockerException:
+                document = self._engine.container(container_id)
+            except DockerCommandFailed:
+                document = None  # the engine does not answer: as before, the node counts as gone
+            if document is None:
                 exited.append((node.id, None))  # gone altogether (removed by hand)
                 continue
-            if not state.running:
-                exited.append((node.id, self._status(node, container_id, state.exit_code, state)))
-            elif wait_s > 0 and (code := wait_exit(container_id, wait_s)) is not None:
+            state = api.state(document)
+            if not state.get("Running"):
+                exited.append((node.id, self._status(node, container_id, state.get("ExitCode"), state)))
+            elif wait_s > 0 and (code := self._engine.wait(container_id, wait_s)) is not None:
                 exited.append((node.id, self._status(node, container_id, code)))  # (running after wait_s: not the cause)
         return exited
 
     @docker_errors()
     def crash(self, node_id: str) -> None:
         """SIGKILL the node's container (it stays, stopped, until its restart recreates it or the run ends)."""
+        from python_on_whales import DockerException, docker
+
         container_id = self._containers[node_id]
         try:
             docker.container.kill(container_id)
         except DockerException:
             pass  # already dead: the crash happened anyway
-        wait_exit(container_id, STOP_TIMEOUT_S)
+        self._engine.wait(container_id, STOP_TIMEOUT_S)
         transport = self._transports.pop(node_id, None)
         if transport is not None:
             transport.close(grace_s=0.0)
@@ -277,7 +332,12 @@ class DockerRuntime:
     @docker_errors()
     def restart(self, node_id: str) -> Transport | None:
         """A new container of the node's compose service (`compose up --force-recreate --no-deps`), attached."""
-        assert self.client is not None
+        from python_on_whales import DockerClient, DockerException
+
+        assert self.compose_file is not None
+        if self.client is None:
+            self.client = DockerClient(compose_files=[self.compose_file], compose_project_name=self.project,
+                                       compose_env_files=[self.log_dir / "compose.env"])
         try:
             self.client.compose.up(services=[node_id], detach=True, force_recreate=True, dependencies=False,
                                    build=False, pull="never", quiet=True)
@@ -295,69 +355,110 @@ class DockerRuntime:
         return None
 
     def stop(self) -> None:
+        if self._watch is not None and self._watch.lost and not self._watch.wait_back(ENGINE_RETURN_S):
+            self._abandon()
+            return
+        if self._watch is not None:
+            self._watch.close()
+        started = time.monotonic()
         try:
             # `docker attach` ends when its container does (not when its stdin closes): stop the containers
             # first, then the attach processes have already ended and nothing waits out a grace period.
             for transport in self._transports.values():
                 transport.close_stdin()
-            if self.client is not None:
-                try:
-                    self.client.compose.down(remove_orphans=True, volumes=True, timeout=STOP_TIMEOUT_S, quiet=True)
-                except DockerException:
-                    pass  # fall through to the label sweep below
+            if self._compose is not None:
+                # (a failure falls through to the label sweep below)
+                subprocess.run([*self._compose, "down", "--remove-orphans", "--volumes", "--timeout", str(STOP_TIMEOUT_S)],
+                               stdin=subprocess.DEVNULL, capture_output=True, check=False)
             for transport in self._transports.values():
                 transport.close(grace_s=1.0)
             self._transports.clear()
-            if self.client is not None:  # None: nothing was started (e.g. no engine, or an image failed to build)
+            if self._compose is not None:  # None: nothing was started (e.g. no engine, or an image failed to build)
                 try:
-                    remove_by_label(f"{LABEL_RUN}={self.run_id}")
-                except DockerException:
+                    remove_by_label(f"{LABEL_RUN}={self.run_id}", engine=self._engine)
+                except Exception:  # DockerCommandFailed, or python-on-whales' DockerException without a socket
                     pass  # the engine went away; `invoke down` removes what is left once it is back
         finally:
             self._lock.release()
+            self._timings["teardown_s"] = round(time.monotonic() - started, 6)
+
+    def _abandon(self) -> None:
+        """The engine went away mid-run and is not back: nothing can be removed now. The streams are closed, and
+        the run's lock file is kept (free), so that the next run, or `cosim down`, removes the rest once it is."""
+        for transport in self._transports.values():
+            transport.close(grace_s=0.0)
+        self._transports.clear()
+        self._lock.release(keep_file=True)
+        sys.stderr.write(f"cosim: the Docker engine is not back after {ENGINE_RETURN_S:g} s: the containers and "
+                         f"networks of run {self.run_id} are removed by the next run, or by `cosim down`, once it is\n")
 
     # -- bring-up ---------------------------------------------------------------------------------
 
     def _up(self) -> None:
-        assert self.client is not None
-        try:
-            self.client.compose.up(detach=True, build=False, pull="never", quiet=True)
-        except DockerException as exc:
+        """`docker compose up --detach` within the bring-up deadline (the engine creates and starts the containers
+        in parallel), then the run's containers in one request (no `compose ps` and one inspection each)."""
+        assert self._compose is not None
+        command = [*self._compose, "up", "--detach", "--pull", "never"]
+        started = time.monotonic()
+        with subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, errors="replace") as process:
+            try:
+                output, _ = process.communicate(timeout=self._deadline_s)
+            except subprocess.TimeoutExpired:
+                not_up = self._not_up(time.monotonic() - started)  # the state at the deadline, before compose ends
+                _end(process)  # then compose is stopped and waited for; stop() removes what it made
+                raise not_up from None
+            except BaseException:
+                _end(process)
+                raise
+        if process.returncode != 0:
             raise ComposeUpFailed(f"docker compose could not start scenario {self.scenario.name!r} "
-                             f"(compose file {self.compose_file}):\n{_error_text(exc)}") from None
-        for container in self.client.compose.ps(all=True):
-            node_id = (container.config.labels or {}).get(LABEL_NODE)
+                                  f"(compose file {self.compose_file}):\n{last_lines(output, 8)}")
+        self._listed = self._engine.listed(f"{LABEL_RUN}={self.run_id}")
+        for container in self._listed:
+            node_id = api.labels(container).get(LABEL_NODE)
             if node_id is not None:
-                self._containers[node_id] = container.id
+                self._containers[node_id] = container["Id"]
+
+    def _not_up(self, waited_s: float) -> BringUpTimeout:
+        """The deadline passed: which of the scenario's containers are not running, and in what state."""
+        try:
+            states = {api.labels(c).get(LABEL_NODE): str(c.get("State") or "unknown")
+                      for c in self._engine.listed(f"{LABEL_RUN}={self.run_id}")}
+        except DockerCommandFailed:
+            states = {}
+        not_up = [(node.id, states.get(node.id, "not created")) for node in self.scenario.containers
+                  if states.get(node.id) != "running"]
+        return BringUpTimeout(self.scenario.name, len(self.scenario.containers), not_up, waited_s)
 
     def _attach_all(self) -> None:
+        by_id = {container["Id"]: container for container in self._listed}
         for node in self.scenario.containers:
             container_id = self._containers.get(node.id)
             if container_id is None:
                 raise NodeError(node.id, f"node {node.id!r}: docker compose did not create its container")
-            state = docker.container.inspect(container_id).state
-            if not state.running:
-                raise NodeFailure(node.id, "its container is not running after start", exit_code=state.exit_code,
-                                  log_tail=stderr_tail(container_id, 15) or self._logs(container_id, 15))
+            if by_id.get(container_id, {}).get("State") != "running":  # the listing's word; the exit code needs more
+                state = api.state(self._engine.container(container_id))
+                if not state.get("Running"):
+                    raise NodeFailure(node.id, "its container is not running after start", exit_code=state.get("ExitCode"),
+                                      log_tail=stderr_tail(container_id, 15) or self._logs(container_id, 15))
             if node.speaks_protocol:
                 self._transports[node.id] = self._attach(node, container_id)
 
-    @staticmethod
-    def _status(node: ContainerSpec, container_id: str, code: int | None, state: Any = None) -> int | None:
+    def _status(self, node: ContainerSpec, container_id: str, code: int | None,
+                state: Mapping[str, Any] | None = None) -> int | None:
         """The exit code of a node's container that has exited, with the cause when the kernel killed it for memory
         (State.OOMKilled): the node's memory limit and "out of memory"."""
         if code is None:
             return None
         if state is None:
             try:
-                state = docker.container.inspect(container_id).state
-            except DockerException:
+                state = api.state(self._engine.container(container_id))
+            except DockerCommandFailed:
                 return code
-        if not state.oom_killed:
+        if not state.get("OOMKilled"):
             return code
-        limit = (f"its memory limit of {node.resources.memory}" if node.resources and node.resources.memory
-                 else "the machine's memory (no limit of its own)")
-        return ExitStatus(code, f"killed by the kernel: out of memory at {limit}")
+        return ExitStatus(code, out_of_memory(node.resources.memory if node.resources else None))
 
     def _attach(self, node: ContainerSpec, container_id: str) -> Transport:
         log_path = self.log_dir / f"{node.id}.log"
@@ -380,36 +481,52 @@ class DockerRuntime:
             log_tail=lambda lines: stderr_tail(container_id, lines) or file_tail(log_path, lines),
         )
 
-    @classmethod
-    def _exit_code(cls, node: ContainerSpec, container_id: str) -> int | None:
+    def _exit_code(self, node: ContainerSpec, container_id: str) -> int | None:
         """The container's exit code (with its cause when it was out of memory); None while it runs. Called once
         its attached stdout has closed, when the engine may still be recording the exit: `docker wait` (bounded)
-        bridges that moment."""
+        bridges that moment. First, whether the engine itself went away (EngineLost): then no node is to blame."""
+        if self._watch is not None:
+            self._watch.check(node.id)
         try:
-            state = docker.container.inspect(container_id).state
-        except DockerException:
+            document = self._engine.container(container_id)
+        except DockerCommandFailed:
             return None
-        if state.running:
-            return cls._status(node, container_id, wait_exit(container_id, 3))
-        return cls._status(node, container_id, state.exit_code, state)
+        if document is None:
+            return None
+        state = api.state(document)
+        if state.get("Running"):
+            return self._status(node, container_id, self._engine.wait(container_id, 3))
+        return self._status(node, container_id, state.get("ExitCode"), state)
 
     @staticmethod
     def _logs(container_id: str, lines: int) -> str:
         """The container's own log (its stderr and stdout), which also covers a container that never started."""
+        from python_on_whales import DockerException, docker
+
         try:
             return str(docker.container.logs(container_id, tail=lines))
         except DockerException:
             return ""
 
 
-def remove_by_label(label: str, *, keep_runs: Iterable[str] = ()) -> tuple[int, int]:
+def remove_by_label(label: str, *, keep_runs: Iterable[str] = (), engine: api.Engine | None = None) -> tuple[int, int]:
     """Force-remove every container, then every network, carrying ``label`` (key=value), except those of the
-    runs in ``keep_runs``; returns how many (containers, networks) were removed."""
+    runs in ``keep_runs``; returns how many (containers, networks) were removed. Through the engine API when it is
+    on a local socket (after a run's `compose down`, usually two requests that find nothing)."""
     keep = set(keep_runs)
-    containers = [c for c in docker.container.list(all=True, filters=[("label", label)])
-                  if (c.config.labels or {}).get(LABEL_RUN) not in keep]
-    if containers:
-        docker.container.remove(containers, force=True, volumes=True)
+    engine = engine or api.default_engine()
+    if engine.socket_path is not None:
+        containers = [c["Id"] for c in engine.listed(label) if api.labels(c).get(LABEL_RUN) not in keep]
+        for container_id in containers:
+            engine.delete(f"/containers/{container_id}?force=1&v=1")
+        networks = [n["Id"] for n in engine.networks(label) if (n.get("Labels") or {}).get(LABEL_RUN) not in keep]
+        return len(containers), sum(engine.delete(f"/networks/{network_id}") for network_id in networks)
+    from python_on_whales import DockerException, docker
+
+    listed = [c for c in docker.container.list(all=True, filters=[("label", label)])
+              if (c.config.labels or {}).get(LABEL_RUN) not in keep]
+    if listed:
+        docker.container.remove(listed, force=True, volumes=True)
     removed_networks = 0
     for network in docker.network.list(filters=[("label", label)]):
         if (network.labels or {}).get(LABEL_RUN) in keep:
@@ -419,13 +536,15 @@ def remove_by_label(label: str, *, keep_runs: Iterable[str] = ()) -> tuple[int, 
             removed_networks += 1
         except DockerException:
             pass  # already gone with its project
-    return len(containers), removed_networks
+    return len(listed), removed_networks
 
 
 @docker_errors()
 def down_all() -> tuple[int, int]:
     """What `invoke down` does: remove the containers and networks cosim runs left behind (crashed or killed
     runs, projects started by hand), but not those of runs still in progress."""
+    from python_on_whales import docker
+
     check_engine()
     label = f"{LABEL_PROJECT}=cosim"
     runs = {(c.config.labels or {}).get(LABEL_RUN) for c in docker.container.list(all=True, filters=[("label", label)])}

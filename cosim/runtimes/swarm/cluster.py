@@ -53,6 +53,8 @@ class Engine:
     address: str  # its IP address, as the other engines reach it
     pid: int | None = None
     undo: list[list[str]] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)  # how the daemon is started (again, by ``restart_engine``)
+    environment: dict[str, str] = field(default_factory=dict)  # what it adds to the environment
 
     @property
     def host(self) -> str:
@@ -135,31 +137,59 @@ def start_engine(name: str, base: Path, *, nat: bool = False, mtu: int = 1500,
         config = base / "daemon.json"
         config.write_text("{}\n")
         driver = sh("docker", "info", "--format", "{{.Driver}}", check=False).stdout.strip() or "overlay2"
-        with engine.log.open("wb") as log:
-            # nsenter, not `ip netns exec` (see the module docstring); unshare --uts: a hostname of its own.
-            daemon = subprocess.Popen(
-                ["nsenter", f"--net=/var/run/netns/{namespace}", "unshare", "--uts", "sh", "-c",
-                 'hostname "$0" && exec "$@"', name,
-                 "dockerd", "--data-root", str(base / "data"), "--exec-root", str(base / "exec"),
-                 "--pidfile", str(base / "dockerd.pid"), "-H", engine.host, "--config-file", str(config),
-                 "--storage-driver", driver, "--mtu", str(mtu), *extra_args],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                env={**os.environ, **(environment or {})})
-        engine.pid = daemon.pid  # sh execs dockerd: the same process
-        engine.save()
-        deadline = time.monotonic() + ENGINE_START_DEADLINE_S
-        while engine.docker("version", "--format", "{{.Server.Version}}", timeout_s=10).returncode != 0:
-            if daemon.poll() is not None:
-                raise ClusterError(f"dockerd {name} exited at start:\n{_tail(engine.log)}")
-            if time.monotonic() > deadline:
-                raise ClusterError(f"dockerd {name} did not answer within {ENGINE_START_DEADLINE_S:g} s:\n"
-                                   f"{_tail(engine.log)}")
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                daemon.wait(timeout=0.2)  # paces the polling; returns at once if it died
+        # nsenter, not `ip netns exec` (see the module docstring); unshare --uts: a hostname of its own.
+        engine.command = ["nsenter", f"--net=/var/run/netns/{namespace}", "unshare", "--uts", "sh", "-c",
+                          'hostname "$0" && exec "$@"', name,
+                          "dockerd", "--data-root", str(base / "data"), "--exec-root", str(base / "exec"),
+                          "--pidfile", str(base / "dockerd.pid"), "-H", engine.host, "--config-file", str(config),
+                          "--storage-driver", driver, "--mtu", str(mtu), *extra_args]
+        engine.environment = dict(environment or {})
+        _launch(engine)
         return engine
     except BaseException:
         stop_engine(engine)
         raise
+
+
+def _launch(engine: Engine) -> None:
+    """Start the engine's daemon (its log appended to) and return once it answers."""
+    with engine.log.open("ab") as log:
+        daemon = subprocess.Popen(engine.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  start_new_session=True, env={**os.environ, **engine.environment})
+    engine.pid = daemon.pid  # sh execs dockerd: the same process
+    engine.save()
+    deadline = time.monotonic() + ENGINE_START_DEADLINE_S
+    while engine.docker("version", "--format", "{{.Server.Version}}", timeout_s=10).returncode != 0:
+        if daemon.poll() is not None:
+            raise ClusterError(f"dockerd {engine.name} exited at start:\n{_tail(engine.log)}")
+        if time.monotonic() > deadline:
+            raise ClusterError(f"dockerd {engine.name} did not answer within {ENGINE_START_DEADLINE_S:g} s:\n"
+                               f"{_tail(engine.log)}")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            daemon.wait(timeout=0.2)  # paces the polling; returns at once if it died
+
+
+def stop_daemon(engine: Engine) -> None:
+    """Stop the engine's daemon as `systemctl stop docker` does (SIGTERM: it stops its containers, then exits),
+    SIGKILL after ENGINE_STOP_DEADLINE_S; its namespace, mounts and data stay."""
+    pid = engine.pid
+    if pid is not None and alive(pid) and _is_dockerd(pid, engine.base):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + ENGINE_STOP_DEADLINE_S
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)  # a watchdog on another process's exit (no simulation path)
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            while alive(pid):
+                time.sleep(0.1)
+
+
+def restart_engine(engine: Engine) -> None:
+    """Restart the engine's daemon as `systemctl restart docker` does: stopped (its containers with it), started
+    again on the same data; returns once it answers."""
+    stop_daemon(engine)
+    _launch(engine)
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -198,17 +228,7 @@ def _is_dockerd(pid: int, base: str) -> bool:
 
 def stop_engine(engine: Engine) -> None:
     """Stop the daemon (it stops its containers), unmount what is left under its directory and undo the rest."""
-    pid = engine.pid
-    if pid is not None and alive(pid) and _is_dockerd(pid, engine.base):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + ENGINE_STOP_DEADLINE_S
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)  # a watchdog on another process's exit (no simulation path)
-        if alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            while alive(pid):
-                time.sleep(0.1)
+    stop_daemon(engine)
     _kill_namespace_processes(engine)
     for mount in sorted(mounts_under(Path(engine.base)), key=len, reverse=True):
         sh("umount", "-l", mount, check=False)

@@ -21,7 +21,8 @@ from __future__ import annotations
 import secrets
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ from cosim.transport import PipeTransport, Transport, TransportClosed
 START_TIMEOUT_S = 120.0
 TEARDOWN_TIMEOUT_S = 60.0
 POLL_S = 0.25
+TASK_END_WAIT_S = 10.0
 STACK_LABEL = "com.docker.stack.namespace"
 FAILED_STATES = {"failed", "rejected", "shutdown", "complete", "orphaned", "remove"}
 
@@ -74,13 +76,14 @@ class TaskTransport:
     """A task's attached stream, whose end is explained: when it closes, the Swarm node is asked whether it is still
     there, so that a failure names a node that went down or left rather than only "stdout closed"."""
 
-    def __init__(self, inner: Transport, engine: NodeEngine) -> None:
+    def __init__(self, inner: Transport, engine: NodeEngine, task_end: Callable[[], str]) -> None:
         self.inner = inner
         self.engine = engine
+        self.task_end = task_end  # what Swarm says of the task's end ("" if it does not say)
         self.name = inner.name
 
     def _explained(self, exc: TransportClosed) -> TransportClosed:
-        why = self.engine.diagnose()
+        why = self.engine.diagnose() or self.task_end()
         return TransportClosed(f"{exc}; {why}") if why else exc
 
     def send(self, line: bytes) -> None:
@@ -232,7 +235,8 @@ class SwarmRuntime:
         self._restarted_on.setdefault(node_id, []).append(engine.hostname)  # maybe not where it ran before
         if not node.speaks_protocol:
             return None  # reachable again at its service name: dnsrr resolves it to the new task's address
-        self._transports[node_id] = TaskTransport(self._attach(node, engine, container_id), engine)
+        self._transports[node_id] = TaskTransport(self._attach(node, engine, container_id), engine,
+                                                  partial(self._task_end, container_id))
         return self._transports[node_id]
 
     def stop(self) -> None:
@@ -331,16 +335,42 @@ class SwarmRuntime:
             tail = ""
             if engine is not None and container is not None and container.container_id:
                 tail = last_lines(_logs(engine, container.container_id), 5)
-            where = f"on Swarm node {engine.hostname!r} " if engine is not None else ""
-            return f"did not start: its task {where}{state} (Swarm says: {error or 'no reason given'})" + \
-                (f"; last lines of its log:\n{tail}" if tail else "")
+            return f"did not start: {self._task_failure(task)}" + (f"; last lines of its log:\n{tail}" if tail else "")
         return None
+
+    def _task_failure(self, task: Any) -> str:
+        """``its task on Swarm node 'n1' failed (Swarm says: task: non-zero exit (127))``."""
+        engine = self._engines.get(task.node_id or "")
+        where = f"on Swarm node {engine.hostname!r} " if engine is not None else ""
+        return f"its task {where}{task.status.state} (Swarm says: {task.status.err or task.status.message or 'no reason given'})"
+
+    def _task_end(self, container_id: str) -> str:
+        """What Swarm says of the end of the task running ``container_id``, once its stream ended:
+        Swarm records it a moment after the container stops (TASK_END_WAIT_S at most); "" if it does not say.
+        A task seen running just before its program failed to start (tini's exec) ends here, not in the start."""
+        if self.manager is None:
+            return ""
+        deadline = time.monotonic() + TASK_END_WAIT_S
+        while True:
+            try:
+                tasks = self.manager.stack.ps(self.stack)
+            except DockerException:
+                return ""
+            for task in tasks:
+                container = task.status.container_status
+                if container is not None and container.container_id == container_id \
+                        and task.status.state in FAILED_STATES:
+                    return self._task_failure(task)
+            if time.monotonic() > deadline:
+                return ""
+            time.sleep(POLL_S)  # a watchdog poll on Swarm's state (a failing run, not the simulation path)
 
     def _attach_all(self) -> None:
         for node in self.scenario.containers:
             if node.speaks_protocol:
                 engine, container_id = self._tasks[node.id]
-                self._transports[node.id] = TaskTransport(self._attach(node, engine, container_id), engine)
+                self._transports[node.id] = TaskTransport(self._attach(node, engine, container_id), engine,
+                                                          partial(self._task_end, container_id))
 
     def _attach(self, node: ContainerSpec, engine: NodeEngine, container_id: str) -> Transport:
         log_path = self.log_dir / f"{node.id}.log"
