@@ -107,8 +107,8 @@ class LineStream:
     def receive(self, deadline: float) -> bytes:
         buffer = self._buffer
         if not buffer:  # (the usual case: nothing left over; wait for the reply before looking for its end)
-            self._fill(deadline - monotonic())
-            if buffer.find(10) == len(buffer) - 1:  # (10: b"\n") one whole reply, as a service writes it
+            self._fill(deadline - monotonic())  # (which may add nothing: the attach transport's exit watch)
+            if buffer and buffer.find(10) == len(buffer) - 1:  # (10: b"\n") one whole reply, as services write
                 line = bytes(buffer[:-1])
                 buffer.clear()
                 return line
