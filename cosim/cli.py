@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from cosim import compose, loading, options, plugins
 from cosim import schedule as scheduling
-from cosim.coordinator import SimulationResult
+from cosim.core.results import SimulationResult
 from cosim.errors import CosimError, TracesDiffer, UsageError
 from cosim.metrics import RunMetrics, speedups
 from cosim.paths import REPO_ROOT
@@ -110,7 +110,7 @@ class ProgressLine:
 def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | None = None,
        watchdog_s: float | str = DEFAULT_WATCHDOG_S, progress: bool = True, registry: str | None = None,
        checkpoint_at: str | None = None, stop_after_checkpoint: bool = False, advance: str | None = None,
-       out: TextIO = sys.stdout) -> CompletedRun:
+       report: bool = True, out: TextIO = sys.stdout) -> CompletedRun:
     if registry:  # --registry is $COSIM_REGISTRY for this one run (the swarm runtime reads it)
         from cosim.runtimes.swarm.images import REGISTRY_ENV
 
@@ -126,7 +126,8 @@ def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | No
         _report_failed_run(path, trace, out)
         raise
     print_summary(summary, out)
-    _report_line(summary.trace_path, out, summary.scenario)
+    if report:
+        _report_line(summary.trace_path, out, summary.scenario)
     return summary
 
 
@@ -316,7 +317,7 @@ def diff(trace_a: str, trace_b: str, out: TextIO = sys.stdout) -> None:
 
 
 def bench(*, steps: int | str = 2000, docker: bool = True, swarm: bool = True, output: str = "traces/bench.json",
-          sparse_s: int | str = 600, rows: str = "", out: TextIO = sys.stdout) -> None:
+          sparse_s: int | str = 600, rows: str = "", mosaik: bool = True, out: TextIO = sys.stdout) -> None:
     from cosim.bench import SELECTABLE
     from cosim.bench import bench as run_bench
 
@@ -324,7 +325,7 @@ def bench(*, steps: int | str = 2000, docker: bool = True, swarm: bool = True, o
     for name in selected:
         options.choice("--rows", name, tuple(SELECTABLE))
     run_bench(steps=options.integer_at_least("--steps", steps, 1), docker=docker, swarm=swarm, output=Path(output),
-              out=out, sparse_s=options.integer_at_least("--sparse-s", sparse_s, 1), rows=selected)
+              out=out, sparse_s=options.integer_at_least("--sparse-s", sparse_s, 1), rows=selected, mosaik=mosaik)
 
 
 def sweep(scenario: str | None, *, out_dir: str | None = None, out: TextIO = sys.stdout, **settings: Any) -> Any:

@@ -57,6 +57,9 @@ from cosim.seeds import node_seed
 from cosim.segments import SegmentWorker
 from cosim.trace import TraceWriter, header_environment
 
+monotonic = time.monotonic  # (wall clock for the metrics only)
+_NO_PEERS: dict[str, list[str]] = {}  # (a run without barrier groups; never written to)
+
 __all__ = ["NEVER", "Checkpoints", "Coordinator", "ProcessControl", "SimulationResult", "StepTimings", "WakeupSource"]
 
 Progress = Callable[[int, int], None]  # (virtual time now, duration), both in us
@@ -113,7 +116,8 @@ class Coordinator:
             self.policy = FixedAdvance(self.slots, self._quantum_us)
         self.actions = ScheduledActions(scenario.schedule, scenario.seed, self.slots, self.deliveries.router,
                                         self.policy, self.barriers, trace, processes, self.endpoints)
-        if self.actions:  # an action's window is a wake-up
+        self._scheduled = bool(self.actions)  # (the schedule is fixed: asked once, not in every window)
+        if self._scheduled:  # an action's window is a wake-up
             self.policy.add_wakeup_source(self.actions.wakeup)
         self.lookahead = Lookahead(self.slots, self._quantum_us, self._end_us, scenario.advance == "next-event",
                                    self.timings)
@@ -187,75 +191,74 @@ class Coordinator:
         """Execute windows until the end of the run: those the advance policy names (every quantum, or only those
         in which something can happen), with the checkpoints at their ends and in the quanta skipped."""
         quantum, end, at_us = self._quantum_us, self._end_us, self.checkpoints.at_us
-        target = self.policy.next_target(self.now_us)  # (now: 0, or a resumed checkpoint's time)
+        next_target, execute, progress = self.policy.next_target, self._execute, self.progress
+        target = next_target(self.now_us)  # (now: 0, or a resumed checkpoint's time)
         self._skipped(self.now_us, target)
         while target <= end:
             if at_us and self._checkpoints_before(target):
                 return
-            self._execute(target)
-            if self.progress is not None:
-                self.progress(self.now_us, end)
-            if at_us and self.now_us in at_us and self._checkpoint(self.now_us, 0):  # 8. checkpoint
+            execute(target)
+            if progress is not None:
+                progress(target, end)
+            if at_us and target in at_us and self._checkpoint(target, 0):  # 8. checkpoint
                 return
-            following = self.policy.next_target(target)
-            self._skipped(target, following)
+            following = next_target(target)
+            if following != target + quantum:  # quanta skipped (next-event)
+                self._skipped(target, following)
             target = following
         if self._checkpoints_before(end + quantum):
             return
         if self.now_us < end:  # the quanta after the last executed window passed without anything happening
             self.now_us = end
-            if self.progress is not None:
-                self.progress(end, end)  # the progress line ends at 100%
+            if progress is not None:
+                progress(end, end)  # the progress line ends at 100%
 
     def _execute(self, target_us: int) -> None:
         """The window ending at ``target_us``, phase by phase."""
         self.step += 1
         self.now_us = start_us = target_us - self._quantum_us  # the quanta before it passed: time is at its start
-        if self.actions:
+        if self._scheduled:
             self.actions.apply(start_us)  # 1. schedule
         inputs = self.deliveries.due(target_us)  # 2. deliveries due
         if self.segments is not None:
             self.segments.deliver(start_us, inputs)  # (and those ns-3 computed up to the window's start)
-        active, order = self._choose(target_us, inputs)  # 3. choose
+        active, order = self.policy.choose(target_us, inputs)  # 3. choose
+        if self.slots.down:  # crashed by the schedule: not advanced until restarted
+            active = [slot for slot in active if not slot.down]
+            order = [slot for slot in order if not slot.down]
         self._advance(target_us, order, inputs)  # 4. advance
         outputs = self._collect(target_us, active)  # 5. collect
         self.policy.keep_promises(target_us, outputs, inputs)  # 6. keep promises
         self.now_us = target_us
         self.deliveries.route(outputs)  # 7. route
 
-    def _choose(self, target_us: int, inputs: Inputs) -> tuple[list[NodeSlot], list[NodeSlot]]:
-        active, order = self.policy.choose(target_us, inputs)
-        if self.slots.down:  # crashed by the schedule: not advanced until restarted
-            active = [slot for slot in active if not slot.down]
-            order = [slot for slot in order if not slot.down]
-        return active, order
-
     def _advance(self, target_us: int, order: list[NodeSlot], inputs: Inputs) -> None:
-        peers = self.barriers.peers(inputs) if self.barriers else {}
+        peers = self.barriers.peers(inputs) if self.barriers.groups else _NO_PEERS
         advances = 0
         for slot in order:
             if slot.ahead is not None:  # already computing this window (lookahead)
                 self.lookahead.take(slot, target_us)
                 continue
-            node = slot.node
             if slot.group is not None:
-                node.begin_advance(target_us, inputs.get(slot.id, []), peers[slot.id])
+                slot.node.begin_advance(target_us, inputs.get(slot.id, []), peers[slot.id])
             else:
-                node.begin_advance(target_us, inputs.get(slot.id, []))
+                slot.node.begin_advance(target_us, inputs.get(slot.id, []) if inputs else [])
             advances += slot.process
-        self.timings.advances += advances
-        self.trace.drain()  # the records of the windows so far are formatted while the services compute this one
+        if advances:
+            self.timings.advances += advances
+        if self.trace.queue:
+            self.trace.drain()  # the records of the windows so far are formatted while the services compute this one
 
     def _collect(self, target_us: int, active: list[NodeSlot]) -> Outputs:
-        waiting_started = time.monotonic()
+        waiting_started = monotonic()
         outputs: Outputs = []
         for slot in active:
-            node = slot.node
-            outputs.append((slot, node.end_advance()))
+            outputs.append((slot, slot.node.end_advance()))
             if slot.runs_ahead:
                 self.lookahead.send(slot, target_us)
-        self.timings.waiting_s += time.monotonic() - waiting_started
-        self.timings.steps += 1
+        timings = self.timings
+        timings.waiting_s += monotonic() - waiting_started
+        timings.steps += 1
         return outputs
 
     def _skipped(self, now_us: int, target_us: int) -> None:

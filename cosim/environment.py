@@ -8,13 +8,11 @@ lock``) regenerates it from pyproject.toml with pip-tools. The ns3 extra has its
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import re
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
 
 from cosim.errors import ToolError
@@ -31,24 +29,63 @@ SEPARATE_EXTRAS = {"ns3": NS3_LOCK_FILE}
 
 def dependency_versions(distribution: str = "cosim") -> dict[str, str]:
     """{name: installed version} of the distribution's runtime requirements (not its extras), for the trace
-    header's environment block. A requirement that is not installed is reported as "missing"."""
-    try:
-        requirements = importlib.metadata.requires(distribution) or []
-    except importlib.metadata.PackageNotFoundError:
+    header's environment block. A requirement that is not installed is reported as "missing".
+
+    Read from the installed distributions' metadata files directly (``_installed``), as importlib.metadata finds
+    them: every run writes a header, and importing importlib.metadata cost a tenth of a short local run."""
+    installed = _installed()
+    own = installed.get(_normalized(distribution))
+    if own is None:
         return {}
     versions: dict[str, str] = {}
-    for requirement in requirements:
+    for requirement in _metadata(own).get("Requires-Dist", []):
         if "extra ==" in requirement:
             continue
         name = re.split(r"[\s<>=!~;\[(]", requirement, maxsplit=1)[0]
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "missing"
+        found = installed.get(_normalized(name))
+        versions[name] = (_metadata(found).get("Version") or ["missing"])[0] if found is not None else "missing"
     return dict(sorted(versions.items()))
 
 
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _installed() -> dict[str, Path]:
+    """Normalized distribution name -> its metadata file (``*.dist-info/METADATA``, ``*.egg-info/PKG-INFO``), the
+    first on sys.path, as importlib.metadata would find it."""
+    found: dict[str, Path] = {}
+    for entry in sys.path:
+        try:
+            names = sorted(os.listdir(entry or "."))
+        except OSError:  # (a zip file, a directory that does not exist)
+            continue
+        for name in names:
+            stem, dot, kind = name.rpartition(".")
+            if kind not in ("dist-info", "egg-info") or not dot:
+                continue
+            metadata = Path(entry or ".", name, "METADATA" if kind == "dist-info" else "PKG-INFO")
+            found.setdefault(_normalized(stem.partition("-")[0]), metadata)
+    return found
+
+
+def _metadata(path: Path) -> dict[str, list[str]]:
+    """The header fields of a metadata file (the lines before the first empty one), each name's values in order."""
+    fields: dict[str, list[str]] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return fields
+    for line in text.split("\n\n", 1)[0].splitlines():
+        name, colon, value = line.partition(":")
+        if colon and not line[:1].isspace():
+            fields.setdefault(name.strip(), []).append(value.strip())
+    return fields
+
+
 def optional_dependencies() -> dict[str, list[str]]:
+    import tomllib  # (here: every run imports this module, for its header)
+
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     return dict(project.get("optional-dependencies", {}))
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cosim.coordinator import StepTimings
+from cosim.core.results import StepTimings
 from cosim.errors import OutputWriteError
 from cosim.model import Scenario
 

@@ -27,6 +27,9 @@ from cosim.errors import NodeFailure
 from cosim.model import SensorSpec
 from cosim.transport import Transport, TransportClosed, TransportTimeout
 
+monotonic = time.monotonic  # (wall clock for the watchdog and the metrics only)
+_ADVANCING = "ADVANCE"  # ServiceSession._in_flight while an ADVANCE's reply is awaited
+
 __all__ = ["Capabilities", "Event", "Input", "InProcessModel", "ProtocolViolation", "SensorModel", "ServiceNode",
            "ServiceSession", "SimNode", "SinkModel"]
 
@@ -158,13 +161,25 @@ class ServiceSession:
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
-        self.in_flight: str | None = None
+        self._in_flight: str | None = None  # (``_ADVANCING``: the ADVANCE to ``target_us``, named when asked)
         self.current_us = 0  # the service's clock: the end of the last window it advanced through
         self.target_us = 0  # the window being advanced
         self.info: dict[str, Any] = {}  # what READY said about the service (versions), for the manifest
         self.capabilities = Capabilities(process=True)  # READY's, once INIT has been answered
         self.members: list[str] | None = None  # the whole barrier group, sent once, in the first ADVANCE
         self.next_us: int | None = None  # the latest promise (a next-event service's)
+        self._empty_done = b""  # the canonical DONE without outputs of the window being advanced
+
+    @property
+    def in_flight(self) -> str | None:
+        """The request whose reply is awaited (or being checked), named for a failure's message."""
+        if self._in_flight is _ADVANCING:
+            return f"ADVANCE to {self.target_us} us"
+        return self._in_flight
+
+    @in_flight.setter
+    def in_flight(self, request: str | None) -> None:
+        self._in_flight = request
 
     # -- requests and their replies, in protocol order --------------------------------------------
 
@@ -193,19 +208,24 @@ class ServiceSession:
 
     def advance(self, target_us: int, events: list[Input], peers: list[str] | None) -> bytes:
         self.target_us = target_us
-        self.in_flight = f"ADVANCE to {target_us} us"
+        self._in_flight = _ADVANCING  # (named only when a failure asks: formatting it costs every window)
+        self._empty_done = protocol.EMPTY_DONE % target_us
         if self.capabilities.barrier_group is None:
-            return protocol.encode_advance(target_us, events)
+            return protocol.encode_advance(target_us, events) if events else protocol.PLAIN_ADVANCE % target_us
         members, self.members = self.members, None
         return protocol.encode_advance(target_us, events, peers or [], members)
 
     def done(self, raw: bytes) -> list[Event]:
         target_us = self.target_us
+        if raw == self._empty_done:  # most windows: nothing to parse, nothing to check, no promise
+            if self.capabilities.next_event:
+                self.next_us = None
+            self.current_us = target_us
+            self._in_flight = None
+            return []
         next_event = self.capabilities.next_event
-        if raw == protocol.empty_done(target_us):
-            reply: dict[str, Any] = {"time_us": target_us, "events": []}  # most windows: nothing to parse
-        elif next_event and (promise := protocol.empty_done_promise(raw, target_us)) is not None:
-            reply = {"time_us": target_us, "events": [], "next_us": promise}  # nothing but a promise
+        if next_event and (promise := protocol.empty_done_promise(raw, target_us)) is not None:
+            reply: dict[str, Any] = {"time_us": target_us, "events": [], "next_us": promise}  # only a promise
         else:
             reply = self.parse(raw, "DONE")
         if reply.get("time_us") != target_us:
@@ -333,13 +353,24 @@ class ServiceNode:
     def join_barrier_group(self, members: list[str]) -> None:
         self.session.members = members
 
+    # begin_advance and end_advance are the per-window hot path: _send_line and _receive_line inlined.
+
     def begin_advance(self, target_us: int, events: list[Input], peers: list[str] | None = None) -> None:
-        self._sent_at = time.monotonic()
-        self._send_line(self.session.advance(target_us, events, peers))
+        line = self.session.advance(target_us, events, peers)
+        self._sent_at = monotonic()
+        try:
+            self.transport.send(line)
+        except TransportClosed:
+            raise self._failure("is gone (its stdin is closed)", ending=True) from None
 
     def end_advance(self) -> list[Event]:
-        raw = self._receive_line()
-        self.round_trips_s.append(time.monotonic() - self._sent_at)
+        try:
+            raw = self.transport.receive(monotonic() + self.watchdog_s)
+        except TransportTimeout:
+            raise self._failure(f"did not answer within the {self.watchdog_s:g} s watchdog (hung?)") from None
+        except TransportClosed as exc:
+            raise self._failure(f"ended without answering ({exc})", ending=True) from None
+        self.round_trips_s.append(monotonic() - self._sent_at)
         try:
             return self.session.done(raw)
         except ProtocolViolation as violation:

@@ -65,12 +65,18 @@ def advance_message(target_us: int, events: Sequence[Mapping[str, Any]], peers: 
     return message
 
 
+# The canonical lines of most windows, formatted directly (the hot path): an ADVANCE without events (and without a
+# barrier group), and a DONE without outputs (a reply equal to it needs no parsing).
+PLAIN_ADVANCE = b'{"events":[],"time_us":%d,"type":"ADVANCE"}\n'
+EMPTY_DONE = b'{"events":[],"time_us":%d,"type":"DONE"}'
+
+
 def encode_advance(target_us: int, events: Sequence[Mapping[str, Any]], peers: list[str] | None = None,
                    members: list[str] | None = None) -> bytes:
     """ADVANCE as a canonical line. Most windows carry no events; their line is formatted directly (the hot path)."""
     if not events and members is None:
         if peers is None:
-            return b'{"events":[],"time_us":%d,"type":"ADVANCE"}\n' % target_us
+            return PLAIN_ADVANCE % target_us
         if not peers:
             return b'{"events":[],"peers":[],"time_us":%d,"type":"ADVANCE"}\n' % target_us
     return encode(advance_message(target_us, events, peers, members))
@@ -78,7 +84,7 @@ def encode_advance(target_us: int, events: Sequence[Mapping[str, Any]], peers: l
 
 def empty_done(target_us: int) -> bytes:
     """The canonical DONE of a window without outputs: a reply equal to it needs no parsing."""
-    return b'{"events":[],"time_us":%d,"type":"DONE"}' % target_us
+    return EMPTY_DONE % target_us
 
 
 _PROMISE_PREFIX = b'{"events":[],"next_us":'

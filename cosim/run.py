@@ -17,18 +17,22 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cosim import __version__, compose, options, protocol, runtimes, segments
 from cosim import checkpoint as checkpointing
 from cosim import metrics as run_metrics
 from cosim import trace as tracing
-from cosim.coordinator import Checkpoints, Coordinator, SimulationResult
+from cosim.core.checkpoints import Checkpoints
+from cosim.core.results import SimulationResult
 from cosim.errors import Interrupted, NodeError, OutputWriteError, UsageError
 from cosim.loading import load
 from cosim.model import ADVANCE_MODES, Scenario, SensorSpec, SinkSpec
 from cosim.nodes import Input, SensorModel, ServiceNode, SimNode, SinkModel
 from cosim.trace import TraceWriter
+
+if TYPE_CHECKING:
+    from cosim.coordinator import Coordinator
 
 DEFAULT_WATCHDOG_S = options.DEFAULT_WATCHDOG_S
 SHUTDOWN_GRACE_S = 10.0
@@ -249,6 +253,9 @@ def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchd
                 if worker is not None:
                     worker.start()
                 backend.start()
+                # The window loop is imported now, while the services start up (in parallel, on another core).
+                from cosim.coordinator import Coordinator
+
                 nodes = build_nodes(scenario, backend, watchdog_s)
                 coordinator = Coordinator(scenario, nodes, writer, endpoints=backend.endpoints(),
                                           environment=backend.manifest(), progress=progress,

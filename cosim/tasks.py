@@ -21,40 +21,19 @@ becomes one line and a non-zero exit (``call``), never a traceback.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import shlex
 import sys
-from typing import Any
 
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
-from cosim.errors import CosimError
+from cosim import verbs
 from cosim.invoke_support import optional_positional
 from cosim.options import DEFAULT_WATCHDOG_S
-from cosim.paths import shown
-from cosim.resources import data_path
+from cosim.verbs import SCENARIO_HELP, WATCHDOG_HELP, call, default_scenario
 
-SCENARIO_HELP = "scenario YAML file (default: cosim's bundled scenarios/default.yaml)"
-WATCHDOG_HELP = f"seconds a node may take to answer before the run fails (default {DEFAULT_WATCHDOG_S:g})"
-
-
-def call(target: str, *args: Any, **kwargs: Any) -> Any:
-    """Call ``cosim.<module>.<function>`` (``target`` is "module.function"), importing it now; a CosimError
-    becomes ``cosim: error: ...`` on stderr and the error's exit code (invoke's Exit), never a traceback."""
-    module_name, _, function_name = target.rpartition(".")
-    function = getattr(importlib.import_module(f"cosim.{module_name}"), function_name)
-    try:
-        return function(*args, **kwargs)
-    except CosimError as error:
-        raise Exit(f"cosim: error: {error}", code=error.exit_code) from None
-
-
-def default_scenario() -> str:
-    """The bundled default scenario: relative to the current directory when it lies below it (from the checkout's
-    root: ``scenarios/default.yaml``, as the README shows it), else its absolute path."""
-    return shown(data_path("scenarios", "default.yaml"))
+__all__ = ["call", "default_scenario", "namespace", "remainder"]
 
 
 def remainder(c: Context) -> list[str]:
@@ -86,30 +65,7 @@ def render(c: Context, scenario: str | None = None) -> None:
     call("cli.render", scenario or default_scenario())
 
 
-@optional_positional("scenario")
-@task(
-    positional=["scenario"],
-    help={
-        "scenario": SCENARIO_HELP,
-        "runtime": "docker (default), local (services as subprocesses, no Docker) or swarm (a stack on the Swarm of "
-                   "$COSIM_SWARM_CONTEXT, default the Docker engine)",
-        "trace": "where the JSONL trace goes (default: the scenario's `trace`, else traces/<name>.jsonl)",
-        "watchdog": WATCHDOG_HELP,
-        "quiet": "no progress line",
-        "registry": "swarm: push the images to this registry (HOST:PORT) for the nodes to pull, instead of copying",
-        "advance": "next-event or fixed: overrides the scenario's `advance` (default: the scenario's, next-event)",
-        "checkpoint_at": "write a checkpoint at the end of the window ending at T us (T[,T2,...]) under checkpoints/",
-        "stop_after_checkpoint": "stop the run after its last checkpoint",
-    }
-)
-def up(c: Context, scenario: str | None = None, runtime: str = "docker", trace: str | None = None,
-       watchdog: str | None = None, quiet: bool = False, registry: str | None = None,
-       advance: str | None = None, checkpoint_at: str | None = None, stop_after_checkpoint: bool = False) -> None:
-    """Run a scenario in virtual time and write its trace."""
-    # Numeric options arrive as text: cosim checks them and names the option in its error.
-    call("cli.up", scenario or default_scenario(), runtime=runtime, trace=trace,
-         watchdog_s=watchdog or DEFAULT_WATCHDOG_S, progress=not quiet, registry=registry, advance=advance,
-         checkpoint_at=checkpoint_at, stop_after_checkpoint=stop_after_checkpoint)
+up = optional_positional("scenario")(task(positional=["scenario"], help=verbs.UP_HELP)(verbs.up))
 
 
 @task(positional=["checkpoint"], help={
@@ -218,12 +174,14 @@ def report(c: Context, trace: str) -> None:
             "output": "where the JSON results go (default traces/bench.json)",
             "sparse_s": "virtual seconds of the sparse next-event workload (default 600)",
             "rows": "run only these rows, comma-separated: up (the default scenario's whole `up` against compose "
-                    "up/down), containers-100 (bring-up and teardown of 100 containers against compose up/down)"})
+                    "up/down), containers-100 (bring-up and teardown of 100 containers against compose up/down), "
+                    "mosaik (the sparse shape as a whole process against mosaik 3.6)",
+            "no_mosaik": "skip the whole-process row against mosaik 3.6 (installed on demand from PyPI)"})
 def bench(c: Context, steps: str = "2000", local_only: bool = False, no_swarm: bool = False,
-          output: str = "traces/bench.json", sparse_s: str = "600", rows: str = "") -> None:
+          output: str = "traces/bench.json", sparse_s: str = "600", rows: str = "", no_mosaik: bool = False) -> None:
     """Measure cosim's per-step cost, scaling and throughput against floors measured in the same run."""
     call("cli.bench", steps=steps, docker=not local_only, swarm=not no_swarm, output=output, sparse_s=sparse_s,
-         rows=rows)
+         rows=rows, mosaik=not no_mosaik)
 
 
 @task(positional=["kind", "name"], help={

@@ -24,6 +24,7 @@ from cosim.errors import OutputWriteError
 from cosim.tails import file_tail
 
 MAX_LINE_BYTES = 64 << 20
+monotonic = time.monotonic  # (the watchdog's wall clock)
 
 
 class TransportClosed(Exception):
@@ -62,14 +63,18 @@ def read_line(buffer: bytearray, fill: Callable[[float], None], deadline: float)
     """Pop one line (without its newline) from ``buffer``; ``fill(timeout_s)`` adds bytes until one is complete,
     raising TransportTimeout when nothing came in time and TransportClosed at end of stream."""
     while True:
-        newline = buffer.find(b"\n")
+        newline = buffer.find(10)  # (10: b"\n")
         if newline >= 0:
+            if newline == len(buffer) - 1:  # the whole buffer is one line (a reply per request: the usual case)
+                line = bytes(buffer[:newline])
+                buffer.clear()
+                return line
             line = bytes(buffer[:newline])
             del buffer[: newline + 1]
             return line
         if len(buffer) > MAX_LINE_BYTES:
             raise TransportClosed(f"a line longer than {MAX_LINE_BYTES} bytes")
-        remaining = deadline - time.monotonic()
+        remaining = deadline - monotonic()
         if remaining <= 0:
             raise TransportTimeout()
         fill(remaining)
@@ -78,6 +83,7 @@ def read_line(buffer: bytearray, fill: Callable[[float], None], deadline: float)
 def poll_ms(seconds: float) -> int:
     """A poll() timeout in whole milliseconds, never 0 for a positive wait (0 would not wait at all)."""
     return max(1, math.ceil(seconds * 1000))
+
 
 
 class LineStream:
@@ -99,7 +105,14 @@ class LineStream:
         self._poller = select.poll()  # poll() rather than selectors: this is the per-step hot path
 
     def receive(self, deadline: float) -> bytes:
-        return read_line(self._buffer, self._fill, deadline)
+        buffer = self._buffer
+        if not buffer:  # (the usual case: nothing left over; wait for the reply before looking for its end)
+            self._fill(deadline - monotonic())  # (which may add nothing: the attach transport's exit watch)
+            if buffer and buffer.find(10) == len(buffer) - 1:  # (10: b"\n") one whole reply, as services write
+                line = bytes(buffer[:-1])
+                buffer.clear()
+                return line
+        return read_line(buffer, self._fill, deadline)
 
     def _fill(self, timeout_s: float) -> None:
         raise NotImplementedError
@@ -152,7 +165,7 @@ class PipeTransport(LineStream):
     def _fill(self, timeout_s: float) -> None:
         if not self._poller.poll(poll_ms(timeout_s)):
             raise TransportTimeout()
-        chunk = os.read(self._stdout_fd, 1 << 16)
+        chunk = os.read(self._stdout_fd, 65536)
         if not chunk:
             raise TransportClosed("stdout closed")
         self._buffer += chunk
@@ -165,6 +178,8 @@ class PipeTransport(LineStream):
     def wait_exit(self, deadline: float) -> int | None:
         """Wait (with a deadline) for the process to end; its exit code, or None if it is still running."""
         remaining = max(0.0, deadline - time.monotonic())
+        if not _exited_in_time(self.process, remaining):
+            return None
         try:
             self.process.wait(timeout=remaining)
         except subprocess.TimeoutExpired:
@@ -197,3 +212,21 @@ class PipeTransport(LineStream):
         if self.process.stdout is not None:
             self.process.stdout.close()
         self._log.close()
+
+
+def _exited_in_time(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Whether ``process`` ends within ``timeout_s``, woken by the kernel the moment it does (a pidfd, Linux):
+    Popen.wait with a timeout polls with sleeps that double up to 50 ms, and a service's exit after SHUTDOWN is on
+    every run's path. True also where there is no pidfd (Popen.wait then waits as it always did)."""
+    if process.returncode is not None or not hasattr(os, "pidfd_open"):
+        return True
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except OSError:  # (already reaped, or a kernel without pidfds)
+        return True
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(poll_ms(timeout_s) if timeout_s > 0 else 0))
+    finally:
+        os.close(pidfd)

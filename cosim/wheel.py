@@ -13,8 +13,6 @@ import base64
 import hashlib
 import io
 import re
-import tomllib
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +34,8 @@ class Project:
 
     @classmethod
     def from_pyproject(cls, path: Path) -> Project:
+        import tomllib  # (here: a local run builds no wheel, and imports neither)
+
         table = tomllib.loads(path.read_text(encoding="utf-8")).get("project", {})
         return cls(name=table["name"], version=str(table["version"]), summary=table.get("description", ""),
                    requires_python=table.get("requires-python", ""),
@@ -97,6 +97,8 @@ def wheel_members(package_dir: Path, project: Project) -> list[tuple[str, bytes]
 
 def build(package_dir: Path, project: Project) -> tuple[str, bytes]:
     """(file name, bytes) of the wheel of ``package_dir``: the same inputs give the same bytes."""
+    import zipfile
+
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         for name, data in wheel_members(package_dir, project):

@@ -13,7 +13,8 @@ from cosim.stats import median_interval
 def test_local_bench_reports_floors_costs_and_ratios(tmp_path: Path) -> None:
     out = io.StringIO()
     output = tmp_path / "bench.json"
-    result = bench(steps=100, probes=100, docker=False, out=out, output=output, progress=lambda _: None, sparse_s=5)
+    result = bench(steps=100, probes=100, docker=False, out=out, output=output, progress=lambda _: None, sparse_s=5,
+                   mosaik=False)  # (the mosaik peer needs PyPI: tests/test_bench.py::test_the_mosaik_world_runs)
     saved = json.loads(output.read_text(encoding="utf-8"))
     assert set(saved) >= {"settings", "floors_us", "per_node_step_us", "throughput_events_per_s", "ratios", "targets",
                           "advance"}
@@ -66,3 +67,26 @@ def test_median_interval_is_the_binomial_order_statistics() -> None:
     assert median_interval([float(v) for v in range(1, 11)]) == (2.0, 9.0)
     assert median_interval([1.0, 2.0, 3.0]) == (1.0, 3.0)  # too few values for 95%: the whole range
     assert median_interval([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], confidence=0.5) == (2.0, 5.0)
+
+
+def test_the_mosaik_peer_runs_the_sparse_shape_as_a_whole_process(tmp_path: Path) -> None:
+    """The whole-process row: mosaik 3.6 from PyPI in a venv of its own (skipped offline), its world delivering
+    every reading, and the pairs' ratio against `cosim up --runtime local`."""
+    import subprocess
+
+    import pytest
+
+    from cosim.bench.peers import MOSAIK_WORLD, mosaik_python, mosaik_rows
+    from cosim.bench.result import BenchResult
+
+    python = mosaik_python()
+    if isinstance(python, str):
+        pytest.skip(python)
+    world = subprocess.run([str(python), str(MOSAIK_WORLD), "7"], capture_output=True, text=True, timeout=120)
+    assert world.returncode == 0 and world.stdout.split() == ["7"], world.stderr  # one reading a second, all echoed
+    result = BenchResult(settings={})
+    mosaik_rows(result, tmp_path, lambda _: None, 5)
+    whole = result.settings["whole_process_s"]
+    assert len(whole["cosim"]) == len(whole["mosaik"]) == 5 and min(whole["cosim"] + whole["mosaik"]) > 0
+    low, high = result.ratio_intervals["sparse_local_whole_vs_mosaik"]
+    assert low <= result.ratios["sparse_local_whole_vs_mosaik"] <= high

@@ -3,7 +3,9 @@ service's READY declares, parsed once into a value."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +58,21 @@ def test_ready_is_parsed_once_into_capabilities() -> None:
     assert Capabilities.from_ready({"barrier_publishes": "never"}) == (
         "answered READY with barrier_publishes 'never'; expected 'always' or 'on_input'")
     assert SinkModel("sink").capabilities is MODEL_CAPABILITIES and not MODEL_CAPABILITIES.process
+
+
+def test_a_transport_line_is_read_whatever_its_fills_bring(tmp_path: Path) -> None:
+    """LineStream.receive: a fill that brings nothing (the attach transport's exit watch), half a line, two lines
+    at once: each receive gives exactly the next whole line."""
+    from cosim.transport import LineStream
+
+    class Chunks(LineStream):
+        def __init__(self, chunks: list[bytes]) -> None:
+            super().__init__("chunks", tmp_path / "chunks.log", None, None)
+            self.chunks = chunks
+
+        def _fill(self, timeout_s: float) -> None:
+            self._buffer += self.chunks.pop(0)
+
+    stream = Chunks([b"", b'{"a":', b'1}\n', b"", b"second\nthird\n", b"\n"])
+    deadline = time.monotonic() + 10
+    assert [stream.receive(deadline) for _ in range(4)] == [b'{"a":1}', b"second", b"third", b""]

@@ -250,3 +250,54 @@ def test_cosim_help_lists_the_verbs_and_only_the_core_options_that_matter(tmp_pa
     for hidden in ("--pty", "--prompt-for-sudo-password", "--echo", "--hide"):
         assert hidden not in result.stdout
     assert all(f"\n  {verb} " in result.stdout for verb in VERBS)
+
+
+def test_a_local_run_imports_only_what_it_uses(outside: Path) -> None:
+    """`cosim up X --runtime local` with long options is read without invoke; a scenario validated before is not
+    validated again (no jsonschema); no Docker client, no report (--no-report), no matplotlib."""
+    probe = ("import sys; from cosim.console import main\n"
+             "sys.argv = ['cosim', 'up', 'scenarios/outside.yaml', '--runtime', 'local', '--quiet', '--no-report',\n"
+             "            '--trace=traces/t.jsonl']\n"
+             "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+             "heavy = sorted(m for m in sys.modules if m.partition('.')[0] in ('invoke', 'jsonschema', "
+             "'python_on_whales', 'matplotlib') or m in ('cosim.report', 'cosim.tasks'))\n"
+             "print('HEAVY', heavy, file=sys.stderr)")
+    env = {**os.environ, "COSIM_CACHE_DIR": str(outside / "cache")}
+    runs = [subprocess.run([sys.executable, "-c", probe], cwd=outside, capture_output=True, text=True, timeout=120,
+                           env=env) for _ in range(2)]
+    assert all(run.returncode == 0 for run in runs), runs[-1].stderr
+    first = runs[0].stderr.strip().rpartition("HEAVY ")[2]
+    assert "'jsonschema'" in first and all(m.startswith("'jsonschema") for m in first.strip("[]").split(", "))
+    assert runs[1].stderr.strip().endswith("HEAVY []"), runs[1].stderr
+    assert (outside / "traces" / "t.jsonl").exists() and not (outside / "traces" / "t.report.html").exists()
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["up"], {}),
+    (["up", "s.yaml", "--runtime", "local", "--quiet", "--trace=t.jsonl"],
+     {"scenario": "s.yaml", "runtime": "local", "quiet": True, "trace": "t.jsonl"}),
+    (["up", "--no-report", "--checkpoint-at", "5000", "s.yaml"],
+     {"no_report": True, "checkpoint_at": "5000", "scenario": "s.yaml"}),
+])
+def test_cosim_up_with_long_options_is_read_without_invoke(argv: list[str], expected: dict[str, object]) -> None:
+    from cosim.console import fast_arguments
+    from cosim.verbs import up
+
+    assert fast_arguments(argv) == (up, expected)
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["--list"], ["validate", "s.yaml"], ["up", "-r", "local"], ["up", "--help"], ["up", "-h"], ["up", "--nope"],
+    ["up", "a.yaml", "b.yaml"], ["up", "--quiet=yes"], ["up", "--runtime"], ["up", "--runtime", "--quiet"],
+    ["up", "--trace", "a", "--trace", "b"], ["up", "--scenario", "s.yaml"],
+])
+def test_anything_else_goes_to_invoke(argv: list[str]) -> None:
+    from cosim.console import fast_arguments
+
+    assert fast_arguments(argv) is None
+
+
+def test_the_invoke_task_and_the_fast_path_share_one_definition() -> None:
+    from cosim import tasks, verbs
+
+    assert tasks.up.body is verbs.up and tasks.up.help == verbs.UP_HELP

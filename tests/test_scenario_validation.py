@@ -461,3 +461,27 @@ def test_loading_is_deterministic(workdir: Path) -> None:
     path = workdir / "demo.yaml"
     path.write_text(VALID)
     assert load(path) == load(path)
+
+
+def test_a_scenario_that_passed_is_not_validated_again(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A document that passed the schema is remembered in cosim's cache (by its content and the schema's); the
+    same document is then not validated again, and a document that fails is never remembered."""
+    from cosim.loading import schema
+
+    monkeypatch.setenv("COSIM_CACHE_DIR", str(workdir / "cache"))
+    validations: list[int] = []
+    original = schema._validator_class()
+    monkeypatch.setattr(schema, "_validator_class", lambda: lambda *a: validations.append(1) or original(*a))
+    path = workdir / "demo.yaml"
+    path.write_text(VALID)
+    first = load(path)
+    assert load(path) == first and len(validations) == 1  # the second load: remembered
+    assert len(list((workdir / "cache" / "valid-scenarios").iterdir())) == 1
+    path.write_text(VALID + "\n# a comment: the same document\n")
+    assert load(path).name == first.name and len(validations) == 1
+    broken = VALID.replace("duration_us: ", "duration_us: -", 1)
+    path.write_text(broken)
+    for _ in range(2):  # an error is found (and worded) every time
+        with pytest.raises(ScenarioError):
+            load(path)
+    assert len(validations) == 3 and len(list((workdir / "cache" / "valid-scenarios").iterdir())) == 1

@@ -27,6 +27,7 @@ from cosim_service import Service
 
 CONFIG_KEYS = ("tick_us", "exit_at_us", "exit_code", "hang_at_us", "garbage_at_us", "raise_at_us")
 CUES = ("exit_at_us", "hang_at_us", "garbage_at_us", "raise_at_us")
+_CUE_KEYS = frozenset(CUES)  # most runs set none: one test per window instead of one per cue
 
 
 class Echo(Service):
@@ -61,14 +62,31 @@ class Echo(Service):
     def wakeup(self, after_us: int) -> int | None:
         """The next time after ``after_us`` at which echo acts on its own: its next tick or its next cue."""
         config = self.config
-        times = [config[key] for key in CUES if config.get(key) is not None and config[key] > after_us]
         tick = config.get("tick_us")
+        if _CUE_KEYS.isdisjoint(config):  # (most runs: no cues)
+            return (after_us // tick + 1) * tick if tick else None
+        times = [config[key] for key in CUES if config.get(key) is not None and config[key] > after_us]
         if tick:
             times.append((after_us // tick + 1) * tick)
         return min(times, default=None)
 
     def advance(self, until_us: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         config, current = self.config, self.now_us
+        if not _CUE_KEYS.isdisjoint(config):
+            self._cues(until_us)
+        out = [{"type": "echo", "time_us": e["time_us"],
+                "data": {"of": e.get("type"), "from": e.get("source"), "data": e.get("data")}} for e in events] \
+            if events else []
+        tick = config.get("tick_us")
+        if tick:
+            first = (current // tick + 1) * tick
+            for t in range(first, until_us + 1, tick):
+                out.append({"type": "tick", "time_us": t, "data": {"value": self.rng.randrange(1_000_000)}})
+        return out
+
+    def _cues(self, until_us: int) -> None:
+        """Misbehave as configured, when a cue falls in the window."""
+        config = self.config
         if self._passes("exit_at_us", until_us):
             print(f"echo: exiting with {config.get('exit_code', 3)} as configured", file=sys.stderr, flush=True)
             os._exit(int(config.get("exit_code", 3)))
@@ -81,14 +99,6 @@ class Echo(Service):
             os.write(1, b"this is not a protocol message\n")
         if self._passes("raise_at_us", until_us):
             raise RuntimeError("echo: failing as configured")
-        out = [{"type": "echo", "time_us": e["time_us"],
-                "data": {"of": e.get("type"), "from": e.get("source"), "data": e.get("data")}} for e in events]
-        tick = config.get("tick_us")
-        if tick:
-            first = (current // tick + 1) * tick
-            for t in range(first, until_us + 1, tick):
-                out.append({"type": "tick", "time_us": t, "data": {"value": self.rng.randrange(1_000_000)}})
-        return out
 
 
 if __name__ == "__main__":

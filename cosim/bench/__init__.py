@@ -22,6 +22,8 @@
    up and down of the same file. `--rows up,containers-100` runs these alone.
 8. Network segments (with ns-3 installed): a sparse run through an ns-3 segment against plain links, and the ns-3
    worker's start-up (cosim.bench.segments).
+9. The sparse shape as a whole process (interpreter start to exit), `cosim up --runtime local` against mosaik 3.6
+   (installed on demand into a venv of its own), 5 pairs (``peers``).
 
 Repeated runs: on a small shared machine a run's speed depends on where the kernel places its processes and on
 what else the host runs, and that noise mostly slows a run down. So a measurement of one thing (the throughput
@@ -70,6 +72,7 @@ from cosim.bench.measurements import (
     swarm_rows,
     throughput_rate,
 )
+from cosim.bench.peers import mosaik_rows
 from cosim.bench.result import DEFAULT_RUNS, REPEATS, SPARSE_S, TARGETS, BenchResult
 from cosim.bench.segments import segment_rows
 from cosim.bench.stats import in_turn
@@ -83,12 +86,13 @@ __all__ = ["TARGETS", "BenchResult", "bench", "print_table"]
 
 # Rows that `cosim bench --rows NAME[,NAME]` runs alone (the whole bench runs them all): name -> the row.
 SELECTABLE: dict[str, Callable[[BenchResult, Path, Callable[[str], None]], None]] = {
-    "up": up_rows, "containers-100": many_rows}
+    "up": up_rows, "containers-100": many_rows,
+    "mosaik": lambda result, directory, say: mosaik_rows(result, directory, say, SPARSE_S)}
 
 
 def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: bool = True, out: TextIO = sys.stdout,
           output: Path | None = None, progress: Callable[[str], None] | None = None,
-          sparse_s: int = SPARSE_S, rows: Sequence[str] = ()) -> BenchResult:
+          sparse_s: int = SPARSE_S, rows: Sequence[str] = (), mosaik: bool = True) -> BenchResult:
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
     result = BenchResult(settings={
         "cosim": __version__, "python": platform.python_version(), "machine": platform.machine(),
@@ -117,6 +121,8 @@ def bench(*, steps: int = 2000, probes: int = 2000, docker: bool = True, swarm: 
         if local_mosquitto():
             mqtt_rows(result, directory, steps, "local", say)
         advance_rows(result, directory, steps, "local", say, sparse_s)
+        if mosaik:
+            mosaik_rows(result, directory, say, sparse_s)
         if docker:
             from cosim.loading import load
             from cosim.runtimes.docker import prepare_images

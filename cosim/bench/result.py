@@ -14,6 +14,8 @@ TARGETS = {"local_vs_pipe_floor": 1.5, "docker_vs_container_floor": 1.2, "scalin
            # next-event advance: sparse wall time against fixed steps (lower is better), idle and dense ratios
            "sparse_local_next_vs_fixed": 1 / 50, "sparse_docker_next_vs_fixed": 1 / 50,
            "idle_16_vs_1": 1.5, "dense_local_next_vs_fixed": 1.05, "dense_docker_next_vs_fixed": 1.05,
+           # the sparse shape as a whole process (start to exit), local runtime, against mosaik 3.6's
+           "sparse_local_whole_vs_mosaik": 0.5,
            **SWEEP_TARGETS, **COST_TARGETS, **SEGMENT_TARGETS}
 SPARSE_S = 600  # virtual seconds of the sparse workload
 SPARSE_LOOP_TARGET_S = 0.15  # its next-event step loop, local runtime (mosaik 3.6: 0.17 s for the same shape)

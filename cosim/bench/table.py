@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -54,6 +55,12 @@ def print_table(result: BenchResult, out: TextIO) -> None:
         ratio = f"{result.ratios[f'mqtt_{runtime}_2gw_vs_1gw_step']:.2f}x one gateway" if gateways == "2gw" else ""
         rows.append((f"step, MQTT load through {gateways[0]} gateway(s), {runtime}", f"{step:.0f} us", ratio, ""))
     rows += _advance_table(result)
+    whole = result.settings.get("whole_process_s")
+    if isinstance(whole, dict):
+        rows.append(("sparse, local, whole process: cosim / mosaik 3.6 (median of pairs)",
+                     f"{_median(whole['cosim']):.3f} s / {_median(whole['mosaik']):.3f} s",
+                     _paired_text(result, "sparse_local_whole_vs_mosaik", "mosaik"),
+                     f"<= {TARGETS['sparse_local_whole_vs_mosaik']}x"))
     rows += cost_rows(result)
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for index, row in enumerate(rows):
@@ -79,6 +86,10 @@ def print_table(result: BenchResult, out: TextIO) -> None:
     if "segment_worker_start_s" in result.settings:
         verdicts.append(f"ns-3 segment worker start-up: {result.settings['segment_worker_start_s']:.2f} s (no target)")
     out.write("targets: " + "; ".join(verdicts) + "\n")
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values)
 
 
 def _interval_text(result: BenchResult, name: str, digits: str = ".3g") -> str:

@@ -47,7 +47,10 @@ class Deliveries:
     def due(self, target_us: int) -> Inputs:
         """Pop every pending delivery with time <= target, record it, and group it by destination."""
         inputs: Inputs = {}
-        pending, types, slots = self.pending, self._types, self.slots
+        pending = self.pending
+        if not pending or pending[0][0] > target_us:  # (most windows of a step-bound run)
+            return inputs
+        types, slots = self._types, self.slots
         pop, record = heapq.heappop, self.trace.queue.append
         while pending and pending[0][0] <= target_us:
             time_us, source, seq, dest, event, payload = pop(pending)
@@ -86,6 +89,8 @@ class Deliveries:
             slot.next_seq = first + len(events)
             source = slot.id
             numbered += [(event["time_us"], source, first + offset, event) for offset, event in enumerate(events)]
+        if not sources:
+            return
         if sources > 1:  # (time, source, seq) is unique: the events themselves are never compared
             numbered.sort()
         trace, router, pending, types = self.trace, self.router, self.pending, self._types

@@ -1,43 +1,95 @@
 """The scenario JSON Schema (schemas/scenario.schema.json) and the wording of its errors: one line saying what was
 expected at the first offending field, in file order.
+
+Validation is a pure function of the schema and the document, and jsonschema's import and a validation cost a
+quarter of a short local run: a document that passed is remembered (an empty file named by the hash of the schema,
+this module and the document's canonical JSON, under ``<cosim cache>/valid-scenarios/``), and the same document
+again is not validated, nor jsonschema imported. Only passing documents are remembered: an error is always found
+and worded anew. A cache that cannot be written is no error (the next run validates again).
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 from functools import lru_cache
-from typing import Any
-
-import jsonschema
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cosim.loading.positions import Positions
 from cosim.resources import data_path
+
+if TYPE_CHECKING:
+    import jsonschema
 
 SCHEMA_PATH = data_path("schemas", "scenario.schema.json")
 
 
 @lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return json.loads(_schema_bytes())
 
 
-def _strict_integer(checker: Any, instance: Any) -> bool:
-    return isinstance(instance, int) and not isinstance(instance, bool)
+@lru_cache(maxsize=1)
+def _schema_bytes() -> bytes:
+    return SCHEMA_PATH.read_bytes()
 
 
-# JSON Schema counts 1000.0 as an integer; a scenario's times and counts must be written as integers.
-_Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer),
-)
+def _validated_marker(document: dict[str, Any]) -> Path | None:
+    """Where a pass of ``document`` is remembered; None for a document without a canonical JSON form (a YAML date,
+    say: never remembered)."""
+    from cosim.service_sources import cache_dir
+
+    if not _string_keys(document):
+        return None  # (JSON would turn a key 1 into "1": two documents, one text)
+    try:
+        text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    digest = hashlib.sha256(_schema_bytes())
+    digest.update(Path(__file__).read_bytes())  # the checks below (e.g. strict integers) are part of the verdict
+    digest.update(text.encode("utf-8"))
+    return cache_dir() / "valid-scenarios" / digest.hexdigest()
+
+
+def _string_keys(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _string_keys(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_string_keys(item) for item in value)
+    return True
+
+
+@lru_cache(maxsize=1)
+def _validator_class() -> Any:
+    """jsonschema's Draft 2020-12 validator, except that 1000.0 is no integer: JSON Schema counts it as one, but a
+    scenario's times and counts must be written as integers. (Built on first use: jsonschema is imported then.)"""
+    import jsonschema
+
+    def strict_integer(checker: Any, instance: Any) -> bool:
+        return isinstance(instance, int) and not isinstance(instance, bool)
+
+    return jsonschema.validators.extend(
+        jsonschema.Draft202012Validator,
+        type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", strict_integer),
+    )
 
 
 def validate(document: dict[str, Any], positions: Positions) -> None:
     """Raise the ScenarioError for the first schema violation in file order, worded for the user."""
-    validator = _Validator(schema())
+    marker = _validated_marker(document)
+    if marker is not None and marker.exists():
+        return  # this very document passed before
+    validator = _validator_class()(schema())
     errors = sorted(validator.iter_errors(document), key=_error_rank)
     if not errors:
+        if marker is not None:
+            try:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+            except OSError:
+                pass  # (a read-only or full cache: validated again next time)
         return
     error = _deepest(errors[0])
     path = tuple(error.absolute_path)

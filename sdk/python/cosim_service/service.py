@@ -142,7 +142,7 @@ class Service:
 
     @property
     def config(self) -> Mapping[str, Any]:
-        return self.protocol_session.config
+        return (self._cosim_session or self.protocol_session).config  # (read in every window: no second property)
 
     @property
     def endpoints(self) -> Mapping[str, Any]:
@@ -150,7 +150,7 @@ class Service:
 
     @property
     def now_us(self) -> int:
-        return self.protocol_session.current_time_us
+        return (self._cosim_session or self.protocol_session).current_time_us
 
     @property
     def peers(self) -> list[str] | None:

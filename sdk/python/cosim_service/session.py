@@ -39,6 +39,22 @@ REQUESTS = ("INIT", "ADVANCE", "CONFIGURE", "SNAPSHOT", "RESTORE", "SHUTDOWN")
 _EMPTY_DONE = '{"events":[],"time_us":%d,"type":"DONE"}\n'
 _PROMISE_DONE = '{"events":[],"next_us":%d,"time_us":%d,"type":"DONE"}\n'
 
+# Most ADVANCEs carry no events and no barrier group: the coordinator writes them in exactly this canonical form,
+# which is read here without a JSON parse (the per-window hot path of every service).
+_PLAIN_ADVANCE = b'{"events":[],"time_us":'
+_PLAIN_ADVANCE_END = b',"type":"ADVANCE"}\n'
+_PLAIN_DIGITS = slice(len(_PLAIN_ADVANCE), -len(_PLAIN_ADVANCE_END))
+
+
+def plain_advance_target(raw: bytes) -> int | None:
+    """The target of a canonical ADVANCE line without events (newline included), read without a JSON parse; None
+    when ``raw`` is not exactly such a line (it is then parsed as any other)."""
+    if raw.startswith(_PLAIN_ADVANCE) and raw.endswith(_PLAIN_ADVANCE_END):
+        digits = raw[_PLAIN_DIGITS]
+        if digits.isdigit() and (digits[0] != 48 or len(digits) == 1):  # (48: "0"; JSON has no leading zeros)
+            return int(digits)
+    return None
+
 
 class ProtocolError(Exception):
     """A request the session answers with ERROR ``error`` (a code), ``detail`` (one line), ``fatal``."""
@@ -90,6 +106,10 @@ class Session:
 
     def receive(self, raw: bytes | str) -> str | None:
         """One received line in, the reply line to write out (None: nothing to write)."""
+        if raw.__class__ is bytes and self.initialized and self.barrier_group is None:
+            target = plain_advance_target(raw)  # (bytes: checked above)
+            if target is not None and target >= self.current_time_us:
+                return self._plain_advance(target)
         reply: dict[str, Any] | None
         try:
             message = parse_line(raw)
@@ -215,8 +235,44 @@ class Session:
         ordered = sorted(events, key=_event_time) if events else events  # stable: keeps same-time order
         if self.barrier_group is not None:
             self.members, self.peers = members, peers
-        produced = self._hook("callback_failed", lambda: list(self.service.advance(target, ordered) or []))
-        stamped, beyond = self._stamp(produced, target)
+        outputs, promise = self._window(target, ordered)
+        done: dict[str, Any] = {"type": "DONE", "time_us": target, "events": outputs}
+        if promise is not None:
+            done["next_us"] = promise
+        return done
+
+    def _plain_advance(self, target: int) -> str:
+        """An ADVANCE without events, checked as far as its canonical form leaves anything to check (``receive``):
+        the same window as ``_advance``, its DONE formatted directly."""
+        try:
+            outputs, promise = self._window(target, [])
+        except ProtocolError as exc:
+            return encode(self._error(exc))
+        if not outputs:
+            return _EMPTY_DONE % target if promise is None else _PROMISE_DONE % (promise, target)
+        done: dict[str, Any] = {"type": "DONE", "time_us": target, "events": outputs}
+        if promise is not None:
+            done["next_us"] = promise
+        try:
+            return encode(done)
+        except (ValueError, RecursionError):  # as in ``receive``
+            return encode(self._error(ProtocolError(
+                "bad_output", "output events contain NaN or Infinity, which JSON cannot carry", fatal=True)))
+
+    def _window(self, target: int, ordered: list[Event]) -> tuple[list[Event], int | None]:
+        """Advance the service through (current, target] with its inputs ``ordered``: its outputs due in the window
+        (held ones included) and its promise (None: none, or not a next-event service)."""
+        try:  # (the hook called inline, not through ``_hook``: this is the per-window hot path)
+            produced = self.service.advance(target, ordered)
+            produced = list(produced) if produced else []
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            raise ProtocolError("callback_failed", describe_exception(exc), fatal=True) from exc
+        if produced:
+            stamped, beyond = self._stamp(produced, target)
+        else:
+            stamped, beyond = produced, False
         if self.held or beyond:
             stamped = self.held + stamped
             outputs = [event for event in stamped if event["time_us"] <= target]
@@ -224,12 +280,7 @@ class Session:
         else:  # nothing held, nothing to hold (most windows)
             outputs = stamped
         self.current_time_us = target
-        done: dict[str, Any] = {"type": "DONE", "time_us": target, "events": outputs}
-        if self.next_event:
-            promise = self._promise(target)
-            if promise is not None:
-                done["next_us"] = promise
-        return done
+        return outputs, self._promise(target) if self.next_event else None
 
     def _stamp(self, produced: list[Any], target: int) -> tuple[list[Event], bool]:
         """The outputs, copied (the service may reuse its objects), each checked and stamped (default: the window's
@@ -250,14 +301,21 @@ class Session:
 
     def _promise(self, target: int) -> int | None:
         """The earliest time after ``target`` at which the service emits on its own: a held output or a wake-up."""
+        try:  # (inline, as in ``_window``)
+            wake = self.service.wakeup(target)
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            raise ProtocolError("callback_failed", describe_exception(exc), fatal=True) from exc
+        if wake is not None and not ((wake.__class__ is int or _is_int(wake)) and wake > target):
+            raise ProtocolError("bad_wakeup", f"wake-up time {wake!r} is not an integer after the window end "
+                                              f"{target} us", fatal=True)
+        if not self.held:
+            return wake
         times = [event["time_us"] for event in self.held]
-        wake = self._hook("callback_failed", self.service.wakeup, target)
         if wake is not None:
-            if not _is_int(wake) or wake <= target:
-                raise ProtocolError("bad_wakeup", f"wake-up time {wake!r} is not an integer after the window end "
-                                                  f"{target} us", fatal=True)
             times.append(wake)
-        return min(times) if times else None
+        return min(times)
 
     def _configure(self, message: dict[str, Any]) -> dict[str, Any]:
         if "configure" not in self.capabilities:
@@ -339,17 +397,17 @@ def serve_lines(session: Session, stdin: IO[Any], stdout: IO[Any]) -> int:
     ``stdin``/``stdout`` may be text or binary streams (binary lines are decoded as strict UTF-8); every reply is
     flushed at once."""
     binary_out = "b" in getattr(stdout, "mode", "")
+    readline, receive, write, flush = stdin.readline, session.receive, stdout.write, stdout.flush
     while session.exit_code is None:
-        raw = stdin.readline()
+        raw = readline()
         if not raw:
             log.warning("stdin closed without SHUTDOWN; exiting")
             session.shutdown()
             break
         if not raw.strip():
             continue
-        text = session.receive(raw)
+        text = receive(raw)
         if text is not None:
-            stdout.write(text.encode("utf-8") if binary_out else text)
-            stdout.flush()
+            write(text.encode("utf-8") if binary_out else text)
+            flush()
     return session.exit_code if session.exit_code is not None else 0
-
