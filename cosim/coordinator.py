@@ -280,7 +280,9 @@ class Coordinator:
                 spec = self.scenario.node(slot.id)
                 config = spec.config if isinstance(spec, ContainerSpec) else {}
             slot.config = dict(config)
-            slot.node.init(node_seed(self.scenario.seed, slot.id), config, self.endpoints)
+            slot.node.begin_init(node_seed(self.scenario.seed, slot.id), config, self.endpoints)
+        for slot in self.slots.driven:  # every INIT is out before the first READY is awaited: they load in parallel
+            slot.node.end_init()
         if self.segments is not None:  # (not hashed: the worker's ns-3 version and modules)
             self.environment["segment_worker"] = self.segments.start()
         self.barriers.form()

@@ -97,7 +97,14 @@ class SimNode(Protocol):
         something on its own (a timer, a held output, a sensor's next sample); None: only in response to input."""
         ...
 
-    def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None: ...
+    def begin_init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
+        """Start the node's INIT (a service is sent INIT; an in-process model is set up at once)."""
+        ...
+
+    def end_init(self) -> None:
+        """Its READY (a service's: awaited and checked). Every INIT is begun before any READY is awaited, so the
+        services take their INIT at the same time."""
+        ...
 
     def join_barrier_group(self, members: list[str]) -> None:
         """The whole group (sorted) of the ``barrier_group`` the node declared; called once, after every INIT."""
@@ -325,6 +332,7 @@ class ServiceNode:
         self.shutdown_grace_s = shutdown_grace_s
         self.session = ServiceSession(node_id)
         self._sent_at = 0.0
+        self._init_us = 0  # the virtual time of the INIT in flight (0, or a restart's)
         self.round_trips_s: list[float] = []  # wall-clock ADVANCE->DONE, for metrics only
 
     @property
@@ -347,8 +355,16 @@ class ServiceNode:
 
     def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any], *, time_us: int = 0,
              restart: int | None = None) -> None:
+        self.begin_init(seed, config, endpoints, time_us=time_us, restart=restart)
+        self.end_init()
+
+    def begin_init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any], *, time_us: int = 0,
+                   restart: int | None = None) -> None:
+        self._init_us = time_us
         self._send_line(self.session.init(seed, config, endpoints, time_us, restart))
-        self._check(self.session.ready, self._receive_line(), time_us)
+
+    def end_init(self) -> None:
+        self._check(self.session.ready, self._receive_line(), self._init_us)
 
     def join_barrier_group(self, members: list[str]) -> None:
         self.session.members = members
@@ -468,8 +484,11 @@ class InProcessModel:
     def __init__(self, node_id: str) -> None:
         self.id = node_id
 
-    def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
+    def begin_init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
         pass
+
+    def end_init(self) -> None:
+        pass  # nothing to wait for
 
     def join_barrier_group(self, members: list[str]) -> None:
         pass  # in-process models declare no group
@@ -523,7 +542,7 @@ class SensorModel(InProcessModel):
         self._outputs: list[Event] = []
         self._window = 0  # index of the next reading
 
-    def init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
+    def begin_init(self, seed: int, config: Mapping[str, Any], endpoints: Mapping[str, Any]) -> None:
         self.rng = random.Random(seed)
 
     def configure(self, time_us: int, config: Mapping[str, Any] | None = None,
