@@ -64,6 +64,10 @@ __all__ = ["NEVER", "Checkpoints", "Coordinator", "ProcessControl", "SimulationR
 
 Progress = Callable[[int, int], None]  # (virtual time now, duration), both in us
 INFRASTRUCTURE_EXIT_WAIT_S = 1.0  # wall clock, on failure only: how long an infrastructure exit may take to show
+# The failures no node is at fault for, and the kind of the trace's error record for each: the ns-3 segment worker's,
+# a service's log or the trace that could not be written (e.g. a full disk), a checkpoint that could not be written.
+_ERROR_RECORDS: tuple[tuple[type[Exception], str], ...] = (
+    (SegmentWorkerFailed, "segment_worker_failed"), (OutputWriteError, "write_failed"), (CheckpointError, "checkpoint_failed"))
 
 
 class Coordinator:
@@ -142,9 +146,6 @@ class Coordinator:
             self.timings.loop_s = time.monotonic() - loop_started
             self.timings.loop_cpu_s = time.process_time() - loop_cpu_started
             self._shutdown_nodes()
-        except SegmentWorkerFailed as failed:
-            self.trace.error(self.now_us, None, "segment_worker_failed", str(failed))
-            raise
         except UnsupportedAction as refused:
             self.trace.error(0, refused.node, "unsupported_action", str(refused))
             raise
@@ -165,11 +166,9 @@ class Coordinator:
         except EngineLost as lost:  # the engine, not a node: no node to blame, no infrastructure to ask
             self.trace.error(self.now_us, None, "engine_lost", lost.what)
             raise lost.at(self.now_us) from None
-        except OutputWriteError as failed:  # a service's log, e.g. on a full disk (the trace's own: not written)
-            self.trace.error(self.now_us, None, "write_failed", str(failed))
-            raise
-        except CheckpointError as failed:  # e.g. the disk is full: the run so far is kept
-            self.trace.error(self.now_us, None, "checkpoint_failed", str(failed))
+        except (SegmentWorkerFailed, OutputWriteError, CheckpointError) as failed:  # no node at fault; the run so far is kept
+            kind = next(kind for kinds, kind in _ERROR_RECORDS if isinstance(failed, kinds))
+            self.trace.error(self.now_us, None, kind, str(failed))
             raise
         except Exception as exc:  # a bug in cosim itself: still end the trace with what happened
             self.trace.error(self.now_us, None, "internal_error", f"{type(exc).__name__}: {exc}")
