@@ -252,8 +252,7 @@ def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchd
             try:
                 if worker is not None:
                     worker.start()
-                backend.start()
-                # The window loop is imported now, while the services start up (in parallel, on another core).
+                backend.start(while_starting=_import_window_loop)
                 from cosim.coordinator import Coordinator
 
                 nodes = build_nodes(scenario, backend, watchdog_s)
@@ -297,6 +296,12 @@ def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchd
     sinks = {node_id: node.received for node_id, node in nodes.items() if isinstance(node, SinkModel)}
     assert result is not None
     return CompletedRun(scenario, runtime, trace_file, metrics_path, result, measured, sinks)
+
+
+def _import_window_loop() -> None:
+    """The window loop's modules, imported while the runtime brings the services up (the engine, or the
+    services themselves, busy; this process would only wait)."""
+    import cosim.coordinator  # noqa: F401
 
 
 def _first_line(message: str) -> str:

@@ -25,6 +25,7 @@ Whether an existing image is still current is a separate question, answered by i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -115,6 +116,25 @@ class SdkContent:
 
 
 def sdk_content() -> SdkContent:
+    """The SDK content every staged context gets, built once per process for each state of the SDK's files (their
+    paths, sizes and modification times: a wheel built on every call cost ~10 ms, several times per `cosim up`)."""
+    return _sdk_content(_sdk_fingerprint())
+
+
+def _sdk_fingerprint() -> tuple[tuple[str, int, int], ...]:
+    found: list[Path] = []
+    package = python_sdk_package()
+    if package is not None:
+        found += [path for _, path in folder_files(package)] + [package.parent / "pyproject.toml"]
+    node = node_sdk_dir()
+    if node is not None:
+        found += [path for relative, path in folder_files(node) if relative.split("/", 1)[0] != "node_modules"]
+    stats = ((path, path.stat()) for path in found if path.is_file())
+    return tuple((str(path), stat.st_size, stat.st_mtime_ns) for path, stat in stats)
+
+
+@functools.lru_cache(maxsize=4)
+def _sdk_content(fingerprint: tuple[tuple[str, int, int], ...]) -> SdkContent:
     files: dict[str, bytes] = {}
     hashed: list[tuple[str, bytes]] = []
     package = python_sdk_package()

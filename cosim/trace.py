@@ -480,6 +480,26 @@ def _build(cls: type, record: dict[str, Any], where: str) -> Any:
     return cls(**values)
 
 
+def _decoded(path: Path, lines: list[str]) -> list[Any]:
+    """Every line's JSON value, decoded as one array (a decoder call per line cost a third of reading a trace);
+    line by line only to name the line that is not JSON."""
+    try:
+        # One object per line and as many values as lines: then the array's values are the lines' own.
+        if all(line[:1] == "{" and line[-1:] == "}" for line in lines):
+            values = json.loads("[" + ",".join(lines) + "]")
+            if len(values) == len(lines):
+                return list(values)
+    except ValueError:
+        pass
+    decoded = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            decoded.append(json.loads(line))
+        except ValueError:
+            raise TraceReadError(f"{path}:{number}: not a JSON record") from None
+    return decoded
+
+
 def read(path: str | Path) -> Trace:
     """Read a trace file into typed records. Raises TraceReadError, naming the file and line, for a file that is
     not a cosim trace. Lines are split on "\\n" only: payloads may hold other line separators (U+2028, ...)."""
@@ -498,12 +518,8 @@ def read(path: str | Path) -> Trace:
     header: Header | None = None
     records: list[EventRecord] = []
     end: Footer | RunError | None = None
-    for number, line in enumerate(lines, start=1):
+    for number, record in enumerate(_decoded(path, lines), start=1):
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise TraceReadError(f"{where}: not a JSON record") from None
         if not isinstance(record, dict) or not isinstance(record.get("record"), str):
             raise TraceReadError(f"{where}: not a trace record (no 'record' field)")
         kind = record["record"]

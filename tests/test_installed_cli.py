@@ -258,7 +258,7 @@ def test_a_local_run_imports_only_what_it_uses(outside: Path) -> None:
     probe = ("import sys; from cosim.console import main\n"
              "sys.argv = ['cosim', 'up', 'scenarios/outside.yaml', '--runtime', 'local', '--quiet', '--no-report',\n"
              "            '--trace=traces/t.jsonl']\n"
-             "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+             "try:\n    main(fast_exit=False)\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
              "heavy = sorted(m for m in sys.modules if m.partition('.')[0] in ('invoke', 'jsonschema', "
              "'python_on_whales', 'matplotlib') or m in ('cosim.report', 'cosim.tasks'))\n"
              "print('HEAVY', heavy, file=sys.stderr)")

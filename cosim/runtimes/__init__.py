@@ -8,6 +8,7 @@ engine. All implement ``Runtime``; the coordinator never sees the difference.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,8 +22,10 @@ RUNTIMES = ("docker", "local", "swarm")
 class Runtime(Protocol):
     name: str
 
-    def start(self) -> None:
-        """Start infrastructure and services; raise a CosimError (after cleaning up) when that fails."""
+    def start(self, while_starting: Callable[[], object] | None = None) -> None:
+        """Start infrastructure and services; raise a CosimError (after cleaning up) when that fails.
+        ``while_starting`` is called once while the engine (or the processes) bring them up and this process would
+        only wait: the caller's own preparation (importing the window loop) costs no wall time there."""
         ...
 
     def transport(self, node_id: str) -> Transport: ...

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,7 @@ class LocalRuntime:
         self._groups: dict[str, MemoryCgroup] = {}  # node id -> the memory cgroup of its process (resources.memory)
         self._unenforced: set[str] = set()  # nodes told that their memory limit cannot be enforced here
 
-    def start(self) -> None:
+    def start(self, while_starting: Callable[[], object] | None = None) -> None:
         try:
             for node in self.scenario.containers:
                 if not node.speaks_protocol:
@@ -124,6 +124,8 @@ class LocalRuntime:
             for node in self.scenario.containers:
                 if node.speaks_protocol:
                     self._start_service(node)
+            if while_starting is not None:  # the services load their libraries meanwhile
+                while_starting()
         except BaseException:
             self.stop()
             raise

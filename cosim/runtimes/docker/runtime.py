@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -252,7 +252,7 @@ class DockerRuntime:
     # -- Runtime interface ------------------------------------------------------------------------
 
     @docker_errors()
-    def start(self) -> None:
+    def start(self, while_starting: Callable[[], object] | None = None) -> None:
         started = time.monotonic()  # wall clock: the bench's bring-up row (run_facts), never the trace
         self._deadline_s = bringup_deadline_s()  # a bad value stops the run before anything starts
         check_engine()
@@ -272,7 +272,7 @@ class DockerRuntime:
         self._compose = docker_command("compose", "--file", str(self.compose_file), "--env-file", str(env_file),
                                        "--project-name", self.project)
         try:
-            self._up()
+            self._up(while_starting)
             self._attach_all()
         except BaseException:
             self.stop()
@@ -366,7 +366,7 @@ class DockerRuntime:
             # first, then the attach processes have already ended and nothing waits out a grace period.
             for transport in self._transports.values():
                 transport.close_stdin()
-            if self._compose is not None:
+            if self._compose is not None and not self._remove_through_engine():
                 # (a failure falls through to the label sweep below)
                 subprocess.run([*self._compose, "down", "--remove-orphans", "--volumes", "--timeout", str(STOP_TIMEOUT_S)],
                                stdin=subprocess.DEVNULL, capture_output=True, check=False)
@@ -382,6 +382,23 @@ class DockerRuntime:
             self._lock.release()
             self._timings["teardown_s"] = round(time.monotonic() - started, 6)
 
+    def _remove_through_engine(self) -> bool:
+        """What `docker compose down` does, as requests on the engine's socket: the run's containers stopped (with
+        the compose file's grace period) and removed in parallel, then its network. It saves the compose CLI's
+        start and project parsing (~0.1 s of the default scenario's teardown). False without a socket, or when the
+        engine did not remove everything: compose down then does it."""
+        if self._engine.socket_path is None:
+            return False
+        label = f"{LABEL_RUN}={self.run_id}"
+        try:
+            containers = [container["Id"] for container in self._engine.listed(label)]
+            if not self._engine.remove_containers(containers, STOP_TIMEOUT_S):
+                return False
+            networks = [network["Id"] for network in self._engine.networks(label)]
+            return all([self._engine.delete(f"/networks/{network_id}") for network_id in networks])
+        except DockerCommandFailed:
+            return False
+
     def _abandon(self) -> None:
         """The engine went away mid-run and is not back: nothing can be removed now. The streams are closed, and
         the run's lock file is kept (free), so that the next run, or `cosim down`, removes the rest once it is."""
@@ -394,16 +411,19 @@ class DockerRuntime:
 
     # -- bring-up ---------------------------------------------------------------------------------
 
-    def _up(self) -> None:
+    def _up(self, while_starting: Callable[[], object] | None) -> None:
         """`docker compose up --detach` within the bring-up deadline (the engine creates and starts the containers
-        in parallel), then the run's containers in one request (no `compose ps` and one inspection each)."""
+        in parallel; ``while_starting`` runs meanwhile), then the run's containers in one request (no `compose ps`
+        and one inspection each)."""
         assert self._compose is not None
         command = [*self._compose, "up", "--detach", "--pull", "never"]
         started = time.monotonic()
         with subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, errors="replace") as process:
             try:
-                output, _ = process.communicate(timeout=self._deadline_s)
+                if while_starting is not None:
+                    while_starting()
+                output, _ = process.communicate(timeout=max(self._deadline_s - (time.monotonic() - started), 0.0))
             except subprocess.TimeoutExpired:
                 not_up = self._not_up(time.monotonic() - started)  # the state at the deadline, before compose ends
                 _end(process)  # then compose is stopped and waited for; stop() removes what it made

@@ -140,7 +140,7 @@ class SwarmRuntime:
     # -- Runtime interface ------------------------------------------------------------------------
 
     @docker_errors()
-    def start(self) -> None:
+    def start(self, while_starting: Callable[[], object] | None = None) -> None:
         check_engine()  # the engine the images are built on
         self.manager = manager_client()
         info = check_manager(self.manager)
@@ -157,6 +157,8 @@ class SwarmRuntime:
         self._lock.acquire()
         try:
             self._deploy(resolve_image="always" if references else "never")
+            if while_starting is not None:  # the Swarm schedules and starts the tasks meanwhile
+                while_starting()
             self._wait_running(self.scenario.containers)
             self._attach_all()
         except BaseException:
