@@ -480,9 +480,12 @@ def _build(cls: type, record: dict[str, Any], where: str) -> Any:
     return cls(**values)
 
 
-def _decoded(path: Path, lines: list[str]) -> list[Any]:
+_NOT_JSON = object()
+
+
+def _decoded(lines: list[str]) -> list[Any]:
     """Every line's JSON value, decoded as one array (a decoder call per line cost a third of reading a trace);
-    line by line only to name the line that is not JSON."""
+    line by line when that fails, a line that is not JSON then being ``_NOT_JSON`` (its error comes in turn)."""
     try:
         # One object per line and as many values as lines: then the array's values are the lines' own.
         if all(line[:1] == "{" and line[-1:] == "}" for line in lines):
@@ -492,11 +495,11 @@ def _decoded(path: Path, lines: list[str]) -> list[Any]:
     except ValueError:
         pass
     decoded = []
-    for number, line in enumerate(lines, start=1):
+    for line in lines:
         try:
             decoded.append(json.loads(line))
         except ValueError:
-            raise TraceReadError(f"{path}:{number}: not a JSON record") from None
+            decoded.append(_NOT_JSON)
     return decoded
 
 
@@ -518,8 +521,10 @@ def read(path: str | Path) -> Trace:
     header: Header | None = None
     records: list[EventRecord] = []
     end: Footer | RunError | None = None
-    for number, record in enumerate(_decoded(path, lines), start=1):
+    for number, record in enumerate(_decoded(lines), start=1):
         where = f"{path}:{number}"
+        if record is _NOT_JSON:
+            raise TraceReadError(f"{where}: not a JSON record")
         if not isinstance(record, dict) or not isinstance(record.get("record"), str):
             raise TraceReadError(f"{where}: not a trace record (no 'record' field)")
         kind = record["record"]

@@ -7,12 +7,12 @@ arrival at the sink.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from cosim import trace as traces
 from cosim.model import Scenario, SensorSpec
 
 
@@ -78,14 +78,15 @@ def report(scenario: Scenario, sink_events: Iterable[Mapping[str, Any]]) -> Repo
 
 def sink_events_from_trace(trace_path: Path, scenario: Scenario) -> list[dict[str, Any]]:
     """The delivered records whose destination is a sink, read back from a trace file."""
+    return sink_events(traces.read(trace_path), scenario)
+
+
+def sink_events(trace: traces.Trace, scenario: Scenario) -> list[dict[str, Any]]:
+    """The delivered records of a trace whose destination is a sink, as the sinks received them."""
     sinks = {node.id for node in scenario.nodes if node.kind == "sink"}
-    events = []
-    with trace_path.open(encoding="utf-8") as handle:
-        for line in handle:
-            record = json.loads(line)
-            if record.get("record") == "delivered" and record.get("dest") in sinks:
-                events.append(record)
-    return events
+    return [{"record": "delivered", "time_us": record.time_us, "source": record.source, "seq": record.seq,
+             "type": record.type, "dest": record.dest, "sent_us": record.sent_us, "data": record.data}
+            for record in trace.records if isinstance(record, traces.Delivered) and record.dest in sinks]
 
 
 def print_summary(scenario: Scenario, sink_events: Sequence[Mapping[str, Any]], out: TextIO) -> None:

@@ -73,7 +73,7 @@ def detections_chart(scenario: Scenario, result: detections.Report,
 
 def _vibration(trace: Trace, scenario: Scenario) -> tuple[list[dict[str, Any]], detections.Report | None]:
     """The verdicts that reached a sink and the detection report, when the trace has verdicts (else None)."""
-    events = detections.sink_events_from_trace(trace.path, scenario)
+    events = detections.sink_events(trace, scenario)
     result = detections.report(scenario, events)
     if not result.verdicts:
         return [], None  # no classifier verdict reached a sink: not a vibration-monitoring run

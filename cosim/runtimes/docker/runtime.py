@@ -532,7 +532,7 @@ class DockerRuntime:
 def remove_by_label(label: str, *, keep_runs: Iterable[str] = (), engine: api.Engine | None = None) -> tuple[int, int]:
     """Force-remove every container, then every network, carrying ``label`` (key=value), except those of the
     runs in ``keep_runs``; returns how many (containers, networks) were removed. Through the engine API when it is
-    on a local socket (after a run's `compose down`, usually two requests that find nothing)."""
+    on a local socket (after a run's teardown, usually two requests that find nothing)."""
     keep = set(keep_runs)
     engine = engine or api.default_engine()
     if engine.socket_path is not None:
