@@ -181,7 +181,7 @@ class PipeTransport(LineStream):
         return read_line(self._buffer, self._fill, deadline)
 
     def _fill(self, timeout_s: float) -> None:
-        if not self._poller.poll(poll_ms(timeout_s)):
+        if not self._poll(poll_ms(timeout_s)):
             raise TransportTimeout()
         chunk = os.read(self._stdout_fd, 65536)
         if not chunk:
