@@ -113,7 +113,8 @@ class Coordinator:
             wakeup_sources = [*wakeup_sources, self.segments.wakeup]
         self.barriers = BarrierGroups(self.slots)
         self.policy: AdvancePolicy
-        if scenario.advance == "next-event":
+        self._keeps_promises = scenario.advance == "next-event"  # (fixed: no node is held to a promise)
+        if self._keeps_promises:
             self.policy = NextEventAdvance(self.slots, self._quantum_us, self.deliveries, self.barriers,
                                            wakeup_sources, has_schedule=bool(scenario.schedule))
         else:
@@ -218,7 +219,7 @@ class Coordinator:
         self.now_us = start_us = target_us - self._quantum_us  # the quanta before it passed: time is at its start
         if self._scheduled:
             self.actions.apply(start_us)  # 1. schedule
-        inputs = self.deliveries.due(target_us)  # 2. deliveries due
+        inputs = self.deliveries.due(target_us) if self.deliveries.pending else {}  # 2. deliveries due (if any)
         if self.segments is not None:
             self.segments.deliver(start_us, inputs)  # (and those ns-3 computed up to the window's start)
         active, order = self.policy.choose(target_us, inputs)  # 3. choose
@@ -227,7 +228,8 @@ class Coordinator:
             order = [slot for slot in order if not slot.down]
         self._advance(target_us, order, inputs)  # 4. advance
         outputs = self._collect(target_us, active)  # 5. collect
-        self.policy.keep_promises(target_us, outputs, inputs)  # 6. keep promises
+        if self._keeps_promises:
+            self.policy.keep_promises(target_us, outputs, inputs)  # 6. keep promises (next-event)
         self.now_us = target_us
         self.deliveries.route(outputs)  # 7. route
 

@@ -25,6 +25,7 @@ from cosim import plugins, protocol
 from cosim.core.contracts import Event, Input
 from cosim.errors import NodeFailure
 from cosim.model import SensorSpec
+from cosim.protocol import EMPTY_DONE, PLAIN_ADVANCE
 from cosim.transport import Transport, TransportClosed, TransportTimeout
 
 monotonic = time.monotonic  # (wall clock for the watchdog and the metrics only)
@@ -216,9 +217,9 @@ class ServiceSession:
     def advance(self, target_us: int, events: list[Input], peers: list[str] | None) -> bytes:
         self.target_us = target_us
         self._in_flight = _ADVANCING  # (named only when a failure asks: formatting it costs every window)
-        self._empty_done = protocol.EMPTY_DONE % target_us
+        self._empty_done = EMPTY_DONE % target_us
         if self.capabilities.barrier_group is None:
-            return protocol.encode_advance(target_us, events) if events else protocol.PLAIN_ADVANCE % target_us
+            return protocol.encode_advance(target_us, events) if events else PLAIN_ADVANCE % target_us
         members, self.members = self.members, None
         return protocol.encode_advance(target_us, events, peers or [], members)
 

@@ -82,7 +82,8 @@ def read_line(buffer: bytearray, fill: Callable[[float], None], deadline: float)
 
 def poll_ms(seconds: float) -> int:
     """A poll() timeout in whole milliseconds, never 0 for a positive wait (0 would not wait at all)."""
-    return max(1, math.ceil(seconds * 1000))
+    milliseconds = math.ceil(seconds * 1000)
+    return milliseconds if milliseconds > 0 else 1
 
 
 
@@ -154,6 +155,7 @@ class PipeTransport(LineStream):
         self._stdin = self.process.stdin
         self._stdout_fd = self.process.stdout.fileno()
         self._poller.register(self._stdout_fd, select.POLLIN)
+        self._poll = self._poller.poll
         self._closed = False
 
     def send(self, line: bytes) -> None:
@@ -162,8 +164,24 @@ class PipeTransport(LineStream):
         except (BrokenPipeError, ValueError) as exc:
             raise TransportClosed(f"stdin closed ({exc.__class__.__name__})") from exc
 
+    def receive(self, deadline: float) -> bytes:
+        # The usual case first (the per-window hot path): nothing left over, one poll, and one read that brings
+        # exactly one whole reply (a service writes a reply per request): that read is the line, with no buffer
+        # in between. Anything else (a reply in pieces, several lines) goes through the line buffer.
+        if self._buffer:
+            return read_line(self._buffer, self._fill, deadline)
+        if not self._poll(poll_ms(deadline - monotonic())):
+            raise TransportTimeout()
+        chunk = os.read(self._stdout_fd, 65536)
+        if not chunk:
+            raise TransportClosed("stdout closed")
+        if chunk.find(10) == len(chunk) - 1:  # (10: b"\n") one line, and only one
+            return chunk[:-1]
+        self._buffer += chunk
+        return read_line(self._buffer, self._fill, deadline)
+
     def _fill(self, timeout_s: float) -> None:
-        if not self._poller.poll(poll_ms(timeout_s)):
+        if not self._poll(poll_ms(timeout_s)):
             raise TransportTimeout()
         chunk = os.read(self._stdout_fd, 65536)
         if not chunk:

@@ -76,3 +76,35 @@ def test_a_transport_line_is_read_whatever_its_fills_bring(tmp_path: Path) -> No
     stream = Chunks([b"", b'{"a":', b'1}\n', b"", b"second\nthird\n", b"\n"])
     deadline = time.monotonic() + 10
     assert [stream.receive(deadline) for _ in range(4)] == [b'{"a":1}', b"second", b"third", b""]
+
+
+def test_a_pipe_transport_line_is_read_whatever_its_reads_bring(tmp_path: Path) -> None:
+    """PipeTransport.receive: a read that brings one whole line (returned as read), a line in two reads, two lines in
+    one read (the second without another poll), and a last line cut off by the end of the stream."""
+    import sys
+
+    from cosim.transport import PipeTransport, TransportClosed
+
+    writer = tmp_path / "writer.py"
+    writer.write_text(
+        "import os, sys, time\n"
+        "def go():\n"
+        "    sys.stdin.buffer.readline()\n"
+        "os.write(1, b'{\"a\":1}\\n'); go()\n"
+        "os.write(1, b'{\"b\":'); time.sleep(0.05); os.write(1, b'2}\\n'); go()\n"
+        "os.write(1, b'second\\nthird\\n'); go()\n"
+        "os.write(1, b'cut off')\n", encoding="utf-8")
+    transport = PipeTransport("writer", [sys.executable, str(writer)], log_path=tmp_path / "writer.log")
+    try:
+        deadline = time.monotonic() + 10
+        received = [transport.receive(deadline)]
+        transport.send(b"go\n")
+        received.append(transport.receive(deadline))
+        transport.send(b"go\n")
+        received += [transport.receive(deadline), transport.receive(deadline)]
+        transport.send(b"go\n")
+        assert received == [b'{"a":1}', b'{"b":2}', b"second", b"third"]
+        with pytest.raises(TransportClosed):
+            transport.receive(deadline)
+    finally:
+        transport.close(grace_s=1.0)

@@ -282,6 +282,29 @@ def test_fatal_errors_end_the_service(service: Service, message: dict[str, Any],
     assert session.exit_code == 1
 
 
+def test_a_plain_advance_is_answered_as_when_it_is_parsed() -> None:
+    """A canonical ADVANCE without events, as bytes, takes the fast path (no JSON parse, the reply as bytes); as
+    text it is parsed and handled: the replies are the same bytes. Empty DONEs, outputs, held outputs and promises,
+    a target in the past, a leading zero, a wake-up that is not after the window (fatal)."""
+    targets = [b"1000", b"2000", b"3000", b"1000", b"05000", b"4000", b"5000"]
+    lines = [b'{"events":[],"time_us":' + target + b',"type":"ADVANCE"}\n' for target in targets]
+
+    def conversation(fast: bool) -> list[bytes | None]:
+        service = Recorder()
+        service.wake = 4500
+        service.replies = [[], [{"type": "out", "time_us": 1900}, {"type": "held", "time_us": 3200}]]
+        ready(service)
+        session = service.protocol_session
+        if fast:
+            return [session.receive_bytes(line) for line in lines]
+        return [None if reply is None else reply.encode() for reply in map(session.receive, map(bytes.decode, lines))]
+
+    replies = conversation(fast=True)
+    assert replies == conversation(fast=False)
+    assert [json.loads(reply or b"")["type"] for reply in replies] == ["DONE", "DONE", "DONE", "ERROR", "ERROR",
+                                                                       "DONE", "ERROR"]
+
+
 def test_shutdown_and_end_of_input_call_the_hook_and_exit_0() -> None:
     for messages, replies in (([INIT, advance(1000), {"type": "SHUTDOWN"}], ["READY", "DONE"]), ([INIT], ["READY"])):
         service = Recorder()

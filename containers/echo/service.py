@@ -71,7 +71,7 @@ class Echo(Service):
         return min(times, default=None)
 
     def advance(self, until_us: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        config, current = self.config, self.now_us
+        config = self.config
         if not _CUE_KEYS.isdisjoint(config):
             self._cues(until_us)
         out = [{"type": "echo", "time_us": e["time_us"],
@@ -79,7 +79,7 @@ class Echo(Service):
             if events else []
         tick = config.get("tick_us")
         if tick:
-            first = (current // tick + 1) * tick
+            first = (self.now_us // tick + 1) * tick
             for t in range(first, until_us + 1, tick):
                 out.append({"type": "tick", "time_us": t, "data": {"value": self.rng.randrange(1_000_000)}})
         return out

@@ -3,8 +3,8 @@
 A :class:`Session` owns everything the protocol decides: the order of messages (INIT first, time never going back),
 the service's clock, the outputs held for a later window, config and endpoints as CONFIGURE changes them, the
 barrier group's members, the READY capabilities, and an ERROR reply for anything wrong. It calls the hooks of a
-:class:`cosim_service.Service` and does no I/O: :meth:`Session.receive` takes a line and gives the line to write;
-:func:`serve_lines` is the loop that reads and writes them.
+:class:`cosim_service.Service` and does no I/O: :meth:`Session.receive` takes a line and gives the line to write
+(:meth:`Session.receive_bytes`: as bytes); :func:`serve_lines` is the loop that reads and writes them.
 
 ERRORs the service survives (``fatal: false``, state unchanged): a malformed or non-UTF-8 line (NaN and Infinity
 are not JSON), a message that is not an object or lacks ``type``, an unknown type, INIT without ``protocol`` or with
@@ -35,25 +35,18 @@ log = logging.getLogger("cosim.service")
 
 REQUESTS = ("INIT", "ADVANCE", "CONFIGURE", "SNAPSHOT", "RESTORE", "SHUTDOWN")
 
-# Most windows produce nothing: their DONE is formatted directly (the same canonical bytes, cheaper).
-_EMPTY_DONE = '{"events":[],"time_us":%d,"type":"DONE"}\n'
-_PROMISE_DONE = '{"events":[],"next_us":%d,"time_us":%d,"type":"DONE"}\n'
+# Most windows produce nothing: their DONE is formatted directly (the same canonical bytes, cheaper). The byte
+# templates answer a plain ADVANCE (``_plain_advance``), the text ones any other request's DONE (``_reply``).
+_EMPTY_DONE_LINE = b'{"events":[],"time_us":%d,"type":"DONE"}\n'
+_PROMISE_DONE_LINE = b'{"events":[],"next_us":%d,"time_us":%d,"type":"DONE"}\n'
+_EMPTY_DONE = _EMPTY_DONE_LINE.decode()
+_PROMISE_DONE = _PROMISE_DONE_LINE.decode()
 
 # Most ADVANCEs carry no events and no barrier group: the coordinator writes them in exactly this canonical form,
 # which is read here without a JSON parse (the per-window hot path of every service).
 _PLAIN_ADVANCE = b'{"events":[],"time_us":'
 _PLAIN_ADVANCE_END = b',"type":"ADVANCE"}\n'
 _PLAIN_DIGITS = slice(len(_PLAIN_ADVANCE), -len(_PLAIN_ADVANCE_END))
-
-
-def plain_advance_target(raw: bytes) -> int | None:
-    """The target of a canonical ADVANCE line without events (newline included), read without a JSON parse; None
-    when ``raw`` is not exactly such a line (it is then parsed as any other)."""
-    if raw.startswith(_PLAIN_ADVANCE) and raw.endswith(_PLAIN_ADVANCE_END):
-        digits = raw[_PLAIN_DIGITS]
-        if digits.isdigit() and (digits[0] != 48 or len(digits) == 1):  # (48: "0"; JSON has no leading zeros)
-            return int(digits)
-    return None
 
 
 class ProtocolError(Exception):
@@ -106,10 +99,22 @@ class Session:
 
     def receive(self, raw: bytes | str) -> str | None:
         """One received line in, the reply line to write out (None: nothing to write)."""
-        if raw.__class__ is bytes and self.initialized and self.barrier_group is None:
-            target = plain_advance_target(raw)  # (bytes: checked above)
-            if target is not None and target >= self.current_time_us:
-                return self._plain_advance(target)
+        plain = self._plain_advance(raw)
+        if plain is not None:
+            return plain.decode("utf-8")
+        return self._reply(raw)
+
+    def receive_bytes(self, raw: bytes | str) -> bytes | None:
+        """``receive`` for a binary stream (``serve_lines``): the reply as the bytes to write. A plain ADVANCE (most
+        windows) is answered without a JSON parse and without a str in between."""
+        plain = self._plain_advance(raw)
+        if plain is not None:
+            return plain
+        reply = self._reply(raw)
+        return None if reply is None else reply.encode("utf-8")
+
+    def _reply(self, raw: bytes | str) -> str | None:
+        """Any line, parsed and handled: the reply line, or None."""
         reply: dict[str, Any] | None
         try:
             message = parse_line(raw)
@@ -241,23 +246,35 @@ class Session:
             done["next_us"] = promise
         return done
 
-    def _plain_advance(self, target: int) -> str:
-        """An ADVANCE without events, checked as far as its canonical form leaves anything to check (``receive``):
-        the same window as ``_advance``, its DONE formatted directly."""
+    def _plain_advance(self, raw: bytes | str) -> bytes | None:
+        """The reply to a canonical ADVANCE line without events (newline included), read without a JSON parse and
+        checked as far as its canonical form leaves anything to check: the same window as ``_advance``, its DONE
+        formatted directly. None when ``raw`` is not exactly such a line, or not one to take that way (before INIT,
+        in a barrier group, a target in the past): it is then parsed and handled as any other."""
+        if not (raw.__class__ is bytes and raw.startswith(_PLAIN_ADVANCE) and raw.endswith(_PLAIN_ADVANCE_END)
+                and self.initialized and self.barrier_group is None):
+            return None
+        digits = raw[_PLAIN_DIGITS]  # (bytes: checked above)
+        if not digits.isdigit() or (digits[0] == 48 and len(digits) > 1):  # (48: "0"; JSON has no leading zeros)
+            return None
+        target = int(digits)
+        if target < self.current_time_us:
+            return None  # (``_advance`` names the error)
         try:
             outputs, promise = self._window(target, [])
         except ProtocolError as exc:
-            return encode(self._error(exc))
+            return encode(self._error(exc)).encode("utf-8")
         if not outputs:
-            return _EMPTY_DONE % target if promise is None else _PROMISE_DONE % (promise, target)
+            return _EMPTY_DONE_LINE % target if promise is None else _PROMISE_DONE_LINE % (promise, target)
         done: dict[str, Any] = {"type": "DONE", "time_us": target, "events": outputs}
         if promise is not None:
             done["next_us"] = promise
         try:
-            return encode(done)
-        except (ValueError, RecursionError):  # as in ``receive``
-            return encode(self._error(ProtocolError(
-                "bad_output", "output events contain NaN or Infinity, which JSON cannot carry", fatal=True)))
+            return encode(done).encode("utf-8")
+        except (ValueError, RecursionError):  # as in ``_reply``
+            error = self._error(ProtocolError(
+                "bad_output", "output events contain NaN or Infinity, which JSON cannot carry", fatal=True))
+            return encode(error).encode("utf-8")
 
     def _window(self, target: int, ordered: list[Event]) -> tuple[list[Event], int | None]:
         """Advance the service through (current, target] with its inputs ``ordered``: its outputs due in the window
@@ -396,18 +413,19 @@ def serve_lines(session: Session, stdin: IO[Any], stdout: IO[Any]) -> int:
 
     ``stdin``/``stdout`` may be text or binary streams (binary lines are decoded as strict UTF-8); every reply is
     flushed at once."""
-    binary_out = "b" in getattr(stdout, "mode", "")
-    readline, receive, write, flush = stdin.readline, session.receive, stdout.write, stdout.flush
+    # A binary stdout takes the reply bytes as they are made (``receive_bytes``), a text one the reply text.
+    receive = session.receive_bytes if "b" in getattr(stdout, "mode", "") else session.receive
+    readline, write, flush = stdin.readline, stdout.write, stdout.flush
     while session.exit_code is None:
         raw = readline()
         if not raw:
             log.warning("stdin closed without SHUTDOWN; exiting")
             session.shutdown()
             break
-        if not raw.strip():
+        if raw.isspace():  # a blank line (isspace, unlike strip, copies nothing)
             continue
-        text = receive(raw)
-        if text is not None:
-            write(text.encode("utf-8") if binary_out else text)
+        reply = receive(raw)
+        if reply is not None:
+            write(reply)
             flush()
     return session.exit_code if session.exit_code is not None else 0
