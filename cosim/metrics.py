@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import statistics
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
 
     return {"count": len(ordered), "p50_us": pick(0.50), "p95_us": pick(0.95), "p99_us": pick(0.99),
-            "mean_us": statistics.fmean(ordered) * 1e6}
+            "mean_us": math.fsum(ordered) / len(ordered) * 1e6}  # (statistics.fmean's sum: 3 ms to import it)
 
 
 @dataclass(frozen=True)
