@@ -24,6 +24,7 @@ from cosim.run import DEFAULT_WATCHDOG_S, CompletedRun, run
 
 if TYPE_CHECKING:
     from cosim.model import Scenario
+    from cosim.report import Draft
 
 DEFAULT_SCENARIO = str(data_path("scenarios", "default.yaml"))  # the bundled one (the tasks show it relative)
 
@@ -116,19 +117,47 @@ def up(path: str = DEFAULT_SCENARIO, *, runtime: str = "docker", trace: str | No
 
         os.environ[REGISTRY_ENV] = registry
     progress_line = ProgressLine() if progress else None
+    drafting = ReportDuringTeardown() if report else None
     try:
         summary = run(path, runtime=runtime, trace_path=trace, watchdog_s=watchdog_s, progress=progress_line,
                       checkpoint_at=checkpoint_at, stop_after_checkpoint=stop_after_checkpoint,
-                      checkpoint_written=_checkpoint_line(progress_line, out), advance=advance)
+                      checkpoint_written=_checkpoint_line(progress_line, out), advance=advance, while_stopping=drafting)
     except CosimError:
         if progress_line is not None:
             progress_line.close()
         _report_failed_run(path, trace, out)
         raise
     print_summary(summary, out)
-    if report:
-        _report_line(summary.trace_path, out, summary.scenario)
+    if drafting is not None:
+        out.write(f"  report:  {drafting.write(summary)}\n")
     return summary
+
+
+class ReportDuringTeardown:
+    """The run's report drawn while the runtime tears down (the engine removing containers, this process waiting):
+    everything but the metrics, which are added once the run has written them. A failure to draw it is raised
+    where the report is written, after the summary, as when it was drawn then."""
+
+    def __init__(self) -> None:
+        self._draft: Draft | None = None
+        self._failure: Exception | None = None
+
+    def __call__(self, trace_path: Path, scenario: Scenario) -> None:
+        from cosim.report import draft_report
+
+        try:
+            self._draft = draft_report(trace_path, loaded=scenario)
+        except Exception as exc:  # (raised by write, after the summary)
+            self._failure = exc
+
+    def write(self, summary: CompletedRun) -> Path:
+        if self._failure is not None:
+            raise self._failure
+        if self._draft is None:  # (the runtime tore down without calling it: drawn now)
+            from cosim.report import write_report
+
+            return write_report(summary.trace_path, loaded=summary.scenario)
+        return self._draft.write()
 
 
 def _report_line(trace_path: Path, out: TextIO, scenario: Scenario | None = None) -> None:

@@ -50,17 +50,42 @@ def report_path(trace_path: Path) -> Path:
 def write_report(trace_path: Path, *, scenario_path: Path | None = None, output: Path | None = None,
                  loaded: Scenario | None = None) -> Path:
     """``loaded``: the run's scenario as already loaded (`cosim up`), used when its hash is the trace's."""
+    return draft_report(trace_path, scenario_path=scenario_path, output=output, loaded=loaded).write()
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A report drawn from its trace, all but the metrics, which the run writes last (`cosim up` draws it while
+    the runtime tears down); ``write`` adds them from the metrics file and writes the page."""
+
+    trace_path: Path
+    target: Path
+    parts: tuple[str, ...]  # the page's parts; the metrics go at ``metrics_at``
+    metrics_at: int
+    title: str
+
+    def write(self) -> Path:
+        metrics = _read_metrics(artifact_paths(self.trace_path)[0])
+        parts = [*self.parts[:self.metrics_at], "<h2>Metrics</h2>" + _metrics_section(metrics),
+                 *self.parts[self.metrics_at:]]
+        body = "\n".join(part for part in parts if part)
+        self.target.write_text(f"<!DOCTYPE html>\n<html lang=en>\n<head>\n<meta charset=utf-8>\n<title>cosim report: "
+                               f"{_e(self.title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n"
+                               f"</html>\n", encoding="utf-8")
+        return self.target
+
+
+def draft_report(trace_path: Path, *, scenario_path: Path | None = None, output: Path | None = None,
+                 loaded: Scenario | None = None) -> Draft:
+    """The report of ``trace_path`` but its metrics (see ``write_report``)."""
     trace = traces.read(trace_path)
-    metrics_path, _ = artifact_paths(trace_path)
-    metrics = _read_metrics(metrics_path)
     scenario: Scenario | None
     if loaded is not None and loaded.sha256 == trace.header.scenario_sha256:
         scenario, scenario_note = loaded, f"scenario file: {loaded.path}"
     else:
-        scenario, scenario_note = find_scenario(trace, metrics, scenario_path)
-    target = output or report_path(trace_path)
-    target.write_text(render(trace, metrics, scenario, scenario_note), encoding="utf-8")
-    return target
+        scenario, scenario_note = find_scenario(trace, _read_metrics(artifact_paths(trace_path)[0]), scenario_path)
+    parts, metrics_at = _parts(trace, scenario, scenario_note)
+    return Draft(trace_path, output or report_path(trace_path), tuple(parts), metrics_at, trace.header.scenario)
 
 
 def _read_metrics(path: Path) -> dict[str, Any] | None:
@@ -383,8 +408,8 @@ def latency_rows(curves: Sequence[tuple[str, Sequence[int]]]) -> list[tuple[Any,
              f"{values[-1] / 1e3:.3f}") for name, values in curves if values]
 
 
-def render(trace: Trace, metrics: Mapping[str, Any] | None, scenario: Scenario | None,
-           scenario_note: str = "") -> str:
+def _parts(trace: Trace, scenario: Scenario | None, scenario_note: str = "") -> tuple[list[str], int]:
+    """The page's parts but its metrics, and where those go."""
     header = trace.header
     counts = _counts(trace)
     links = link_stats(trace)
@@ -411,7 +436,7 @@ def render(trace: Trace, metrics: Mapping[str, Any] | None, scenario: Scenario |
     parts.append(f"<p class=note>{_e(scenario_note)}</p>" if scenario_note else "")
 
     parts.append(_schedule_section(trace))
-    parts.append("<h2>Metrics</h2>" + _metrics_section(metrics))
+    metrics_at = len(parts)
 
     parts.append("<h2>Event timeline</h2>")
     parts.append(f"<figure>{timeline_chart(trace)}</figure>")
@@ -445,10 +470,7 @@ def render(trace: Trace, metrics: Mapping[str, Any] | None, scenario: Scenario |
 
     for addition in added:
         parts.extend(addition.sections)
-
-    body = "\n".join(part for part in parts if part)
-    return (f"<!DOCTYPE html>\n<html lang=en>\n<head>\n<meta charset=utf-8>\n<title>cosim report: {_e(header.scenario)}"
-            f"</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+    return parts, metrics_at
 
 
 def _plugin_parts(trace: Trace, scenario: Scenario | None) -> list[plugins.ReportParts]:

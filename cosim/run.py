@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import signal
 import tempfile
 import threading
@@ -149,11 +150,13 @@ def run(
     checkpoint_dir: Path = checkpointing.DIRECTORY,
     checkpoint_written: Callable[[Path, int, float], None] | None = None,
     lookahead: bool = True,
+    while_stopping: Callable[[Path, Scenario], object] | None = None,
 ) -> CompletedRun:
     """Run a scenario; ``checkpoint_at`` (us, comma-separated) writes a checkpoint at the end of each of those windows
     (``checkpoint_written`` is told its path, size and how long writing it took), and stops after the last one
     with ``stop_after_checkpoint``. ``lookahead=False`` keeps every service in lockstep (the trace is the same;
-    for comparisons)."""
+    for comparisons). ``while_stopping(trace_path, scenario)`` is called once the run has ended well and its trace is
+    complete, while the runtime tears down (e.g. to draw its report then); it must not raise."""
     # Option errors first: nothing is loaded, started or written for a run that cannot go ahead.
     options.choice("--runtime", runtime, runtimes.RUNTIMES)
     if advance is not None:
@@ -173,7 +176,7 @@ def run(
         check_writable("the checkpoint directory", checkpoint_dir)
     writer = _checkpoint_writer(scenario, manifest, checkpoint_dir, checkpoint_written) if times else None
     checkpoints = Checkpoints(frozenset(times), writer, stop_after_checkpoint)
-    return _run(scenario, runtime, trace_path, watchdog_s, progress, manifest, checkpoints, lookahead)
+    return _run(scenario, runtime, trace_path, watchdog_s, progress, manifest, checkpoints, lookahead, while_stopping)
 
 
 def resume(
@@ -228,7 +231,8 @@ def _checkpoint_writer(scenario: Scenario, manifest: Mapping[str, Any], director
 
 def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchdog_s: float,
          progress: Callable[[int, int], None] | None, manifest: Mapping[str, Any],
-         checkpoints: Checkpoints, lookahead: bool = True) -> CompletedRun:
+         checkpoints: Checkpoints, lookahead: bool = True,
+         while_stopping: Callable[[Path, Scenario], object] | None = None) -> CompletedRun:
     trace_file = Path(trace_path if trace_path is not None else scenario.trace)
     metrics_path, log_dir = artifact_paths(trace_file)
     # Every output path is checked before anything starts: the trace is created, the log directory written to.
@@ -275,7 +279,9 @@ def _run(scenario: Scenario, runtime: str, trace_path: str | Path | None, watchd
                     # The runtime first: it knows how to end its processes promptly (Docker: stop the
                     # containers, and the attached streams end with them); closing the nodes then finds them done.
                     try:
-                        backend.stop()
+                        # A run that ended well has its whole trace written (and flushed) by now.
+                        backend.stop(functools.partial(while_stopping, trace_file, scenario)
+                                     if result is not None and while_stopping is not None else None)
                     finally:
                         if worker is not None:
                             worker.close(graceful=result is not None)

@@ -57,8 +57,9 @@ class Runtime(Protocol):
         transport (the caller sends INIT), None for an infrastructure node (listening again at its endpoint)."""
         ...
 
-    def stop(self) -> None:
-        """Remove everything started; idempotent and safe to call after a partial start."""
+    def stop(self, while_stopping: Callable[[], object] | None = None) -> None:
+        """Remove everything started; idempotent and safe to call after a partial start. ``while_stopping`` is
+        called once while the engine (or the processes) tear down, like ``start``'s ``while_starting``."""
         ...
 
 

@@ -171,13 +171,20 @@ class LocalRuntime:
         self._start_infrastructure(node, port=self._endpoints[node_id]["port"])  # where its clients look
         return None
 
-    def stop(self) -> None:
+    def stop(self, while_stopping: Callable[[], object] | None = None) -> None:
         for transport in self._transports.values():
             transport.close(grace_s=1.0)
         self._transports.clear()
-        for process in self._infrastructure.values():
-            stop_daemon(process)
-        self._infrastructure.clear()
+        try:
+            for process in self._infrastructure.values():
+                if process.poll() is None:
+                    process.terminate()  # all at once; each is reaped below
+            if while_stopping is not None:  # the daemons exit meanwhile
+                while_stopping()
+        finally:
+            for process in self._infrastructure.values():
+                stop_daemon(process)
+            self._infrastructure.clear()
         for group in self._groups.values():
             group.remove()
         self._groups.clear()

@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from cosim.errors import DockerCommandFailed
@@ -98,10 +98,11 @@ class Engine:
         code = json.loads(body).get("StatusCode")
         return code if isinstance(code, int) else None
 
-    def remove_containers(self, ids: Sequence[str], stop_timeout_s: int) -> bool:
+    def remove_containers(self, ids: Sequence[str], stop_timeout_s: int,
+                          meanwhile: Callable[[], object] | None = None) -> bool:
         """Stop each container still running (SIGTERM, SIGKILL after ``stop_timeout_s``) and remove it with its
-        anonymous volumes, all in parallel, as `docker compose down` does; True when every one is gone. Socket
-        only; DockerCommandFailed is a False."""
+        anonymous volumes, all in parallel, as `docker compose down` does (``meanwhile`` is called while the engine
+        works); True when every one is gone. Socket only; DockerCommandFailed is a False."""
         def remove(container_id: str) -> bool:
             quoted = urllib.parse.quote(container_id)
             try:
@@ -124,8 +125,12 @@ class Engine:
                    for _ in range(min(len(ids), PARALLEL_REQUESTS))]
         for thread in workers:
             thread.start()
-        for thread in workers:
-            thread.join()
+        try:
+            if meanwhile is not None:
+                meanwhile()
+        finally:
+            for thread in workers:
+                thread.join()
         return len(removed) == len(ids) and all(removed)
 
     def ping(self) -> bool:

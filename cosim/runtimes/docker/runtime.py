@@ -354,9 +354,11 @@ class DockerRuntime:
             return self._transports[node_id]
         return None
 
-    def stop(self) -> None:
+    def stop(self, while_stopping: Callable[[], object] | None = None) -> None:
+        meanwhile = _once(while_stopping)
         if self._watch is not None and self._watch.lost and not self._watch.wait_back(ENGINE_RETURN_S):
             self._abandon()
+            meanwhile()
             return
         if self._watch is not None:
             self._watch.close()
@@ -366,10 +368,14 @@ class DockerRuntime:
             # first, then the attach processes have already ended and nothing waits out a grace period.
             for transport in self._transports.values():
                 transport.close_stdin()
-            if self._compose is not None and not self._remove_through_engine():
+            if self._compose is not None and not self._remove_through_engine(meanwhile):
                 # (a failure falls through to the label sweep below)
-                subprocess.run([*self._compose, "down", "--remove-orphans", "--volumes", "--timeout", str(STOP_TIMEOUT_S)],
-                               stdin=subprocess.DEVNULL, capture_output=True, check=False)
+                with subprocess.Popen([*self._compose, "down", "--remove-orphans", "--volumes", "--timeout",
+                                       str(STOP_TIMEOUT_S)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL) as down:
+                    meanwhile()
+                    down.wait()
+            meanwhile()  # (when nothing was started)
             for transport in self._transports.values():
                 transport.close(grace_s=1.0)
             self._transports.clear()
@@ -382,7 +388,7 @@ class DockerRuntime:
             self._lock.release()
             self._timings["teardown_s"] = round(time.monotonic() - started, 6)
 
-    def _remove_through_engine(self) -> bool:
+    def _remove_through_engine(self, meanwhile: Callable[[], object]) -> bool:
         """What `docker compose down` does, as requests on the engine's socket: the run's containers stopped (with
         the compose file's grace period) and removed in parallel, then its network. It saves the compose CLI's
         start and project parsing (~0.1 s of the default scenario's teardown). False without a socket, or when the
@@ -392,7 +398,7 @@ class DockerRuntime:
         label = f"{LABEL_RUN}={self.run_id}"
         try:
             containers = [container["Id"] for container in self._engine.listed(label)]
-            if not self._engine.remove_containers(containers, STOP_TIMEOUT_S):
+            if not self._engine.remove_containers(containers, STOP_TIMEOUT_S, meanwhile=meanwhile):
                 return False
             networks = [network["Id"] for network in self._engine.networks(label)]
             return all([self._engine.delete(f"/networks/{network_id}") for network_id in networks])
@@ -527,6 +533,17 @@ class DockerRuntime:
             return str(docker.container.logs(container_id, tail=lines))
         except DockerException:
             return ""
+
+
+def _once(call: Callable[[], object] | None) -> Callable[[], None]:
+    """``call`` the first time the result is called, then nothing (a teardown's ``while_stopping``: called while
+    the engine works, whichever way the teardown goes)."""
+    pending = [call] if call is not None else []
+
+    def once() -> None:
+        if pending:
+            pending.pop()()
+    return once
 
 
 def remove_by_label(label: str, *, keep_runs: Iterable[str] = (), engine: api.Engine | None = None) -> tuple[int, int]:

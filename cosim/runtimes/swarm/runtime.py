@@ -241,7 +241,7 @@ class SwarmRuntime:
                                                   partial(self._task_end, container_id))
         return self._transports[node_id]
 
-    def stop(self) -> None:
+    def stop(self, while_stopping: Callable[[], object] | None = None) -> None:
         try:
             for transport in self._transports.values():
                 transport.close_stdin()
@@ -250,7 +250,12 @@ class SwarmRuntime:
                     self.manager.stack.remove(self.stack)
                 except DockerException:
                     pass  # the manager went away: `invoke down` removes the stack once it is back
-                self._wait_removed()
+            try:
+                if while_stopping is not None:  # the Swarm removes the tasks meanwhile
+                    while_stopping()
+            finally:
+                if self._deployed and self.manager is not None:
+                    self._wait_removed()
             for transport in self._transports.values():
                 transport.close(grace_s=1.0)
             self._transports.clear()
