@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from cosim.errors import CosimError, TraceReadError
 from cosim.metrics import speedups
 from cosim.report import report_path, write_report
 from cosim.run import CompletedRun, run
+from cosim.trace import read
 from tests.browser import assert_report_renders, open_page
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +105,28 @@ def test_invoke_up_prints_the_report_path(tmp_path: Path) -> None:
     last = out.text.rstrip("\n").splitlines()[-1]
     assert last == f"  report:  {tmp_path / 'pipeline.report.html'}"
     assert (tmp_path / "pipeline.report.html").is_file()
+
+
+def test_the_report_drawn_during_the_teardown_is_the_one_drawn_after_it(tmp_path: Path) -> None:
+    """`cosim up` draws the report while the runtime tears down, its metrics added once written: the same bytes
+    as `cosim report` of the finished run."""
+    trace = tmp_path / "pipeline.jsonl"
+    cli.up(str(PIPELINE), runtime="local", trace=str(trace), progress=False, out=_Out())  # type: ignore[arg-type]
+    drawn = (tmp_path / "pipeline.report.html").read_bytes()
+    assert write_report(trace, output=tmp_path / "after.html").read_bytes() == drawn
+
+
+def test_while_stopping_is_called_once_with_the_whole_trace_and_never_for_a_failed_run(tmp_path: Path) -> None:
+    seen: list[tuple[Path, str, bool]] = []
+
+    def while_stopping(trace_path: Path, scenario: Any) -> None:
+        seen.append((trace_path, scenario.name, read(trace_path).footer is not None))
+
+    run(PIPELINE, runtime="local", trace_path=tmp_path / "ok.jsonl", while_stopping=while_stopping)
+    assert seen == [(tmp_path / "ok.jsonl", "local-pipeline", True)]
+    with pytest.raises(CosimError, match="node 'echo'"):
+        run(FAILING, runtime="local", trace_path=tmp_path / "failed.jsonl", while_stopping=while_stopping)
+    assert len(seen) == 1
 
 
 def test_summary_metrics_and_report_name_the_same_two_speed_ups(tmp_path: Path) -> None:
